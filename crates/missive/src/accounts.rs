@@ -1,0 +1,602 @@
+//! Accounts and devices: registration, login, tokens, user-interactive authentication.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use rand::{Rng, RngCore, distributions::Alphanumeric};
+use ruma::{
+    OwnedDeviceId, OwnedUserId, UserId,
+    api::client::uiaa::{AuthData, AuthFlow, AuthType, UiaaInfo, UserIdentifier},
+};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    config::{Config, RegistrationMode},
+    error::{Error, Result},
+    store::{NewAccount, NewSession, Store, now_ms},
+};
+
+/// An authenticated request's identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub is_admin: bool,
+}
+
+/// Tokens handed to a client after login or registration.
+#[derive(Debug, Clone)]
+pub struct IssuedSession {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<Duration>,
+}
+
+/// A user-interactive authentication session in progress.
+#[derive(Debug, Clone)]
+struct UiaSession {
+    completed: Vec<AuthType>,
+    user_id: Option<String>,
+    created: Instant,
+}
+
+const UIA_SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// The accounts service.
+pub struct Accounts {
+    store: Store,
+    config: Arc<Config>,
+    uia: Mutex<HashMap<String, UiaSession>>,
+    nonces: Mutex<HashMap<String, Instant>>,
+}
+
+/// SHA-256 of a token, the form in which tokens are stored.
+pub fn hash_token(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_string(len: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+fn new_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+impl Accounts {
+    /// Creates the service.
+    pub fn new(store: Store, config: Arc<Config>) -> Self {
+        Self {
+            store,
+            config,
+            uia: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A single-use nonce for shared-secret registration.
+    pub fn new_nonce(&self) -> String {
+        let nonce = random_string(32);
+        let mut nonces = self.nonces.lock().expect("nonce lock poisoned");
+        nonces.retain(|_, t| t.elapsed() < Duration::from_secs(60));
+        nonces.insert(nonce.clone(), Instant::now());
+        nonce
+    }
+
+    /// Consumes a nonce; `false` if unknown or expired.
+    pub fn take_nonce(&self, nonce: &str) -> bool {
+        let mut nonces = self.nonces.lock().expect("nonce lock poisoned");
+        nonces
+            .remove(nonce)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+    }
+
+    fn server_name(&self) -> &str {
+        &self.config.server_name
+    }
+
+    /// Hashes a password with Argon2id at the configured cost, off the async runtime.
+    pub async fn hash_password(&self, password: &str) -> Result<String> {
+        let hashing = self.config.password_hashing.clone();
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let params = argon2::Params::new(
+                hashing.memory_kib,
+                hashing.iterations,
+                hashing.parallelism,
+                None,
+            )
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let salt = SaltString::generate(&mut rand::thread_rng());
+            argon
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| Error::Internal(e.to_string()))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    async fn verify_password(&self, hash: &str, password: &str) -> bool {
+        let hash = hash.to_owned();
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Parses a localpart or full user ID of this server.
+    pub fn local_user_id(&self, user: &str) -> Result<OwnedUserId> {
+        let user_id = if user.starts_with('@') {
+            UserId::parse(user)
+        } else {
+            UserId::parse(format!("@{}:{}", user.to_lowercase(), self.server_name()))
+        }
+        .map_err(|e| Error::InvalidUsername(e.to_string()))?;
+        if user_id.server_name() != self.server_name() {
+            return Err(Error::InvalidUsername(
+                "user ID belongs to another server".into(),
+            ));
+        }
+        Ok(user_id)
+    }
+
+    /// Validates a desired localpart (spec: lowercase letters, digits, `._=-/+`).
+    pub fn validate_localpart(&self, localpart: &str) -> Result<OwnedUserId> {
+        if localpart.is_empty()
+            || !localpart
+                .chars()
+                .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
+        {
+            return Err(Error::InvalidUsername(
+                "user names may contain only a-z, 0-9, and . _ = - / +".into(),
+            ));
+        }
+        let user_id = UserId::parse(format!("@{localpart}:{}", self.server_name()))
+            .map_err(|e| Error::InvalidUsername(e.to_string()))?;
+        if user_id.as_str().len() > 255 {
+            return Err(Error::InvalidUsername("user ID too long".into()));
+        }
+        Ok(user_id)
+    }
+
+    /// Whether a localpart is free.
+    pub async fn is_available(&self, localpart: &str) -> Result<bool> {
+        let user_id = self.validate_localpart(localpart)?;
+        if self.store.user_exists(user_id.as_str()).await? {
+            return Err(Error::UserInUse);
+        }
+        Ok(true)
+    }
+
+    fn new_uia_session(&self, user_id: Option<&UserId>) -> String {
+        let session = random_string(24);
+        let mut sessions = self.uia.lock().expect("uia lock poisoned");
+        sessions.retain(|_, s| s.created.elapsed() < UIA_SESSION_LIFETIME);
+        sessions.insert(
+            session.clone(),
+            UiaSession {
+                completed: Vec::new(),
+                user_id: user_id.map(ToString::to_string),
+                created: Instant::now(),
+            },
+        );
+        session
+    }
+
+    fn uia_challenge(
+        &self,
+        flows: Vec<AuthFlow>,
+        session: String,
+        completed: Vec<AuthType>,
+        error: Option<Error>,
+    ) -> Error {
+        let mut info = UiaaInfo::new(flows);
+        info.session = Some(session);
+        info.completed = completed;
+        if let Some(err) = error {
+            let (_, code) = err.status_and_code();
+            info.auth_error = serde_json::from_value(
+                serde_json::json!({ "errcode": code, "error": err.to_string() }),
+            )
+            .ok();
+        }
+        Error::Uia(Box::new(info))
+    }
+
+    /// Runs user-interactive authentication: returns `Ok` once one flow is complete,
+    /// otherwise the 401 challenge listing what is left.
+    async fn check_uia(
+        &self,
+        flows: Vec<AuthFlow>,
+        auth: Option<&AuthData>,
+        user_id: Option<&UserId>,
+    ) -> Result<()> {
+        let Some(auth) = auth else {
+            let session = self.new_uia_session(user_id);
+            return Err(self.uia_challenge(flows, session, Vec::new(), None));
+        };
+        let session = match auth.session() {
+            Some(s) => s.to_owned(),
+            None => self.new_uia_session(user_id),
+        };
+        let state = self
+            .uia
+            .lock()
+            .expect("uia lock poisoned")
+            .get(&session)
+            .cloned();
+        let Some(mut state) = state else {
+            return Err(Error::forbidden(
+                "unknown user-interactive authentication session",
+            ));
+        };
+        if state.user_id.as_deref() != user_id.map(UserId::as_str) {
+            return Err(Error::forbidden(
+                "authentication session belongs to another user",
+            ));
+        }
+        let stage_error = match auth {
+            AuthData::Dummy(_) => None,
+            AuthData::RegistrationToken(t) => (!self.config.registration_tokens.contains(&t.token))
+                .then(|| Error::forbidden("invalid registration token")),
+            AuthData::Password(p) => {
+                let claimed = match &p.identifier {
+                    UserIdentifier::Matrix(m) => self.local_user_id(&m.user).ok(),
+                    _ => None,
+                };
+                let ok = match (claimed, user_id) {
+                    (Some(claimed), Some(expected)) if claimed == expected => {
+                        match self
+                            .store
+                            .user(claimed.as_str())
+                            .await?
+                            .and_then(|u| u.password_hash)
+                        {
+                            Some(hash) => self.verify_password(&hash, &p.password).await,
+                            None => false,
+                        }
+                    }
+                    _ => false,
+                };
+                (!ok).then(|| Error::forbidden("invalid password"))
+            }
+            _ => Some(Error::Unrecognized {
+                method_not_allowed: false,
+            }),
+        };
+        let Some(stage) = auth.auth_type() else {
+            return Err(Error::bad_json("unknown authentication type"));
+        };
+        let offered = flows.iter().any(|f| f.stages.contains(&stage));
+        if !offered {
+            return Err(self.uia_challenge(
+                flows,
+                session,
+                state.completed,
+                Some(Error::forbidden("stage not offered")),
+            ));
+        }
+        if let Some(err) = stage_error {
+            return Err(self.uia_challenge(flows, session, state.completed, Some(err)));
+        }
+        if !state.completed.contains(&stage) {
+            state.completed.push(stage);
+        }
+        let done = flows
+            .iter()
+            .any(|f| f.stages.iter().all(|s| state.completed.contains(s)));
+        if done {
+            self.uia.lock().expect("uia lock poisoned").remove(&session);
+            Ok(())
+        } else {
+            self.uia
+                .lock()
+                .expect("uia lock poisoned")
+                .insert(session.clone(), state.clone());
+            Err(self.uia_challenge(flows, session, state.completed, None))
+        }
+    }
+
+    /// Confirms the identity of a logged-in user for a sensitive action (password stage).
+    pub async fn confirm_identity(&self, user_id: &UserId, auth: Option<&AuthData>) -> Result<()> {
+        let flows = vec![AuthFlow::new(vec![AuthType::Password])];
+        self.check_uia(flows, auth, Some(user_id)).await
+    }
+
+    /// `/register` with a password; returns the account's session unless login is inhibited.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn register(
+        &self,
+        username: Option<&str>,
+        password: Option<&str>,
+        auth: Option<&AuthData>,
+        guest: bool,
+        device_id: Option<&str>,
+        device_name: Option<&str>,
+        inhibit_login: bool,
+        refresh: bool,
+    ) -> Result<(OwnedUserId, Option<IssuedSession>)> {
+        if guest {
+            if !self.config.allow_guest_access {
+                return Err(Error::forbidden("guest access is disabled"));
+            }
+        } else {
+            let flows = match self.config.registration {
+                RegistrationMode::Open => vec![AuthFlow::new(vec![AuthType::Dummy])],
+                RegistrationMode::Token => vec![AuthFlow::new(vec![AuthType::RegistrationToken])],
+                RegistrationMode::Closed => {
+                    return Err(Error::forbidden("registration is disabled"));
+                }
+            };
+            // Validate the requested name before asking for authentication stages.
+            if let Some(name) = username {
+                self.is_available(name).await?;
+            }
+            self.check_uia(flows, auth, None).await?;
+        }
+        let user_id = match username {
+            Some(name) if !guest => self.validate_localpart(&name.to_lowercase())?,
+            _ => self.validate_localpart(&random_string(12).to_lowercase())?,
+        };
+        let password_hash = match password {
+            Some(p) if !guest => Some(self.hash_password(p).await?),
+            _ => None,
+        };
+        let issued =
+            (!inhibit_login).then(|| self.new_session_tokens(&user_id, device_id, refresh));
+        let displayname = user_id.localpart().to_owned();
+        let session_input = issued
+            .as_ref()
+            .map(|(s, token_hash, refresh_hash)| NewSession {
+                device_id: s.device_id.as_str(),
+                device_display_name: device_name,
+                token_hash,
+                refresh_token_hash: refresh_hash.as_deref(),
+                expires_ts: s.expires_in.map(|d| now_ms() + d.as_millis() as i64),
+            });
+        let created = self
+            .store
+            .create_account(NewAccount {
+                user_id: user_id.as_str(),
+                password_hash: password_hash.as_deref(),
+                is_admin: false,
+                is_guest: guest,
+                displayname: Some(&displayname),
+                session: session_input,
+            })
+            .await?;
+        if !created {
+            return Err(Error::UserInUse);
+        }
+        tracing::info!(%user_id, "account registered");
+        Ok((user_id, issued.map(|(s, _, _)| s)))
+    }
+
+    /// Creates an account directly (admin API, shared-secret registration).
+    pub async fn create_user(
+        &self,
+        localpart: &str,
+        password: Option<&str>,
+        admin: bool,
+        displayname: Option<&str>,
+    ) -> Result<OwnedUserId> {
+        let user_id = self.validate_localpart(localpart)?;
+        let hash = match password {
+            Some(p) => Some(self.hash_password(p).await?),
+            None => None,
+        };
+        let created = self
+            .store
+            .create_account(NewAccount {
+                user_id: user_id.as_str(),
+                password_hash: hash.as_deref(),
+                is_admin: admin,
+                is_guest: false,
+                displayname: Some(displayname.unwrap_or(user_id.localpart())),
+                session: None,
+            })
+            .await?;
+        if !created {
+            return Err(Error::UserInUse);
+        }
+        Ok(user_id)
+    }
+
+    fn new_session_tokens(
+        &self,
+        user_id: &UserId,
+        device_id: Option<&str>,
+        refresh: bool,
+    ) -> (IssuedSession, String, Option<String>) {
+        let device_id: OwnedDeviceId = device_id
+            .map(Into::into)
+            .unwrap_or_else(|| random_string(10).to_uppercase().into());
+        let access_token = new_token("mst");
+        let refresh_token = refresh.then(|| new_token("msr"));
+        let token_hash = hash_token(&access_token);
+        let refresh_hash = refresh_token.as_deref().map(hash_token);
+        let expires_in =
+            refresh.then(|| Duration::from_secs(self.config.access_token_lifetime_secs));
+        (
+            IssuedSession {
+                user_id: user_id.to_owned(),
+                device_id,
+                access_token,
+                refresh_token,
+                expires_in,
+            },
+            token_hash,
+            refresh_hash,
+        )
+    }
+
+    /// Issues a new device session for a user (after a successful login).
+    pub async fn open_session(
+        &self,
+        user_id: &UserId,
+        device_id: Option<&str>,
+        device_name: Option<&str>,
+        refresh: bool,
+    ) -> Result<IssuedSession> {
+        let (session, token_hash, refresh_hash) =
+            self.new_session_tokens(user_id, device_id, refresh);
+        self.store
+            .create_session(
+                user_id.as_str(),
+                NewSession {
+                    device_id: session.device_id.as_str(),
+                    device_display_name: device_name,
+                    token_hash: &token_hash,
+                    refresh_token_hash: refresh_hash.as_deref(),
+                    expires_ts: session.expires_in.map(|d| now_ms() + d.as_millis() as i64),
+                },
+            )
+            .await?;
+        Ok(session)
+    }
+
+    /// `m.login.password`.
+    pub async fn login_password(
+        &self,
+        user: &str,
+        password: &str,
+        device_id: Option<&str>,
+        device_name: Option<&str>,
+        refresh: bool,
+    ) -> Result<IssuedSession> {
+        let user_id = self
+            .local_user_id(user)
+            .map_err(|_| Error::forbidden("invalid username or password"))?;
+        let account = self.store.user(user_id.as_str()).await?;
+        let Some(account) = account else {
+            return Err(Error::forbidden("invalid username or password"));
+        };
+        if account.deactivated {
+            return Err(Error::UserDeactivated);
+        }
+        let ok = match &account.password_hash {
+            Some(hash) => self.verify_password(hash, password).await,
+            None => false,
+        };
+        if !ok {
+            return Err(Error::forbidden("invalid username or password"));
+        }
+        let session = self
+            .open_session(&user_id, device_id, device_name, refresh)
+            .await?;
+        tracing::info!(%user_id, device_id = %session.device_id, "logged in");
+        Ok(session)
+    }
+
+    /// Resolves an access token to an identity.
+    pub async fn authenticate(&self, token: &str) -> Result<Identity> {
+        let row = self
+            .store
+            .token(&hash_token(token))
+            .await?
+            .ok_or(Error::UnknownToken { soft_logout: false })?;
+        if row.expires_ts.is_some_and(|exp| exp <= now_ms()) {
+            return Err(Error::UnknownToken { soft_logout: true });
+        }
+        let user_id = UserId::parse(&row.user_id).map_err(|e| Error::Internal(e.to_string()))?;
+        let user = self
+            .store
+            .user(user_id.as_str())
+            .await?
+            .ok_or(Error::UnknownToken { soft_logout: false })?;
+        if user.deactivated {
+            return Err(Error::UnknownToken { soft_logout: false });
+        }
+        Ok(Identity {
+            user_id,
+            device_id: row.device_id.into(),
+            is_admin: user.is_admin,
+        })
+    }
+
+    /// Swaps a refresh token for a new pair.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedSession> {
+        let access_token = new_token("mst");
+        let new_refresh = new_token("msr");
+        let expires_in = Duration::from_secs(self.config.access_token_lifetime_secs);
+        let row = self
+            .store
+            .refresh_session(
+                &hash_token(refresh_token),
+                &hash_token(&access_token),
+                &hash_token(&new_refresh),
+                Some(now_ms() + expires_in.as_millis() as i64),
+            )
+            .await?
+            .ok_or(Error::UnknownToken { soft_logout: false })?;
+        Ok(IssuedSession {
+            user_id: UserId::parse(&row.user_id).map_err(|e| Error::Internal(e.to_string()))?,
+            device_id: row.device_id.into(),
+            access_token,
+            refresh_token: Some(new_refresh),
+            expires_in: Some(expires_in),
+        })
+    }
+
+    /// Deletes devices (and with them their tokens).
+    pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> Result<()> {
+        self.store
+            .delete_devices(user_id.as_str(), device_ids)
+            .await?;
+        Ok(())
+    }
+
+    /// Logs out every device of a user.
+    pub async fn logout_all(&self, user_id: &UserId) -> Result<()> {
+        let devices = self.store.device_ids(user_id.as_str()).await?;
+        self.delete_devices(user_id, &devices).await
+    }
+
+    /// Changes a password, optionally logging out the other devices.
+    pub async fn change_password(
+        &self,
+        identity: &Identity,
+        new_password: &str,
+        logout_devices: bool,
+    ) -> Result<()> {
+        let hash = self.hash_password(new_password).await?;
+        self.store
+            .set_password(
+                identity.user_id.as_str(),
+                &hash,
+                Some(identity.device_id.as_str()),
+                logout_devices,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deactivates an account; its ID is never handed out again.
+    pub async fn deactivate(&self, user_id: &UserId) -> Result<()> {
+        self.store.deactivate_user(user_id.as_str()).await?;
+        tracing::info!(%user_id, "account deactivated");
+        Ok(())
+    }
+}

@@ -1,0 +1,268 @@
+//! Accounts, sessions and devices.
+
+use axum::{Router, response::Response};
+use ruma::api::client::{
+    account::{change_password, deactivate, get_username_availability, register, whoami},
+    device::{delete_device, delete_devices, get_device, get_devices, update_device},
+    session::{get_login_types, login, logout, logout_all, refresh_token},
+    uiaa::UserIdentifier,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    accounts::IssuedSession,
+    api::{
+        AppState,
+        ruma::{Ruma, json, route},
+    },
+    error::{Error, Result},
+    ratelimit::Action,
+    store::DeviceRow,
+};
+
+pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = route(router, register);
+    let router = route(router, available);
+    let router = route(router, login_types);
+    let router = route(router, login);
+    let router = route(router, refresh);
+    let router = route(router, logout);
+    let router = route(router, logout_all);
+    let router = route(router, whoami);
+    let router = route(router, devices);
+    let router = route(router, device);
+    let router = route(router, update_device);
+    let router = route(router, delete_device);
+    let router = route(router, delete_devices);
+    let router = route(router, change_password);
+    route(router, deactivate)
+}
+
+fn session_json(state: &AppState, s: &IssuedSession) -> Value {
+    let mut out = json!({
+        "user_id": s.user_id,
+        "access_token": s.access_token,
+        "device_id": s.device_id,
+        "home_server": state.config.server_name,
+        "well_known": { "m.homeserver": { "base_url": state.config.public_baseurl() } },
+    });
+    if let Some(refresh) = &s.refresh_token {
+        out["refresh_token"] = json!(refresh);
+    }
+    if let Some(expires) = s.expires_in {
+        out["expires_in_ms"] = json!(expires.as_millis() as u64);
+    }
+    out
+}
+
+/// # POST /_matrix/client/v3/register
+async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Result<Response> {
+    let ip = req.client_ip.clone().unwrap_or_default();
+    state.limits.check(Action::Registration, &ip)?;
+    let body = req.body;
+    let guest = body.kind == register::RegistrationKind::Guest;
+    let (user_id, session) = state
+        .accounts
+        .register(
+            body.username.as_deref(),
+            body.password.as_deref(),
+            body.auth.as_ref(),
+            guest,
+            body.device_id.as_ref().map(|d| d.as_str()),
+            body.initial_device_display_name.as_deref(),
+            body.inhibit_login,
+            body.refresh_token,
+        )
+        .await?;
+    Ok(json(match session {
+        Some(s) => session_json(&state, &s),
+        None => json!({ "user_id": user_id, "home_server": state.config.server_name }),
+    }))
+}
+
+/// # GET /_matrix/client/v3/register/available
+async fn available(
+    state: AppState,
+    req: Ruma<get_username_availability::v3::Request>,
+) -> Result<Response> {
+    state.accounts.is_available(&req.body.username).await?;
+    Ok(json(json!({ "available": true })))
+}
+
+/// # GET /_matrix/client/v3/login
+async fn login_types(_: AppState, _: Ruma<get_login_types::v3::Request>) -> Result<Response> {
+    Ok(json(json!({ "flows": [{ "type": "m.login.password" }] })))
+}
+
+/// # POST /_matrix/client/v3/login
+async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<Response> {
+    let ip = req.client_ip.clone().unwrap_or_default();
+    state.limits.check(Action::Login, &ip)?;
+    let body = req.body;
+    let login::v3::LoginInfo::Password(password) = &body.login_info else {
+        return Err(Error::Unknown("unsupported login type".into()));
+    };
+    #[allow(deprecated)]
+    let user = match (&password.identifier, &password.user) {
+        (Some(UserIdentifier::Matrix(m)), _) => m.user.clone(),
+        (None, Some(user)) => user.clone(),
+        _ => return Err(Error::forbidden("only user identifiers are supported")),
+    };
+    let session = state
+        .accounts
+        .login_password(
+            &user,
+            &password.password,
+            body.device_id.as_ref().map(|d| d.as_str()),
+            body.initial_device_display_name.as_deref(),
+            body.refresh_token,
+        )
+        .await?;
+    Ok(json(session_json(&state, &session)))
+}
+
+/// # POST /_matrix/client/v3/refresh
+async fn refresh(state: AppState, req: Ruma<refresh_token::v3::Request>) -> Result<Response> {
+    let s = state.accounts.refresh(&req.body.refresh_token).await?;
+    Ok(json(json!({
+        "access_token": s.access_token,
+        "refresh_token": s.refresh_token,
+        "expires_in_ms": s.expires_in.map(|d| d.as_millis() as u64),
+    })))
+}
+
+/// # POST /_matrix/client/v3/logout
+async fn logout(state: AppState, req: Ruma<logout::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    state
+        .accounts
+        .delete_devices(&id.user_id, &[id.device_id.to_string()])
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # POST /_matrix/client/v3/logout/all
+async fn logout_all(state: AppState, req: Ruma<logout_all::v3::Request>) -> Result<Response> {
+    state.accounts.logout_all(&req.identity().user_id).await?;
+    Ok(json(json!({})))
+}
+
+/// # GET /_matrix/client/v3/account/whoami
+async fn whoami(_: AppState, req: Ruma<whoami::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    Ok(json(
+        json!({ "user_id": id.user_id, "device_id": id.device_id, "is_guest": false }),
+    ))
+}
+
+fn device_json(user_id: &str, d: &DeviceRow) -> Value {
+    let _ = user_id;
+    json!({
+        "device_id": d.device_id,
+        "display_name": d.display_name,
+        "last_seen_ts": d.last_seen_ts,
+        "last_seen_ip": d.last_seen_ip,
+    })
+}
+
+/// # GET /_matrix/client/v3/devices
+async fn devices(state: AppState, req: Ruma<get_devices::v3::Request>) -> Result<Response> {
+    let user_id = req.identity().user_id.as_str();
+    let devices = state.store.devices(user_id).await?;
+    Ok(json(
+        json!({ "devices": devices.iter().map(|d| device_json(user_id, d)).collect::<Vec<_>>() }),
+    ))
+}
+
+/// # GET /_matrix/client/v3/devices/{deviceId}
+async fn device(state: AppState, req: Ruma<get_device::v3::Request>) -> Result<Response> {
+    let user_id = req.identity().user_id.as_str();
+    let device = state
+        .store
+        .device(user_id, req.body.device_id.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("device not found"))?;
+    Ok(json(device_json(user_id, &device)))
+}
+
+/// # PUT /_matrix/client/v3/devices/{deviceId}
+async fn update_device(state: AppState, req: Ruma<update_device::v3::Request>) -> Result<Response> {
+    let user_id = req.identity().user_id.as_str();
+    if !state
+        .store
+        .rename_device(
+            user_id,
+            req.body.device_id.as_str(),
+            req.body.display_name.as_deref(),
+        )
+        .await?
+    {
+        return Err(Error::not_found("device not found"));
+    }
+    Ok(json(json!({})))
+}
+
+/// # DELETE /_matrix/client/v3/devices/{deviceId}
+async fn delete_device(state: AppState, req: Ruma<delete_device::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    if state
+        .store
+        .device(id.user_id.as_str(), req.body.device_id.as_str())
+        .await?
+        .is_none()
+    {
+        return Err(Error::not_found("device not found"));
+    }
+    state
+        .accounts
+        .confirm_identity(&id.user_id, req.body.auth.as_ref())
+        .await?;
+    state
+        .accounts
+        .delete_devices(&id.user_id, &[req.body.device_id.to_string()])
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # POST /_matrix/client/v3/delete_devices
+async fn delete_devices(
+    state: AppState,
+    req: Ruma<delete_devices::v3::Request>,
+) -> Result<Response> {
+    let id = req.identity();
+    state
+        .accounts
+        .confirm_identity(&id.user_id, req.body.auth.as_ref())
+        .await?;
+    let devices: Vec<String> = req.body.devices.iter().map(ToString::to_string).collect();
+    state.accounts.delete_devices(&id.user_id, &devices).await?;
+    Ok(json(json!({})))
+}
+
+/// # POST /_matrix/client/v3/account/password
+async fn change_password(
+    state: AppState,
+    req: Ruma<change_password::v3::Request>,
+) -> Result<Response> {
+    let id = req.identity();
+    state
+        .accounts
+        .confirm_identity(&id.user_id, req.body.auth.as_ref())
+        .await?;
+    state
+        .accounts
+        .change_password(id, &req.body.new_password, req.body.logout_devices)
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # POST /_matrix/client/v3/account/deactivate
+async fn deactivate(state: AppState, req: Ruma<deactivate::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    state
+        .accounts
+        .confirm_identity(&id.user_id, req.body.auth.as_ref())
+        .await?;
+    state.accounts.deactivate(&id.user_id).await?;
+    Ok(json(json!({ "id_server_unbind_result": "no-support" })))
+}

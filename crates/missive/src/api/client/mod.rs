@@ -1,0 +1,24 @@
+//! Client-server API handlers, one module per spec section.
+
+pub mod account;
+pub mod directory;
+pub mod discovery;
+pub mod profile;
+pub mod rooms;
+pub mod sync;
+pub mod user_data;
+
+use axum::Router;
+
+use super::AppState;
+
+/// Registers every client-server endpoint.
+pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = discovery::routes(router);
+    let router = account::routes(router);
+    let router = profile::routes(router);
+    let router = user_data::routes(router);
+    let router = rooms::routes(router);
+    let router = directory::routes(router);
+    sync::routes(router)
+}

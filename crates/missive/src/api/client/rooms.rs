@@ -1,0 +1,610 @@
+//! Rooms: creation, membership, state, events, timeline, relations.
+
+use axum::{Router, response::Response};
+use ruma::{
+    RoomId,
+    api::{
+        Direction,
+        client::{
+            context::get_context,
+            knock::knock_room,
+            membership::{
+                ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+                join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room,
+                unban_user,
+            },
+            message::{get_message_events, send_message_event},
+            redact::redact_event,
+            relations::{
+                get_relating_events, get_relating_events_with_rel_type,
+                get_relating_events_with_rel_type_and_event_type,
+            },
+            room::{create_room, get_room_event},
+            state::{get_state_event_for_key, get_state_events, send_state_event},
+            threads::get_threads,
+        },
+    },
+};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    api::{
+        AppState,
+        ruma::{Ruma, json, route},
+    },
+    error::{Error, Result},
+    filter,
+    ratelimit::Action,
+    rooms::{Draft, pdu, timeline::Viewer},
+};
+
+pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = route(router, create);
+    let router = route(router, join_by_id);
+    let router = route(router, join);
+    let router = route(router, knock);
+    let router = route(router, invite);
+    let router = route(router, leave);
+    let router = route(router, forget);
+    let router = route(router, kick);
+    let router = route(router, ban);
+    let router = route(router, unban);
+    let router = route(router, joined_rooms);
+    let router = route(router, members);
+    let router = route(router, joined_members);
+    let router = route(router, state);
+    let router = route(router, state_event);
+    let router = route(router, send_state);
+    let router = route(router, send);
+    let router = route(router, redact);
+    let router = route(router, event);
+    let router = route(router, messages);
+    let router = route(router, context);
+    let router = route(router, relations);
+    let router = route(router, relations_by_type);
+    let router = route(router, relations_by_type_and_event);
+    route(router, threads)
+}
+
+fn viewer<T>(req: &Ruma<T>) -> Viewer<'_> {
+    let id = req.identity();
+    Viewer {
+        user_id: &id.user_id,
+        device_id: id.device_id.as_str(),
+    }
+}
+
+fn body_object(bytes: &[u8]) -> Result<Value> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| Error::bad_json(e.to_string()))?;
+    if !value.is_object() {
+        return Err(Error::bad_json("event content must be a JSON object"));
+    }
+    Ok(value)
+}
+
+fn reason_of(bytes: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()?
+        .get("reason")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// # POST /_matrix/client/v3/createRoom
+async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Result<Response> {
+    let id = req.identity().clone();
+    state.limits.check(Action::RoomJoin, id.user_id.as_str())?;
+    let room_id = state.rooms.create_room(&id.user_id, req.body).await?;
+    Ok(json(json!({ "room_id": room_id })))
+}
+
+/// # POST /_matrix/client/v3/rooms/{roomId}/join
+async fn join_by_id(state: AppState, req: Ruma<join_room_by_id::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    state.limits.check(Action::RoomJoin, id.user_id.as_str())?;
+    let room_id = state
+        .rooms
+        .join(&id.user_id, &req.body.room_id, req.body.reason.as_deref())
+        .await?;
+    Ok(json(json!({ "room_id": room_id })))
+}
+
+/// # POST /_matrix/client/v3/join/{roomIdOrAlias}
+async fn join(
+    state: AppState,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<Response> {
+    let id = req.identity();
+    state.limits.check(Action::RoomJoin, id.user_id.as_str())?;
+    let room_id = state.rooms.resolve_room(&req.body.room_id_or_alias).await?;
+    let room_id = state
+        .rooms
+        .join(&id.user_id, &room_id, req.body.reason.as_deref())
+        .await?;
+    Ok(json(json!({ "room_id": room_id })))
+}
+
+/// # POST /_matrix/client/v3/knock/{roomIdOrAlias}
+async fn knock(state: AppState, req: Ruma<knock_room::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    let room_id = state.rooms.resolve_room(&req.body.room_id_or_alias).await?;
+    let room_id = state
+        .rooms
+        .knock(&id.user_id, &room_id, req.body.reason.as_deref())
+        .await?;
+    Ok(json(json!({ "room_id": room_id })))
+}
+
+/// # POST /_matrix/client/v3/rooms/{roomId}/invite
+async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    state.limits.check(Action::Invite, id.user_id.as_str())?;
+    let invite_user::v3::InvitationRecipient::UserId(invitee) = &req.body.recipient else {
+        return Err(Error::forbidden("third-party invites are not supported"));
+    };
+    let user_id = &invitee.user_id;
+    let reason = reason_of(&req.json);
+    state
+        .rooms
+        .set_membership_of(
+            &id.user_id,
+            &req.body.room_id,
+            user_id,
+            "invite",
+            reason.as_deref(),
+        )
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # POST /_matrix/client/v3/rooms/{roomId}/leave
+async fn leave(state: AppState, req: Ruma<leave_room::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    state
+        .rooms
+        .leave(&id.user_id, &req.body.room_id, req.body.reason.as_deref())
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # POST /_matrix/client/v3/rooms/{roomId}/forget
+async fn forget(state: AppState, req: Ruma<forget_room::v3::Request>) -> Result<Response> {
+    state
+        .rooms
+        .forget(&req.identity().user_id, &req.body.room_id)
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # POST /_matrix/client/v3/rooms/{roomId}/kick
+async fn kick(state: AppState, req: Ruma<kick_user::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    let b = &req.body;
+    state
+        .rooms
+        .set_membership_of(
+            &id.user_id,
+            &b.room_id,
+            &b.user_id,
+            "leave",
+            b.reason.as_deref(),
+        )
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # POST /_matrix/client/v3/rooms/{roomId}/ban
+async fn ban(state: AppState, req: Ruma<ban_user::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    let b = &req.body;
+    state
+        .rooms
+        .set_membership_of(
+            &id.user_id,
+            &b.room_id,
+            &b.user_id,
+            "ban",
+            b.reason.as_deref(),
+        )
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # POST /_matrix/client/v3/rooms/{roomId}/unban
+async fn unban(state: AppState, req: Ruma<unban_user::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    let b = &req.body;
+    state
+        .rooms
+        .set_membership_of(
+            &id.user_id,
+            &b.room_id,
+            &b.user_id,
+            "unban",
+            b.reason.as_deref(),
+        )
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # GET /_matrix/client/v3/joined_rooms
+async fn joined_rooms(state: AppState, req: Ruma<joined_rooms::v3::Request>) -> Result<Response> {
+    let rooms: Vec<String> = state
+        .store
+        .memberships_of_user(req.identity().user_id.as_str(), None)
+        .await?
+        .into_iter()
+        .filter(|m| m.membership == "join")
+        .map(|m| m.room_id)
+        .collect();
+    Ok(json(json!({ "joined_rooms": rooms })))
+}
+
+/// # GET /_matrix/client/v3/rooms/{roomId}/members
+async fn members(state: AppState, req: Ruma<get_member_events::v3::Request>) -> Result<Response> {
+    let events = state
+        .rooms
+        .state_events(viewer(&req), &req.body.room_id)
+        .await?;
+    let want = req.body.membership.as_ref().map(ToString::to_string);
+    let not = req.body.not_membership.as_ref().map(ToString::to_string);
+    let chunk: Vec<Value> = events
+        .into_iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .filter(|e| {
+            let m = e["content"]["membership"].as_str().unwrap_or_default();
+            want.as_deref().is_none_or(|w| w == m) && not.as_deref() != Some(m)
+        })
+        .collect();
+    Ok(json(json!({ "chunk": chunk })))
+}
+
+/// # GET /_matrix/client/v3/rooms/{roomId}/joined_members
+async fn joined_members(
+    state: AppState,
+    req: Ruma<joined_members::v3::Request>,
+) -> Result<Response> {
+    let events = state
+        .rooms
+        .state_events(viewer(&req), &req.body.room_id)
+        .await?;
+    let mut joined = Map::new();
+    for e in events
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+    {
+        if let Some(user) = e["state_key"].as_str() {
+            joined.insert(
+                user.to_owned(),
+                json!({ "display_name": e["content"]["displayname"], "avatar_url": e["content"]["avatar_url"] }),
+            );
+        }
+    }
+    Ok(json(json!({ "joined": joined })))
+}
+
+/// # GET /_matrix/client/v3/rooms/{roomId}/state
+async fn state(state: AppState, req: Ruma<get_state_events::v3::Request>) -> Result<Response> {
+    Ok(json(Value::Array(
+        state
+            .rooms
+            .state_events(viewer(&req), &req.body.room_id)
+            .await?,
+    )))
+}
+
+/// # GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}
+async fn state_event(
+    state: AppState,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> Result<Response> {
+    let b = &req.body;
+    let kind = b.event_type.to_string();
+    if matches!(
+        b.format,
+        ruma::api::client::state::get_state_event_for_key::v3::StateEventFormat::Event
+    ) {
+        let events = state.rooms.state_events(viewer(&req), &b.room_id).await?;
+        let event = events
+            .into_iter()
+            .find(|e| e["type"] == kind && e["state_key"] == b.state_key.as_str())
+            .ok_or_else(|| Error::not_found("state event not found"))?;
+        return Ok(json(event));
+    }
+    Ok(json(
+        state
+            .rooms
+            .state_content(viewer(&req), &b.room_id, &kind, &b.state_key)
+            .await?,
+    ))
+}
+
+/// # PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}
+async fn send_state(state: AppState, req: Ruma<send_state_event::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    let b = &req.body;
+    let content = body_object(b.body.json().get().as_bytes())?;
+    let kind = b.event_type.to_string();
+    if kind == "m.room.member" {
+        // Membership changes go through the membership endpoints' checks too.
+        let target =
+            ruma::UserId::parse(&b.state_key).map_err(|e| Error::bad_json(e.to_string()))?;
+        if target != id.user_id && content["membership"] != "join" {
+            let membership = content["membership"].as_str().unwrap_or_default();
+            let reason = content["reason"].as_str();
+            state
+                .rooms
+                .set_membership_of(&id.user_id, &b.room_id, &target, membership, reason)
+                .await?;
+            let row = state
+                .store
+                .membership(b.room_id.as_str(), target.as_str())
+                .await?;
+            return Ok(json(json!({ "event_id": row.map(|r| r.event_id) })));
+        }
+    }
+    if kind == "m.room.create" {
+        return Err(Error::forbidden("m.room.create cannot be sent"));
+    }
+    let draft = Draft::state(kind, b.state_key.clone(), content);
+    let event_id = state
+        .rooms
+        .send(&id.user_id, id.device_id.as_str(), &b.room_id, draft, None)
+        .await?;
+    Ok(json(json!({ "event_id": event_id })))
+}
+
+/// # PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}
+async fn send(state: AppState, req: Ruma<send_message_event::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    state.limits.check(Action::Message, id.user_id.as_str())?;
+    let b = &req.body;
+    let content = body_object(b.body.json().get().as_bytes())?;
+    let kind = b.event_type.to_string();
+    if kind == "m.room.redaction" {
+        return Err(Error::forbidden("use the redact endpoint to redact events"));
+    }
+    let draft = Draft::message(kind, content);
+    let event_id = state
+        .rooms
+        .send(
+            &id.user_id,
+            id.device_id.as_str(),
+            &b.room_id,
+            draft,
+            Some(b.txn_id.as_str()),
+        )
+        .await?;
+    Ok(json(json!({ "event_id": event_id })))
+}
+
+/// # PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}
+async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    let b = &req.body;
+    let mut content = json!({ "redacts": b.event_id });
+    if let Some(reason) = &b.reason {
+        content["reason"] = json!(reason);
+    }
+    let draft = Draft::message("m.room.redaction", content);
+    let event_id = state
+        .rooms
+        .send(
+            &id.user_id,
+            id.device_id.as_str(),
+            &b.room_id,
+            draft,
+            Some(b.txn_id.as_str()),
+        )
+        .await?;
+    Ok(json(json!({ "event_id": event_id })))
+}
+
+/// # GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}
+async fn event(state: AppState, req: Ruma<get_room_event::v3::Request>) -> Result<Response> {
+    Ok(json(
+        state
+            .rooms
+            .event_for(viewer(&req), &req.body.room_id, &req.body.event_id)
+            .await?,
+    ))
+}
+
+/// # GET /_matrix/client/v3/rooms/{roomId}/messages
+async fn messages(state: AppState, req: Ruma<get_message_events::v3::Request>) -> Result<Response> {
+    let b = &req.body;
+    let backwards = b.dir == Direction::Backward;
+    let limit = u64::from(b.limit) as usize;
+    let room_filter = &b.filter;
+    let (chunk, start, end) = state
+        .rooms
+        .paginate(
+            viewer(&req),
+            &b.room_id,
+            b.from.as_deref(),
+            b.to.as_deref(),
+            backwards,
+            limit,
+            |e| filter::event_matches(room_filter, e),
+        )
+        .await?;
+    let mut body = json!({ "chunk": chunk, "start": start });
+    if let Some(end) = end {
+        body["end"] = json!(end);
+    }
+    if filter::lazy_members(room_filter) {
+        body["state"] = json!(members_of_senders(&state, &req, &b.room_id, &body["chunk"]).await?);
+    }
+    Ok(json(body))
+}
+
+async fn members_of_senders<T>(
+    state: &AppState,
+    req: &Ruma<T>,
+    room_id: &RoomId,
+    chunk: &Value,
+) -> Result<Vec<Value>> {
+    let senders: std::collections::HashSet<&str> = chunk
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["sender"].as_str())
+        .collect();
+    let events = state.rooms.state_events(viewer(req), room_id).await?;
+    Ok(events
+        .into_iter()
+        .filter(|e| {
+            e["type"] == "m.room.member"
+                && e["state_key"].as_str().is_some_and(|k| senders.contains(k))
+        })
+        .collect())
+}
+
+/// # GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}
+async fn context(state: AppState, req: Ruma<get_context::v3::Request>) -> Result<Response> {
+    let b = &req.body;
+    let limit = (u64::from(b.limit) as usize).min(100);
+    let (before, event, after, start, end) = state
+        .rooms
+        .context(viewer(&req), &b.room_id, &b.event_id, limit)
+        .await?;
+    let room_state = state.rooms.state_events(viewer(&req), &b.room_id).await?;
+    let room_state: Vec<Value> = if filter::lazy_members(&b.filter) {
+        let senders: std::collections::HashSet<String> = before
+            .iter()
+            .chain(after.iter())
+            .chain(std::iter::once(&event))
+            .filter_map(|e| e["sender"].as_str().map(str::to_owned))
+            .collect();
+        room_state
+            .into_iter()
+            .filter(|e| {
+                e["type"] != "m.room.member"
+                    || e["state_key"].as_str().is_some_and(|k| senders.contains(k))
+            })
+            .collect()
+    } else {
+        room_state
+    };
+    Ok(json(json!({
+        "events_before": before,
+        "event": event,
+        "events_after": after,
+        "start": start,
+        "end": end,
+        "state": room_state,
+    })))
+}
+
+async fn relations_response(
+    state: &AppState,
+    viewer: Viewer<'_>,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+    rel_type: Option<String>,
+    event_type: Option<String>,
+    from: Option<&str>,
+    dir: Direction,
+    limit: Option<ruma::UInt>,
+) -> Result<Response> {
+    let limit = limit.map_or(50, |l| u64::from(l) as usize);
+    let (chunk, next) = state
+        .rooms
+        .relations(
+            viewer,
+            room_id,
+            event_id,
+            rel_type.as_deref(),
+            event_type.as_deref(),
+            from,
+            dir == Direction::Backward,
+            limit,
+        )
+        .await?;
+    let mut body = json!({ "chunk": chunk });
+    if let Some(next) = next {
+        body["next_batch"] = json!(next);
+    }
+    Ok(json(body))
+}
+
+/// # GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}
+async fn relations(
+    state: AppState,
+    req: Ruma<get_relating_events::v1::Request>,
+) -> Result<Response> {
+    let b = &req.body;
+    relations_response(
+        &state,
+        viewer(&req),
+        &b.room_id,
+        &b.event_id,
+        None,
+        None,
+        b.from.as_deref(),
+        b.dir.clone(),
+        b.limit,
+    )
+    .await
+}
+
+/// # GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}
+async fn relations_by_type(
+    state: AppState,
+    req: Ruma<get_relating_events_with_rel_type::v1::Request>,
+) -> Result<Response> {
+    let b = &req.body;
+    let rel = Some(b.rel_type.to_string());
+    relations_response(
+        &state,
+        viewer(&req),
+        &b.room_id,
+        &b.event_id,
+        rel,
+        None,
+        b.from.as_deref(),
+        b.dir.clone(),
+        b.limit,
+    )
+    .await
+}
+
+/// # GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}
+async fn relations_by_type_and_event(
+    state: AppState,
+    req: Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
+) -> Result<Response> {
+    let b = &req.body;
+    let rel = Some(b.rel_type.to_string());
+    let kind = Some(b.event_type.to_string());
+    relations_response(
+        &state,
+        viewer(&req),
+        &b.room_id,
+        &b.event_id,
+        rel,
+        kind,
+        b.from.as_deref(),
+        b.dir.clone(),
+        b.limit,
+    )
+    .await
+}
+
+/// # GET /_matrix/client/v1/rooms/{roomId}/threads
+async fn threads(state: AppState, req: Ruma<get_threads::v1::Request>) -> Result<Response> {
+    let b = &req.body;
+    let limit = b.limit.map_or(50, |l| u64::from(l) as usize);
+    let (chunk, next) = state
+        .rooms
+        .threads(viewer(&req), &b.room_id, b.from.as_deref(), limit)
+        .await?;
+    let mut body = json!({ "chunk": chunk });
+    if let Some(next) = next {
+        body["next_batch"] = json!(next);
+    }
+    Ok(json(body))
+}
+
+#[allow(dead_code)]
+fn _unused(_: &pdu::Pdu) {}

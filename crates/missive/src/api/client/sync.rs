@@ -1,0 +1,40 @@
+//! `/sync`.
+
+use std::time::Duration;
+
+use axum::{Router, response::Response};
+use ruma::api::client::sync::sync_events;
+
+use crate::{
+    api::{
+        AppState,
+        ruma::{Ruma, json, route},
+    },
+    error::Result,
+    sync::SyncRequest,
+};
+
+pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    route(router, sync)
+}
+
+/// # GET /_matrix/client/v3/sync
+async fn sync(state: AppState, req: Ruma<sync_events::v3::Request>) -> Result<Response> {
+    let id = req.identity().clone();
+    let body = req.body;
+    let filter = match body.filter {
+        Some(sync_events::v3::Filter::FilterDefinition(f)) => f,
+        Some(sync_events::v3::Filter::FilterId(filter_id)) => {
+            state.user_data.filter(&id.user_id, &filter_id).await?
+        }
+        _ => Default::default(),
+    };
+    let request = SyncRequest {
+        since: body.since,
+        timeout: body.timeout.unwrap_or(Duration::ZERO),
+        full_state: body.full_state,
+        filter,
+        use_state_after: body.use_state_after,
+    };
+    Ok(json(state.sync.sync(&id, request).await?))
+}

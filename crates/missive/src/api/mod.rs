@@ -1,0 +1,45 @@
+//! The HTTP layer: thin axum handlers grouped as the spec groups them, and the route table.
+
+pub mod admin;
+pub mod client;
+pub mod ruma;
+
+use std::sync::Arc;
+
+use axum::{Router, routing::get};
+use tower_http::cors::CorsLayer;
+
+use crate::{
+    accounts::Accounts, config::Config, ratelimit::RateLimiter, rooms::Rooms, store::Store,
+    sync::Sync,
+};
+
+/// Everything a handler can reach, built once at start-up and shared by `Arc`.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub accounts: Accounts,
+    pub rooms: Arc<Rooms>,
+    pub sync: Sync,
+    pub limits: RateLimiter,
+    pub user_data: crate::user_data::UserData,
+}
+
+/// The axum state: a handle on the services.
+pub type AppState = Arc<Services>;
+
+/// The complete route table.
+pub fn router(state: AppState) -> Router {
+    let router = Router::new();
+    let router = client::routes(router);
+    let router = admin::routes(router);
+    router
+        .route(
+            "/.well-known/matrix/client",
+            get(client::discovery::well_known),
+        )
+        .fallback(self::ruma::unrecognized)
+        .layer(CorsLayer::very_permissive())
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

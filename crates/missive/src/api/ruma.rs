@@ -1,0 +1,213 @@
+//! The bridge between axum and ruma's endpoint types: one extractor that reads, authenticates
+//! and parses any ruma request, one wrapper that serialises any ruma response, and the
+//! route helper that registers an endpoint under every path ruma knows for it.
+
+use std::future::Future;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{FromRequest, Path, Request, State},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, on},
+};
+use http::StatusCode;
+use ruma::api::{
+    IncomingRequest, OutgoingResponse,
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
+        NoAuthentication,
+    },
+    path_builder::PathBuilder,
+};
+
+use super::AppState;
+use crate::{accounts::Identity, error::Error};
+
+/// How an endpoint authenticates, as ruma declares it.
+pub trait AuthRequirement {
+    /// `Some(true)`: token required; `Some(false)`: optional; `None`: never.
+    const TOKEN: Option<bool>;
+}
+impl AuthRequirement for AccessToken {
+    const TOKEN: Option<bool> = Some(true);
+}
+impl AuthRequirement for AccessTokenOptional {
+    const TOKEN: Option<bool> = Some(false);
+}
+impl AuthRequirement for AppserviceToken {
+    const TOKEN: Option<bool> = Some(true);
+}
+impl AuthRequirement for AppserviceTokenOptional {
+    const TOKEN: Option<bool> = Some(false);
+}
+impl AuthRequirement for NoAuthentication {
+    const TOKEN: Option<bool> = None;
+}
+impl AuthRequirement for NoAccessToken {
+    const TOKEN: Option<bool> = None;
+}
+
+/// A parsed ruma request with the identity of its sender, if authenticated.
+pub struct Ruma<T> {
+    pub body: T,
+    pub identity: Option<Identity>,
+    /// The raw JSON body, for endpoints whose ruma type drops fields we need.
+    pub json: Bytes,
+    pub client_ip: Option<String>,
+}
+
+impl<T> Ruma<T> {
+    /// The identity of an endpoint that requires authentication.
+    pub fn identity(&self) -> &Identity {
+        self.identity
+            .as_ref()
+            .expect("extractor checked authentication for this endpoint")
+    }
+}
+
+/// Finds the access token in the `Authorization` header or the `access_token` query.
+fn access_token(parts: &http::request::Parts) -> Option<String> {
+    if let Some(header) = parts.headers.get(http::header::AUTHORIZATION)
+        && let Ok(value) = header.to_str()
+        && let Some(token) = value.strip_prefix("Bearer ")
+    {
+        return Some(token.trim().to_owned());
+    }
+    let query = parts.uri.query()?;
+    url_query_param(query, "access_token")
+}
+
+fn url_query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+impl<T> FromRequest<AppState> for Ruma<T>
+where
+    T: IncomingRequest + Send,
+    T::Authentication: AuthRequirement,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let mut path_args: Vec<String> =
+            match Path::<Vec<String>>::from_request_parts(&mut parts, state).await {
+                Ok(Path(args)) => args,
+                Err(_) => Vec::new(),
+            };
+        // `…/state/{type}/` addresses the empty state key; see `route`.
+        if parts.uri.path().ends_with('/') {
+            path_args.push(String::new());
+        }
+        let client_ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        let limit = state.config.max_request_size;
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Error::TooLarge)?;
+        let identity = match (T::Authentication::TOKEN, access_token(&parts)) {
+            (None, _) => None,
+            (Some(true), None) => return Err(Error::MissingToken),
+            (Some(_), Some(token)) => Some(state.accounts.authenticate(&token).await?),
+            (Some(false), None) => None,
+        };
+        if !bytes.is_empty() && parts.method != http::Method::GET {
+            // Distinguish "not JSON at all" from "JSON of the wrong shape", as the spec does.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+                return Err(Error::NotJson("request body is not valid JSON".into()));
+            }
+        }
+        let http_req = http::Request::from_parts(parts, bytes.clone());
+        let body = T::try_from_http_request(http_req, &path_args).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("query") {
+                Error::InvalidParam(msg)
+            } else {
+                Error::BadJson(msg)
+            }
+        })?;
+        Ok(Ruma {
+            body,
+            identity,
+            json: bytes,
+            client_ip,
+        })
+    }
+}
+
+use axum::extract::FromRequestParts;
+
+/// A ruma response, serialised for axum.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<Vec<u8>>() {
+            Ok(res) => {
+                let (parts, body) = res.into_parts();
+                Response::from_parts(parts, axum::body::Body::from(body))
+            }
+            Err(e) => {
+                Error::Internal(format!("response serialisation failed: {e}")).into_response()
+            }
+        }
+    }
+}
+
+/// Registers `handler` for the ruma endpoint `T` under all of its paths.
+pub fn route<T, H, F, R>(router: Router<AppState>, handler: H) -> Router<AppState>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthRequirement,
+    H: Fn(AppState, Ruma<T>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<R, Error>> + Send + 'static,
+    R: IntoResponse,
+{
+    let method = MethodFilter::try_from(T::METHOD).expect("ruma endpoints use standard methods");
+    let mut router = router;
+    for path in T::PATH_BUILDER.all_paths() {
+        let mut paths = vec![path.to_owned()];
+        // An empty state key leaves a trailing slash, which no `{param}` matches.
+        if let Some(prefix) = path.strip_suffix("{state_key}") {
+            paths.push(prefix.to_owned());
+        }
+        for path in paths {
+            let handler = handler.clone();
+            router = router.route(
+                &path,
+                on(
+                    method,
+                    move |State(state): State<AppState>, req: Ruma<T>| {
+                        let handler = handler.clone();
+                        async move { handler(state, req).await.map(IntoResponse::into_response) }
+                    },
+                ),
+            );
+        }
+    }
+    router
+}
+
+/// Answers unknown endpoints as the spec asks.
+pub async fn unrecognized() -> Error {
+    Error::Unrecognized {
+        method_not_allowed: false,
+    }
+}
+
+/// A JSON response with status 200.
+pub fn json(value: serde_json::Value) -> Response {
+    (StatusCode::OK, axum::Json(value)).into_response()
+}

@@ -1,0 +1,75 @@
+//! The `missive` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "missive",
+    version,
+    about = "A Matrix homeserver for public administrations"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without one, a local trial server runs on SQLite.
+    #[arg(long, short, env = "MISSIVE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the effective configuration and exit.
+    CheckConfig,
+}
+
+/// Entry point of the binary.
+pub fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MISSIVE_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("missive: {e}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("missive: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => crate::server::run(config).await,
+            Command::Migrate => crate::server::build(config).await.map(|_| ()),
+            Command::CheckConfig => {
+                println!("{config:#?}");
+                Ok(())
+            }
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("missive: {e:#}");
+        std::process::exit(1);
+    }
+}

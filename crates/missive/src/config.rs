@@ -1,0 +1,351 @@
+//! Server configuration: one TOML file, overridden by `MISSIVE_*` environment variables.
+//!
+//! The environment scheme: `MISSIVE_<KEY>` sets a top-level key, `MISSIVE_<TABLE>__<KEY>`
+//! sets a key inside a table (double underscore separates levels). Values are read as TOML
+//! scalars when they parse as such (`true`, `42`), as strings otherwise. `MISSIVE_CONFIG`
+//! names the file and `MISSIVE_LOG` the log filter; neither is a config key.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Who may create an account through `/register`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationMode {
+    /// Anyone, after a `m.login.dummy` stage.
+    Open,
+    /// Only holders of a registration token (`m.login.registration_token`).
+    Token,
+    /// Nobody; accounts come from SSO or the admin API.
+    Closed,
+}
+
+/// The complete server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The server name: the part after `:` in user IDs and room aliases.
+    pub server_name: String,
+    /// Address and port of the client API listener.
+    pub listen: SocketAddr,
+    /// Where the server keeps its files (the SQLite database by default).
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; defaults to a SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+    /// Public base URL of the client API, advertised in `/.well-known/matrix/client`.
+    pub public_baseurl: Option<String>,
+    /// Registration policy of `/register`.
+    pub registration: RegistrationMode,
+    /// Tokens accepted when `registration = "token"`.
+    pub registration_tokens: Vec<String>,
+    /// Shared secret of the admin registration endpoint; unset disables it.
+    pub registration_shared_secret: Option<String>,
+    /// Room version of new rooms when the client does not ask for one.
+    #[serde(deserialize_with = "string_or_number")]
+    pub default_room_version: String,
+    /// Whether guests may register and read world-readable rooms.
+    pub allow_guest_access: bool,
+    /// Lifetime of access tokens issued with a refresh token, in seconds.
+    pub access_token_lifetime_secs: u64,
+    /// Argon2id cost of password hashes.
+    pub password_hashing: PasswordHashing,
+    /// Per-action rate limits.
+    pub rate_limits: RateLimits,
+    /// Largest request body accepted, in bytes.
+    pub max_request_size: usize,
+}
+
+/// Argon2id parameters (OWASP's recommended minimum by default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordHashing {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for PasswordHashing {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+/// A token bucket: `per_second` sustained rate, `burst` requests at once.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// Rate limits per action, applied per user (or per IP before login).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    pub enabled: bool,
+    pub message: Limit,
+    pub login: Limit,
+    pub registration: Limit,
+    pub room_join: Limit,
+    pub invite: Limit,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            message: Limit {
+                per_second: 10.0,
+                burst: 50,
+            },
+            login: Limit {
+                per_second: 0.2,
+                burst: 5,
+            },
+            registration: Limit {
+                per_second: 0.2,
+                burst: 5,
+            },
+            room_join: Limit {
+                per_second: 1.0,
+                burst: 20,
+            },
+            invite: Limit {
+                per_second: 1.0,
+                burst: 20,
+            },
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
+            data_dir: PathBuf::from("missive-data"),
+            database_url: None,
+            public_baseurl: None,
+            registration: RegistrationMode::Open,
+            registration_tokens: Vec::new(),
+            registration_shared_secret: None,
+            default_room_version: "12".to_owned(),
+            allow_guest_access: false,
+            access_token_lifetime_secs: 3600,
+            password_hashing: PasswordHashing::default(),
+            rate_limits: RateLimits::default(),
+            max_request_size: 50 * 1024 * 1024,
+        }
+    }
+}
+
+/// Environment variables with the `MISSIVE_` prefix that are not config keys.
+const NON_CONFIG_VARS: &[&str] = &["MISSIVE_CONFIG", "MISSIVE_LOG"];
+
+impl Config {
+    /// Loads the file (if any), applies the environment overrides and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        let overrides: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("MISSIVE_") && !NON_CONFIG_VARS.contains(&k.as_str()))
+            .collect();
+        for (key, value) in overrides {
+            apply_override(&mut table, &key, &value)?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        ruma::ServerName::parse(&self.server_name).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "server_name {:?} is not a valid server name: {e}",
+                self.server_name
+            ))
+        })?;
+        if !crate::rooms::version::SUPPORTED.contains(&self.default_room_version.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "default_room_version {:?} is not supported (supported: {})",
+                self.default_room_version,
+                crate::rooms::version::SUPPORTED.join(", ")
+            )));
+        }
+        if self.registration == RegistrationMode::Token && self.registration_tokens.is_empty() {
+            return Err(ConfigError::Invalid(
+                "registration = \"token\" needs at least one entry in registration_tokens".into(),
+            ));
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "database_url must start with sqlite:// or postgres://, got {:?}",
+                url.split(':').next().unwrap_or_default()
+            )));
+        }
+        let hashing = &self.password_hashing;
+        argon2::Params::new(
+            hashing.memory_kib,
+            hashing.iterations,
+            hashing.parallelism,
+            None,
+        )
+        .map_err(|e| ConfigError::Invalid(format!("password_hashing: {e}")))?;
+        Ok(())
+    }
+
+    /// The database URL, defaulting to a SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("missive.db").display()
+            )
+        })
+    }
+
+    /// The base URL clients should use.
+    pub fn public_baseurl(&self) -> String {
+        self.public_baseurl
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
+/// Accepts `default_room_version = 11` as well as `"11"`.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        S(String),
+        N(u64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::S(s) => s,
+        Either::N(n) => n.to_string(),
+    })
+}
+
+fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = var["MISSIVE_".len()..]
+        .split("__")
+        .map(|part| part.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(ConfigError::Invalid(format!(
+            "malformed environment variable name {var}"
+        )));
+    }
+    let parsed = parse_scalar(value);
+    let (last, parents) = path.split_last().expect("split always yields one part");
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Invalid(format!("{var}: {part} is not a table")))?;
+    }
+    current.insert(last.clone(), parsed);
+    Ok(())
+}
+
+/// Reads an environment value as a TOML scalar or array if it is one, else as a string.
+fn parse_scalar(value: &str) -> toml::Value {
+    format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table())
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert_eq!(config.server_name, "localhost");
+        assert_eq!(config.listen.port(), 8008);
+        assert!(config.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn environment_overrides_top_level_and_nested_keys() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("MISSIVE_SERVER_NAME", "police.example"),
+                ("MISSIVE_LISTEN", "127.0.0.1:9000"),
+                ("MISSIVE_RATE_LIMITS__ENABLED", "false"),
+                ("MISSIVE_REGISTRATION_SHARED_SECRET", "s3cret"),
+                ("MISSIVE_LOG", "debug"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server_name, "police.example");
+        assert_eq!(config.listen.port(), 9000);
+        assert!(!config.rate_limits.enabled);
+        assert_eq!(config.registration_shared_secret.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        assert!(Config::load(None, env(&[("MISSIVE_SERVR_NAME", "x")])).is_err());
+        assert!(Config::load(None, env(&[("MISSIVE_SERVER_NAME", "not a name")])).is_err());
+        assert!(Config::load(None, env(&[("MISSIVE_DEFAULT_ROOM_VERSION", "1")])).is_err());
+        assert!(Config::load(None, env(&[("MISSIVE_LISTEN", "nowhere")])).is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! The one error type of the services and its single mapping to Matrix errors.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use ruma::api::client::uiaa::UiaaInfo;
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// Result of a service call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything a request can fail with; [`Error::status_and_code`] maps it to the spec.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("missing access token")]
+    MissingToken,
+    #[error("unknown or expired access token")]
+    UnknownToken { soft_logout: bool },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadJson(String),
+    #[error("{0}")]
+    NotJson(String),
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error("{0}")]
+    MissingParam(String),
+    #[error("unrecognized request")]
+    Unrecognized { method_not_allowed: bool },
+    #[error("user ID already taken")]
+    UserInUse,
+    #[error("{0}")]
+    InvalidUsername(String),
+    #[error("{0}")]
+    Exclusive(String),
+    #[error("room alias already taken")]
+    RoomInUse,
+    #[error("{0}")]
+    UnsupportedRoomVersion(String),
+    #[error("too many requests")]
+    LimitExceeded { retry_after_ms: u64 },
+    #[error("user-interactive authentication required")]
+    Uia(Box<UiaaInfo>),
+    #[error("request too large")]
+    TooLarge,
+    #[error("this account has been deactivated")]
+    UserDeactivated,
+    #[error("{0}")]
+    BadState(String),
+    #[error("{0}")]
+    GuestAccessForbidden(String),
+    #[error("{0}")]
+    Unknown(String),
+    #[error("storage failure: {0}")]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The HTTP status and `errcode` the spec gives this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use StatusCode as S;
+        match self {
+            Error::MissingToken => (S::UNAUTHORIZED, "M_MISSING_TOKEN"),
+            Error::UnknownToken { .. } => (S::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
+            Error::Forbidden(_) => (S::FORBIDDEN, "M_FORBIDDEN"),
+            Error::NotFound(_) => (S::NOT_FOUND, "M_NOT_FOUND"),
+            Error::BadJson(_) => (S::BAD_REQUEST, "M_BAD_JSON"),
+            Error::NotJson(_) => (S::BAD_REQUEST, "M_NOT_JSON"),
+            Error::InvalidParam(_) => (S::BAD_REQUEST, "M_INVALID_PARAM"),
+            Error::MissingParam(_) => (S::BAD_REQUEST, "M_MISSING_PARAM"),
+            Error::Unrecognized {
+                method_not_allowed: true,
+            } => (S::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
+            Error::Unrecognized { .. } => (S::NOT_FOUND, "M_UNRECOGNIZED"),
+            Error::UserInUse => (S::BAD_REQUEST, "M_USER_IN_USE"),
+            Error::InvalidUsername(_) => (S::BAD_REQUEST, "M_INVALID_USERNAME"),
+            Error::Exclusive(_) => (S::BAD_REQUEST, "M_EXCLUSIVE"),
+            Error::RoomInUse => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
+            Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+            Error::LimitExceeded { .. } => (S::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+            Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
+            Error::TooLarge => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+            Error::UserDeactivated => (S::FORBIDDEN, "M_USER_DEACTIVATED"),
+            Error::BadState(_) => (S::BAD_REQUEST, "M_BAD_STATE"),
+            Error::GuestAccessForbidden(_) => (S::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
+            Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
+            Error::Store(_) | Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
+        }
+    }
+
+    /// Shorthand for a 403 with a message.
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        Error::Forbidden(msg.into())
+    }
+
+    /// Shorthand for a 404 with a message.
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Error::NotFound(msg.into())
+    }
+
+    /// Shorthand for a 400 `M_INVALID_PARAM`.
+    pub fn invalid_param(msg: impl Into<String>) -> Self {
+        Error::InvalidParam(msg.into())
+    }
+
+    /// Shorthand for a 400 `M_BAD_JSON`.
+    pub fn bad_json(msg: impl Into<String>) -> Self {
+        Error::BadJson(msg.into())
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, errcode) = self.status_and_code();
+        let body = match &self {
+            // The UIA body carries its own `errcode` (flattened `auth_error`) when a stage failed.
+            Error::Uia(info) => serde_json::to_value(info).unwrap_or_else(|_| json!({})),
+            Error::Store(e) => {
+                tracing::error!(error = %e, "storage failure");
+                json!({ "errcode": errcode, "error": "internal storage error" })
+            }
+            Error::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
+                json!({ "errcode": errcode, "error": "internal server error" })
+            }
+            Error::LimitExceeded { retry_after_ms } => json!({
+                "errcode": errcode,
+                "error": self.to_string(),
+                "retry_after_ms": retry_after_ms,
+            }),
+            Error::UnknownToken { soft_logout } => json!({
+                "errcode": errcode,
+                "error": self.to_string(),
+                "soft_logout": soft_logout,
+            }),
+            _ => json!({ "errcode": errcode, "error": self.to_string() }),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Error::LimitExceeded { retry_after_ms } = self {
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            if let Ok(value) = http::HeaderValue::from_str(&secs.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,18 @@
+//! Missive: a Matrix homeserver for the secure messaging of public administrations.
+//!
+//! Data flows one way: `api` (HTTP handlers) → services (`accounts`, `rooms`, `sync`,
+//! `user_data`) → `store` (the only SQL). See ARCHITECTURE.md for the map.
+
+pub mod accounts;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod ratelimit;
+pub mod rooms;
+pub mod server;
+pub mod server_keys;
+pub mod store;
+pub mod sync;
+pub mod user_data;

@@ -1,0 +1,245 @@
+//! Membership changes: join, invite, leave, kick, ban, unban, knock, forget.
+
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{Map, Value, json};
+
+use super::{Draft, Rooms};
+use crate::error::{Error, Result};
+
+/// The content of an `m.room.member` event.
+pub fn member_content(
+    membership: &str,
+    profile: &(Option<String>, Option<String>),
+    reason: Option<&str>,
+    is_direct: bool,
+) -> Value {
+    let mut content = Map::new();
+    content.insert("membership".into(), json!(membership));
+    if let Some(name) = &profile.0 {
+        content.insert("displayname".into(), json!(name));
+    }
+    if let Some(avatar) = &profile.1 {
+        content.insert("avatar_url".into(), json!(avatar));
+    }
+    if let Some(reason) = reason {
+        content.insert("reason".into(), json!(reason));
+    }
+    if is_direct {
+        content.insert("is_direct".into(), json!(true));
+    }
+    Value::Object(content)
+}
+
+impl Rooms {
+    async fn require_room(&self, room_id: &RoomId) -> Result<()> {
+        match self.store.room(room_id.as_str()).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found(
+                "room not found; joining rooms on other servers needs federation",
+            )),
+        }
+    }
+
+    async fn current_membership(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<String>> {
+        Ok(self
+            .store
+            .membership(room_id.as_str(), user_id.as_str())
+            .await?
+            .map(|m| m.membership))
+    }
+
+    /// Joins a local room (idempotent for members already joined).
+    pub async fn join(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        reason: Option<&str>,
+    ) -> Result<OwnedRoomId> {
+        self.require_room(room_id).await?;
+        if self.current_membership(room_id, user_id).await?.as_deref() == Some("join") {
+            return Ok(room_id.to_owned());
+        }
+        let profile = self
+            .store
+            .profile(user_id.as_str())
+            .await?
+            .unwrap_or_default();
+        let content = member_content("join", &profile, reason, false);
+        self.write(room_id, async |rooms, batch| {
+            rooms
+                .append(
+                    batch,
+                    user_id,
+                    Draft::state("m.room.member", user_id.as_str(), content),
+                    None,
+                )
+                .await
+        })
+        .await?;
+        Ok(room_id.to_owned())
+    }
+
+    /// Changes another user's membership (invite, kick, ban, unban).
+    pub async fn set_membership_of(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        self.require_room(room_id).await?;
+        let current = self.current_membership(room_id, target).await?;
+        match membership {
+            "invite" => {
+                if target.server_name() != self.server_name {
+                    return Err(Error::forbidden(
+                        "inviting users of other servers needs federation, not enabled",
+                    ));
+                }
+                if !self.store.user_exists(target.as_str()).await? {
+                    return Err(Error::not_found(format!("unknown user {target}")));
+                }
+                match current.as_deref() {
+                    Some("join") => {
+                        return Err(Error::forbidden(format!("{target} is already in the room")));
+                    }
+                    Some("ban") => {
+                        return Err(Error::forbidden(format!(
+                            "{target} is banned from the room"
+                        )));
+                    }
+                    Some("invite") => return Ok(()),
+                    _ => {}
+                }
+            }
+            "unban" if current.as_deref() != Some("ban") => {
+                return Err(Error::forbidden(format!("{target} is not banned")));
+            }
+            "leave" if !matches!(current.as_deref(), Some("join" | "invite" | "knock")) => {
+                return Err(Error::forbidden(format!("{target} is not in the room")));
+            }
+            _ => {}
+        }
+        let membership = if membership == "unban" {
+            "leave"
+        } else {
+            membership
+        };
+        let profile = if membership == "invite" {
+            self.store
+                .profile(target.as_str())
+                .await?
+                .unwrap_or_default()
+        } else {
+            (None, None)
+        };
+        let content = member_content(membership, &profile, reason, false);
+        self.write(room_id, async |rooms, batch| {
+            rooms
+                .append(
+                    batch,
+                    sender,
+                    Draft::state("m.room.member", target.as_str(), content),
+                    None,
+                )
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Leaves a room or rejects an invite.
+    pub async fn leave(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        self.require_room(room_id).await?;
+        match self.current_membership(room_id, user_id).await?.as_deref() {
+            Some("join" | "invite" | "knock") => {}
+            Some("leave") => return Ok(()),
+            _ => return Err(Error::forbidden("you are not in this room")),
+        }
+        let content = member_content("leave", &(None, None), reason, false);
+        self.write(room_id, async |rooms, batch| {
+            rooms
+                .append(
+                    batch,
+                    user_id,
+                    Draft::state("m.room.member", user_id.as_str(), content),
+                    None,
+                )
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Knocks on a room whose join rule allows it.
+    pub async fn knock(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        reason: Option<&str>,
+    ) -> Result<OwnedRoomId> {
+        self.require_room(room_id).await?;
+        match self.current_membership(room_id, user_id).await?.as_deref() {
+            Some("join") => return Err(Error::forbidden("you are already in this room")),
+            Some("ban") => return Err(Error::forbidden("you are banned from this room")),
+            _ => {}
+        }
+        let profile = self
+            .store
+            .profile(user_id.as_str())
+            .await?
+            .unwrap_or_default();
+        let content = member_content("knock", &profile, reason, false);
+        self.write(room_id, async |rooms, batch| {
+            rooms
+                .append(
+                    batch,
+                    user_id,
+                    Draft::state("m.room.member", user_id.as_str(), content),
+                    None,
+                )
+                .await
+        })
+        .await?;
+        Ok(room_id.to_owned())
+    }
+
+    /// Forgets a room the user has left.
+    pub async fn forget(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        match self.current_membership(room_id, user_id).await?.as_deref() {
+            Some("join" | "invite" | "knock") => {
+                Err(Error::Unknown("leave the room before forgetting it".into()))
+            }
+            Some(_) => Ok(self
+                .store
+                .forget_room(room_id.as_str(), user_id.as_str())
+                .await?),
+            None => Err(Error::not_found("you were never in this room")),
+        }
+    }
+
+    /// Resolves a room ID or alias to a room ID.
+    pub async fn resolve_room(&self, id_or_alias: &ruma::RoomOrAliasId) -> Result<OwnedRoomId> {
+        match <&RoomId>::try_from(id_or_alias) {
+            Ok(room_id) => Ok(room_id.to_owned()),
+            Err(alias) => {
+                let (room_id, _) = self
+                    .store
+                    .alias(alias.as_str())
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("room alias {alias} not found")))?;
+                RoomId::parse(room_id).map_err(|e| Error::Internal(e.to_string()))
+            }
+        }
+    }
+}

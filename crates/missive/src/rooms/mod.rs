@@ -1,0 +1,565 @@
+//! Rooms: building, authorising and persisting events; room state; membership; timelines.
+//!
+//! Every write to a room goes through [`Rooms::write`]: it takes the room's lock, whose
+//! guarded value is the room's head (current state, forward extremities, depth), builds and
+//! signs each event, runs the spec's authorization rules (ruma's state-res), and commits the
+//! whole batch in one transaction. The head is replaced only after the commit succeeds, so a
+//! failed request changes nothing.
+
+pub mod create;
+pub mod membership;
+pub mod notify;
+pub mod pdu;
+pub mod timeline;
+pub mod version;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
+};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName,
+    OwnedUserId, RoomId, RoomVersionId, UserId,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+    state_res,
+};
+use serde_json::{Value, value::to_raw_value};
+
+use self::pdu::Pdu;
+use crate::{
+    error::{Error, Result},
+    server_keys::ServerKeys,
+    store::{NewEvent, NewRoom, NewStateGroup, RoomWrite, Store, now_ms},
+    sync::stream::{PositionGuard, Streams},
+};
+
+/// State groups are stored as deltas; after this many a full snapshot keeps lookups short.
+const MAX_STATE_CHAIN: i64 = 50;
+
+/// An event to be built by the server for a local sender.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub kind: String,
+    pub state_key: Option<String>,
+    pub content: Value,
+}
+
+impl Draft {
+    /// A state event draft.
+    pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: Value) -> Self {
+        Self {
+            kind: kind.into(),
+            state_key: Some(state_key.into()),
+            content,
+        }
+    }
+
+    /// A message-like event draft.
+    pub fn message(kind: impl Into<String>, content: Value) -> Self {
+        Self {
+            kind: kind.into(),
+            state_key: None,
+            content,
+        }
+    }
+}
+
+/// What the room's lock guards: everything needed to append the next event.
+#[derive(Debug, Clone)]
+pub struct RoomHead {
+    pub room_id: OwnedRoomId,
+    pub version: RoomVersionId,
+    pub rules: RoomVersionRules,
+    pub state: HashMap<(String, String), OwnedEventId>,
+    pub extremities: Vec<OwnedEventId>,
+    pub depth: u64,
+    pub group: i64,
+    pub chain_len: i64,
+    /// Parsed state events used by the authorization rules, loaded on demand.
+    pub pdus: HashMap<OwnedEventId, Arc<Pdu>>,
+}
+
+impl RoomHead {
+    /// The current state event ID of a type and key.
+    pub fn state_id(&self, kind: &str, state_key: &str) -> Option<&OwnedEventId> {
+        self.state.get(&(kind.to_owned(), state_key.to_owned()))
+    }
+
+    /// The parsed current state event of a type and key, if loaded.
+    pub fn state_pdu(&self, kind: &str, state_key: &str) -> Option<&Arc<Pdu>> {
+        self.state_id(kind, state_key)
+            .and_then(|id| self.pdus.get(id))
+    }
+}
+
+/// The rooms service.
+pub struct Rooms {
+    pub store: Store,
+    pub streams: Arc<Streams>,
+    keys: Arc<ServerKeys>,
+    pub server_name: OwnedServerName,
+    pub default_version: String,
+    heads: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomHead>>>>>,
+    next_group: AtomicI64,
+}
+
+/// One write in progress: the events appended so far and what they change.
+pub struct Batch {
+    pub head: RoomHead,
+    pub write: RoomWrite,
+    guards: Vec<PositionGuard>,
+    pub event_ids: Vec<OwnedEventId>,
+}
+
+impl Rooms {
+    /// Creates the service; `max_group` seeds the state group allocator.
+    pub fn new(
+        store: Store,
+        streams: Arc<Streams>,
+        keys: Arc<ServerKeys>,
+        server_name: OwnedServerName,
+        default_version: String,
+        max_group: i64,
+    ) -> Self {
+        Self {
+            store,
+            streams,
+            keys,
+            server_name,
+            default_version,
+            heads: Mutex::new(HashMap::new()),
+            next_group: AtomicI64::new(max_group + 1),
+        }
+    }
+
+    fn head_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<Option<RoomHead>>> {
+        self.heads
+            .lock()
+            .expect("heads lock poisoned")
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    async fn load_head(&self, room_id: &RoomId) -> Result<RoomHead> {
+        let (version, group) = self
+            .store
+            .room(room_id.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("room not found"))?;
+        let (version, rules) = version::rules_for(&version)?;
+        let state = self
+            .store
+            .current_state(room_id.as_str())
+            .await?
+            .into_iter()
+            .filter_map(|(t, k, e)| Some(((t, k), OwnedEventId::try_from(e).ok()?)))
+            .collect();
+        let extremities = self.store.extremities(room_id.as_str()).await?;
+        let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) as u64;
+        let chain_len = self.store.state_group_chain_len(group).await?;
+        Ok(RoomHead {
+            room_id: room_id.to_owned(),
+            version,
+            rules,
+            state,
+            extremities: extremities
+                .into_iter()
+                .filter_map(|(e, _)| OwnedEventId::try_from(e).ok())
+                .collect(),
+            depth,
+            group,
+            chain_len,
+            pdus: HashMap::new(),
+        })
+    }
+
+    /// Runs `f` with the room's head locked; `f` appends events to the batch, which is then
+    /// committed as one transaction. Returns what `f` returned.
+    pub async fn write<T>(
+        &self,
+        room_id: &RoomId,
+        f: impl AsyncFnOnce(&Self, &mut Batch) -> Result<T>,
+    ) -> Result<T> {
+        let lock = self.head_lock(room_id);
+        let mut guard = lock.lock().await;
+        let head = match guard.as_ref() {
+            Some(head) => head.clone(),
+            None => self.load_head(room_id).await?,
+        };
+        let mut batch = Batch {
+            head,
+            write: RoomWrite::default(),
+            guards: Vec::new(),
+            event_ids: Vec::new(),
+        };
+        let out = f(self, &mut batch).await?;
+        if !batch.write.events.is_empty() {
+            batch.write.push_actions = self
+                .compute_push_actions(&batch.head, &batch.write.events)
+                .await?;
+        }
+        if !batch.write.events.is_empty() || !batch.write.redactions.is_empty() {
+            self.store
+                .write_room(room_id.as_str(), &batch.write)
+                .await?;
+        }
+        *guard = Some(batch.head);
+        drop(guard);
+        drop(batch.guards);
+        Ok(out)
+    }
+
+    /// Creates a new room from its create event draft and the drafts that follow, atomically.
+    pub async fn create(
+        &self,
+        version: &str,
+        sender: &UserId,
+        create_content: Value,
+        rest: Vec<Draft>,
+        alias: Option<String>,
+        publish: bool,
+    ) -> Result<OwnedRoomId> {
+        let (version, rules) = version::rules_for(version)?;
+        let provisional_id = if rules.authorization.room_create_event_id_as_room_id {
+            // Replaced by the create event's reference hash once it is built.
+            RoomId::parse(format!("!placeholder:{}", self.server_name))
+                .map_err(|e| Error::Internal(e.to_string()))?
+        } else {
+            RoomId::new_v1(&self.server_name)
+        };
+        let head = RoomHead {
+            room_id: provisional_id,
+            version: version.clone(),
+            rules,
+            state: HashMap::new(),
+            extremities: Vec::new(),
+            depth: 0,
+            group: 0,
+            chain_len: 0,
+            pdus: HashMap::new(),
+        };
+        let mut batch = Batch {
+            head,
+            write: RoomWrite::default(),
+            guards: Vec::new(),
+            event_ids: Vec::new(),
+        };
+        self.append(
+            &mut batch,
+            sender,
+            Draft::state("m.room.create", "", create_content),
+            None,
+        )
+        .await?;
+        let room_id = batch.head.room_id.clone();
+        batch.write.new_room = Some(NewRoom {
+            room_id: room_id.to_string(),
+            room_version: version.to_string(),
+            creator: sender.to_string(),
+        });
+        for draft in rest {
+            self.append(&mut batch, sender, draft, None).await?;
+        }
+        batch.write.aliases = alias.into_iter().map(|a| (a, sender.to_string())).collect();
+        batch.write.publish = publish.then_some(true);
+        let lock = self.head_lock(&room_id);
+        let mut guard = lock.lock().await;
+        self.store
+            .write_room(room_id.as_str(), &batch.write)
+            .await?;
+        *guard = Some(batch.head);
+        drop(guard);
+        drop(batch.guards);
+        Ok(room_id)
+    }
+
+    /// Ensures the parsed PDUs of the given state entries are in the head.
+    async fn load_pdus(&self, head: &mut RoomHead, ids: &[OwnedEventId]) -> Result<()> {
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !head.pdus.contains_key(*id))
+            .map(|id| id.to_string())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for row in self.store.events(&missing).await? {
+            let pdu = Pdu::from_row(&row)?;
+            head.pdus.insert(pdu.event_id.clone(), Arc::new(pdu));
+        }
+        Ok(())
+    }
+
+    /// Builds, signs and authorises one event on top of the batch and adds it to the write.
+    pub async fn append(
+        &self,
+        batch: &mut Batch,
+        sender: &UserId,
+        draft: Draft,
+        txn: Option<(String, String)>,
+    ) -> Result<OwnedEventId> {
+        let kind = TimelineEventType::from(draft.kind.as_str());
+        let raw_content =
+            to_raw_value(&draft.content).map_err(|e| Error::bad_json(e.to_string()))?;
+        let rules = batch.head.rules.clone();
+        let auth_types = state_res::auth_types_for_event(
+            &kind,
+            sender,
+            draft.state_key.as_deref(),
+            &raw_content,
+            &rules.authorization,
+        )
+        .map_err(Error::BadJson)?;
+        let mut auth_events: Vec<OwnedEventId> = auth_types
+            .iter()
+            .filter_map(|(t, k)| batch.head.state_id(&t.to_string(), k).cloned())
+            .collect();
+        auth_events.sort();
+        auth_events.dedup();
+        let mut needed = auth_events.clone();
+        if let Some(create) = batch.head.state_id("m.room.create", "") {
+            needed.push(create.clone());
+        }
+        self.load_pdus(&mut batch.head, &needed).await?;
+
+        let is_v12_create = kind == TimelineEventType::RoomCreate
+            && rules.authorization.room_create_event_id_as_room_id;
+        let mut object = CanonicalJsonObject::new();
+        let to_canonical = |v: Value| {
+            CanonicalJsonValue::try_from(v)
+                .map_err(|e| Error::bad_json(format!("content is not canonical JSON: {e}")))
+        };
+        let ids = |list: &[OwnedEventId]| {
+            CanonicalJsonValue::Array(
+                list.iter()
+                    .map(|id| CanonicalJsonValue::String(id.to_string()))
+                    .collect(),
+            )
+        };
+        object.insert("auth_events".into(), ids(&auth_events));
+        if kind == TimelineEventType::RoomRedaction
+            && !rules.redaction.keep_room_redaction_redacts
+            && let Some(redacts) = draft.content.get("redacts")
+        {
+            // Before room version 11, `redacts` is a top-level key.
+            object.insert("redacts".into(), to_canonical(redacts.clone())?);
+        }
+        object.insert("content".into(), to_canonical(draft.content.clone())?);
+        let depth = batch.head.depth + 1;
+        object.insert(
+            "depth".into(),
+            CanonicalJsonValue::Integer(ruma::Int::from(depth as u32)),
+        );
+        let ts = now_ms();
+        object.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(ruma::Int::new_saturating(ts)),
+        );
+        object.insert("prev_events".into(), ids(&batch.head.extremities));
+        if !is_v12_create {
+            object.insert(
+                "room_id".into(),
+                CanonicalJsonValue::String(batch.head.room_id.to_string()),
+            );
+        }
+        object.insert(
+            "sender".into(),
+            CanonicalJsonValue::String(sender.to_string()),
+        );
+        if let Some(state_key) = &draft.state_key {
+            object.insert(
+                "state_key".into(),
+                CanonicalJsonValue::String(state_key.clone()),
+            );
+        }
+        object.insert(
+            "type".into(),
+            CanonicalJsonValue::String(draft.kind.clone()),
+        );
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            &self.keys.key_pair,
+            &mut object,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::bad_json(format!("event cannot be signed: {e}")))?;
+        let hash = ruma::signatures::reference_hash(&object, &rules).map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => Error::TooLarge,
+            e => Error::bad_json(e.to_string()),
+        })?;
+        let event_id = OwnedEventId::try_from(format!("${hash}"))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        if is_v12_create {
+            batch.head.room_id = OwnedRoomId::try_from(format!("!{hash}"))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        }
+        let json = serde_json::to_string(&object).map_err(|e| Error::Internal(e.to_string()))?;
+        let pdu = Pdu::parse(event_id.as_str(), batch.head.room_id.as_str(), &json)?;
+
+        let head = &batch.head;
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
+            head.pdus.get(id).map(|p| p.as_ref())
+        })
+        .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
+        state_res::check_state_dependent_auth_rules(
+            &rules.authorization,
+            &pdu,
+            |t: &StateEventType, k: &str| head.state_pdu(&t.to_string(), k).map(|p| p.as_ref()),
+        )
+        .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
+
+        let guard = self.streams.allocate();
+        let pos = guard.pos();
+        batch.guards.push(guard);
+        let group_before = batch.head.group;
+        let mut group_after = group_before;
+        if let Some(state_key) = &draft.state_key {
+            batch
+                .head
+                .state
+                .insert((draft.kind.clone(), state_key.clone()), event_id.clone());
+            group_after = self.next_group.fetch_add(1, Ordering::SeqCst);
+            let group = if batch.head.chain_len >= MAX_STATE_CHAIN || group_before == 0 {
+                batch.head.chain_len = 0;
+                NewStateGroup {
+                    id: group_after,
+                    prev_group: None,
+                    chain_len: 0,
+                    delta: batch
+                        .head
+                        .state
+                        .iter()
+                        .map(|((t, k), e)| (t.clone(), k.clone(), e.to_string()))
+                        .collect(),
+                }
+            } else {
+                batch.head.chain_len += 1;
+                NewStateGroup {
+                    id: group_after,
+                    prev_group: Some(group_before),
+                    chain_len: batch.head.chain_len,
+                    delta: vec![(draft.kind.clone(), state_key.clone(), event_id.to_string())],
+                }
+            };
+            batch.write.state_groups.push(group);
+            batch.head.group = group_after;
+            batch
+                .head
+                .pdus
+                .insert(event_id.clone(), Arc::new(pdu.clone()));
+        }
+        let relates = draft.content.get("m.relates_to");
+        let rel_type = relates
+            .and_then(|r| r.get("rel_type"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let relates_to = relates
+            .and_then(|r| r.get("event_id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let thread_root = if rel_type.as_deref() == Some("m.thread") {
+            relates_to.clone()
+        } else {
+            None
+        };
+        let membership = (draft.kind == "m.room.member")
+            .then(|| {
+                draft
+                    .content
+                    .get("membership")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .flatten();
+
+        batch.write.events.push(NewEvent {
+            stream_pos: pos,
+            event_id: event_id.to_string(),
+            sender: sender.to_string(),
+            event_type: draft.kind,
+            state_key: draft.state_key,
+            membership,
+            depth: depth as i64,
+            origin_server_ts: ts,
+            json,
+            prev_events: batch
+                .head
+                .extremities
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            state_group_before: group_before,
+            state_group_after: group_after,
+            rel_type,
+            relates_to,
+            thread_root,
+            txn,
+        });
+        batch.head.extremities = vec![event_id.clone()];
+        batch.head.depth = depth;
+        batch.event_ids.push(event_id.clone());
+        tracing::debug!(room_id = %batch.head.room_id, %event_id, "event appended");
+        Ok(event_id)
+    }
+
+    /// Parsed power levels of a room head (defaults when there is no event yet).
+    pub fn power_levels(head: &RoomHead) -> ruma::events::room::power_levels::RoomPowerLevels {
+        use ruma::events::room::power_levels::{
+            RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource,
+        };
+        let creators = Self::creators(head);
+        let content = head.state_pdu("m.room.power_levels", "").and_then(|p| {
+            serde_json::from_str::<RoomPowerLevelsEventContent>(p.content.get()).ok()
+        });
+        RoomPowerLevels::new(
+            RoomPowerLevelsSource::from(content),
+            &head.rules.authorization,
+            creators,
+        )
+    }
+
+    /// The room's creators (the create event's sender, plus additional creators in v12).
+    pub fn creators(head: &RoomHead) -> Vec<OwnedUserId> {
+        let Some(create) = head.state_pdu("m.room.create", "") else {
+            return Vec::new();
+        };
+        let mut creators = vec![create.sender.clone()];
+        if head.rules.authorization.additional_room_creators
+            && let Some(extra) = create
+                .content_value()
+                .get("additional_creators")
+                .and_then(Value::as_array)
+        {
+            creators.extend(
+                extra
+                    .iter()
+                    .filter_map(|u| u.as_str())
+                    .filter_map(|u| UserId::parse(u).ok()),
+            );
+        }
+        creators
+    }
+
+    /// A read-only snapshot of a room's head.
+    pub async fn head(&self, room_id: &RoomId) -> Result<RoomHead> {
+        let lock = self.head_lock(room_id);
+        let mut guard = lock.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load_head(room_id).await?);
+        }
+        let head = guard.as_mut().expect("head was just loaded");
+        let needed: Vec<OwnedEventId> =
+            ["m.room.create", "m.room.power_levels", "m.room.join_rules"]
+                .iter()
+                .filter_map(|t| head.state_id(t, "").cloned())
+                .collect();
+        self.load_pdus(head, &needed).await?;
+        Ok(head.clone())
+    }
+}

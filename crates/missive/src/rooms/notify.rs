@@ -1,0 +1,99 @@
+//! Push rule evaluation when an event is stored: who gets a notification, who a highlight.
+
+use ruma::{
+    UInt, UserId,
+    push::{
+        Action, HighlightTweakValue, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset,
+        Tweak,
+    },
+    serde::Raw,
+};
+use serde_json::Value;
+
+use super::{RoomHead, Rooms};
+use crate::{
+    error::Result,
+    store::{NewEvent, PushAction},
+};
+
+/// The account data type under which a user's push rules are kept.
+pub const PUSH_RULES_TYPE: &str = "m.push_rules";
+
+impl Rooms {
+    /// A user's push rules: their stored set, or the spec's defaults.
+    pub async fn push_ruleset(&self, user_id: &UserId) -> Result<Ruleset> {
+        let stored = self
+            .store
+            .account_data(user_id.as_str(), "", PUSH_RULES_TYPE)
+            .await?;
+        Ok(stored
+            .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+            .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
+            .unwrap_or_else(|| Ruleset::server_default(user_id)))
+    }
+
+    /// Evaluates the push rules of the room's joined local members (but the sender) for the
+    /// events of a batch and records the notifications they owe.
+    pub async fn compute_push_actions(
+        &self,
+        head: &RoomHead,
+        events: &[NewEvent],
+    ) -> Result<Vec<PushAction>> {
+        let members = self
+            .store
+            .room_members(head.room_id.as_str(), Some("join"))
+            .await?;
+        let member_count = UInt::try_from(members.len() as u64).unwrap_or_default();
+        let power_levels = PushConditionPowerLevelsCtx::from(Self::power_levels(head));
+        let mut actions = Vec::new();
+        for member in &members {
+            let Ok(user_id) = UserId::parse(&member.user_id) else {
+                continue;
+            };
+            if user_id.server_name() != self.server_name {
+                continue;
+            }
+            let relevant: Vec<&NewEvent> = events
+                .iter()
+                .filter(|e| e.sender != member.user_id)
+                .collect();
+            if relevant.is_empty() {
+                continue;
+            }
+            let ruleset = self.push_ruleset(&user_id).await?;
+            let display_name = head
+                .state_pdu("m.room.member", user_id.as_str())
+                .and_then(|p| p.content_str("displayname"))
+                .unwrap_or_else(|| user_id.localpart().to_owned());
+            let ctx = PushConditionRoomCtx::new(
+                head.room_id.clone(),
+                member_count,
+                user_id.clone(),
+                display_name,
+            )
+            .with_power_levels(power_levels.clone());
+            for event in relevant {
+                let Ok(raw) = serde_json::from_str::<Raw<Value>>(&event.json) else {
+                    continue;
+                };
+                let found = ruleset.get_actions(&raw, &ctx).await;
+                if !found.iter().any(Action::should_notify) {
+                    continue;
+                }
+                let highlight = found.iter().any(|a| {
+                    matches!(
+                        a,
+                        Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes))
+                    )
+                });
+                actions.push(PushAction {
+                    user_id: member.user_id.clone(),
+                    event_pos: event.stream_pos,
+                    thread_id: event.thread_root.clone().unwrap_or_default(),
+                    highlight,
+                });
+            }
+        }
+        Ok(actions)
+    }
+}

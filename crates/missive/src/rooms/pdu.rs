@@ -1,0 +1,216 @@
+//! PDUs: the signed events of the room DAG, and their client-facing format.
+
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+    events::TimelineEventType,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, value::RawValue as RawJsonValue};
+
+use crate::{
+    error::{Error, Result},
+    store::EventRow,
+};
+
+/// A PDU parsed from its stored JSON.
+#[derive(Debug, Clone)]
+pub struct Pdu {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    pub sender: OwnedUserId,
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    pub kind: TimelineEventType,
+    pub content: Box<RawJsonValue>,
+    pub state_key: Option<String>,
+    pub prev_events: Vec<OwnedEventId>,
+    pub auth_events: Vec<OwnedEventId>,
+    pub redacts: Option<OwnedEventId>,
+    pub depth: u64,
+    /// Whether the PDU itself names its room (room version 12 create events do not).
+    room_id_in_pdu: bool,
+}
+
+#[derive(Deserialize)]
+struct PduFields {
+    room_id: Option<OwnedRoomId>,
+    sender: OwnedUserId,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(rename = "type")]
+    kind: TimelineEventType,
+    content: Box<RawJsonValue>,
+    state_key: Option<String>,
+    #[serde(default)]
+    prev_events: Vec<OwnedEventId>,
+    #[serde(default)]
+    auth_events: Vec<OwnedEventId>,
+    redacts: Option<OwnedEventId>,
+    #[serde(default)]
+    depth: u64,
+}
+
+#[derive(Deserialize)]
+struct RedactsInContent {
+    redacts: Option<OwnedEventId>,
+}
+
+impl Pdu {
+    /// Parses a PDU; `room_id` and `event_id` come from outside because room version 12
+    /// create events and all event IDs are not part of the JSON.
+    pub fn parse(event_id: &str, room_id: &str, json: &str) -> Result<Self> {
+        let fields: PduFields = serde_json::from_str(json)
+            .map_err(|e| Error::Internal(format!("stored PDU does not parse: {e}")))?;
+        let redacts = fields.redacts.or_else(|| {
+            if fields.kind == TimelineEventType::RoomRedaction {
+                serde_json::from_str::<RedactsInContent>(fields.content.get())
+                    .ok()
+                    .and_then(|c| c.redacts)
+            } else {
+                None
+            }
+        });
+        Ok(Pdu {
+            event_id: EventId::parse(event_id).map_err(|e| Error::Internal(e.to_string()))?,
+            room_id: RoomId::parse(room_id).map_err(|e| Error::Internal(e.to_string()))?,
+            sender: fields.sender,
+            origin_server_ts: fields.origin_server_ts,
+            kind: fields.kind,
+            content: fields.content,
+            state_key: fields.state_key,
+            prev_events: fields.prev_events,
+            auth_events: fields.auth_events,
+            redacts,
+            depth: fields.depth,
+            room_id_in_pdu: fields.room_id.is_some(),
+        })
+    }
+
+    /// Parses a stored row.
+    pub fn from_row(row: &EventRow) -> Result<Self> {
+        Self::parse(&row.event_id, &row.room_id, &row.json)
+    }
+
+    /// The content as a JSON value.
+    pub fn content_value(&self) -> Value {
+        serde_json::from_str(self.content.get()).unwrap_or(Value::Object(Map::new()))
+    }
+
+    /// Reads one string field of the content.
+    pub fn content_str(&self, field: &str) -> Option<String> {
+        self.content_value()
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+}
+
+impl ruma::state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &Self::Id {
+        &self.event_id
+    }
+
+    fn room_id(&self) -> Option<&RoomId> {
+        self.room_id_in_pdu.then_some(&*self.room_id)
+    }
+
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+
+    fn event_type(&self) -> &TimelineEventType {
+        &self.kind
+    }
+
+    fn content(&self) -> &RawJsonValue {
+        &self.content
+    }
+
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+
+    fn redacts(&self) -> Option<&Self::Id> {
+        self.redacts.as_ref()
+    }
+
+    fn rejected(&self) -> bool {
+        false
+    }
+}
+
+/// Top-level PDU keys a client sees (the rest are federation details).
+const CLIENT_KEYS: &[&str] = &[
+    "content",
+    "origin_server_ts",
+    "sender",
+    "state_key",
+    "type",
+    "redacts",
+];
+
+/// Turns a stored event into the client-server format (`ClientEvent`), with `unsigned`
+/// filled in for the viewing `(user, device)` (its own transaction ID).
+pub fn client_event(row: &EventRow, viewer: Option<(&str, &str)>, now: i64) -> Value {
+    let mut out = Map::new();
+    let pdu: Map<String, Value> = serde_json::from_str(&row.json).unwrap_or_default();
+    for key in CLIENT_KEYS {
+        if let Some(v) = pdu.get(*key) {
+            out.insert((*key).to_owned(), v.clone());
+        }
+    }
+    out.insert("event_id".into(), Value::String(row.event_id.clone()));
+    out.insert("room_id".into(), Value::String(row.room_id.clone()));
+    // Room version 11 moved `redacts` into the content; older clients still read the top level.
+    if out.get("type").and_then(Value::as_str) == Some("m.room.redaction")
+        && !out.contains_key("redacts")
+        && let Some(r) = out.get("content").and_then(|c| c.get("redacts")).cloned()
+    {
+        out.insert("redacts".into(), r);
+    }
+    let mut unsigned = Map::new();
+    if let Some(ts) = pdu.get("origin_server_ts").and_then(Value::as_i64) {
+        unsigned.insert("age".into(), Value::from((now - ts).max(0)));
+    }
+    if let (Some((sender, device)), Some(txn_device), Some(txn_id)) =
+        (viewer, &row.txn_device_id, &row.txn_id)
+        && device == txn_device
+        && pdu.get("sender").and_then(Value::as_str) == Some(sender)
+    {
+        unsigned.insert("transaction_id".into(), Value::String(txn_id.clone()));
+    }
+    out.insert("unsigned".into(), Value::Object(unsigned));
+    Value::Object(out)
+}
+
+/// Removes `room_id` from a client event (the sync format omits it).
+pub fn sync_event(mut event: Value) -> Value {
+    if let Some(obj) = event.as_object_mut() {
+        obj.remove("room_id");
+    }
+    event
+}
+
+/// The stripped form of a state event (invites, knocks).
+pub fn stripped_state(row: &EventRow) -> Value {
+    let pdu: Map<String, Value> = serde_json::from_str(&row.json).unwrap_or_default();
+    let mut out = Map::new();
+    for key in ["content", "sender", "state_key", "type"] {
+        if let Some(v) = pdu.get(key) {
+            out.insert(key.to_owned(), v.clone());
+        }
+    }
+    Value::Object(out)
+}

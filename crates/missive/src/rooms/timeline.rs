@@ -1,0 +1,612 @@
+//! Reading and writing the timeline: send, redact, state, events, `/messages`, `/context`,
+//! relations, threads, history visibility and bundled aggregations.
+
+use std::collections::HashMap;
+
+use ruma::{EventId, OwnedEventId, RoomId, UserId};
+use serde_json::{Map, Value, json};
+
+use super::{Draft, Rooms, pdu};
+use crate::{
+    error::{Error, Result},
+    store::{EventRow, RelationRow, now_ms},
+};
+
+/// A pagination token: the position between two events. Sync tokens (`s…`) are accepted too.
+pub fn parse_token(token: &str) -> Result<i64> {
+    let digits = token.trim_start_matches(['t', 's']);
+    let digits = digits.split('_').next().unwrap_or_default();
+    digits
+        .parse()
+        .map_err(|_| Error::invalid_param(format!("invalid pagination token {token:?}")))
+}
+
+/// Formats a pagination token.
+pub fn make_token(pos: i64) -> String {
+    format!("t{pos}")
+}
+
+/// Who is looking: their user and device, for transaction IDs and visibility.
+#[derive(Debug, Clone, Copy)]
+pub struct Viewer<'a> {
+    pub user_id: &'a UserId,
+    pub device_id: &'a str,
+}
+
+impl Rooms {
+    /// Sends a message-like or state event as a local user, idempotently per transaction.
+    pub async fn send(
+        &self,
+        sender: &UserId,
+        device_id: &str,
+        room_id: &RoomId,
+        draft: Draft,
+        txn_id: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        if self.store.room(room_id.as_str()).await?.is_none() {
+            return Err(Error::not_found("room not found"));
+        }
+        let txn = txn_id.map(|t| (device_id.to_owned(), t.to_owned()));
+        self.write(room_id, async |rooms, batch| {
+            // Checked under the room lock so that two concurrent retries store one event.
+            if let Some((device, txn)) = &txn
+                && let Some(existing) = rooms.store.txn_event(sender.as_str(), device, txn).await?
+            {
+                return OwnedEventId::try_from(existing)
+                    .map_err(|e| Error::Internal(e.to_string()));
+            }
+            if draft.kind == "m.room.redaction" {
+                return rooms
+                    .append_redaction(batch, sender, draft, txn.clone())
+                    .await;
+            }
+            rooms.append(batch, sender, draft, txn.clone()).await
+        })
+        .await
+    }
+
+    async fn append_redaction(
+        &self,
+        batch: &mut super::Batch,
+        sender: &UserId,
+        draft: Draft,
+        txn: Option<(String, String)>,
+    ) -> Result<OwnedEventId> {
+        let target_id = draft
+            .content
+            .get("redacts")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::bad_json("redaction without redacts"))?
+            .to_owned();
+        let target = self
+            .store
+            .event(&target_id)
+            .await?
+            .filter(|row| row.room_id == batch.head.room_id.as_str())
+            .ok_or_else(|| Error::not_found("event to redact not found"))?;
+        let target_pdu = pdu::Pdu::from_row(&target)?;
+        let power_levels = Self::power_levels(&batch.head);
+        if target_pdu.sender != sender && !power_levels.user_can_redact_event_of_other(sender) {
+            return Err(Error::forbidden("you may not redact other users' events"));
+        }
+        let event_id = self.append(batch, sender, draft, txn).await?;
+        if target.redacted_by.is_none() {
+            let object: ruma::CanonicalJsonObject =
+                serde_json::from_str(&target.json).map_err(|e| Error::Internal(e.to_string()))?;
+            let redacted = ruma::canonical_json::redact(object, &batch.head.rules.redaction, None)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let json =
+                serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))?;
+            batch
+                .write
+                .redactions
+                .push((target_id, json, event_id.to_string()));
+        }
+        Ok(event_id)
+    }
+
+    /// Fails unless the user may read the room's current state and timeline.
+    pub async fn require_member(&self, user_id: &UserId, room_id: &RoomId) -> Result<String> {
+        match self
+            .store
+            .membership(room_id.as_str(), user_id.as_str())
+            .await?
+        {
+            Some(m) if m.membership == "join" => Ok(m.membership),
+            Some(m) if m.membership == "leave" || m.membership == "ban" => Ok(m.membership),
+            _ => {
+                if self.store.room(room_id.as_str()).await?.is_none() {
+                    return Err(Error::not_found("room not found"));
+                }
+                if self.history_visibility_now(room_id).await? == "world_readable" {
+                    Ok("world_readable".into())
+                } else {
+                    Err(Error::forbidden("you are not a member of this room"))
+                }
+            }
+        }
+    }
+
+    async fn history_visibility_now(&self, room_id: &RoomId) -> Result<String> {
+        Ok(self
+            .store
+            .current_state_event(room_id.as_str(), "m.room.history_visibility", "")
+            .await?
+            .and_then(|row| pdu::Pdu::from_row(&row).ok())
+            .and_then(|p| p.content_str("history_visibility"))
+            .unwrap_or_else(|| "shared".into()))
+    }
+
+    /// Keeps the events the user may see under the room's history visibility rules.
+    pub async fn filter_visible(
+        &self,
+        user_id: &UserId,
+        rows: Vec<EventRow>,
+    ) -> Result<Vec<EventRow>> {
+        let mut by_group: HashMap<i64, bool> = HashMap::new();
+        let mut joined_now: HashMap<String, bool> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if !joined_now.contains_key(&row.room_id) {
+                let m = self
+                    .store
+                    .membership(&row.room_id, user_id.as_str())
+                    .await?;
+                joined_now.insert(
+                    row.room_id.clone(),
+                    m.is_some_and(|m| m.membership == "join"),
+                );
+            }
+            let is_joined = joined_now[&row.room_id];
+            let visible = match by_group.get(&row.state_group_before) {
+                Some(v) => *v,
+                None => {
+                    let v = self
+                        .visible_at_group(user_id, row.state_group_before, is_joined)
+                        .await?;
+                    by_group.insert(row.state_group_before, v);
+                    v
+                }
+            };
+            // A user always sees their own membership changes.
+            if visible || self.is_own_membership(user_id, &row) {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    fn is_own_membership(&self, user_id: &UserId, row: &EventRow) -> bool {
+        pdu::Pdu::from_row(row).is_ok_and(|p| {
+            p.kind.to_string() == "m.room.member"
+                && p.state_key.as_deref() == Some(user_id.as_str())
+        })
+    }
+
+    async fn visible_at_group(
+        &self,
+        user_id: &UserId,
+        group: i64,
+        joined_now: bool,
+    ) -> Result<bool> {
+        let state = self.store.state_group(group).await?;
+        let find = |t: &str, k: &str| {
+            state
+                .iter()
+                .find(|(et, sk, _)| et == t && sk == k)
+                .map(|(_, _, e)| e.clone())
+        };
+        let mut wanted = Vec::new();
+        let hv_id = find("m.room.history_visibility", "");
+        let member_id = find("m.room.member", user_id.as_str());
+        wanted.extend(hv_id.iter().cloned());
+        wanted.extend(member_id.iter().cloned());
+        let events = self.store.events(&wanted).await?;
+        let content_of = |id: &Option<String>, field: &str| {
+            id.as_ref()
+                .and_then(|id| events.iter().find(|e| &e.event_id == id))
+                .and_then(|row| {
+                    pdu::Pdu::from_row(row)
+                        .ok()
+                        .and_then(|p| p.content_str(field))
+                })
+        };
+        let visibility =
+            content_of(&hv_id, "history_visibility").unwrap_or_else(|| "shared".into());
+        let membership = content_of(&member_id, "membership").unwrap_or_else(|| "leave".into());
+        Ok(match visibility.as_str() {
+            "world_readable" => true,
+            "shared" => joined_now || membership == "join",
+            "invited" => membership == "join" || membership == "invite",
+            _ => membership == "join",
+        })
+    }
+
+    /// Serves events in the client format, with redactions and bundled aggregations filled in.
+    pub async fn serve(&self, viewer: Viewer<'_>, rows: &[EventRow]) -> Result<Vec<Value>> {
+        let now = now_ms();
+        let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+        let relations = self.store.relations_of(&ids).await?;
+        let redaction_ids: Vec<String> =
+            rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
+        let redactions: HashMap<String, EventRow> = self
+            .store
+            .events(&redaction_ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.event_id.clone(), r))
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut event =
+                pdu::client_event(row, Some((viewer.user_id.as_str(), viewer.device_id)), now);
+            let unsigned = event["unsigned"]
+                .as_object_mut()
+                .expect("client_event always sets unsigned");
+            if let Some(by) = row.redacted_by.as_ref().and_then(|id| redactions.get(id)) {
+                unsigned.insert("redacted_because".into(), pdu::client_event(by, None, now));
+            }
+            let bundled = bundle(row, viewer.user_id, &relations);
+            if !bundled.is_empty() {
+                unsigned.insert("m.relations".into(), Value::Object(bundled));
+            }
+            out.push(event);
+        }
+        Ok(out)
+    }
+
+    /// One event, if the user may see it.
+    pub async fn event_for(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<Value> {
+        let row = self
+            .store
+            .event(event_id.as_str())
+            .await?
+            .filter(|r| r.room_id == room_id.as_str())
+            .ok_or_else(|| Error::not_found("event not found"))?;
+        let visible = self.filter_visible(viewer.user_id, vec![row]).await?;
+        let row = visible
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::not_found("event not found"))?;
+        Ok(self.serve(viewer, &[row]).await?.remove(0))
+    }
+
+    /// A page of the timeline: `(events, next token)`, from `from` in the given direction.
+    pub async fn paginate(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        from: Option<&str>,
+        to: Option<&str>,
+        backwards: bool,
+        limit: usize,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Result<(Vec<Value>, String, Option<String>)> {
+        self.require_member(viewer.user_id, room_id).await?;
+        let current = self.streams.current();
+        let start = match from {
+            Some(t) => parse_token(t)?,
+            None if backwards => current,
+            None => 0,
+        };
+        let end = to.map(parse_token).transpose()?;
+        let limit = limit.clamp(1, 1000);
+        let mut collected = Vec::new();
+        let mut cursor = start;
+        // Pages are read in bounded batches until enough visible, filter-matching events
+        // are found or the timeline is exhausted.
+        let next = loop {
+            let (lo, hi) = if backwards {
+                (end.unwrap_or(0), cursor)
+            } else {
+                (cursor, end.unwrap_or(current))
+            };
+            let rows = self
+                .store
+                .room_events(room_id.as_str(), lo, hi, backwards, (limit * 2) as i64)
+                .await?;
+            let exhausted = rows.len() < limit * 2;
+            let Some(last) = rows.last() else { break None };
+            cursor = if backwards {
+                last.stream_pos - 1
+            } else {
+                last.stream_pos
+            };
+            let rows = self.filter_visible(viewer.user_id, rows).await?;
+            let served = self.serve(viewer, &rows).await?;
+            for (row, event) in rows.iter().zip(served) {
+                if keep(&event) {
+                    collected.push(event);
+                    if collected.len() == limit {
+                        cursor = if backwards {
+                            row.stream_pos - 1
+                        } else {
+                            row.stream_pos
+                        };
+                        break;
+                    }
+                }
+            }
+            if collected.len() == limit {
+                break Some(make_token(cursor));
+            }
+            if exhausted {
+                break None;
+            }
+        };
+        Ok((collected, make_token(start), next))
+    }
+
+    /// Events around one event: `(before, event, after, start, end)`.
+    pub async fn context(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        event_id: &EventId,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Value, Vec<Value>, String, String)> {
+        let event = self.event_for(viewer, room_id, event_id).await?;
+        let row = self
+            .store
+            .event(event_id.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("event not found"))?;
+        let before_n = limit / 2;
+        let after_n = limit - before_n;
+        let (before, _, start) = if before_n > 0 {
+            self.paginate(
+                viewer,
+                room_id,
+                Some(&make_token(row.stream_pos - 1)),
+                None,
+                true,
+                before_n,
+                |_| true,
+            )
+            .await?
+        } else {
+            (Vec::new(), String::new(), None)
+        };
+        let (after, _, end) = if after_n > 0 {
+            self.paginate(
+                viewer,
+                room_id,
+                Some(&make_token(row.stream_pos)),
+                None,
+                false,
+                after_n,
+                |_| true,
+            )
+            .await?
+        } else {
+            (Vec::new(), String::new(), None)
+        };
+        let start = start.unwrap_or_else(|| make_token(0));
+        let end = end.unwrap_or_else(|| make_token(self.streams.current()));
+        Ok((before, event, after, start, end))
+    }
+
+    /// The room state at an event (or now), as client events.
+    pub async fn state_events(&self, viewer: Viewer<'_>, room_id: &RoomId) -> Result<Vec<Value>> {
+        let membership = self.require_member(viewer.user_id, room_id).await?;
+        let ids: Vec<String> = if membership == "join" || membership == "world_readable" {
+            self.store
+                .current_state(room_id.as_str())
+                .await?
+                .into_iter()
+                .map(|(_, _, e)| e)
+                .collect()
+        } else {
+            // Former members see the state as it was when they left.
+            let m = self
+                .store
+                .membership(room_id.as_str(), viewer.user_id.as_str())
+                .await?;
+            let left = match m {
+                Some(m) => self.store.event(&m.event_id).await?,
+                None => None,
+            };
+            match left {
+                Some(row) => {
+                    let group = self.store.state_group(row.state_group_before).await?;
+                    let mut ids: Vec<String> = group
+                        .into_iter()
+                        .filter(|(t, k, _)| !(t == "m.room.member" && k == viewer.user_id.as_str()))
+                        .map(|(_, _, e)| e)
+                        .collect();
+                    ids.push(row.event_id);
+                    ids
+                }
+                None => Vec::new(),
+            }
+        };
+        let rows = self.store.events(&ids).await?;
+        self.serve(viewer, &rows).await
+    }
+
+    /// The content of one current state event.
+    pub async fn state_content(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Value> {
+        let membership = self.require_member(viewer.user_id, room_id).await?;
+        let row = if membership == "join" || membership == "world_readable" {
+            self.store
+                .current_state_event(room_id.as_str(), kind, state_key)
+                .await?
+        } else {
+            let states = self.state_events(viewer, room_id).await?;
+            return states
+                .into_iter()
+                .find(|e| e["type"] == kind && e["state_key"] == state_key)
+                .map(|e| e["content"].clone())
+                .ok_or_else(|| Error::not_found("state event not found"));
+        };
+        let row = row.ok_or_else(|| Error::not_found("state event not found"))?;
+        let content = pdu::Pdu::from_row(&row)?.content_value();
+        if row.redacted_by.is_some() && content.as_object().is_some_and(Map::is_empty) {
+            return Err(Error::not_found("state event was redacted"));
+        }
+        Ok(content)
+    }
+
+    /// Events relating to a parent event.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relations(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        parent: &EventId,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: Option<&str>,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Option<String>)> {
+        self.event_for(viewer, room_id, parent).await?;
+        let current = self.streams.current();
+        let start = match from {
+            Some(t) => parse_token(t)?,
+            None if backwards => current,
+            None => 0,
+        };
+        let (lo, hi) = if backwards {
+            (0, start)
+        } else {
+            (start, current)
+        };
+        let limit = limit.clamp(1, 1000);
+        let rows = self
+            .store
+            .relations(
+                parent.as_str(),
+                rel_type,
+                lo,
+                hi,
+                backwards,
+                limit as i64 + 1,
+            )
+            .await?;
+        let more = rows.len() > limit;
+        let rows: Vec<EventRow> = rows.into_iter().take(limit).collect();
+        let next = if more {
+            rows.last().map(|r| {
+                make_token(if backwards {
+                    r.stream_pos - 1
+                } else {
+                    r.stream_pos
+                })
+            })
+        } else {
+            None
+        };
+        let rows = self.filter_visible(viewer.user_id, rows).await?;
+        let served = self.serve(viewer, &rows).await?;
+        let chunk = served
+            .into_iter()
+            .filter(|e| event_type.is_none_or(|t| e["type"] == t))
+            .collect();
+        Ok((chunk, next))
+    }
+
+    /// Thread roots of a room, most recently active first.
+    pub async fn threads(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        from: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Option<String>)> {
+        self.require_member(viewer.user_id, room_id).await?;
+        let to = match from {
+            Some(t) => parse_token(t)?,
+            None => self.streams.current(),
+        };
+        let limit = limit.clamp(1, 100);
+        let roots = self
+            .store
+            .thread_roots(room_id.as_str(), to, limit as i64 + 1)
+            .await?;
+        let more = roots.len() > limit;
+        let roots: Vec<(String, i64)> = roots.into_iter().take(limit).collect();
+        let next = if more {
+            roots.last().map(|(_, pos)| make_token(pos - 1))
+        } else {
+            None
+        };
+        let ids: Vec<String> = roots.iter().map(|(id, _)| id.clone()).collect();
+        let mut rows = self.store.events(&ids).await?;
+        rows.sort_by_key(|r| ids.iter().position(|id| id == &r.event_id));
+        let rows = self.filter_visible(viewer.user_id, rows).await?;
+        Ok((self.serve(viewer, &rows).await?, next))
+    }
+}
+
+/// The bundled aggregations of an event (`unsigned.m.relations`).
+fn bundle(row: &EventRow, viewer: &UserId, relations: &[RelationRow]) -> Map<String, Value> {
+    let mut out = Map::new();
+    let original_sender = serde_json::from_str::<Value>(&row.json)
+        .ok()
+        .and_then(|v| v.get("sender").and_then(Value::as_str).map(str::to_owned));
+    let mut latest_edit: Option<(&String, Value)> = None;
+    let mut thread_count = 0;
+    let mut thread_latest: Option<(&String, Value)> = None;
+    let mut participated = false;
+    let mut references = Vec::new();
+    for relation in relations.iter().filter(|r| r.relates_to == row.event_id) {
+        let Ok(rel) = serde_json::from_str::<Value>(&relation.json) else {
+            continue;
+        };
+        let sender = rel.get("sender").and_then(Value::as_str).map(str::to_owned);
+        match relation.rel_type.as_str() {
+            "m.replace" if sender == original_sender => {
+                latest_edit = Some((&relation.event_id, rel))
+            }
+            "m.thread" => {
+                thread_count += 1;
+                participated |= sender.as_deref() == Some(viewer.as_str());
+                thread_latest = Some((&relation.event_id, rel));
+            }
+            "m.reference" => references.push(json!({ "event_id": relation.event_id })),
+            _ => {}
+        }
+    }
+    if let Some((id, edit)) = latest_edit {
+        out.insert("m.replace".into(), related_event(id, &edit, &row.room_id));
+    }
+    if !references.is_empty() {
+        out.insert("m.reference".into(), json!({ "chunk": references }));
+    }
+    if let Some((id, latest)) = thread_latest {
+        out.insert(
+            "m.thread".into(),
+            json!({
+                "latest_event": related_event(id, &latest, &row.room_id),
+                "count": thread_count,
+                "current_user_participated": participated || original_sender.as_deref() == Some(viewer.as_str()),
+            }),
+        );
+    }
+    out
+}
+
+/// A related PDU in client format, as bundled in its parent.
+fn related_event(event_id: &str, pdu_json: &Value, room_id: &str) -> Value {
+    let mut out = Map::new();
+    out.insert("event_id".into(), json!(event_id));
+    for key in ["content", "origin_server_ts", "sender", "type"] {
+        if let Some(v) = pdu_json.get(key) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    out.insert("room_id".into(), json!(room_id));
+    Value::Object(out)
+}

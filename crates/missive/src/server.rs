@@ -1,0 +1,102 @@
+//! Start-up and shutdown: open the store, load keys, build services, bind, serve.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::{
+    accounts::Accounts,
+    api::{self, Services},
+    config::Config,
+    ratelimit::RateLimiter,
+    rooms::Rooms,
+    server_keys::ServerKeys,
+    store::Store,
+    sync::{Sync, stream::Streams, typing::Typing},
+    user_data::UserData,
+};
+
+/// Builds every service from the configuration (migrations and key generation included).
+pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+    }
+    let store = Store::open(&config.database_url())
+        .await
+        .context("cannot open the database")?;
+    let keys = Arc::new(
+        ServerKeys::load_or_generate(&store)
+            .await
+            .context("cannot load the signing key")?,
+    );
+    let (max_pos, max_group) = store.max_ids().await?;
+    let streams = Streams::new(max_pos);
+    let config = Arc::new(config);
+    let server_name = ruma::ServerName::parse(&config.server_name)?;
+    let rooms = Arc::new(Rooms::new(
+        store.clone(),
+        streams.clone(),
+        keys,
+        server_name,
+        config.default_room_version.clone(),
+        max_group,
+    ));
+    let typing = Typing::new(streams.clone());
+    Ok(Arc::new(Services {
+        accounts: Accounts::new(store.clone(), config.clone()),
+        sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing),
+        user_data: UserData::new(store.clone(), streams),
+        limits: RateLimiter::new(config.rate_limits.clone()),
+        rooms,
+        store,
+        config,
+    }))
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let services = build(config).await?;
+    // Bound only now: start-up (migrations, keys) is complete.
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, server_name = %services.config.server_name, "listening");
+    println!("missive listening on http://{local}");
+    let app = api::router(services.clone());
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    services.store.close().await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

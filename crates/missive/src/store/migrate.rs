@@ -1,0 +1,45 @@
+//! Embedded schema migrations, applied in order at start-up, each in its own transaction.
+
+use super::{Backend, Store, StoreError, StoreResult, now_ms};
+
+/// (version, SQLite script, PostgreSQL script)
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    include_str!("../../migrations/sqlite/0001_core.sql"),
+    include_str!("../../migrations/postgres/0001_core.sql"),
+)];
+
+pub(super) async fn run(store: &Store) -> StoreResult<()> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ts BIGINT NOT NULL)",
+    )
+    .execute(&store.write)
+    .await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+        .fetch_all(&store.write)
+        .await?;
+    for &(version, sqlite, postgres) in MIGRATIONS {
+        if applied.contains(&version) {
+            continue;
+        }
+        let script = match store.backend {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        };
+        let fail = |source| StoreError::Migration { version, source };
+        let mut tx = store.write.begin().await.map_err(fail)?;
+        sqlx::raw_sql(script)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_ts) VALUES ($1, $2)")
+            .bind(version)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        tracing::info!(version, "applied schema migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,783 @@
+//! Rooms: the event graph, state groups, current state, memberships, aliases, directory.
+
+use std::collections::HashMap;
+
+use sqlx::{Any, Row, Transaction, any::AnyRow};
+
+use super::{Store, StoreError, StoreResult, now_ms, sql};
+
+/// A stored event as read back.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub stream_pos: i64,
+    pub event_id: String,
+    pub room_id: String,
+    pub json: String,
+    pub state_group_before: i64,
+    pub redacted_by: Option<String>,
+    pub txn_device_id: Option<String>,
+    pub txn_id: Option<String>,
+}
+
+const EVENT_COLUMNS: &str =
+    "stream_pos, event_id, room_id, json, state_group_before, redacted_by, txn_device_id, txn_id";
+
+fn event_row(r: AnyRow) -> EventRow {
+    EventRow {
+        stream_pos: r.get(0),
+        event_id: r.get(1),
+        room_id: r.get(2),
+        json: r.get(3),
+        state_group_before: r.get(4),
+        redacted_by: r.get(5),
+        txn_device_id: r.get(6),
+        txn_id: r.get(7),
+    }
+}
+
+/// An event relating to another, for bundled aggregations.
+#[derive(Debug, Clone)]
+pub struct RelationRow {
+    pub event_id: String,
+    pub relates_to: String,
+    pub rel_type: String,
+    pub json: String,
+}
+
+/// One `(event type, state key) → event ID` entry of a room state.
+pub type StateEntry = (String, String, String);
+
+/// A room to create with the first batch of its events.
+#[derive(Debug, Clone)]
+pub struct NewRoom {
+    pub room_id: String,
+    pub room_version: String,
+    pub creator: String,
+}
+
+/// An event to persist.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub stream_pos: i64,
+    pub event_id: String,
+    pub sender: String,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    /// For `m.room.member` events: the new membership.
+    pub membership: Option<String>,
+    pub depth: i64,
+    pub origin_server_ts: i64,
+    pub json: String,
+    pub prev_events: Vec<String>,
+    pub state_group_before: i64,
+    pub state_group_after: i64,
+    pub rel_type: Option<String>,
+    pub relates_to: Option<String>,
+    pub thread_root: Option<String>,
+    /// `(device ID, transaction ID)` of a local client send.
+    pub txn: Option<(String, String)>,
+}
+
+/// A state group: a delta over `prev_group`, or a full snapshot when `prev_group` is `None`.
+#[derive(Debug, Clone)]
+pub struct NewStateGroup {
+    pub id: i64,
+    pub prev_group: Option<i64>,
+    pub chain_len: i64,
+    pub delta: Vec<StateEntry>,
+}
+
+/// A notification owed to a local user for an event.
+#[derive(Debug, Clone)]
+pub struct PushAction {
+    pub user_id: String,
+    pub event_pos: i64,
+    pub thread_id: String,
+    pub highlight: bool,
+}
+
+/// Everything one write to a room changes, committed as one transaction.
+#[derive(Debug, Default)]
+pub struct RoomWrite {
+    pub new_room: Option<NewRoom>,
+    pub events: Vec<NewEvent>,
+    pub state_groups: Vec<NewStateGroup>,
+    /// `(target event ID, pruned JSON, redaction event ID)`: content is really deleted.
+    pub redactions: Vec<(String, String, String)>,
+    pub push_actions: Vec<PushAction>,
+    pub aliases: Vec<(String, String)>,
+    pub publish: Option<bool>,
+}
+
+/// A user's current membership in a room.
+#[derive(Debug, Clone)]
+pub struct MembershipRow {
+    pub room_id: String,
+    pub user_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub stream_pos: i64,
+}
+
+impl Store {
+    /// Commits a room write atomically: room, state groups, events, current state,
+    /// memberships, extremities, transaction IDs, redactions, notifications.
+    pub async fn write_room(&self, room_id: &str, write: &RoomWrite) -> StoreResult<()> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        if let Some(room) = &write.new_room {
+            sqlx::query(
+                "INSERT INTO rooms (room_id, room_version, creator, state_group, created_ts) VALUES ($1, $2, $3, 0, $4)",
+            )
+            .bind(&room.room_id)
+            .bind(&room.room_version)
+            .bind(&room.creator)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for group in &write.state_groups {
+            let delta = serde_json::to_string(&group.delta)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO state_groups (id, room_id, prev_group, chain_len, delta, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(group.id)
+            .bind(room_id)
+            .bind(group.prev_group)
+            .bind(group.chain_len)
+            .bind(delta)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for event in &write.events {
+            insert_event(&mut tx, room_id, event, now).await?;
+        }
+        if let Some(last) = write.events.last() {
+            sqlx::query("UPDATE rooms SET state_group = $2 WHERE room_id = $1")
+                .bind(room_id)
+                .bind(last.state_group_after)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (target, json, by) in &write.redactions {
+            sqlx::query(
+                "UPDATE events SET json = $2, redacted_by = $3, rel_type = NULL, relates_to = NULL, thread_root = NULL \
+                 WHERE event_id = $1",
+            )
+                .bind(target)
+                .bind(json)
+                .bind(by)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for action in &write.push_actions {
+            sqlx::query(
+                "INSERT INTO event_push_actions (room_id, user_id, event_pos, thread_id, highlight, created_ts) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(room_id)
+            .bind(&action.user_id)
+            .bind(action.event_pos)
+            .bind(&action.thread_id)
+            .bind(action.highlight as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (alias, creator) in &write.aliases {
+            sqlx::query("INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4)")
+                .bind(alias)
+                .bind(room_id)
+                .bind(creator)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(publish) = write.publish {
+            sqlx::query("UPDATE rooms SET published = $2 WHERE room_id = $1")
+                .bind(room_id)
+                .bind(publish as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Room version and current state group of a room.
+    pub async fn room(&self, room_id: &str) -> StoreResult<Option<(String, i64)>> {
+        let row = sqlx::query("SELECT room_version, state_group FROM rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// The room's current state as `(type, state_key, event_id)`.
+    pub async fn current_state(&self, room_id: &str) -> StoreResult<Vec<StateEntry>> {
+        let rows = sqlx::query(
+            "SELECT event_type, state_key, event_id FROM room_current_state WHERE room_id = $1",
+        )
+        .bind(room_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Current state events whose event was stored after `since` (for incremental sync).
+    pub async fn current_state_since(
+        &self,
+        room_id: &str,
+        since: i64,
+    ) -> StoreResult<Vec<EventRow>> {
+        let rows = sqlx::query(sql(format!(
+            "SELECT {} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
+             WHERE s.room_id = $1 AND e.stream_pos > $2",
+            prefixed_event_columns("e")
+        )))
+        .bind(room_id)
+        .bind(since)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(event_row).collect())
+    }
+
+    /// The current state event of a given type and key.
+    pub async fn current_state_event(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> StoreResult<Option<EventRow>> {
+        let row = sqlx::query(sql(format!(
+            "SELECT {} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
+             WHERE s.room_id = $1 AND s.event_type = $2 AND s.state_key = $3",
+            prefixed_event_columns("e")
+        )))
+        .bind(room_id)
+        .bind(event_type)
+        .bind(state_key)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(event_row))
+    }
+
+    /// Events by ID (those that exist), in no particular order.
+    pub async fn events(&self, event_ids: &[String]) -> StoreResult<Vec<EventRow>> {
+        let mut out = Vec::with_capacity(event_ids.len());
+        // Chunked IN lists keep the statement count low without exceeding parameter limits.
+        for chunk in event_ids.chunks(200) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql_text = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})",
+                placeholders.join(",")
+            );
+            let mut query = sqlx::query(sql(sql_text));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            out.extend(
+                query
+                    .fetch_all(&self.read)
+                    .await?
+                    .into_iter()
+                    .map(event_row),
+            );
+        }
+        Ok(out)
+    }
+
+    /// One event by ID.
+    pub async fn event(&self, event_id: &str) -> StoreResult<Option<EventRow>> {
+        let row = sqlx::query(sql(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"
+        )))
+        .bind(event_id)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(event_row))
+    }
+
+    /// The forward extremities of a room with their depths.
+    pub async fn extremities(&self, room_id: &str) -> StoreResult<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT x.event_id, e.depth FROM room_extremities x JOIN events e ON e.event_id = x.event_id WHERE x.room_id = $1",
+        )
+        .bind(room_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The full state of a state group, resolved along its delta chain.
+    pub async fn state_group(&self, group: i64) -> StoreResult<Vec<StateEntry>> {
+        let rows = sqlx::query(
+            "WITH RECURSIVE chain(id, prev_group, delta, n) AS ( \
+                 SELECT id, prev_group, delta, 0 FROM state_groups WHERE id = $1 \
+                 UNION ALL \
+                 SELECT g.id, g.prev_group, g.delta, c.n + 1 FROM state_groups g JOIN chain c ON g.id = c.prev_group \
+             ) SELECT delta FROM chain ORDER BY n DESC",
+        )
+        .bind(group)
+        .fetch_all(&self.read)
+        .await?;
+        let mut state: HashMap<(String, String), String> = HashMap::new();
+        for row in rows {
+            let delta: String = row.get(0);
+            let entries: Vec<StateEntry> =
+                serde_json::from_str(&delta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            for (t, k, e) in entries {
+                state.insert((t, k), e);
+            }
+        }
+        Ok(state.into_iter().map(|((t, k), e)| (t, k, e)).collect())
+    }
+
+    /// Chain length of a state group (0 for a snapshot).
+    pub async fn state_group_chain_len(&self, group: i64) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT chain_len FROM state_groups WHERE id = $1")
+                .bind(group)
+                .fetch_optional(&self.read)
+                .await?
+                .unwrap_or(0),
+        )
+    }
+
+    /// Highest stream position and state group ID in use, to seed the allocators.
+    pub async fn max_ids(&self) -> StoreResult<(i64, i64)> {
+        let mut max_pos = 0;
+        for table in ["events", "account_data", "receipts"] {
+            let pos: Option<i64> =
+                sqlx::query_scalar(sql(format!("SELECT MAX(stream_pos) FROM {table}")))
+                    .fetch_one(&self.write)
+                    .await?;
+            max_pos = max_pos.max(pos.unwrap_or(0));
+        }
+        let group: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM state_groups")
+            .fetch_one(&self.write)
+            .await?;
+        Ok((max_pos, group.unwrap_or(0)))
+    }
+
+    /// The event a client transaction already produced, if any.
+    pub async fn txn_event(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT event_id FROM events WHERE sender = $1 AND txn_device_id = $2 AND txn_id = $3",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(txn_id)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    /// A user's memberships (all states), optionally only those changed after `since`.
+    pub async fn memberships_of_user(
+        &self,
+        user_id: &str,
+        since: Option<i64>,
+    ) -> StoreResult<Vec<MembershipRow>> {
+        let rows = sqlx::query(
+            "SELECT room_id, user_id, membership, event_id, stream_pos FROM memberships \
+             WHERE user_id = $1 AND stream_pos > $2 AND forgotten = 0",
+        )
+        .bind(user_id)
+        .bind(since.unwrap_or(-1))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(membership_row).collect())
+    }
+
+    /// One user's membership in a room.
+    pub async fn membership(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> StoreResult<Option<MembershipRow>> {
+        let row = sqlx::query(
+            "SELECT room_id, user_id, membership, event_id, stream_pos FROM memberships WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(membership_row))
+    }
+
+    /// Members of a room, optionally only with the given membership.
+    pub async fn room_members(
+        &self,
+        room_id: &str,
+        membership: Option<&str>,
+    ) -> StoreResult<Vec<MembershipRow>> {
+        let rows = sqlx::query(
+            "SELECT room_id, user_id, membership, event_id, stream_pos FROM memberships \
+             WHERE room_id = $1 AND ($2 = '' OR membership = $2) ORDER BY user_id",
+        )
+        .bind(room_id)
+        .bind(membership.unwrap_or(""))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(membership_row).collect())
+    }
+
+    /// Counts of joined and invited members.
+    pub async fn member_counts(&self, room_id: &str) -> StoreResult<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END), 0), \
+                    COALESCE(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END), 0) \
+             FROM memberships WHERE room_id = $1",
+        )
+        .bind(room_id)
+        .fetch_one(&self.read)
+        .await?;
+        Ok((int_any(&row, 0)?, int_any(&row, 1)?))
+    }
+
+    /// Marks a left room as forgotten for a user.
+    pub async fn forget_room(&self, room_id: &str, user_id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE memberships SET forgotten = 1 WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(user_id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Events of a room with `from < stream_pos <= to`, newest first when `backwards`.
+    pub async fn room_events(
+        &self,
+        room_id: &str,
+        from: i64,
+        to: i64,
+        backwards: bool,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRow>> {
+        let order = if backwards { "DESC" } else { "ASC" };
+        let rows = sqlx::query(sql(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_pos > $2 AND stream_pos <= $3 \
+             ORDER BY stream_pos {order} LIMIT $4"
+        )))
+        .bind(room_id)
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(event_row).collect())
+    }
+
+    /// Events relating to `event_id`, optionally of one relation type, in stream order.
+    pub async fn relations(
+        &self,
+        event_id: &str,
+        rel_type: Option<&str>,
+        from: i64,
+        to: i64,
+        backwards: bool,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRow>> {
+        let order = if backwards { "DESC" } else { "ASC" };
+        let rows = sqlx::query(sql(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE relates_to = $1 AND ($2 = '' OR rel_type = $2) \
+             AND stream_pos > $3 AND stream_pos <= $4 ORDER BY stream_pos {order} LIMIT $5"
+        )))
+        .bind(event_id)
+        .bind(rel_type.unwrap_or(""))
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(event_row).collect())
+    }
+
+    /// Relations to many events at once, for bundled aggregations.
+    pub async fn relations_of(&self, event_ids: &[String]) -> StoreResult<Vec<RelationRow>> {
+        let mut out = Vec::new();
+        for chunk in event_ids.chunks(200) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql_text = format!(
+                "SELECT event_id, relates_to, rel_type, json FROM events \
+                 WHERE relates_to IN ({}) AND redacted_by IS NULL ORDER BY stream_pos",
+                placeholders.join(",")
+            );
+            let mut query = sqlx::query(sql(sql_text));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for r in query.fetch_all(&self.read).await? {
+                out.push(RelationRow {
+                    event_id: r.get(0),
+                    relates_to: r.get(1),
+                    rel_type: r.get(2),
+                    json: r.get(3),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Thread roots of a room, newest activity first, before `to`.
+    pub async fn thread_roots(
+        &self,
+        room_id: &str,
+        to: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT thread_root, MAX(stream_pos) AS latest FROM events \
+             WHERE room_id = $1 AND thread_root IS NOT NULL GROUP BY thread_root \
+             HAVING MAX(stream_pos) <= $2 ORDER BY latest DESC LIMIT $3",
+        )
+        .bind(room_id)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Room ID an alias points to.
+    pub async fn alias(&self, alias: &str) -> StoreResult<Option<(String, String)>> {
+        let row = sqlx::query("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Adds an alias; `false` if it is taken.
+    pub async fn insert_alias(
+        &self,
+        alias: &str,
+        room_id: &str,
+        creator: &str,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4) ON CONFLICT (alias) DO NOTHING",
+        )
+        .bind(alias)
+        .bind(room_id)
+        .bind(creator)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Removes an alias.
+    pub async fn delete_alias(&self, alias: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Aliases of a room.
+    pub async fn room_aliases(&self, room_id: &str) -> StoreResult<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+                .bind(room_id)
+                .fetch_all(&self.read)
+                .await?,
+        )
+    }
+
+    /// Whether a room is published in the directory.
+    pub async fn is_published(&self, room_id: &str) -> StoreResult<bool> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT published FROM rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(v.unwrap_or(0) != 0)
+    }
+
+    /// Publishes or unpublishes a room.
+    pub async fn set_published(&self, room_id: &str, published: bool) -> StoreResult<()> {
+        sqlx::query("UPDATE rooms SET published = $2 WHERE room_id = $1")
+            .bind(room_id)
+            .bind(published as i64)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Published rooms, ordered by joined members.
+    pub async fn published_rooms(&self) -> StoreResult<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT r.room_id, (SELECT COUNT(*) FROM memberships m WHERE m.room_id = r.room_id AND m.membership = 'join') AS n \
+             FROM rooms r WHERE r.published = 1 ORDER BY n DESC, r.room_id",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Users sharing a room with `user_id` or in a published room, matching a search term.
+    pub async fn search_users(
+        &self,
+        user_id: &str,
+        term: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<(String, Option<String>, Option<String>)>> {
+        let pattern = format!(
+            "%{}%",
+            term.to_lowercase().replace('%', "").replace('_', "")
+        );
+        let rows = sqlx::query(
+            "SELECT p.user_id, p.displayname, p.avatar_url FROM profiles p JOIN users u ON u.user_id = p.user_id \
+             WHERE u.deactivated = 0 AND (LOWER(p.user_id) LIKE $2 OR LOWER(COALESCE(p.displayname, '')) LIKE $2) \
+             AND (p.user_id = $1 OR EXISTS ( \
+                 SELECT 1 FROM memberships a JOIN memberships b ON a.room_id = b.room_id \
+                 WHERE a.user_id = $1 AND a.membership = 'join' AND b.user_id = p.user_id AND b.membership = 'join') \
+               OR EXISTS ( \
+                 SELECT 1 FROM memberships c JOIN rooms r ON r.room_id = c.room_id \
+                 WHERE c.user_id = p.user_id AND c.membership = 'join' AND r.published = 1)) \
+             ORDER BY p.user_id LIMIT $3",
+        )
+        .bind(user_id)
+        .bind(pattern)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Whether two users share a joined room.
+    pub async fn share_room(&self, a: &str, b: &str) -> StoreResult<bool> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM memberships x JOIN memberships y ON x.room_id = y.room_id \
+             WHERE x.user_id = $1 AND y.user_id = $2 AND x.membership = 'join' AND y.membership IN ('join', 'invite') LIMIT 1",
+        )
+        .bind(a)
+        .bind(b)
+        .fetch_optional(&self.read)
+        .await?
+        .is_some())
+    }
+}
+
+fn prefixed_event_columns(prefix: &str) -> String {
+    EVENT_COLUMNS
+        .split(", ")
+        .map(|c| format!("{prefix}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn membership_row(r: AnyRow) -> MembershipRow {
+    MembershipRow {
+        room_id: r.get(0),
+        user_id: r.get(1),
+        membership: r.get(2),
+        event_id: r.get(3),
+        stream_pos: r.get(4),
+    }
+}
+
+/// Reads an integer aggregate, which PostgreSQL may type as NUMERIC.
+fn int_any(row: &AnyRow, idx: usize) -> StoreResult<i64> {
+    if let Ok(v) = row.try_get::<i64, _>(idx) {
+        return Ok(v);
+    }
+    if let Ok(v) = row.try_get::<String, _>(idx) {
+        return v
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("not an integer: {v}")));
+    }
+    row.try_get::<f64, _>(idx)
+        .map(|v| v as i64)
+        .map_err(StoreError::from)
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Any>,
+    room_id: &str,
+    e: &NewEvent,
+    now: i64,
+) -> StoreResult<()> {
+    let (txn_device, txn_id) = match &e.txn {
+        Some((d, t)) => (Some(d.as_str()), Some(t.as_str())),
+        None => (None, None),
+    };
+    sqlx::query(
+        "INSERT INTO events (stream_pos, event_id, room_id, sender, event_type, state_key, depth, origin_server_ts, \
+         json, state_group_before, state_group_after, rel_type, relates_to, thread_root, txn_device_id, txn_id, received_ts) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+    )
+    .bind(e.stream_pos)
+    .bind(&e.event_id)
+    .bind(room_id)
+    .bind(&e.sender)
+    .bind(&e.event_type)
+    .bind(e.state_key.as_deref())
+    .bind(e.depth)
+    .bind(e.origin_server_ts)
+    .bind(&e.json)
+    .bind(e.state_group_before)
+    .bind(e.state_group_after)
+    .bind(e.rel_type.as_deref())
+    .bind(e.relates_to.as_deref())
+    .bind(e.thread_root.as_deref())
+    .bind(txn_device)
+    .bind(txn_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    for prev in &e.prev_events {
+        sqlx::query("DELETE FROM room_extremities WHERE room_id = $1 AND event_id = $2")
+            .bind(room_id)
+            .bind(prev)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("INSERT INTO room_extremities (room_id, event_id) VALUES ($1, $2)")
+        .bind(room_id)
+        .bind(&e.event_id)
+        .execute(&mut **tx)
+        .await?;
+    if let Some(state_key) = &e.state_key {
+        sqlx::query(
+            "INSERT INTO room_current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+        )
+        .bind(room_id)
+        .bind(&e.event_type)
+        .bind(state_key)
+        .bind(&e.event_id)
+        .execute(&mut **tx)
+        .await?;
+        if let Some(membership) = &e.membership {
+            sqlx::query(
+                "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos, forgotten) VALUES ($1, $2, $3, $4, $5, 0) \
+                 ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
+                 event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0",
+            )
+            .bind(room_id)
+            .bind(state_key)
+            .bind(membership)
+            .bind(&e.event_id)
+            .bind(e.stream_pos)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,516 @@
+//! `/sync`: what changed for a user since a token, waiting for changes when there are none.
+//!
+//! A token is `s<stream position>_<typing serial>`. Everything persistent is read up to the
+//! stream's committed position; long-polls wait on the stream's change signal, never poll.
+
+pub mod stream;
+pub mod typing;
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use ruma::{RoomId, UserId, api::client::filter::FilterDefinition};
+use serde_json::{Map, Value, json};
+
+use self::{stream::Streams, typing::Typing};
+use crate::{
+    accounts::Identity,
+    error::{Error, Result},
+    filter,
+    rooms::{
+        Rooms,
+        notify::PUSH_RULES_TYPE,
+        pdu,
+        timeline::{Viewer, make_token},
+    },
+    store::{EventRow, MembershipRow, Store},
+};
+
+/// Default number of timeline events per room.
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+
+/// What a sync request asks for.
+#[derive(Debug, Clone, Default)]
+pub struct SyncRequest {
+    pub since: Option<String>,
+    pub timeout: Duration,
+    pub full_state: bool,
+    pub filter: FilterDefinition,
+    pub use_state_after: bool,
+}
+
+/// The sync service.
+pub struct Sync {
+    store: Store,
+    rooms: Arc<Rooms>,
+    streams: Arc<Streams>,
+    pub typing: Arc<Typing>,
+}
+
+struct Since {
+    pos: Option<i64>,
+    typing: Option<u64>,
+}
+
+fn parse_since(token: Option<&str>) -> Result<Since> {
+    let Some(token) = token else {
+        return Ok(Since {
+            pos: None,
+            typing: None,
+        });
+    };
+    let rest = token
+        .strip_prefix('s')
+        .ok_or_else(|| Error::invalid_param("invalid since token"))?;
+    let (pos, typing) = rest.split_once('_').unwrap_or((rest, "0"));
+    let pos = pos
+        .parse()
+        .map_err(|_| Error::invalid_param("invalid since token"))?;
+    let typing = typing
+        .parse()
+        .map_err(|_| Error::invalid_param("invalid since token"))?;
+    Ok(Since {
+        pos: Some(pos),
+        typing: Some(typing),
+    })
+}
+
+impl Sync {
+    /// Creates the service.
+    pub fn new(
+        store: Store,
+        rooms: Arc<Rooms>,
+        streams: Arc<Streams>,
+        typing: Arc<Typing>,
+    ) -> Self {
+        Self {
+            store,
+            rooms,
+            streams,
+            typing,
+        }
+    }
+
+    /// Answers a sync request, long-polling up to its timeout when nothing changed.
+    pub async fn sync(&self, identity: &Identity, req: SyncRequest) -> Result<Value> {
+        let since = parse_since(req.since.as_deref())?;
+        let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(300));
+        let mut changes = self.streams.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let (response, has_changes) = self.compute(identity, &req, &since).await?;
+            if has_changes
+                || since.pos.is_none()
+                || req.full_state
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(response);
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                // Timed out: answer with what we have (nothing new, a fresh token).
+                return Ok(response);
+            }
+        }
+    }
+
+    async fn compute(
+        &self,
+        identity: &Identity,
+        req: &SyncRequest,
+        since: &Since,
+    ) -> Result<(Value, bool)> {
+        let now = self.streams.current();
+        let typing_serial = self.typing.serial();
+        let user_id = identity.user_id.as_ref();
+        let viewer = Viewer {
+            user_id,
+            device_id: identity.device_id.as_str(),
+        };
+        let mut join = Map::new();
+        let mut invite = Map::new();
+        let mut leave = Map::new();
+        let mut knock = Map::new();
+        let memberships = self
+            .store
+            .memberships_of_user(user_id.as_str(), None)
+            .await?;
+        let account_data = self
+            .store
+            .account_data_since(user_id.as_str(), since.pos)
+            .await?;
+        for m in memberships.iter().filter(|m| m.stream_pos <= now) {
+            if !filter::room_allowed(&req.filter, &m.room_id) {
+                continue;
+            }
+            let changed_since = since.pos.is_none_or(|s| m.stream_pos > s);
+            let room_id = RoomId::parse(&m.room_id).map_err(|e| Error::Internal(e.to_string()))?;
+            match m.membership.as_str() {
+                "join" => {
+                    if let Some(room) = self
+                        .joined_room(viewer, req, since, &room_id, m, now, &account_data)
+                        .await?
+                    {
+                        join.insert(m.room_id.clone(), room);
+                    }
+                }
+                "invite" if changed_since => {
+                    invite.insert(
+                        m.room_id.clone(),
+                        json!({ "invite_state": { "events": self.stripped_state(m).await? } }),
+                    );
+                }
+                "knock" if changed_since => {
+                    knock.insert(
+                        m.room_id.clone(),
+                        json!({ "knock_state": { "events": self.stripped_state(m).await? } }),
+                    );
+                }
+                "leave" | "ban"
+                    if changed_since && (since.pos.is_some() || req.filter.room.include_leave) =>
+                {
+                    let room = self.left_room(viewer, req, since, &room_id, m).await?;
+                    leave.insert(m.room_id.clone(), room);
+                }
+                _ => {}
+            }
+        }
+        let mut global = Vec::new();
+        for row in account_data.iter().filter(|r| r.room_id.is_empty()) {
+            let content: Value = serde_json::from_str(&row.content).unwrap_or_else(|_| json!({}));
+            global.push(json!({ "type": row.data_type, "content": content }));
+        }
+        if since.pos.is_none() && !account_data.iter().any(|r| r.data_type == PUSH_RULES_TYPE) {
+            let ruleset = self.rooms.push_ruleset(user_id).await?;
+            global.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": ruleset } }));
+        }
+        let has_changes = !(join.is_empty()
+            && invite.is_empty()
+            && leave.is_empty()
+            && knock.is_empty()
+            && global.is_empty());
+        let mut rooms = Map::new();
+        for (key, value) in [
+            ("join", join),
+            ("invite", invite),
+            ("leave", leave),
+            ("knock", knock),
+        ] {
+            if !value.is_empty() {
+                rooms.insert(key.into(), Value::Object(value));
+            }
+        }
+        let response = json!({
+            "next_batch": format!("s{now}_{typing_serial}"),
+            "rooms": rooms,
+            "account_data": { "events": global },
+            "presence": { "events": [] },
+            "to_device": { "events": [] },
+            "device_lists": { "changed": [], "left": [] },
+            "device_one_time_keys_count": {},
+            "device_unused_fallback_key_types": [],
+        });
+        Ok((response, has_changes))
+    }
+
+    async fn stripped_state(&self, m: &MembershipRow) -> Result<Vec<Value>> {
+        let mut ids = Vec::new();
+        for kind in [
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.avatar",
+            "m.room.canonical_alias",
+            "m.room.encryption",
+            "m.room.topic",
+        ] {
+            if let Some(row) = self.store.current_state_event(&m.room_id, kind, "").await? {
+                ids.push(row);
+            }
+        }
+        let mut out: Vec<Value> = ids.iter().map(pdu::stripped_state).collect();
+        if let Some(own) = self.store.event(&m.event_id).await? {
+            // The invite itself, with its sender's member event so clients can show who invited.
+            if let Ok(p) = pdu::Pdu::from_row(&own)
+                && let Some(inviter) = self
+                    .store
+                    .current_state_event(&m.room_id, "m.room.member", p.sender.as_str())
+                    .await?
+            {
+                out.push(pdu::stripped_state(&inviter));
+            }
+            out.push(pdu::stripped_state(&own));
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn joined_room(
+        &self,
+        viewer: Viewer<'_>,
+        req: &SyncRequest,
+        since: &Since,
+        room_id: &RoomId,
+        m: &MembershipRow,
+        now: i64,
+        account_data: &[crate::store::AccountDataRow],
+    ) -> Result<Option<Value>> {
+        // A room joined after `since` is sent in full, as on an initial sync.
+        let full =
+            since.pos.is_none() || req.full_state || since.pos.is_some_and(|s| m.stream_pos > s);
+        let from = if full && since.pos.is_none_or(|s| m.stream_pos > s) {
+            0
+        } else {
+            since.pos.unwrap_or(0)
+        };
+        let from = if req.full_state {
+            since.pos.unwrap_or(0)
+        } else {
+            from
+        };
+        let timeline = self.timeline(viewer, req, room_id, from, now).await?;
+        let typing = self.typing.changed_since(room_id, since.typing);
+        let receipts = self
+            .store
+            .receipts_since(room_id.as_str(), since.pos, viewer.user_id.as_str())
+            .await?;
+        let room_data: Vec<Value> = account_data
+            .iter()
+            .filter(|r| r.room_id == room_id.as_str())
+            .map(|r| json!({ "type": r.data_type, "content": serde_json::from_str::<Value>(&r.content).unwrap_or_else(|_| json!({})) }))
+            .collect();
+        let state_changed = if full {
+            Vec::new()
+        } else {
+            self.store
+                .current_state_since(room_id.as_str(), since.pos.unwrap_or(0))
+                .await?
+        };
+        if !full
+            && timeline.events.is_empty()
+            && typing.is_none()
+            && receipts.is_empty()
+            && room_data.is_empty()
+            && state_changed.is_empty()
+        {
+            return Ok(None);
+        }
+
+        let state_filter = &req.filter.room.state;
+        let lazy = filter::lazy_members(state_filter);
+        let senders: HashSet<String> = timeline
+            .events
+            .iter()
+            .filter_map(|e| e.get("sender").and_then(Value::as_str).map(str::to_owned))
+            .chain(std::iter::once(viewer.user_id.to_string()))
+            .collect();
+        let timeline_ids: HashSet<&str> = timeline
+            .events
+            .iter()
+            .filter_map(|e| e.get("event_id").and_then(Value::as_str))
+            .collect();
+        let keep_state = |e: &Value| {
+            if !filter::event_matches(state_filter, e) {
+                return false;
+            }
+            if lazy && e["type"] == "m.room.member" {
+                return e["state_key"].as_str().is_some_and(|k| senders.contains(k));
+            }
+            true
+        };
+
+        let mut room = Map::new();
+        let state_rows: Vec<EventRow> = if req.use_state_after {
+            if full {
+                let ids: Vec<String> = self
+                    .store
+                    .current_state(room_id.as_str())
+                    .await?
+                    .into_iter()
+                    .map(|(_, _, e)| e)
+                    .collect();
+                self.store.events(&ids).await?
+            } else {
+                state_changed.clone()
+            }
+        } else if full {
+            let ids: Vec<String> = match timeline.first_group {
+                Some(group) => self
+                    .store
+                    .state_group(group)
+                    .await?
+                    .into_iter()
+                    .map(|(_, _, e)| e)
+                    .collect(),
+                None => self
+                    .store
+                    .current_state(room_id.as_str())
+                    .await?
+                    .into_iter()
+                    .map(|(_, _, e)| e)
+                    .collect(),
+            };
+            self.store.events(&ids).await?
+        } else if timeline.limited {
+            state_changed
+                .iter()
+                .filter(|r| !timeline_ids.contains(r.event_id.as_str()))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let state: Vec<Value> = self
+            .rooms
+            .serve(viewer, &state_rows)
+            .await?
+            .into_iter()
+            .filter(|e| {
+                req.use_state_after
+                    || !timeline_ids.contains(e["event_id"].as_str().unwrap_or_default())
+            })
+            .filter(|e| keep_state(e))
+            .map(pdu::sync_event)
+            .collect();
+        if req.use_state_after {
+            room.insert("state_after".into(), json!({ "events": state }));
+        } else {
+            room.insert("state".into(), json!({ "events": state }));
+        }
+        room.insert(
+            "timeline".into(),
+            json!({
+                "events": timeline.events.into_iter().map(pdu::sync_event).collect::<Vec<_>>(),
+                "limited": timeline.limited,
+                "prev_batch": timeline.prev_batch,
+            }),
+        );
+        let mut ephemeral = Vec::new();
+        if let Some(users) = typing {
+            ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+        }
+        if !receipts.is_empty() {
+            let mut content = Map::new();
+            for r in receipts {
+                let mut receipt = json!({ "ts": r.ts });
+                if !r.thread_id.is_empty() {
+                    receipt["thread_id"] = json!(r.thread_id);
+                }
+                let entry = content.entry(r.event_id).or_insert_with(|| json!({}));
+                entry[&r.receipt_type][&r.user_id] = receipt;
+            }
+            ephemeral.push(json!({ "type": "m.receipt", "content": content }));
+        }
+        room.insert("ephemeral".into(), json!({ "events": ephemeral }));
+        room.insert("account_data".into(), json!({ "events": room_data }));
+        let (notifications, highlights) = self
+            .store
+            .notification_counts(viewer.user_id.as_str(), room_id.as_str())
+            .await?;
+        room.insert(
+            "unread_notifications".into(),
+            json!({ "notification_count": notifications, "highlight_count": highlights }),
+        );
+        let members_changed = full
+            || state_changed
+                .iter()
+                .any(|r| r.json.contains("\"m.room.member\""));
+        if members_changed {
+            room.insert(
+                "summary".into(),
+                self.summary(room_id, viewer.user_id).await?,
+            );
+        }
+        Ok(Some(Value::Object(room)))
+    }
+
+    async fn left_room(
+        &self,
+        viewer: Viewer<'_>,
+        req: &SyncRequest,
+        since: &Since,
+        room_id: &RoomId,
+        m: &MembershipRow,
+    ) -> Result<Value> {
+        // The timeline stops at the leave event.
+        let timeline = self
+            .timeline(viewer, req, room_id, since.pos.unwrap_or(0), m.stream_pos)
+            .await?;
+        Ok(json!({
+            "timeline": {
+                "events": timeline.events.into_iter().map(pdu::sync_event).collect::<Vec<_>>(),
+                "limited": timeline.limited,
+                "prev_batch": timeline.prev_batch,
+            },
+            "state": { "events": [] },
+            "account_data": { "events": [] },
+        }))
+    }
+
+    async fn timeline(
+        &self,
+        viewer: Viewer<'_>,
+        req: &SyncRequest,
+        room_id: &RoomId,
+        from: i64,
+        to: i64,
+    ) -> Result<Timeline> {
+        let timeline_filter = &req.filter.room.timeline;
+        let limit = timeline_filter
+            .limit
+            .map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize)
+            .clamp(1, 500);
+        let mut rows = self
+            .store
+            .room_events(room_id.as_str(), from, to, true, limit as i64 + 1)
+            .await?;
+        let limited = rows.len() > limit;
+        rows.truncate(limit);
+        rows.reverse();
+        let first_group = rows.first().map(|r| r.state_group_before);
+        let prev_batch = make_token(rows.first().map_or(to, |r| r.stream_pos - 1));
+        let rows = self.rooms.filter_visible(viewer.user_id, rows).await?;
+        let events = self
+            .rooms
+            .serve(viewer, &rows)
+            .await?
+            .into_iter()
+            .filter(|e| filter::event_matches(timeline_filter, e))
+            .collect();
+        Ok(Timeline {
+            events,
+            limited,
+            prev_batch,
+            first_group,
+        })
+    }
+
+    async fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<Value> {
+        let (joined, invited) = self.store.member_counts(room_id.as_str()).await?;
+        let heroes: Vec<String> = self
+            .store
+            .room_members(room_id.as_str(), None)
+            .await?
+            .into_iter()
+            .filter(|m| {
+                m.user_id != user_id.as_str()
+                    && (m.membership == "join" || m.membership == "invite")
+            })
+            .take(5)
+            .map(|m| m.user_id)
+            .collect();
+        Ok(json!({
+            "m.heroes": heroes,
+            "m.joined_member_count": joined,
+            "m.invited_member_count": invited,
+        }))
+    }
+}
+
+struct Timeline {
+    events: Vec<Value>,
+    limited: bool,
+    prev_batch: String,
+    first_group: Option<i64>,
+}

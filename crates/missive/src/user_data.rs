@@ -1,0 +1,150 @@
+//! Per-user data: account data, receipts, read markers, filters.
+
+use std::sync::Arc;
+
+use ruma::{EventId, RoomId, UserId, api::client::filter::FilterDefinition};
+use serde_json::Value;
+
+use crate::{
+    error::{Error, Result},
+    store::Store,
+    sync::stream::Streams,
+};
+
+/// The user data service.
+pub struct UserData {
+    store: Store,
+    streams: Arc<Streams>,
+}
+
+impl UserData {
+    /// Creates the service.
+    pub fn new(store: Store, streams: Arc<Streams>) -> Self {
+        Self { store, streams }
+    }
+
+    /// Sets global (`room_id = None`) or room account data.
+    pub async fn set_account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+        content: &Value,
+    ) -> Result<()> {
+        if !content.is_object() {
+            return Err(Error::bad_json(
+                "account data content must be a JSON object",
+            ));
+        }
+        if data_type == "m.fully_read" || data_type == "m.push_rules" {
+            return Err(Error::BadJson(format!(
+                "{data_type} cannot be set through this endpoint"
+            )));
+        }
+        self.put(user_id, room_id, data_type, content).await
+    }
+
+    /// Writes account data without the client-facing restrictions (push rules, read markers).
+    pub async fn put(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+        content: &Value,
+    ) -> Result<()> {
+        let guard = self.streams.allocate();
+        self.store
+            .set_account_data(
+                user_id.as_str(),
+                room_id.map_or("", |r| r.as_str()),
+                data_type,
+                &content.to_string(),
+                guard.pos(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Reads account data.
+    pub async fn account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+    ) -> Result<Value> {
+        let raw = self
+            .store
+            .account_data(
+                user_id.as_str(),
+                room_id.map_or("", |r| r.as_str()),
+                data_type,
+            )
+            .await?
+            .ok_or_else(|| Error::not_found("account data not found"))?;
+        serde_json::from_str(&raw).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Records a receipt (`m.read`, `m.read.private`) for an event of the room.
+    pub async fn set_receipt(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        receipt_type: &str,
+        event_id: &EventId,
+        thread_id: &str,
+    ) -> Result<()> {
+        let membership = self
+            .store
+            .membership(room_id.as_str(), user_id.as_str())
+            .await?;
+        if membership.is_none_or(|m| m.membership != "join") {
+            return Err(Error::forbidden("you are not in this room"));
+        }
+        let event = self
+            .store
+            .event(event_id.as_str())
+            .await?
+            .filter(|e| e.room_id == room_id.as_str())
+            .ok_or_else(|| Error::not_found("event not found"))?;
+        let guard = self.streams.allocate();
+        self.store
+            .set_receipt(
+                room_id.as_str(),
+                user_id.as_str(),
+                receipt_type,
+                thread_id,
+                event_id.as_str(),
+                event.stream_pos,
+                guard.pos(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a filter.
+    pub async fn create_filter(
+        &self,
+        user_id: &UserId,
+        filter: &FilterDefinition,
+    ) -> Result<String> {
+        let json = serde_json::to_string(filter).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(self
+            .store
+            .insert_filter(user_id.as_str(), &json)
+            .await?
+            .to_string())
+    }
+
+    /// Loads a filter.
+    pub async fn filter(&self, user_id: &UserId, filter_id: &str) -> Result<FilterDefinition> {
+        let id: i64 = filter_id
+            .parse()
+            .map_err(|_| Error::not_found("filter not found"))?;
+        let json = self
+            .store
+            .filter(user_id.as_str(), id)
+            .await?
+            .ok_or_else(|| Error::not_found("filter not found"))?;
+        serde_json::from_str(&json).map_err(|e| Error::Internal(e.to_string()))
+    }
+}
