@@ -246,11 +246,9 @@ impl Config {
         })
     }
 
-    /// The base URL clients should use.
-    pub fn public_baseurl(&self) -> String {
-        self.public_baseurl
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+    /// The base URL clients should use, if the operator published one.
+    pub fn public_baseurl(&self) -> Option<&str> {
+        self.public_baseurl.as_deref()
     }
 }
 

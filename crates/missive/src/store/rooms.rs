@@ -435,14 +435,14 @@ impl Store {
     /// Counts of joined and invited members.
     pub async fn member_counts(&self, room_id: &str) -> StoreResult<(i64, i64)> {
         let row = sqlx::query(
-            "SELECT COALESCE(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END), 0), \
-                    COALESCE(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END), 0) \
+            "SELECT CAST(COALESCE(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+                    CAST(COALESCE(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END), 0) AS BIGINT) \
              FROM memberships WHERE room_id = $1",
         )
         .bind(room_id)
         .fetch_one(&self.read)
         .await?;
-        Ok((int_any(&row, 0)?, int_any(&row, 1)?))
+        Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
     /// Marks a left room as forgotten for a user.
@@ -690,21 +690,6 @@ fn membership_row(r: AnyRow) -> MembershipRow {
         event_id: r.get(3),
         stream_pos: r.get(4),
     }
-}
-
-/// Reads an integer aggregate, which PostgreSQL may type as NUMERIC.
-fn int_any(row: &AnyRow, idx: usize) -> StoreResult<i64> {
-    if let Ok(v) = row.try_get::<i64, _>(idx) {
-        return Ok(v);
-    }
-    if let Ok(v) = row.try_get::<String, _>(idx) {
-        return v
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("not an integer: {v}")));
-    }
-    row.try_get::<f64, _>(idx)
-        .map(|v| v as i64)
-        .map_err(StoreError::from)
 }
 
 async fn insert_event(

@@ -172,18 +172,13 @@ impl Store {
         room_id: &str,
     ) -> StoreResult<(i64, i64)> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(highlight), 0) FROM event_push_actions WHERE user_id = $1 AND room_id = $2",
+            "SELECT COUNT(*), CAST(COALESCE(SUM(highlight), 0) AS BIGINT) FROM event_push_actions WHERE user_id = $1 AND room_id = $2",
         )
         .bind(user_id)
         .bind(room_id)
         .fetch_one(&self.read)
         .await?;
-        let count: i64 = row.try_get(0)?;
-        let highlight = row
-            .try_get::<i64, _>(1)
-            .or_else(|_| row.try_get::<String, _>(1).map(|s| s.parse().unwrap_or(0)))
-            .unwrap_or(0);
-        Ok((count, highlight))
+        Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
     /// Stores a filter and returns its ID.

@@ -44,8 +44,10 @@ fn session_json(state: &AppState, s: &IssuedSession) -> Value {
         "access_token": s.access_token,
         "device_id": s.device_id,
         "home_server": state.config.server_name,
-        "well_known": { "m.homeserver": { "base_url": state.config.public_baseurl() } },
     });
+    if let Some(base_url) = state.config.public_baseurl() {
+        out["well_known"] = json!({ "m.homeserver": { "base_url": base_url } });
+    }
     if let Some(refresh) = &s.refresh_token {
         out["refresh_token"] = json!(refresh);
     }

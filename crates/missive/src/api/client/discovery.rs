@@ -9,7 +9,7 @@ use crate::{
         AppState,
         ruma::{Ruma, json, route},
     },
-    error::Result,
+    error::{Error, Result},
     rooms::version::SUPPORTED,
 };
 
@@ -30,8 +30,12 @@ async fn versions(_: AppState, _: Ruma<get_supported_versions::Request>) -> Resu
 }
 
 /// # GET /.well-known/matrix/client
-pub async fn well_known(State(state): State<AppState>) -> Response {
-    json(json!({ "m.homeserver": { "base_url": state.config.public_baseurl() } }))
+///
+/// Served only when the operator configured `public_baseurl`: a guess from the listener
+/// address would send clients to an address they may not reach.
+pub async fn well_known(State(state): State<AppState>) -> Result<Response> {
+    let base_url = state.config.public_baseurl().ok_or_else(|| Error::not_found("no client discovery configured"))?;
+    Ok(json(json!({ "m.homeserver": { "base_url": base_url } })))
 }
 
 /// # GET /_matrix/client/v3/capabilities

@@ -35,7 +35,7 @@ use crate::{
     error::{Error, Result},
     filter,
     ratelimit::Action,
-    rooms::{Draft, pdu, timeline::Viewer},
+    rooms::{Draft, timeline::Viewer},
 };
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
@@ -63,7 +63,25 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, relations);
     let router = route(router, relations_by_type);
     let router = route(router, relations_by_type_and_event);
-    route(router, threads)
+    // ruma 0.16 requires `include` on /threads although the spec makes it optional (default
+    // `all`); supply the default so spec-following clients are not refused.
+    let threads_routes = route(Router::new(), threads).layer(axum::middleware::map_request(default_threads_include));
+    router.merge(threads_routes)
+}
+
+async fn default_threads_include(mut req: axum::extract::Request) -> axum::extract::Request {
+    let uri = req.uri();
+    let has_include = uri.query().is_some_and(|q| q.split('&').any(|p| p.starts_with("include=")));
+    if !has_include {
+        let query = match uri.query() {
+            Some(q) if !q.is_empty() => format!("{q}&include=all"),
+            _ => "include=all".to_owned(),
+        };
+        if let Ok(new_uri) = format!("{}?{query}", uri.path()).parse() {
+            *req.uri_mut() = new_uri;
+        }
+    }
+    req
 }
 
 fn viewer<T>(req: &Ruma<T>) -> Viewer<'_> {
@@ -605,6 +623,3 @@ async fn threads(state: AppState, req: Ruma<get_threads::v1::Request>) -> Result
     }
     Ok(json(body))
 }
-
-#[allow(dead_code)]
-fn _unused(_: &pdu::Pdu) {}

@@ -1,0 +1,299 @@
+//! The test kit: start a real `missive` process on a free port with a fresh database
+//! (SQLite by default; PostgreSQL when `MISSIVE_TEST_POSTGRES` names a server), register
+//! users, and build `matrix-sdk` clients against it.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use matrix_sdk::{
+    Client,
+    config::{RequestConfig, SyncSettings},
+    ruma::api::client::{filter::FilterDefinition, sync::sync_events},
+};
+use serde_json::{Value, json};
+
+/// Where the PostgreSQL test databases are created, e.g. `postgres://postgres@127.0.0.1:5432`.
+const POSTGRES_ENV: &str = "MISSIVE_TEST_POSTGRES";
+
+/// A running server under test.
+pub struct TestServer {
+    child: Option<Child>,
+    pub base_url: String,
+    pub server_name: String,
+    data_dir: tempfile::TempDir,
+    database_url: Option<String>,
+    extra_env: Vec<(String, String)>,
+}
+
+/// A registered user with an access token.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub user_id: String,
+    pub password: String,
+    pub access_token: String,
+    pub device_id: String,
+}
+
+impl TestServer {
+    /// Starts a server with a fresh database.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with extra `MISSIVE_*` settings.
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let database_url = match std::env::var(POSTGRES_ENV) {
+            Ok(base) if !base.is_empty() => Some(fresh_postgres_database(&base).await),
+            _ => None,
+        };
+        let mut server = TestServer {
+            child: None,
+            base_url: String::new(),
+            server_name: "localhost".into(),
+            data_dir,
+            database_url,
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Path of the server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.path().join("server.log")
+    }
+
+    /// Path of the SQLite database, when SQLite is in use.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self.database_url.is_none().then(|| self.data_dir.path().join("missive.db"))
+    }
+
+    /// The database URL the server uses.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.path().join("missive.db").display()))
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("MISSIVE_") {
+                cmd.env_remove(key);
+            }
+        }
+        // Reuse the port across restarts so clients keep working.
+        let listen = match self.base_url.strip_prefix("http://") {
+            Some(addr) => addr.to_owned(),
+            None => "127.0.0.1:0".to_owned(),
+        };
+        cmd.env("MISSIVE_SERVER_NAME", &self.server_name)
+            .env("MISSIVE_LISTEN", listen)
+            .env("MISSIVE_DATA_DIR", self.data_dir.path())
+            .env("MISSIVE_RATE_LIMITS__ENABLED", "false")
+            .env("MISSIVE_REGISTRATION_SHARED_SECRET", "test-secret")
+            .env("MISSIVE_PASSWORD_HASHING__MEMORY_KIB", "1024")
+            .env("MISSIVE_PASSWORD_HASHING__ITERATIONS", "1")
+            .env("MISSIVE_LOG", "info,missive=debug")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        if let Some(url) = &self.database_url {
+            cmd.env("MISSIVE_DATABASE_URL", url);
+        }
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start missive");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read startup line");
+        let url = line
+            .trim()
+            .strip_prefix("missive listening on ")
+            .unwrap_or_else(|| panic!("server did not start: {line:?}; log: {}", self.logs()))
+            .to_owned();
+        self.base_url = url;
+        self.child = Some(child);
+    }
+
+    /// The server's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills the server with SIGKILL: no graceful shutdown, nothing flushed by us.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("send SIGTERM");
+        child.wait().expect("wait for exit")
+    }
+
+    /// Starts the server again on the same data and port.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn();
+    }
+
+    /// Starts again after a kill.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// An HTTP URL on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Registers a user through `/register` with the dummy stage, as a client would.
+    pub async fn register(&self, localpart: &str) -> TestUser {
+        let http = reqwest::Client::new();
+        let password = format!("{localpart}-password");
+        let body = json!({ "username": localpart, "password": password, "auth": { "type": "m.login.dummy" } });
+        let res: Value = http
+            .post(self.url("/_matrix/client/v3/register"))
+            .json(&body)
+            .send()
+            .await
+            .expect("register")
+            .json()
+            .await
+            .expect("register body");
+        TestUser {
+            user_id: res["user_id"].as_str().unwrap_or_else(|| panic!("register failed: {res}")).to_owned(),
+            access_token: res["access_token"].as_str().unwrap().to_owned(),
+            device_id: res["device_id"].as_str().unwrap().to_owned(),
+            password,
+        }
+    }
+
+    /// Registers a user and logs a `matrix-sdk` client in as them.
+    pub async fn client(&self, localpart: &str) -> (Client, TestUser) {
+        let user = self.register(localpart).await;
+        let client = self.login(&user).await;
+        (client, user)
+    }
+
+    /// Logs a new `matrix-sdk` client (a new device) in as an existing user.
+    pub async fn login(&self, user: &TestUser) -> Client {
+        // No retries: a server error must fail the test at once, not after minutes of backoff.
+        let client = Client::builder()
+            .homeserver_url(&self.base_url)
+            .request_config(RequestConfig::new().disable_retry())
+            .build()
+            .await
+            .expect("build client");
+        client
+            .matrix_auth()
+            .login_username(&user.user_id, &user.password)
+            .initial_device_display_name("missive test")
+            .await
+            .expect("login");
+        client
+    }
+
+    /// A raw HTTP request with an access token; returns status and JSON body.
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let http = reqwest::Client::new();
+        let mut req = http.request(method.parse().expect("method"), self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// A raw request with a raw body.
+    pub async fn call_raw(&self, method: &str, path: &str, token: Option<&str>, body: &'static str) -> (u16, Value) {
+        let http = reqwest::Client::new();
+        let mut req = http.request(method.parse().expect("method"), self.url(path)).body(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Runs one SQL query against the server's database and returns the first column as text.
+    pub async fn query_strings(&self, sql: &'static str) -> Vec<String> {
+        use sqlx::{Connection, Row};
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.database_url()).await.expect("connect to test db");
+        let rows = sqlx::query(sql).fetch_all(&mut conn).await.expect("query");
+        rows.iter().map(|r| r.try_get::<String, _>(0).unwrap_or_default()).collect()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn fresh_postgres_database(base: &str) -> String {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let name = format!("missive_test_{}", rand::random::<u64>());
+    let admin_url = format!("{}/postgres", base.trim_end_matches('/'));
+    let mut conn = sqlx::AnyConnection::connect(&admin_url).await.expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    format!("{}/{name}", base.trim_end_matches('/'))
+}
+
+/// Syncs `client` (timeline limit 50 per room) until `step` says the accumulated responses
+/// are enough, or panics after 20 s.
+pub async fn sync_until<T>(
+    client: &Client,
+    mut state: T,
+    mut step: impl FnMut(&mut T, &matrix_sdk::sync::SyncResponse) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut filter = FilterDefinition::default();
+        filter.room.timeline.limit = Some(50u32.into());
+        let settings = SyncSettings::default()
+            .timeout(Duration::from_millis(500))
+            .filter(sync_events::v3::Filter::FilterDefinition(filter));
+        let response = client.sync_once(settings).await.expect("sync");
+        if step(&mut state, &response) {
+            return state;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not reached by sync within 20 s");
+    }
+}
+
+/// The raw JSON of a timeline event.
+pub fn raw_json(event: &matrix_sdk::deserialized_responses::TimelineEvent) -> Value {
+    serde_json::from_str(event.raw().json().get()).expect("event JSON")
+}

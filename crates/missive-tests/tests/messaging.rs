@@ -1,0 +1,334 @@
+//! Two agents chatting through real `matrix-sdk` clients: rooms, invites, 100 messages in
+//! order, pagination, edits, reactions, threads, redactions, typing and receipts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, raw_json, sync_until};
+use matrix_sdk::{
+    Client, Room,
+    room::MessagesOptions,
+    ruma::{
+        OwnedEventId, OwnedRoomId, RoomId, UserId,
+        api::client::{receipt::create_receipt::v3::ReceiptType, room::create_room::v3::Request as CreateRoom},
+        events::{
+            reaction::ReactionEventContent,
+            receipt::ReceiptThread,
+            relation::{Annotation, Thread},
+            room::message::{ReplacementMetadata, RoomMessageEventContent},
+        },
+    },
+};
+use serde_json::Value;
+
+async fn room_with_bob(server: &TestServer) -> (Client, Client, OwnedRoomId) {
+    let (alice, _) = server.client("alice").await;
+    let (bob, bob_user) = server.client("bob").await;
+    let mut request = CreateRoom::new();
+    request.name = Some("Cellule de crise".into());
+    request.invite = vec![UserId::parse(&bob_user.user_id).unwrap()];
+    let room = alice.create_room(request).await.expect("create room");
+    let room_id = room.room_id().to_owned();
+    sync_until(&bob, (), |_, r| r.rooms.invited.contains_key(&room_id)).await;
+    bob.join_room_by_id(&room_id).await.expect("bob joins");
+    alice.sync_once(Default::default()).await.expect("alice syncs");
+    (alice, bob, room_id)
+}
+
+fn room(client: &Client, room_id: &RoomId) -> Room {
+    client.get_room(room_id).expect("room known to client")
+}
+
+fn body_of(event: &Value) -> Option<String> {
+    event["content"]["body"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn two_users_exchange_100_messages_in_order() {
+    let server = TestServer::start().await;
+    let (alice, bob, room_id) = room_with_bob(&server).await;
+    let alice_room = room(&alice, &room_id);
+    bob.sync_once(Default::default()).await.expect("bob syncs");
+    let mut received = Vec::<String>::new();
+    // Four bursts of 25, bob syncing after each, as a chat goes.
+    for burst in 0..4 {
+        for i in 0..25 {
+            let n = burst * 25 + i;
+            alice_room.send(RoomMessageEventContent::text_plain(format!("message {n}"))).await.expect("send");
+        }
+        received = sync_until(&bob, received, |seen, response| {
+            if let Some(update) = response.rooms.joined.get(&room_id) {
+                assert!(!update.timeline.limited, "25 new messages fit in a timeline of 50");
+                for event in &update.timeline.events {
+                    if let Some(body) = body_of(&raw_json(event)) {
+                        seen.push(body);
+                    }
+                }
+            }
+            seen.len() >= (burst + 1) * 25
+        })
+        .await;
+    }
+    let expected: Vec<String> = (0..100).map(|i| format!("message {i}")).collect();
+    assert_eq!(received, expected, "bob receives every message exactly once, in order");
+
+    // And back: bob's reply reaches alice.
+    room(&bob, &room_id).send(RoomMessageEventContent::text_plain("bien reçu")).await.expect("reply");
+    sync_until(&alice, (), |_, r| {
+        r.rooms.joined.get(&room_id).is_some_and(|u| {
+            u.timeline.events.iter().any(|e| body_of(&raw_json(e)).as_deref() == Some("bien reçu"))
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn history_paginates_back_with_messages() {
+    let server = TestServer::start().await;
+    let (alice, bob, room_id) = room_with_bob(&server).await;
+    let alice_room = room(&alice, &room_id);
+    for i in 0..30 {
+        alice_room.send(RoomMessageEventContent::text_plain(format!("m{i}"))).await.expect("send");
+    }
+    let bob_room = room(&bob, &room_id);
+    let mut seen = Vec::new();
+    let mut from: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut options = MessagesOptions::backward();
+        options.limit = 7u32.into();
+        options.from = from.clone();
+        let page = bob_room.messages(options).await.expect("messages");
+        pages += 1;
+        seen.extend(page.chunk.iter().filter_map(|e| body_of(&raw_json(e))));
+        match page.end {
+            Some(end) => from = Some(end),
+            None => break,
+        }
+        assert!(pages < 50, "pagination must end");
+    }
+    let expected: Vec<String> = (0..30).rev().map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, expected, "backward pagination returns every message once, newest first");
+    assert!(pages >= 5, "30 messages at 7 per page take several pages");
+
+    // Forward from the start gives them in sending order.
+    let mut forward = MessagesOptions::forward();
+    forward.limit = 100u32.into();
+    let page = bob_room.messages(forward).await.expect("forward");
+    let bodies: Vec<String> = page.chunk.iter().filter_map(|e| body_of(&raw_json(e))).collect();
+    assert_eq!(bodies, (0..30).map(|i| format!("m{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn edit_react_thread_and_redact() {
+    let server = TestServer::start().await;
+    let (alice, bob, room_id) = room_with_bob(&server).await;
+    let alice_room = room(&alice, &room_id);
+    let bob_room = room(&bob, &room_id);
+    let original: OwnedEventId = alice_room
+        .send(RoomMessageEventContent::text_plain("réunion à 10h SECRET-MARKER-42"))
+        .await
+        .expect("send")
+        .response
+        .event_id;
+
+    // Bob reacts; alice edits; bob replies in a thread.
+    bob_room
+        .send(ReactionEventContent::new(Annotation::new(original.clone(), "👍".into())))
+        .await
+        .expect("react");
+    let edit = RoomMessageEventContent::text_plain("réunion à 11h")
+        .make_replacement(ReplacementMetadata::new(original.clone(), None));
+    alice_room.send(edit).await.expect("edit");
+    let mut reply = RoomMessageEventContent::text_plain("je serai là");
+    reply.relates_to = Some(matrix_sdk::ruma::events::room::message::Relation::Thread(Thread::plain(
+        original.clone(),
+        original.clone(),
+    )));
+    bob_room.send(reply).await.expect("thread reply");
+
+    // The original, fetched by bob, carries the edit and the thread summary.
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/event/{original}");
+    let bob_token = bob.access_token().unwrap();
+    let (status, event) = server.call("GET", &path, Some(&bob_token), None).await;
+    assert_eq!(status, 200, "{event}");
+    let relations = &event["unsigned"]["m.relations"];
+    assert_eq!(relations["m.replace"]["content"]["m.new_content"]["body"], "réunion à 11h", "{event}");
+    assert_eq!(relations["m.thread"]["count"], 1, "{event}");
+    assert_eq!(relations["m.thread"]["latest_event"]["content"]["body"], "je serai là");
+    assert_eq!(relations["m.thread"]["current_user_participated"], true);
+
+    // /relations lists the reaction, /threads lists the root.
+    let (status, rel) = server
+        .call("GET", &format!("/_matrix/client/v1/rooms/{room_id}/relations/{original}/m.annotation"), Some(&bob_token), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(rel["chunk"].as_array().unwrap().len(), 1, "{rel}");
+    assert_eq!(rel["chunk"][0]["content"]["m.relates_to"]["key"], "👍");
+    let (_, threads) = server.call("GET", &format!("/_matrix/client/v1/rooms/{room_id}/threads"), Some(&bob_token), None).await;
+    assert_eq!(threads["chunk"][0]["event_id"], original.as_str(), "{threads}");
+
+    // Bob may not redact alice's message (power level 0 < redact 50)...
+    let denied = bob_room.redact(&original, None, None).await;
+    assert!(denied.is_err(), "bob must not redact alice's message");
+    // ...but alice may redact her own.
+    alice_room.redact(&original, Some("erreur"), None).await.expect("redact");
+    let (_, event) = server.call("GET", &path, Some(&bob_token), None).await;
+    assert_eq!(event["content"], serde_json::json!({}), "content gone for bob: {event}");
+    assert_eq!(event["unsigned"]["redacted_because"]["type"], "m.room.redaction", "{event}");
+    let alice_token = alice.access_token().unwrap();
+    let (_, event) = server.call("GET", &path, Some(&alice_token), None).await;
+    assert_eq!(event["content"], serde_json::json!({}), "content gone for alice too");
+
+    // The original content is gone from the database itself, not just hidden.
+    let stored = server.query_strings("SELECT json FROM events").await;
+    let with_marker: Vec<&String> = stored.iter().filter(|j| j.contains("SECRET-MARKER-42")).collect();
+    assert!(with_marker.is_empty(), "redacted content must be deleted from storage: {with_marker:?}");
+}
+
+#[tokio::test]
+async fn typing_and_read_receipts_reach_the_other_user() {
+    let server = TestServer::start().await;
+    let (alice, bob, room_id) = room_with_bob(&server).await;
+    let alice_room = room(&alice, &room_id);
+    let alice_id = alice.user_id().unwrap().to_owned();
+    let bob_id = bob.user_id().unwrap().to_owned();
+    bob.sync_once(Default::default()).await.expect("bob syncs");
+
+    alice_room.typing_notice(true).await.expect("typing");
+    sync_until(&bob, (), |_, r| {
+        r.rooms.joined.get(&room_id).is_some_and(|u| {
+            u.ephemeral.iter().any(|e| {
+                let e: Value = serde_json::from_str(e.json().get()).unwrap();
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"].as_array().is_some_and(|a| a.iter().any(|u| u == alice_id.as_str()))
+            })
+        })
+    })
+    .await;
+
+    let event_id = alice_room.send(RoomMessageEventContent::text_plain("lu ?")).await.expect("send").response.event_id;
+    sync_until(&bob, (), |_, r| r.rooms.joined.get(&room_id).is_some_and(|u| !u.timeline.events.is_empty())).await;
+    room(&bob, &room_id)
+        .send_single_receipt(ReceiptType::Read, ReceiptThread::Unthreaded, event_id.clone())
+        .await
+        .expect("receipt");
+    sync_until(&alice, (), |_, r| {
+        r.rooms.joined.get(&room_id).is_some_and(|u| {
+            u.ephemeral.iter().any(|e| {
+                let e: Value = serde_json::from_str(e.json().get()).unwrap();
+                e["type"] == "m.receipt" && e["content"][event_id.as_str()]["m.read"][bob_id.as_str()].is_object()
+            })
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unread_counts_follow_messages_and_receipts() {
+    let server = TestServer::start().await;
+    let (alice, bob, room_id) = room_with_bob(&server).await;
+    let alice_room = room(&alice, &room_id);
+    bob.sync_once(Default::default()).await.expect("sync");
+    let mut last = None;
+    for i in 0..3 {
+        last = Some(alice_room.send(RoomMessageEventContent::text_plain(format!("n{i}"))).await.unwrap().response.event_id);
+    }
+    let bob_token = bob.access_token().unwrap();
+    let (_, sync) = server.call("GET", "/_matrix/client/v3/sync", Some(&bob_token), None).await;
+    let counts = &sync["rooms"]["join"][room_id.as_str()]["unread_notifications"];
+    assert_eq!(counts["notification_count"], 3, "{counts}");
+    room(&bob, &room_id)
+        .send_single_receipt(ReceiptType::Read, ReceiptThread::Unthreaded, last.unwrap())
+        .await
+        .unwrap();
+    let (_, sync) = server.call("GET", "/_matrix/client/v3/sync", Some(&bob_token), None).await;
+    assert_eq!(sync["rooms"]["join"][room_id.as_str()]["unread_notifications"]["notification_count"], 0);
+}
+
+#[tokio::test]
+async fn long_poll_wakes_when_a_message_arrives() {
+    let server = TestServer::start().await;
+    let (alice, bob, room_id) = room_with_bob(&server).await;
+    bob.sync_once(Default::default()).await.expect("sync");
+    let alice_room = room(&alice, &room_id);
+    let sender = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        alice_room.send(RoomMessageEventContent::text_plain("réveil")).await.expect("send");
+    });
+    let started = std::time::Instant::now();
+    let response = bob
+        .sync_once(matrix_sdk::config::SyncSettings::default().timeout(Duration::from_secs(30)))
+        .await
+        .expect("long poll");
+    sender.await.unwrap();
+    let woke = response.rooms.joined.get(&room_id).is_some_and(|u| {
+        u.timeline.events.iter().any(|e| body_of(&raw_json(e)).as_deref() == Some("réveil"))
+    });
+    assert!(woke, "the long poll returns the new message");
+    assert!(started.elapsed() < Duration::from_secs(25), "the long poll returned on the message, not the timeout");
+}
+
+#[tokio::test]
+async fn leave_kick_and_ban_respect_power_levels() {
+    let server = TestServer::start().await;
+    let (alice, bob, room_id) = room_with_bob(&server).await;
+    let (carol, carol_user) = server.client("carol").await;
+    let carol_id = UserId::parse(&carol_user.user_id).unwrap();
+    let bob_id = bob.user_id().unwrap().to_owned();
+    room(&alice, &room_id).invite_user_by_id(&carol_id).await.expect("invite carol");
+    carol.join_room_by_id(&room_id).await.expect("carol joins");
+    bob.sync_once(Default::default()).await.unwrap();
+
+    // Bob (power 0) may not kick or ban.
+    let bob_room = room(&bob, &room_id);
+    assert!(bob_room.kick_user(&carol_id, None).await.is_err(), "bob cannot kick");
+    assert!(bob_room.ban_user(&carol_id, None).await.is_err(), "bob cannot ban");
+    let bob_token = bob.access_token().unwrap();
+    let (status, body) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name/"),
+            Some(&bob_token),
+            Some(serde_json::json!({ "name": "pris" })),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+
+    // Alice (creator) kicks bob and bans carol.
+    alice.sync_once(Default::default()).await.unwrap();
+    let alice_room = room(&alice, &room_id);
+    alice_room.kick_user(&bob_id, Some("hors sujet")).await.expect("kick");
+    alice_room.ban_user(&carol_id, None).await.expect("ban");
+    let alice_token = alice.access_token().unwrap();
+    let (_, members) =
+        server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/joined_members"), Some(&alice_token), None).await;
+    let joined: Vec<&String> = members["joined"].as_object().unwrap().keys().collect();
+    assert_eq!(joined, vec![alice.user_id().unwrap().as_str()], "{members}");
+
+    // A kicked user cannot send; a banned user cannot rejoin.
+    let (status, _) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/x1"),
+            Some(&bob_token),
+            Some(serde_json::json!({ "msgtype": "m.text", "body": "encore" })),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let carol_token = carol.access_token().unwrap();
+    let (status, body) =
+        server.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&carol_token), Some(serde_json::json!({}))).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+
+    // Unbanned and re-invited, carol can come back; bob leaves by himself after re-joining.
+    alice_room.unban_user(&carol_id, None).await.expect("unban");
+    alice_room.invite_user_by_id(&carol_id).await.expect("re-invite");
+    carol.join_room_by_id(&room_id).await.expect("carol rejoins");
+    alice_room.invite_user_by_id(&bob_id).await.expect("invite bob back");
+    bob.join_room_by_id(&room_id).await.expect("bob rejoins");
+    bob.sync_once(Default::default()).await.unwrap();
+    room(&bob, &room_id).leave().await.expect("leave");
+    sync_until(&bob, (), |_, r| r.rooms.left.contains_key(&room_id)).await;
+}
