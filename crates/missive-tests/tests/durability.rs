@@ -15,7 +15,8 @@ async fn acknowledged_message_survives_kill_9() {
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/k{i}");
-        let (status, body) = server.call("PUT", &path, token, Some(json!({ "msgtype": "m.text", "body": format!("k{i}") }))).await;
+        let (status, body) =
+            server.call("PUT", &path, token, Some(json!({ "msgtype": "m.text", "body": format!("k{i}") }))).await;
         assert_eq!(status, 200);
         acknowledged.push(body["event_id"].as_str().unwrap().to_owned());
     }
@@ -24,7 +25,8 @@ async fn acknowledged_message_survives_kill_9() {
     let (status, messages) =
         server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100"), token, None).await;
     assert_eq!(status, 200, "{messages}");
-    let stored: Vec<&str> = messages["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
+    let stored: Vec<&str> =
+        messages["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
     for id in &acknowledged {
         assert!(stored.contains(&id.as_str()), "acknowledged event {id} lost after kill -9");
     }

@@ -47,8 +47,9 @@ async fn wrong_password_and_taken_user_id() {
 #[tokio::test]
 async fn registration_requires_the_dummy_stage_and_can_be_closed() {
     let server = TestServer::start().await;
-    let (status, body) =
-        server.call("POST", "/_matrix/client/v3/register", None, Some(json!({ "username": "fred", "password": "p" }))).await;
+    let (status, body) = server
+        .call("POST", "/_matrix/client/v3/register", None, Some(json!({ "username": "fred", "password": "p" })))
+        .await;
     assert_eq!(status, 401);
     assert_eq!(body["flows"][0]["stages"][0], "m.login.dummy", "{body}");
     assert!(body["session"].is_string());
@@ -65,7 +66,8 @@ async fn malformed_bodies_and_unknown_endpoints() {
     let token = Some(user.access_token.as_str());
     let (status, body) = server.call_raw("POST", "/_matrix/client/v3/createRoom", token, "{not json").await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_NOT_JSON")), "{body}");
-    let (status, body) = server.call_raw("POST", "/_matrix/client/v3/createRoom", token, r#"{"invite": "nobody"}"#).await;
+    let (status, body) =
+        server.call_raw("POST", "/_matrix/client/v3/createRoom", token, r#"{"invite": "nobody"}"#).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
     let (status, body) = server.call("GET", "/_matrix/client/v3/no/such/endpoint", token, None).await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
@@ -82,24 +84,43 @@ async fn unknown_rooms_and_non_members() {
     let owner = server.register("hugo").await;
     let outsider = server.register("ines").await;
     let (_, room) = server
-        .call("POST", "/_matrix/client/v3/createRoom", Some(&owner.access_token), Some(json!({ "preset": "private_chat" })))
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&owner.access_token),
+            Some(json!({ "preset": "private_chat" })),
+        )
         .await;
     let room_id = room["room_id"].as_str().unwrap();
     let send = |room: &str| format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1");
     let msg = json!({ "msgtype": "m.text", "body": "x" });
-    let (status, body) = server.call("PUT", &send("!unknown:localhost"), Some(&owner.access_token), Some(msg.clone())).await;
+    let (status, body) =
+        server.call("PUT", &send("!unknown:localhost"), Some(&owner.access_token), Some(msg.clone())).await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
     let (status, body) = server.call("PUT", &send(room_id), Some(&outsider.access_token), Some(msg.clone())).await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
-    let (status, _) =
-        server.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&outsider.access_token), Some(json!({}))).await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room_id}/join"),
+            Some(&outsider.access_token),
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, 403, "invite-only room refuses an uninvited join");
-    let (status, _) =
-        server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b"), Some(&outsider.access_token), None).await;
+    let (status, _) = server
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b"), Some(&outsider.access_token), None)
+        .await;
     assert_eq!(status, 403);
     // Nothing of the refused sends was stored.
-    let (_, messages) =
-        server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=50"), Some(&owner.access_token), None).await;
+    let (_, messages) = server
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=50"),
+            Some(&owner.access_token),
+            None,
+        )
+        .await;
     let texts = messages["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").count();
     assert_eq!(texts, 0);
 }
@@ -119,10 +140,12 @@ async fn same_transaction_id_stores_one_event() {
     assert_eq!(first["event_id"], second["event_id"]);
     let (_, messages) =
         server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=50"), token, None).await;
-    let copies = messages["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == "une seule fois").count();
+    let copies =
+        messages["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == "une seule fois").count();
     assert_eq!(copies, 1);
     // The transaction ID is echoed to the sending device only.
-    let found = messages["chunk"].as_array().unwrap().iter().find(|e| e["content"]["body"] == "une seule fois").unwrap();
+    let found =
+        messages["chunk"].as_array().unwrap().iter().find(|e| e["content"]["body"] == "une seule fois").unwrap();
     assert_eq!(found["unsigned"]["transaction_id"], "txn-1");
 }
 
@@ -132,11 +155,13 @@ async fn room_versions_10_11_and_12_all_work() {
     let user = server.register("kim").await;
     let token = Some(user.access_token.as_str());
     for version in ["10", "11", "12"] {
-        let (status, room) =
-            server.call("POST", "/_matrix/client/v3/createRoom", token, Some(json!({ "room_version": version, "name": "v" }))).await;
+        let (status, room) = server
+            .call("POST", "/_matrix/client/v3/createRoom", token, Some(json!({ "room_version": version, "name": "v" })))
+            .await;
         assert_eq!(status, 200, "{room}");
         let room_id = room["room_id"].as_str().unwrap();
-        let (_, create) = server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.create/"), token, None).await;
+        let (_, create) =
+            server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.create/"), token, None).await;
         assert_eq!(create["room_version"], version);
         let (status, sent) = server
             .call(
@@ -149,7 +174,8 @@ async fn room_versions_10_11_and_12_all_work() {
         assert_eq!(status, 200, "{sent}");
         let event_id = sent["event_id"].as_str().unwrap();
         let (status, _) = server
-            .call("PUT", &format!("/_matrix/client/v3/rooms/{room_id}/redact/{event_id}/r"), token, Some(json!({}))).await;
+            .call("PUT", &format!("/_matrix/client/v3/rooms/{room_id}/redact/{event_id}/r"), token, Some(json!({})))
+            .await;
         assert_eq!(status, 200, "redaction works in room version {version}");
     }
 }

@@ -76,9 +76,10 @@ async fn two_users_exchange_100_messages_in_order() {
     // And back: bob's reply reaches alice.
     room(&bob, &room_id).send(RoomMessageEventContent::text_plain("bien reçu")).await.expect("reply");
     sync_until(&alice, (), |_, r| {
-        r.rooms.joined.get(&room_id).is_some_and(|u| {
-            u.timeline.events.iter().any(|e| body_of(&raw_json(e)).as_deref() == Some("bien reçu"))
-        })
+        r.rooms
+            .joined
+            .get(&room_id)
+            .is_some_and(|u| u.timeline.events.iter().any(|e| body_of(&raw_json(e)).as_deref() == Some("bien reçu")))
     })
     .await;
 }
@@ -134,10 +135,7 @@ async fn edit_react_thread_and_redact() {
         .event_id;
 
     // Bob reacts; alice edits; bob replies in a thread.
-    bob_room
-        .send(ReactionEventContent::new(Annotation::new(original.clone(), "👍".into())))
-        .await
-        .expect("react");
+    bob_room.send(ReactionEventContent::new(Annotation::new(original.clone(), "👍".into()))).await.expect("react");
     let edit = RoomMessageEventContent::text_plain("réunion à 11h")
         .make_replacement(ReplacementMetadata::new(original.clone(), None));
     alice_room.send(edit).await.expect("edit");
@@ -161,12 +159,18 @@ async fn edit_react_thread_and_redact() {
 
     // /relations lists the reaction, /threads lists the root.
     let (status, rel) = server
-        .call("GET", &format!("/_matrix/client/v1/rooms/{room_id}/relations/{original}/m.annotation"), Some(&bob_token), None)
+        .call(
+            "GET",
+            &format!("/_matrix/client/v1/rooms/{room_id}/relations/{original}/m.annotation"),
+            Some(&bob_token),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(rel["chunk"].as_array().unwrap().len(), 1, "{rel}");
     assert_eq!(rel["chunk"][0]["content"]["m.relates_to"]["key"], "👍");
-    let (_, threads) = server.call("GET", &format!("/_matrix/client/v1/rooms/{room_id}/threads"), Some(&bob_token), None).await;
+    let (_, threads) =
+        server.call("GET", &format!("/_matrix/client/v1/rooms/{room_id}/threads"), Some(&bob_token), None).await;
     assert_eq!(threads["chunk"][0]["event_id"], original.as_str(), "{threads}");
 
     // Bob may not redact alice's message (power level 0 < redact 50)...
@@ -233,7 +237,9 @@ async fn unread_counts_follow_messages_and_receipts() {
     bob.sync_once(Default::default()).await.expect("sync");
     let mut last = None;
     for i in 0..3 {
-        last = Some(alice_room.send(RoomMessageEventContent::text_plain(format!("n{i}"))).await.unwrap().response.event_id);
+        last = Some(
+            alice_room.send(RoomMessageEventContent::text_plain(format!("n{i}"))).await.unwrap().response.event_id,
+        );
     }
     let bob_token = bob.access_token().unwrap();
     let (_, sync) = server.call("GET", "/_matrix/client/v3/sync", Some(&bob_token), None).await;
@@ -263,9 +269,11 @@ async fn long_poll_wakes_when_a_message_arrives() {
         .await
         .expect("long poll");
     sender.await.unwrap();
-    let woke = response.rooms.joined.get(&room_id).is_some_and(|u| {
-        u.timeline.events.iter().any(|e| body_of(&raw_json(e)).as_deref() == Some("réveil"))
-    });
+    let woke = response
+        .rooms
+        .joined
+        .get(&room_id)
+        .is_some_and(|u| u.timeline.events.iter().any(|e| body_of(&raw_json(e)).as_deref() == Some("réveil")));
     assert!(woke, "the long poll returns the new message");
     assert!(started.elapsed() < Duration::from_secs(25), "the long poll returned on the message, not the timeout");
 }
@@ -302,8 +310,9 @@ async fn leave_kick_and_ban_respect_power_levels() {
     alice_room.kick_user(&bob_id, Some("hors sujet")).await.expect("kick");
     alice_room.ban_user(&carol_id, None).await.expect("ban");
     let alice_token = alice.access_token().unwrap();
-    let (_, members) =
-        server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/joined_members"), Some(&alice_token), None).await;
+    let (_, members) = server
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/joined_members"), Some(&alice_token), None)
+        .await;
     let joined: Vec<&String> = members["joined"].as_object().unwrap().keys().collect();
     assert_eq!(joined, vec![alice.user_id().unwrap().as_str()], "{members}");
 
@@ -318,8 +327,14 @@ async fn leave_kick_and_ban_respect_power_levels() {
         .await;
     assert_eq!(status, 403);
     let carol_token = carol.access_token().unwrap();
-    let (status, body) =
-        server.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&carol_token), Some(serde_json::json!({}))).await;
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room_id}/join"),
+            Some(&carol_token),
+            Some(serde_json::json!({})),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
 
     // Unbanned and re-invited, carol can come back; bob leaves by himself after re-joining.

@@ -64,11 +64,7 @@ pub fn hash_token(token: &str) -> String {
 }
 
 fn random_string(len: usize) -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }
 
 fn new_token(prefix: &str) -> String {
@@ -80,12 +76,7 @@ fn new_token(prefix: &str) -> String {
 impl Accounts {
     /// Creates the service.
     pub fn new(store: Store, config: Arc<Config>) -> Self {
-        Self {
-            store,
-            config,
-            uia: Mutex::new(HashMap::new()),
-            nonces: Mutex::new(HashMap::new()),
-        }
+        Self { store, config, uia: Mutex::new(HashMap::new()), nonces: Mutex::new(HashMap::new()) }
     }
 
     /// A single-use nonce for shared-secret registration.
@@ -100,9 +91,7 @@ impl Accounts {
     /// Consumes a nonce; `false` if unknown or expired.
     pub fn take_nonce(&self, nonce: &str) -> bool {
         let mut nonces = self.nonces.lock().expect("nonce lock poisoned");
-        nonces
-            .remove(nonce)
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        nonces.remove(nonce).is_some_and(|t| t.elapsed() < Duration::from_secs(60))
     }
 
     fn server_name(&self) -> &str {
@@ -114,13 +103,8 @@ impl Accounts {
         let hashing = self.config.password_hashing.clone();
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || {
-            let params = argon2::Params::new(
-                hashing.memory_kib,
-                hashing.iterations,
-                hashing.parallelism,
-                None,
-            )
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            let params = argon2::Params::new(hashing.memory_kib, hashing.iterations, hashing.parallelism, None)
+                .map_err(|e| Error::Internal(e.to_string()))?;
             let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
             let salt = SaltString::generate(&mut rand::thread_rng());
             argon
@@ -136,11 +120,8 @@ impl Accounts {
         let hash = hash.to_owned();
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
+            PasswordHash::new(&hash)
+                .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
         })
         .await
         .unwrap_or(false)
@@ -155,9 +136,7 @@ impl Accounts {
         }
         .map_err(|e| Error::InvalidUsername(e.to_string()))?;
         if user_id.server_name() != self.server_name() {
-            return Err(Error::InvalidUsername(
-                "user ID belongs to another server".into(),
-            ));
+            return Err(Error::InvalidUsername("user ID belongs to another server".into()));
         }
         Ok(user_id)
     }
@@ -165,13 +144,9 @@ impl Accounts {
     /// Validates a desired localpart (spec: lowercase letters, digits, `._=-/+`).
     pub fn validate_localpart(&self, localpart: &str) -> Result<OwnedUserId> {
         if localpart.is_empty()
-            || !localpart
-                .chars()
-                .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
+            || !localpart.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
         {
-            return Err(Error::InvalidUsername(
-                "user names may contain only a-z, 0-9, and . _ = - / +".into(),
-            ));
+            return Err(Error::InvalidUsername("user names may contain only a-z, 0-9, and . _ = - / +".into()));
         }
         let user_id = UserId::parse(format!("@{localpart}:{}", self.server_name()))
             .map_err(|e| Error::InvalidUsername(e.to_string()))?;
@@ -196,11 +171,7 @@ impl Accounts {
         sessions.retain(|_, s| s.created.elapsed() < UIA_SESSION_LIFETIME);
         sessions.insert(
             session.clone(),
-            UiaSession {
-                completed: Vec::new(),
-                user_id: user_id.map(ToString::to_string),
-                created: Instant::now(),
-            },
+            UiaSession { completed: Vec::new(), user_id: user_id.map(ToString::to_string), created: Instant::now() },
         );
         session
     }
@@ -217,22 +188,15 @@ impl Accounts {
         info.completed = completed;
         if let Some(err) = error {
             let (_, code) = err.status_and_code();
-            info.auth_error = serde_json::from_value(
-                serde_json::json!({ "errcode": code, "error": err.to_string() }),
-            )
-            .ok();
+            info.auth_error =
+                serde_json::from_value(serde_json::json!({ "errcode": code, "error": err.to_string() })).ok();
         }
         Error::Uia(Box::new(info))
     }
 
     /// Runs user-interactive authentication: returns `Ok` once one flow is complete,
     /// otherwise the 401 challenge listing what is left.
-    async fn check_uia(
-        &self,
-        flows: Vec<AuthFlow>,
-        auth: Option<&AuthData>,
-        user_id: Option<&UserId>,
-    ) -> Result<()> {
+    async fn check_uia(&self, flows: Vec<AuthFlow>, auth: Option<&AuthData>, user_id: Option<&UserId>) -> Result<()> {
         let Some(auth) = auth else {
             let session = self.new_uia_session(user_id);
             return Err(self.uia_challenge(flows, session, Vec::new(), None));
@@ -241,21 +205,12 @@ impl Accounts {
             Some(s) => s.to_owned(),
             None => self.new_uia_session(user_id),
         };
-        let state = self
-            .uia
-            .lock()
-            .expect("uia lock poisoned")
-            .get(&session)
-            .cloned();
+        let state = self.uia.lock().expect("uia lock poisoned").get(&session).cloned();
         let Some(mut state) = state else {
-            return Err(Error::forbidden(
-                "unknown user-interactive authentication session",
-            ));
+            return Err(Error::forbidden("unknown user-interactive authentication session"));
         };
         if state.user_id.as_deref() != user_id.map(UserId::as_str) {
-            return Err(Error::forbidden(
-                "authentication session belongs to another user",
-            ));
+            return Err(Error::forbidden("authentication session belongs to another user"));
         }
         let stage_error = match auth {
             AuthData::Dummy(_) => None,
@@ -268,12 +223,7 @@ impl Accounts {
                 };
                 let ok = match (claimed, user_id) {
                     (Some(claimed), Some(expected)) if claimed == expected => {
-                        match self
-                            .store
-                            .user(claimed.as_str())
-                            .await?
-                            .and_then(|u| u.password_hash)
-                        {
+                        match self.store.user(claimed.as_str()).await?.and_then(|u| u.password_hash) {
                             Some(hash) => self.verify_password(&hash, &p.password).await,
                             None => false,
                         }
@@ -282,9 +232,7 @@ impl Accounts {
                 };
                 (!ok).then(|| Error::forbidden("invalid password"))
             }
-            _ => Some(Error::Unrecognized {
-                method_not_allowed: false,
-            }),
+            _ => Some(Error::Unrecognized { method_not_allowed: false }),
         };
         let Some(stage) = auth.auth_type() else {
             return Err(Error::bad_json("unknown authentication type"));
@@ -304,17 +252,12 @@ impl Accounts {
         if !state.completed.contains(&stage) {
             state.completed.push(stage);
         }
-        let done = flows
-            .iter()
-            .any(|f| f.stages.iter().all(|s| state.completed.contains(s)));
+        let done = flows.iter().any(|f| f.stages.iter().all(|s| state.completed.contains(s)));
         if done {
             self.uia.lock().expect("uia lock poisoned").remove(&session);
             Ok(())
         } else {
-            self.uia
-                .lock()
-                .expect("uia lock poisoned")
-                .insert(session.clone(), state.clone());
+            self.uia.lock().expect("uia lock poisoned").insert(session.clone(), state.clone());
             Err(self.uia_challenge(flows, session, state.completed, None))
         }
     }
@@ -364,18 +307,15 @@ impl Accounts {
             Some(p) if !guest => Some(self.hash_password(p).await?),
             _ => None,
         };
-        let issued =
-            (!inhibit_login).then(|| self.new_session_tokens(&user_id, device_id, refresh));
+        let issued = (!inhibit_login).then(|| self.new_session_tokens(&user_id, device_id, refresh));
         let displayname = user_id.localpart().to_owned();
-        let session_input = issued
-            .as_ref()
-            .map(|(s, token_hash, refresh_hash)| NewSession {
-                device_id: s.device_id.as_str(),
-                device_display_name: device_name,
-                token_hash,
-                refresh_token_hash: refresh_hash.as_deref(),
-                expires_ts: s.expires_in.map(|d| now_ms() + d.as_millis() as i64),
-            });
+        let session_input = issued.as_ref().map(|(s, token_hash, refresh_hash)| NewSession {
+            device_id: s.device_id.as_str(),
+            device_display_name: device_name,
+            token_hash,
+            refresh_token_hash: refresh_hash.as_deref(),
+            expires_ts: s.expires_in.map(|d| now_ms() + d.as_millis() as i64),
+        });
         let created = self
             .store
             .create_account(NewAccount {
@@ -430,23 +370,15 @@ impl Accounts {
         device_id: Option<&str>,
         refresh: bool,
     ) -> (IssuedSession, String, Option<String>) {
-        let device_id: OwnedDeviceId = device_id
-            .map(Into::into)
-            .unwrap_or_else(|| random_string(10).to_uppercase().into());
+        let device_id: OwnedDeviceId =
+            device_id.map(Into::into).unwrap_or_else(|| random_string(10).to_uppercase().into());
         let access_token = new_token("mst");
         let refresh_token = refresh.then(|| new_token("msr"));
         let token_hash = hash_token(&access_token);
         let refresh_hash = refresh_token.as_deref().map(hash_token);
-        let expires_in =
-            refresh.then(|| Duration::from_secs(self.config.access_token_lifetime_secs));
+        let expires_in = refresh.then(|| Duration::from_secs(self.config.access_token_lifetime_secs));
         (
-            IssuedSession {
-                user_id: user_id.to_owned(),
-                device_id,
-                access_token,
-                refresh_token,
-                expires_in,
-            },
+            IssuedSession { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in },
             token_hash,
             refresh_hash,
         )
@@ -460,8 +392,7 @@ impl Accounts {
         device_name: Option<&str>,
         refresh: bool,
     ) -> Result<IssuedSession> {
-        let (session, token_hash, refresh_hash) =
-            self.new_session_tokens(user_id, device_id, refresh);
+        let (session, token_hash, refresh_hash) = self.new_session_tokens(user_id, device_id, refresh);
         self.store
             .create_session(
                 user_id.as_str(),
@@ -486,9 +417,7 @@ impl Accounts {
         device_name: Option<&str>,
         refresh: bool,
     ) -> Result<IssuedSession> {
-        let user_id = self
-            .local_user_id(user)
-            .map_err(|_| Error::forbidden("invalid username or password"))?;
+        let user_id = self.local_user_id(user).map_err(|_| Error::forbidden("invalid username or password"))?;
         let account = self.store.user(user_id.as_str()).await?;
         let Some(account) = account else {
             return Err(Error::forbidden("invalid username or password"));
@@ -503,37 +432,23 @@ impl Accounts {
         if !ok {
             return Err(Error::forbidden("invalid username or password"));
         }
-        let session = self
-            .open_session(&user_id, device_id, device_name, refresh)
-            .await?;
+        let session = self.open_session(&user_id, device_id, device_name, refresh).await?;
         tracing::info!(%user_id, device_id = %session.device_id, "logged in");
         Ok(session)
     }
 
     /// Resolves an access token to an identity.
     pub async fn authenticate(&self, token: &str) -> Result<Identity> {
-        let row = self
-            .store
-            .token(&hash_token(token))
-            .await?
-            .ok_or(Error::UnknownToken { soft_logout: false })?;
+        let row = self.store.token(&hash_token(token)).await?.ok_or(Error::UnknownToken { soft_logout: false })?;
         if row.expires_ts.is_some_and(|exp| exp <= now_ms()) {
             return Err(Error::UnknownToken { soft_logout: true });
         }
         let user_id = UserId::parse(&row.user_id).map_err(|e| Error::Internal(e.to_string()))?;
-        let user = self
-            .store
-            .user(user_id.as_str())
-            .await?
-            .ok_or(Error::UnknownToken { soft_logout: false })?;
+        let user = self.store.user(user_id.as_str()).await?.ok_or(Error::UnknownToken { soft_logout: false })?;
         if user.deactivated {
             return Err(Error::UnknownToken { soft_logout: false });
         }
-        Ok(Identity {
-            user_id,
-            device_id: row.device_id.into(),
-            is_admin: user.is_admin,
-        })
+        Ok(Identity { user_id, device_id: row.device_id.into(), is_admin: user.is_admin })
     }
 
     /// Swaps a refresh token for a new pair.
@@ -562,9 +477,7 @@ impl Accounts {
 
     /// Deletes devices (and with them their tokens).
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> Result<()> {
-        self.store
-            .delete_devices(user_id.as_str(), device_ids)
-            .await?;
+        self.store.delete_devices(user_id.as_str(), device_ids).await?;
         Ok(())
     }
 
@@ -575,20 +488,10 @@ impl Accounts {
     }
 
     /// Changes a password, optionally logging out the other devices.
-    pub async fn change_password(
-        &self,
-        identity: &Identity,
-        new_password: &str,
-        logout_devices: bool,
-    ) -> Result<()> {
+    pub async fn change_password(&self, identity: &Identity, new_password: &str, logout_devices: bool) -> Result<()> {
         let hash = self.hash_password(new_password).await?;
         self.store
-            .set_password(
-                identity.user_id.as_str(),
-                &hash,
-                Some(identity.device_id.as_str()),
-                logout_devices,
-            )
+            .set_password(identity.user_id.as_str(), &hash, Some(identity.device_id.as_str()), logout_devices)
             .await?;
         Ok(())
     }

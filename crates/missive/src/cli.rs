@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(
-    name = "missive",
-    version,
-    about = "A Matrix homeserver for public administrations"
-)]
+#[command(name = "missive", version, about = "A Matrix homeserver for public administrations")]
 struct Cli {
     /// Configuration file (TOML). Without one, a local trial server runs on SQLite.
     #[arg(long, short, env = "MISSIVE_CONFIG", global = true)]
@@ -35,9 +31,8 @@ pub fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MISSIVE_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn")
-            }),
+            tracing_subscriber::EnvFilter::try_from_env("MISSIVE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -48,10 +43,7 @@ pub fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("missive: cannot start the async runtime: {e}");

@@ -17,10 +17,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config: {0}")]
     Parse(String),
     #[error("invalid config: {0}")]
@@ -85,11 +82,7 @@ pub struct PasswordHashing {
 
 impl Default for PasswordHashing {
     fn default() -> Self {
-        Self {
-            memory_kib: 19 * 1024,
-            iterations: 2,
-            parallelism: 1,
-        }
+        Self { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 }
     }
 }
 
@@ -117,26 +110,11 @@ impl Default for RateLimits {
     fn default() -> Self {
         Self {
             enabled: true,
-            message: Limit {
-                per_second: 10.0,
-                burst: 50,
-            },
-            login: Limit {
-                per_second: 0.2,
-                burst: 5,
-            },
-            registration: Limit {
-                per_second: 0.2,
-                burst: 5,
-            },
-            room_join: Limit {
-                per_second: 1.0,
-                burst: 20,
-            },
-            invite: Limit {
-                per_second: 1.0,
-                burst: 20,
-            },
+            message: Limit { per_second: 10.0, burst: 50 },
+            login: Limit { per_second: 0.2, burst: 5 },
+            registration: Limit { per_second: 0.2, burst: 5 },
+            room_join: Limit { per_second: 1.0, burst: 20 },
+            invite: Limit { per_second: 1.0, burst: 20 },
         }
     }
 }
@@ -167,18 +145,12 @@ const NON_CONFIG_VARS: &[&str] = &["MISSIVE_CONFIG", "MISSIVE_LOG"];
 
 impl Config {
     /// Loads the file (if any), applies the environment overrides and validates the result.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let mut table = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?
             }
             None => toml::Table::new(),
         };
@@ -198,10 +170,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         ruma::ServerName::parse(&self.server_name).map_err(|e| {
-            ConfigError::Invalid(format!(
-                "server_name {:?} is not a valid server name: {e}",
-                self.server_name
-            ))
+            ConfigError::Invalid(format!("server_name {:?} is not a valid server name: {e}", self.server_name))
         })?;
         if !crate::rooms::version::SUPPORTED.contains(&self.default_room_version.as_str()) {
             return Err(ConfigError::Invalid(format!(
@@ -216,9 +185,7 @@ impl Config {
             ));
         }
         if let Some(url) = &self.database_url
-            && !(url.starts_with("sqlite:")
-                || url.starts_with("postgres://")
-                || url.starts_with("postgresql://"))
+            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             return Err(ConfigError::Invalid(format!(
                 "database_url must start with sqlite:// or postgres://, got {:?}",
@@ -226,24 +193,16 @@ impl Config {
             )));
         }
         let hashing = &self.password_hashing;
-        argon2::Params::new(
-            hashing.memory_kib,
-            hashing.iterations,
-            hashing.parallelism,
-            None,
-        )
-        .map_err(|e| ConfigError::Invalid(format!("password_hashing: {e}")))?;
+        argon2::Params::new(hashing.memory_kib, hashing.iterations, hashing.parallelism, None)
+            .map_err(|e| ConfigError::Invalid(format!("password_hashing: {e}")))?;
         Ok(())
     }
 
     /// The database URL, defaulting to a SQLite file in the data directory.
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("missive.db").display()
-            )
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("missive.db").display()))
     }
 
     /// The base URL clients should use, if the operator published one.
@@ -267,25 +226,16 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D:
 }
 
 fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
-    let path: Vec<String> = var["MISSIVE_".len()..]
-        .split("__")
-        .map(|part| part.to_ascii_lowercase())
-        .collect();
+    let path: Vec<String> = var["MISSIVE_".len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
     if path.iter().any(String::is_empty) {
-        return Err(ConfigError::Invalid(format!(
-            "malformed environment variable name {var}"
-        )));
+        return Err(ConfigError::Invalid(format!("malformed environment variable name {var}")));
     }
     let parsed = parse_scalar(value);
     let (last, parents) = path.split_last().expect("split always yields one part");
     let mut current = table;
     for part in parents {
-        let entry = current
-            .entry(part.clone())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
-        current = entry
-            .as_table_mut()
-            .ok_or_else(|| ConfigError::Invalid(format!("{var}: {part} is not a table")))?;
+        let entry = current.entry(part.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        current = entry.as_table_mut().ok_or_else(|| ConfigError::Invalid(format!("{var}: {part} is not a table")))?;
     }
     current.insert(last.clone(), parsed);
     Ok(())
@@ -306,10 +256,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]

@@ -74,9 +74,7 @@ impl Error {
             Error::NotJson(_) => (S::BAD_REQUEST, "M_NOT_JSON"),
             Error::InvalidParam(_) => (S::BAD_REQUEST, "M_INVALID_PARAM"),
             Error::MissingParam(_) => (S::BAD_REQUEST, "M_MISSING_PARAM"),
-            Error::Unrecognized {
-                method_not_allowed: true,
-            } => (S::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
+            Error::Unrecognized { method_not_allowed: true } => (S::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
             Error::Unrecognized { .. } => (S::NOT_FOUND, "M_UNRECOGNIZED"),
             Error::UserInUse => (S::BAD_REQUEST, "M_USER_IN_USE"),
             Error::InvalidUsername(_) => (S::BAD_REQUEST, "M_INVALID_USERNAME"),
@@ -145,9 +143,7 @@ impl IntoResponse for Error {
         if let Error::LimitExceeded { retry_after_ms } = self {
             let secs = retry_after_ms.div_ceil(1000).max(1);
             if let Ok(value) = http::HeaderValue::from_str(&secs.to_string()) {
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, value);
+                response.headers_mut().insert(http::header::RETRY_AFTER, value);
             }
         }
         response

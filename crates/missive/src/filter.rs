@@ -8,23 +8,15 @@ fn type_matches(pattern: &str, kind: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == kind,
         Some((prefix, suffix)) => {
-            kind.len() >= prefix.len() + suffix.len()
-                && kind.starts_with(prefix)
-                && kind.ends_with(suffix)
+            kind.len() >= prefix.len() + suffix.len() && kind.starts_with(prefix) && kind.ends_with(suffix)
         }
     }
 }
 
 /// Whether a client-format event passes a room event filter.
 pub fn event_matches(filter: &RoomEventFilter, event: &Value) -> bool {
-    let kind = event
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let sender = event
-        .get("sender")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let kind = event.get("type").and_then(Value::as_str).unwrap_or_default();
+    let sender = event.get("sender").and_then(Value::as_str).unwrap_or_default();
     if filter.not_types.iter().any(|p| type_matches(p, kind)) {
         return false;
     }
@@ -43,12 +35,7 @@ pub fn event_matches(filter: &RoomEventFilter, event: &Value) -> bool {
     }
     if let Some(want_url) = filter.url_filter {
         let has_url = event.get("content").and_then(|c| c.get("url")).is_some();
-        if has_url
-            != matches!(
-                want_url,
-                ruma::api::client::filter::UrlFilter::EventsWithUrl
-            )
-        {
+        if has_url != matches!(want_url, ruma::api::client::filter::UrlFilter::EventsWithUrl) {
             return false;
         }
     }
@@ -61,9 +48,7 @@ pub fn room_allowed(filter: &FilterDefinition, room_id: &str) -> bool {
     if room.not_rooms.iter().any(|r| r == room_id) {
         return false;
     }
-    room.rooms
-        .as_ref()
-        .is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
+    room.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
 }
 
 /// Whether member events are lazy-loaded.

@@ -26,10 +26,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Creates the limiter.
     pub fn new(config: RateLimits) -> Self {
-        Self {
-            config,
-            buckets: Mutex::new(HashMap::new()),
-        }
+        Self { config, buckets: Mutex::new(HashMap::new()) }
     }
 
     fn limit(&self, action: Action) -> Limit {
@@ -53,20 +50,15 @@ impl RateLimiter {
         if buckets.len() > 100_000 {
             buckets.retain(|_, (_, last)| now.duration_since(*last).as_secs() < 3600);
         }
-        let (tokens, last) = buckets
-            .entry((action, key.to_owned()))
-            .or_insert((f64::from(limit.burst), now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * limit.per_second)
-            .min(f64::from(limit.burst));
+        let (tokens, last) = buckets.entry((action, key.to_owned())).or_insert((f64::from(limit.burst), now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * limit.per_second).min(f64::from(limit.burst));
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             Ok(())
         } else {
             let wait = (1.0 - *tokens) / limit.per_second.max(f64::MIN_POSITIVE);
-            Err(Error::LimitExceeded {
-                retry_after_ms: (wait * 1000.0).ceil() as u64,
-            })
+            Err(Error::LimitExceeded { retry_after_ms: (wait * 1000.0).ceil() as u64 })
         }
     }
 }
@@ -77,30 +69,17 @@ mod tests {
 
     #[test]
     fn burst_then_limited() {
-        let mut config = RateLimits::default();
-        config.login = Limit {
-            per_second: 0.001,
-            burst: 2,
-        };
+        let config = RateLimits { login: Limit { per_second: 0.001, burst: 2 }, ..RateLimits::default() };
         let limiter = RateLimiter::new(config);
         assert!(limiter.check(Action::Login, "a").is_ok());
         assert!(limiter.check(Action::Login, "a").is_ok());
-        assert!(matches!(
-            limiter.check(Action::Login, "a"),
-            Err(Error::LimitExceeded { .. })
-        ));
-        assert!(
-            limiter.check(Action::Login, "b").is_ok(),
-            "buckets are per key"
-        );
+        assert!(matches!(limiter.check(Action::Login, "a"), Err(Error::LimitExceeded { .. })));
+        assert!(limiter.check(Action::Login, "b").is_ok(), "buckets are per key");
     }
 
     #[test]
     fn disabled_never_limits() {
-        let limiter = RateLimiter::new(RateLimits {
-            enabled: false,
-            ..RateLimits::default()
-        });
+        let limiter = RateLimiter::new(RateLimits { enabled: false, ..RateLimits::default() });
         for _ in 0..1000 {
             assert!(limiter.check(Action::Message, "a").is_ok());
         }

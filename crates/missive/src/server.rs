@@ -20,18 +20,11 @@ use crate::{
 /// Builds every service from the configuration (migrations and key generation included).
 pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     if config.database_url.is_none() {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create data directory {}", config.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     }
-    let store = Store::open(&config.database_url())
-        .await
-        .context("cannot open the database")?;
-    let keys = Arc::new(
-        ServerKeys::load_or_generate(&store)
-            .await
-            .context("cannot load the signing key")?,
-    );
+    let store = Store::open(&config.database_url()).await.context("cannot open the database")?;
+    let keys = Arc::new(ServerKeys::load_or_generate(&store).await.context("cannot load the signing key")?);
     let (max_pos, max_group) = store.max_ids().await?;
     let streams = Streams::new(max_pos);
     let config = Arc::new(config);
@@ -61,19 +54,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let services = build(config).await?;
     // Bound only now: start-up (migrations, keys) is complete.
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, server_name = %services.config.server_name, "listening");
     println!("missive listening on http://{local}");
     let app = api::router(services.clone());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     services.store.close().await;
     tracing::info!("shut down");
     Ok(())

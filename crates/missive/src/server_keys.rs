@@ -21,9 +21,7 @@ pub struct ServerKeys {
 
 impl std::fmt::Debug for ServerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerKeys")
-            .field("version", &self.key_pair.version())
-            .finish_non_exhaustive()
+        f.debug_struct("ServerKeys").field("version", &self.key_pair.version()).finish_non_exhaustive()
     }
 }
 
@@ -32,34 +30,22 @@ impl ServerKeys {
     pub async fn load_or_generate(store: &Store) -> Result<Self, KeyError> {
         let (version, der) = match store.signing_key().await? {
             Some((key_id, b64)) => {
-                let version = key_id
-                    .strip_prefix("ed25519:")
-                    .unwrap_or(&key_id)
-                    .to_owned();
-                let der = STANDARD
-                    .decode(b64)
-                    .map_err(|e| KeyError::Corrupt(e.to_string()))?;
+                let version = key_id.strip_prefix("ed25519:").unwrap_or(&key_id).to_owned();
+                let der = STANDARD.decode(b64).map_err(|e| KeyError::Corrupt(e.to_string()))?;
                 (version, der)
             }
             None => {
                 let der = Ed25519KeyPair::generate();
                 let version: String = {
                     use rand::{Rng, distributions::Alphanumeric};
-                    rand::thread_rng()
-                        .sample_iter(&Alphanumeric)
-                        .take(6)
-                        .map(char::from)
-                        .collect()
+                    rand::thread_rng().sample_iter(&Alphanumeric).take(6).map(char::from).collect()
                 };
-                store
-                    .insert_signing_key(&format!("ed25519:{version}"), &STANDARD.encode(&der))
-                    .await?;
+                store.insert_signing_key(&format!("ed25519:{version}"), &STANDARD.encode(&der)).await?;
                 tracing::info!(key_id = %format!("ed25519:{version}"), "generated server signing key");
                 (version, der.to_vec())
             }
         };
-        let key_pair = Ed25519KeyPair::from_der(&der, version)
-            .map_err(|e| KeyError::Corrupt(e.to_string()))?;
+        let key_pair = Ed25519KeyPair::from_der(&der, version).map_err(|e| KeyError::Corrupt(e.to_string()))?;
         Ok(Self { key_pair })
     }
 }

@@ -32,14 +32,10 @@ impl UserData {
         content: &Value,
     ) -> Result<()> {
         if !content.is_object() {
-            return Err(Error::bad_json(
-                "account data content must be a JSON object",
-            ));
+            return Err(Error::bad_json("account data content must be a JSON object"));
         }
         if data_type == "m.fully_read" || data_type == "m.push_rules" {
-            return Err(Error::BadJson(format!(
-                "{data_type} cannot be set through this endpoint"
-            )));
+            return Err(Error::BadJson(format!("{data_type} cannot be set through this endpoint")));
         }
         self.put(user_id, room_id, data_type, content).await
     }
@@ -66,19 +62,10 @@ impl UserData {
     }
 
     /// Reads account data.
-    pub async fn account_data(
-        &self,
-        user_id: &UserId,
-        room_id: Option<&RoomId>,
-        data_type: &str,
-    ) -> Result<Value> {
+    pub async fn account_data(&self, user_id: &UserId, room_id: Option<&RoomId>, data_type: &str) -> Result<Value> {
         let raw = self
             .store
-            .account_data(
-                user_id.as_str(),
-                room_id.map_or("", |r| r.as_str()),
-                data_type,
-            )
+            .account_data(user_id.as_str(), room_id.map_or("", |r| r.as_str()), data_type)
             .await?
             .ok_or_else(|| Error::not_found("account data not found"))?;
         serde_json::from_str(&raw).map_err(|e| Error::Internal(e.to_string()))
@@ -93,10 +80,7 @@ impl UserData {
         event_id: &EventId,
         thread_id: &str,
     ) -> Result<()> {
-        let membership = self
-            .store
-            .membership(room_id.as_str(), user_id.as_str())
-            .await?;
+        let membership = self.store.membership(room_id.as_str(), user_id.as_str()).await?;
         if membership.is_none_or(|m| m.membership != "join") {
             return Err(Error::forbidden("you are not in this room"));
         }
@@ -122,29 +106,16 @@ impl UserData {
     }
 
     /// Stores a filter.
-    pub async fn create_filter(
-        &self,
-        user_id: &UserId,
-        filter: &FilterDefinition,
-    ) -> Result<String> {
+    pub async fn create_filter(&self, user_id: &UserId, filter: &FilterDefinition) -> Result<String> {
         let json = serde_json::to_string(filter).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(self
-            .store
-            .insert_filter(user_id.as_str(), &json)
-            .await?
-            .to_string())
+        Ok(self.store.insert_filter(user_id.as_str(), &json).await?.to_string())
     }
 
     /// Loads a filter.
     pub async fn filter(&self, user_id: &UserId, filter_id: &str) -> Result<FilterDefinition> {
-        let id: i64 = filter_id
-            .parse()
-            .map_err(|_| Error::not_found("filter not found"))?;
-        let json = self
-            .store
-            .filter(user_id.as_str(), id)
-            .await?
-            .ok_or_else(|| Error::not_found("filter not found"))?;
+        let id: i64 = filter_id.parse().map_err(|_| Error::not_found("filter not found"))?;
+        let json =
+            self.store.filter(user_id.as_str(), id).await?.ok_or_else(|| Error::not_found("filter not found"))?;
         serde_json::from_str(&json).map_err(|e| Error::Internal(e.to_string()))
     }
 }

@@ -38,40 +38,25 @@ async fn register(State(state): State<AppState>, body: axum::body::Bytes) -> Res
     let Some(secret) = &state.config.registration_shared_secret else {
         return Err(Error::forbidden("shared-secret registration is disabled"));
     };
-    let req: SharedSecretRegistration =
-        serde_json::from_slice(&body).map_err(|e| Error::bad_json(e.to_string()))?;
+    let req: SharedSecretRegistration = serde_json::from_slice(&body).map_err(|e| Error::bad_json(e.to_string()))?;
     if !state.accounts.take_nonce(&req.nonce) {
         return Err(Error::Unknown("unrecognised nonce".into()));
     }
-    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes())
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| Error::Internal(e.to_string()))?;
     mac.update(req.nonce.as_bytes());
     mac.update(b"\0");
     mac.update(req.username.as_bytes());
     mac.update(b"\0");
     mac.update(req.password.as_bytes());
     mac.update(b"\0");
-    mac.update(if req.admin {
-        b"admin" as &[u8]
-    } else {
-        b"notadmin"
-    });
+    mac.update(if req.admin { b"admin" as &[u8] } else { b"notadmin" });
     let expected = hex::decode(&req.mac).map_err(|_| Error::forbidden("HMAC incorrect"))?;
-    mac.verify_slice(&expected)
-        .map_err(|_| Error::forbidden("HMAC incorrect"))?;
+    mac.verify_slice(&expected).map_err(|_| Error::forbidden("HMAC incorrect"))?;
     let user_id = state
         .accounts
-        .create_user(
-            &req.username.to_lowercase(),
-            Some(&req.password),
-            req.admin,
-            req.displayname.as_deref(),
-        )
+        .create_user(&req.username.to_lowercase(), Some(&req.password), req.admin, req.displayname.as_deref())
         .await?;
-    let session = state
-        .accounts
-        .open_session(&user_id, None, None, false)
-        .await?;
+    let session = state.accounts.open_session(&user_id, None, None, false).await?;
     Ok(json(json!({
         "user_id": user_id,
         "access_token": session.access_token,

@@ -9,10 +9,7 @@ use std::sync::Arc;
 use axum::{Router, routing::get};
 use tower_http::cors::CorsLayer;
 
-use crate::{
-    accounts::Accounts, config::Config, ratelimit::RateLimiter, rooms::Rooms, store::Store,
-    sync::Sync,
-};
+use crate::{accounts::Accounts, config::Config, ratelimit::RateLimiter, rooms::Rooms, store::Store, sync::Sync};
 
 /// Everything a handler can reach, built once at start-up and shared by `Arc`.
 pub struct Services {
@@ -34,10 +31,7 @@ pub fn router(state: AppState) -> Router {
     let router = client::routes(router);
     let router = admin::routes(router);
     router
-        .route(
-            "/.well-known/matrix/client",
-            get(client::discovery::well_known),
-        )
+        .route("/.well-known/matrix/client", get(client::discovery::well_known))
         .fallback(self::ruma::unrecognized)
         .layer(CorsLayer::very_permissive())
         .layer(tower_http::trace::TraceLayer::new_for_http())

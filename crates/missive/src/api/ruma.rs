@@ -15,8 +15,7 @@ use http::StatusCode;
 use ruma::api::{
     IncomingRequest, OutgoingResponse,
     auth_scheme::{
-        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
-        NoAuthentication,
+        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
     },
     path_builder::PathBuilder,
 };
@@ -60,9 +59,7 @@ pub struct Ruma<T> {
 impl<T> Ruma<T> {
     /// The identity of an endpoint that requires authentication.
     pub fn identity(&self) -> &Identity {
-        self.identity
-            .as_ref()
-            .expect("extractor checked authentication for this endpoint")
+        self.identity.as_ref().expect("extractor checked authentication for this endpoint")
     }
 }
 
@@ -86,9 +83,7 @@ fn url_query_param(query: &str, name: &str) -> Option<String> {
 }
 
 fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(&s.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 impl<T> FromRequest<AppState> for Ruma<T>
@@ -100,23 +95,18 @@ where
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
-        let mut path_args: Vec<String> =
-            match Path::<Vec<String>>::from_request_parts(&mut parts, state).await {
-                Ok(Path(args)) => args,
-                Err(_) => Vec::new(),
-            };
+        let mut path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, state).await {
+            Ok(Path(args)) => args,
+            Err(_) => Vec::new(),
+        };
         // `…/state/{type}/` addresses the empty state key; see `route`.
         if parts.uri.path().ends_with('/') {
             path_args.push(String::new());
         }
-        let client_ip = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+        let client_ip =
+            parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
         let limit = state.config.max_request_size;
-        let bytes = axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| Error::TooLarge)?;
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| Error::TooLarge)?;
         let identity = match (T::Authentication::TOKEN, access_token(&parts)) {
             (None, _) => None,
             (Some(true), None) => return Err(Error::MissingToken),
@@ -132,18 +122,9 @@ where
         let http_req = http::Request::from_parts(parts, bytes.clone());
         let body = T::try_from_http_request(http_req, &path_args).map_err(|e| {
             let msg = e.to_string();
-            if msg.contains("query") {
-                Error::InvalidParam(msg)
-            } else {
-                Error::BadJson(msg)
-            }
+            if msg.contains("query") { Error::InvalidParam(msg) } else { Error::BadJson(msg) }
         })?;
-        Ok(Ruma {
-            body,
-            identity,
-            json: bytes,
-            client_ip,
-        })
+        Ok(Ruma { body, identity, json: bytes, client_ip })
     }
 }
 
@@ -159,9 +140,7 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
                 let (parts, body) = res.into_parts();
                 Response::from_parts(parts, axum::body::Body::from(body))
             }
-            Err(e) => {
-                Error::Internal(format!("response serialisation failed: {e}")).into_response()
-            }
+            Err(e) => Error::Internal(format!("response serialisation failed: {e}")).into_response(),
         }
     }
 }
@@ -187,13 +166,10 @@ where
             let handler = handler.clone();
             router = router.route(
                 &path,
-                on(
-                    method,
-                    move |State(state): State<AppState>, req: Ruma<T>| {
-                        let handler = handler.clone();
-                        async move { handler(state, req).await.map(IntoResponse::into_response) }
-                    },
-                ),
+                on(method, move |State(state): State<AppState>, req: Ruma<T>| {
+                    let handler = handler.clone();
+                    async move { handler(state, req).await.map(IntoResponse::into_response) }
+                }),
             );
         }
     }
@@ -202,9 +178,7 @@ where
 
 /// Answers unknown endpoints as the spec asks.
 pub async fn unrecognized() -> Error {
-    Error::Unrecognized {
-        method_not_allowed: false,
-    }
+    Error::Unrecognized { method_not_allowed: false }
 }
 
 /// A JSON response with status 200.

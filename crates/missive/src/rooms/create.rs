@@ -23,8 +23,9 @@ impl Rooms {
         let v12 = rules.authorization.explicitly_privilege_room_creators;
 
         let mut create: Map<String, Value> = match &req.creation_content {
-            Some(raw) => serde_json::from_str(raw.json().get())
-                .map_err(|e| Error::bad_json(format!("creation_content: {e}")))?,
+            Some(raw) => {
+                serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("creation_content: {e}")))?
+            }
             None => Map::new(),
         };
         create.remove("room_version");
@@ -47,9 +48,7 @@ impl Rooms {
         };
         for invitee in &req.invite {
             if invitee.server_name() != self.server_name {
-                return Err(Error::forbidden(
-                    "inviting users of other servers needs federation, not enabled",
-                ));
+                return Err(Error::forbidden("inviting users of other servers needs federation, not enabled"));
             }
             if !self.store.user_exists(invitee.as_str()).await? {
                 return Err(Error::not_found(format!("unknown user {invitee}")));
@@ -99,56 +98,30 @@ impl Rooms {
             }
         }
 
-        let profile = self
-            .store
-            .profile(sender.as_str())
-            .await?
-            .unwrap_or_default();
+        let profile = self.store.profile(sender.as_str()).await?.unwrap_or_default();
         let mut drafts = vec![
-            Draft::state(
-                "m.room.member",
-                sender.as_str(),
-                member_content("join", &profile, None, false),
-            ),
+            Draft::state("m.room.member", sender.as_str(), member_content("join", &profile, None, false)),
             Draft::state("m.room.power_levels", "", power_levels),
         ];
         if let Some(alias) = &alias {
-            drafts.push(Draft::state(
-                "m.room.canonical_alias",
-                "",
-                json!({ "alias": alias }),
-            ));
+            drafts.push(Draft::state("m.room.canonical_alias", "", json!({ "alias": alias })));
         }
         let (join_rule, guest) = match preset {
             RoomPreset::PublicChat => ("public", "forbidden"),
             _ => ("invite", "can_join"),
         };
-        drafts.push(Draft::state(
-            "m.room.join_rules",
-            "",
-            json!({ "join_rule": join_rule }),
-        ));
-        drafts.push(Draft::state(
-            "m.room.history_visibility",
-            "",
-            json!({ "history_visibility": "shared" }),
-        ));
-        drafts.push(Draft::state(
-            "m.room.guest_access",
-            "",
-            json!({ "guest_access": guest }),
-        ));
+        drafts.push(Draft::state("m.room.join_rules", "", json!({ "join_rule": join_rule })));
+        drafts.push(Draft::state("m.room.history_visibility", "", json!({ "history_visibility": "shared" })));
+        drafts.push(Draft::state("m.room.guest_access", "", json!({ "guest_access": guest })));
         for raw in &req.initial_state {
-            let event: Value = serde_json::from_str(raw.json().get())
-                .map_err(|e| Error::bad_json(format!("initial_state: {e}")))?;
+            let event: Value =
+                serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("initial_state: {e}")))?;
             let kind = event
                 .get("type")
                 .and_then(Value::as_str)
                 .ok_or_else(|| Error::bad_json("initial_state event without type"))?;
             if kind == "m.room.create" || kind == "m.room.member" {
-                return Err(Error::invalid_param(format!(
-                    "{kind} cannot be set in initial_state"
-                )));
+                return Err(Error::invalid_param(format!("{kind} cannot be set in initial_state")));
             }
             let state_key = event.get("state_key").and_then(Value::as_str).unwrap_or("");
             let content = event.get("content").cloned().unwrap_or_else(|| json!({}));
@@ -165,11 +138,7 @@ impl Rooms {
             ));
         }
         for invitee in &req.invite {
-            let invitee_profile = self
-                .store
-                .profile(invitee.as_str())
-                .await?
-                .unwrap_or_default();
+            let invitee_profile = self.store.profile(invitee.as_str()).await?.unwrap_or_default();
             drafts.push(Draft::state(
                 "m.room.member",
                 invitee.as_str(),

@@ -34,50 +34,24 @@ impl Rooms {
     async fn require_room(&self, room_id: &RoomId) -> Result<()> {
         match self.store.room(room_id.as_str()).await? {
             Some(_) => Ok(()),
-            None => Err(Error::not_found(
-                "room not found; joining rooms on other servers needs federation",
-            )),
+            None => Err(Error::not_found("room not found; joining rooms on other servers needs federation")),
         }
     }
 
-    async fn current_membership(
-        &self,
-        room_id: &RoomId,
-        user_id: &UserId,
-    ) -> Result<Option<String>> {
-        Ok(self
-            .store
-            .membership(room_id.as_str(), user_id.as_str())
-            .await?
-            .map(|m| m.membership))
+    async fn current_membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
+        Ok(self.store.membership(room_id.as_str(), user_id.as_str()).await?.map(|m| m.membership))
     }
 
     /// Joins a local room (idempotent for members already joined).
-    pub async fn join(
-        &self,
-        user_id: &UserId,
-        room_id: &RoomId,
-        reason: Option<&str>,
-    ) -> Result<OwnedRoomId> {
+    pub async fn join(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<OwnedRoomId> {
         self.require_room(room_id).await?;
         if self.current_membership(room_id, user_id).await?.as_deref() == Some("join") {
             return Ok(room_id.to_owned());
         }
-        let profile = self
-            .store
-            .profile(user_id.as_str())
-            .await?
-            .unwrap_or_default();
+        let profile = self.store.profile(user_id.as_str()).await?.unwrap_or_default();
         let content = member_content("join", &profile, reason, false);
         self.write(room_id, async |rooms, batch| {
-            rooms
-                .append(
-                    batch,
-                    user_id,
-                    Draft::state("m.room.member", user_id.as_str(), content),
-                    None,
-                )
-                .await
+            rooms.append(batch, user_id, Draft::state("m.room.member", user_id.as_str(), content), None).await
         })
         .await?;
         Ok(room_id.to_owned())
@@ -97,9 +71,7 @@ impl Rooms {
         match membership {
             "invite" => {
                 if target.server_name() != self.server_name {
-                    return Err(Error::forbidden(
-                        "inviting users of other servers needs federation, not enabled",
-                    ));
+                    return Err(Error::forbidden("inviting users of other servers needs federation, not enabled"));
                 }
                 if !self.store.user_exists(target.as_str()).await? {
                     return Err(Error::not_found(format!("unknown user {target}")));
@@ -109,9 +81,7 @@ impl Rooms {
                         return Err(Error::forbidden(format!("{target} is already in the room")));
                     }
                     Some("ban") => {
-                        return Err(Error::forbidden(format!(
-                            "{target} is banned from the room"
-                        )));
+                        return Err(Error::forbidden(format!("{target} is banned from the room")));
                     }
                     Some("invite") => return Ok(()),
                     _ => {}
@@ -125,41 +95,22 @@ impl Rooms {
             }
             _ => {}
         }
-        let membership = if membership == "unban" {
-            "leave"
-        } else {
-            membership
-        };
+        let membership = if membership == "unban" { "leave" } else { membership };
         let profile = if membership == "invite" {
-            self.store
-                .profile(target.as_str())
-                .await?
-                .unwrap_or_default()
+            self.store.profile(target.as_str()).await?.unwrap_or_default()
         } else {
             (None, None)
         };
         let content = member_content(membership, &profile, reason, false);
         self.write(room_id, async |rooms, batch| {
-            rooms
-                .append(
-                    batch,
-                    sender,
-                    Draft::state("m.room.member", target.as_str(), content),
-                    None,
-                )
-                .await
+            rooms.append(batch, sender, Draft::state("m.room.member", target.as_str(), content), None).await
         })
         .await?;
         Ok(())
     }
 
     /// Leaves a room or rejects an invite.
-    pub async fn leave(
-        &self,
-        user_id: &UserId,
-        room_id: &RoomId,
-        reason: Option<&str>,
-    ) -> Result<()> {
+    pub async fn leave(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
         self.require_room(room_id).await?;
         match self.current_membership(room_id, user_id).await?.as_deref() {
             Some("join" | "invite" | "knock") => {}
@@ -168,47 +119,24 @@ impl Rooms {
         }
         let content = member_content("leave", &(None, None), reason, false);
         self.write(room_id, async |rooms, batch| {
-            rooms
-                .append(
-                    batch,
-                    user_id,
-                    Draft::state("m.room.member", user_id.as_str(), content),
-                    None,
-                )
-                .await
+            rooms.append(batch, user_id, Draft::state("m.room.member", user_id.as_str(), content), None).await
         })
         .await?;
         Ok(())
     }
 
     /// Knocks on a room whose join rule allows it.
-    pub async fn knock(
-        &self,
-        user_id: &UserId,
-        room_id: &RoomId,
-        reason: Option<&str>,
-    ) -> Result<OwnedRoomId> {
+    pub async fn knock(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<OwnedRoomId> {
         self.require_room(room_id).await?;
         match self.current_membership(room_id, user_id).await?.as_deref() {
             Some("join") => return Err(Error::forbidden("you are already in this room")),
             Some("ban") => return Err(Error::forbidden("you are banned from this room")),
             _ => {}
         }
-        let profile = self
-            .store
-            .profile(user_id.as_str())
-            .await?
-            .unwrap_or_default();
+        let profile = self.store.profile(user_id.as_str()).await?.unwrap_or_default();
         let content = member_content("knock", &profile, reason, false);
         self.write(room_id, async |rooms, batch| {
-            rooms
-                .append(
-                    batch,
-                    user_id,
-                    Draft::state("m.room.member", user_id.as_str(), content),
-                    None,
-                )
-                .await
+            rooms.append(batch, user_id, Draft::state("m.room.member", user_id.as_str(), content), None).await
         })
         .await?;
         Ok(room_id.to_owned())
@@ -217,13 +145,8 @@ impl Rooms {
     /// Forgets a room the user has left.
     pub async fn forget(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
         match self.current_membership(room_id, user_id).await?.as_deref() {
-            Some("join" | "invite" | "knock") => {
-                Err(Error::Unknown("leave the room before forgetting it".into()))
-            }
-            Some(_) => Ok(self
-                .store
-                .forget_room(room_id.as_str(), user_id.as_str())
-                .await?),
+            Some("join" | "invite" | "knock") => Err(Error::Unknown("leave the room before forgetting it".into())),
+            Some(_) => Ok(self.store.forget_room(room_id.as_str(), user_id.as_str()).await?),
             None => Err(Error::not_found("you were never in this room")),
         }
     }

@@ -22,8 +22,8 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName,
-    OwnedUserId, RoomId, RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
+    RoomVersionId, UserId,
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
     state_res,
@@ -52,20 +52,12 @@ pub struct Draft {
 impl Draft {
     /// A state event draft.
     pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: Value) -> Self {
-        Self {
-            kind: kind.into(),
-            state_key: Some(state_key.into()),
-            content,
-        }
+        Self { kind: kind.into(), state_key: Some(state_key.into()), content }
     }
 
     /// A message-like event draft.
     pub fn message(kind: impl Into<String>, content: Value) -> Self {
-        Self {
-            kind: kind.into(),
-            state_key: None,
-            content,
-        }
+        Self { kind: kind.into(), state_key: None, content }
     }
 }
 
@@ -92,8 +84,7 @@ impl RoomHead {
 
     /// The parsed current state event of a type and key, if loaded.
     pub fn state_pdu(&self, kind: &str, state_key: &str) -> Option<&Arc<Pdu>> {
-        self.state_id(kind, state_key)
-            .and_then(|id| self.pdus.get(id))
+        self.state_id(kind, state_key).and_then(|id| self.pdus.get(id))
     }
 }
 
@@ -138,20 +129,12 @@ impl Rooms {
     }
 
     fn head_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<Option<RoomHead>>> {
-        self.heads
-            .lock()
-            .expect("heads lock poisoned")
-            .entry(room_id.to_owned())
-            .or_default()
-            .clone()
+        self.heads.lock().expect("heads lock poisoned").entry(room_id.to_owned()).or_default().clone()
     }
 
     async fn load_head(&self, room_id: &RoomId) -> Result<RoomHead> {
-        let (version, group) = self
-            .store
-            .room(room_id.as_str())
-            .await?
-            .ok_or_else(|| Error::not_found("room not found"))?;
+        let (version, group) =
+            self.store.room(room_id.as_str()).await?.ok_or_else(|| Error::not_found("room not found"))?;
         let (version, rules) = version::rules_for(&version)?;
         let state = self
             .store
@@ -168,10 +151,7 @@ impl Rooms {
             version,
             rules,
             state,
-            extremities: extremities
-                .into_iter()
-                .filter_map(|(e, _)| OwnedEventId::try_from(e).ok())
-                .collect(),
+            extremities: extremities.into_iter().filter_map(|(e, _)| OwnedEventId::try_from(e).ok()).collect(),
             depth,
             group,
             chain_len,
@@ -181,33 +161,20 @@ impl Rooms {
 
     /// Runs `f` with the room's head locked; `f` appends events to the batch, which is then
     /// committed as one transaction. Returns what `f` returned.
-    pub async fn write<T>(
-        &self,
-        room_id: &RoomId,
-        f: impl AsyncFnOnce(&Self, &mut Batch) -> Result<T>,
-    ) -> Result<T> {
+    pub async fn write<T>(&self, room_id: &RoomId, f: impl AsyncFnOnce(&Self, &mut Batch) -> Result<T>) -> Result<T> {
         let lock = self.head_lock(room_id);
         let mut guard = lock.lock().await;
         let head = match guard.as_ref() {
             Some(head) => head.clone(),
             None => self.load_head(room_id).await?,
         };
-        let mut batch = Batch {
-            head,
-            write: RoomWrite::default(),
-            guards: Vec::new(),
-            event_ids: Vec::new(),
-        };
+        let mut batch = Batch { head, write: RoomWrite::default(), guards: Vec::new(), event_ids: Vec::new() };
         let out = f(self, &mut batch).await?;
         if !batch.write.events.is_empty() {
-            batch.write.push_actions = self
-                .compute_push_actions(&batch.head, &batch.write.events)
-                .await?;
+            batch.write.push_actions = self.compute_push_actions(&batch.head, &batch.write.events).await?;
         }
         if !batch.write.events.is_empty() || !batch.write.redactions.is_empty() {
-            self.store
-                .write_room(room_id.as_str(), &batch.write)
-                .await?;
+            self.store.write_room(room_id.as_str(), &batch.write).await?;
         }
         *guard = Some(batch.head);
         drop(guard);
@@ -228,8 +195,7 @@ impl Rooms {
         let (version, rules) = version::rules_for(version)?;
         let provisional_id = if rules.authorization.room_create_event_id_as_room_id {
             // Replaced by the create event's reference hash once it is built.
-            RoomId::parse(format!("!placeholder:{}", self.server_name))
-                .map_err(|e| Error::Internal(e.to_string()))?
+            RoomId::parse(format!("!placeholder:{}", self.server_name)).map_err(|e| Error::Internal(e.to_string()))?
         } else {
             RoomId::new_v1(&self.server_name)
         };
@@ -244,19 +210,8 @@ impl Rooms {
             chain_len: 0,
             pdus: HashMap::new(),
         };
-        let mut batch = Batch {
-            head,
-            write: RoomWrite::default(),
-            guards: Vec::new(),
-            event_ids: Vec::new(),
-        };
-        self.append(
-            &mut batch,
-            sender,
-            Draft::state("m.room.create", "", create_content),
-            None,
-        )
-        .await?;
+        let mut batch = Batch { head, write: RoomWrite::default(), guards: Vec::new(), event_ids: Vec::new() };
+        self.append(&mut batch, sender, Draft::state("m.room.create", "", create_content), None).await?;
         let room_id = batch.head.room_id.clone();
         batch.write.new_room = Some(NewRoom {
             room_id: room_id.to_string(),
@@ -270,9 +225,7 @@ impl Rooms {
         batch.write.publish = publish.then_some(true);
         let lock = self.head_lock(&room_id);
         let mut guard = lock.lock().await;
-        self.store
-            .write_room(room_id.as_str(), &batch.write)
-            .await?;
+        self.store.write_room(room_id.as_str(), &batch.write).await?;
         *guard = Some(batch.head);
         drop(guard);
         drop(batch.guards);
@@ -281,11 +234,8 @@ impl Rooms {
 
     /// Ensures the parsed PDUs of the given state entries are in the head.
     async fn load_pdus(&self, head: &mut RoomHead, ids: &[OwnedEventId]) -> Result<()> {
-        let missing: Vec<String> = ids
-            .iter()
-            .filter(|id| !head.pdus.contains_key(*id))
-            .map(|id| id.to_string())
-            .collect();
+        let missing: Vec<String> =
+            ids.iter().filter(|id| !head.pdus.contains_key(*id)).map(|id| id.to_string()).collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -305,8 +255,7 @@ impl Rooms {
         txn: Option<(String, String)>,
     ) -> Result<OwnedEventId> {
         let kind = TimelineEventType::from(draft.kind.as_str());
-        let raw_content =
-            to_raw_value(&draft.content).map_err(|e| Error::bad_json(e.to_string()))?;
+        let raw_content = to_raw_value(&draft.content).map_err(|e| Error::bad_json(e.to_string()))?;
         let rules = batch.head.rules.clone();
         let auth_types = state_res::auth_types_for_event(
             &kind,
@@ -316,10 +265,8 @@ impl Rooms {
             &rules.authorization,
         )
         .map_err(Error::BadJson)?;
-        let mut auth_events: Vec<OwnedEventId> = auth_types
-            .iter()
-            .filter_map(|(t, k)| batch.head.state_id(&t.to_string(), k).cloned())
-            .collect();
+        let mut auth_events: Vec<OwnedEventId> =
+            auth_types.iter().filter_map(|(t, k)| batch.head.state_id(&t.to_string(), k).cloned()).collect();
         auth_events.sort();
         auth_events.dedup();
         let mut needed = auth_events.clone();
@@ -328,19 +275,14 @@ impl Rooms {
         }
         self.load_pdus(&mut batch.head, &needed).await?;
 
-        let is_v12_create = kind == TimelineEventType::RoomCreate
-            && rules.authorization.room_create_event_id_as_room_id;
+        let is_v12_create =
+            kind == TimelineEventType::RoomCreate && rules.authorization.room_create_event_id_as_room_id;
         let mut object = CanonicalJsonObject::new();
         let to_canonical = |v: Value| {
-            CanonicalJsonValue::try_from(v)
-                .map_err(|e| Error::bad_json(format!("content is not canonical JSON: {e}")))
+            CanonicalJsonValue::try_from(v).map_err(|e| Error::bad_json(format!("content is not canonical JSON: {e}")))
         };
         let ids = |list: &[OwnedEventId]| {
-            CanonicalJsonValue::Array(
-                list.iter()
-                    .map(|id| CanonicalJsonValue::String(id.to_string()))
-                    .collect(),
-            )
+            CanonicalJsonValue::Array(list.iter().map(|id| CanonicalJsonValue::String(id.to_string())).collect())
         };
         object.insert("auth_events".into(), ids(&auth_events));
         if kind == TimelineEventType::RoomRedaction
@@ -352,36 +294,18 @@ impl Rooms {
         }
         object.insert("content".into(), to_canonical(draft.content.clone())?);
         let depth = batch.head.depth + 1;
-        object.insert(
-            "depth".into(),
-            CanonicalJsonValue::Integer(ruma::Int::from(depth as u32)),
-        );
+        object.insert("depth".into(), CanonicalJsonValue::Integer(ruma::Int::from(depth as u32)));
         let ts = now_ms();
-        object.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(ruma::Int::new_saturating(ts)),
-        );
+        object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(ruma::Int::new_saturating(ts)));
         object.insert("prev_events".into(), ids(&batch.head.extremities));
         if !is_v12_create {
-            object.insert(
-                "room_id".into(),
-                CanonicalJsonValue::String(batch.head.room_id.to_string()),
-            );
+            object.insert("room_id".into(), CanonicalJsonValue::String(batch.head.room_id.to_string()));
         }
-        object.insert(
-            "sender".into(),
-            CanonicalJsonValue::String(sender.to_string()),
-        );
+        object.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
         if let Some(state_key) = &draft.state_key {
-            object.insert(
-                "state_key".into(),
-                CanonicalJsonValue::String(state_key.clone()),
-            );
+            object.insert("state_key".into(), CanonicalJsonValue::String(state_key.clone()));
         }
-        object.insert(
-            "type".into(),
-            CanonicalJsonValue::String(draft.kind.clone()),
-        );
+        object.insert("type".into(), CanonicalJsonValue::String(draft.kind.clone()));
         ruma::signatures::hash_and_sign_event(
             self.server_name.as_str(),
             &self.keys.key_pair,
@@ -393,11 +317,10 @@ impl Rooms {
             ruma::signatures::JsonError::PduTooLarge => Error::TooLarge,
             e => Error::bad_json(e.to_string()),
         })?;
-        let event_id = OwnedEventId::try_from(format!("${hash}"))
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| Error::Internal(e.to_string()))?;
         if is_v12_create {
-            batch.head.room_id = OwnedRoomId::try_from(format!("!{hash}"))
-                .map_err(|e| Error::Internal(e.to_string()))?;
+            batch.head.room_id =
+                OwnedRoomId::try_from(format!("!{hash}")).map_err(|e| Error::Internal(e.to_string()))?;
         }
         let json = serde_json::to_string(&object).map_err(|e| Error::Internal(e.to_string()))?;
         let pdu = Pdu::parse(event_id.as_str(), batch.head.room_id.as_str(), &json)?;
@@ -407,11 +330,9 @@ impl Rooms {
             head.pdus.get(id).map(|p| p.as_ref())
         })
         .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
-        state_res::check_state_dependent_auth_rules(
-            &rules.authorization,
-            &pdu,
-            |t: &StateEventType, k: &str| head.state_pdu(&t.to_string(), k).map(|p| p.as_ref()),
-        )
+        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+            head.state_pdu(&t.to_string(), k).map(|p| p.as_ref())
+        })
         .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
 
         let guard = self.streams.allocate();
@@ -420,10 +341,7 @@ impl Rooms {
         let group_before = batch.head.group;
         let mut group_after = group_before;
         if let Some(state_key) = &draft.state_key {
-            batch
-                .head
-                .state
-                .insert((draft.kind.clone(), state_key.clone()), event_id.clone());
+            batch.head.state.insert((draft.kind.clone(), state_key.clone()), event_id.clone());
             group_after = self.next_group.fetch_add(1, Ordering::SeqCst);
             let group = if batch.head.chain_len >= MAX_STATE_CHAIN || group_before == 0 {
                 batch.head.chain_len = 0;
@@ -431,12 +349,7 @@ impl Rooms {
                     id: group_after,
                     prev_group: None,
                     chain_len: 0,
-                    delta: batch
-                        .head
-                        .state
-                        .iter()
-                        .map(|((t, k), e)| (t.clone(), k.clone(), e.to_string()))
-                        .collect(),
+                    delta: batch.head.state.iter().map(|((t, k), e)| (t.clone(), k.clone(), e.to_string())).collect(),
                 }
             } else {
                 batch.head.chain_len += 1;
@@ -449,33 +362,14 @@ impl Rooms {
             };
             batch.write.state_groups.push(group);
             batch.head.group = group_after;
-            batch
-                .head
-                .pdus
-                .insert(event_id.clone(), Arc::new(pdu.clone()));
+            batch.head.pdus.insert(event_id.clone(), Arc::new(pdu.clone()));
         }
         let relates = draft.content.get("m.relates_to");
-        let rel_type = relates
-            .and_then(|r| r.get("rel_type"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let relates_to = relates
-            .and_then(|r| r.get("event_id"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let thread_root = if rel_type.as_deref() == Some("m.thread") {
-            relates_to.clone()
-        } else {
-            None
-        };
+        let rel_type = relates.and_then(|r| r.get("rel_type")).and_then(Value::as_str).map(str::to_owned);
+        let relates_to = relates.and_then(|r| r.get("event_id")).and_then(Value::as_str).map(str::to_owned);
+        let thread_root = if rel_type.as_deref() == Some("m.thread") { relates_to.clone() } else { None };
         let membership = (draft.kind == "m.room.member")
-            .then(|| {
-                draft
-                    .content
-                    .get("membership")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
+            .then(|| draft.content.get("membership").and_then(Value::as_str).map(str::to_owned))
             .flatten();
 
         batch.write.events.push(NewEvent {
@@ -488,12 +382,7 @@ impl Rooms {
             depth: depth as i64,
             origin_server_ts: ts,
             json,
-            prev_events: batch
-                .head
-                .extremities
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            prev_events: batch.head.extremities.iter().map(ToString::to_string).collect(),
             state_group_before: group_before,
             state_group_after: group_after,
             rel_type,
@@ -510,18 +399,12 @@ impl Rooms {
 
     /// Parsed power levels of a room head (defaults when there is no event yet).
     pub fn power_levels(head: &RoomHead) -> ruma::events::room::power_levels::RoomPowerLevels {
-        use ruma::events::room::power_levels::{
-            RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource,
-        };
+        use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
         let creators = Self::creators(head);
-        let content = head.state_pdu("m.room.power_levels", "").and_then(|p| {
-            serde_json::from_str::<RoomPowerLevelsEventContent>(p.content.get()).ok()
-        });
-        RoomPowerLevels::new(
-            RoomPowerLevelsSource::from(content),
-            &head.rules.authorization,
-            creators,
-        )
+        let content = head
+            .state_pdu("m.room.power_levels", "")
+            .and_then(|p| serde_json::from_str::<RoomPowerLevelsEventContent>(p.content.get()).ok());
+        RoomPowerLevels::new(RoomPowerLevelsSource::from(content), &head.rules.authorization, creators)
     }
 
     /// The room's creators (the create event's sender, plus additional creators in v12).
@@ -531,17 +414,9 @@ impl Rooms {
         };
         let mut creators = vec![create.sender.clone()];
         if head.rules.authorization.additional_room_creators
-            && let Some(extra) = create
-                .content_value()
-                .get("additional_creators")
-                .and_then(Value::as_array)
+            && let Some(extra) = create.content_value().get("additional_creators").and_then(Value::as_array)
         {
-            creators.extend(
-                extra
-                    .iter()
-                    .filter_map(|u| u.as_str())
-                    .filter_map(|u| UserId::parse(u).ok()),
-            );
+            creators.extend(extra.iter().filter_map(|u| u.as_str()).filter_map(|u| UserId::parse(u).ok()));
         }
         creators
     }
@@ -554,11 +429,10 @@ impl Rooms {
             *guard = Some(self.load_head(room_id).await?);
         }
         let head = guard.as_mut().expect("head was just loaded");
-        let needed: Vec<OwnedEventId> =
-            ["m.room.create", "m.room.power_levels", "m.room.join_rules"]
-                .iter()
-                .filter_map(|t| head.state_id(t, "").cloned())
-                .collect();
+        let needed: Vec<OwnedEventId> = ["m.room.create", "m.room.power_levels", "m.room.join_rules"]
+            .iter()
+            .filter_map(|t| head.state_id(t, "").cloned())
+            .collect();
         self.load_pdus(head, &needed).await?;
         Ok(head.clone())
     }

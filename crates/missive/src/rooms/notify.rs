@@ -2,10 +2,7 @@
 
 use ruma::{
     UInt, UserId,
-    push::{
-        Action, HighlightTweakValue, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset,
-        Tweak,
-    },
+    push::{Action, HighlightTweakValue, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset, Tweak},
     serde::Raw,
 };
 use serde_json::Value;
@@ -22,10 +19,7 @@ pub const PUSH_RULES_TYPE: &str = "m.push_rules";
 impl Rooms {
     /// A user's push rules: their stored set, or the spec's defaults.
     pub async fn push_ruleset(&self, user_id: &UserId) -> Result<Ruleset> {
-        let stored = self
-            .store
-            .account_data(user_id.as_str(), "", PUSH_RULES_TYPE)
-            .await?;
+        let stored = self.store.account_data(user_id.as_str(), "", PUSH_RULES_TYPE).await?;
         Ok(stored
             .and_then(|json| serde_json::from_str::<Value>(&json).ok())
             .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
@@ -34,15 +28,8 @@ impl Rooms {
 
     /// Evaluates the push rules of the room's joined local members (but the sender) for the
     /// events of a batch and records the notifications they owe.
-    pub async fn compute_push_actions(
-        &self,
-        head: &RoomHead,
-        events: &[NewEvent],
-    ) -> Result<Vec<PushAction>> {
-        let members = self
-            .store
-            .room_members(head.room_id.as_str(), Some("join"))
-            .await?;
+    pub async fn compute_push_actions(&self, head: &RoomHead, events: &[NewEvent]) -> Result<Vec<PushAction>> {
+        let members = self.store.room_members(head.room_id.as_str(), Some("join")).await?;
         let member_count = UInt::try_from(members.len() as u64).unwrap_or_default();
         let power_levels = PushConditionPowerLevelsCtx::from(Self::power_levels(head));
         let mut actions = Vec::new();
@@ -53,10 +40,7 @@ impl Rooms {
             if user_id.server_name() != self.server_name {
                 continue;
             }
-            let relevant: Vec<&NewEvent> = events
-                .iter()
-                .filter(|e| e.sender != member.user_id)
-                .collect();
+            let relevant: Vec<&NewEvent> = events.iter().filter(|e| e.sender != member.user_id).collect();
             if relevant.is_empty() {
                 continue;
             }
@@ -65,13 +49,8 @@ impl Rooms {
                 .state_pdu("m.room.member", user_id.as_str())
                 .and_then(|p| p.content_str("displayname"))
                 .unwrap_or_else(|| user_id.localpart().to_owned());
-            let ctx = PushConditionRoomCtx::new(
-                head.room_id.clone(),
-                member_count,
-                user_id.clone(),
-                display_name,
-            )
-            .with_power_levels(power_levels.clone());
+            let ctx = PushConditionRoomCtx::new(head.room_id.clone(), member_count, user_id.clone(), display_name)
+                .with_power_levels(power_levels.clone());
             for event in relevant {
                 let Ok(raw) = serde_json::from_str::<Raw<Value>>(&event.json) else {
                     continue;
@@ -80,12 +59,8 @@ impl Rooms {
                 if !found.iter().any(Action::should_notify) {
                     continue;
                 }
-                let highlight = found.iter().any(|a| {
-                    matches!(
-                        a,
-                        Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes))
-                    )
-                });
+                let highlight =
+                    found.iter().any(|a| matches!(a, Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes))));
                 actions.push(PushAction {
                     user_id: member.user_id.clone(),
                     event_pos: event.stream_pos,

@@ -57,13 +57,11 @@ impl Pdu {
     /// Parses a PDU; `room_id` and `event_id` come from outside because room version 12
     /// create events and all event IDs are not part of the JSON.
     pub fn parse(event_id: &str, room_id: &str, json: &str) -> Result<Self> {
-        let fields: PduFields = serde_json::from_str(json)
-            .map_err(|e| Error::Internal(format!("stored PDU does not parse: {e}")))?;
+        let fields: PduFields =
+            serde_json::from_str(json).map_err(|e| Error::Internal(format!("stored PDU does not parse: {e}")))?;
         let redacts = fields.redacts.or_else(|| {
             if fields.kind == TimelineEventType::RoomRedaction {
-                serde_json::from_str::<RedactsInContent>(fields.content.get())
-                    .ok()
-                    .and_then(|c| c.redacts)
+                serde_json::from_str::<RedactsInContent>(fields.content.get()).ok().and_then(|c| c.redacts)
             } else {
                 None
             }
@@ -96,10 +94,7 @@ impl Pdu {
 
     /// Reads one string field of the content.
     pub fn content_str(&self, field: &str) -> Option<String> {
-        self.content_value()
-            .get(field)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+        self.content_value().get(field).and_then(Value::as_str).map(str::to_owned)
     }
 }
 
@@ -152,14 +147,7 @@ impl ruma::state_res::Event for Pdu {
 }
 
 /// Top-level PDU keys a client sees (the rest are federation details).
-const CLIENT_KEYS: &[&str] = &[
-    "content",
-    "origin_server_ts",
-    "sender",
-    "state_key",
-    "type",
-    "redacts",
-];
+const CLIENT_KEYS: &[&str] = &["content", "origin_server_ts", "sender", "state_key", "type", "redacts"];
 
 /// Turns a stored event into the client-server format (`ClientEvent`), with `unsigned`
 /// filled in for the viewing `(user, device)` (its own transaction ID).
@@ -184,8 +172,7 @@ pub fn client_event(row: &EventRow, viewer: Option<(&str, &str)>, now: i64) -> V
     if let Some(ts) = pdu.get("origin_server_ts").and_then(Value::as_i64) {
         unsigned.insert("age".into(), Value::from((now - ts).max(0)));
     }
-    if let (Some((sender, device)), Some(txn_device), Some(txn_id)) =
-        (viewer, &row.txn_device_id, &row.txn_id)
+    if let (Some((sender, device)), Some(txn_device), Some(txn_id)) = (viewer, &row.txn_device_id, &row.txn_id)
         && device == txn_device
         && pdu.get("sender").and_then(Value::as_str) == Some(sender)
     {

@@ -16,14 +16,21 @@ use crate::{
 pub fn parse_token(token: &str) -> Result<i64> {
     let digits = token.trim_start_matches(['t', 's']);
     let digits = digits.split('_').next().unwrap_or_default();
-    digits
-        .parse()
-        .map_err(|_| Error::invalid_param(format!("invalid pagination token {token:?}")))
+    digits.parse().map_err(|_| Error::invalid_param(format!("invalid pagination token {token:?}")))
 }
 
 /// Formats a pagination token.
 pub fn make_token(pos: i64) -> String {
     format!("t{pos}")
+}
+
+/// Where a page of events starts and ends, and how many it may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest<'a> {
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub backwards: bool,
+    pub limit: usize,
 }
 
 /// Who is looking: their user and device, for transaction IDs and visibility.
@@ -52,13 +59,10 @@ impl Rooms {
             if let Some((device, txn)) = &txn
                 && let Some(existing) = rooms.store.txn_event(sender.as_str(), device, txn).await?
             {
-                return OwnedEventId::try_from(existing)
-                    .map_err(|e| Error::Internal(e.to_string()));
+                return OwnedEventId::try_from(existing).map_err(|e| Error::Internal(e.to_string()));
             }
             if draft.kind == "m.room.redaction" {
-                return rooms
-                    .append_redaction(batch, sender, draft, txn.clone())
-                    .await;
+                return rooms.append_redaction(batch, sender, draft, txn.clone()).await;
             }
             rooms.append(batch, sender, draft, txn.clone()).await
         })
@@ -95,23 +99,15 @@ impl Rooms {
                 serde_json::from_str(&target.json).map_err(|e| Error::Internal(e.to_string()))?;
             let redacted = ruma::canonical_json::redact(object, &batch.head.rules.redaction, None)
                 .map_err(|e| Error::Internal(e.to_string()))?;
-            let json =
-                serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))?;
-            batch
-                .write
-                .redactions
-                .push((target_id, json, event_id.to_string()));
+            let json = serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))?;
+            batch.write.redactions.push((target_id, json, event_id.to_string()));
         }
         Ok(event_id)
     }
 
     /// Fails unless the user may read the room's current state and timeline.
     pub async fn require_member(&self, user_id: &UserId, room_id: &RoomId) -> Result<String> {
-        match self
-            .store
-            .membership(room_id.as_str(), user_id.as_str())
-            .await?
-        {
+        match self.store.membership(room_id.as_str(), user_id.as_str()).await? {
             Some(m) if m.membership == "join" => Ok(m.membership),
             Some(m) if m.membership == "leave" || m.membership == "ban" => Ok(m.membership),
             _ => {
@@ -138,32 +134,20 @@ impl Rooms {
     }
 
     /// Keeps the events the user may see under the room's history visibility rules.
-    pub async fn filter_visible(
-        &self,
-        user_id: &UserId,
-        rows: Vec<EventRow>,
-    ) -> Result<Vec<EventRow>> {
+    pub async fn filter_visible(&self, user_id: &UserId, rows: Vec<EventRow>) -> Result<Vec<EventRow>> {
         let mut by_group: HashMap<i64, bool> = HashMap::new();
         let mut joined_now: HashMap<String, bool> = HashMap::new();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             if !joined_now.contains_key(&row.room_id) {
-                let m = self
-                    .store
-                    .membership(&row.room_id, user_id.as_str())
-                    .await?;
-                joined_now.insert(
-                    row.room_id.clone(),
-                    m.is_some_and(|m| m.membership == "join"),
-                );
+                let m = self.store.membership(&row.room_id, user_id.as_str()).await?;
+                joined_now.insert(row.room_id.clone(), m.is_some_and(|m| m.membership == "join"));
             }
             let is_joined = joined_now[&row.room_id];
             let visible = match by_group.get(&row.state_group_before) {
                 Some(v) => *v,
                 None => {
-                    let v = self
-                        .visible_at_group(user_id, row.state_group_before, is_joined)
-                        .await?;
+                    let v = self.visible_at_group(user_id, row.state_group_before, is_joined).await?;
                     by_group.insert(row.state_group_before, v);
                     v
                 }
@@ -177,25 +161,13 @@ impl Rooms {
     }
 
     fn is_own_membership(&self, user_id: &UserId, row: &EventRow) -> bool {
-        pdu::Pdu::from_row(row).is_ok_and(|p| {
-            p.kind.to_string() == "m.room.member"
-                && p.state_key.as_deref() == Some(user_id.as_str())
-        })
+        pdu::Pdu::from_row(row)
+            .is_ok_and(|p| p.kind.to_string() == "m.room.member" && p.state_key.as_deref() == Some(user_id.as_str()))
     }
 
-    async fn visible_at_group(
-        &self,
-        user_id: &UserId,
-        group: i64,
-        joined_now: bool,
-    ) -> Result<bool> {
+    async fn visible_at_group(&self, user_id: &UserId, group: i64, joined_now: bool) -> Result<bool> {
         let state = self.store.state_group(group).await?;
-        let find = |t: &str, k: &str| {
-            state
-                .iter()
-                .find(|(et, sk, _)| et == t && sk == k)
-                .map(|(_, _, e)| e.clone())
-        };
+        let find = |t: &str, k: &str| state.iter().find(|(et, sk, _)| et == t && sk == k).map(|(_, _, e)| e.clone());
         let mut wanted = Vec::new();
         let hv_id = find("m.room.history_visibility", "");
         let member_id = find("m.room.member", user_id.as_str());
@@ -205,14 +177,9 @@ impl Rooms {
         let content_of = |id: &Option<String>, field: &str| {
             id.as_ref()
                 .and_then(|id| events.iter().find(|e| &e.event_id == id))
-                .and_then(|row| {
-                    pdu::Pdu::from_row(row)
-                        .ok()
-                        .and_then(|p| p.content_str(field))
-                })
+                .and_then(|row| pdu::Pdu::from_row(row).ok().and_then(|p| p.content_str(field)))
         };
-        let visibility =
-            content_of(&hv_id, "history_visibility").unwrap_or_else(|| "shared".into());
+        let visibility = content_of(&hv_id, "history_visibility").unwrap_or_else(|| "shared".into());
         let membership = content_of(&member_id, "membership").unwrap_or_else(|| "leave".into());
         Ok(match visibility.as_str() {
             "world_readable" => true,
@@ -227,22 +194,13 @@ impl Rooms {
         let now = now_ms();
         let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
         let relations = self.store.relations_of(&ids).await?;
-        let redaction_ids: Vec<String> =
-            rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
-        let redactions: HashMap<String, EventRow> = self
-            .store
-            .events(&redaction_ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.event_id.clone(), r))
-            .collect();
+        let redaction_ids: Vec<String> = rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
+        let redactions: HashMap<String, EventRow> =
+            self.store.events(&redaction_ids).await?.into_iter().map(|r| (r.event_id.clone(), r)).collect();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let mut event =
-                pdu::client_event(row, Some((viewer.user_id.as_str(), viewer.device_id)), now);
-            let unsigned = event["unsigned"]
-                .as_object_mut()
-                .expect("client_event always sets unsigned");
+            let mut event = pdu::client_event(row, Some((viewer.user_id.as_str(), viewer.device_id)), now);
+            let unsigned = event["unsigned"].as_object_mut().expect("client_event always sets unsigned");
             if let Some(by) = row.redacted_by.as_ref().and_then(|id| redactions.get(id)) {
                 unsigned.insert("redacted_because".into(), pdu::client_event(by, None, now));
             }
@@ -256,12 +214,7 @@ impl Rooms {
     }
 
     /// One event, if the user may see it.
-    pub async fn event_for(
-        &self,
-        viewer: Viewer<'_>,
-        room_id: &RoomId,
-        event_id: &EventId,
-    ) -> Result<Value> {
+    pub async fn event_for(&self, viewer: Viewer<'_>, room_id: &RoomId, event_id: &EventId) -> Result<Value> {
         let row = self
             .store
             .event(event_id.as_str())
@@ -269,10 +222,7 @@ impl Rooms {
             .filter(|r| r.room_id == room_id.as_str())
             .ok_or_else(|| Error::not_found("event not found"))?;
         let visible = self.filter_visible(viewer.user_id, vec![row]).await?;
-        let row = visible
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::not_found("event not found"))?;
+        let row = visible.into_iter().next().ok_or_else(|| Error::not_found("event not found"))?;
         Ok(self.serve(viewer, &[row]).await?.remove(0))
     }
 
@@ -281,12 +231,10 @@ impl Rooms {
         &self,
         viewer: Viewer<'_>,
         room_id: &RoomId,
-        from: Option<&str>,
-        to: Option<&str>,
-        backwards: bool,
-        limit: usize,
+        page: PageRequest<'_>,
         keep: impl Fn(&Value) -> bool,
     ) -> Result<(Vec<Value>, String, Option<String>)> {
+        let PageRequest { from, to, backwards, limit } = page;
         self.require_member(viewer.user_id, room_id).await?;
         let current = self.streams.current();
         let start = match from {
@@ -301,33 +249,18 @@ impl Rooms {
         // Pages are read in bounded batches until enough visible, filter-matching events
         // are found or the timeline is exhausted.
         let next = loop {
-            let (lo, hi) = if backwards {
-                (end.unwrap_or(0), cursor)
-            } else {
-                (cursor, end.unwrap_or(current))
-            };
-            let rows = self
-                .store
-                .room_events(room_id.as_str(), lo, hi, backwards, (limit * 2) as i64)
-                .await?;
+            let (lo, hi) = if backwards { (end.unwrap_or(0), cursor) } else { (cursor, end.unwrap_or(current)) };
+            let rows = self.store.room_events(room_id.as_str(), lo, hi, backwards, (limit * 2) as i64).await?;
             let exhausted = rows.len() < limit * 2;
             let Some(last) = rows.last() else { break None };
-            cursor = if backwards {
-                last.stream_pos - 1
-            } else {
-                last.stream_pos
-            };
+            cursor = if backwards { last.stream_pos - 1 } else { last.stream_pos };
             let rows = self.filter_visible(viewer.user_id, rows).await?;
             let served = self.serve(viewer, &rows).await?;
             for (row, event) in rows.iter().zip(served) {
                 if keep(&event) {
                     collected.push(event);
                     if collected.len() == limit {
-                        cursor = if backwards {
-                            row.stream_pos - 1
-                        } else {
-                            row.stream_pos
-                        };
+                        cursor = if backwards { row.stream_pos - 1 } else { row.stream_pos };
                         break;
                     }
                 }
@@ -351,21 +284,14 @@ impl Rooms {
         limit: usize,
     ) -> Result<(Vec<Value>, Value, Vec<Value>, String, String)> {
         let event = self.event_for(viewer, room_id, event_id).await?;
-        let row = self
-            .store
-            .event(event_id.as_str())
-            .await?
-            .ok_or_else(|| Error::not_found("event not found"))?;
+        let row = self.store.event(event_id.as_str()).await?.ok_or_else(|| Error::not_found("event not found"))?;
         let before_n = limit / 2;
         let after_n = limit - before_n;
         let (before, _, start) = if before_n > 0 {
             self.paginate(
                 viewer,
                 room_id,
-                Some(&make_token(row.stream_pos - 1)),
-                None,
-                true,
-                before_n,
+                PageRequest { from: Some(&make_token(row.stream_pos - 1)), to: None, backwards: true, limit: before_n },
                 |_| true,
             )
             .await?
@@ -376,10 +302,7 @@ impl Rooms {
             self.paginate(
                 viewer,
                 room_id,
-                Some(&make_token(row.stream_pos)),
-                None,
-                false,
-                after_n,
+                PageRequest { from: Some(&make_token(row.stream_pos)), to: None, backwards: false, limit: after_n },
                 |_| true,
             )
             .await?
@@ -395,18 +318,10 @@ impl Rooms {
     pub async fn state_events(&self, viewer: Viewer<'_>, room_id: &RoomId) -> Result<Vec<Value>> {
         let membership = self.require_member(viewer.user_id, room_id).await?;
         let ids: Vec<String> = if membership == "join" || membership == "world_readable" {
-            self.store
-                .current_state(room_id.as_str())
-                .await?
-                .into_iter()
-                .map(|(_, _, e)| e)
-                .collect()
+            self.store.current_state(room_id.as_str()).await?.into_iter().map(|(_, _, e)| e).collect()
         } else {
             // Former members see the state as it was when they left.
-            let m = self
-                .store
-                .membership(room_id.as_str(), viewer.user_id.as_str())
-                .await?;
+            let m = self.store.membership(room_id.as_str(), viewer.user_id.as_str()).await?;
             let left = match m {
                 Some(m) => self.store.event(&m.event_id).await?,
                 None => None,
@@ -439,9 +354,7 @@ impl Rooms {
     ) -> Result<Value> {
         let membership = self.require_member(viewer.user_id, room_id).await?;
         let row = if membership == "join" || membership == "world_readable" {
-            self.store
-                .current_state_event(room_id.as_str(), kind, state_key)
-                .await?
+            self.store.current_state_event(room_id.as_str(), kind, state_key).await?
         } else {
             let states = self.state_events(viewer, room_id).await?;
             return states
@@ -467,10 +380,9 @@ impl Rooms {
         parent: &EventId,
         rel_type: Option<&str>,
         event_type: Option<&str>,
-        from: Option<&str>,
-        backwards: bool,
-        limit: usize,
+        page: PageRequest<'_>,
     ) -> Result<(Vec<Value>, Option<String>)> {
+        let PageRequest { from, backwards, limit, .. } = page;
         self.event_for(viewer, room_id, parent).await?;
         let current = self.streams.current();
         let start = match from {
@@ -478,42 +390,19 @@ impl Rooms {
             None if backwards => current,
             None => 0,
         };
-        let (lo, hi) = if backwards {
-            (0, start)
-        } else {
-            (start, current)
-        };
+        let (lo, hi) = if backwards { (0, start) } else { (start, current) };
         let limit = limit.clamp(1, 1000);
-        let rows = self
-            .store
-            .relations(
-                parent.as_str(),
-                rel_type,
-                lo,
-                hi,
-                backwards,
-                limit as i64 + 1,
-            )
-            .await?;
+        let rows = self.store.relations(parent.as_str(), rel_type, lo, hi, backwards, limit as i64 + 1).await?;
         let more = rows.len() > limit;
         let rows: Vec<EventRow> = rows.into_iter().take(limit).collect();
         let next = if more {
-            rows.last().map(|r| {
-                make_token(if backwards {
-                    r.stream_pos - 1
-                } else {
-                    r.stream_pos
-                })
-            })
+            rows.last().map(|r| make_token(if backwards { r.stream_pos - 1 } else { r.stream_pos }))
         } else {
             None
         };
         let rows = self.filter_visible(viewer.user_id, rows).await?;
         let served = self.serve(viewer, &rows).await?;
-        let chunk = served
-            .into_iter()
-            .filter(|e| event_type.is_none_or(|t| e["type"] == t))
-            .collect();
+        let chunk = served.into_iter().filter(|e| event_type.is_none_or(|t| e["type"] == t)).collect();
         Ok((chunk, next))
     }
 
@@ -531,17 +420,10 @@ impl Rooms {
             None => self.streams.current(),
         };
         let limit = limit.clamp(1, 100);
-        let roots = self
-            .store
-            .thread_roots(room_id.as_str(), to, limit as i64 + 1)
-            .await?;
+        let roots = self.store.thread_roots(room_id.as_str(), to, limit as i64 + 1).await?;
         let more = roots.len() > limit;
         let roots: Vec<(String, i64)> = roots.into_iter().take(limit).collect();
-        let next = if more {
-            roots.last().map(|(_, pos)| make_token(pos - 1))
-        } else {
-            None
-        };
+        let next = if more { roots.last().map(|(_, pos)| make_token(pos - 1)) } else { None };
         let ids: Vec<String> = roots.iter().map(|(id, _)| id.clone()).collect();
         let mut rows = self.store.events(&ids).await?;
         rows.sort_by_key(|r| ids.iter().position(|id| id == &r.event_id));
@@ -567,9 +449,7 @@ fn bundle(row: &EventRow, viewer: &UserId, relations: &[RelationRow]) -> Map<Str
         };
         let sender = rel.get("sender").and_then(Value::as_str).map(str::to_owned);
         match relation.rel_type.as_str() {
-            "m.replace" if sender == original_sender => {
-                latest_edit = Some((&relation.event_id, rel))
-            }
+            "m.replace" if sender == original_sender => latest_edit = Some((&relation.event_id, rel)),
             "m.thread" => {
                 thread_count += 1;
                 participated |= sender.as_deref() == Some(viewer.as_str());

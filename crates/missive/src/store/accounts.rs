@@ -95,12 +95,11 @@ impl Store {
 
     /// Looks a user up by ID.
     pub async fn user(&self, user_id: &str) -> StoreResult<Option<UserRow>> {
-        let row = sqlx::query(
-            "SELECT user_id, password_hash, is_admin, is_guest, deactivated FROM users WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .fetch_optional(&self.read)
-        .await?;
+        let row =
+            sqlx::query("SELECT user_id, password_hash, is_admin, is_guest, deactivated FROM users WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.read)
+                .await?;
         Ok(row.map(|r| UserRow {
             user_id: r.get(0),
             password_hash: r.get(1),
@@ -153,18 +152,13 @@ impl Store {
     /// Marks an account deactivated and removes its sessions; the ID stays reserved.
     pub async fn deactivate_user(&self, user_id: &str) -> StoreResult<()> {
         let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "UPDATE users SET deactivated = 1, password_hash = NULL, updated_ts = $2 WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE users SET deactivated = 1, password_hash = NULL, updated_ts = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
         for table in ["access_tokens", "devices"] {
-            sqlx::query(sql(format!("DELETE FROM {table} WHERE user_id = $1")))
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(sql(format!("DELETE FROM {table} WHERE user_id = $1"))).bind(user_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -172,17 +166,11 @@ impl Store {
 
     /// Resolves an access token digest.
     pub async fn token(&self, token_hash: &str) -> StoreResult<Option<TokenRow>> {
-        let row = sqlx::query(
-            "SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token_hash = $1",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.read)
-        .await?;
-        Ok(row.map(|r| TokenRow {
-            user_id: r.get(0),
-            device_id: r.get(1),
-            expires_ts: r.get(2),
-        }))
+        let row = sqlx::query("SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| TokenRow { user_id: r.get(0), device_id: r.get(1), expires_ts: r.get(2) }))
     }
 
     /// Swaps a refresh token for a new token pair; `None` if the refresh token is unknown.
@@ -194,12 +182,10 @@ impl Store {
         expires_ts: Option<i64>,
     ) -> StoreResult<Option<TokenRow>> {
         let mut tx = self.write.begin().await?;
-        let row = sqlx::query(
-            "DELETE FROM access_tokens WHERE refresh_token_hash = $1 RETURNING user_id, device_id",
-        )
-        .bind(refresh_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = sqlx::query("DELETE FROM access_tokens WHERE refresh_token_hash = $1 RETURNING user_id, device_id")
+            .bind(refresh_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let (user_id, device_id): (String, String) = (row.get(0), row.get(1));
         sqlx::query(
@@ -215,29 +201,20 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(TokenRow {
-            user_id,
-            device_id,
-            expires_ts,
-        }))
+        Ok(Some(TokenRow { user_id, device_id, expires_ts }))
     }
 
     /// Deletes devices and their tokens; returns the token digests that were removed.
-    pub async fn delete_devices(
-        &self,
-        user_id: &str,
-        device_ids: &[String],
-    ) -> StoreResult<Vec<String>> {
+    pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> StoreResult<Vec<String>> {
         let mut tx = self.write.begin().await?;
         let mut removed = Vec::new();
         for device_id in device_ids {
-            let rows = sqlx::query(
-                "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2 RETURNING token_hash",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .fetch_all(&mut *tx)
-            .await?;
+            let rows =
+                sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2 RETURNING token_hash")
+                    .bind(user_id)
+                    .bind(device_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
             removed.extend(rows.into_iter().map(|r| r.get::<String, _>(0)));
             sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
                 .bind(user_id)
@@ -251,12 +228,10 @@ impl Store {
 
     /// All device IDs of a user.
     pub async fn device_ids(&self, user_id: &str) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT device_id FROM devices WHERE user_id = $1 ORDER BY device_id",
-        )
-        .bind(user_id)
-        .fetch_all(&self.read)
-        .await?)
+        Ok(sqlx::query_scalar("SELECT device_id FROM devices WHERE user_id = $1 ORDER BY device_id")
+            .bind(user_id)
+            .fetch_all(&self.read)
+            .await?)
     }
 
     /// All devices of a user.
@@ -283,21 +258,14 @@ impl Store {
     }
 
     /// Renames a device; returns `false` if it does not exist.
-    pub async fn rename_device(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        name: Option<&str>,
-    ) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(name)
-        .execute(&self.write)
-        .await?
-        .rows_affected();
+    pub async fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> StoreResult<bool> {
+        let n = sqlx::query("UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(name)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
         Ok(n > 0)
     }
 
@@ -324,10 +292,7 @@ impl Store {
     }
 
     /// A user's display name and avatar.
-    pub async fn profile(
-        &self,
-        user_id: &str,
-    ) -> StoreResult<Option<(Option<String>, Option<String>)>> {
+    pub async fn profile(&self, user_id: &str) -> StoreResult<Option<(Option<String>, Option<String>)>> {
         let row = sqlx::query("SELECT displayname, avatar_url FROM profiles WHERE user_id = $1")
             .bind(user_id)
             .fetch_optional(&self.read)
@@ -336,12 +301,7 @@ impl Store {
     }
 
     /// Sets the display name (`field = displayname`) or avatar (`avatar_url`).
-    pub async fn set_profile_field(
-        &self,
-        user_id: &str,
-        field: ProfileField,
-        value: Option<&str>,
-    ) -> StoreResult<()> {
+    pub async fn set_profile_field(&self, user_id: &str, field: ProfileField, value: Option<&str>) -> StoreResult<()> {
         let column = match field {
             ProfileField::DisplayName => "displayname",
             ProfileField::AvatarUrl => "avatar_url",
@@ -370,14 +330,12 @@ impl Store {
 
     /// Persists a newly generated signing key.
     pub async fn insert_signing_key(&self, key_id: &str, pkcs8_b64: &str) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO server_signing_keys (key_id, pkcs8, created_ts) VALUES ($1, $2, $3)",
-        )
-        .bind(key_id)
-        .bind(pkcs8_b64)
-        .bind(now_ms())
-        .execute(&self.write)
-        .await?;
+        sqlx::query("INSERT INTO server_signing_keys (key_id, pkcs8, created_ts) VALUES ($1, $2, $3)")
+            .bind(key_id)
+            .bind(pkcs8_b64)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
         Ok(())
     }
 }
@@ -390,12 +348,7 @@ pub enum ProfileField {
 }
 
 fn device_row(r: sqlx::any::AnyRow) -> DeviceRow {
-    DeviceRow {
-        device_id: r.get(0),
-        display_name: r.get(1),
-        last_seen_ts: r.get(2),
-        last_seen_ip: r.get(3),
-    }
+    DeviceRow { device_id: r.get(0), display_name: r.get(1), last_seen_ts: r.get(2), last_seen_ip: r.get(3) }
 }
 
 async fn insert_session(

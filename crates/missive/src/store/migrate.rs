@@ -15,9 +15,7 @@ pub(super) async fn run(store: &Store) -> StoreResult<()> {
     )
     .execute(&store.write)
     .await?;
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
-        .fetch_all(&store.write)
-        .await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&store.write).await?;
     for &(version, sqlite, postgres) in MIGRATIONS {
         if applied.contains(&version) {
             continue;
@@ -28,10 +26,7 @@ pub(super) async fn run(store: &Store) -> StoreResult<()> {
         };
         let fail = |source| StoreError::Migration { version, source };
         let mut tx = store.write.begin().await.map_err(fail)?;
-        sqlx::raw_sql(script)
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
+        sqlx::raw_sql(script).execute(&mut *tx).await.map_err(fail)?;
         sqlx::query("INSERT INTO schema_migrations (version, applied_ts) VALUES ($1, $2)")
             .bind(version)
             .bind(now_ms())

@@ -53,11 +53,7 @@ impl Store {
     /// Connects, applies pending migrations and returns the store.
     pub async fn open(url: &str) -> StoreResult<Self> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            Backend::Postgres
-        };
+        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let options: AnyConnectOptions = url.parse()?;
         let store = match backend {
             Backend::Sqlite => {
@@ -83,11 +79,7 @@ impl Store {
                 };
                 let write = pool(1).connect_with(options.clone()).await?;
                 let read = pool(8).connect_with(options).await?;
-                Store {
-                    read,
-                    write,
-                    backend,
-                }
+                Store { read, write, backend }
             }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -97,11 +89,7 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
                     .await?;
-                Store {
-                    read: pool.clone(),
-                    write: pool,
-                    backend,
-                }
+                Store { read: pool.clone(), write: pool, backend }
             }
         };
         migrate::run(&store).await?;
@@ -128,8 +116,5 @@ fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp column.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -137,8 +137,7 @@ impl Store {
             .await?;
         }
         for group in &write.state_groups {
-            let delta = serde_json::to_string(&group.delta)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let delta = serde_json::to_string(&group.delta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
                 "INSERT INTO state_groups (id, room_id, prev_group, chain_len, delta, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
             )
@@ -166,11 +165,11 @@ impl Store {
                 "UPDATE events SET json = $2, redacted_by = $3, rel_type = NULL, relates_to = NULL, thread_root = NULL \
                  WHERE event_id = $1",
             )
-                .bind(target)
-                .bind(json)
-                .bind(by)
-                .execute(&mut *tx)
-                .await?;
+            .bind(target)
+            .bind(json)
+            .bind(by)
+            .execute(&mut *tx)
+            .await?;
         }
         for action in &write.push_actions {
             sqlx::query(
@@ -217,24 +216,15 @@ impl Store {
 
     /// The room's current state as `(type, state_key, event_id)`.
     pub async fn current_state(&self, room_id: &str) -> StoreResult<Vec<StateEntry>> {
-        let rows = sqlx::query(
-            "SELECT event_type, state_key, event_id FROM room_current_state WHERE room_id = $1",
-        )
-        .bind(room_id)
-        .fetch_all(&self.read)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect())
+        let rows = sqlx::query("SELECT event_type, state_key, event_id FROM room_current_state WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
     /// Current state events whose event was stored after `since` (for incremental sync).
-    pub async fn current_state_since(
-        &self,
-        room_id: &str,
-        since: i64,
-    ) -> StoreResult<Vec<EventRow>> {
+    pub async fn current_state_since(&self, room_id: &str, since: i64) -> StoreResult<Vec<EventRow>> {
         let rows = sqlx::query(sql(format!(
             "SELECT {} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
              WHERE s.room_id = $1 AND e.stream_pos > $2",
@@ -273,33 +263,22 @@ impl Store {
         // Chunked IN lists keep the statement count low without exceeding parameter limits.
         for chunk in event_ids.chunks(200) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql_text = format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})",
-                placeholders.join(",")
-            );
+            let sql_text = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})", placeholders.join(","));
             let mut query = sqlx::query(sql(sql_text));
             for id in chunk {
                 query = query.bind(id);
             }
-            out.extend(
-                query
-                    .fetch_all(&self.read)
-                    .await?
-                    .into_iter()
-                    .map(event_row),
-            );
+            out.extend(query.fetch_all(&self.read).await?.into_iter().map(event_row));
         }
         Ok(out)
     }
 
     /// One event by ID.
     pub async fn event(&self, event_id: &str) -> StoreResult<Option<EventRow>> {
-        let row = sqlx::query(sql(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"
-        )))
-        .bind(event_id)
-        .fetch_optional(&self.read)
-        .await?;
+        let row = sqlx::query(sql(format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1")))
+            .bind(event_id)
+            .fetch_optional(&self.read)
+            .await?;
         Ok(row.map(event_row))
     }
 
@@ -340,13 +319,11 @@ impl Store {
 
     /// Chain length of a state group (0 for a snapshot).
     pub async fn state_group_chain_len(&self, group: i64) -> StoreResult<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT chain_len FROM state_groups WHERE id = $1")
-                .bind(group)
-                .fetch_optional(&self.read)
-                .await?
-                .unwrap_or(0),
-        )
+        Ok(sqlx::query_scalar("SELECT chain_len FROM state_groups WHERE id = $1")
+            .bind(group)
+            .fetch_optional(&self.read)
+            .await?
+            .unwrap_or(0))
     }
 
     /// Highest stream position and state group ID in use, to seed the allocators.
@@ -354,40 +331,25 @@ impl Store {
         let mut max_pos = 0;
         for table in ["events", "account_data", "receipts"] {
             let pos: Option<i64> =
-                sqlx::query_scalar(sql(format!("SELECT MAX(stream_pos) FROM {table}")))
-                    .fetch_one(&self.write)
-                    .await?;
+                sqlx::query_scalar(sql(format!("SELECT MAX(stream_pos) FROM {table}"))).fetch_one(&self.write).await?;
             max_pos = max_pos.max(pos.unwrap_or(0));
         }
-        let group: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM state_groups")
-            .fetch_one(&self.write)
-            .await?;
+        let group: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM state_groups").fetch_one(&self.write).await?;
         Ok((max_pos, group.unwrap_or(0)))
     }
 
     /// The event a client transaction already produced, if any.
-    pub async fn txn_event(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        txn_id: &str,
-    ) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT event_id FROM events WHERE sender = $1 AND txn_device_id = $2 AND txn_id = $3",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .fetch_optional(&self.read)
-        .await?)
+    pub async fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT event_id FROM events WHERE sender = $1 AND txn_device_id = $2 AND txn_id = $3")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(txn_id)
+            .fetch_optional(&self.read)
+            .await?)
     }
 
     /// A user's memberships (all states), optionally only those changed after `since`.
-    pub async fn memberships_of_user(
-        &self,
-        user_id: &str,
-        since: Option<i64>,
-    ) -> StoreResult<Vec<MembershipRow>> {
+    pub async fn memberships_of_user(&self, user_id: &str, since: Option<i64>) -> StoreResult<Vec<MembershipRow>> {
         let rows = sqlx::query(
             "SELECT room_id, user_id, membership, event_id, stream_pos FROM memberships \
              WHERE user_id = $1 AND stream_pos > $2 AND forgotten = 0",
@@ -400,11 +362,7 @@ impl Store {
     }
 
     /// One user's membership in a room.
-    pub async fn membership(
-        &self,
-        room_id: &str,
-        user_id: &str,
-    ) -> StoreResult<Option<MembershipRow>> {
+    pub async fn membership(&self, room_id: &str, user_id: &str) -> StoreResult<Option<MembershipRow>> {
         let row = sqlx::query(
             "SELECT room_id, user_id, membership, event_id, stream_pos FROM memberships WHERE room_id = $1 AND user_id = $2",
         )
@@ -416,11 +374,7 @@ impl Store {
     }
 
     /// Members of a room, optionally only with the given membership.
-    pub async fn room_members(
-        &self,
-        room_id: &str,
-        membership: Option<&str>,
-    ) -> StoreResult<Vec<MembershipRow>> {
+    pub async fn room_members(&self, room_id: &str, membership: Option<&str>) -> StoreResult<Vec<MembershipRow>> {
         let rows = sqlx::query(
             "SELECT room_id, user_id, membership, event_id, stream_pos FROM memberships \
              WHERE room_id = $1 AND ($2 = '' OR membership = $2) ORDER BY user_id",
@@ -518,24 +472,14 @@ impl Store {
                 query = query.bind(id);
             }
             for r in query.fetch_all(&self.read).await? {
-                out.push(RelationRow {
-                    event_id: r.get(0),
-                    relates_to: r.get(1),
-                    rel_type: r.get(2),
-                    json: r.get(3),
-                });
+                out.push(RelationRow { event_id: r.get(0), relates_to: r.get(1), rel_type: r.get(2), json: r.get(3) });
             }
         }
         Ok(out)
     }
 
     /// Thread roots of a room, newest activity first, before `to`.
-    pub async fn thread_roots(
-        &self,
-        room_id: &str,
-        to: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<(String, i64)>> {
+    pub async fn thread_roots(&self, room_id: &str, to: i64, limit: i64) -> StoreResult<Vec<(String, i64)>> {
         let rows = sqlx::query(
             "SELECT thread_root, MAX(stream_pos) AS latest FROM events \
              WHERE room_id = $1 AND thread_root IS NOT NULL GROUP BY thread_root \
@@ -559,12 +503,7 @@ impl Store {
     }
 
     /// Adds an alias; `false` if it is taken.
-    pub async fn insert_alias(
-        &self,
-        alias: &str,
-        room_id: &str,
-        creator: &str,
-    ) -> StoreResult<bool> {
+    pub async fn insert_alias(&self, alias: &str, room_id: &str, creator: &str) -> StoreResult<bool> {
         let n = sqlx::query(
             "INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4) ON CONFLICT (alias) DO NOTHING",
         )
@@ -580,21 +519,16 @@ impl Store {
 
     /// Removes an alias.
     pub async fn delete_alias(&self, alias: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM room_aliases WHERE alias = $1")
-            .bind(alias)
-            .execute(&self.write)
-            .await?;
+        sqlx::query("DELETE FROM room_aliases WHERE alias = $1").bind(alias).execute(&self.write).await?;
         Ok(())
     }
 
     /// Aliases of a room.
     pub async fn room_aliases(&self, room_id: &str) -> StoreResult<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
-                .bind(room_id)
-                .fetch_all(&self.read)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+            .bind(room_id)
+            .fetch_all(&self.read)
+            .await?)
     }
 
     /// Whether a room is published in the directory.
@@ -634,10 +568,7 @@ impl Store {
         term: &str,
         limit: i64,
     ) -> StoreResult<Vec<(String, Option<String>, Option<String>)>> {
-        let pattern = format!(
-            "%{}%",
-            term.to_lowercase().replace('%', "").replace('_', "")
-        );
+        let pattern = format!("%{}%", term.to_lowercase().replace(['%', '_'], ""));
         let rows = sqlx::query(
             "SELECT p.user_id, p.displayname, p.avatar_url FROM profiles p JOIN users u ON u.user_id = p.user_id \
              WHERE u.deactivated = 0 AND (LOWER(p.user_id) LIKE $2 OR LOWER(COALESCE(p.displayname, '')) LIKE $2) \
@@ -654,10 +585,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.read)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect())
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
     /// Whether two users share a joined room.
@@ -675,11 +603,7 @@ impl Store {
 }
 
 fn prefixed_event_columns(prefix: &str) -> String {
-    EVENT_COLUMNS
-        .split(", ")
-        .map(|c| format!("{prefix}.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    EVENT_COLUMNS.split(", ").map(|c| format!("{prefix}.{c}")).collect::<Vec<_>>().join(", ")
 }
 
 fn membership_row(r: AnyRow) -> MembershipRow {
@@ -692,12 +616,7 @@ fn membership_row(r: AnyRow) -> MembershipRow {
     }
 }
 
-async fn insert_event(
-    tx: &mut Transaction<'_, Any>,
-    room_id: &str,
-    e: &NewEvent,
-    now: i64,
-) -> StoreResult<()> {
+async fn insert_event(tx: &mut Transaction<'_, Any>, room_id: &str, e: &NewEvent, now: i64) -> StoreResult<()> {
     let (txn_device, txn_id) = match &e.txn {
         Some((d, t)) => (Some(d.as_str()), Some(t.as_str())),
         None => (None, None),

@@ -49,12 +49,7 @@ impl Store {
     }
 
     /// One account data entry.
-    pub async fn account_data(
-        &self,
-        user_id: &str,
-        room_id: &str,
-        data_type: &str,
-    ) -> StoreResult<Option<String>> {
+    pub async fn account_data(&self, user_id: &str, room_id: &str, data_type: &str) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(
             "SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND data_type = $3",
         )
@@ -66,25 +61,16 @@ impl Store {
     }
 
     /// Account data changed after `since` (all of it when `since` is `None`).
-    pub async fn account_data_since(
-        &self,
-        user_id: &str,
-        since: Option<i64>,
-    ) -> StoreResult<Vec<AccountDataRow>> {
-        let rows = sqlx::query(
-            "SELECT room_id, data_type, content FROM account_data WHERE user_id = $1 AND stream_pos > $2",
-        )
-        .bind(user_id)
-        .bind(since.unwrap_or(-1))
-        .fetch_all(&self.read)
-        .await?;
+    pub async fn account_data_since(&self, user_id: &str, since: Option<i64>) -> StoreResult<Vec<AccountDataRow>> {
+        let rows =
+            sqlx::query("SELECT room_id, data_type, content FROM account_data WHERE user_id = $1 AND stream_pos > $2")
+                .bind(user_id)
+                .bind(since.unwrap_or(-1))
+                .fetch_all(&self.read)
+                .await?;
         Ok(rows
             .into_iter()
-            .map(|r| AccountDataRow {
-                room_id: r.get(0),
-                data_type: r.get(1),
-                content: r.get(2),
-            })
+            .map(|r| AccountDataRow { room_id: r.get(0), data_type: r.get(1), content: r.get(2) })
             .collect())
     }
 
@@ -166,11 +152,7 @@ impl Store {
     }
 
     /// Unread notification and highlight counts of a user in a room.
-    pub async fn notification_counts(
-        &self,
-        user_id: &str,
-        room_id: &str,
-    ) -> StoreResult<(i64, i64)> {
+    pub async fn notification_counts(&self, user_id: &str, room_id: &str) -> StoreResult<(i64, i64)> {
         let row = sqlx::query(
             "SELECT COUNT(*), CAST(COALESCE(SUM(highlight), 0) AS BIGINT) FROM event_push_actions WHERE user_id = $1 AND room_id = $2",
         )
@@ -184,33 +166,28 @@ impl Store {
     /// Stores a filter and returns its ID.
     pub async fn insert_filter(&self, user_id: &str, json: &str) -> StoreResult<i64> {
         let mut tx = self.write.begin().await?;
-        let next: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(filter_id) FROM filters WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let next: Option<i64> = sqlx::query_scalar("SELECT MAX(filter_id) FROM filters WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
         let id = next.unwrap_or(-1) + 1;
-        sqlx::query(
-            "INSERT INTO filters (user_id, filter_id, json, created_ts) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(user_id)
-        .bind(id)
-        .bind(json)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO filters (user_id, filter_id, json, created_ts) VALUES ($1, $2, $3, $4)")
+            .bind(user_id)
+            .bind(id)
+            .bind(json)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(id)
     }
 
     /// A stored filter.
     pub async fn filter(&self, user_id: &str, filter_id: i64) -> StoreResult<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT json FROM filters WHERE user_id = $1 AND filter_id = $2")
-                .bind(user_id)
-                .bind(filter_id)
-                .fetch_optional(&self.read)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT json FROM filters WHERE user_id = $1 AND filter_id = $2")
+            .bind(user_id)
+            .bind(filter_id)
+            .fetch_optional(&self.read)
+            .await?)
     }
 }

@@ -53,41 +53,19 @@ struct Since {
 
 fn parse_since(token: Option<&str>) -> Result<Since> {
     let Some(token) = token else {
-        return Ok(Since {
-            pos: None,
-            typing: None,
-        });
+        return Ok(Since { pos: None, typing: None });
     };
-    let rest = token
-        .strip_prefix('s')
-        .ok_or_else(|| Error::invalid_param("invalid since token"))?;
+    let rest = token.strip_prefix('s').ok_or_else(|| Error::invalid_param("invalid since token"))?;
     let (pos, typing) = rest.split_once('_').unwrap_or((rest, "0"));
-    let pos = pos
-        .parse()
-        .map_err(|_| Error::invalid_param("invalid since token"))?;
-    let typing = typing
-        .parse()
-        .map_err(|_| Error::invalid_param("invalid since token"))?;
-    Ok(Since {
-        pos: Some(pos),
-        typing: Some(typing),
-    })
+    let pos = pos.parse().map_err(|_| Error::invalid_param("invalid since token"))?;
+    let typing = typing.parse().map_err(|_| Error::invalid_param("invalid since token"))?;
+    Ok(Since { pos: Some(pos), typing: Some(typing) })
 }
 
 impl Sync {
     /// Creates the service.
-    pub fn new(
-        store: Store,
-        rooms: Arc<Rooms>,
-        streams: Arc<Streams>,
-        typing: Arc<Typing>,
-    ) -> Self {
-        Self {
-            store,
-            rooms,
-            streams,
-            typing,
-        }
+    pub fn new(store: Store, rooms: Arc<Rooms>, streams: Arc<Streams>, typing: Arc<Typing>) -> Self {
+        Self { store, rooms, streams, typing }
     }
 
     /// Answers a sync request, long-polling up to its timeout when nothing changed.
@@ -98,48 +76,27 @@ impl Sync {
         loop {
             changes.borrow_and_update();
             let (response, has_changes) = self.compute(identity, &req, &since).await?;
-            if has_changes
-                || since.pos.is_none()
-                || req.full_state
-                || tokio::time::Instant::now() >= deadline
-            {
+            if has_changes || since.pos.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
                 return Ok(response);
             }
-            if tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
                 // Timed out: answer with what we have (nothing new, a fresh token).
                 return Ok(response);
             }
         }
     }
 
-    async fn compute(
-        &self,
-        identity: &Identity,
-        req: &SyncRequest,
-        since: &Since,
-    ) -> Result<(Value, bool)> {
+    async fn compute(&self, identity: &Identity, req: &SyncRequest, since: &Since) -> Result<(Value, bool)> {
         let now = self.streams.current();
         let typing_serial = self.typing.serial();
         let user_id = identity.user_id.as_ref();
-        let viewer = Viewer {
-            user_id,
-            device_id: identity.device_id.as_str(),
-        };
+        let viewer = Viewer { user_id, device_id: identity.device_id.as_str() };
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
         let mut knock = Map::new();
-        let memberships = self
-            .store
-            .memberships_of_user(user_id.as_str(), None)
-            .await?;
-        let account_data = self
-            .store
-            .account_data_since(user_id.as_str(), since.pos)
-            .await?;
+        let memberships = self.store.memberships_of_user(user_id.as_str(), None).await?;
+        let account_data = self.store.account_data_since(user_id.as_str(), since.pos).await?;
         for m in memberships.iter().filter(|m| m.stream_pos <= now) {
             if !filter::room_allowed(&req.filter, &m.room_id) {
                 continue;
@@ -148,10 +105,7 @@ impl Sync {
             let room_id = RoomId::parse(&m.room_id).map_err(|e| Error::Internal(e.to_string()))?;
             match m.membership.as_str() {
                 "join" => {
-                    if let Some(room) = self
-                        .joined_room(viewer, req, since, &room_id, m, now, &account_data)
-                        .await?
-                    {
+                    if let Some(room) = self.joined_room(viewer, req, since, &room_id, m, now, &account_data).await? {
                         join.insert(m.room_id.clone(), room);
                     }
                 }
@@ -167,9 +121,7 @@ impl Sync {
                         json!({ "knock_state": { "events": self.stripped_state(m).await? } }),
                     );
                 }
-                "leave" | "ban"
-                    if changed_since && (since.pos.is_some() || req.filter.room.include_leave) =>
-                {
+                "leave" | "ban" if changed_since && (since.pos.is_some() || req.filter.room.include_leave) => {
                     let room = self.left_room(viewer, req, since, &room_id, m).await?;
                     leave.insert(m.room_id.clone(), room);
                 }
@@ -185,18 +137,10 @@ impl Sync {
             let ruleset = self.rooms.push_ruleset(user_id).await?;
             global.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": ruleset } }));
         }
-        let has_changes = !(join.is_empty()
-            && invite.is_empty()
-            && leave.is_empty()
-            && knock.is_empty()
-            && global.is_empty());
+        let has_changes =
+            !(join.is_empty() && invite.is_empty() && leave.is_empty() && knock.is_empty() && global.is_empty());
         let mut rooms = Map::new();
-        for (key, value) in [
-            ("join", join),
-            ("invite", invite),
-            ("leave", leave),
-            ("knock", knock),
-        ] {
+        for (key, value) in [("join", join), ("invite", invite), ("leave", leave), ("knock", knock)] {
             if !value.is_empty() {
                 rooms.insert(key.into(), Value::Object(value));
             }
@@ -233,10 +177,8 @@ impl Sync {
         if let Some(own) = self.store.event(&m.event_id).await? {
             // The invite itself, with its sender's member event so clients can show who invited.
             if let Ok(p) = pdu::Pdu::from_row(&own)
-                && let Some(inviter) = self
-                    .store
-                    .current_state_event(&m.room_id, "m.room.member", p.sender.as_str())
-                    .await?
+                && let Some(inviter) =
+                    self.store.current_state_event(&m.room_id, "m.room.member", p.sender.as_str()).await?
             {
                 out.push(pdu::stripped_state(&inviter));
             }
@@ -257,24 +199,12 @@ impl Sync {
         account_data: &[crate::store::AccountDataRow],
     ) -> Result<Option<Value>> {
         // A room joined after `since` is sent in full, as on an initial sync.
-        let full =
-            since.pos.is_none() || req.full_state || since.pos.is_some_and(|s| m.stream_pos > s);
-        let from = if full && since.pos.is_none_or(|s| m.stream_pos > s) {
-            0
-        } else {
-            since.pos.unwrap_or(0)
-        };
-        let from = if req.full_state {
-            since.pos.unwrap_or(0)
-        } else {
-            from
-        };
+        let full = since.pos.is_none() || req.full_state || since.pos.is_some_and(|s| m.stream_pos > s);
+        let from = if full && since.pos.is_none_or(|s| m.stream_pos > s) { 0 } else { since.pos.unwrap_or(0) };
+        let from = if req.full_state { since.pos.unwrap_or(0) } else { from };
         let timeline = self.timeline(viewer, req, room_id, from, now).await?;
         let typing = self.typing.changed_since(room_id, since.typing);
-        let receipts = self
-            .store
-            .receipts_since(room_id.as_str(), since.pos, viewer.user_id.as_str())
-            .await?;
+        let receipts = self.store.receipts_since(room_id.as_str(), since.pos, viewer.user_id.as_str()).await?;
         let room_data: Vec<Value> = account_data
             .iter()
             .filter(|r| r.room_id == room_id.as_str())
@@ -283,9 +213,7 @@ impl Sync {
         let state_changed = if full {
             Vec::new()
         } else {
-            self.store
-                .current_state_since(room_id.as_str(), since.pos.unwrap_or(0))
-                .await?
+            self.store.current_state_since(room_id.as_str(), since.pos.unwrap_or(0)).await?
         };
         if !full
             && timeline.events.is_empty()
@@ -305,11 +233,8 @@ impl Sync {
             .filter_map(|e| e.get("sender").and_then(Value::as_str).map(str::to_owned))
             .chain(std::iter::once(viewer.user_id.to_string()))
             .collect();
-        let timeline_ids: HashSet<&str> = timeline
-            .events
-            .iter()
-            .filter_map(|e| e.get("event_id").and_then(Value::as_str))
-            .collect();
+        let timeline_ids: HashSet<&str> =
+            timeline.events.iter().filter_map(|e| e.get("event_id").and_then(Value::as_str)).collect();
         let keep_state = |e: &Value| {
             if !filter::event_matches(state_filter, e) {
                 return false;
@@ -323,41 +248,20 @@ impl Sync {
         let mut room = Map::new();
         let state_rows: Vec<EventRow> = if req.use_state_after {
             if full {
-                let ids: Vec<String> = self
-                    .store
-                    .current_state(room_id.as_str())
-                    .await?
-                    .into_iter()
-                    .map(|(_, _, e)| e)
-                    .collect();
+                let ids: Vec<String> =
+                    self.store.current_state(room_id.as_str()).await?.into_iter().map(|(_, _, e)| e).collect();
                 self.store.events(&ids).await?
             } else {
                 state_changed.clone()
             }
         } else if full {
             let ids: Vec<String> = match timeline.first_group {
-                Some(group) => self
-                    .store
-                    .state_group(group)
-                    .await?
-                    .into_iter()
-                    .map(|(_, _, e)| e)
-                    .collect(),
-                None => self
-                    .store
-                    .current_state(room_id.as_str())
-                    .await?
-                    .into_iter()
-                    .map(|(_, _, e)| e)
-                    .collect(),
+                Some(group) => self.store.state_group(group).await?.into_iter().map(|(_, _, e)| e).collect(),
+                None => self.store.current_state(room_id.as_str()).await?.into_iter().map(|(_, _, e)| e).collect(),
             };
             self.store.events(&ids).await?
         } else if timeline.limited {
-            state_changed
-                .iter()
-                .filter(|r| !timeline_ids.contains(r.event_id.as_str()))
-                .cloned()
-                .collect()
+            state_changed.iter().filter(|r| !timeline_ids.contains(r.event_id.as_str())).cloned().collect()
         } else {
             Vec::new()
         };
@@ -366,10 +270,7 @@ impl Sync {
             .serve(viewer, &state_rows)
             .await?
             .into_iter()
-            .filter(|e| {
-                req.use_state_after
-                    || !timeline_ids.contains(e["event_id"].as_str().unwrap_or_default())
-            })
+            .filter(|e| req.use_state_after || !timeline_ids.contains(e["event_id"].as_str().unwrap_or_default()))
             .filter(|e| keep_state(e))
             .map(pdu::sync_event)
             .collect();
@@ -404,23 +305,15 @@ impl Sync {
         }
         room.insert("ephemeral".into(), json!({ "events": ephemeral }));
         room.insert("account_data".into(), json!({ "events": room_data }));
-        let (notifications, highlights) = self
-            .store
-            .notification_counts(viewer.user_id.as_str(), room_id.as_str())
-            .await?;
+        let (notifications, highlights) =
+            self.store.notification_counts(viewer.user_id.as_str(), room_id.as_str()).await?;
         room.insert(
             "unread_notifications".into(),
             json!({ "notification_count": notifications, "highlight_count": highlights }),
         );
-        let members_changed = full
-            || state_changed
-                .iter()
-                .any(|r| r.json.contains("\"m.room.member\""));
+        let members_changed = full || state_changed.iter().any(|r| r.json.contains("\"m.room.member\""));
         if members_changed {
-            room.insert(
-                "summary".into(),
-                self.summary(room_id, viewer.user_id).await?,
-            );
+            room.insert("summary".into(), self.summary(room_id, viewer.user_id).await?);
         }
         Ok(Some(Value::Object(room)))
     }
@@ -434,9 +327,7 @@ impl Sync {
         m: &MembershipRow,
     ) -> Result<Value> {
         // The timeline stops at the leave event.
-        let timeline = self
-            .timeline(viewer, req, room_id, since.pos.unwrap_or(0), m.stream_pos)
-            .await?;
+        let timeline = self.timeline(viewer, req, room_id, since.pos.unwrap_or(0), m.stream_pos).await?;
         Ok(json!({
             "timeline": {
                 "events": timeline.events.into_iter().map(pdu::sync_event).collect::<Vec<_>>(),
@@ -457,14 +348,8 @@ impl Sync {
         to: i64,
     ) -> Result<Timeline> {
         let timeline_filter = &req.filter.room.timeline;
-        let limit = timeline_filter
-            .limit
-            .map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize)
-            .clamp(1, 500);
-        let mut rows = self
-            .store
-            .room_events(room_id.as_str(), from, to, true, limit as i64 + 1)
-            .await?;
+        let limit = timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).clamp(1, 500);
+        let mut rows = self.store.room_events(room_id.as_str(), from, to, true, limit as i64 + 1).await?;
         let limited = rows.len() > limit;
         rows.truncate(limit);
         rows.reverse();
@@ -478,12 +363,7 @@ impl Sync {
             .into_iter()
             .filter(|e| filter::event_matches(timeline_filter, e))
             .collect();
-        Ok(Timeline {
-            events,
-            limited,
-            prev_batch,
-            first_group,
-        })
+        Ok(Timeline { events, limited, prev_batch, first_group })
     }
 
     async fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<Value> {
@@ -493,10 +373,7 @@ impl Sync {
             .room_members(room_id.as_str(), None)
             .await?
             .into_iter()
-            .filter(|m| {
-                m.user_id != user_id.as_str()
-                    && (m.membership == "join" || m.membership == "invite")
-            })
+            .filter(|m| m.user_id != user_id.as_str() && (m.membership == "join" || m.membership == "invite"))
             .take(5)
             .map(|m| m.user_id)
             .collect();

@@ -51,10 +51,7 @@ impl Streams {
     /// Starts after the highest persisted position.
     pub fn new(max_persisted: i64) -> Arc<Self> {
         Arc::new(Self {
-            inner: Mutex::new(Inner {
-                next: max_persisted + 1,
-                in_flight: BTreeSet::new(),
-            }),
+            inner: Mutex::new(Inner { next: max_persisted + 1, in_flight: BTreeSet::new() }),
             current: watch::channel(max_persisted).0,
             changes: watch::channel(0).0,
         })
@@ -66,10 +63,7 @@ impl Streams {
         let pos = inner.next;
         inner.next += 1;
         inner.in_flight.insert(pos);
-        PositionGuard {
-            streams: self.clone(),
-            pos,
-        }
+        PositionGuard { streams: self.clone(), pos }
     }
 
     fn complete(&self, pos: i64) {

@@ -29,10 +29,7 @@ pub struct Typing {
 impl Typing {
     /// Creates the service.
     pub fn new(streams: Arc<Streams>) -> Arc<Self> {
-        Arc::new(Self {
-            rooms: Mutex::new((0, HashMap::new())),
-            streams,
-        })
+        Arc::new(Self { rooms: Mutex::new((0, HashMap::new())), streams })
     }
 
     /// The current serial.
@@ -49,8 +46,7 @@ impl Typing {
             let room = guard.1.entry(room_id.to_owned()).or_default();
             match timeout {
                 Some(t) => {
-                    room.users
-                        .insert(user_id.to_owned(), Instant::now() + t.min(MAX_TIMEOUT));
+                    room.users.insert(user_id.to_owned(), Instant::now() + t.min(MAX_TIMEOUT));
                 }
                 None => {
                     room.users.remove(user_id);
@@ -104,13 +100,7 @@ impl Typing {
         }
         let now = Instant::now();
         let users = room
-            .map(|r| {
-                r.users
-                    .iter()
-                    .filter(|(_, until)| **until > now)
-                    .map(|(u, _)| u.clone())
-                    .collect()
-            })
+            .map(|r| r.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u.clone()).collect())
             .unwrap_or_default();
         if since.is_none() && room.is_none() {
             return None;

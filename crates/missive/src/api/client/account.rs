@@ -83,10 +83,7 @@ async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Result<R
 }
 
 /// # GET /_matrix/client/v3/register/available
-async fn available(
-    state: AppState,
-    req: Ruma<get_username_availability::v3::Request>,
-) -> Result<Response> {
+async fn available(state: AppState, req: Ruma<get_username_availability::v3::Request>) -> Result<Response> {
     state.accounts.is_available(&req.body.username).await?;
     Ok(json(json!({ "available": true })))
 }
@@ -136,10 +133,7 @@ async fn refresh(state: AppState, req: Ruma<refresh_token::v3::Request>) -> Resu
 /// # POST /_matrix/client/v3/logout
 async fn logout(state: AppState, req: Ruma<logout::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    state
-        .accounts
-        .delete_devices(&id.user_id, &[id.device_id.to_string()])
-        .await?;
+    state.accounts.delete_devices(&id.user_id, &[id.device_id.to_string()]).await?;
     Ok(json(json!({})))
 }
 
@@ -152,9 +146,7 @@ async fn logout_all(state: AppState, req: Ruma<logout_all::v3::Request>) -> Resu
 /// # GET /_matrix/client/v3/account/whoami
 async fn whoami(_: AppState, req: Ruma<whoami::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    Ok(json(
-        json!({ "user_id": id.user_id, "device_id": id.device_id, "is_guest": false }),
-    ))
+    Ok(json(json!({ "user_id": id.user_id, "device_id": id.device_id, "is_guest": false })))
 }
 
 fn device_json(user_id: &str, d: &DeviceRow) -> Value {
@@ -171,9 +163,7 @@ fn device_json(user_id: &str, d: &DeviceRow) -> Value {
 async fn devices(state: AppState, req: Ruma<get_devices::v3::Request>) -> Result<Response> {
     let user_id = req.identity().user_id.as_str();
     let devices = state.store.devices(user_id).await?;
-    Ok(json(
-        json!({ "devices": devices.iter().map(|d| device_json(user_id, d)).collect::<Vec<_>>() }),
-    ))
+    Ok(json(json!({ "devices": devices.iter().map(|d| device_json(user_id, d)).collect::<Vec<_>>() })))
 }
 
 /// # GET /_matrix/client/v3/devices/{deviceId}
@@ -190,15 +180,7 @@ async fn device(state: AppState, req: Ruma<get_device::v3::Request>) -> Result<R
 /// # PUT /_matrix/client/v3/devices/{deviceId}
 async fn update_device(state: AppState, req: Ruma<update_device::v3::Request>) -> Result<Response> {
     let user_id = req.identity().user_id.as_str();
-    if !state
-        .store
-        .rename_device(
-            user_id,
-            req.body.device_id.as_str(),
-            req.body.display_name.as_deref(),
-        )
-        .await?
-    {
+    if !state.store.rename_device(user_id, req.body.device_id.as_str(), req.body.display_name.as_deref()).await? {
         return Err(Error::not_found("device not found"));
     }
     Ok(json(json!({})))
@@ -207,64 +189,35 @@ async fn update_device(state: AppState, req: Ruma<update_device::v3::Request>) -
 /// # DELETE /_matrix/client/v3/devices/{deviceId}
 async fn delete_device(state: AppState, req: Ruma<delete_device::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    if state
-        .store
-        .device(id.user_id.as_str(), req.body.device_id.as_str())
-        .await?
-        .is_none()
-    {
+    if state.store.device(id.user_id.as_str(), req.body.device_id.as_str()).await?.is_none() {
         return Err(Error::not_found("device not found"));
     }
-    state
-        .accounts
-        .confirm_identity(&id.user_id, req.body.auth.as_ref())
-        .await?;
-    state
-        .accounts
-        .delete_devices(&id.user_id, &[req.body.device_id.to_string()])
-        .await?;
+    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref()).await?;
+    state.accounts.delete_devices(&id.user_id, &[req.body.device_id.to_string()]).await?;
     Ok(json(json!({})))
 }
 
 /// # POST /_matrix/client/v3/delete_devices
-async fn delete_devices(
-    state: AppState,
-    req: Ruma<delete_devices::v3::Request>,
-) -> Result<Response> {
+async fn delete_devices(state: AppState, req: Ruma<delete_devices::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    state
-        .accounts
-        .confirm_identity(&id.user_id, req.body.auth.as_ref())
-        .await?;
+    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref()).await?;
     let devices: Vec<String> = req.body.devices.iter().map(ToString::to_string).collect();
     state.accounts.delete_devices(&id.user_id, &devices).await?;
     Ok(json(json!({})))
 }
 
 /// # POST /_matrix/client/v3/account/password
-async fn change_password(
-    state: AppState,
-    req: Ruma<change_password::v3::Request>,
-) -> Result<Response> {
+async fn change_password(state: AppState, req: Ruma<change_password::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    state
-        .accounts
-        .confirm_identity(&id.user_id, req.body.auth.as_ref())
-        .await?;
-    state
-        .accounts
-        .change_password(id, &req.body.new_password, req.body.logout_devices)
-        .await?;
+    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref()).await?;
+    state.accounts.change_password(id, &req.body.new_password, req.body.logout_devices).await?;
     Ok(json(json!({})))
 }
 
 /// # POST /_matrix/client/v3/account/deactivate
 async fn deactivate(state: AppState, req: Ruma<deactivate::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    state
-        .accounts
-        .confirm_identity(&id.user_id, req.body.auth.as_ref())
-        .await?;
+    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref()).await?;
     state.accounts.deactivate(&id.user_id).await?;
     Ok(json(json!({ "id_server_unbind_result": "no-support" })))
 }

@@ -3,9 +3,7 @@
 use axum::{Router, response::Response};
 use ruma::api::client::{
     alias::{create_alias, delete_alias, get_alias},
-    directory::{
-        get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
-    },
+    directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
     room::{Visibility, aliases},
     user_directory::search_users,
 };
@@ -40,15 +38,7 @@ async fn create_alias(state: AppState, req: Ruma<create_alias::v3::Request>) -> 
         return Err(Error::invalid_param("alias must be on this server"));
     }
     state.rooms.require_member(&id.user_id, &b.room_id).await?;
-    if !state
-        .store
-        .insert_alias(
-            b.room_alias.as_str(),
-            b.room_id.as_str(),
-            id.user_id.as_str(),
-        )
-        .await?
-    {
+    if !state.store.insert_alias(b.room_alias.as_str(), b.room_id.as_str(), id.user_id.as_str()).await? {
         return Err(Error::RoomInUse);
     }
     Ok(json(json!({})))
@@ -61,9 +51,7 @@ async fn get_alias(state: AppState, req: Ruma<get_alias::v3::Request>) -> Result
         .alias(req.body.room_alias.as_str())
         .await?
         .ok_or_else(|| Error::not_found("room alias not found"))?;
-    Ok(json(
-        json!({ "room_id": room_id, "servers": [state.config.server_name] }),
-    ))
+    Ok(json(json!({ "room_id": room_id, "servers": [state.config.server_name] })))
 }
 
 /// # DELETE /_matrix/client/v3/directory/room/{roomAlias}
@@ -78,41 +66,23 @@ async fn delete_alias(state: AppState, req: Ruma<delete_alias::v3::Request>) -> 
         let room_id = ruma::RoomId::parse(&room_id).map_err(|e| Error::Internal(e.to_string()))?;
         let head = state.rooms.head(&room_id).await?;
         let levels = Rooms::power_levels(&head);
-        if !levels.user_can_send_state(
-            &id.user_id,
-            ruma::events::StateEventType::RoomCanonicalAlias,
-        ) {
+        if !levels.user_can_send_state(&id.user_id, ruma::events::StateEventType::RoomCanonicalAlias) {
             return Err(Error::forbidden("you may not remove this alias"));
         }
     }
-    state
-        .store
-        .delete_alias(req.body.room_alias.as_str())
-        .await?;
+    state.store.delete_alias(req.body.room_alias.as_str()).await?;
     Ok(json(json!({})))
 }
 
 /// # GET /_matrix/client/v3/rooms/{roomId}/aliases
 async fn room_aliases(state: AppState, req: Ruma<aliases::v3::Request>) -> Result<Response> {
-    state
-        .rooms
-        .require_member(&req.identity().user_id, &req.body.room_id)
-        .await?;
-    Ok(json(
-        json!({ "aliases": state.store.room_aliases(req.body.room_id.as_str()).await? }),
-    ))
+    state.rooms.require_member(&req.identity().user_id, &req.body.room_id).await?;
+    Ok(json(json!({ "aliases": state.store.room_aliases(req.body.room_id.as_str()).await? })))
 }
 
-async fn directory(
-    state: &AppState,
-    since: Option<&str>,
-    limit: Option<u64>,
-    term: Option<&str>,
-) -> Result<Response> {
+async fn directory(state: &AppState, since: Option<&str>, limit: Option<u64>, term: Option<&str>) -> Result<Response> {
     let offset: usize = match since {
-        Some(s) => s
-            .parse()
-            .map_err(|_| Error::invalid_param("invalid since token"))?,
+        Some(s) => s.parse().map_err(|_| Error::invalid_param("invalid since token"))?,
         None => 0,
     };
     let limit = limit.map_or(100, |l| l as usize).clamp(1, 500);
@@ -140,11 +110,7 @@ async fn directory(
             }
         }
         if let Some(term) = term.map(str::to_lowercase).filter(|t| !t.is_empty()) {
-            let haystack = format!(
-                "{} {} {}",
-                entry["name"], entry["topic"], entry["canonical_alias"]
-            )
-            .to_lowercase();
+            let haystack = format!("{} {} {}", entry["name"], entry["topic"], entry["canonical_alias"]).to_lowercase();
             if !haystack.contains(&term) {
                 continue;
             }
@@ -164,85 +130,42 @@ async fn directory(
 }
 
 /// # GET /_matrix/client/v3/publicRooms
-async fn public_rooms(
-    state: AppState,
-    req: Ruma<get_public_rooms::v3::Request>,
-) -> Result<Response> {
-    directory(
-        &state,
-        req.body.since.as_deref(),
-        req.body.limit.map(u64::from),
-        None,
-    )
-    .await
+async fn public_rooms(state: AppState, req: Ruma<get_public_rooms::v3::Request>) -> Result<Response> {
+    directory(&state, req.body.since.as_deref(), req.body.limit.map(u64::from), None).await
 }
 
 /// # POST /_matrix/client/v3/publicRooms
-async fn public_rooms_filtered(
-    state: AppState,
-    req: Ruma<get_public_rooms_filtered::v3::Request>,
-) -> Result<Response> {
+async fn public_rooms_filtered(state: AppState, req: Ruma<get_public_rooms_filtered::v3::Request>) -> Result<Response> {
     let b = &req.body;
-    directory(
-        &state,
-        b.since.as_deref(),
-        b.limit.map(u64::from),
-        b.filter.generic_search_term.as_deref(),
-    )
-    .await
+    directory(&state, b.since.as_deref(), b.limit.map(u64::from), b.filter.generic_search_term.as_deref()).await
 }
 
 /// # GET /_matrix/client/v3/directory/list/room/{roomId}
-async fn get_visibility(
-    state: AppState,
-    req: Ruma<get_room_visibility::v3::Request>,
-) -> Result<Response> {
+async fn get_visibility(state: AppState, req: Ruma<get_room_visibility::v3::Request>) -> Result<Response> {
     if state.store.room(req.body.room_id.as_str()).await?.is_none() {
         return Err(Error::not_found("room not found"));
     }
     let public = state.store.is_published(req.body.room_id.as_str()).await?;
-    Ok(json(
-        json!({ "visibility": if public { "public" } else { "private" } }),
-    ))
+    Ok(json(json!({ "visibility": if public { "public" } else { "private" } })))
 }
 
 /// # PUT /_matrix/client/v3/directory/list/room/{roomId}
-async fn set_visibility(
-    state: AppState,
-    req: Ruma<set_room_visibility::v3::Request>,
-) -> Result<Response> {
+async fn set_visibility(state: AppState, req: Ruma<set_room_visibility::v3::Request>) -> Result<Response> {
     let id = req.identity();
     let head = state.rooms.head(&req.body.room_id).await?;
     let levels = Rooms::power_levels(&head);
-    if !id.is_admin
-        && !levels.user_can_send_state(
-            &id.user_id,
-            ruma::events::StateEventType::RoomCanonicalAlias,
-        )
-    {
-        return Err(Error::forbidden(
-            "you may not change this room's visibility",
-        ));
+    if !id.is_admin && !levels.user_can_send_state(&id.user_id, ruma::events::StateEventType::RoomCanonicalAlias) {
+        return Err(Error::forbidden("you may not change this room's visibility"));
     }
     let public = req.body.visibility == Visibility::Public;
-    state
-        .store
-        .set_published(req.body.room_id.as_str(), public)
-        .await?;
+    state.store.set_published(req.body.room_id.as_str(), public).await?;
     Ok(json(json!({})))
 }
 
 /// # POST /_matrix/client/v3/user_directory/search
 async fn search_users(state: AppState, req: Ruma<search_users::v3::Request>) -> Result<Response> {
     let limit = u64::from(req.body.limit).clamp(1, 100) as i64;
-    let found = state
-        .store
-        .search_users(
-            req.identity().user_id.as_str(),
-            &req.body.search_term,
-            limit + 1,
-        )
-        .await?;
+    let found = state.store.search_users(req.identity().user_id.as_str(), &req.body.search_term, limit + 1).await?;
     let limited = found.len() as i64 > limit;
     let results: Vec<Value> = found
         .into_iter()

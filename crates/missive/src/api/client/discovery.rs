@@ -40,10 +40,8 @@ pub async fn well_known(State(state): State<AppState>) -> Result<Response> {
 
 /// # GET /_matrix/client/v3/capabilities
 async fn capabilities(state: AppState, _: Ruma<get_capabilities::v3::Request>) -> Result<Response> {
-    let available: serde_json::Map<String, serde_json::Value> = SUPPORTED
-        .iter()
-        .map(|v| ((*v).to_owned(), json!("stable")))
-        .collect();
+    let available: serde_json::Map<String, serde_json::Value> =
+        SUPPORTED.iter().map(|v| ((*v).to_owned(), json!("stable"))).collect();
     Ok(json(json!({
         "capabilities": {
             "m.room_versions": { "default": state.config.default_room_version, "available": available },

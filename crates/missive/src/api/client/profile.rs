@@ -21,11 +21,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
 }
 
 async fn profile_of(state: &AppState, user_id: &str) -> Result<Map<String, Value>> {
-    let (name, avatar) = state
-        .store
-        .profile(user_id)
-        .await?
-        .ok_or_else(|| Error::not_found("profile not found"))?;
+    let (name, avatar) = state.store.profile(user_id).await?.ok_or_else(|| Error::not_found("profile not found"))?;
     let mut out = Map::new();
     if let Some(name) = name {
         out.insert("displayname".into(), json!(name));
@@ -38,19 +34,14 @@ async fn profile_of(state: &AppState, user_id: &str) -> Result<Map<String, Value
 
 /// # GET /_matrix/client/v3/profile/{userId}
 async fn get_profile(state: AppState, req: Ruma<get_profile::v3::Request>) -> Result<Response> {
-    Ok(json(Value::Object(
-        profile_of(&state, req.body.user_id.as_str()).await?,
-    )))
+    Ok(json(Value::Object(profile_of(&state, req.body.user_id.as_str()).await?)))
 }
 
 /// # GET /_matrix/client/v3/profile/{userId}/{keyName}
 async fn get_field(state: AppState, req: Ruma<get_profile_field::v3::Request>) -> Result<Response> {
     let field = req.body.field.as_str().to_owned();
     let profile = profile_of(&state, req.body.user_id.as_str()).await?;
-    let value = profile
-        .get(&field)
-        .cloned()
-        .ok_or_else(|| Error::not_found(format!("no {field} set")))?;
+    let value = profile.get(&field).cloned().ok_or_else(|| Error::not_found(format!("no {field} set")))?;
     Ok(json(json!({ field: value })))
 }
 
@@ -60,37 +51,23 @@ async fn set_field(state: AppState, req: Ruma<set_profile_field::v3::Request>) -
     if req.body.user_id != id.user_id {
         return Err(Error::forbidden("you can only change your own profile"));
     }
-    let body: Map<String, Value> =
-        serde_json::from_slice(&req.json).map_err(|e| Error::bad_json(e.to_string()))?;
+    let body: Map<String, Value> = serde_json::from_slice(&req.json).map_err(|e| Error::bad_json(e.to_string()))?;
     let (field, key) = if body.contains_key("displayname") {
         (ProfileField::DisplayName, "displayname")
     } else if body.contains_key("avatar_url") {
         (ProfileField::AvatarUrl, "avatar_url")
     } else {
-        return Err(Error::bad_json(
-            "only displayname and avatar_url can be set",
-        ));
+        return Err(Error::bad_json("only displayname and avatar_url can be set"));
     };
     let value = match &body[key] {
         Value::String(s) => Some(s.clone()),
         Value::Null => None,
         _ => return Err(Error::bad_json(format!("{key} must be a string"))),
     };
-    state
-        .store
-        .set_profile_field(id.user_id.as_str(), field, value.as_deref())
-        .await?;
+    state.store.set_profile_field(id.user_id.as_str(), field, value.as_deref()).await?;
     // Propagate to every joined room's member event, as clients expect.
-    let profile = state
-        .store
-        .profile(id.user_id.as_str())
-        .await?
-        .unwrap_or_default();
-    for m in state
-        .store
-        .memberships_of_user(id.user_id.as_str(), None)
-        .await?
-    {
+    let profile = state.store.profile(id.user_id.as_str()).await?.unwrap_or_default();
+    for m in state.store.memberships_of_user(id.user_id.as_str(), None).await? {
         if m.membership != "join" {
             continue;
         }
@@ -99,11 +76,7 @@ async fn set_field(state: AppState, req: Ruma<set_profile_field::v3::Request>) -
         };
         let content = crate::rooms::membership::member_content("join", &profile, None, false);
         let draft = Draft::state("m.room.member", id.user_id.as_str(), content);
-        if let Err(e) = state
-            .rooms
-            .send(&id.user_id, id.device_id.as_str(), &room_id, draft, None)
-            .await
-        {
+        if let Err(e) = state.rooms.send(&id.user_id, id.device_id.as_str(), &room_id, draft, None).await {
             tracing::warn!(%room_id, error = %e, "profile change not propagated to room");
         }
     }

@@ -9,9 +9,8 @@ use ruma::{
             context::get_context,
             knock::knock_room,
             membership::{
-                ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
-                join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room,
-                unban_user,
+                ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+                joined_members, joined_rooms, kick_user, leave_room, unban_user,
             },
             message::{get_message_events, send_message_event},
             redact::redact_event,
@@ -35,7 +34,10 @@ use crate::{
     error::{Error, Result},
     filter,
     ratelimit::Action,
-    rooms::{Draft, timeline::Viewer},
+    rooms::{
+        Draft,
+        timeline::{PageRequest, Viewer},
+    },
 };
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
@@ -86,10 +88,7 @@ async fn default_threads_include(mut req: axum::extract::Request) -> axum::extra
 
 fn viewer<T>(req: &Ruma<T>) -> Viewer<'_> {
     let id = req.identity();
-    Viewer {
-        user_id: &id.user_id,
-        device_id: id.device_id.as_str(),
-    }
+    Viewer { user_id: &id.user_id, device_id: id.device_id.as_str() }
 }
 
 fn body_object(bytes: &[u8]) -> Result<Value> {
@@ -101,11 +100,7 @@ fn body_object(bytes: &[u8]) -> Result<Value> {
 }
 
 fn reason_of(bytes: &[u8]) -> Option<String> {
-    serde_json::from_slice::<Value>(bytes)
-        .ok()?
-        .get("reason")?
-        .as_str()
-        .map(str::to_owned)
+    serde_json::from_slice::<Value>(bytes).ok()?.get("reason")?.as_str().map(str::to_owned)
 }
 
 /// # POST /_matrix/client/v3/createRoom
@@ -120,25 +115,16 @@ async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Result<
 async fn join_by_id(state: AppState, req: Ruma<join_room_by_id::v3::Request>) -> Result<Response> {
     let id = req.identity();
     state.limits.check(Action::RoomJoin, id.user_id.as_str())?;
-    let room_id = state
-        .rooms
-        .join(&id.user_id, &req.body.room_id, req.body.reason.as_deref())
-        .await?;
+    let room_id = state.rooms.join(&id.user_id, &req.body.room_id, req.body.reason.as_deref()).await?;
     Ok(json(json!({ "room_id": room_id })))
 }
 
 /// # POST /_matrix/client/v3/join/{roomIdOrAlias}
-async fn join(
-    state: AppState,
-    req: Ruma<join_room_by_id_or_alias::v3::Request>,
-) -> Result<Response> {
+async fn join(state: AppState, req: Ruma<join_room_by_id_or_alias::v3::Request>) -> Result<Response> {
     let id = req.identity();
     state.limits.check(Action::RoomJoin, id.user_id.as_str())?;
     let room_id = state.rooms.resolve_room(&req.body.room_id_or_alias).await?;
-    let room_id = state
-        .rooms
-        .join(&id.user_id, &room_id, req.body.reason.as_deref())
-        .await?;
+    let room_id = state.rooms.join(&id.user_id, &room_id, req.body.reason.as_deref()).await?;
     Ok(json(json!({ "room_id": room_id })))
 }
 
@@ -146,10 +132,7 @@ async fn join(
 async fn knock(state: AppState, req: Ruma<knock_room::v3::Request>) -> Result<Response> {
     let id = req.identity();
     let room_id = state.rooms.resolve_room(&req.body.room_id_or_alias).await?;
-    let room_id = state
-        .rooms
-        .knock(&id.user_id, &room_id, req.body.reason.as_deref())
-        .await?;
+    let room_id = state.rooms.knock(&id.user_id, &room_id, req.body.reason.as_deref()).await?;
     Ok(json(json!({ "room_id": room_id })))
 }
 
@@ -162,35 +145,20 @@ async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Result<
     };
     let user_id = &invitee.user_id;
     let reason = reason_of(&req.json);
-    state
-        .rooms
-        .set_membership_of(
-            &id.user_id,
-            &req.body.room_id,
-            user_id,
-            "invite",
-            reason.as_deref(),
-        )
-        .await?;
+    state.rooms.set_membership_of(&id.user_id, &req.body.room_id, user_id, "invite", reason.as_deref()).await?;
     Ok(json(json!({})))
 }
 
 /// # POST /_matrix/client/v3/rooms/{roomId}/leave
 async fn leave(state: AppState, req: Ruma<leave_room::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    state
-        .rooms
-        .leave(&id.user_id, &req.body.room_id, req.body.reason.as_deref())
-        .await?;
+    state.rooms.leave(&id.user_id, &req.body.room_id, req.body.reason.as_deref()).await?;
     Ok(json(json!({})))
 }
 
 /// # POST /_matrix/client/v3/rooms/{roomId}/forget
 async fn forget(state: AppState, req: Ruma<forget_room::v3::Request>) -> Result<Response> {
-    state
-        .rooms
-        .forget(&req.identity().user_id, &req.body.room_id)
-        .await?;
+    state.rooms.forget(&req.identity().user_id, &req.body.room_id).await?;
     Ok(json(json!({})))
 }
 
@@ -198,16 +166,7 @@ async fn forget(state: AppState, req: Ruma<forget_room::v3::Request>) -> Result<
 async fn kick(state: AppState, req: Ruma<kick_user::v3::Request>) -> Result<Response> {
     let id = req.identity();
     let b = &req.body;
-    state
-        .rooms
-        .set_membership_of(
-            &id.user_id,
-            &b.room_id,
-            &b.user_id,
-            "leave",
-            b.reason.as_deref(),
-        )
-        .await?;
+    state.rooms.set_membership_of(&id.user_id, &b.room_id, &b.user_id, "leave", b.reason.as_deref()).await?;
     Ok(json(json!({})))
 }
 
@@ -215,16 +174,7 @@ async fn kick(state: AppState, req: Ruma<kick_user::v3::Request>) -> Result<Resp
 async fn ban(state: AppState, req: Ruma<ban_user::v3::Request>) -> Result<Response> {
     let id = req.identity();
     let b = &req.body;
-    state
-        .rooms
-        .set_membership_of(
-            &id.user_id,
-            &b.room_id,
-            &b.user_id,
-            "ban",
-            b.reason.as_deref(),
-        )
-        .await?;
+    state.rooms.set_membership_of(&id.user_id, &b.room_id, &b.user_id, "ban", b.reason.as_deref()).await?;
     Ok(json(json!({})))
 }
 
@@ -232,16 +182,7 @@ async fn ban(state: AppState, req: Ruma<ban_user::v3::Request>) -> Result<Respon
 async fn unban(state: AppState, req: Ruma<unban_user::v3::Request>) -> Result<Response> {
     let id = req.identity();
     let b = &req.body;
-    state
-        .rooms
-        .set_membership_of(
-            &id.user_id,
-            &b.room_id,
-            &b.user_id,
-            "unban",
-            b.reason.as_deref(),
-        )
-        .await?;
+    state.rooms.set_membership_of(&id.user_id, &b.room_id, &b.user_id, "unban", b.reason.as_deref()).await?;
     Ok(json(json!({})))
 }
 
@@ -260,10 +201,7 @@ async fn joined_rooms(state: AppState, req: Ruma<joined_rooms::v3::Request>) -> 
 
 /// # GET /_matrix/client/v3/rooms/{roomId}/members
 async fn members(state: AppState, req: Ruma<get_member_events::v3::Request>) -> Result<Response> {
-    let events = state
-        .rooms
-        .state_events(viewer(&req), &req.body.room_id)
-        .await?;
+    let events = state.rooms.state_events(viewer(&req), &req.body.room_id).await?;
     let want = req.body.membership.as_ref().map(ToString::to_string);
     let not = req.body.not_membership.as_ref().map(ToString::to_string);
     let chunk: Vec<Value> = events
@@ -278,19 +216,10 @@ async fn members(state: AppState, req: Ruma<get_member_events::v3::Request>) -> 
 }
 
 /// # GET /_matrix/client/v3/rooms/{roomId}/joined_members
-async fn joined_members(
-    state: AppState,
-    req: Ruma<joined_members::v3::Request>,
-) -> Result<Response> {
-    let events = state
-        .rooms
-        .state_events(viewer(&req), &req.body.room_id)
-        .await?;
+async fn joined_members(state: AppState, req: Ruma<joined_members::v3::Request>) -> Result<Response> {
+    let events = state.rooms.state_events(viewer(&req), &req.body.room_id).await?;
     let mut joined = Map::new();
-    for e in events
-        .iter()
-        .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
-    {
+    for e in events.iter().filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join") {
         if let Some(user) = e["state_key"].as_str() {
             joined.insert(
                 user.to_owned(),
@@ -303,25 +232,14 @@ async fn joined_members(
 
 /// # GET /_matrix/client/v3/rooms/{roomId}/state
 async fn state(state: AppState, req: Ruma<get_state_events::v3::Request>) -> Result<Response> {
-    Ok(json(Value::Array(
-        state
-            .rooms
-            .state_events(viewer(&req), &req.body.room_id)
-            .await?,
-    )))
+    Ok(json(Value::Array(state.rooms.state_events(viewer(&req), &req.body.room_id).await?)))
 }
 
 /// # GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}
-async fn state_event(
-    state: AppState,
-    req: Ruma<get_state_event_for_key::v3::Request>,
-) -> Result<Response> {
+async fn state_event(state: AppState, req: Ruma<get_state_event_for_key::v3::Request>) -> Result<Response> {
     let b = &req.body;
     let kind = b.event_type.to_string();
-    if matches!(
-        b.format,
-        ruma::api::client::state::get_state_event_for_key::v3::StateEventFormat::Event
-    ) {
+    if matches!(b.format, ruma::api::client::state::get_state_event_for_key::v3::StateEventFormat::Event) {
         let events = state.rooms.state_events(viewer(&req), &b.room_id).await?;
         let event = events
             .into_iter()
@@ -329,12 +247,7 @@ async fn state_event(
             .ok_or_else(|| Error::not_found("state event not found"))?;
         return Ok(json(event));
     }
-    Ok(json(
-        state
-            .rooms
-            .state_content(viewer(&req), &b.room_id, &kind, &b.state_key)
-            .await?,
-    ))
+    Ok(json(state.rooms.state_content(viewer(&req), &b.room_id, &kind, &b.state_key).await?))
 }
 
 /// # PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}
@@ -345,19 +258,12 @@ async fn send_state(state: AppState, req: Ruma<send_state_event::v3::Request>) -
     let kind = b.event_type.to_string();
     if kind == "m.room.member" {
         // Membership changes go through the membership endpoints' checks too.
-        let target =
-            ruma::UserId::parse(&b.state_key).map_err(|e| Error::bad_json(e.to_string()))?;
+        let target = ruma::UserId::parse(&b.state_key).map_err(|e| Error::bad_json(e.to_string()))?;
         if target != id.user_id && content["membership"] != "join" {
             let membership = content["membership"].as_str().unwrap_or_default();
             let reason = content["reason"].as_str();
-            state
-                .rooms
-                .set_membership_of(&id.user_id, &b.room_id, &target, membership, reason)
-                .await?;
-            let row = state
-                .store
-                .membership(b.room_id.as_str(), target.as_str())
-                .await?;
+            state.rooms.set_membership_of(&id.user_id, &b.room_id, &target, membership, reason).await?;
+            let row = state.store.membership(b.room_id.as_str(), target.as_str()).await?;
             return Ok(json(json!({ "event_id": row.map(|r| r.event_id) })));
         }
     }
@@ -365,10 +271,7 @@ async fn send_state(state: AppState, req: Ruma<send_state_event::v3::Request>) -
         return Err(Error::forbidden("m.room.create cannot be sent"));
     }
     let draft = Draft::state(kind, b.state_key.clone(), content);
-    let event_id = state
-        .rooms
-        .send(&id.user_id, id.device_id.as_str(), &b.room_id, draft, None)
-        .await?;
+    let event_id = state.rooms.send(&id.user_id, id.device_id.as_str(), &b.room_id, draft, None).await?;
     Ok(json(json!({ "event_id": event_id })))
 }
 
@@ -383,16 +286,8 @@ async fn send(state: AppState, req: Ruma<send_message_event::v3::Request>) -> Re
         return Err(Error::forbidden("use the redact endpoint to redact events"));
     }
     let draft = Draft::message(kind, content);
-    let event_id = state
-        .rooms
-        .send(
-            &id.user_id,
-            id.device_id.as_str(),
-            &b.room_id,
-            draft,
-            Some(b.txn_id.as_str()),
-        )
-        .await?;
+    let event_id =
+        state.rooms.send(&id.user_id, id.device_id.as_str(), &b.room_id, draft, Some(b.txn_id.as_str())).await?;
     Ok(json(json!({ "event_id": event_id })))
 }
 
@@ -405,27 +300,14 @@ async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> Result
         content["reason"] = json!(reason);
     }
     let draft = Draft::message("m.room.redaction", content);
-    let event_id = state
-        .rooms
-        .send(
-            &id.user_id,
-            id.device_id.as_str(),
-            &b.room_id,
-            draft,
-            Some(b.txn_id.as_str()),
-        )
-        .await?;
+    let event_id =
+        state.rooms.send(&id.user_id, id.device_id.as_str(), &b.room_id, draft, Some(b.txn_id.as_str())).await?;
     Ok(json(json!({ "event_id": event_id })))
 }
 
 /// # GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}
 async fn event(state: AppState, req: Ruma<get_room_event::v3::Request>) -> Result<Response> {
-    Ok(json(
-        state
-            .rooms
-            .event_for(viewer(&req), &req.body.room_id, &req.body.event_id)
-            .await?,
-    ))
+    Ok(json(state.rooms.event_for(viewer(&req), &req.body.room_id, &req.body.event_id).await?))
 }
 
 /// # GET /_matrix/client/v3/rooms/{roomId}/messages
@@ -439,10 +321,7 @@ async fn messages(state: AppState, req: Ruma<get_message_events::v3::Request>) -
         .paginate(
             viewer(&req),
             &b.room_id,
-            b.from.as_deref(),
-            b.to.as_deref(),
-            backwards,
-            limit,
+            PageRequest { from: b.from.as_deref(), to: b.to.as_deref(), backwards, limit },
             |e| filter::event_matches(room_filter, e),
         )
         .await?;
@@ -456,25 +335,13 @@ async fn messages(state: AppState, req: Ruma<get_message_events::v3::Request>) -
     Ok(json(body))
 }
 
-async fn members_of_senders<T>(
-    state: &AppState,
-    req: &Ruma<T>,
-    room_id: &RoomId,
-    chunk: &Value,
-) -> Result<Vec<Value>> {
-    let senders: std::collections::HashSet<&str> = chunk
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["sender"].as_str())
-        .collect();
+async fn members_of_senders<T>(state: &AppState, req: &Ruma<T>, room_id: &RoomId, chunk: &Value) -> Result<Vec<Value>> {
+    let senders: std::collections::HashSet<&str> =
+        chunk.as_array().into_iter().flatten().filter_map(|e| e["sender"].as_str()).collect();
     let events = state.rooms.state_events(viewer(req), room_id).await?;
     Ok(events
         .into_iter()
-        .filter(|e| {
-            e["type"] == "m.room.member"
-                && e["state_key"].as_str().is_some_and(|k| senders.contains(k))
-        })
+        .filter(|e| e["type"] == "m.room.member" && e["state_key"].as_str().is_some_and(|k| senders.contains(k)))
         .collect())
 }
 
@@ -482,10 +349,7 @@ async fn members_of_senders<T>(
 async fn context(state: AppState, req: Ruma<get_context::v3::Request>) -> Result<Response> {
     let b = &req.body;
     let limit = (u64::from(b.limit) as usize).min(100);
-    let (before, event, after, start, end) = state
-        .rooms
-        .context(viewer(&req), &b.room_id, &b.event_id, limit)
-        .await?;
+    let (before, event, after, start, end) = state.rooms.context(viewer(&req), &b.room_id, &b.event_id, limit).await?;
     let room_state = state.rooms.state_events(viewer(&req), &b.room_id).await?;
     let room_state: Vec<Value> = if filter::lazy_members(&b.filter) {
         let senders: std::collections::HashSet<String> = before
@@ -496,10 +360,7 @@ async fn context(state: AppState, req: Ruma<get_context::v3::Request>) -> Result
             .collect();
         room_state
             .into_iter()
-            .filter(|e| {
-                e["type"] != "m.room.member"
-                    || e["state_key"].as_str().is_some_and(|k| senders.contains(k))
-            })
+            .filter(|e| e["type"] != "m.room.member" || e["state_key"].as_str().is_some_and(|k| senders.contains(k)))
             .collect()
     } else {
         room_state
@@ -514,30 +375,23 @@ async fn context(state: AppState, req: Ruma<get_context::v3::Request>) -> Result
     })))
 }
 
-async fn relations_response(
-    state: &AppState,
-    viewer: Viewer<'_>,
-    room_id: &RoomId,
-    event_id: &ruma::EventId,
+/// The shared query of the three `/relations` endpoints.
+struct RelationsQuery<'a> {
+    room_id: &'a RoomId,
+    event_id: &'a ruma::EventId,
     rel_type: Option<String>,
     event_type: Option<String>,
-    from: Option<&str>,
+    from: Option<&'a str>,
     dir: Direction,
     limit: Option<ruma::UInt>,
-) -> Result<Response> {
-    let limit = limit.map_or(50, |l| u64::from(l) as usize);
+}
+
+async fn relations_response(state: &AppState, viewer: Viewer<'_>, q: RelationsQuery<'_>) -> Result<Response> {
+    let limit = q.limit.map_or(50, |l| u64::from(l) as usize);
+    let page = PageRequest { from: q.from, to: None, backwards: q.dir == Direction::Backward, limit };
     let (chunk, next) = state
         .rooms
-        .relations(
-            viewer,
-            room_id,
-            event_id,
-            rel_type.as_deref(),
-            event_type.as_deref(),
-            from,
-            dir == Direction::Backward,
-            limit,
-        )
+        .relations(viewer, q.room_id, q.event_id, q.rel_type.as_deref(), q.event_type.as_deref(), page)
         .await?;
     let mut body = json!({ "chunk": chunk });
     if let Some(next) = next {
@@ -547,21 +401,20 @@ async fn relations_response(
 }
 
 /// # GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}
-async fn relations(
-    state: AppState,
-    req: Ruma<get_relating_events::v1::Request>,
-) -> Result<Response> {
+async fn relations(state: AppState, req: Ruma<get_relating_events::v1::Request>) -> Result<Response> {
     let b = &req.body;
     relations_response(
         &state,
         viewer(&req),
-        &b.room_id,
-        &b.event_id,
-        None,
-        None,
-        b.from.as_deref(),
-        b.dir.clone(),
-        b.limit,
+        RelationsQuery {
+            room_id: &b.room_id,
+            event_id: &b.event_id,
+            rel_type: None,
+            event_type: None,
+            from: b.from.as_deref(),
+            dir: b.dir,
+            limit: b.limit,
+        },
     )
     .await
 }
@@ -576,13 +429,15 @@ async fn relations_by_type(
     relations_response(
         &state,
         viewer(&req),
-        &b.room_id,
-        &b.event_id,
-        rel,
-        None,
-        b.from.as_deref(),
-        b.dir.clone(),
-        b.limit,
+        RelationsQuery {
+            room_id: &b.room_id,
+            event_id: &b.event_id,
+            rel_type: rel,
+            event_type: None,
+            from: b.from.as_deref(),
+            dir: b.dir,
+            limit: b.limit,
+        },
     )
     .await
 }
@@ -598,13 +453,15 @@ async fn relations_by_type_and_event(
     relations_response(
         &state,
         viewer(&req),
-        &b.room_id,
-        &b.event_id,
-        rel,
-        kind,
-        b.from.as_deref(),
-        b.dir.clone(),
-        b.limit,
+        RelationsQuery {
+            room_id: &b.room_id,
+            event_id: &b.event_id,
+            rel_type: rel,
+            event_type: kind,
+            from: b.from.as_deref(),
+            dir: b.dir,
+            limit: b.limit,
+        },
     )
     .await
 }
@@ -613,10 +470,7 @@ async fn relations_by_type_and_event(
 async fn threads(state: AppState, req: Ruma<get_threads::v1::Request>) -> Result<Response> {
     let b = &req.body;
     let limit = b.limit.map_or(50, |l| u64::from(l) as usize);
-    let (chunk, next) = state
-        .rooms
-        .threads(viewer(&req), &b.room_id, b.from.as_deref(), limit)
-        .await?;
+    let (chunk, next) = state.rooms.threads(viewer(&req), &b.room_id, b.from.as_deref(), limit).await?;
     let mut body = json!({ "chunk": chunk });
     if let Some(next) = next {
         body["next_batch"] = json!(next);

@@ -24,9 +24,7 @@ async fn sync(state: AppState, req: Ruma<sync_events::v3::Request>) -> Result<Re
     let body = req.body;
     let filter = match body.filter {
         Some(sync_events::v3::Filter::FilterDefinition(f)) => f,
-        Some(sync_events::v3::Filter::FilterId(filter_id)) => {
-            state.user_data.filter(&id.user_id, &filter_id).await?
-        }
+        Some(sync_events::v3::Filter::FilterId(filter_id)) => state.user_data.filter(&id.user_id, &filter_id).await?,
         _ => Default::default(),
     };
     let request = SyncRequest {

@@ -4,10 +4,7 @@ use std::time::Duration;
 
 use axum::{Router, response::Response};
 use ruma::api::client::{
-    config::{
-        get_global_account_data, get_room_account_data, set_global_account_data,
-        set_room_account_data,
-    },
+    config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
     filter::{create_filter, get_filter},
     push::get_pushrules_all,
     read_marker::set_read_marker,
@@ -39,9 +36,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
 
 fn own(req_user: &ruma::UserId, id: &crate::accounts::Identity) -> Result<()> {
     if req_user != id.user_id {
-        return Err(Error::forbidden(
-            "you can only access your own account data",
-        ));
+        return Err(Error::forbidden("you can only access your own account data"));
     }
     Ok(())
 }
@@ -55,74 +50,36 @@ fn body_object(bytes: &[u8]) -> Result<Value> {
 }
 
 /// # PUT /_matrix/client/v3/user/{userId}/account_data/{type}
-async fn set_global(
-    state: AppState,
-    req: Ruma<set_global_account_data::v3::Request>,
-) -> Result<Response> {
+async fn set_global(state: AppState, req: Ruma<set_global_account_data::v3::Request>) -> Result<Response> {
     own(&req.body.user_id, req.identity())?;
     let content = body_object(&req.json)?;
-    state
-        .user_data
-        .set_account_data(
-            &req.identity().user_id,
-            None,
-            &req.body.event_type.to_string(),
-            &content,
-        )
-        .await?;
+    state.user_data.set_account_data(&req.identity().user_id, None, &req.body.event_type.to_string(), &content).await?;
     Ok(json(json!({})))
 }
 
 /// # GET /_matrix/client/v3/user/{userId}/account_data/{type}
-async fn get_global(
-    state: AppState,
-    req: Ruma<get_global_account_data::v3::Request>,
-) -> Result<Response> {
+async fn get_global(state: AppState, req: Ruma<get_global_account_data::v3::Request>) -> Result<Response> {
     own(&req.body.user_id, req.identity())?;
-    Ok(json(
-        state
-            .user_data
-            .account_data(
-                &req.identity().user_id,
-                None,
-                &req.body.event_type.to_string(),
-            )
-            .await?,
-    ))
+    Ok(json(state.user_data.account_data(&req.identity().user_id, None, &req.body.event_type.to_string()).await?))
 }
 
 /// # PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}
-async fn set_room(
-    state: AppState,
-    req: Ruma<set_room_account_data::v3::Request>,
-) -> Result<Response> {
+async fn set_room(state: AppState, req: Ruma<set_room_account_data::v3::Request>) -> Result<Response> {
     own(&req.body.user_id, req.identity())?;
     let content = body_object(&req.json)?;
     state
         .user_data
-        .set_account_data(
-            &req.identity().user_id,
-            Some(&req.body.room_id),
-            &req.body.event_type.to_string(),
-            &content,
-        )
+        .set_account_data(&req.identity().user_id, Some(&req.body.room_id), &req.body.event_type.to_string(), &content)
         .await?;
     Ok(json(json!({})))
 }
 
 /// # GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}
-async fn get_room(
-    state: AppState,
-    req: Ruma<get_room_account_data::v3::Request>,
-) -> Result<Response> {
+async fn get_room(state: AppState, req: Ruma<get_room_account_data::v3::Request>) -> Result<Response> {
     own(&req.body.user_id, req.identity())?;
     let data = state
         .user_data
-        .account_data(
-            &req.identity().user_id,
-            Some(&req.body.room_id),
-            &req.body.event_type.to_string(),
-        )
+        .account_data(&req.identity().user_id, Some(&req.body.room_id), &req.body.event_type.to_string())
         .await?;
     Ok(json(data))
 }
@@ -130,30 +87,19 @@ async fn get_room(
 /// # POST /_matrix/client/v3/user/{userId}/filter
 async fn create_filter(state: AppState, req: Ruma<create_filter::v3::Request>) -> Result<Response> {
     own(&req.body.user_id, req.identity())?;
-    let id = state
-        .user_data
-        .create_filter(&req.identity().user_id, &req.body.filter)
-        .await?;
+    let id = state.user_data.create_filter(&req.identity().user_id, &req.body.filter).await?;
     Ok(json(json!({ "filter_id": id })))
 }
 
 /// # GET /_matrix/client/v3/user/{userId}/filter/{filterId}
 async fn get_filter(state: AppState, req: Ruma<get_filter::v3::Request>) -> Result<Response> {
     own(&req.body.user_id, req.identity())?;
-    let filter = state
-        .user_data
-        .filter(&req.identity().user_id, &req.body.filter_id)
-        .await?;
-    Ok(json(
-        serde_json::to_value(filter).map_err(|e| Error::Internal(e.to_string()))?,
-    ))
+    let filter = state.user_data.filter(&req.identity().user_id, &req.body.filter_id).await?;
+    Ok(json(serde_json::to_value(filter).map_err(|e| Error::Internal(e.to_string()))?))
 }
 
 /// # GET /_matrix/client/v3/pushrules/
-async fn push_rules(
-    state: AppState,
-    req: Ruma<get_pushrules_all::v3::Request>,
-) -> Result<Response> {
+async fn push_rules(state: AppState, req: Ruma<get_pushrules_all::v3::Request>) -> Result<Response> {
     let ruleset = state.rooms.push_ruleset(&req.identity().user_id).await?;
     Ok(json(json!({ "global": ruleset })))
 }
@@ -164,10 +110,7 @@ async fn typing(state: AppState, req: Ruma<create_typing_event::v3::Request>) ->
     if req.body.user_id != id.user_id {
         return Err(Error::forbidden("you can only set your own typing state"));
     }
-    let membership = state
-        .store
-        .membership(req.body.room_id.as_str(), id.user_id.as_str())
-        .await?;
+    let membership = state.store.membership(req.body.room_id.as_str(), id.user_id.as_str()).await?;
     if membership.is_none_or(|m| m.membership != "join") {
         return Err(Error::forbidden("you are not in this room"));
     }
@@ -175,10 +118,7 @@ async fn typing(state: AppState, req: Ruma<create_typing_event::v3::Request>) ->
         create_typing_event::v3::Typing::Yes(info) => Some(info.timeout),
         _ => None,
     };
-    state
-        .sync
-        .typing
-        .set(&req.body.room_id, &id.user_id, timeout.map(|t: Duration| t));
+    state.sync.typing.set(&req.body.room_id, &id.user_id, timeout.map(|t: Duration| t));
     Ok(json(json!({})))
 }
 
@@ -195,31 +135,14 @@ async fn receipt(state: AppState, req: Ruma<create_receipt::v3::Request>) -> Res
     let kind = req.body.receipt_type.to_string();
     match kind.as_str() {
         "m.read" | "m.read.private" => {
-            state
-                .user_data
-                .set_receipt(
-                    &id.user_id,
-                    &req.body.room_id,
-                    &kind,
-                    &req.body.event_id,
-                    &thread,
-                )
-                .await?;
+            state.user_data.set_receipt(&id.user_id, &req.body.room_id, &kind, &req.body.event_id, &thread).await?;
         }
         "m.fully_read" => {
             if !thread.is_empty() {
                 return Err(Error::bad_json("m.fully_read cannot be threaded"));
             }
             let content = json!({ "event_id": req.body.event_id });
-            state
-                .user_data
-                .put(
-                    &id.user_id,
-                    Some(&req.body.room_id),
-                    "m.fully_read",
-                    &content,
-                )
-                .await?;
+            state.user_data.put(&id.user_id, Some(&req.body.room_id), "m.fully_read", &content).await?;
         }
         _ => return Err(Error::invalid_param(format!("unknown receipt type {kind}"))),
     }
@@ -227,34 +150,17 @@ async fn receipt(state: AppState, req: Ruma<create_receipt::v3::Request>) -> Res
 }
 
 /// # POST /_matrix/client/v3/rooms/{roomId}/read_markers
-async fn read_markers(
-    state: AppState,
-    req: Ruma<set_read_marker::v3::Request>,
-) -> Result<Response> {
+async fn read_markers(state: AppState, req: Ruma<set_read_marker::v3::Request>) -> Result<Response> {
     let id = req.identity();
     let room_id = &req.body.room_id;
     if let Some(event_id) = &req.body.fully_read {
-        state
-            .user_data
-            .put(
-                &id.user_id,
-                Some(room_id),
-                "m.fully_read",
-                &json!({ "event_id": event_id }),
-            )
-            .await?;
+        state.user_data.put(&id.user_id, Some(room_id), "m.fully_read", &json!({ "event_id": event_id })).await?;
     }
     if let Some(event_id) = &req.body.read_receipt {
-        state
-            .user_data
-            .set_receipt(&id.user_id, room_id, "m.read", event_id, "")
-            .await?;
+        state.user_data.set_receipt(&id.user_id, room_id, "m.read", event_id, "").await?;
     }
     if let Some(event_id) = &req.body.private_read_receipt {
-        state
-            .user_data
-            .set_receipt(&id.user_id, room_id, "m.read.private", event_id, "")
-            .await?;
+        state.user_data.set_receipt(&id.user_id, room_id, "m.read.private", event_id, "").await?;
     }
     Ok(json(json!({})))
 }
