@@ -241,13 +241,13 @@ fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(),
     Ok(())
 }
 
-/// Reads an environment value as a TOML scalar or array if it is one, else as a string.
+/// Reads an environment value as a TOML value (scalar, array, inline table) if it is one,
+/// else as a string.
 fn parse_scalar(value: &str) -> toml::Value {
     format!("v = {value}")
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut t| t.remove("v"))
-        .filter(|v| !v.is_table())
         .unwrap_or_else(|| toml::Value::String(value.to_owned()))
 }
 

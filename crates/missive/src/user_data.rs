@@ -2,11 +2,16 @@
 
 use std::sync::Arc;
 
-use ruma::{EventId, RoomId, UserId, api::client::filter::FilterDefinition};
-use serde_json::Value;
+use ruma::{
+    EventId, RoomId, UserId,
+    api::client::filter::FilterDefinition,
+    push::{AnyPushRule, Ruleset},
+};
+use serde_json::{Value, json};
 
 use crate::{
     error::{Error, Result},
+    rooms::notify::{PUSH_RULES_TYPE, load_ruleset},
     store::Store,
     sync::stream::Streams,
 };
@@ -118,4 +123,33 @@ impl UserData {
             self.store.filter(user_id.as_str(), id).await?.ok_or_else(|| Error::not_found("filter not found"))?;
         serde_json::from_str(&json).map_err(|e| Error::Internal(e.to_string()))
     }
+
+    /// A user's push rules (stored or default).
+    pub async fn push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
+        load_ruleset(&self.store, user_id).await
+    }
+
+    /// Changes a user's push rules with `edit` and stores them; clients see the change as
+    /// `m.push_rules` account data in `/sync`.
+    pub async fn update_push_rules(
+        &self,
+        user_id: &UserId,
+        edit: impl FnOnce(&mut Ruleset) -> Result<()>,
+    ) -> Result<()> {
+        let mut ruleset = self.push_rules(user_id).await?;
+        edit(&mut ruleset)?;
+        self.put(user_id, None, PUSH_RULES_TYPE, &json!({ "global": ruleset })).await
+    }
+}
+
+/// The JSON of one push rule, as the push rules API serves it.
+pub fn push_rule_json(rule: AnyPushRule) -> Value {
+    let value = match rule {
+        AnyPushRule::Override(r) | AnyPushRule::Underride(r) => serde_json::to_value(r),
+        AnyPushRule::Content(r) => serde_json::to_value(r),
+        AnyPushRule::Room(r) => serde_json::to_value(r),
+        AnyPushRule::Sender(r) => serde_json::to_value(r),
+        _ => Ok(Value::Null),
+    };
+    value.unwrap_or(Value::Null)
 }

@@ -10,20 +10,25 @@ use serde_json::Value;
 use super::{RoomHead, Rooms};
 use crate::{
     error::Result,
-    store::{NewEvent, PushAction},
+    store::{NewEvent, PushAction, Store},
 };
 
 /// The account data type under which a user's push rules are kept.
 pub const PUSH_RULES_TYPE: &str = "m.push_rules";
 
+/// A user's push rules: their stored set, or the spec's defaults.
+pub async fn load_ruleset(store: &Store, user_id: &UserId) -> Result<Ruleset> {
+    let stored = store.account_data(user_id.as_str(), "", PUSH_RULES_TYPE).await?;
+    Ok(stored
+        .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+        .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
+        .unwrap_or_else(|| Ruleset::server_default(user_id)))
+}
+
 impl Rooms {
-    /// A user's push rules: their stored set, or the spec's defaults.
+    /// A user's push rules.
     pub async fn push_ruleset(&self, user_id: &UserId) -> Result<Ruleset> {
-        let stored = self.store.account_data(user_id.as_str(), "", PUSH_RULES_TYPE).await?;
-        Ok(stored
-            .and_then(|json| serde_json::from_str::<Value>(&json).ok())
-            .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
-            .unwrap_or_else(|| Ruleset::server_default(user_id)))
+        load_ruleset(&self.store, user_id).await
     }
 
     /// Evaluates the push rules of the room's joined local members (but the sender) for the
@@ -70,5 +75,19 @@ impl Rooms {
             }
         }
         Ok(actions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ruleset_survives_a_json_round_trip() {
+        let user = ruma::user_id!("@a:x");
+        let rules = Ruleset::server_default(user);
+        let json = serde_json::to_value(&rules).unwrap();
+        let back = serde_json::from_value::<Ruleset>(json);
+        assert!(back.is_ok(), "{back:?}");
     }
 }

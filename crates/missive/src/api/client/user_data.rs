@@ -6,7 +6,10 @@ use axum::{Router, response::Response};
 use ruma::api::client::{
     config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
     filter::{create_filter, get_filter},
-    push::get_pushrules_all,
+    push::{
+        delete_pushrule, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
+        get_pushrules_global_scope, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
+    },
     read_marker::set_read_marker,
     receipt::create_receipt,
     typing::create_typing_event,
@@ -29,6 +32,14 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, create_filter);
     let router = route(router, get_filter);
     let router = route(router, push_rules);
+    let router = route(router, push_rules_global);
+    let router = route(router, push_rule);
+    let router = route(router, set_push_rule);
+    let router = route(router, delete_push_rule);
+    let router = route(router, push_rule_enabled);
+    let router = route(router, set_push_rule_enabled);
+    let router = route(router, push_rule_actions);
+    let router = route(router, set_push_rule_actions);
     let router = route(router, typing);
     let router = route(router, receipt);
     route(router, read_markers)
@@ -100,8 +111,99 @@ async fn get_filter(state: AppState, req: Ruma<get_filter::v3::Request>) -> Resu
 
 /// # GET /_matrix/client/v3/pushrules/
 async fn push_rules(state: AppState, req: Ruma<get_pushrules_all::v3::Request>) -> Result<Response> {
-    let ruleset = state.rooms.push_ruleset(&req.identity().user_id).await?;
+    let ruleset = state.user_data.push_rules(&req.identity().user_id).await?;
     Ok(json(json!({ "global": ruleset })))
+}
+
+/// # GET /_matrix/client/v3/pushrules/global/
+async fn push_rules_global(state: AppState, req: Ruma<get_pushrules_global_scope::v3::Request>) -> Result<Response> {
+    let ruleset = state.user_data.push_rules(&req.identity().user_id).await?;
+    Ok(json(serde_json::to_value(ruleset).map_err(|e| Error::Internal(e.to_string()))?))
+}
+
+async fn find_rule(
+    state: &AppState,
+    user: &ruma::UserId,
+    kind: &ruma::push::RuleKind,
+    rule_id: &str,
+) -> Result<ruma::push::AnyPushRule> {
+    let ruleset = state.user_data.push_rules(user).await?;
+    ruleset.get(kind.clone(), rule_id).map(|r| r.to_owned()).ok_or_else(|| Error::not_found("push rule not found"))
+}
+
+/// # GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
+async fn push_rule(state: AppState, req: Ruma<get_pushrule::v3::Request>) -> Result<Response> {
+    let rule = find_rule(&state, &req.identity().user_id, &req.body.kind, &req.body.rule_id).await?;
+    Ok(json(crate::user_data::push_rule_json(rule)))
+}
+
+/// # PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
+async fn set_push_rule(state: AppState, req: Ruma<set_pushrule::v3::Request>) -> Result<Response> {
+    let b = req.body;
+    let (after, before) = (b.after.clone(), b.before.clone());
+    state
+        .user_data
+        .update_push_rules(&req.identity.expect("authenticated endpoint").user_id, move |rules| {
+            rules.insert(b.rule, after.as_deref(), before.as_deref()).map_err(|e| match e {
+                ruma::push::InsertPushRuleError::UnknownRuleId => Error::not_found(e.to_string()),
+                e => Error::BadJson(e.to_string()),
+            })
+        })
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
+async fn delete_push_rule(state: AppState, req: Ruma<delete_pushrule::v3::Request>) -> Result<Response> {
+    let b = &req.body;
+    state
+        .user_data
+        .update_push_rules(&req.identity().user_id, |rules| {
+            rules.remove(b.kind.clone(), &b.rule_id).map_err(|e| match e {
+                ruma::push::RemovePushRuleError::NotFound => Error::not_found(e.to_string()),
+                e => Error::forbidden(e.to_string()),
+            })
+        })
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled
+async fn push_rule_enabled(state: AppState, req: Ruma<get_pushrule_enabled::v3::Request>) -> Result<Response> {
+    let rule = find_rule(&state, &req.identity().user_id, &req.body.kind, &req.body.rule_id).await?;
+    Ok(json(json!({ "enabled": rule.enabled() })))
+}
+
+/// # PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled
+async fn set_push_rule_enabled(state: AppState, req: Ruma<set_pushrule_enabled::v3::Request>) -> Result<Response> {
+    let b = &req.body;
+    state
+        .user_data
+        .update_push_rules(&req.identity().user_id, |rules| {
+            rules.set_enabled(b.kind.clone(), &b.rule_id, b.enabled).map_err(|e| Error::not_found(e.to_string()))
+        })
+        .await?;
+    Ok(json(json!({})))
+}
+
+/// # GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions
+async fn push_rule_actions(state: AppState, req: Ruma<get_pushrule_actions::v3::Request>) -> Result<Response> {
+    let rule = find_rule(&state, &req.identity().user_id, &req.body.kind, &req.body.rule_id).await?;
+    Ok(json(json!({ "actions": rule.actions() })))
+}
+
+/// # PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions
+async fn set_push_rule_actions(state: AppState, req: Ruma<set_pushrule_actions::v3::Request>) -> Result<Response> {
+    let b = &req.body;
+    state
+        .user_data
+        .update_push_rules(&req.identity().user_id, |rules| {
+            rules
+                .set_actions(b.kind.clone(), &b.rule_id, b.actions.clone())
+                .map_err(|e| Error::not_found(e.to_string()))
+        })
+        .await?;
+    Ok(json(json!({})))
 }
 
 /// # PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}
