@@ -11,7 +11,10 @@ use matrix_sdk::{
     room::MessagesOptions,
     ruma::{
         OwnedEventId, OwnedRoomId, RoomId, UserId,
-        api::client::{receipt::create_receipt::v3::ReceiptType, room::create_room::v3::Request as CreateRoom},
+        api::client::{
+            receipt::create_receipt::v3::ReceiptType,
+            room::create_room::v3::{Request as CreateRoom, RoomPreset},
+        },
         events::{
             reaction::ReactionEventContent,
             receipt::ReceiptThread,
@@ -22,10 +25,16 @@ use matrix_sdk::{
 };
 use serde_json::Value;
 
+/// Alice creates a private (hence end-to-end encrypted) room, invites bob, bob joins.
 async fn room_with_bob(server: &TestServer) -> (Client, Client, OwnedRoomId) {
+    room_with_bob_preset(server, None).await
+}
+
+async fn room_with_bob_preset(server: &TestServer, preset: Option<RoomPreset>) -> (Client, Client, OwnedRoomId) {
     let (alice, _) = server.client("alice").await;
     let (bob, bob_user) = server.client("bob").await;
     let mut request = CreateRoom::new();
+    request.preset = preset;
     request.name = Some("Cellule de crise".into());
     request.invite = vec![UserId::parse(&bob_user.user_id).unwrap()];
     let room = alice.create_room(request).await.expect("create room");
@@ -92,6 +101,12 @@ async fn history_paginates_back_with_messages() {
     for i in 0..30 {
         alice_room.send(RoomMessageEventContent::text_plain(format!("m{i}"))).await.expect("send");
     }
+    // Bob's client receives the room key over to-device messages, then decrypts history.
+    sync_until(&bob, 0, |n, r| {
+        *n += r.rooms.joined.get(&room_id).map_or(0, |u| u.timeline.events.len());
+        *n >= 30
+    })
+    .await;
     let bob_room = room(&bob, &room_id);
     let mut seen = Vec::new();
     let mut from: Option<String> = None;
@@ -124,7 +139,8 @@ async fn history_paginates_back_with_messages() {
 #[tokio::test]
 async fn edit_react_thread_and_redact() {
     let server = TestServer::start().await;
-    let (alice, bob, room_id) = room_with_bob(&server).await;
+    // A public room: the server itself must see the content to show that redaction deletes it.
+    let (alice, bob, room_id) = room_with_bob_preset(&server, Some(RoomPreset::PublicChat)).await;
     let alice_room = room(&alice, &room_id);
     let bob_room = room(&bob, &room_id);
     let original: OwnedEventId = alice_room
@@ -264,18 +280,22 @@ async fn long_poll_wakes_when_a_message_arrives() {
         alice_room.send(RoomMessageEventContent::text_plain("réveil")).await.expect("send");
     });
     let started = std::time::Instant::now();
-    let response = bob
-        .sync_once(matrix_sdk::config::SyncSettings::default().timeout(Duration::from_secs(30)))
-        .await
-        .expect("long poll");
+    // Long polls of 30 s: the room key (to-device) and the message each wake them up.
+    let mut woke = false;
+    while !woke && started.elapsed() < Duration::from_secs(25) {
+        let response = bob
+            .sync_once(matrix_sdk::config::SyncSettings::default().timeout(Duration::from_secs(30)))
+            .await
+            .expect("long poll");
+        woke = response
+            .rooms
+            .joined
+            .get(&room_id)
+            .is_some_and(|u| u.timeline.events.iter().any(|e| body_of(&raw_json(e)).as_deref() == Some("réveil")));
+    }
     sender.await.unwrap();
-    let woke = response
-        .rooms
-        .joined
-        .get(&room_id)
-        .is_some_and(|u| u.timeline.events.iter().any(|e| body_of(&raw_json(e)).as_deref() == Some("réveil")));
-    assert!(woke, "the long poll returns the new message");
-    assert!(started.elapsed() < Duration::from_secs(25), "the long poll returned on the message, not the timeout");
+    assert!(woke, "the long poll returns the new message, decrypted");
+    assert!(started.elapsed() < Duration::from_secs(25), "long polls returned on the message, not the timeout");
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ use crate::{
     config::{Config, RegistrationMode},
     error::{Error, Result},
     store::{NewAccount, NewSession, Store, now_ms},
+    sync::stream::Streams,
 };
 
 /// An authenticated request's identity.
@@ -52,6 +53,7 @@ const UIA_SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// The accounts service.
 pub struct Accounts {
     store: Store,
+    streams: Arc<Streams>,
     config: Arc<Config>,
     uia: Mutex<HashMap<String, UiaSession>>,
     nonces: Mutex<HashMap<String, Instant>>,
@@ -75,8 +77,8 @@ fn new_token(prefix: &str) -> String {
 
 impl Accounts {
     /// Creates the service.
-    pub fn new(store: Store, config: Arc<Config>) -> Self {
-        Self { store, config, uia: Mutex::new(HashMap::new()), nonces: Mutex::new(HashMap::new()) }
+    pub fn new(store: Store, streams: Arc<Streams>, config: Arc<Config>) -> Self {
+        Self { store, streams, config, uia: Mutex::new(HashMap::new()), nonces: Mutex::new(HashMap::new()) }
     }
 
     /// A single-use nonce for shared-secret registration.
@@ -475,9 +477,18 @@ impl Accounts {
         })
     }
 
-    /// Deletes devices (and with them their tokens).
+    /// Deletes devices, and with them their tokens, keys and pending to-device messages;
+    /// the user's contacts see the device list change.
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> Result<()> {
         self.store.delete_devices(user_id.as_str(), device_ids).await?;
+        let guard = self.streams.allocate();
+        self.store.record_device_list_change(user_id.as_str(), guard.pos()).await?;
+        Ok(())
+    }
+
+    /// Creates a device that has no session (a dehydrated device).
+    pub async fn register_device(&self, user_id: &UserId, device_id: &str, display_name: Option<&str>) -> Result<()> {
+        self.store.create_device(user_id.as_str(), device_id, display_name).await?;
         Ok(())
     }
 

@@ -69,6 +69,8 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Largest request body accepted, in bytes.
     pub max_request_size: usize,
+    /// Private rooms must stay end-to-end encrypted and public rooms may not be encrypted.
+    pub encryption_mandatory: bool,
 }
 
 /// Argon2id parameters (OWASP's recommended minimum by default).
@@ -136,6 +138,7 @@ impl Default for Config {
             password_hashing: PasswordHashing::default(),
             rate_limits: RateLimits::default(),
             max_request_size: 50 * 1024 * 1024,
+            encryption_mandatory: false,
         }
     }
 }

@@ -55,6 +55,8 @@ pub enum Error {
     GuestAccessForbidden(String),
     #[error("{0}")]
     Unknown(String),
+    #[error("backup version is not the current one")]
+    WrongRoomKeysVersion { current_version: String },
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -88,6 +90,7 @@ impl Error {
             Error::BadState(_) => (S::BAD_REQUEST, "M_BAD_STATE"),
             Error::GuestAccessForbidden(_) => (S::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
             Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
+            Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Error::Store(_) | Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }
@@ -131,6 +134,11 @@ impl IntoResponse for Error {
                 "errcode": errcode,
                 "error": self.to_string(),
                 "retry_after_ms": retry_after_ms,
+            }),
+            Error::WrongRoomKeysVersion { current_version } => json!({
+                "errcode": errcode,
+                "error": self.to_string(),
+                "current_version": current_version,
             }),
             Error::UnknownToken { soft_logout } => json!({
                 "errcode": errcode,

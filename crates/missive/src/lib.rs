@@ -5,8 +5,10 @@
 
 pub mod accounts;
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod e2ee;
 pub mod error;
 pub mod filter;
 pub mod ratelimit;

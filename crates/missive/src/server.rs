@@ -8,7 +8,9 @@ use tokio::net::TcpListener;
 use crate::{
     accounts::Accounts,
     api::{self, Services},
+    backup::Backups,
     config::Config,
+    e2ee::E2ee,
     ratelimit::RateLimiter,
     rooms::Rooms,
     server_keys::ServerKeys,
@@ -35,13 +37,17 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         keys,
         server_name,
         config.default_room_version.clone(),
+        config.encryption_mandatory,
         max_group,
     ));
     let typing = Typing::new(streams.clone());
+    let e2ee = Arc::new(E2ee::new(store.clone(), streams.clone()));
     Ok(Arc::new(Services {
-        accounts: Accounts::new(store.clone(), config.clone()),
-        sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing),
-        user_data: UserData::new(store.clone(), streams),
+        accounts: Accounts::new(store.clone(), streams.clone(), config.clone()),
+        sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing, e2ee.clone()),
+        user_data: UserData::new(store.clone(), streams.clone()),
+        e2ee,
+        backups: Backups::new(store.clone()),
         limits: RateLimiter::new(config.rate_limits.clone()),
         rooms,
         store,

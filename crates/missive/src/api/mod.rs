@@ -20,6 +20,8 @@ pub struct Services {
     pub sync: Sync,
     pub limits: RateLimiter,
     pub user_data: crate::user_data::UserData,
+    pub e2ee: Arc<crate::e2ee::E2ee>,
+    pub backups: crate::backup::Backups,
 }
 
 /// The axum state: a handle on the services.

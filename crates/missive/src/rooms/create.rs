@@ -10,6 +10,9 @@ use ruma::{
 use serde_json::{Map, Value, json};
 
 use super::{Draft, Rooms, membership::member_content};
+
+/// The room encryption algorithm clients use.
+pub const MEGOLM: &str = "m.megolm.v1.aes-sha2";
 use crate::error::{Error, Result};
 
 impl Rooms {
@@ -113,6 +116,8 @@ impl Rooms {
         drafts.push(Draft::state("m.room.join_rules", "", json!({ "join_rule": join_rule })));
         drafts.push(Draft::state("m.room.history_visibility", "", json!({ "history_visibility": "shared" })));
         drafts.push(Draft::state("m.room.guest_access", "", json!({ "guest_access": guest })));
+        let public = preset == RoomPreset::PublicChat;
+        let mut encrypted = false;
         for raw in &req.initial_state {
             let event: Value =
                 serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("initial_state: {e}")))?;
@@ -125,7 +130,16 @@ impl Rooms {
             }
             let state_key = event.get("state_key").and_then(Value::as_str).unwrap_or("");
             let content = event.get("content").cloned().unwrap_or_else(|| json!({}));
+            if kind == "m.room.encryption" {
+                self.check_encryption(public, &content)?;
+                encrypted = true;
+            }
             drafts.push(Draft::state(kind, state_key, content));
+        }
+        // Private rooms and direct chats are end-to-end encrypted by default; public rooms are
+        // not, since whoever joins may read them.
+        if !encrypted && (!public || req.is_direct) && !(public && self.encryption_mandatory) {
+            drafts.push(Draft::state("m.room.encryption", "", json!({ "algorithm": MEGOLM })));
         }
         if let Some(name) = &req.name {
             drafts.push(Draft::state("m.room.name", "", json!({ "name": name })));
@@ -158,5 +172,20 @@ impl Rooms {
             .await?;
         tracing::info!(%room_id, "room created");
         Ok(room_id)
+    }
+
+    /// Under mandatory encryption: public rooms may not be encrypted, private rooms only with
+    /// Megolm.
+    pub fn check_encryption(&self, public: bool, content: &Value) -> Result<()> {
+        if !self.encryption_mandatory {
+            return Ok(());
+        }
+        if public {
+            return Err(Error::forbidden("public rooms cannot be end-to-end encrypted on this server"));
+        }
+        if content.get("algorithm").and_then(Value::as_str) != Some(MEGOLM) {
+            return Err(Error::forbidden(format!("rooms on this server must be encrypted with {MEGOLM}")));
+        }
+        Ok(())
     }
 }

@@ -95,6 +95,8 @@ pub struct Rooms {
     keys: Arc<ServerKeys>,
     pub server_name: OwnedServerName,
     pub default_version: String,
+    /// See `Config::encryption_mandatory`.
+    pub encryption_mandatory: bool,
     heads: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomHead>>>>>,
     next_group: AtomicI64,
 }
@@ -115,6 +117,7 @@ impl Rooms {
         keys: Arc<ServerKeys>,
         server_name: OwnedServerName,
         default_version: String,
+        encryption_mandatory: bool,
         max_group: i64,
     ) -> Self {
         Self {
@@ -123,6 +126,7 @@ impl Rooms {
             keys,
             server_name,
             default_version,
+            encryption_mandatory,
             heads: Mutex::new(HashMap::new()),
             next_group: AtomicI64::new(max_group + 1),
         }

@@ -53,6 +53,7 @@ impl Rooms {
         if self.store.room(room_id.as_str()).await?.is_none() {
             return Err(Error::not_found("room not found"));
         }
+        self.check_state_policy(room_id, &draft).await?;
         let txn = txn_id.map(|t| (device_id.to_owned(), t.to_owned()));
         self.write(room_id, async |rooms, batch| {
             // Checked under the room lock so that two concurrent retries store one event.
@@ -67,6 +68,29 @@ impl Rooms {
             rooms.append(batch, sender, draft, txn.clone()).await
         })
         .await
+    }
+
+    /// Server policy on state changes beyond the auth rules: mandatory encryption.
+    async fn check_state_policy(&self, room_id: &RoomId, draft: &Draft) -> Result<()> {
+        if !self.encryption_mandatory || draft.state_key.is_none() {
+            return Ok(());
+        }
+        let join_rule = self
+            .store
+            .current_state_event(room_id.as_str(), "m.room.join_rules", "")
+            .await?
+            .and_then(|row| pdu::Pdu::from_row(&row).ok())
+            .and_then(|p| p.content_str("join_rule"));
+        let encrypted = self.store.current_state_event(room_id.as_str(), "m.room.encryption", "").await?.is_some();
+        match draft.kind.as_str() {
+            "m.room.encryption" => self.check_encryption(join_rule.as_deref() == Some("public"), &draft.content),
+            "m.room.join_rules"
+                if encrypted && draft.content.get("join_rule").and_then(Value::as_str) == Some("public") =>
+            {
+                Err(Error::forbidden("an encrypted room cannot be made public on this server"))
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn append_redaction(

@@ -93,6 +93,21 @@ impl Store {
         Ok(())
     }
 
+    /// Creates a device without a session (a dehydrated device), or renames it.
+    pub async fn create_device(&self, user_id: &str, device_id: &str, display_name: Option<&str>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO devices (user_id, device_id, display_name, created_ts) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (user_id, device_id) DO UPDATE SET display_name = excluded.display_name",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(display_name)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
     /// Looks a user up by ID.
     pub async fn user(&self, user_id: &str) -> StoreResult<Option<UserRow>> {
         let row =
@@ -157,7 +172,7 @@ impl Store {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        for table in ["access_tokens", "devices"] {
+        for table in DEVICE_TABLES.iter().chain(&["access_tokens"]) {
             sqlx::query(sql(format!("DELETE FROM {table} WHERE user_id = $1"))).bind(user_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -216,11 +231,14 @@ impl Store {
                     .fetch_all(&mut *tx)
                     .await?;
             removed.extend(rows.into_iter().map(|r| r.get::<String, _>(0)));
-            sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
-                .bind(user_id)
-                .bind(device_id)
-                .execute(&mut *tx)
-                .await?;
+            // A deleted device's keys and undelivered messages go with it.
+            for table in DEVICE_TABLES {
+                sqlx::query(sql(format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2")))
+                    .bind(user_id)
+                    .bind(device_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(removed)
@@ -339,6 +357,9 @@ impl Store {
         Ok(())
     }
 }
+
+/// Tables whose rows belong to one device of a user.
+const DEVICE_TABLES: [&str; 5] = ["devices", "device_keys", "one_time_keys", "fallback_keys", "to_device"];
 
 /// Which profile field to set.
 #[derive(Debug, Clone, Copy)]

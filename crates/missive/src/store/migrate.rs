@@ -3,11 +3,10 @@
 use super::{Backend, Store, StoreError, StoreResult, now_ms};
 
 /// (version, SQLite script, PostgreSQL script)
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    include_str!("../../migrations/sqlite/0001_core.sql"),
-    include_str!("../../migrations/postgres/0001_core.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_core.sql"), include_str!("../../migrations/postgres/0001_core.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_e2ee.sql"), include_str!("../../migrations/postgres/0002_e2ee.sql")),
+];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {
     sqlx::raw_sql(

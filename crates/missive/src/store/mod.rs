@@ -7,6 +7,7 @@
 //! one writer anyway; this avoids `SQLITE_BUSY` on lock upgrades), reads use a pool.
 
 mod accounts;
+mod e2ee;
 mod migrate;
 mod rooms;
 mod user_data;
@@ -18,7 +19,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
-pub use self::{accounts::*, rooms::*, user_data::*};
+pub use self::{accounts::*, e2ee::*, rooms::*, user_data::*};
 
 /// A storage failure; never shown to clients in detail.
 #[derive(Debug, thiserror::Error)]

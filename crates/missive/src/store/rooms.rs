@@ -329,7 +329,7 @@ impl Store {
     /// Highest stream position and state group ID in use, to seed the allocators.
     pub async fn max_ids(&self) -> StoreResult<(i64, i64)> {
         let mut max_pos = 0;
-        for table in ["events", "account_data", "receipts"] {
+        for table in ["events", "account_data", "receipts", "to_device", "device_list_changes"] {
             let pos: Option<i64> =
                 sqlx::query_scalar(sql(format!("SELECT MAX(stream_pos) FROM {table}"))).fetch_one(&self.write).await?;
             max_pos = max_pos.max(pos.unwrap_or(0));
@@ -586,6 +586,19 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Everyone with a membership in the rooms `user_id` is joined to:
+    /// `(user, their membership, its stream position, the position of user_id's own join)`.
+    pub async fn room_mates(&self, user_id: &str) -> StoreResult<Vec<(String, String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT o.user_id, o.membership, o.stream_pos, me.stream_pos FROM memberships me \
+             JOIN memberships o ON o.room_id = me.room_id WHERE me.user_id = $1 AND me.membership = 'join'",
+        )
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
     }
 
     /// Whether two users share a joined room.

@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use self::{stream::Streams, typing::Typing};
 use crate::{
     accounts::Identity,
+    e2ee::E2ee,
     error::{Error, Result},
     filter,
     rooms::{
@@ -44,6 +45,7 @@ pub struct Sync {
     rooms: Arc<Rooms>,
     streams: Arc<Streams>,
     pub typing: Arc<Typing>,
+    e2ee: Arc<E2ee>,
 }
 
 struct Since {
@@ -64,8 +66,48 @@ fn parse_since(token: Option<&str>) -> Result<Since> {
 
 impl Sync {
     /// Creates the service.
-    pub fn new(store: Store, rooms: Arc<Rooms>, streams: Arc<Streams>, typing: Arc<Typing>) -> Self {
-        Self { store, rooms, streams, typing }
+    pub fn new(store: Store, rooms: Arc<Rooms>, streams: Arc<Streams>, typing: Arc<Typing>, e2ee: Arc<E2ee>) -> Self {
+        Self { store, rooms, streams, typing, e2ee }
+    }
+
+    /// Users whose devices the user must (re)fetch (`changed`) or may forget (`left`) for
+    /// changes with `since < position <= to`: key changes of users sharing a room, users who
+    /// came to share one, and users who no longer share any.
+    pub async fn device_list_updates(
+        &self,
+        user_id: &UserId,
+        since: i64,
+        to: i64,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let mates = self.store.room_mates(user_id.as_str()).await?;
+        let sharing: HashSet<&str> =
+            mates.iter().filter(|(_, m, _, _)| m == "join" || m == "invite").map(|(u, _, _, _)| u.as_str()).collect();
+        let mut changed: HashSet<String> = self
+            .store
+            .device_list_changes(since, to)
+            .await?
+            .into_iter()
+            .filter(|u| u == user_id.as_str() || sharing.contains(u.as_str()))
+            .collect();
+        for (other, membership, pos, my_join) in &mates {
+            let newly_shared =
+                (*pos > since && *pos <= to && membership == "join") || (*my_join > since && *my_join <= to);
+            if newly_shared && (membership == "join" || membership == "invite") && other != user_id.as_str() {
+                changed.insert(other.clone());
+            }
+        }
+        let left: Vec<String> = mates
+            .iter()
+            .filter(|(u, m, pos, _)| {
+                *pos > since && *pos <= to && (m == "leave" || m == "ban") && !sharing.contains(u.as_str())
+            })
+            .map(|(u, _, _, _)| u.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut changed: Vec<String> = changed.into_iter().collect();
+        changed.sort();
+        Ok((changed, left))
     }
 
     /// Answers a sync request, long-polling up to its timeout when nothing changed.
@@ -137,8 +179,22 @@ impl Sync {
             let ruleset = self.rooms.push_ruleset(user_id).await?;
             global.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": ruleset } }));
         }
-        let has_changes =
-            !(join.is_empty() && invite.is_empty() && leave.is_empty() && knock.is_empty() && global.is_empty());
+        let device_id = identity.device_id.as_ref();
+        let to_device = self.e2ee.to_device_for_sync(user_id, device_id, since.pos, now).await?;
+        let (changed, left) = match since.pos {
+            Some(s) => self.device_list_updates(user_id, s, now).await?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let otk_counts = self.e2ee.one_time_key_counts(user_id, device_id).await?;
+        let fallback_types = self.e2ee.unused_fallback_types(user_id, device_id).await?;
+        let has_changes = !(join.is_empty()
+            && invite.is_empty()
+            && leave.is_empty()
+            && knock.is_empty()
+            && global.is_empty()
+            && to_device.is_empty()
+            && changed.is_empty()
+            && left.is_empty());
         let mut rooms = Map::new();
         for (key, value) in [("join", join), ("invite", invite), ("leave", leave), ("knock", knock)] {
             if !value.is_empty() {
@@ -150,10 +206,10 @@ impl Sync {
             "rooms": rooms,
             "account_data": { "events": global },
             "presence": { "events": [] },
-            "to_device": { "events": [] },
-            "device_lists": { "changed": [], "left": [] },
-            "device_one_time_keys_count": {},
-            "device_unused_fallback_key_types": [],
+            "to_device": { "events": to_device },
+            "device_lists": { "changed": changed, "left": left },
+            "device_one_time_keys_count": otk_counts,
+            "device_unused_fallback_key_types": fallback_types,
         });
         Ok((response, has_changes))
     }

@@ -1,8 +1,10 @@
 //! Client-server API handlers, one module per spec section.
 
 pub mod account;
+pub mod backup;
 pub mod directory;
 pub mod discovery;
+pub mod keys;
 pub mod profile;
 pub mod rooms;
 pub mod sync;
@@ -20,5 +22,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = user_data::routes(router);
     let router = rooms::routes(router);
     let router = directory::routes(router);
+    let router = keys::routes(router);
+    let router = backup::routes(router);
     sync::routes(router)
 }

@@ -1,0 +1,326 @@
+//! End-to-end encryption, server side: device and cross-signing keys, one-time and fallback
+//! keys, to-device messages, device list tracking, key backup and dehydrated devices.
+//!
+//! The server only stores and relays: every key and message here is opaque JSON signed or
+//! encrypted by clients. Nothing in this module can read a room message.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{DeviceId, UserId};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    error::{Error, Result},
+    store::{NewToDevice, Store},
+    sync::stream::Streams,
+};
+
+/// At most this many to-device messages go in one sync response.
+pub const TO_DEVICE_LIMIT: i64 = 100;
+
+/// The end-to-end encryption service.
+pub struct E2ee {
+    store: Store,
+    streams: Arc<Streams>,
+}
+
+fn parse_object(raw: &str, what: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(Error::bad_json(format!("{what} must be a JSON object"))),
+    }
+}
+
+/// Splits `"<algorithm>:<id>"`.
+fn algorithm_of(key_id: &str) -> Result<String> {
+    key_id
+        .split_once(':')
+        .map(|(alg, _)| alg.to_owned())
+        .ok_or_else(|| Error::bad_json(format!("key ID {key_id:?} has no algorithm")))
+}
+
+/// Merges the `signatures` of `incoming` into `stored`.
+fn merge_signatures(stored: &mut Map<String, Value>, incoming: &Map<String, Value>) {
+    let Some(Value::Object(new)) = incoming.get("signatures") else { return };
+    let sigs = stored.entry("signatures").or_insert_with(|| json!({}));
+    for (signer, keys) in new {
+        if let (Some(map), Value::Object(keys)) = (sigs.as_object_mut(), keys) {
+            let entry = map.entry(signer.clone()).or_insert_with(|| json!({}));
+            if let Some(entry) = entry.as_object_mut() {
+                for (k, v) in keys {
+                    entry.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
+
+impl E2ee {
+    /// Creates the service.
+    pub fn new(store: Store, streams: Arc<Streams>) -> Self {
+        Self { store, streams }
+    }
+
+    /// `keys/upload`: device keys, one-time keys, fallback keys; returns the key counts.
+    pub async fn upload_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        device_keys: Option<&str>,
+        one_time_keys: &[(String, String)],
+        fallback_keys: &[(String, String)],
+    ) -> Result<BTreeMap<String, i64>> {
+        if let Some(raw) = device_keys {
+            let keys = parse_object(raw, "device_keys")?;
+            if keys.get("user_id").and_then(Value::as_str) != Some(user_id.as_str())
+                || keys.get("device_id").and_then(Value::as_str) != Some(device_id.as_str())
+            {
+                return Err(Error::invalid_param("device_keys belong to another user or device"));
+            }
+            let unchanged = self.store.device_keys(user_id.as_str()).await?.into_iter().any(|(d, json)| {
+                d == device_id.as_str()
+                    && serde_json::from_str::<Value>(&json).ok() == Some(Value::Object(keys.clone()))
+            });
+            if !unchanged {
+                let guard = self.streams.allocate();
+                self.store.set_device_keys(user_id.as_str(), device_id.as_str(), raw, guard.pos()).await?;
+            }
+        }
+        let otks = one_time_keys
+            .iter()
+            .map(|(id, json)| Ok((algorithm_of(id)?, id.clone(), json.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        self.store.add_one_time_keys(user_id.as_str(), device_id.as_str(), &otks).await?;
+        let fallbacks = fallback_keys
+            .iter()
+            .map(|(id, json)| Ok((algorithm_of(id)?, id.clone(), json.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        self.store.set_fallback_keys(user_id.as_str(), device_id.as_str(), &fallbacks).await?;
+        self.one_time_key_counts(user_id, device_id).await
+    }
+
+    /// Unclaimed one-time keys per algorithm (the spec wants `signed_curve25519` always).
+    pub async fn one_time_key_counts(&self, user_id: &UserId, device_id: &DeviceId) -> Result<BTreeMap<String, i64>> {
+        let mut counts: BTreeMap<String, i64> =
+            self.store.one_time_key_counts(user_id.as_str(), device_id.as_str()).await?.into_iter().collect();
+        counts.entry("signed_curve25519".into()).or_insert(0);
+        Ok(counts)
+    }
+
+    /// Algorithms with an unused fallback key.
+    pub async fn unused_fallback_types(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Vec<String>> {
+        Ok(self.store.unused_fallback_algorithms(user_id.as_str(), device_id.as_str()).await?)
+    }
+
+    /// `keys/query` for local users: device keys and cross-signing keys (the user-signing key
+    /// only for the requester themself).
+    pub async fn query_keys(&self, requester: &UserId, wanted: &BTreeMap<String, Vec<String>>) -> Result<Value> {
+        let mut device_keys = Map::new();
+        let mut master = Map::new();
+        let mut self_signing = Map::new();
+        let mut user_signing = Map::new();
+        for (user, devices) in wanted {
+            let mut per_device = Map::new();
+            for (device_id, json) in self.store.device_keys(user).await? {
+                if !devices.is_empty() && !devices.contains(&device_id) {
+                    continue;
+                }
+                let mut keys: Value = serde_json::from_str(&json).unwrap_or_else(|_| json!({}));
+                if let Some(name) = self.store.device(user, &device_id).await?.and_then(|d| d.display_name) {
+                    keys["unsigned"] = json!({ "device_display_name": name });
+                }
+                per_device.insert(device_id, keys);
+            }
+            device_keys.insert(user.clone(), Value::Object(per_device));
+            for (key_type, json) in self.store.cross_signing_keys(user).await? {
+                let value: Value = serde_json::from_str(&json).unwrap_or_else(|_| json!({}));
+                match key_type.as_str() {
+                    "master" => {
+                        master.insert(user.clone(), value);
+                    }
+                    "self_signing" => {
+                        self_signing.insert(user.clone(), value);
+                    }
+                    "user_signing" if user == requester.as_str() => {
+                        user_signing.insert(user.clone(), value);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(json!({
+            "failures": {},
+            "device_keys": device_keys,
+            "master_keys": master,
+            "self_signing_keys": self_signing,
+            "user_signing_keys": user_signing,
+        }))
+    }
+
+    /// `keys/claim`: one key per requested device (one-time key first, then fallback).
+    pub async fn claim_keys(&self, wanted: &BTreeMap<String, BTreeMap<String, String>>) -> Result<Value> {
+        let mut out = Map::new();
+        for (user, devices) in wanted {
+            let mut per_device = Map::new();
+            for (device, algorithm) in devices {
+                if let Some((key_id, json)) = self.store.claim_key(user, device, algorithm).await? {
+                    let key: Value = serde_json::from_str(&json).unwrap_or(Value::Null);
+                    per_device.insert(device.clone(), json!({ key_id: key }));
+                }
+            }
+            if !per_device.is_empty() {
+                out.insert(user.clone(), Value::Object(per_device));
+            }
+        }
+        Ok(json!({ "failures": {}, "one_time_keys": out }))
+    }
+
+    /// Stores cross-signing keys (`(type, JSON)`); the caller has done the UIA.
+    pub async fn upload_cross_signing_keys(&self, user_id: &UserId, keys: Vec<(String, String)>) -> Result<()> {
+        for (key_type, json) in &keys {
+            let parsed = parse_object(json, key_type)?;
+            if parsed.get("user_id").and_then(Value::as_str) != Some(user_id.as_str()) {
+                return Err(Error::invalid_param(format!("{key_type} key belongs to another user")));
+            }
+            let usage = parsed.get("usage").and_then(Value::as_array);
+            if !usage.is_some_and(|u| u.iter().any(|x| x.as_str() == Some(key_type.as_str()))) {
+                return Err(Error::invalid_param(format!("{key_type} key must have usage {key_type}")));
+            }
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let guard = self.streams.allocate();
+        self.store.set_cross_signing_keys(user_id.as_str(), &keys, guard.pos()).await?;
+        Ok(())
+    }
+
+    /// Whether the user already has a master key (first upload needs no UIA).
+    pub async fn has_master_key(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.store.cross_signing_keys(user_id.as_str()).await?.iter().any(|(t, _)| t == "master"))
+    }
+
+    /// The current cross-signing key of a type, if it matches `incoming` exactly.
+    pub async fn cross_signing_key(&self, user_id: &UserId, key_type: &str) -> Result<Option<String>> {
+        Ok(self
+            .store
+            .cross_signing_keys(user_id.as_str())
+            .await?
+            .into_iter()
+            .find(|(t, _)| t == key_type)
+            .map(|(_, j)| j))
+    }
+
+    /// `keys/signatures/upload`: merges signatures into the stored keys they sign.
+    pub async fn upload_signatures(&self, signed: &BTreeMap<String, BTreeMap<String, String>>) -> Result<Value> {
+        let mut failures = Map::new();
+        for (user, keys) in signed {
+            let devices = self.store.device_keys(user).await?;
+            let cross = self.store.cross_signing_keys(user).await?;
+            for (key_id, raw) in keys {
+                let incoming = parse_object(raw, "signed key")?;
+                let fail = |msg: &str| json!({ "errcode": "M_INVALID_SIGNATURE", "error": msg });
+                if let Some((device_id, json)) = devices.iter().find(|(d, _)| d == key_id) {
+                    let mut stored = parse_object(json, "device keys")?;
+                    merge_signatures(&mut stored, &incoming);
+                    let guard = self.streams.allocate();
+                    self.store
+                        .update_device_keys_json(user, device_id, &Value::Object(stored).to_string(), guard.pos())
+                        .await?;
+                    continue;
+                }
+                let matching = cross.iter().find(|(_, json)| {
+                    parse_object(json, "key").ok().and_then(|k| k.get("keys").cloned()).is_some_and(|k| {
+                        k.as_object()
+                            .is_some_and(|m| m.keys().any(|id| id.split_once(':').is_some_and(|(_, pk)| pk == key_id)))
+                    })
+                });
+                match matching {
+                    Some((key_type, json)) => {
+                        let mut stored = parse_object(json, "cross-signing key")?;
+                        merge_signatures(&mut stored, &incoming);
+                        let guard = self.streams.allocate();
+                        self.store
+                            .set_cross_signing_keys(
+                                user,
+                                &[(key_type.clone(), Value::Object(stored).to_string())],
+                                guard.pos(),
+                            )
+                            .await?;
+                    }
+                    None => {
+                        failures.entry(user.clone()).or_insert_with(|| json!({}))[key_id] = fail("unknown key");
+                    }
+                }
+            }
+        }
+        Ok(json!({ "failures": failures }))
+    }
+
+    /// `sendToDevice`: queues messages (`*` expands to all the user's devices), once per
+    /// transaction ID.
+    pub async fn send_to_device(
+        &self,
+        sender: &UserId,
+        sender_device: &DeviceId,
+        txn_id: &str,
+        event_type: &str,
+        messages: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<()> {
+        if self.store.to_device_txn_seen(sender.as_str(), sender_device.as_str(), txn_id).await? {
+            return Ok(());
+        }
+        let mut queued = Vec::new();
+        let mut guards = Vec::new();
+        for (user, devices) in messages {
+            let user_id = UserId::parse(user).map_err(|e| Error::invalid_param(e.to_string()))?;
+            if user_id.server_name().as_str() != sender.server_name().as_str() {
+                // Remote delivery arrives with federation.
+                continue;
+            }
+            for (device, content) in devices {
+                parse_object(content, "to-device content")?;
+                let targets = if device == "*" { self.store.device_ids(user).await? } else { vec![device.clone()] };
+                for target in targets {
+                    let guard = self.streams.allocate();
+                    queued.push(NewToDevice {
+                        stream_pos: guard.pos(),
+                        user_id: user.clone(),
+                        device_id: target,
+                        event_type: event_type.to_owned(),
+                        content: content.clone(),
+                    });
+                    guards.push(guard);
+                }
+            }
+        }
+        self.store.queue_to_device(sender.as_str(), &queued).await?;
+        drop(guards);
+        Ok(())
+    }
+
+    /// To-device messages for a sync: acknowledges those delivered at or before `since`.
+    pub async fn to_device_for_sync(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        since: Option<i64>,
+        to: i64,
+    ) -> Result<Vec<Value>> {
+        let rows = self.store.take_to_device(user_id.as_str(), device_id.as_str(), since, to, TO_DEVICE_LIMIT).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let content: Value = serde_json::from_str(&r.content).unwrap_or_else(|_| json!({}));
+                json!({ "sender": r.sender, "type": r.event_type, "content": content })
+            })
+            .collect())
+    }
+
+    /// Records that a user's device list changed (a device was created or deleted).
+    pub async fn device_list_changed(&self, user_id: &UserId) -> Result<()> {
+        let guard = self.streams.allocate();
+        self.store.record_device_list_change(user_id.as_str(), guard.pos()).await?;
+        Ok(())
+    }
+}
