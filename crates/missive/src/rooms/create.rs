@@ -138,7 +138,8 @@ impl Rooms {
         }
         // Private rooms and direct chats are end-to-end encrypted by default; public rooms are
         // not, since whoever joins may read them.
-        if !encrypted && (!public || req.is_direct) && !(public && self.encryption_mandatory) {
+        let wants_encryption = !public || (req.is_direct && !self.encryption_mandatory);
+        if !encrypted && wants_encryption {
             drafts.push(Draft::state("m.room.encryption", "", json!({ "algorithm": MEGOLM })));
         }
         if let Some(name) = &req.name {

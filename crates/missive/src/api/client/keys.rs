@@ -192,7 +192,7 @@ async fn delete_dehydrated(
         .delete_dehydrated_device(id.user_id.as_str())
         .await?
         .ok_or_else(|| Error::not_found("no dehydrated device"))?;
-    state.accounts.delete_devices(&id.user_id, &[device_id.clone()]).await?;
+    state.accounts.delete_devices(&id.user_id, std::slice::from_ref(&device_id)).await?;
     Ok(json(json!({ "device_id": device_id })))
 }
 
