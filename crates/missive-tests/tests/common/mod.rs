@@ -249,6 +249,24 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Every row of the given PostgreSQL tables, as JSON text.
+    pub async fn dump_postgres(&self, tables: &[String]) -> String {
+        use sqlx::{Connection, Row};
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.database_url()).await.expect("connect to test db");
+        let mut dump = String::new();
+        for table in tables {
+            let sql = format!("SELECT row_to_json(t)::text FROM \"{table}\" t");
+            for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await.expect("dump table") {
+                dump.push_str(&row.try_get::<String, _>(0).unwrap_or_default());
+                dump.push('\n');
+            }
+        }
+        dump
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
