@@ -179,3 +179,23 @@ async fn room_versions_10_11_and_12_all_work() {
         assert_eq!(status, 200, "redaction works in room version {version}");
     }
 }
+
+#[tokio::test]
+async fn identical_create_requests_make_distinct_rooms() {
+    let server = TestServer::start().await;
+    let user = server.register("nina").await;
+    let token = Some(user.access_token.as_str());
+    let requests = (0..8)
+        .map(|_| server.call("POST", "/_matrix/client/v3/createRoom", token, Some(json!({ "preset": "public_chat" }))));
+    let results = futures_util::future::join_all(requests).await;
+    let mut ids: Vec<String> = results
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body["room_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "room version 12 IDs are create-event hashes; each request gets its own room");
+}

@@ -99,6 +99,10 @@ pub struct Rooms {
     pub encryption_mandatory: bool,
     heads: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomHead>>>>>,
     next_group: AtomicI64,
+    /// Timestamp of the last create event: kept strictly increasing, because in room version
+    /// 12 the room ID is the create event's hash, and two identical createRoom requests in
+    /// the same millisecond would otherwise name the same room.
+    last_create_ts: AtomicI64,
 }
 
 /// One write in progress: the events appended so far and what they change.
@@ -129,6 +133,7 @@ impl Rooms {
             encryption_mandatory,
             heads: Mutex::new(HashMap::new()),
             next_group: AtomicI64::new(max_group + 1),
+            last_create_ts: AtomicI64::new(0),
         }
     }
 
@@ -299,7 +304,13 @@ impl Rooms {
         object.insert("content".into(), to_canonical(draft.content.clone())?);
         let depth = batch.head.depth + 1;
         object.insert("depth".into(), CanonicalJsonValue::Integer(ruma::Int::from(depth as u32)));
-        let ts = now_ms();
+        let mut ts = now_ms();
+        if kind == TimelineEventType::RoomCreate {
+            let previous = self.last_create_ts.fetch_max(ts, Ordering::SeqCst);
+            if previous >= ts {
+                ts = self.last_create_ts.fetch_add(1, Ordering::SeqCst) + 1;
+            }
+        }
         object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(ruma::Int::new_saturating(ts)));
         object.insert("prev_events".into(), ids(&batch.head.extremities));
         if !is_v12_create {

@@ -1,0 +1,484 @@
+//! `missive-bench`: a load generator that speaks only the Matrix client-server API, so the
+//! same scenarios run against Missive and Synapse. Users are created through shared-secret
+//! registration (`/_synapse/admin/v1/register`), which both servers implement.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use futures_util::future::try_join_all;
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// What to run and how big.
+#[derive(Debug, Clone, clap::Parser)]
+pub struct Options {
+    /// Base URL of the homeserver.
+    #[arg(long, default_value = "http://127.0.0.1:8008")]
+    pub url: String,
+    /// Shared registration secret of the homeserver.
+    #[arg(long, default_value = "bench-secret")]
+    pub secret: String,
+    /// Label printed with every result (e.g. `missive-sqlite`).
+    #[arg(long, default_value = "server")]
+    pub label: String,
+    /// PID of the server process, to read its resident memory.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Scenarios to run (comma-separated): send,wakeup,initial_sync,members,e2ee.
+    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee")]
+    pub scenarios: String,
+    /// Messages per sender configuration in the send scenario.
+    #[arg(long, default_value_t = 400)]
+    pub messages: usize,
+    /// Round trips in the wake-up scenario.
+    #[arg(long, default_value_t = 100)]
+    pub wakeups: usize,
+    /// Rooms in the initial sync scenario.
+    #[arg(long, default_value_t = 300)]
+    pub rooms: usize,
+    /// Messages per room in the initial sync scenario.
+    #[arg(long, default_value_t = 5)]
+    pub room_messages: usize,
+    /// Members of the big room.
+    #[arg(long, default_value_t = 1000)]
+    pub members: usize,
+    /// Devices in the to-device fan-out.
+    #[arg(long, default_value_t = 50)]
+    pub devices: usize,
+}
+
+/// One measured figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub server: String,
+    pub scenario: String,
+    pub metric: String,
+    pub value: f64,
+    pub unit: String,
+}
+
+/// A logged-in user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: String,
+    pub token: String,
+}
+
+/// A client for one homeserver.
+#[derive(Clone)]
+pub struct Bench {
+    http: reqwest::Client,
+    opts: Arc<Options>,
+    run_id: String,
+    counter: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Bench {
+    /// A bench against `opts.url`.
+    pub fn new(opts: Options) -> Result<Self> {
+        let http = reqwest::Client::builder().pool_max_idle_per_host(64).timeout(Duration::from_secs(120)).build()?;
+        let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+        Ok(Self { http, opts: Arc::new(opts), run_id, counter: Default::default() })
+    }
+
+    fn next(&self) -> u64 {
+        self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn figure(&self, scenario: &str, metric: &str, value: f64, unit: &str) -> Figure {
+        let f = Figure {
+            server: self.opts.label.clone(),
+            scenario: scenario.into(),
+            metric: metric.into(),
+            value,
+            unit: unit.into(),
+        };
+        println!("{}", serde_json::to_string(&f).unwrap_or_default());
+        f
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let mut req = self.http.request(method.clone(), format!("{}{path}", self.opts.url));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = req.send().await.with_context(|| format!("{method} {path}"))?;
+        let status = res.status();
+        let value: Value = res.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{method} {path}: {status} {value}");
+        }
+        Ok(value)
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Result<Value> {
+        self.call(reqwest::Method::GET, path, Some(token), None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(token), Some(&body)).await
+    }
+
+    async fn put(&self, path: &str, token: &str, body: Value) -> Result<Value> {
+        self.call(reqwest::Method::PUT, path, Some(token), Some(&body)).await
+    }
+
+    /// Registers a fresh user with the shared secret.
+    pub async fn user(&self) -> Result<User> {
+        let name = format!("bench{}x{}", self.run_id, self.next());
+        let nonce = self.call(reqwest::Method::GET, "/_synapse/admin/v1/register", None, None).await?;
+        let nonce = nonce["nonce"].as_str().context("nonce")?.to_owned();
+        let password = "bench-password";
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(self.opts.secret.as_bytes())?;
+        mac.update(format!("{nonce}\0{name}\0{password}\0notadmin").as_bytes());
+        let body = json!({
+            "nonce": nonce, "username": name, "password": password, "admin": false,
+            "mac": hex::encode(mac.finalize().into_bytes()),
+        });
+        let res = self.call(reqwest::Method::POST, "/_synapse/admin/v1/register", None, Some(&body)).await?;
+        Ok(User {
+            user_id: res["user_id"].as_str().context("user_id")?.into(),
+            token: res["access_token"].as_str().context("token")?.into(),
+        })
+    }
+
+    async fn users(&self, n: usize) -> Result<Vec<User>> {
+        let mut out = Vec::with_capacity(n);
+        // Registration is rate limited by password hashing on purpose; batches keep it brisk.
+        for chunk in (0..n).collect::<Vec<_>>().chunks(8) {
+            out.extend(try_join_all(chunk.iter().map(|_| self.user())).await?);
+        }
+        Ok(out)
+    }
+
+    async fn room(&self, owner: &User, public: bool) -> Result<String> {
+        let body = if public { json!({ "preset": "public_chat" }) } else { json!({}) };
+        let res = self.post("/_matrix/client/v3/createRoom", &owner.token, body).await?;
+        Ok(res["room_id"].as_str().context("room_id")?.into())
+    }
+
+    async fn join(&self, user: &User, room_id: &str) -> Result<()> {
+        self.post(&format!("/_matrix/client/v3/join/{}", urlencoding::encode(room_id)), &user.token, json!({})).await?;
+        Ok(())
+    }
+
+    async fn send(&self, user: &User, room_id: &str, text: &str) -> Result<String> {
+        let txn = format!("b{}", self.next());
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", urlencoding::encode(room_id));
+        let res = self.put(&path, &user.token, json!({ "msgtype": "m.text", "body": text })).await?;
+        Ok(res["event_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn sync(
+        &self,
+        user: &User,
+        since: Option<&str>,
+        timeout_ms: u64,
+        filter: Option<&Value>,
+        full_state: bool,
+    ) -> Result<Value> {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(since) = since {
+            path.push_str(&format!("&since={}", urlencoding::encode(since)));
+        }
+        if let Some(filter) = filter {
+            path.push_str(&format!("&filter={}", urlencoding::encode(&filter.to_string())));
+        }
+        if full_state {
+            path.push_str("&full_state=true");
+        }
+        self.get(&path, &user.token).await
+    }
+
+    /// Resident memory of the server process, in MiB.
+    pub fn rss_mib(&self) -> Option<f64> {
+        let pid = self.opts.pid?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+
+    /// CPU time used by the server process so far (user + system), in ms.
+    pub fn cpu_ms(&self) -> Option<f64> {
+        let pid = self.opts.pid?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks * 10.0)
+    }
+
+    /// Scenario 1: N senders in one room, each sending its share of M messages.
+    pub async fn send_throughput(&self, senders: usize) -> Result<Vec<Figure>> {
+        let scenario = format!("send_{senders}");
+        let users = self.users(senders.max(1)).await?;
+        let room = self.room(&users[0], true).await?;
+        for u in &users[1..] {
+            self.join(u, &room).await?;
+        }
+        let per_sender = (self.opts.messages / senders).max(1);
+        let cpu_before = self.cpu_ms();
+        let started = Instant::now();
+        let tasks = users.iter().map(|u| {
+            let this = self.clone();
+            let u = u.clone();
+            let room = room.clone();
+            async move {
+                let mut latencies = Vec::with_capacity(per_sender);
+                for i in 0..per_sender {
+                    let t = Instant::now();
+                    this.send(&u, &room, &format!("message {i}")).await?;
+                    latencies.push(ms(t.elapsed()));
+                }
+                anyhow::Ok(latencies)
+            }
+        });
+        let mut latencies: Vec<f64> = try_join_all(tasks).await?.into_iter().flatten().collect();
+        let elapsed = started.elapsed();
+        let cpu_after = self.cpu_ms();
+        latencies.sort_by(f64::total_cmp);
+        let total = latencies.len() as f64;
+        let mut out = vec![
+            self.figure(&scenario, "events_per_s", total / elapsed.as_secs_f64(), "ev/s"),
+            self.figure(&scenario, "latency_p50", percentile(&latencies, 0.5), "ms"),
+            self.figure(&scenario, "latency_p99", percentile(&latencies, 0.99), "ms"),
+        ];
+        if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+            out.push(self.figure(&scenario, "server_cpu_per_event", (b - a) / total, "ms"));
+        }
+        Ok(out)
+    }
+
+    /// Scenario 2: time from a send's acknowledgement to the other user's long-poll returning it.
+    pub async fn wakeup(&self) -> Result<Vec<Figure>> {
+        let users = self.users(2).await?;
+        let (a, b) = (&users[0], &users[1]);
+        let room = self.room(a, true).await?;
+        self.join(b, &room).await?;
+        let filter = json!({ "room": { "timeline": { "limit": 5 } }, "presence": { "not_types": ["*"] } });
+        let mut since =
+            self.sync(b, None, 0, Some(&filter), false).await?["next_batch"].as_str().unwrap_or_default().to_owned();
+        let mut samples = Vec::new();
+        for i in 0..self.opts.wakeups {
+            let this = self.clone();
+            let b2 = b.clone();
+            let since2 = since.clone();
+            let filter2 = filter.clone();
+            let room2 = room.clone();
+            let waiter = tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut since = since2;
+                loop {
+                    let res = this.sync(&b2, Some(&since), 30_000, Some(&filter2), false).await?;
+                    let got = Instant::now();
+                    since = res["next_batch"].as_str().unwrap_or_default().to_owned();
+                    let has = res["rooms"]["join"][&room2]["timeline"]["events"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().any(|e| e["content"]["body"] == format!("wake {i}")));
+                    if has || Instant::now() > deadline {
+                        return anyhow::Ok((got, since));
+                    }
+                }
+            });
+            // Let the long-poll reach the server and park.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.send(a, &room, &format!("wake {i}")).await?;
+            let acked = Instant::now();
+            let (got, next) = waiter.await??;
+            since = next;
+            samples.push(ms(got.saturating_duration_since(acked)));
+        }
+        samples.sort_by(f64::total_cmp);
+        Ok(vec![
+            self.figure("wakeup", "p50", percentile(&samples, 0.5), "ms"),
+            self.figure("wakeup", "p99", percentile(&samples, 0.99), "ms"),
+        ])
+    }
+
+    /// Scenario 3: initial sync of a user in R rooms with T messages each.
+    pub async fn initial_sync(&self) -> Result<Vec<Figure>> {
+        let users = self.users(2).await?;
+        let (owner, reader) = (&users[0], &users[1]);
+        for chunk in (0..self.opts.rooms).collect::<Vec<_>>().chunks(8) {
+            try_join_all(chunk.iter().map(|_| async {
+                let room = self.room(owner, true).await?;
+                self.join(reader, &room).await?;
+                for i in 0..self.opts.room_messages {
+                    self.send(owner, &room, &format!("m{i}")).await?;
+                }
+                anyhow::Ok(())
+            }))
+            .await?;
+        }
+        let lazy = json!({ "room": { "timeline": { "limit": 1 }, "state": { "lazy_load_members": true } } });
+        let mut out = Vec::new();
+        for (metric, filter, full) in [("timeline1_lazy", Some(&lazy), false), ("full_state", None, true)] {
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let t = Instant::now();
+                let res = self.sync(reader, None, 0, filter, full).await?;
+                times.push(ms(t.elapsed()));
+                let n = res["rooms"]["join"].as_object().map_or(0, |m| m.len());
+                if n < self.opts.rooms {
+                    bail!("initial sync returned {n} rooms, expected {}", self.opts.rooms);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            out.push(self.figure("initial_sync", metric, times[times.len() / 2], "ms"));
+        }
+        Ok(out)
+    }
+
+    /// Scenario 4: a room with many members: join time and `/members` time.
+    pub async fn members(&self) -> Result<Vec<Figure>> {
+        let owner = self.user().await?;
+        let room = self.room(&owner, true).await?;
+        let users = self.users(self.opts.members.saturating_sub(1)).await?;
+        let started = Instant::now();
+        let mut join_times = Vec::new();
+        for chunk in users.chunks(8) {
+            let times = try_join_all(chunk.iter().map(|u| async {
+                let t = Instant::now();
+                self.join(u, &room).await?;
+                anyhow::Ok(ms(t.elapsed()))
+            }))
+            .await?;
+            join_times.extend(times);
+        }
+        let all_joined = started.elapsed();
+        join_times.sort_by(f64::total_cmp);
+        let t = Instant::now();
+        let members =
+            self.get(&format!("/_matrix/client/v3/rooms/{}/members", urlencoding::encode(&room)), &owner.token).await?;
+        let members_time = ms(t.elapsed());
+        let n = members["chunk"].as_array().map_or(0, Vec::len);
+        if n < self.opts.members {
+            bail!("/members returned {n} members, expected {}", self.opts.members);
+        }
+        Ok(vec![
+            self.figure("members", "join_p50", percentile(&join_times, 0.5), "ms"),
+            self.figure("members", "join_all", ms(all_joined), "ms"),
+            self.figure("members", "members_request", members_time, "ms"),
+        ])
+    }
+
+    /// Scenario 5: key upload and claim, and to-device fan-out to many devices.
+    pub async fn e2ee(&self) -> Result<Vec<Figure>> {
+        let users = self.users(2).await?;
+        let (alice, bob) = (&users[0], &users[1]);
+        let otks: HashMap<String, Value> = (0..50)
+            .map(|i| (format!("signed_curve25519:K{i}"), json!({ "key": format!("key{i}"), "signatures": {} })))
+            .collect();
+        let t = Instant::now();
+        self.post("/_matrix/client/v3/keys/upload", &bob.token, json!({ "one_time_keys": otks })).await?;
+        let upload = ms(t.elapsed());
+        let whoami = self.get("/_matrix/client/v3/account/whoami", &bob.token).await?;
+        let device = whoami["device_id"].as_str().unwrap_or_default().to_owned();
+        let mut claims = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let body = json!({ "one_time_keys": { bob.user_id.clone(): { device.clone(): "signed_curve25519" } } });
+            self.post("/_matrix/client/v3/keys/claim", &alice.token, body).await?;
+            claims.push(ms(t.elapsed()));
+        }
+        claims.sort_by(f64::total_cmp);
+        // Fan-out: one sendToDevice to N devices of bob, then each device collects it.
+        let mut devices = Vec::new();
+        for _ in 0..self.opts.devices {
+            let res = self
+                .call(
+                    reqwest::Method::POST,
+                    "/_matrix/client/v3/login",
+                    None,
+                    Some(&json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": bob.user_id }, "password": "bench-password" })),
+                )
+                .await?;
+            devices.push((
+                res["device_id"].as_str().unwrap_or_default().to_owned(),
+                res["access_token"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        let messages: HashMap<String, Value> = devices.iter().map(|(d, _)| (d.clone(), json!({ "ping": 1 }))).collect();
+        let t = Instant::now();
+        self.put(
+            &format!("/_matrix/client/v3/sendToDevice/m.bench.ping/t{}", self.next()),
+            &alice.token,
+            json!({ "messages": { bob.user_id.clone(): messages } }),
+        )
+        .await?;
+        let send = ms(t.elapsed());
+        let t = Instant::now();
+        try_join_all(devices.iter().map(|(_, token)| async {
+            let user = User { user_id: bob.user_id.clone(), token: token.clone() };
+            let filter = json!({ "room": { "rooms": [] } });
+            let res = self.sync(&user, None, 0, Some(&filter), false).await?;
+            let n = res["to_device"]["events"].as_array().map_or(0, Vec::len);
+            if n == 0 {
+                bail!("to-device message not delivered");
+            }
+            anyhow::Ok(())
+        }))
+        .await?;
+        let collect = ms(t.elapsed());
+        Ok(vec![
+            self.figure("e2ee", "keys_upload_50", upload, "ms"),
+            self.figure("e2ee", "keys_claim_p50", percentile(&claims, 0.5), "ms"),
+            self.figure("e2ee", "to_device_send_fanout", send, "ms"),
+            self.figure("e2ee", "to_device_collect_all", collect, "ms"),
+        ])
+    }
+
+    /// Runs the selected scenarios and returns every figure.
+    pub async fn run(&self) -> Result<Vec<Figure>> {
+        let mut out = Vec::new();
+        if let Some(rss) = self.rss_mib() {
+            out.push(self.figure("memory", "rss_before", rss, "MiB"));
+        }
+        for scenario in self.opts.scenarios.split(',').map(str::trim) {
+            let figures = match scenario {
+                "send" => {
+                    let mut f = self.send_throughput(1).await?;
+                    f.extend(self.send_throughput(16).await?);
+                    f
+                }
+                "wakeup" => self.wakeup().await?,
+                "initial_sync" => self.initial_sync().await?,
+                "members" => self.members().await?,
+                "e2ee" => self.e2ee().await?,
+                "" => Vec::new(),
+                other => bail!("unknown scenario {other}"),
+            };
+            out.extend(figures);
+        }
+        if let Some(rss) = self.rss_mib() {
+            out.push(self.figure("memory", "rss_after", rss, "MiB"));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,36 @@
+//! The benchmark tool runs end to end against Missive (a tiny run; figures are not asserted).
+
+mod common;
+
+use clap::Parser;
+use common::TestServer;
+
+#[tokio::test]
+async fn bench_tool_tiny_run_completes() {
+    let server = TestServer::start().await;
+    let opts = missive_bench::Options::parse_from([
+        "missive-bench",
+        "--url",
+        &server.base_url,
+        "--secret",
+        "test-secret",
+        "--label",
+        "smoke",
+        "--messages",
+        "16",
+        "--wakeups",
+        "3",
+        "--rooms",
+        "3",
+        "--room-messages",
+        "2",
+        "--members",
+        "5",
+        "--devices",
+        "3",
+    ]);
+    let figures = missive_bench::Bench::new(opts).unwrap().run().await.expect("bench run");
+    for scenario in ["send_1", "send_16", "wakeup", "initial_sync", "members", "e2ee"] {
+        assert!(figures.iter().any(|f| f.scenario == scenario), "scenario {scenario} measured");
+    }
+}
