@@ -57,6 +57,9 @@ pub struct Accounts {
     config: Arc<Config>,
     uia: Mutex<HashMap<String, UiaSession>>,
     nonces: Mutex<HashMap<String, Instant>>,
+    /// Resolved access tokens (by digest). Every path that ends a session clears it, so a
+    /// cached identity is never one the database no longer holds.
+    tokens: Mutex<HashMap<String, (Identity, Option<i64>)>>,
 }
 
 /// SHA-256 of a token, the form in which tokens are stored.
@@ -78,7 +81,7 @@ fn new_token(prefix: &str) -> String {
 impl Accounts {
     /// Creates the service.
     pub fn new(store: Store, streams: Arc<Streams>, config: Arc<Config>) -> Self {
-        Self { store, streams, config, uia: Mutex::new(HashMap::new()), nonces: Mutex::new(HashMap::new()) }
+        Self { store, streams, config, uia: Mutex::new(HashMap::new()), nonces: Mutex::new(HashMap::new()), tokens: Mutex::new(HashMap::new()) }
     }
 
     /// A single-use nonce for shared-secret registration.
@@ -407,6 +410,8 @@ impl Accounts {
                 },
             )
             .await?;
+        // Logging in with an existing device ID replaced that device's tokens.
+        self.forget_tokens();
         Ok(session)
     }
 
@@ -441,7 +446,15 @@ impl Accounts {
 
     /// Resolves an access token to an identity.
     pub async fn authenticate(&self, token: &str) -> Result<Identity> {
-        let row = self.store.token(&hash_token(token)).await?.ok_or(Error::UnknownToken { soft_logout: false })?;
+        let digest = hash_token(token);
+        let cached = self.tokens.lock().expect("token cache poisoned").get(&digest).cloned();
+        if let Some((identity, expires)) = cached {
+            if expires.is_some_and(|exp| exp <= now_ms()) {
+                return Err(Error::UnknownToken { soft_logout: true });
+            }
+            return Ok(identity);
+        }
+        let row = self.store.token(&digest).await?.ok_or(Error::UnknownToken { soft_logout: false })?;
         if row.expires_ts.is_some_and(|exp| exp <= now_ms()) {
             return Err(Error::UnknownToken { soft_logout: true });
         }
@@ -450,7 +463,18 @@ impl Accounts {
         if user.deactivated {
             return Err(Error::UnknownToken { soft_logout: false });
         }
-        Ok(Identity { user_id, device_id: row.device_id.into(), is_admin: user.is_admin })
+        let identity = Identity { user_id, device_id: row.device_id.into(), is_admin: user.is_admin };
+        let mut cache = self.tokens.lock().expect("token cache poisoned");
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(digest, (identity.clone(), row.expires_ts));
+        Ok(identity)
+    }
+
+    /// Forgets every cached token; called whenever sessions end.
+    fn forget_tokens(&self) {
+        self.tokens.lock().expect("token cache poisoned").clear();
     }
 
     /// Swaps a refresh token for a new pair.
@@ -468,6 +492,7 @@ impl Accounts {
             )
             .await?
             .ok_or(Error::UnknownToken { soft_logout: false })?;
+        self.forget_tokens();
         Ok(IssuedSession {
             user_id: UserId::parse(&row.user_id).map_err(|e| Error::Internal(e.to_string()))?,
             device_id: row.device_id.into(),
@@ -481,6 +506,7 @@ impl Accounts {
     /// the user's contacts see the device list change.
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> Result<()> {
         self.store.delete_devices(user_id.as_str(), device_ids).await?;
+        self.forget_tokens();
         let guard = self.streams.allocate();
         self.store.record_device_list_change(user_id.as_str(), guard.pos()).await?;
         Ok(())
@@ -504,12 +530,14 @@ impl Accounts {
         self.store
             .set_password(identity.user_id.as_str(), &hash, Some(identity.device_id.as_str()), logout_devices)
             .await?;
+        self.forget_tokens();
         Ok(())
     }
 
     /// Deactivates an account; its ID is never handed out again.
     pub async fn deactivate(&self, user_id: &UserId) -> Result<()> {
         self.store.deactivate_user(user_id.as_str()).await?;
+        self.forget_tokens();
         tracing::info!(%user_id, "account deactivated");
         Ok(())
     }

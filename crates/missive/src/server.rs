@@ -12,7 +12,7 @@ use crate::{
     config::Config,
     e2ee::E2ee,
     ratelimit::RateLimiter,
-    rooms::Rooms,
+    rooms::{Rooms, notify::PushRulesCache},
     server_keys::ServerKeys,
     store::Store,
     sync::{Sync, stream::Streams, typing::Typing},
@@ -31,6 +31,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let streams = Streams::new(max_pos);
     let config = Arc::new(config);
     let server_name = ruma::ServerName::parse(&config.server_name)?;
+    let push_rules = Arc::new(PushRulesCache::default());
     let rooms = Arc::new(Rooms::new(
         store.clone(),
         streams.clone(),
@@ -38,6 +39,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         server_name,
         config.default_room_version.clone(),
         config.encryption_mandatory,
+        push_rules.clone(),
         max_group,
     ));
     let typing = Typing::new(streams.clone());
@@ -45,7 +47,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     Ok(Arc::new(Services {
         accounts: Accounts::new(store.clone(), streams.clone(), config.clone()),
         sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing, e2ee.clone()),
-        user_data: UserData::new(store.clone(), streams.clone()),
+        user_data: UserData::new(store.clone(), streams.clone(), push_rules),
         e2ee,
         backups: Backups::new(store.clone()),
         limits: RateLimiter::new(config.rate_limits.clone()),

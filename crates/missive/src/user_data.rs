@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::{
     error::{Error, Result},
-    rooms::notify::{PUSH_RULES_TYPE, load_ruleset},
+    rooms::notify::{PUSH_RULES_TYPE, PushRulesCache, load_ruleset},
     store::Store,
     sync::stream::Streams,
 };
@@ -20,12 +20,13 @@ use crate::{
 pub struct UserData {
     store: Store,
     streams: Arc<Streams>,
+    push_rules: Arc<PushRulesCache>,
 }
 
 impl UserData {
     /// Creates the service.
-    pub fn new(store: Store, streams: Arc<Streams>) -> Self {
-        Self { store, streams }
+    pub fn new(store: Store, streams: Arc<Streams>, push_rules: Arc<PushRulesCache>) -> Self {
+        Self { store, streams, push_rules }
     }
 
     /// Sets global (`room_id = None`) or room account data.
@@ -125,8 +126,8 @@ impl UserData {
     }
 
     /// A user's push rules (stored or default).
-    pub async fn push_rules(&self, user_id: &UserId) -> Result<Ruleset> {
-        load_ruleset(&self.store, user_id).await
+    pub async fn push_rules(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
+        load_ruleset(&self.store, &self.push_rules, user_id).await
     }
 
     /// Changes a user's push rules with `edit` and stores them; clients see the change as
@@ -136,9 +137,11 @@ impl UserData {
         user_id: &UserId,
         edit: impl FnOnce(&mut Ruleset) -> Result<()>,
     ) -> Result<()> {
-        let mut ruleset = self.push_rules(user_id).await?;
+        let mut ruleset = Ruleset::clone(&*self.push_rules(user_id).await?);
         edit(&mut ruleset)?;
-        self.put(user_id, None, PUSH_RULES_TYPE, &json!({ "global": ruleset })).await
+        self.put(user_id, None, PUSH_RULES_TYPE, &json!({ "global": ruleset })).await?;
+        self.push_rules.invalidate(user_id);
+        Ok(())
     }
 }
 

@@ -97,6 +97,8 @@ pub struct Rooms {
     pub default_version: String,
     /// See `Config::encryption_mandatory`.
     pub encryption_mandatory: bool,
+    /// Parsed push rules of local users.
+    pub push_rules: Arc<notify::PushRulesCache>,
     heads: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomHead>>>>>,
     next_group: AtomicI64,
     /// Timestamp of the last create event: kept strictly increasing, because in room version
@@ -122,6 +124,7 @@ impl Rooms {
         server_name: OwnedServerName,
         default_version: String,
         encryption_mandatory: bool,
+        push_rules: Arc<notify::PushRulesCache>,
         max_group: i64,
     ) -> Self {
         Self {
@@ -131,6 +134,7 @@ impl Rooms {
             server_name,
             default_version,
             encryption_mandatory,
+            push_rules,
             heads: Mutex::new(HashMap::new()),
             next_group: AtomicI64::new(max_group + 1),
             last_create_ts: AtomicI64::new(0),
@@ -175,7 +179,15 @@ impl Rooms {
         let mut guard = lock.lock().await;
         let head = match guard.as_ref() {
             Some(head) => head.clone(),
-            None => self.load_head(room_id).await?,
+            None => match self.load_head(room_id).await {
+                Ok(head) => head,
+                Err(e) => {
+                    // Do not keep a lock entry for every room ID a client made up.
+                    drop(guard);
+                    self.heads.lock().expect("heads lock poisoned").remove(room_id);
+                    return Err(e);
+                }
+            },
         };
         let mut batch = Batch { head, write: RoomWrite::default(), guards: Vec::new(), event_ids: Vec::new() };
         let out = f(self, &mut batch).await?;
@@ -441,7 +453,14 @@ impl Rooms {
         let lock = self.head_lock(room_id);
         let mut guard = lock.lock().await;
         if guard.is_none() {
-            *guard = Some(self.load_head(room_id).await?);
+            match self.load_head(room_id).await {
+                Ok(head) => *guard = Some(head),
+                Err(e) => {
+                    drop(guard);
+                    self.heads.lock().expect("heads lock poisoned").remove(room_id);
+                    return Err(e);
+                }
+            }
         }
         let head = guard.as_mut().expect("head was just loaded");
         let needed: Vec<OwnedEventId> = ["m.room.create", "m.room.power_levels", "m.room.join_rules"]

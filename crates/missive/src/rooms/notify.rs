@@ -1,7 +1,12 @@
 //! Push rule evaluation when an event is stored: who gets a notification, who a highlight.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use ruma::{
-    UInt, UserId,
+    OwnedUserId, UInt, UserId,
     push::{Action, HighlightTweakValue, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset, Tweak},
     serde::Raw,
 };
@@ -16,19 +21,38 @@ use crate::{
 /// The account data type under which a user's push rules are kept.
 pub const PUSH_RULES_TYPE: &str = "m.push_rules";
 
+/// Parsed push rule sets, shared by the writers of rules and the evaluation on every event;
+/// `UserData::update_push_rules` invalidates a user's entry when it stores new rules.
+#[derive(Debug, Default)]
+pub struct PushRulesCache(Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>);
+
+impl PushRulesCache {
+    /// Drops a user's cached rules.
+    pub fn invalidate(&self, user_id: &UserId) {
+        self.0.lock().expect("push rules cache poisoned").remove(user_id);
+    }
+}
+
 /// A user's push rules: their stored set, or the spec's defaults.
-pub async fn load_ruleset(store: &Store, user_id: &UserId) -> Result<Ruleset> {
+pub async fn load_ruleset(store: &Store, cache: &PushRulesCache, user_id: &UserId) -> Result<Arc<Ruleset>> {
+    if let Some(rules) = cache.0.lock().expect("push rules cache poisoned").get(user_id) {
+        return Ok(rules.clone());
+    }
     let stored = store.account_data(user_id.as_str(), "", PUSH_RULES_TYPE).await?;
-    Ok(stored
-        .and_then(|json| serde_json::from_str::<Value>(&json).ok())
-        .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
-        .unwrap_or_else(|| Ruleset::server_default(user_id)))
+    let rules = Arc::new(
+        stored
+            .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+            .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
+            .unwrap_or_else(|| Ruleset::server_default(user_id)),
+    );
+    cache.0.lock().expect("push rules cache poisoned").insert(user_id.to_owned(), rules.clone());
+    Ok(rules)
 }
 
 impl Rooms {
     /// A user's push rules.
-    pub async fn push_ruleset(&self, user_id: &UserId) -> Result<Ruleset> {
-        load_ruleset(&self.store, user_id).await
+    pub async fn push_ruleset(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
+        load_ruleset(&self.store, &self.push_rules, user_id).await
     }
 
     /// Evaluates the push rules of the room's joined local members (but the sender) for the

@@ -50,9 +50,6 @@ impl Rooms {
         draft: Draft,
         txn_id: Option<&str>,
     ) -> Result<OwnedEventId> {
-        if self.store.room(room_id.as_str()).await?.is_none() {
-            return Err(Error::not_found("room not found"));
-        }
         self.check_state_policy(room_id, &draft).await?;
         let txn = txn_id.map(|t| (device_id.to_owned(), t.to_owned()));
         self.write(room_id, async |rooms, batch| {

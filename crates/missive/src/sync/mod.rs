@@ -177,7 +177,7 @@ impl Sync {
         }
         if since.pos.is_none() && !account_data.iter().any(|r| r.data_type == PUSH_RULES_TYPE) {
             let ruleset = self.rooms.push_ruleset(user_id).await?;
-            global.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": ruleset } }));
+            global.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": &*ruleset } }));
         }
         let device_id = identity.device_id.as_ref();
         let to_device = self.e2ee.to_device_for_sync(user_id, device_id, since.pos, now).await?;

@@ -112,13 +112,13 @@ async fn get_filter(state: AppState, req: Ruma<get_filter::v3::Request>) -> Resu
 /// # GET /_matrix/client/v3/pushrules/
 async fn push_rules(state: AppState, req: Ruma<get_pushrules_all::v3::Request>) -> Result<Response> {
     let ruleset = state.user_data.push_rules(&req.identity().user_id).await?;
-    Ok(json(json!({ "global": ruleset })))
+    Ok(json(json!({ "global": &*ruleset })))
 }
 
 /// # GET /_matrix/client/v3/pushrules/global/
 async fn push_rules_global(state: AppState, req: Ruma<get_pushrules_global_scope::v3::Request>) -> Result<Response> {
     let ruleset = state.user_data.push_rules(&req.identity().user_id).await?;
-    Ok(json(serde_json::to_value(ruleset).map_err(|e| Error::Internal(e.to_string()))?))
+    Ok(json(serde_json::to_value(&*ruleset).map_err(|e| Error::Internal(e.to_string()))?))
 }
 
 async fn find_rule(
