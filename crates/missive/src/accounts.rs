@@ -57,6 +57,8 @@ pub struct Accounts {
     config: Arc<Config>,
     uia: Mutex<HashMap<String, UiaSession>>,
     nonces: Mutex<HashMap<String, Instant>>,
+    /// Bounds concurrent password hashes: each takes `memory_kib` of memory and a CPU.
+    hashing: tokio::sync::Semaphore,
     /// Resolved access tokens (by digest). Every path that ends a session clears it, so a
     /// cached identity is never one the database no longer holds.
     tokens: Mutex<HashMap<String, (Identity, Option<i64>)>>,
@@ -81,7 +83,15 @@ fn new_token(prefix: &str) -> String {
 impl Accounts {
     /// Creates the service.
     pub fn new(store: Store, streams: Arc<Streams>, config: Arc<Config>) -> Self {
-        Self { store, streams, config, uia: Mutex::new(HashMap::new()), nonces: Mutex::new(HashMap::new()), tokens: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            streams,
+            config,
+            uia: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            hashing: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+        }
     }
 
     /// A single-use nonce for shared-secret registration.
@@ -107,6 +117,7 @@ impl Accounts {
     pub async fn hash_password(&self, password: &str) -> Result<String> {
         let hashing = self.config.password_hashing.clone();
         let password = password.to_owned();
+        let _permit = self.hashing.acquire().await.map_err(|e| Error::Internal(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
             let params = argon2::Params::new(hashing.memory_kib, hashing.iterations, hashing.parallelism, None)
                 .map_err(|e| Error::Internal(e.to_string()))?;
@@ -124,6 +135,7 @@ impl Accounts {
     async fn verify_password(&self, hash: &str, password: &str) -> bool {
         let hash = hash.to_owned();
         let password = password.to_owned();
+        let Ok(_permit) = self.hashing.acquire().await else { return false };
         tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())

@@ -12,7 +12,7 @@ use crate::{
     config::Config,
     e2ee::E2ee,
     ratelimit::RateLimiter,
-    rooms::{Rooms, notify::PushRulesCache},
+    rooms::{RoomSettings, Rooms, notify::PushRulesCache},
     server_keys::ServerKeys,
     store::Store,
     sync::{Sync, stream::Streams, typing::Typing},
@@ -32,16 +32,12 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let config = Arc::new(config);
     let server_name = ruma::ServerName::parse(&config.server_name)?;
     let push_rules = Arc::new(PushRulesCache::default());
-    let rooms = Arc::new(Rooms::new(
-        store.clone(),
-        streams.clone(),
-        keys,
+    let settings = RoomSettings {
         server_name,
-        config.default_room_version.clone(),
-        config.encryption_mandatory,
-        push_rules.clone(),
-        max_group,
-    ));
+        default_version: config.default_room_version.clone(),
+        encryption_mandatory: config.encryption_mandatory,
+    };
+    let rooms = Arc::new(Rooms::new(store.clone(), streams.clone(), keys, push_rules.clone(), settings, max_group));
     let typing = Typing::new(streams.clone());
     let e2ee = Arc::new(E2ee::new(store.clone(), streams.clone()));
     Ok(Arc::new(Services {

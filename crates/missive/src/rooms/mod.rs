@@ -115,25 +115,31 @@ pub struct Batch {
     pub event_ids: Vec<OwnedEventId>,
 }
 
+/// The configuration the rooms service needs.
+#[derive(Debug, Clone)]
+pub struct RoomSettings {
+    pub server_name: OwnedServerName,
+    pub default_version: String,
+    pub encryption_mandatory: bool,
+}
+
 impl Rooms {
     /// Creates the service; `max_group` seeds the state group allocator.
     pub fn new(
         store: Store,
         streams: Arc<Streams>,
         keys: Arc<ServerKeys>,
-        server_name: OwnedServerName,
-        default_version: String,
-        encryption_mandatory: bool,
         push_rules: Arc<notify::PushRulesCache>,
+        settings: RoomSettings,
         max_group: i64,
     ) -> Self {
         Self {
             store,
             streams,
             keys,
-            server_name,
-            default_version,
-            encryption_mandatory,
+            server_name: settings.server_name,
+            default_version: settings.default_version,
+            encryption_mandatory: settings.encryption_mandatory,
             push_rules,
             heads: Mutex::new(HashMap::new()),
             next_group: AtomicI64::new(max_group + 1),
