@@ -199,3 +199,25 @@ async fn identical_create_requests_make_distinct_rooms() {
     ids.dedup();
     assert_eq!(ids.len(), 8, "room version 12 IDs are create-event hashes; each request gets its own room");
 }
+
+#[tokio::test]
+async fn concurrent_sends_and_retries_are_all_stored_once() {
+    let server = TestServer::start().await;
+    let user = server.register("olga").await;
+    let token = Some(user.access_token.as_str());
+    let (_, room) = server.call("POST", "/_matrix/client/v3/createRoom", token, Some(json!({}))).await;
+    let room_id = room["room_id"].as_str().unwrap();
+    let paths: Vec<String> = (0..20)
+        .map(|i| format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/c{i}"))
+        .chain((0..5).map(|_| format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/same")))
+        .collect();
+    let sends = paths.iter().map(|p| server.call("PUT", p, token, Some(json!({ "msgtype": "m.text", "body": "x" }))));
+    let results = futures_util::future::join_all(sends).await;
+    assert!(results.iter().all(|(status, _)| *status == 200), "{results:?}");
+    let retried: Vec<&serde_json::Value> = results[20..].iter().map(|(_, b)| &b["event_id"]).collect();
+    assert!(retried.iter().all(|id| *id == retried[0]), "retries of one transaction get one event: {retried:?}");
+    let (_, messages) =
+        server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100"), token, None).await;
+    let stored = messages["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").count();
+    assert_eq!(stored, 21);
+}

@@ -99,12 +99,27 @@ pub struct Rooms {
     pub encryption_mandatory: bool,
     /// Parsed push rules of local users.
     pub push_rules: Arc<notify::PushRulesCache>,
-    heads: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<Option<RoomHead>>>>>,
+    heads: Mutex<HashMap<OwnedRoomId, Arc<RoomSlot>>>,
     next_group: AtomicI64,
     /// Timestamp of the last create event: kept strictly increasing, because in room version
     /// 12 the room ID is the create event's hash, and two identical createRoom requests in
     /// the same millisecond would otherwise name the same room.
     last_create_ts: AtomicI64,
+}
+
+/// A client send waiting for the room's writer (see [`Rooms::send_grouped`]).
+pub(crate) struct PendingSend {
+    pub sender: OwnedUserId,
+    pub draft: Draft,
+    pub txn: Option<(String, String)>,
+    reply: tokio::sync::oneshot::Sender<Result<OwnedEventId>>,
+}
+
+/// Per room: the head behind its lock, and the sends queued for the next group commit.
+#[derive(Default)]
+struct RoomSlot {
+    head: tokio::sync::Mutex<Option<RoomHead>>,
+    queue: Mutex<Vec<PendingSend>>,
 }
 
 /// One write in progress: the events appended so far and what they change.
@@ -147,8 +162,107 @@ impl Rooms {
         }
     }
 
-    fn head_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<Option<RoomHead>>> {
+    fn slot(&self, room_id: &RoomId) -> Arc<RoomSlot> {
         self.heads.lock().expect("heads lock poisoned").entry(room_id.to_owned()).or_default().clone()
+    }
+
+    /// Appends a client's event with group commit: the send is queued, and whichever task
+    /// holds the room's lock next builds every queued send into one batch and commits them in
+    /// one transaction (one fsync for many events). Each send still gets its own result, and
+    /// its acknowledgement only after the commit.
+    pub(crate) async fn send_grouped(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        draft: Draft,
+        txn: Option<(String, String)>,
+    ) -> Result<OwnedEventId> {
+        let slot = self.slot(room_id);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        slot.queue.lock().expect("queue lock poisoned").push(PendingSend {
+            sender: sender.to_owned(),
+            draft,
+            txn,
+            reply,
+        });
+        let mut guard = slot.head.lock().await;
+        let pending = std::mem::take(&mut *slot.queue.lock().expect("queue lock poisoned"));
+        if !pending.is_empty() {
+            let head = match guard.as_ref() {
+                Some(head) => Ok(head.clone()),
+                None => self.load_head(room_id).await,
+            };
+            match head {
+                Ok(head) => {
+                    let mut batch =
+                        Batch { head, write: RoomWrite::default(), guards: Vec::new(), event_ids: Vec::new() };
+                    let mut results = Vec::with_capacity(pending.len());
+                    for p in &pending {
+                        results.push(self.append_send(&mut batch, p).await);
+                    }
+                    let committed = self.commit(room_id, &mut batch).await;
+                    if committed.is_ok() {
+                        *guard = Some(batch.head);
+                    }
+                    drop(guard);
+                    drop(batch.guards);
+                    for (p, result) in pending.into_iter().zip(results) {
+                        let result = match (&committed, result) {
+                            (Ok(()), r) => r,
+                            (Err(e), Ok(_)) => Err(Error::Internal(format!("commit failed: {e}"))),
+                            (Err(_), Err(e)) => Err(e),
+                        };
+                        let _ = p.reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    drop(guard);
+                    self.heads.lock().expect("heads lock poisoned").remove(room_id);
+                    let message = e.to_string();
+                    let not_found = matches!(e, Error::NotFound(_));
+                    for p in pending {
+                        let _ = p.reply.send(Err(if not_found {
+                            Error::not_found(message.clone())
+                        } else {
+                            Error::Internal(message.clone())
+                        }));
+                    }
+                }
+            }
+        } else {
+            drop(guard);
+        }
+        answer.await.map_err(|_| Error::Internal("room writer went away".into()))?
+    }
+
+    async fn append_send(&self, batch: &mut Batch, p: &PendingSend) -> Result<OwnedEventId> {
+        if let Some((device, txn)) = &p.txn {
+            // A retry of a send already in this batch, or already stored, returns its event.
+            let in_batch = batch.write.events.iter().find(|e| {
+                e.sender == p.sender.as_str() && e.txn.as_ref().is_some_and(|(d, t)| d == device && t == txn)
+            });
+            if let Some(event) = in_batch {
+                return OwnedEventId::try_from(event.event_id.clone()).map_err(|e| Error::Internal(e.to_string()));
+            }
+            if let Some(existing) = self.store.txn_event(p.sender.as_str(), device, txn).await? {
+                return OwnedEventId::try_from(existing).map_err(|e| Error::Internal(e.to_string()));
+            }
+        }
+        if p.draft.kind == "m.room.redaction" {
+            return self.append_redaction(batch, &p.sender, p.draft.clone(), p.txn.clone()).await;
+        }
+        self.append(batch, &p.sender, p.draft.clone(), p.txn.clone()).await
+    }
+
+    /// Computes notifications and commits a batch.
+    async fn commit(&self, room_id: &RoomId, batch: &mut Batch) -> Result<()> {
+        if !batch.write.events.is_empty() {
+            batch.write.push_actions = self.compute_push_actions(&batch.head, &batch.write.events).await?;
+        }
+        if !batch.write.events.is_empty() || !batch.write.redactions.is_empty() {
+            self.store.write_room(room_id.as_str(), &batch.write).await?;
+        }
+        Ok(())
     }
 
     async fn load_head(&self, room_id: &RoomId) -> Result<RoomHead> {
@@ -181,8 +295,8 @@ impl Rooms {
     /// Runs `f` with the room's head locked; `f` appends events to the batch, which is then
     /// committed as one transaction. Returns what `f` returned.
     pub async fn write<T>(&self, room_id: &RoomId, f: impl AsyncFnOnce(&Self, &mut Batch) -> Result<T>) -> Result<T> {
-        let lock = self.head_lock(room_id);
-        let mut guard = lock.lock().await;
+        let slot = self.slot(room_id);
+        let mut guard = slot.head.lock().await;
         let head = match guard.as_ref() {
             Some(head) => head.clone(),
             None => match self.load_head(room_id).await {
@@ -197,12 +311,7 @@ impl Rooms {
         };
         let mut batch = Batch { head, write: RoomWrite::default(), guards: Vec::new(), event_ids: Vec::new() };
         let out = f(self, &mut batch).await?;
-        if !batch.write.events.is_empty() {
-            batch.write.push_actions = self.compute_push_actions(&batch.head, &batch.write.events).await?;
-        }
-        if !batch.write.events.is_empty() || !batch.write.redactions.is_empty() {
-            self.store.write_room(room_id.as_str(), &batch.write).await?;
-        }
+        self.commit(room_id, &mut batch).await?;
         *guard = Some(batch.head);
         drop(guard);
         drop(batch.guards);
@@ -250,8 +359,8 @@ impl Rooms {
         }
         batch.write.aliases = alias.into_iter().map(|a| (a, sender.to_string())).collect();
         batch.write.publish = publish.then_some(true);
-        let lock = self.head_lock(&room_id);
-        let mut guard = lock.lock().await;
+        let slot = self.slot(&room_id);
+        let mut guard = slot.head.lock().await;
         self.store.write_room(room_id.as_str(), &batch.write).await?;
         *guard = Some(batch.head);
         drop(guard);
@@ -456,8 +565,8 @@ impl Rooms {
 
     /// A read-only snapshot of a room's head.
     pub async fn head(&self, room_id: &RoomId) -> Result<RoomHead> {
-        let lock = self.head_lock(room_id);
-        let mut guard = lock.lock().await;
+        let slot = self.slot(room_id);
+        let mut guard = slot.head.lock().await;
         if guard.is_none() {
             match self.load_head(room_id).await {
                 Ok(head) => *guard = Some(head),

@@ -52,19 +52,9 @@ impl Rooms {
     ) -> Result<OwnedEventId> {
         self.check_state_policy(room_id, &draft).await?;
         let txn = txn_id.map(|t| (device_id.to_owned(), t.to_owned()));
-        self.write(room_id, async |rooms, batch| {
-            // Checked under the room lock so that two concurrent retries store one event.
-            if let Some((device, txn)) = &txn
-                && let Some(existing) = rooms.store.txn_event(sender.as_str(), device, txn).await?
-            {
-                return OwnedEventId::try_from(existing).map_err(|e| Error::Internal(e.to_string()));
-            }
-            if draft.kind == "m.room.redaction" {
-                return rooms.append_redaction(batch, sender, draft, txn.clone()).await;
-            }
-            rooms.append(batch, sender, draft, txn.clone()).await
-        })
-        .await
+        // Transaction IDs are checked under the room lock, so two concurrent retries store one
+        // event.
+        self.send_grouped(room_id, sender, draft, txn).await
     }
 
     /// Server policy on state changes beyond the auth rules: mandatory encryption.
@@ -90,7 +80,7 @@ impl Rooms {
         }
     }
 
-    async fn append_redaction(
+    pub(super) async fn append_redaction(
         &self,
         batch: &mut super::Batch,
         sender: &UserId,
@@ -114,13 +104,18 @@ impl Rooms {
         if target_pdu.sender != sender && !power_levels.user_can_redact_event_of_other(sender) {
             return Err(Error::forbidden("you may not redact other users' events"));
         }
-        let event_id = self.append(batch, sender, draft, txn).await?;
-        if target.redacted_by.is_none() {
+        // The pruned form is computed first so that nothing is appended if it fails.
+        let pruned = if target.redacted_by.is_none() {
             let object: ruma::CanonicalJsonObject =
                 serde_json::from_str(&target.json).map_err(|e| Error::Internal(e.to_string()))?;
             let redacted = ruma::canonical_json::redact(object, &batch.head.rules.redaction, None)
                 .map_err(|e| Error::Internal(e.to_string()))?;
-            let json = serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))?;
+            Some(serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))?)
+        } else {
+            None
+        };
+        let event_id = self.append(batch, sender, draft, txn).await?;
+        if let Some(json) = pruned {
             batch.write.redactions.push((target_id, json, event_id.to_string()));
         }
         Ok(event_id)
@@ -157,14 +152,22 @@ impl Rooms {
     /// Keeps the events the user may see under the room's history visibility rules.
     pub async fn filter_visible(&self, user_id: &UserId, rows: Vec<EventRow>) -> Result<Vec<EventRow>> {
         let mut by_group: HashMap<i64, bool> = HashMap::new();
-        let mut joined_now: HashMap<String, bool> = HashMap::new();
+        // Per room: whether the user is joined now, and since which stream position.
+        let mut joined_now: HashMap<String, Option<i64>> = HashMap::new();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             if !joined_now.contains_key(&row.room_id) {
                 let m = self.store.membership(&row.room_id, user_id.as_str()).await?;
-                joined_now.insert(row.room_id.clone(), m.is_some_and(|m| m.membership == "join"));
+                joined_now.insert(row.room_id.clone(), m.filter(|m| m.membership == "join").map(|m| m.stream_pos));
             }
-            let is_joined = joined_now[&row.room_id];
+            let joined_since = joined_now[&row.room_id];
+            // Everything after the user's current join happened while they were joined, which
+            // every history visibility setting allows them to see.
+            if joined_since.is_some_and(|since| row.stream_pos > since) {
+                out.push(row);
+                continue;
+            }
+            let is_joined = joined_since.is_some();
             let visible = match by_group.get(&row.state_group_before) {
                 Some(v) => *v,
                 None => {

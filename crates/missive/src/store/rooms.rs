@@ -386,6 +386,19 @@ impl Store {
         Ok(rows.into_iter().map(membership_row).collect())
     }
 
+    /// Up to `limit` joined or invited members other than `user_id`, for room summaries.
+    pub async fn heroes(&self, room_id: &str, user_id: &str, limit: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT user_id FROM memberships WHERE room_id = $1 AND user_id <> $2 \
+             AND membership IN ('join', 'invite') ORDER BY stream_pos LIMIT $3",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
     /// Counts of joined and invited members.
     pub async fn member_counts(&self, room_id: &str) -> StoreResult<(i64, i64)> {
         let row = sqlx::query(

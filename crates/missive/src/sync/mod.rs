@@ -139,18 +139,35 @@ impl Sync {
         let mut knock = Map::new();
         let memberships = self.store.memberships_of_user(user_id.as_str(), None).await?;
         let account_data = self.store.account_data_since(user_id.as_str(), since.pos).await?;
-        for m in memberships.iter().filter(|m| m.stream_pos <= now) {
-            if !filter::room_allowed(&req.filter, &m.room_id) {
-                continue;
+        let mut visible: Vec<MembershipRow> = Vec::new();
+        for m in memberships {
+            if m.stream_pos <= now && filter::room_allowed(&req.filter, &m.room_id) {
+                visible.push(m);
             }
+        }
+        // Joined rooms are computed a few at a time: each is a handful of small queries, and
+        // overlapping them hides the round trips (PostgreSQL) behind each other.
+        let mut joined_rows = Vec::new();
+        for m in &visible {
+            if m.membership == "join" {
+                joined_rows.push(m.clone());
+            }
+        }
+        for chunk in joined_rows.chunks(8) {
+            let mut futures = Vec::with_capacity(chunk.len());
+            for m in chunk {
+                futures.push(self.joined_room_entry(viewer, req, since, m, now, &account_data));
+            }
+            for result in futures_util::future::join_all(futures).await {
+                if let (room_id, Some(room)) = result? {
+                    join.insert(room_id, room);
+                }
+            }
+        }
+        for m in &visible {
             let changed_since = since.pos.is_none_or(|s| m.stream_pos > s);
             let room_id = RoomId::parse(&m.room_id).map_err(|e| Error::Internal(e.to_string()))?;
             match m.membership.as_str() {
-                "join" => {
-                    if let Some(room) = self.joined_room(viewer, req, since, &room_id, m, now, &account_data).await? {
-                        join.insert(m.room_id.clone(), room);
-                    }
-                }
                 "invite" if changed_since => {
                     invite.insert(
                         m.room_id.clone(),
@@ -212,6 +229,20 @@ impl Sync {
             "device_unused_fallback_key_types": fallback_types,
         });
         Ok((response, has_changes))
+    }
+
+    async fn joined_room_entry(
+        &self,
+        viewer: Viewer<'_>,
+        req: &SyncRequest,
+        since: &Since,
+        m: &MembershipRow,
+        now: i64,
+        account_data: &[crate::store::AccountDataRow],
+    ) -> Result<(String, Option<Value>)> {
+        let room_id = RoomId::parse(&m.room_id).map_err(|e| Error::Internal(e.to_string()))?;
+        let room = self.joined_room(viewer, req, since, &room_id, m, now, account_data).await?;
+        Ok((m.room_id.clone(), room))
     }
 
     async fn stripped_state(&self, m: &MembershipRow) -> Result<Vec<Value>> {
@@ -424,15 +455,7 @@ impl Sync {
 
     async fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<Value> {
         let (joined, invited) = self.store.member_counts(room_id.as_str()).await?;
-        let heroes: Vec<String> = self
-            .store
-            .room_members(room_id.as_str(), None)
-            .await?
-            .into_iter()
-            .filter(|m| m.user_id != user_id.as_str() && (m.membership == "join" || m.membership == "invite"))
-            .take(5)
-            .map(|m| m.user_id)
-            .collect();
+        let heroes = self.store.heroes(room_id.as_str(), user_id.as_str(), 5).await?;
         Ok(json!({
             "m.heroes": heroes,
             "m.joined_member_count": joined,
