@@ -88,6 +88,13 @@ impl Backups {
         Ok(())
     }
 
+    /// The number of a live backup version, or `M_NOT_FOUND`.
+    async fn existing(&self, user_id: &str, version: &str) -> Result<i64> {
+        let number = parse_version(version)?;
+        self.store.backup_version(user_id, Some(number)).await?.ok_or_else(|| Error::not_found("no backup found"))?;
+        Ok(number)
+    }
+
     async fn current(&self, user_id: &str, version: &str) -> Result<i64> {
         let latest =
             self.store.backup_version(user_id, None).await?.ok_or_else(|| Error::not_found("no backup found"))?;
@@ -137,8 +144,7 @@ impl Backups {
         room_id: Option<&str>,
         session_id: Option<&str>,
     ) -> Result<Value> {
-        let number = parse_version(version)?;
-        self.store.backup_version(user_id, Some(number)).await?.ok_or_else(|| Error::not_found("no backup found"))?;
+        let number = self.existing(user_id, version).await?;
         let rows = self.store.backup_keys(user_id, number, room_id, session_id).await?;
         if let Some(session) = session_id {
             let (_, _, json) = rows
@@ -166,8 +172,7 @@ impl Backups {
         room_id: Option<&str>,
         session_id: Option<&str>,
     ) -> Result<Value> {
-        let number = parse_version(version)?;
-        self.store.backup_version(user_id, Some(number)).await?.ok_or_else(|| Error::not_found("no backup found"))?;
+        let number = self.existing(user_id, version).await?;
         self.store.delete_backup_keys(user_id, number, room_id, session_id).await?;
         self.count_and_etag(user_id, number).await
     }
