@@ -178,14 +178,17 @@ impl Rooms {
         txn: Option<(String, String)>,
     ) -> Result<OwnedEventId> {
         let slot = self.slot(room_id);
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        slot.queue.lock().expect("queue lock poisoned").push(PendingSend {
-            sender: sender.to_owned(),
-            draft,
-            txn,
-            reply,
-        });
-        let mut guard = slot.head.lock().await;
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let pending = PendingSend { sender: sender.to_owned(), draft, txn, reply };
+        slot.queue.lock().expect("queue lock poisoned").push(pending);
+        // Either another task's batch carries this send and answers it, or this task gets the
+        // lock and carries the batch itself. Waiting for the lock alone would make an answered
+        // sender queue behind the next batch.
+        let mut guard = tokio::select! {
+            biased;
+            answered = &mut answer => return answered.map_err(|_| Error::Internal("room writer went away".into()))?,
+            guard = slot.head.lock() => guard,
+        };
         let pending = std::mem::take(&mut *slot.queue.lock().expect("queue lock poisoned"));
         if !pending.is_empty() {
             let head = match guard.as_ref() {

@@ -6,6 +6,11 @@ use super::{Backend, Store, StoreError, StoreResult, now_ms};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_core.sql"), include_str!("../../migrations/postgres/0001_core.sql")),
     (2, include_str!("../../migrations/sqlite/0002_e2ee.sql"), include_str!("../../migrations/postgres/0002_e2ee.sql")),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_txn_index.sql"),
+        include_str!("../../migrations/postgres/0003_txn_index.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {
