@@ -149,6 +149,20 @@ impl Rooms {
             .unwrap_or_else(|| "shared".into()))
     }
 
+    /// Like [`Self::filter_visible`] for a user known to be joined since `joined_at`: events
+    /// after that position need no check.
+    pub async fn filter_visible_after_join(
+        &self,
+        user_id: &UserId,
+        rows: Vec<EventRow>,
+        joined_at: Option<i64>,
+    ) -> Result<Vec<EventRow>> {
+        match joined_at {
+            Some(pos) if rows.iter().all(|r| r.stream_pos > pos) => Ok(rows),
+            _ => self.filter_visible(user_id, rows).await,
+        }
+    }
+
     /// Keeps the events the user may see under the room's history visibility rules.
     pub async fn filter_visible(&self, user_id: &UserId, rows: Vec<EventRow>) -> Result<Vec<EventRow>> {
         let mut by_group: HashMap<i64, bool> = HashMap::new();

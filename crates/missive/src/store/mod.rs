@@ -10,6 +10,7 @@ mod accounts;
 mod e2ee;
 mod migrate;
 mod rooms;
+mod sync;
 mod user_data;
 
 use std::time::Duration;
@@ -19,6 +20,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
+use self::rooms::{EVENT_COLUMNS_E, event_row};
 pub use self::{accounts::*, e2ee::*, rooms::*, user_data::*};
 
 /// A storage failure; never shown to clients in detail.

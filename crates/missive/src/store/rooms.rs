@@ -22,7 +22,11 @@ pub struct EventRow {
 const EVENT_COLUMNS: &str =
     "stream_pos, event_id, room_id, json, state_group_before, redacted_by, txn_device_id, txn_id";
 
-fn event_row(r: AnyRow) -> EventRow {
+/// The event columns prefixed with `e.`, for joins.
+pub(super) const EVENT_COLUMNS_E: &str =
+    "e.stream_pos, e.event_id, e.room_id, e.json, e.state_group_before, e.redacted_by, e.txn_device_id, e.txn_id";
+
+pub(super) fn event_row(r: AnyRow) -> EventRow {
     EventRow {
         stream_pos: r.get(0),
         event_id: r.get(1),
@@ -226,9 +230,8 @@ impl Store {
     /// Current state events whose event was stored after `since` (for incremental sync).
     pub async fn current_state_since(&self, room_id: &str, since: i64) -> StoreResult<Vec<EventRow>> {
         let rows = sqlx::query(sql(format!(
-            "SELECT {} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
-             WHERE s.room_id = $1 AND e.stream_pos > $2",
-            prefixed_event_columns("e")
+            "SELECT {EVENT_COLUMNS_E} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
+             WHERE s.room_id = $1 AND e.stream_pos > $2"
         )))
         .bind(room_id)
         .bind(since)
@@ -247,7 +250,7 @@ impl Store {
         let row = sqlx::query(sql(format!(
             "SELECT {} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
              WHERE s.room_id = $1 AND s.event_type = $2 AND s.state_key = $3",
-            prefixed_event_columns("e")
+            EVENT_COLUMNS_E
         )))
         .bind(room_id)
         .bind(event_type)
@@ -384,32 +387,6 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         Ok(rows.into_iter().map(membership_row).collect())
-    }
-
-    /// Up to `limit` joined or invited members other than `user_id`, for room summaries.
-    pub async fn heroes(&self, room_id: &str, user_id: &str, limit: i64) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT user_id FROM memberships WHERE room_id = $1 AND user_id <> $2 \
-             AND membership IN ('join', 'invite') ORDER BY stream_pos LIMIT $3",
-        )
-        .bind(room_id)
-        .bind(user_id)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?)
-    }
-
-    /// Counts of joined and invited members.
-    pub async fn member_counts(&self, room_id: &str) -> StoreResult<(i64, i64)> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END), 0) AS BIGINT), \
-                    CAST(COALESCE(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END), 0) AS BIGINT) \
-             FROM memberships WHERE room_id = $1",
-        )
-        .bind(room_id)
-        .fetch_one(&self.read)
-        .await?;
-        Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
     /// Marks a left room as forgotten for a user.
@@ -626,10 +603,6 @@ impl Store {
         .await?
         .is_some())
     }
-}
-
-fn prefixed_event_columns(prefix: &str) -> String {
-    EVENT_COLUMNS.split(", ").map(|c| format!("{prefix}.{c}")).collect::<Vec<_>>().join(", ")
 }
 
 fn membership_row(r: AnyRow) -> MembershipRow {

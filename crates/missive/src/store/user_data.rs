@@ -122,47 +122,6 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Receipts of a room that changed after `since`; private receipts only for `viewer`.
-    pub async fn receipts_since(
-        &self,
-        room_id: &str,
-        since: Option<i64>,
-        viewer: &str,
-    ) -> StoreResult<Vec<ReceiptRow>> {
-        let rows = sqlx::query(
-            "SELECT user_id, receipt_type, thread_id, event_id, ts FROM receipts \
-             WHERE room_id = $1 AND stream_pos > $2 AND receipt_type IN ('m.read', 'm.read.private') \
-             AND (receipt_type = 'm.read' OR user_id = $3)",
-        )
-        .bind(room_id)
-        .bind(since.unwrap_or(-1))
-        .bind(viewer)
-        .fetch_all(&self.read)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| ReceiptRow {
-                user_id: r.get(0),
-                receipt_type: r.get(1),
-                thread_id: r.get(2),
-                event_id: r.get(3),
-                ts: r.get(4),
-            })
-            .collect())
-    }
-
-    /// Unread notification and highlight counts of a user in a room.
-    pub async fn notification_counts(&self, user_id: &str, room_id: &str) -> StoreResult<(i64, i64)> {
-        let row = sqlx::query(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(highlight), 0) AS BIGINT) FROM event_push_actions WHERE user_id = $1 AND room_id = $2",
-        )
-        .bind(user_id)
-        .bind(room_id)
-        .fetch_one(&self.read)
-        .await?;
-        Ok((row.try_get(0)?, row.try_get(1)?))
-    }
-
     /// Stores a filter and returns its ID.
     pub async fn insert_filter(&self, user_id: &str, json: &str) -> StoreResult<i64> {
         let mut tx = self.write.begin().await?;

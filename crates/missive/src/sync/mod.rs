@@ -6,7 +6,11 @@
 pub mod stream;
 pub mod typing;
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use ruma::{RoomId, UserId, api::client::filter::FilterDefinition};
 use serde_json::{Map, Value, json};
@@ -145,18 +149,35 @@ impl Sync {
                 visible.push(m);
             }
         }
-        // Joined rooms are computed a few at a time: each is a handful of small queries, and
-        // overlapping them hides the round trips (PostgreSQL) behind each other.
+        // Only rooms with something new are computed: on an incremental sync, one query says
+        // which rooms have new events or receipts.
+        let changed = match since.pos {
+            Some(s) if !req.full_state => Some(self.store.rooms_changed_between(s, now).await?),
+            _ => None,
+        };
         let mut joined_rows = Vec::new();
-        for m in &visible {
-            if m.membership == "join" {
+        for m in visible.iter().filter(|m| m.membership == "join") {
+            let room_id = RoomId::parse(&m.room_id).map_err(|e| Error::Internal(e.to_string()))?;
+            let selected = match (&changed, since.pos) {
+                (Some(changed), Some(s)) => {
+                    m.stream_pos > s
+                        || changed.contains(&m.room_id)
+                        || account_data.iter().any(|r| r.room_id == m.room_id)
+                        || self.typing.changed_since(&room_id, since.typing).is_some()
+                }
+                _ => true,
+            };
+            if selected {
                 joined_rows.push(m.clone());
             }
         }
+        let prefetch = self.prefetch(viewer, req, since, &joined_rows).await?;
+        // Joined rooms are computed a few at a time: each still reads its timeline, and
+        // overlapping them hides the round trips (PostgreSQL) behind each other.
         for chunk in joined_rows.chunks(8) {
             let mut futures = Vec::with_capacity(chunk.len());
             for m in chunk {
-                futures.push(self.joined_room_entry(viewer, req, since, m, now, &account_data));
+                futures.push(self.joined_room_entry(viewer, req, since, m, now, &account_data, &prefetch));
             }
             for result in futures_util::future::join_all(futures).await {
                 if let (room_id, Some(room)) = result? {
@@ -231,6 +252,33 @@ impl Sync {
         Ok((response, has_changes))
     }
 
+    /// Reads what every selected room needs in a few set-based queries.
+    async fn prefetch(
+        &self,
+        viewer: Viewer<'_>,
+        req: &SyncRequest,
+        since: &Since,
+        rooms: &[MembershipRow],
+    ) -> Result<Prefetch> {
+        let ids: Vec<String> = rooms.iter().map(|m| m.room_id.clone()).collect();
+        let full: Vec<String> = rooms
+            .iter()
+            .filter(|m| since.pos.is_none_or(|s| m.stream_pos > s) || req.full_state)
+            .map(|m| m.room_id.clone())
+            .collect();
+        let mut state: HashMap<String, Vec<EventRow>> = HashMap::new();
+        for row in self.store.current_state_of_rooms(&full).await? {
+            state.entry(row.room_id.clone()).or_default().push(row);
+        }
+        Ok(Prefetch {
+            receipts: self.store.receipts_for_rooms(&ids, since.pos, viewer.user_id.as_str()).await?,
+            counts: self.store.notification_counts_by_room(viewer.user_id.as_str()).await?,
+            summaries: self.store.summaries(&ids, viewer.user_id.as_str()).await?,
+            state,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn joined_room_entry(
         &self,
         viewer: Viewer<'_>,
@@ -239,9 +287,10 @@ impl Sync {
         m: &MembershipRow,
         now: i64,
         account_data: &[crate::store::AccountDataRow],
+        prefetch: &Prefetch,
     ) -> Result<(String, Option<Value>)> {
         let room_id = RoomId::parse(&m.room_id).map_err(|e| Error::Internal(e.to_string()))?;
-        let room = self.joined_room(viewer, req, since, &room_id, m, now, account_data).await?;
+        let room = self.joined_room(viewer, req, since, &room_id, m, now, account_data, prefetch).await?;
         Ok((m.room_id.clone(), room))
     }
 
@@ -284,14 +333,15 @@ impl Sync {
         m: &MembershipRow,
         now: i64,
         account_data: &[crate::store::AccountDataRow],
+        prefetch: &Prefetch,
     ) -> Result<Option<Value>> {
         // A room joined after `since` is sent in full, as on an initial sync.
         let full = since.pos.is_none() || req.full_state || since.pos.is_some_and(|s| m.stream_pos > s);
         let from = if full && since.pos.is_none_or(|s| m.stream_pos > s) { 0 } else { since.pos.unwrap_or(0) };
         let from = if req.full_state { since.pos.unwrap_or(0) } else { from };
-        let timeline = self.timeline(viewer, req, room_id, from, now).await?;
+        let timeline = self.timeline(viewer, req, room_id, from, now, Some(m.stream_pos)).await?;
         let typing = self.typing.changed_since(room_id, since.typing);
-        let receipts = self.store.receipts_since(room_id.as_str(), since.pos, viewer.user_id.as_str()).await?;
+        let receipts = prefetch.receipts.get(room_id.as_str()).cloned().unwrap_or_default();
         let room_data: Vec<Value> = account_data
             .iter()
             .filter(|r| r.room_id == room_id.as_str())
@@ -333,20 +383,18 @@ impl Sync {
         };
 
         let mut room = Map::new();
+        let current_state = || prefetch.state.get(room_id.as_str()).cloned().unwrap_or_default();
         let state_rows: Vec<EventRow> = if req.use_state_after {
-            if full {
-                let ids: Vec<String> =
-                    self.store.current_state(room_id.as_str()).await?.into_iter().map(|(_, _, e)| e).collect();
-                self.store.events(&ids).await?
-            } else {
-                state_changed.clone()
-            }
+            if full { current_state() } else { state_changed.clone() }
         } else if full {
-            let ids: Vec<String> = match timeline.first_group {
-                Some(group) => self.store.state_group(group).await?.into_iter().map(|(_, _, e)| e).collect(),
-                None => self.store.current_state(room_id.as_str()).await?.into_iter().map(|(_, _, e)| e).collect(),
-            };
-            self.store.events(&ids).await?
+            match timeline.first_group {
+                Some(group) => {
+                    let ids: Vec<String> =
+                        self.store.state_group(group).await?.into_iter().map(|(_, _, e)| e).collect();
+                    self.store.events(&ids).await?
+                }
+                None => current_state(),
+            }
         } else if timeline.limited {
             state_changed.iter().filter(|r| !timeline_ids.contains(r.event_id.as_str())).cloned().collect()
         } else {
@@ -392,15 +440,18 @@ impl Sync {
         }
         room.insert("ephemeral".into(), json!({ "events": ephemeral }));
         room.insert("account_data".into(), json!({ "events": room_data }));
-        let (notifications, highlights) =
-            self.store.notification_counts(viewer.user_id.as_str(), room_id.as_str()).await?;
+        let (notifications, highlights) = prefetch.counts.get(room_id.as_str()).copied().unwrap_or_default();
         room.insert(
             "unread_notifications".into(),
             json!({ "notification_count": notifications, "highlight_count": highlights }),
         );
         let members_changed = full || state_changed.iter().any(|r| r.json.contains("\"m.room.member\""));
         if members_changed {
-            room.insert("summary".into(), self.summary(room_id, viewer.user_id).await?);
+            let ((joined, invited), heroes) = prefetch.summaries.get(room_id.as_str()).cloned().unwrap_or_default();
+            room.insert(
+                "summary".into(),
+                json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }),
+            );
         }
         Ok(Some(Value::Object(room)))
     }
@@ -414,7 +465,7 @@ impl Sync {
         m: &MembershipRow,
     ) -> Result<Value> {
         // The timeline stops at the leave event.
-        let timeline = self.timeline(viewer, req, room_id, since.pos.unwrap_or(0), m.stream_pos).await?;
+        let timeline = self.timeline(viewer, req, room_id, since.pos.unwrap_or(0), m.stream_pos, None).await?;
         Ok(json!({
             "timeline": {
                 "events": timeline.events.into_iter().map(pdu::sync_event).collect::<Vec<_>>(),
@@ -433,6 +484,7 @@ impl Sync {
         room_id: &RoomId,
         from: i64,
         to: i64,
+        joined_at: Option<i64>,
     ) -> Result<Timeline> {
         let timeline_filter = &req.filter.room.timeline;
         let limit = timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).clamp(1, 500);
@@ -442,7 +494,7 @@ impl Sync {
         rows.reverse();
         let first_group = rows.first().map(|r| r.state_group_before);
         let prev_batch = make_token(rows.first().map_or(to, |r| r.stream_pos - 1));
-        let rows = self.rooms.filter_visible(viewer.user_id, rows).await?;
+        let rows = self.rooms.filter_visible_after_join(viewer.user_id, rows, joined_at).await?;
         let events = self
             .rooms
             .serve(viewer, &rows)
@@ -452,16 +504,15 @@ impl Sync {
             .collect();
         Ok(Timeline { events, limited, prev_batch, first_group })
     }
+}
 
-    async fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<Value> {
-        let (joined, invited) = self.store.member_counts(room_id.as_str()).await?;
-        let heroes = self.store.heroes(room_id.as_str(), user_id.as_str(), 5).await?;
-        Ok(json!({
-            "m.heroes": heroes,
-            "m.joined_member_count": joined,
-            "m.invited_member_count": invited,
-        }))
-    }
+/// What the selected rooms of one sync need, read for all of them at once.
+struct Prefetch {
+    receipts: HashMap<String, Vec<crate::store::ReceiptRow>>,
+    counts: HashMap<String, (i64, i64)>,
+    summaries: HashMap<String, ((i64, i64), Vec<String>)>,
+    /// Current state of the rooms sent in full.
+    state: HashMap<String, Vec<EventRow>>,
 }
 
 struct Timeline {

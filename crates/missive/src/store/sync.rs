@@ -1,0 +1,131 @@
+//! Set-based reads for `/sync`: one query for many rooms instead of one per room.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::Row;
+
+use super::{EVENT_COLUMNS_E, EventRow, ReceiptRow, Store, StoreResult, event_row, sql};
+
+/// `$first, $first+1, …` for an `IN` list of `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
+}
+
+/// Room lists are read in chunks to stay under the backends' parameter limits.
+const CHUNK: usize = 500;
+
+impl Store {
+    /// Rooms with events or receipts at positions in `(since, to]`.
+    pub async fn rooms_changed_between(&self, since: i64, to: i64) -> StoreResult<HashSet<String>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2 \
+             UNION SELECT room_id FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2",
+        )
+        .bind(since)
+        .bind(to)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Read receipts of many rooms changed after `since` (private ones only `viewer`'s).
+    pub async fn receipts_for_rooms(
+        &self,
+        rooms: &[String],
+        since: Option<i64>,
+        viewer: &str,
+    ) -> StoreResult<HashMap<String, Vec<ReceiptRow>>> {
+        let mut out: HashMap<String, Vec<ReceiptRow>> = HashMap::new();
+        for chunk in rooms.chunks(CHUNK) {
+            let text = format!(
+                "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts FROM receipts \
+                 WHERE stream_pos > $1 AND receipt_type IN ('m.read', 'm.read.private') \
+                 AND (receipt_type = 'm.read' OR user_id = $2) AND room_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query(sql(text)).bind(since.unwrap_or(-1)).bind(viewer);
+            for room in chunk {
+                query = query.bind(room);
+            }
+            for r in query.fetch_all(&self.read).await? {
+                out.entry(r.get(0)).or_default().push(ReceiptRow {
+                    user_id: r.get(1),
+                    receipt_type: r.get(2),
+                    thread_id: r.get(3),
+                    event_id: r.get(4),
+                    ts: r.get(5),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unread notification and highlight counts of a user, per room.
+    pub async fn notification_counts_by_room(&self, user_id: &str) -> StoreResult<HashMap<String, (i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT room_id, COUNT(*), CAST(COALESCE(SUM(highlight), 0) AS BIGINT) FROM event_push_actions \
+             WHERE user_id = $1 GROUP BY room_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect())
+    }
+
+    /// Joined and invited member counts, and up to five heroes other than `user_id`, per room.
+    pub async fn summaries(
+        &self,
+        rooms: &[String],
+        user_id: &str,
+    ) -> StoreResult<HashMap<String, ((i64, i64), Vec<String>)>> {
+        let mut out: HashMap<String, ((i64, i64), Vec<String>)> = HashMap::new();
+        for chunk in rooms.chunks(CHUNK) {
+            let text = format!(
+                "SELECT room_id, CAST(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END) AS BIGINT), \
+                 CAST(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END) AS BIGINT) \
+                 FROM memberships WHERE room_id IN ({}) GROUP BY room_id",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(sql(text));
+            for room in chunk {
+                query = query.bind(room);
+            }
+            for r in query.fetch_all(&self.read).await? {
+                out.entry(r.get(0)).or_default().0 = (r.get(1), r.get(2));
+            }
+            let text = format!(
+                "SELECT room_id, user_id FROM (SELECT room_id, user_id, \
+                 ROW_NUMBER() OVER (PARTITION BY room_id ORDER BY stream_pos) AS rn FROM memberships \
+                 WHERE user_id <> $1 AND membership IN ('join', 'invite') AND room_id IN ({})) ranked \
+                 WHERE rn <= 5 ORDER BY room_id, rn",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(sql(text)).bind(user_id);
+            for room in chunk {
+                query = query.bind(room);
+            }
+            for r in query.fetch_all(&self.read).await? {
+                out.entry(r.get(0)).or_default().1.push(r.get(1));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The current state events of many rooms.
+    pub async fn current_state_of_rooms(&self, rooms: &[String]) -> StoreResult<Vec<EventRow>> {
+        let mut out = Vec::new();
+        for chunk in rooms.chunks(CHUNK) {
+            let text = format!(
+                "SELECT {EVENT_COLUMNS_E} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
+                 WHERE s.room_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(sql(text));
+            for room in chunk {
+                query = query.bind(room);
+            }
+            out.extend(query.fetch_all(&self.read).await?.into_iter().map(event_row));
+        }
+        Ok(out)
+    }
+}
