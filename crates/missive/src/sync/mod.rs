@@ -83,16 +83,15 @@ impl Sync {
         since: i64,
         to: i64,
     ) -> Result<(Vec<String>, Vec<String>)> {
+        let key_changes = self.store.device_list_changes(since, to).await?;
+        if key_changes.is_empty() && !self.store.memberships_changed_between(since, to).await? {
+            return Ok((Vec::new(), Vec::new()));
+        }
         let mates = self.store.room_mates(user_id.as_str()).await?;
         let sharing: HashSet<&str> =
             mates.iter().filter(|(_, m, _, _)| m == "join" || m == "invite").map(|(u, _, _, _)| u.as_str()).collect();
-        let mut changed: HashSet<String> = self
-            .store
-            .device_list_changes(since, to)
-            .await?
-            .into_iter()
-            .filter(|u| u == user_id.as_str() || sharing.contains(u.as_str()))
-            .collect();
+        let mut changed: HashSet<String> =
+            key_changes.into_iter().filter(|u| u == user_id.as_str() || sharing.contains(u.as_str())).collect();
         for (other, membership, pos, my_join) in &mates {
             let newly_shared =
                 (*pos > since && *pos <= to && membership == "join") || (*my_join > since && *my_join <= to);
