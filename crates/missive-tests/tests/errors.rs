@@ -220,4 +220,8 @@ async fn concurrent_sends_and_retries_are_all_stored_once() {
         server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100"), token, None).await;
     let stored = messages["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").count();
     assert_eq!(stored, 21);
+    // Batched writes keep the DAG linear: one leaf, the newest event.
+    let leaves = server.query_strings("SELECT event_id FROM room_extremities").await;
+    assert_eq!(leaves.len(), 1, "{leaves:?}");
+    assert_eq!(leaves[0], messages["chunk"][0]["event_id"].as_str().unwrap());
 }

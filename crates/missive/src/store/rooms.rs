@@ -157,6 +157,25 @@ impl Store {
         for event in &write.events {
             insert_event(&mut tx, room_id, event, now).await?;
         }
+        // The DAG's leaves change once per batch: the events it builds on stop being leaves,
+        // and its events that nothing in it builds on become leaves.
+        let in_batch: std::collections::HashSet<&str> = write.events.iter().map(|e| e.event_id.as_str()).collect();
+        let referenced: std::collections::HashSet<&str> =
+            write.events.iter().flat_map(|e| e.prev_events.iter().map(String::as_str)).collect();
+        for prev in referenced.difference(&in_batch) {
+            sqlx::query("DELETE FROM room_extremities WHERE room_id = $1 AND event_id = $2")
+                .bind(room_id)
+                .bind(*prev)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for leaf in in_batch.difference(&referenced) {
+            sqlx::query("INSERT INTO room_extremities (room_id, event_id) VALUES ($1, $2)")
+                .bind(room_id)
+                .bind(*leaf)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(last) = write.events.last() {
             sqlx::query("UPDATE rooms SET state_group = $2 WHERE room_id = $1")
                 .bind(room_id)
@@ -175,19 +194,28 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for action in &write.push_actions {
-            sqlx::query(
+        // One multi-row insert per chunk: a message in a big room owes a row per member.
+        for chunk in write.push_actions.chunks(100) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 4 + 3;
+                    format!("($1, ${b}, ${}, ${}, ${}, $2)", b + 1, b + 2, b + 3)
+                })
+                .collect();
+            let text = format!(
                 "INSERT INTO event_push_actions (room_id, user_id, event_pos, thread_id, highlight, created_ts) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(room_id)
-            .bind(&action.user_id)
-            .bind(action.event_pos)
-            .bind(&action.thread_id)
-            .bind(action.highlight as i64)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                 VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(sql(text)).bind(room_id).bind(now);
+            for action in chunk {
+                query = query
+                    .bind(&action.user_id)
+                    .bind(action.event_pos)
+                    .bind(&action.thread_id)
+                    .bind(action.highlight as i64);
+            }
+            query.execute(&mut *tx).await?;
         }
         for (alias, creator) in &write.aliases {
             sqlx::query("INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4)")
@@ -656,18 +684,6 @@ async fn insert_event(tx: &mut Transaction<'_, Any>, room_id: &str, e: &NewEvent
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    for prev in &e.prev_events {
-        sqlx::query("DELETE FROM room_extremities WHERE room_id = $1 AND event_id = $2")
-            .bind(room_id)
-            .bind(prev)
-            .execute(&mut **tx)
-            .await?;
-    }
-    sqlx::query("INSERT INTO room_extremities (room_id, event_id) VALUES ($1, $2)")
-        .bind(room_id)
-        .bind(&e.event_id)
-        .execute(&mut **tx)
-        .await?;
     if let Some(state_key) = &e.state_key {
         sqlx::query(
             "INSERT INTO room_current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4) \
