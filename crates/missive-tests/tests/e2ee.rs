@@ -282,8 +282,6 @@ async fn cross_signing_and_backup_restore_history_on_a_new_device() {
     fresh.encryption().recovery().recover(&recovery_key).await.expect("recover");
     fresh.encryption().backups().download_room_keys_for_room(&room_id).await.expect("download keys");
     let room = fresh.get_room(&room_id).unwrap();
-    let mut options = MessagesOptions::backward();
-    options.limit = 50u32.into();
     let mut found = false;
     for _ in 0..20 {
         let page = room.messages(MessagesOptions::backward()).await.expect("history");
@@ -293,7 +291,6 @@ async fn cross_signing_and_backup_restore_history_on_a_new_device() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = options;
     assert!(found, "the new device decrypts history restored from the backup");
 }
 

@@ -225,7 +225,7 @@ impl E2ee {
                     merge_signatures(&mut stored, &incoming);
                     let guard = self.streams.allocate();
                     self.store
-                        .update_device_keys_json(user, device_id, &Value::Object(stored).to_string(), guard.pos())
+                        .set_device_keys(user, device_id, &Value::Object(stored).to_string(), guard.pos())
                         .await?;
                     continue;
                 }

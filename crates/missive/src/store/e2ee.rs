@@ -177,17 +177,6 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Replaces the JSON of stored device keys (to add signatures).
-    pub async fn update_device_keys_json(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        json: &str,
-        pos: i64,
-    ) -> StoreResult<()> {
-        self.set_device_keys(user_id, device_id, json, pos).await
-    }
-
     /// Cross-signing keys of a user: `(key type, JSON)`.
     pub async fn cross_signing_keys(&self, user_id: &str) -> StoreResult<Vec<(String, String)>> {
         let rows = sqlx::query("SELECT key_type, json FROM cross_signing_keys WHERE user_id = $1")

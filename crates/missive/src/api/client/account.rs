@@ -149,8 +149,7 @@ async fn whoami(_: AppState, req: Ruma<whoami::v3::Request>) -> Result<Response>
     Ok(json(json!({ "user_id": id.user_id, "device_id": id.device_id, "is_guest": false })))
 }
 
-fn device_json(user_id: &str, d: &DeviceRow) -> Value {
-    let _ = user_id;
+fn device_json(d: &DeviceRow) -> Value {
     json!({
         "device_id": d.device_id,
         "display_name": d.display_name,
@@ -163,7 +162,7 @@ fn device_json(user_id: &str, d: &DeviceRow) -> Value {
 async fn devices(state: AppState, req: Ruma<get_devices::v3::Request>) -> Result<Response> {
     let user_id = req.identity().user_id.as_str();
     let devices = state.store.devices(user_id).await?;
-    Ok(json(json!({ "devices": devices.iter().map(|d| device_json(user_id, d)).collect::<Vec<_>>() })))
+    Ok(json(json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() })))
 }
 
 /// # GET /_matrix/client/v3/devices/{deviceId}
@@ -174,7 +173,7 @@ async fn device(state: AppState, req: Ruma<get_device::v3::Request>) -> Result<R
         .device(user_id, req.body.device_id.as_str())
         .await?
         .ok_or_else(|| Error::not_found("device not found"))?;
-    Ok(json(device_json(user_id, &device)))
+    Ok(json(device_json(&device)))
 }
 
 /// # PUT /_matrix/client/v3/devices/{deviceId}

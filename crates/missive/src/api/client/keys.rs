@@ -114,13 +114,8 @@ async fn upload_signing(state: AppState, req: Ruma<upload_signing_keys::v3::Requ
 
 /// # POST /_matrix/client/v3/keys/signatures/upload
 async fn signatures(state: AppState, req: Ruma<upload_signatures::v3::Request>) -> Result<Response> {
-    let id = req.identity();
     let mut signed: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for (user, keys) in &req.body.signed_keys {
-        if user != &id.user_id {
-            // Signing other users' keys: only the user-signing key's signature on their master
-            // key is meaningful; we record it on their master key too.
-        }
         let entry = signed.entry(user.to_string()).or_default();
         for (key_id, raw) in keys.iter() {
             entry.insert(key_id.to_string(), raw.get().to_owned());
