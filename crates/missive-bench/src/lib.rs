@@ -381,10 +381,19 @@ impl Bench {
         if n < self.opts.members {
             bail!("/members returned {n} members, expected {}", self.opts.members);
         }
+        // A message in the big room: every member's push rules are evaluated for it.
+        let mut sends = Vec::new();
+        for i in 0..10 {
+            let t = Instant::now();
+            self.send(&owner, &room, &format!("à tous {i}")).await?;
+            sends.push(ms(t.elapsed()));
+        }
+        sends.sort_by(f64::total_cmp);
         Ok(vec![
             self.figure("members", "join_p50", percentile(&join_times, 0.5), "ms"),
             self.figure("members", "join_all", ms(all_joined), "ms"),
             self.figure("members", "members_request", members_time, "ms"),
+            self.figure("members", "send_p50", percentile(&sends, 0.5), "ms"),
         ])
     }
 
