@@ -7,7 +7,9 @@ use std::{
 
 use ruma::{
     OwnedUserId, UInt, UserId,
-    push::{Action, HighlightTweakValue, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset, Tweak},
+    push::{
+        Action, FlattenedJson, HighlightTweakValue, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset, Tweak,
+    },
     serde::Raw,
 };
 use serde_json::Value;
@@ -61,6 +63,13 @@ impl Rooms {
         let members = self.store.room_members(head.room_id.as_str(), Some("join")).await?;
         let member_count = UInt::try_from(members.len() as u64).unwrap_or_default();
         let power_levels = PushConditionPowerLevelsCtx::from(Self::power_levels(head));
+        // Each event is flattened once for all members, not once per member.
+        let flattened: Vec<(&NewEvent, FlattenedJson)> = events
+            .iter()
+            .filter_map(|e| {
+                serde_json::from_str::<Raw<Value>>(&e.json).ok().map(|raw| (e, FlattenedJson::from_raw(&raw)))
+            })
+            .collect();
         let mut actions = Vec::new();
         for member in &members {
             let Ok(user_id) = UserId::parse(&member.user_id) else {
@@ -69,8 +78,7 @@ impl Rooms {
             if user_id.server_name() != self.server_name {
                 continue;
             }
-            let relevant: Vec<&NewEvent> = events.iter().filter(|e| e.sender != member.user_id).collect();
-            if relevant.is_empty() {
+            if events.iter().all(|e| e.sender == member.user_id) {
                 continue;
             }
             let ruleset = self.push_ruleset(&user_id).await?;
@@ -80,11 +88,15 @@ impl Rooms {
                 .unwrap_or_else(|| user_id.localpart().to_owned());
             let ctx = PushConditionRoomCtx::new(head.room_id.clone(), member_count, user_id.clone(), display_name)
                 .with_power_levels(power_levels.clone());
-            for event in relevant {
-                let Ok(raw) = serde_json::from_str::<Raw<Value>>(&event.json) else {
-                    continue;
-                };
-                let found = ruleset.get_actions(&raw, &ctx).await;
+            for (event, flat) in flattened.iter().filter(|(e, _)| e.sender != member.user_id) {
+                // The first matching rule decides, as in `Ruleset::get_actions`.
+                let mut found: &[Action] = &[];
+                for rule in ruleset.iter() {
+                    if rule.applies(flat, &ctx).await {
+                        found = rule.actions();
+                        break;
+                    }
+                }
                 if !found.iter().any(Action::should_notify) {
                     continue;
                 }
