@@ -462,11 +462,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE backup_versions SET etag = etag + 1 WHERE user_id = $1 AND version = $2")
-            .bind(user_id)
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
+        bump_etag(&mut tx, user_id, version).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -489,11 +485,7 @@ impl Store {
         .bind(session_id.unwrap_or(""))
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE backup_versions SET etag = etag + 1 WHERE user_id = $1 AND version = $2")
-            .bind(user_id)
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
+        bump_etag(&mut tx, user_id, version).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -549,6 +541,16 @@ impl Store {
             .fetch_optional(&self.write)
             .await?)
     }
+}
+
+/// Every change to a backup's keys gives the version a new etag, which clients compare.
+async fn bump_etag(tx: &mut sqlx::Transaction<'_, sqlx::Any>, user_id: &str, version: i64) -> StoreResult<()> {
+    sqlx::query("UPDATE backup_versions SET etag = etag + 1 WHERE user_id = $1 AND version = $2")
+        .bind(user_id)
+        .bind(version)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn record_change(
