@@ -27,16 +27,12 @@ pub enum Error {
     NotJson(String),
     #[error("{0}")]
     InvalidParam(String),
-    #[error("{0}")]
-    MissingParam(String),
     #[error("unrecognized request")]
     Unrecognized { method_not_allowed: bool },
     #[error("user ID already taken")]
     UserInUse,
     #[error("{0}")]
     InvalidUsername(String),
-    #[error("{0}")]
-    Exclusive(String),
     #[error("room alias already taken")]
     RoomInUse,
     #[error("{0}")]
@@ -49,10 +45,6 @@ pub enum Error {
     TooLarge,
     #[error("this account has been deactivated")]
     UserDeactivated,
-    #[error("{0}")]
-    BadState(String),
-    #[error("{0}")]
-    GuestAccessForbidden(String),
     #[error("{0}")]
     Unknown(String),
     #[error("backup version is not the current one")]
@@ -75,20 +67,16 @@ impl Error {
             Error::BadJson(_) => (S::BAD_REQUEST, "M_BAD_JSON"),
             Error::NotJson(_) => (S::BAD_REQUEST, "M_NOT_JSON"),
             Error::InvalidParam(_) => (S::BAD_REQUEST, "M_INVALID_PARAM"),
-            Error::MissingParam(_) => (S::BAD_REQUEST, "M_MISSING_PARAM"),
             Error::Unrecognized { method_not_allowed: true } => (S::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
             Error::Unrecognized { .. } => (S::NOT_FOUND, "M_UNRECOGNIZED"),
             Error::UserInUse => (S::BAD_REQUEST, "M_USER_IN_USE"),
             Error::InvalidUsername(_) => (S::BAD_REQUEST, "M_INVALID_USERNAME"),
-            Error::Exclusive(_) => (S::BAD_REQUEST, "M_EXCLUSIVE"),
             Error::RoomInUse => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
             Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
             Error::LimitExceeded { .. } => (S::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::TooLarge => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
             Error::UserDeactivated => (S::FORBIDDEN, "M_USER_DEACTIVATED"),
-            Error::BadState(_) => (S::BAD_REQUEST, "M_BAD_STATE"),
-            Error::GuestAccessForbidden(_) => (S::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
             Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Error::Store(_) | Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),

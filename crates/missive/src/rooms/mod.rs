@@ -127,7 +127,12 @@ pub struct Batch {
     pub head: RoomHead,
     pub write: RoomWrite,
     guards: Vec<PositionGuard>,
-    pub event_ids: Vec<OwnedEventId>,
+}
+
+impl Batch {
+    fn new(head: RoomHead) -> Self {
+        Self { head, write: RoomWrite::default(), guards: Vec::new() }
+    }
 }
 
 /// The configuration the rooms service needs.
@@ -191,14 +196,9 @@ impl Rooms {
         };
         let pending = std::mem::take(&mut *slot.queue.lock().expect("queue lock poisoned"));
         if !pending.is_empty() {
-            let head = match guard.as_ref() {
-                Some(head) => Ok(head.clone()),
-                None => self.load_head(room_id).await,
-            };
-            match head {
+            match self.ensure_head(room_id, &mut guard).await.map(|head| head.clone()) {
                 Ok(head) => {
-                    let mut batch =
-                        Batch { head, write: RoomWrite::default(), guards: Vec::new(), event_ids: Vec::new() };
+                    let mut batch = Batch::new(head);
                     let mut results = Vec::with_capacity(pending.len());
                     for p in &pending {
                         results.push(self.append_send(&mut batch, p).await);
@@ -220,7 +220,6 @@ impl Rooms {
                 }
                 Err(e) => {
                     drop(guard);
-                    self.heads.lock().expect("heads lock poisoned").remove(room_id);
                     let message = e.to_string();
                     let not_found = matches!(e, Error::NotFound(_));
                     for p in pending {
@@ -268,6 +267,21 @@ impl Rooms {
         Ok(())
     }
 
+    /// The head behind a held room lock, loaded from the store on first use. A room that
+    /// cannot be loaded loses its slot, so made-up room IDs do not accumulate lock entries.
+    async fn ensure_head<'a>(&self, room_id: &RoomId, guard: &'a mut Option<RoomHead>) -> Result<&'a mut RoomHead> {
+        if guard.is_none() {
+            match self.load_head(room_id).await {
+                Ok(head) => *guard = Some(head),
+                Err(e) => {
+                    self.heads.lock().expect("heads lock poisoned").remove(room_id);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(guard.as_mut().expect("head was just loaded"))
+    }
+
     async fn load_head(&self, room_id: &RoomId) -> Result<RoomHead> {
         let (version, group) =
             self.store.room(room_id.as_str()).await?.ok_or_else(|| Error::not_found("room not found"))?;
@@ -300,19 +314,8 @@ impl Rooms {
     pub async fn write<T>(&self, room_id: &RoomId, f: impl AsyncFnOnce(&Self, &mut Batch) -> Result<T>) -> Result<T> {
         let slot = self.slot(room_id);
         let mut guard = slot.head.lock().await;
-        let head = match guard.as_ref() {
-            Some(head) => head.clone(),
-            None => match self.load_head(room_id).await {
-                Ok(head) => head,
-                Err(e) => {
-                    // Do not keep a lock entry for every room ID a client made up.
-                    drop(guard);
-                    self.heads.lock().expect("heads lock poisoned").remove(room_id);
-                    return Err(e);
-                }
-            },
-        };
-        let mut batch = Batch { head, write: RoomWrite::default(), guards: Vec::new(), event_ids: Vec::new() };
+        let head = self.ensure_head(room_id, &mut guard).await?.clone();
+        let mut batch = Batch::new(head);
         let out = f(self, &mut batch).await?;
         self.commit(room_id, &mut batch).await?;
         *guard = Some(batch.head);
@@ -349,7 +352,7 @@ impl Rooms {
             chain_len: 0,
             pdus: HashMap::new(),
         };
-        let mut batch = Batch { head, write: RoomWrite::default(), guards: Vec::new(), event_ids: Vec::new() };
+        let mut batch = Batch::new(head);
         self.append(&mut batch, sender, Draft::state("m.room.create", "", create_content), None).await?;
         let room_id = batch.head.room_id.clone();
         batch.write.new_room = Some(NewRoom {
@@ -537,7 +540,6 @@ impl Rooms {
         });
         batch.head.extremities = vec![event_id.clone()];
         batch.head.depth = depth;
-        batch.event_ids.push(event_id.clone());
         tracing::debug!(room_id = %batch.head.room_id, %event_id, "event appended");
         Ok(event_id)
     }
@@ -570,17 +572,7 @@ impl Rooms {
     pub async fn head(&self, room_id: &RoomId) -> Result<RoomHead> {
         let slot = self.slot(room_id);
         let mut guard = slot.head.lock().await;
-        if guard.is_none() {
-            match self.load_head(room_id).await {
-                Ok(head) => *guard = Some(head),
-                Err(e) => {
-                    drop(guard);
-                    self.heads.lock().expect("heads lock poisoned").remove(room_id);
-                    return Err(e);
-                }
-            }
-        }
-        let head = guard.as_mut().expect("head was just loaded");
+        let head = self.ensure_head(room_id, &mut guard).await?;
         let needed: Vec<OwnedEventId> = ["m.room.create", "m.room.power_levels", "m.room.join_rules"]
             .iter()
             .filter_map(|t| head.state_id(t, "").cloned())

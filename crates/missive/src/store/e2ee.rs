@@ -323,27 +323,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether a device has to-device messages waiting up to `to`.
-    pub async fn has_to_device(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        since: Option<i64>,
-        to: i64,
-    ) -> StoreResult<bool> {
-        Ok(sqlx::query(
-            "SELECT 1 FROM to_device WHERE user_id = $1 AND device_id = $2 AND stream_pos <= $3 \
-             AND (delivered_in IS NULL OR delivered_in > $4) LIMIT 1",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(to)
-        .bind(since.unwrap_or(-1))
-        .fetch_optional(&self.read)
-        .await?
-        .is_some())
-    }
-
     /// Creates a backup version; returns its number.
     pub async fn create_backup_version(&self, user_id: &str, algorithm: &str, auth_data: &str) -> StoreResult<i64> {
         let mut tx = self.write.begin().await?;

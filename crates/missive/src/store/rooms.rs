@@ -630,19 +630,6 @@ impl Store {
         .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
     }
-
-    /// Whether two users share a joined room.
-    pub async fn share_room(&self, a: &str, b: &str) -> StoreResult<bool> {
-        Ok(sqlx::query(
-            "SELECT 1 FROM memberships x JOIN memberships y ON x.room_id = y.room_id \
-             WHERE x.user_id = $1 AND y.user_id = $2 AND x.membership = 'join' AND y.membership IN ('join', 'invite') LIMIT 1",
-        )
-        .bind(a)
-        .bind(b)
-        .fetch_optional(&self.read)
-        .await?
-        .is_some())
-    }
 }
 
 fn membership_row(r: AnyRow) -> MembershipRow {
