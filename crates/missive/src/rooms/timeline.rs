@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::{Draft, Rooms, pdu};
 use crate::{
     error::{Error, Result},
-    store::{EventRow, RelationRow, now_ms},
+    store::{EventRow, RelationRow, StateEntry, now_ms},
 };
 
 /// A pagination token: the position between two events. Sync tokens (`s…`) are accepted too.
@@ -149,46 +149,77 @@ impl Rooms {
             .unwrap_or_else(|| "shared".into()))
     }
 
-    /// Like [`Self::filter_visible`] for a user known to be joined since `joined_at`: events
-    /// after that position need no check.
-    pub async fn filter_visible_after_join(
+    /// Keeps the events the user may see under the room's history visibility rules.
+    pub async fn filter_visible(&self, user_id: &UserId, rows: Vec<EventRow>) -> Result<Vec<EventRow>> {
+        self.filter_visible_known(user_id, rows, &HashMap::new()).await
+    }
+
+    /// Like [`Self::filter_visible`], with the user's current join position per room where the
+    /// caller already knows it (`None`: not joined). Every state a check needs is read in
+    /// one batch, whatever the number of rooms.
+    pub async fn filter_visible_known(
         &self,
         user_id: &UserId,
         rows: Vec<EventRow>,
-        joined_at: Option<i64>,
+        known: &HashMap<String, Option<i64>>,
     ) -> Result<Vec<EventRow>> {
-        match joined_at {
-            Some(pos) if rows.iter().all(|r| r.stream_pos > pos) => Ok(rows),
-            _ => self.filter_visible(user_id, rows).await,
-        }
-    }
-
-    /// Keeps the events the user may see under the room's history visibility rules.
-    pub async fn filter_visible(&self, user_id: &UserId, rows: Vec<EventRow>) -> Result<Vec<EventRow>> {
-        let mut by_group: HashMap<i64, bool> = HashMap::new();
         // Per room: whether the user is joined now, and since which stream position.
         let mut joined_now: HashMap<String, Option<i64>> = HashMap::new();
+        for row in &rows {
+            if !joined_now.contains_key(&row.room_id) {
+                let joined = match known.get(&row.room_id) {
+                    Some(joined) => *joined,
+                    None => self
+                        .store
+                        .membership(&row.room_id, user_id.as_str())
+                        .await?
+                        .filter(|m| m.membership == "join")
+                        .map(|m| m.stream_pos),
+                };
+                joined_now.insert(row.room_id.clone(), joined);
+            }
+        }
+        // Everything after the user's current join happened while they were joined, which
+        // every history visibility setting allows them to see.
+        let after_join = |row: &EventRow| joined_now[&row.room_id].is_some_and(|since| row.stream_pos > since);
+        let mut groups: Vec<i64> = rows.iter().filter(|r| !after_join(r)).map(|r| r.state_group_before).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let states = self.store.state_groups(&groups).await?;
+        let find = |state: &[StateEntry], t: &str, k: &str| {
+            state.iter().find(|(et, sk, _)| et == t && sk == k).map(|(_, _, e)| e.clone())
+        };
+        let wanted: Vec<String> = states
+            .values()
+            .flat_map(|state| {
+                [find(state, "m.room.history_visibility", ""), find(state, "m.room.member", user_id.as_str())]
+            })
+            .flatten()
+            .collect();
+        let contents: HashMap<String, pdu::Pdu> = self
+            .store
+            .events(&wanted)
+            .await?
+            .iter()
+            .filter_map(|row| pdu::Pdu::from_row(row).ok().map(|p| (row.event_id.clone(), p)))
+            .collect();
+        let content_of = |id: Option<String>, field: &str| id.and_then(|id| contents.get(&id)?.content_str(field));
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            if !joined_now.contains_key(&row.room_id) {
-                let m = self.store.membership(&row.room_id, user_id.as_str()).await?;
-                joined_now.insert(row.room_id.clone(), m.filter(|m| m.membership == "join").map(|m| m.stream_pos));
-            }
-            let joined_since = joined_now[&row.room_id];
-            // Everything after the user's current join happened while they were joined, which
-            // every history visibility setting allows them to see.
-            if joined_since.is_some_and(|since| row.stream_pos > since) {
+            if after_join(&row) {
                 out.push(row);
                 continue;
             }
-            let is_joined = joined_since.is_some();
-            let visible = match by_group.get(&row.state_group_before) {
-                Some(v) => *v,
-                None => {
-                    let v = self.visible_at_group(user_id, row.state_group_before, is_joined).await?;
-                    by_group.insert(row.state_group_before, v);
-                    v
-                }
+            let state = states.get(&row.state_group_before).map(Vec::as_slice).unwrap_or_default();
+            let visibility = content_of(find(state, "m.room.history_visibility", ""), "history_visibility")
+                .unwrap_or_else(|| "shared".into());
+            let membership = content_of(find(state, "m.room.member", user_id.as_str()), "membership")
+                .unwrap_or_else(|| "leave".into());
+            let visible = match visibility.as_str() {
+                "world_readable" => true,
+                "shared" => joined_now[&row.room_id].is_some() || membership == "join",
+                "invited" => membership == "join" || membership == "invite",
+                _ => membership == "join",
             };
             // A user always sees their own membership changes.
             if visible || self.is_own_membership(user_id, &row) {
@@ -203,35 +234,25 @@ impl Rooms {
             .is_ok_and(|p| p.kind.to_string() == "m.room.member" && p.state_key.as_deref() == Some(user_id.as_str()))
     }
 
-    async fn visible_at_group(&self, user_id: &UserId, group: i64, joined_now: bool) -> Result<bool> {
-        let state = self.store.state_group(group).await?;
-        let find = |t: &str, k: &str| state.iter().find(|(et, sk, _)| et == t && sk == k).map(|(_, _, e)| e.clone());
-        let mut wanted = Vec::new();
-        let hv_id = find("m.room.history_visibility", "");
-        let member_id = find("m.room.member", user_id.as_str());
-        wanted.extend(hv_id.iter().cloned());
-        wanted.extend(member_id.iter().cloned());
-        let events = self.store.events(&wanted).await?;
-        let content_of = |id: &Option<String>, field: &str| {
-            id.as_ref()
-                .and_then(|id| events.iter().find(|e| &e.event_id == id))
-                .and_then(|row| pdu::Pdu::from_row(row).ok().and_then(|p| p.content_str(field)))
-        };
-        let visibility = content_of(&hv_id, "history_visibility").unwrap_or_else(|| "shared".into());
-        let membership = content_of(&member_id, "membership").unwrap_or_else(|| "leave".into());
-        Ok(match visibility.as_str() {
-            "world_readable" => true,
-            "shared" => joined_now || membership == "join",
-            "invited" => membership == "join" || membership == "invite",
-            _ => membership == "join",
-        })
-    }
-
     /// Serves events in the client format, with redactions and bundled aggregations filled in.
     pub async fn serve(&self, viewer: Viewer<'_>, rows: &[EventRow]) -> Result<Vec<Value>> {
+        self.serve_with(viewer, rows, true).await
+    }
+
+    /// Serves state events in the client format: like [`Self::serve`] without bundled
+    /// aggregations, which only timeline events carry.
+    pub async fn serve_state(&self, viewer: Viewer<'_>, rows: &[EventRow]) -> Result<Vec<Value>> {
+        self.serve_with(viewer, rows, false).await
+    }
+
+    async fn serve_with(&self, viewer: Viewer<'_>, rows: &[EventRow], bundled: bool) -> Result<Vec<Value>> {
         let now = now_ms();
-        let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
-        let relations = self.store.relations_of(&ids).await?;
+        let relations = if bundled {
+            let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+            self.store.relations_of(&ids).await?
+        } else {
+            Vec::new()
+        };
         let redaction_ids: Vec<String> = rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
         let redactions: HashMap<String, EventRow> =
             self.store.events(&redaction_ids).await?.into_iter().map(|r| (r.event_id.clone(), r)).collect();

@@ -20,7 +20,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
-use self::rooms::{EVENT_COLUMNS_E, event_row};
+use self::rooms::{EVENT_COLUMNS, EVENT_COLUMNS_E, event_row};
 pub use self::{accounts::*, e2ee::*, rooms::*, user_data::*};
 
 /// A storage failure; never shown to clients in detail.

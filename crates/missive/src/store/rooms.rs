@@ -19,7 +19,7 @@ pub struct EventRow {
     pub txn_id: Option<String>,
 }
 
-const EVENT_COLUMNS: &str =
+pub(super) const EVENT_COLUMNS: &str =
     "stream_pos, event_id, room_id, json, state_group_before, redacted_by, txn_device_id, txn_id";
 
 /// The event columns prefixed with `e.`, for joins.
@@ -255,19 +255,6 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
-    /// Current state events whose event was stored after `since` (for incremental sync).
-    pub async fn current_state_since(&self, room_id: &str, since: i64) -> StoreResult<Vec<EventRow>> {
-        let rows = sqlx::query(sql(format!(
-            "SELECT {EVENT_COLUMNS_E} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
-             WHERE s.room_id = $1 AND e.stream_pos > $2"
-        )))
-        .bind(room_id)
-        .bind(since)
-        .fetch_all(&self.read)
-        .await?;
-        Ok(rows.into_iter().map(event_row).collect())
-    }
-
     /// The current state event of a given type and key.
     pub async fn current_state_event(
         &self,
@@ -326,26 +313,44 @@ impl Store {
 
     /// The full state of a state group, resolved along its delta chain.
     pub async fn state_group(&self, group: i64) -> StoreResult<Vec<StateEntry>> {
-        let rows = sqlx::query(
-            "WITH RECURSIVE chain(id, prev_group, delta, n) AS ( \
-                 SELECT id, prev_group, delta, 0 FROM state_groups WHERE id = $1 \
-                 UNION ALL \
-                 SELECT g.id, g.prev_group, g.delta, c.n + 1 FROM state_groups g JOIN chain c ON g.id = c.prev_group \
-             ) SELECT delta FROM chain ORDER BY n DESC",
-        )
-        .bind(group)
-        .fetch_all(&self.read)
-        .await?;
-        let mut state: HashMap<(String, String), String> = HashMap::new();
-        for row in rows {
-            let delta: String = row.get(0);
-            let entries: Vec<StateEntry> =
-                serde_json::from_str(&delta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            for (t, k, e) in entries {
-                state.insert((t, k), e);
+        Ok(self.state_groups(&[group]).await?.remove(&group).unwrap_or_default())
+    }
+
+    /// The full state of many state groups, each resolved along its delta chain, in one
+    /// query per chunk (a recursive walk from every requested group at once).
+    pub async fn state_groups(&self, groups: &[i64]) -> StoreResult<HashMap<i64, Vec<StateEntry>>> {
+        let mut out = HashMap::with_capacity(groups.len());
+        for chunk in groups.chunks(200) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let text = format!(
+                "WITH RECURSIVE chain(start, id, prev_group, delta, n) AS ( \
+                     SELECT id, id, prev_group, delta, 0 FROM state_groups WHERE id IN ({}) \
+                     UNION ALL \
+                     SELECT c.start, g.id, g.prev_group, g.delta, c.n + 1 \
+                     FROM state_groups g JOIN chain c ON g.id = c.prev_group \
+                 ) SELECT start, delta FROM chain ORDER BY start, n DESC",
+                placeholders.join(",")
+            );
+            let mut query = sqlx::query(sql(text));
+            for group in chunk {
+                query = query.bind(group);
+            }
+            let mut maps: HashMap<i64, HashMap<(String, String), String>> = HashMap::new();
+            for row in query.fetch_all(&self.read).await? {
+                let delta: String = row.get(1);
+                let entries: Vec<StateEntry> =
+                    serde_json::from_str(&delta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let state = maps.entry(row.get(0)).or_default();
+                for (t, k, e) in entries {
+                    state.insert((t, k), e);
+                }
+            }
+            for group in chunk {
+                let state = maps.remove(group).unwrap_or_default();
+                out.insert(*group, state.into_iter().map(|((t, k), e)| (t, k, e)).collect());
             }
         }
-        Ok(state.into_iter().map(|((t, k), e)| (t, k, e)).collect())
+        Ok(out)
     }
 
     /// Chain length of a state group (0 for a snapshot).

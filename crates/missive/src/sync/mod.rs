@@ -170,23 +170,19 @@ impl Sync {
                 joined_rows.push(m.clone());
             }
         }
-        let prefetch = self.prefetch(viewer, req, since, &joined_rows).await?;
-        // Joined rooms are computed a few at a time: each still reads its timeline, and
-        // overlapping them hides the round trips (PostgreSQL) behind each other.
-        for chunk in joined_rows.chunks(8) {
-            let mut futures = Vec::with_capacity(chunk.len());
-            for m in chunk {
-                futures.push(self.joined_room_entry(viewer, req, since, m, now, &account_data, &prefetch));
-            }
-            for result in futures_util::future::join_all(futures).await {
-                if let (room_id, Some(room)) = result? {
-                    join.insert(room_id, room);
-                }
+        // Current join position per room, so visibility checks need no membership reads.
+        let known: HashMap<String, Option<i64>> =
+            visible.iter().map(|m| (m.room_id.clone(), (m.membership == "join").then_some(m.stream_pos))).collect();
+        // Everything the selected rooms need is read in a few set-based queries, whatever
+        // their number; the rooms are then assembled from memory.
+        let mut prefetch = self.prefetch(viewer, req, since, &joined_rows, now, &known).await?;
+        for m in &joined_rows {
+            if let Some(room) = self.joined_room(viewer, req, since, m, &account_data, &mut prefetch) {
+                join.insert(m.room_id.clone(), room);
             }
         }
         for m in &visible {
             let changed_since = since.pos.is_none_or(|s| m.stream_pos > s);
-            let room_id = RoomId::parse(&m.room_id).map_err(|e| Error::Internal(e.to_string()))?;
             match m.membership.as_str() {
                 "invite" if changed_since => {
                     invite.insert(
@@ -201,7 +197,7 @@ impl Sync {
                     );
                 }
                 "leave" | "ban" if changed_since && (since.pos.is_some() || req.filter.room.include_leave) => {
-                    let room = self.left_room(viewer, req, since, &room_id, m).await?;
+                    let room = self.left_room(viewer, req, since, m, &known).await?;
                     leave.insert(m.room_id.clone(), room);
                 }
                 _ => {}
@@ -258,39 +254,117 @@ impl Sync {
         req: &SyncRequest,
         since: &Since,
         rooms: &[MembershipRow],
+        now: i64,
+        known: &HashMap<String, Option<i64>>,
     ) -> Result<Prefetch> {
-        let ids: Vec<String> = rooms.iter().map(|m| m.room_id.clone()).collect();
-        let full: Vec<String> = rooms
-            .iter()
-            .filter(|m| since.pos.is_none_or(|s| m.stream_pos > s) || req.full_state)
-            .map(|m| m.room_id.clone())
-            .collect();
-        let mut state: HashMap<String, Vec<EventRow>> = HashMap::new();
-        for row in self.store.current_state_of_rooms(&full).await? {
-            state.entry(row.room_id.clone()).or_default().push(row);
+        if rooms.is_empty() {
+            return Ok(Prefetch::default());
         }
+        let ids: Vec<String> = rooms.iter().map(|m| m.room_id.clone()).collect();
+        let (full, incremental): (Vec<&MembershipRow>, Vec<&MembershipRow>) =
+            rooms.iter().partition(|m| sent_in_full(req, since, m));
+        let full: Vec<String> = full.into_iter().map(|m| m.room_id.clone()).collect();
+        let incremental: Vec<String> = incremental.into_iter().map(|m| m.room_id.clone()).collect();
+        // A room joined after `since` is sent from its start, as on an initial sync.
+        let ranges: Vec<(String, i64, i64)> = rooms
+            .iter()
+            .map(|m| {
+                let from = match since.pos {
+                    Some(s) if req.full_state || m.stream_pos <= s => s,
+                    _ => 0,
+                };
+                (m.room_id.clone(), from, now)
+            })
+            .collect();
+        let timelines = self.timelines(viewer, req, &ranges, known).await?;
+
+        let mut state_changed: HashMap<String, Vec<EventRow>> = HashMap::new();
+        if let (Some(s), false) = (since.pos, incremental.is_empty()) {
+            for row in self.store.current_state_of_rooms(&incremental, Some(s)).await? {
+                state_changed.entry(row.room_id.clone()).or_default().push(row);
+            }
+        }
+        let mut state_rows = self.full_state_rows(req, &full, &timelines).await?;
+        let flat: Vec<EventRow> =
+            state_rows.values_mut().flat_map(std::mem::take).chain(state_changed.values().flatten().cloned()).collect();
+        let served = self.rooms.serve_state(viewer, &flat).await?;
+        let mut state: HashMap<String, Vec<Value>> = HashMap::new();
+        for (row, event) in flat.iter().zip(served) {
+            state.entry(row.room_id.clone()).or_default().push(event);
+        }
+
+        // Summaries only for rooms whose membership may have changed.
+        let summary_rooms: Vec<String> = full
+            .iter()
+            .chain(incremental.iter().filter(|id| {
+                state_changed.get(*id).is_some_and(|rows| rows.iter().any(|r| r.json.contains("\"m.room.member\"")))
+            }))
+            .cloned()
+            .collect();
+        let summaries = if summary_rooms.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.summaries(&summary_rooms, viewer.user_id.as_str()).await?
+        };
         Ok(Prefetch {
             receipts: self.store.receipts_for_rooms(&ids, since.pos, viewer.user_id.as_str()).await?,
             counts: self.store.notification_counts_by_room(viewer.user_id.as_str()).await?,
-            summaries: self.store.summaries(&ids, viewer.user_id.as_str()).await?,
+            summaries,
+            timelines,
             state,
+            state_changed,
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn joined_room_entry(
+    /// The state sent with rooms sent in full: the state at the start of the timeline (or the
+    /// current state for `use_state_after`), before filtering.
+    async fn full_state_rows(
         &self,
-        viewer: Viewer<'_>,
         req: &SyncRequest,
-        since: &Since,
-        m: &MembershipRow,
-        now: i64,
-        account_data: &[crate::store::AccountDataRow],
-        prefetch: &Prefetch,
-    ) -> Result<(String, Option<Value>)> {
-        let room_id = RoomId::parse(&m.room_id).map_err(|e| Error::Internal(e.to_string()))?;
-        let room = self.joined_room(viewer, req, since, &room_id, m, now, account_data, prefetch).await?;
-        Ok((m.room_id.clone(), room))
+        full: &[String],
+        timelines: &HashMap<String, Timeline>,
+    ) -> Result<HashMap<String, Vec<EventRow>>> {
+        let mut out: HashMap<String, Vec<EventRow>> = HashMap::new();
+        if full.is_empty() {
+            return Ok(out);
+        }
+        let mut current: HashMap<String, Vec<EventRow>> = HashMap::new();
+        for row in self.store.current_state_of_rooms(full, None).await? {
+            current.entry(row.room_id.clone()).or_default().push(row);
+        }
+        if req.use_state_after {
+            return Ok(current);
+        }
+        // Most timelines start after the room's last state change: their state is the
+        // current state, already read. The others resolve their state groups in one batch.
+        let groups = self.store.current_groups_of_rooms(full).await?;
+        let mut older: HashMap<&str, i64> = HashMap::new();
+        for room in full {
+            match timelines.get(room).and_then(|t| t.first_group) {
+                Some(group) if groups.get(room) != Some(&group) => {
+                    older.insert(room, group);
+                }
+                _ => {
+                    out.insert(room.clone(), current.remove(room).unwrap_or_default());
+                }
+            }
+        }
+        if older.is_empty() {
+            return Ok(out);
+        }
+        let mut wanted: Vec<i64> = older.values().copied().collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let states = self.store.state_groups(&wanted).await?;
+        let ids: Vec<String> = states.values().flatten().map(|(_, _, e)| e.clone()).collect();
+        let mut by_id: HashMap<String, EventRow> =
+            self.store.events(&ids).await?.into_iter().map(|r| (r.event_id.clone(), r)).collect();
+        for (room, group) in older {
+            let rows = states.get(&group).into_iter().flatten().filter_map(|(_, _, e)| by_id.get(e).cloned()).collect();
+            out.insert(room.to_owned(), rows);
+        }
+        by_id.clear();
+        Ok(out)
     }
 
     async fn stripped_state(&self, m: &MembershipRow) -> Result<Vec<Value>> {
@@ -322,35 +396,28 @@ impl Sync {
         Ok(out)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn joined_room(
+    /// One joined room's entry, assembled from the prefetched reads; `None` when an
+    /// incremental sync has nothing new for it.
+    fn joined_room(
         &self,
         viewer: Viewer<'_>,
         req: &SyncRequest,
         since: &Since,
-        room_id: &RoomId,
         m: &MembershipRow,
-        now: i64,
         account_data: &[crate::store::AccountDataRow],
-        prefetch: &Prefetch,
-    ) -> Result<Option<Value>> {
-        // A room joined after `since` is sent in full, as on an initial sync.
-        let full = since.pos.is_none() || req.full_state || since.pos.is_some_and(|s| m.stream_pos > s);
-        let from = if full && since.pos.is_none_or(|s| m.stream_pos > s) { 0 } else { since.pos.unwrap_or(0) };
-        let from = if req.full_state { since.pos.unwrap_or(0) } else { from };
-        let timeline = self.timeline(viewer, req, room_id, from, now, Some(m.stream_pos)).await?;
-        let typing = self.typing.changed_since(room_id, since.typing);
-        let receipts = prefetch.receipts.get(room_id.as_str()).cloned().unwrap_or_default();
+        prefetch: &mut Prefetch,
+    ) -> Option<Value> {
+        let room_id = m.room_id.as_str();
+        let full = sent_in_full(req, since, m);
+        let timeline = prefetch.timelines.remove(room_id).unwrap_or_default();
+        let typing = RoomId::parse(room_id).ok().and_then(|id| self.typing.changed_since(&id, since.typing));
+        let receipts = prefetch.receipts.remove(room_id).unwrap_or_default();
         let room_data: Vec<Value> = account_data
             .iter()
-            .filter(|r| r.room_id == room_id.as_str())
+            .filter(|r| r.room_id == room_id)
             .map(|r| json!({ "type": r.data_type, "content": serde_json::from_str::<Value>(&r.content).unwrap_or_else(|_| json!({})) }))
             .collect();
-        let state_changed = if full {
-            Vec::new()
-        } else {
-            self.store.current_state_since(room_id.as_str(), since.pos.unwrap_or(0)).await?
-        };
+        let state_changed = prefetch.state_changed.remove(room_id).unwrap_or_default();
         if !full
             && timeline.events.is_empty()
             && typing.is_none()
@@ -358,7 +425,7 @@ impl Sync {
             && room_data.is_empty()
             && state_changed.is_empty()
         {
-            return Ok(None);
+            return None;
         }
 
         let state_filter = &req.filter.room.state;
@@ -382,27 +449,14 @@ impl Sync {
         };
 
         let mut room = Map::new();
-        let current_state = || prefetch.state.get(room_id.as_str()).cloned().unwrap_or_default();
-        let state_rows: Vec<EventRow> = if req.use_state_after {
-            if full { current_state() } else { state_changed.clone() }
-        } else if full {
-            match timeline.first_group {
-                Some(group) => {
-                    let ids: Vec<String> =
-                        self.store.state_group(group).await?.into_iter().map(|(_, _, e)| e).collect();
-                    self.store.events(&ids).await?
-                }
-                None => current_state(),
-            }
-        } else if timeline.limited {
-            state_changed.iter().filter(|r| !timeline_ids.contains(r.event_id.as_str())).cloned().collect()
+        // Rooms sent in full carry their full state; the others the state that changed,
+        // which only a `state_after` or a gapped (limited) timeline needs.
+        let state_events = if full || req.use_state_after || timeline.limited {
+            prefetch.state.remove(room_id).unwrap_or_default()
         } else {
             Vec::new()
         };
-        let state: Vec<Value> = self
-            .rooms
-            .serve(viewer, &state_rows)
-            .await?
+        let state: Vec<Value> = state_events
             .into_iter()
             .filter(|e| req.use_state_after || !timeline_ids.contains(e["event_id"].as_str().unwrap_or_default()))
             .filter(|e| keep_state(e))
@@ -439,20 +493,20 @@ impl Sync {
         }
         room.insert("ephemeral".into(), json!({ "events": ephemeral }));
         room.insert("account_data".into(), json!({ "events": room_data }));
-        let (notifications, highlights) = prefetch.counts.get(room_id.as_str()).copied().unwrap_or_default();
+        let (notifications, highlights) = prefetch.counts.get(room_id).copied().unwrap_or_default();
         room.insert(
             "unread_notifications".into(),
             json!({ "notification_count": notifications, "highlight_count": highlights }),
         );
         let members_changed = full || state_changed.iter().any(|r| r.json.contains("\"m.room.member\""));
         if members_changed {
-            let ((joined, invited), heroes) = prefetch.summaries.get(room_id.as_str()).cloned().unwrap_or_default();
+            let ((joined, invited), heroes) = prefetch.summaries.get(room_id).cloned().unwrap_or_default();
             room.insert(
                 "summary".into(),
                 json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }),
             );
         }
-        Ok(Some(Value::Object(room)))
+        Some(Value::Object(room))
     }
 
     async fn left_room(
@@ -460,11 +514,12 @@ impl Sync {
         viewer: Viewer<'_>,
         req: &SyncRequest,
         since: &Since,
-        room_id: &RoomId,
         m: &MembershipRow,
+        known: &HashMap<String, Option<i64>>,
     ) -> Result<Value> {
         // The timeline stops at the leave event.
-        let timeline = self.timeline(viewer, req, room_id, since.pos.unwrap_or(0), m.stream_pos, None).await?;
+        let range = (m.room_id.clone(), since.pos.unwrap_or(0), m.stream_pos);
+        let timeline = self.timelines(viewer, req, &[range], known).await?.remove(&m.room_id).unwrap_or_default();
         Ok(json!({
             "timeline": {
                 "events": timeline.events.into_iter().map(pdu::sync_event).collect::<Vec<_>>(),
@@ -476,44 +531,71 @@ impl Sync {
         }))
     }
 
-    async fn timeline(
+    /// The timelines of many rooms, each `(room, from, to)` giving its last events in
+    /// `(from, to]`: one read for all rooms, one visibility check, one serving pass.
+    async fn timelines(
         &self,
         viewer: Viewer<'_>,
         req: &SyncRequest,
-        room_id: &RoomId,
-        from: i64,
-        to: i64,
-        joined_at: Option<i64>,
-    ) -> Result<Timeline> {
+        ranges: &[(String, i64, i64)],
+        known: &HashMap<String, Option<i64>>,
+    ) -> Result<HashMap<String, Timeline>> {
         let timeline_filter = &req.filter.room.timeline;
         let limit = timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).clamp(1, 500);
-        let mut rows = self.store.room_events(room_id.as_str(), from, to, true, limit as i64 + 1).await?;
-        let limited = rows.len() > limit;
-        rows.truncate(limit);
-        rows.reverse();
-        let first_group = rows.first().map(|r| r.state_group_before);
-        let prev_batch = make_token(rows.first().map_or(to, |r| r.stream_pos - 1));
-        let rows = self.rooms.filter_visible_after_join(viewer.user_id, rows, joined_at).await?;
-        let events = self
-            .rooms
-            .serve(viewer, &rows)
-            .await?
-            .into_iter()
-            .filter(|e| filter::event_matches(timeline_filter, e))
-            .collect();
-        Ok(Timeline { events, limited, prev_batch, first_group })
+        let mut by_room: HashMap<String, Vec<EventRow>> = HashMap::new();
+        for row in self.store.recent_events_of_rooms(ranges, limit as i64 + 1).await? {
+            by_room.entry(row.room_id.clone()).or_default().push(row);
+        }
+        let mut out = HashMap::with_capacity(ranges.len());
+        let mut all_rows = Vec::new();
+        for (room, _, to) in ranges {
+            let mut rows = by_room.remove(room).unwrap_or_default();
+            rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.stream_pos));
+            let limited = rows.len() > limit;
+            rows.truncate(limit);
+            rows.reverse();
+            let timeline = Timeline {
+                events: Vec::new(),
+                limited,
+                prev_batch: make_token(rows.first().map_or(*to, |r| r.stream_pos - 1)),
+                first_group: rows.first().map(|r| r.state_group_before),
+            };
+            out.insert(room.clone(), timeline);
+            all_rows.extend(rows);
+        }
+        let rows = self.rooms.filter_visible_known(viewer.user_id, all_rows, known).await?;
+        let events = self.rooms.serve(viewer, &rows).await?;
+        for (row, event) in rows.iter().zip(events) {
+            if filter::event_matches(timeline_filter, &event)
+                && let Some(timeline) = out.get_mut(&row.room_id)
+            {
+                timeline.events.push(event);
+            }
+        }
+        Ok(out)
     }
 }
 
+/// Whether a joined room is sent in full (initial sync, `full_state`, or joined since).
+fn sent_in_full(req: &SyncRequest, since: &Since, m: &MembershipRow) -> bool {
+    req.full_state || since.pos.is_none_or(|s| m.stream_pos > s)
+}
+
 /// What the selected rooms of one sync need, read for all of them at once.
+#[derive(Default)]
 struct Prefetch {
     receipts: HashMap<String, Vec<crate::store::ReceiptRow>>,
     counts: HashMap<String, (i64, i64)>,
     summaries: HashMap<String, ((i64, i64), Vec<String>)>,
-    /// Current state of the rooms sent in full.
-    state: HashMap<String, Vec<EventRow>>,
+    timelines: HashMap<String, Timeline>,
+    /// Served state per room: the full state of rooms sent in full, the changed state of
+    /// the others.
+    state: HashMap<String, Vec<Value>>,
+    /// Current state events stored since the last sync, for rooms not sent in full.
+    state_changed: HashMap<String, Vec<EventRow>>,
 }
 
+#[derive(Default)]
 struct Timeline {
     events: Vec<Value>,
     limited: bool,

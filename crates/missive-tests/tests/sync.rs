@@ -1,0 +1,189 @@
+//! `/sync` semantics a client depends on, over plain HTTP so every field can be checked:
+//! state at the start of the timeline, history visibility, lazy-loaded members, gaps,
+//! summaries, and incremental syncs over many rooms.
+
+mod common;
+
+use common::{TestServer, TestUser};
+use serde_json::{Value, json};
+
+async fn create_public_room(server: &TestServer, owner: &TestUser, visibility: &str) -> String {
+    let body = json!({
+        "preset": "public_chat",
+        "name": "old name",
+        "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": visibility } }],
+    });
+    let (status, res) =
+        server.call("POST", "/_matrix/client/v3/createRoom", Some(&owner.access_token), Some(body)).await;
+    assert_eq!(status, 200, "{res}");
+    res["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn send(server: &TestServer, user: &TestUser, room: &str, kind: &str, state_key: Option<&str>, content: Value) {
+    let path = match state_key {
+        Some(key) => format!("/_matrix/client/v3/rooms/{room}/state/{kind}/{key}"),
+        None => format!("/_matrix/client/v3/rooms/{room}/send/{kind}/{}", uuid_like()),
+    };
+    let (status, res) = server.call("PUT", &path, Some(&user.access_token), Some(content)).await;
+    assert_eq!(status, 200, "{res}");
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("t{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn join(server: &TestServer, user: &TestUser, room: &str) {
+    let (status, res) = server
+        .call("POST", &format!("/_matrix/client/v3/join/{room}"), Some(&user.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{res}");
+}
+
+async fn sync(server: &TestServer, user: &TestUser, since: Option<&str>, filter: Value) -> Value {
+    let filter = urlencode(&filter.to_string());
+    let mut path = format!("/_matrix/client/v3/sync?timeout=0&filter={filter}");
+    if let Some(since) = since {
+        path.push_str(&format!("&since={since}"));
+    }
+    let (status, res) = server.call("GET", &path, Some(&user.access_token), None).await;
+    assert_eq!(status, 200, "{res}");
+    res
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn bodies(events: &Value) -> Vec<String> {
+    events.as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
+}
+
+fn state_of<'a>(events: &'a Value, kind: &str, key: &str) -> Option<&'a Value> {
+    events.as_array().unwrap().iter().find(|e| e["type"] == kind && e["state_key"] == key)
+}
+
+#[tokio::test]
+async fn initial_sync_sends_state_at_timeline_start_and_respects_history_visibility() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+
+    // Room "joined": bob must not see what was said before he joined.
+    let joined_only = create_public_room(&server, &alice, "joined").await;
+    send(&server, &alice, &joined_only, "m.room.message", None, json!({ "msgtype": "m.text", "body": "secret" })).await;
+    join(&server, &bob, &joined_only).await;
+    send(&server, &alice, &joined_only, "m.room.message", None, json!({ "msgtype": "m.text", "body": "welcome" }))
+        .await;
+
+    // Room "shared": history before the join is visible to members.
+    let shared = create_public_room(&server, &alice, "shared").await;
+    send(&server, &alice, &shared, "m.room.message", None, json!({ "msgtype": "m.text", "body": "early" })).await;
+    join(&server, &bob, &shared).await;
+
+    // Room with a renaming inside the last events: the state block is the state before the
+    // timeline, the new name arrives in the timeline.
+    let renamed = create_public_room(&server, &alice, "shared").await;
+    join(&server, &bob, &renamed).await;
+    for i in 0..5 {
+        send(
+            &server,
+            &alice,
+            &renamed,
+            "m.room.message",
+            None,
+            json!({ "msgtype": "m.text", "body": format!("r{i}") }),
+        )
+        .await;
+    }
+    send(&server, &alice, &renamed, "m.room.name", Some(""), json!({ "name": "new name" })).await;
+    send(&server, &alice, &renamed, "m.room.message", None, json!({ "msgtype": "m.text", "body": "after" })).await;
+
+    let res = sync(&server, &bob, None, json!({ "room": { "timeline": { "limit": 10 } } })).await;
+    let rooms = &res["rooms"]["join"];
+    let timeline = &rooms[&joined_only]["timeline"]["events"];
+    assert_eq!(bodies(timeline), vec!["welcome"], "pre-join history is hidden under \"joined\"");
+    assert!(
+        timeline.as_array().unwrap().iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id),
+        "bob sees his own join"
+    );
+    assert_eq!(bodies(&rooms[&shared]["timeline"]["events"]), vec!["early"], "\"shared\" history is visible");
+
+    let res = sync(&server, &bob, None, json!({ "room": { "timeline": { "limit": 2 } } })).await;
+    let room = &res["rooms"]["join"][&renamed];
+    let timeline = &room["timeline"]["events"];
+    assert_eq!(timeline.as_array().unwrap().len(), 2);
+    assert_eq!(timeline[0]["type"], "m.room.name");
+    assert_eq!(bodies(timeline), vec!["after"]);
+    assert_eq!(room["timeline"]["limited"], true);
+    let state = &room["state"]["events"];
+    assert_eq!(state_of(state, "m.room.name", "").expect("name in state")["content"]["name"], "old name");
+    assert!(state_of(state, "m.room.create", "").is_some());
+    assert!(state_of(state, "m.room.member", &alice.user_id).is_some());
+    assert!(state.as_array().unwrap().iter().all(|e| e.get("room_id").is_none()), "sync format omits room_id");
+    assert_eq!(room["summary"]["m.joined_member_count"], 2);
+
+    // Lazy-loaded members: only the timeline's senders (and the syncing user).
+    let carol = server.register("carol").await;
+    join(&server, &carol, &renamed).await;
+    send(&server, &alice, &renamed, "m.room.message", None, json!({ "msgtype": "m.text", "body": "last" })).await;
+    let lazy = json!({ "room": { "timeline": { "limit": 1 }, "state": { "lazy_load_members": true } } });
+    let res = sync(&server, &bob, None, lazy.clone()).await;
+    let state = &res["rooms"]["join"][&renamed]["state"]["events"];
+    assert!(state_of(state, "m.room.member", &alice.user_id).is_some(), "the sender's member event");
+    assert!(state_of(state, "m.room.member", &bob.user_id).is_some(), "the syncing user's member event");
+    assert!(state_of(state, "m.room.member", &carol.user_id).is_none(), "no other members");
+    assert_eq!(state_of(state, "m.room.name", "").unwrap()["content"]["name"], "new name");
+
+    // Incremental: only the room that changed, its new events, no state block.
+    let since = res["next_batch"].as_str().unwrap().to_owned();
+    send(&server, &alice, &shared, "m.room.topic", Some(""), json!({ "topic": "t" })).await;
+    send(&server, &alice, &shared, "m.room.message", None, json!({ "msgtype": "m.text", "body": "news" })).await;
+    let res = sync(&server, &bob, Some(&since), lazy.clone()).await;
+    let joined = res["rooms"]["join"].as_object().unwrap();
+    assert_eq!(joined.keys().collect::<Vec<_>>(), vec![&shared], "only the changed room");
+    let room = &joined[&shared];
+    assert_eq!(bodies(&room["timeline"]["events"]), vec!["news"]);
+    assert_eq!(room["timeline"]["limited"], true, "two new events, limit 1");
+    let state = &room["state"]["events"];
+    assert_eq!(state_of(state, "m.room.topic", "").expect("gap state")["content"]["topic"], "t");
+    assert!(room.get("summary").is_none_or(|s| s.as_object().unwrap().is_empty()), "members did not change");
+
+    // A room joined since the token comes in full.
+    let since = res["next_batch"].as_str().unwrap().to_owned();
+    let fresh = create_public_room(&server, &alice, "shared").await;
+    join(&server, &bob, &fresh).await;
+    let res = sync(&server, &bob, Some(&since), json!({})).await;
+    let room = &res["rooms"]["join"][&fresh];
+    assert!(
+        state_of(&room["state"]["events"], "m.room.create", "").is_some()
+            || room["timeline"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create")
+    );
+    assert_eq!(room["summary"]["m.joined_member_count"], 2);
+}
+
+#[tokio::test]
+async fn left_rooms_end_at_the_leave() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_public_room(&server, &alice, "shared").await;
+    join(&server, &bob, &room).await;
+    let since = sync(&server, &bob, None, json!({})).await["next_batch"].as_str().unwrap().to_owned();
+    send(&server, &alice, &room, "m.room.message", None, json!({ "msgtype": "m.text", "body": "bye" })).await;
+    let (status, _) = server
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bob.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200);
+    send(&server, &alice, &room, "m.room.message", None, json!({ "msgtype": "m.text", "body": "unseen" })).await;
+    let res = sync(&server, &bob, Some(&since), json!({})).await;
+    let left = &res["rooms"]["leave"][&room]["timeline"]["events"];
+    assert_eq!(bodies(left), vec!["bye"], "the timeline stops at the leave");
+    assert_eq!(left.as_array().unwrap().last().unwrap()["content"]["membership"], "leave");
+}
