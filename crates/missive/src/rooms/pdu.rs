@@ -153,10 +153,12 @@ const CLIENT_KEYS: &[&str] = &["content", "origin_server_ts", "sender", "state_k
 /// filled in for the viewing `(user, device)` (its own transaction ID).
 pub fn client_event(row: &EventRow, viewer: Option<(&str, &str)>, now: i64) -> Value {
     let mut out = Map::new();
-    let pdu: Map<String, Value> = serde_json::from_str(&row.json).unwrap_or_default();
+    let mut pdu: Map<String, Value> = serde_json::from_str(&row.json).unwrap_or_default();
+    let sender_matches = viewer.is_some_and(|(sender, _)| pdu.get("sender").and_then(Value::as_str) == Some(sender));
+    let ts = pdu.get("origin_server_ts").and_then(Value::as_i64);
     for key in CLIENT_KEYS {
-        if let Some(v) = pdu.get(*key) {
-            out.insert((*key).to_owned(), v.clone());
+        if let Some(v) = pdu.remove(*key) {
+            out.insert((*key).to_owned(), v);
         }
     }
     out.insert("event_id".into(), Value::String(row.event_id.clone()));
@@ -169,12 +171,12 @@ pub fn client_event(row: &EventRow, viewer: Option<(&str, &str)>, now: i64) -> V
         out.insert("redacts".into(), r);
     }
     let mut unsigned = Map::new();
-    if let Some(ts) = pdu.get("origin_server_ts").and_then(Value::as_i64) {
+    if let Some(ts) = ts {
         unsigned.insert("age".into(), Value::from((now - ts).max(0)));
     }
-    if let (Some((sender, device)), Some(txn_device), Some(txn_id)) = (viewer, &row.txn_device_id, &row.txn_id)
+    if let (Some((_, device)), Some(txn_device), Some(txn_id)) = (viewer, &row.txn_device_id, &row.txn_id)
         && device == txn_device
-        && pdu.get("sender").and_then(Value::as_str) == Some(sender)
+        && sender_matches
     {
         unsigned.insert("transaction_id".into(), Value::String(txn_id.clone()));
     }

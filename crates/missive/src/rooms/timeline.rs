@@ -494,6 +494,9 @@ impl Rooms {
 /// The bundled aggregations of an event (`unsigned.m.relations`).
 fn bundle(row: &EventRow, viewer: &UserId, relations: &[RelationRow]) -> Map<String, Value> {
     let mut out = Map::new();
+    if !relations.iter().any(|r| r.relates_to == row.event_id) {
+        return out;
+    }
     let original_sender = serde_json::from_str::<Value>(&row.json)
         .ok()
         .and_then(|v| v.get("sender").and_then(Value::as_str).map(str::to_owned));

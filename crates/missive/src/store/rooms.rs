@@ -51,6 +51,33 @@ pub struct RelationRow {
 /// One `(event type, state key) → event ID` entry of a room state.
 pub type StateEntry = (String, String, String);
 
+/// Resolves a state group from its chain links, memoizing every group on the way so that
+/// groups sharing ancestors are built once. Iterative: chains can be long.
+fn resolve_group<'a>(
+    group: i64,
+    links: &HashMap<i64, (Option<i64>, Vec<StateEntry>)>,
+    resolved: &'a mut HashMap<i64, HashMap<(String, String), String>>,
+) -> &'a HashMap<(String, String), String> {
+    let mut pending = Vec::new();
+    let mut cursor = Some(group);
+    while let Some(g) = cursor {
+        if resolved.contains_key(&g) {
+            break;
+        }
+        pending.push(g);
+        cursor = links.get(&g).and_then(|(prev, _)| *prev);
+    }
+    while let Some(g) = pending.pop() {
+        let mut state =
+            links.get(&g).and_then(|(prev, _)| prev.and_then(|p| resolved.get(&p)).cloned()).unwrap_or_default();
+        for (t, k, e) in links.get(&g).map(|(_, d)| d.as_slice()).unwrap_or_default() {
+            state.insert((t.clone(), k.clone()), e.clone());
+        }
+        resolved.insert(g, state);
+    }
+    resolved.entry(group).or_default()
+}
+
 /// A room to create with the first batch of its events.
 #[derive(Debug, Clone)]
 pub struct NewRoom {
@@ -316,38 +343,37 @@ impl Store {
         Ok(self.state_groups(&[group]).await?.remove(&group).unwrap_or_default())
     }
 
-    /// The full state of many state groups, each resolved along its delta chain, in one
-    /// query per chunk (a recursive walk from every requested group at once).
+    /// The full state of many state groups, each resolved along its delta chain. One query
+    /// per chunk walks every chain at once and returns each group on them once; groups that
+    /// share ancestors (a room's successive states) are then resolved from each other.
     pub async fn state_groups(&self, groups: &[i64]) -> StoreResult<HashMap<i64, Vec<StateEntry>>> {
         let mut out = HashMap::with_capacity(groups.len());
         for chunk in groups.chunks(200) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let text = format!(
-                "WITH RECURSIVE chain(start, id, prev_group, delta, n) AS ( \
-                     SELECT id, id, prev_group, delta, 0 FROM state_groups WHERE id IN ({}) \
-                     UNION ALL \
-                     SELECT c.start, g.id, g.prev_group, g.delta, c.n + 1 \
-                     FROM state_groups g JOIN chain c ON g.id = c.prev_group \
-                 ) SELECT start, delta FROM chain ORDER BY start, n DESC",
+                "WITH RECURSIVE chain(id) AS ( \
+                     SELECT id FROM state_groups WHERE id IN ({}) \
+                     UNION \
+                     SELECT g.prev_group FROM state_groups g JOIN chain c ON g.id = c.id \
+                     WHERE g.prev_group IS NOT NULL \
+                 ) SELECT g.id, g.prev_group, g.delta FROM state_groups g JOIN chain c ON g.id = c.id",
                 placeholders.join(",")
             );
             let mut query = sqlx::query(sql(text));
             for group in chunk {
                 query = query.bind(group);
             }
-            let mut maps: HashMap<i64, HashMap<(String, String), String>> = HashMap::new();
+            let mut links: HashMap<i64, (Option<i64>, Vec<StateEntry>)> = HashMap::new();
             for row in query.fetch_all(&self.read).await? {
-                let delta: String = row.get(1);
+                let delta: String = row.get(2);
                 let entries: Vec<StateEntry> =
                     serde_json::from_str(&delta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let state = maps.entry(row.get(0)).or_default();
-                for (t, k, e) in entries {
-                    state.insert((t, k), e);
-                }
+                links.insert(row.get(0), (row.get(1), entries));
             }
+            let mut resolved: HashMap<i64, HashMap<(String, String), String>> = HashMap::new();
             for group in chunk {
-                let state = maps.remove(group).unwrap_or_default();
-                out.insert(*group, state.into_iter().map(|((t, k), e)| (t, k, e)).collect());
+                let state = resolve_group(*group, &links, &mut resolved);
+                out.insert(*group, state.iter().map(|((t, k), e)| (t.clone(), k.clone(), e.clone())).collect());
             }
         }
         Ok(out)

@@ -234,17 +234,17 @@ impl Sync {
                 rooms.insert(key.into(), Value::Object(value));
             }
         }
-        let response = json!({
-            "next_batch": format!("s{now}_{typing_serial}"),
-            "rooms": rooms,
-            "account_data": { "events": global },
-            "presence": { "events": [] },
-            "to_device": { "events": to_device },
-            "device_lists": { "changed": changed, "left": left },
-            "device_one_time_keys_count": otk_counts,
-            "device_unused_fallback_key_types": fallback_types,
-        });
-        Ok((response, has_changes))
+        // Built by moving the parts in: `json!` would deep-copy every interpolated value.
+        let mut response = Map::new();
+        response.insert("next_batch".into(), Value::String(format!("s{now}_{typing_serial}")));
+        response.insert("rooms".into(), Value::Object(rooms));
+        response.insert("account_data".into(), events(global));
+        response.insert("presence".into(), events(Vec::new()));
+        response.insert("to_device".into(), events(to_device));
+        response.insert("device_lists".into(), json!({ "changed": changed, "left": left }));
+        response.insert("device_one_time_keys_count".into(), json!(otk_counts));
+        response.insert("device_unused_fallback_key_types".into(), json!(fallback_types));
+        Ok((Value::Object(response), has_changes))
     }
 
     /// Reads what every selected room needs in a few set-based queries.
@@ -462,19 +462,8 @@ impl Sync {
             .filter(|e| keep_state(e))
             .map(pdu::sync_event)
             .collect();
-        if req.use_state_after {
-            room.insert("state_after".into(), json!({ "events": state }));
-        } else {
-            room.insert("state".into(), json!({ "events": state }));
-        }
-        room.insert(
-            "timeline".into(),
-            json!({
-                "events": timeline.events.into_iter().map(pdu::sync_event).collect::<Vec<_>>(),
-                "limited": timeline.limited,
-                "prev_batch": timeline.prev_batch,
-            }),
-        );
+        room.insert((if req.use_state_after { "state_after" } else { "state" }).into(), events(state));
+        room.insert("timeline".into(), timeline.into_json());
         let mut ephemeral = Vec::new();
         if let Some(users) = typing {
             ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
@@ -491,8 +480,8 @@ impl Sync {
             }
             ephemeral.push(json!({ "type": "m.receipt", "content": content }));
         }
-        room.insert("ephemeral".into(), json!({ "events": ephemeral }));
-        room.insert("account_data".into(), json!({ "events": room_data }));
+        room.insert("ephemeral".into(), events(ephemeral));
+        room.insert("account_data".into(), events(room_data));
         let (notifications, highlights) = prefetch.counts.get(room_id).copied().unwrap_or_default();
         room.insert(
             "unread_notifications".into(),
@@ -520,15 +509,11 @@ impl Sync {
         // The timeline stops at the leave event.
         let range = (m.room_id.clone(), since.pos.unwrap_or(0), m.stream_pos);
         let timeline = self.timelines(viewer, req, &[range], known).await?.remove(&m.room_id).unwrap_or_default();
-        Ok(json!({
-            "timeline": {
-                "events": timeline.events.into_iter().map(pdu::sync_event).collect::<Vec<_>>(),
-                "limited": timeline.limited,
-                "prev_batch": timeline.prev_batch,
-            },
-            "state": { "events": [] },
-            "account_data": { "events": [] },
-        }))
+        let mut room = Map::new();
+        room.insert("timeline".into(), timeline.into_json());
+        room.insert("state".into(), events(Vec::new()));
+        room.insert("account_data".into(), events(Vec::new()));
+        Ok(Value::Object(room))
     }
 
     /// The timelines of many rooms, each `(room, from, to)` giving its last events in
@@ -601,4 +586,22 @@ struct Timeline {
     limited: bool,
     prev_batch: String,
     first_group: Option<i64>,
+}
+
+impl Timeline {
+    /// The `timeline` object of a room in the sync format.
+    fn into_json(self) -> Value {
+        let mut out = Map::new();
+        out.insert("events".into(), Value::Array(self.events.into_iter().map(pdu::sync_event).collect()));
+        out.insert("limited".into(), Value::Bool(self.limited));
+        out.insert("prev_batch".into(), Value::String(self.prev_batch));
+        Value::Object(out)
+    }
+}
+
+/// `{"events": [...]}`, moving the events in.
+fn events(list: Vec<Value>) -> Value {
+    let mut out = Map::new();
+    out.insert("events".into(), Value::Array(list));
+    Value::Object(out)
 }
