@@ -351,7 +351,7 @@ impl Bench {
         let mut out = Vec::new();
         for (metric, filter, full) in [("timeline1_lazy", Some(&lazy), false), ("full_state", None, true)] {
             let mut times = Vec::new();
-            for _ in 0..3 {
+            for _ in 0..5 {
                 // A new device each time, as a real initial sync is: Synapse answers a repeated
                 // identical request from a response cache for two minutes, which would measure
                 // the cache instead of the sync.

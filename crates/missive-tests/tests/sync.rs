@@ -169,6 +169,54 @@ async fn initial_sync_sends_state_at_timeline_start_and_respects_history_visibil
 }
 
 #[tokio::test]
+async fn incremental_sync_carries_edits_receipts_and_device_state() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_public_room(&server, &alice, "shared").await;
+    join(&server, &bob, &room).await;
+    let first = sync(&server, &alice, None, json!({})).await;
+    assert_eq!(first["device_one_time_keys_count"]["signed_curve25519"], 0);
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // A message and its edit in the same gap: the message comes with the edit bundled.
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/orig");
+    let (_, sent) = server
+        .call("PUT", &path, Some(&alice.access_token), Some(json!({ "msgtype": "m.text", "body": "typo" })))
+        .await;
+    let original = sent["event_id"].as_str().unwrap().to_owned();
+    let edit = json!({
+        "msgtype": "m.text", "body": "* fixed",
+        "m.new_content": { "msgtype": "m.text", "body": "fixed" },
+        "m.relates_to": { "rel_type": "m.replace", "event_id": original },
+    });
+    send(&server, &alice, &room, "m.room.message", None, edit).await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{original}"),
+            Some(&bob.access_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let keys = json!({ "one_time_keys": { "signed_curve25519:AAAA": { "key": "k1" }, "signed_curve25519:AAAB": { "key": "k2" } } });
+    let (status, _) =
+        server.call("POST", "/_matrix/client/v3/keys/upload", Some(&alice.access_token), Some(keys)).await;
+    assert_eq!(status, 200);
+
+    let res = sync(&server, &alice, Some(&since), json!({})).await;
+    let entry = &res["rooms"]["join"][&room];
+    let events = entry["timeline"]["events"].as_array().unwrap();
+    let message = events.iter().find(|e| e["event_id"] == original.as_str()).expect("the original in the timeline");
+    assert_eq!(message["unsigned"]["m.relations"]["m.replace"]["content"]["m.new_content"]["body"], "fixed");
+    let receipts = entry["ephemeral"]["events"].as_array().unwrap();
+    let receipt = receipts.iter().find(|e| e["type"] == "m.receipt").expect("bob's receipt");
+    assert!(receipt["content"][&original]["m.read"][&bob.user_id]["ts"].is_i64());
+    assert_eq!(res["device_one_time_keys_count"]["signed_curve25519"], 2);
+}
+
+#[tokio::test]
 async fn left_rooms_end_at_the_leave() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;

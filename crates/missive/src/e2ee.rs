@@ -99,17 +99,22 @@ impl E2ee {
         self.one_time_key_counts(user_id, device_id).await
     }
 
-    /// Unclaimed one-time keys per algorithm (the spec wants `signed_curve25519` always).
+    /// Unclaimed one-time key counts of a device (`signed_curve25519` always present).
     pub async fn one_time_key_counts(&self, user_id: &UserId, device_id: &DeviceId) -> Result<BTreeMap<String, i64>> {
-        let mut counts: BTreeMap<String, i64> =
-            self.store.one_time_key_counts(user_id.as_str(), device_id.as_str()).await?.into_iter().collect();
-        counts.entry("signed_curve25519".into()).or_insert(0);
-        Ok(counts)
+        Ok(self.device_sync_state(user_id, device_id).await?.0)
     }
 
-    /// Algorithms with an unused fallback key.
-    pub async fn unused_fallback_types(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Vec<String>> {
-        Ok(self.store.unused_fallback_algorithms(user_id.as_str(), device_id.as_str()).await?)
+    /// What a sync reports about a device: one-time key counts, algorithms with an unused
+    /// fallback key, and whether to-device messages are queued; one read.
+    pub async fn device_sync_state(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<(BTreeMap<String, i64>, Vec<String>, bool)> {
+        let state = self.store.device_sync_state(user_id.as_str(), device_id.as_str()).await?;
+        let mut counts: BTreeMap<String, i64> = state.one_time_keys.into_iter().collect();
+        counts.entry("signed_curve25519".into()).or_insert(0);
+        Ok((counts, state.unused_fallbacks, state.to_device_waiting))
     }
 
     /// `keys/query` for local users: device keys and cross-signing keys (the user-signing key

@@ -146,19 +146,40 @@ impl ruma::state_res::Event for Pdu {
     }
 }
 
-/// Top-level PDU keys a client sees (the rest are federation details).
-const CLIENT_KEYS: &[&str] = &["content", "origin_server_ts", "sender", "state_key", "type", "redacts"];
+/// The top-level PDU keys a client sees. Reading only these lets serde skip the federation
+/// details (signatures, hashes, auth and prev events) without allocating them.
+#[derive(serde::Deserialize)]
+struct ClientKeys {
+    content: Option<Value>,
+    origin_server_ts: Option<Value>,
+    sender: Option<Value>,
+    state_key: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    redacts: Option<Value>,
+}
 
 /// Turns a stored event into the client-server format (`ClientEvent`), with `unsigned`
 /// filled in for the viewing `(user, device)` (its own transaction ID).
 pub fn client_event(row: &EventRow, viewer: Option<(&str, &str)>, now: i64) -> Value {
     let mut out = Map::new();
-    let mut pdu: Map<String, Value> = serde_json::from_str(&row.json).unwrap_or_default();
-    let sender_matches = viewer.is_some_and(|(sender, _)| pdu.get("sender").and_then(Value::as_str) == Some(sender));
-    let ts = pdu.get("origin_server_ts").and_then(Value::as_i64);
-    for key in CLIENT_KEYS {
-        if let Some(v) = pdu.remove(*key) {
-            out.insert((*key).to_owned(), v);
+    let pdu: Option<ClientKeys> = serde_json::from_str(&row.json).ok();
+    let sender_matches = viewer.is_some_and(|(sender, _)| {
+        pdu.as_ref().and_then(|p| p.sender.as_ref()).and_then(Value::as_str) == Some(sender)
+    });
+    let ts = pdu.as_ref().and_then(|p| p.origin_server_ts.as_ref()).and_then(Value::as_i64);
+    if let Some(pdu) = pdu {
+        for (key, value) in [
+            ("content", pdu.content),
+            ("origin_server_ts", pdu.origin_server_ts),
+            ("sender", pdu.sender),
+            ("state_key", pdu.state_key),
+            ("type", pdu.kind),
+            ("redacts", pdu.redacts),
+        ] {
+            if let Some(value) = value {
+                out.insert(key.to_owned(), value);
+            }
         }
     }
     out.insert("event_id".into(), Value::String(row.event_id.clone()));

@@ -239,9 +239,9 @@ impl Rooms {
         self.serve_with(viewer, rows, true).await
     }
 
-    /// Serves state events in the client format: like [`Self::serve`] without bundled
-    /// aggregations, which only timeline events carry.
-    pub async fn serve_state(&self, viewer: Viewer<'_>, rows: &[EventRow]) -> Result<Vec<Value>> {
+    /// Like [`Self::serve`] without bundled aggregations: for state events, which do not
+    /// carry them, and for events known to have no relations.
+    pub async fn serve_unbundled(&self, viewer: Viewer<'_>, rows: &[EventRow]) -> Result<Vec<Value>> {
         self.serve_with(viewer, rows, false).await
     }
 

@@ -14,6 +14,17 @@ pub struct ToDeviceRow {
     pub content: String,
 }
 
+/// What every sync reports about a device.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceSyncState {
+    /// Unclaimed one-time keys per algorithm.
+    pub one_time_keys: Vec<(String, i64)>,
+    /// Algorithms with an unused fallback key, sorted.
+    pub unused_fallbacks: Vec<String>,
+    /// Whether to-device messages are queued (delivered or not).
+    pub to_device_waiting: bool,
+}
+
 /// A to-device message to queue.
 #[derive(Debug, Clone)]
 pub struct NewToDevice {
@@ -108,27 +119,31 @@ impl Store {
         Ok(())
     }
 
-    /// Unclaimed one-time keys per algorithm.
-    pub async fn one_time_key_counts(&self, user_id: &str, device_id: &str) -> StoreResult<Vec<(String, i64)>> {
+    /// What every sync reports about a device, in one read: unclaimed one-time keys per
+    /// algorithm, algorithms with an unused fallback key, and whether to-device messages wait.
+    pub async fn device_sync_state(&self, user_id: &str, device_id: &str) -> StoreResult<DeviceSyncState> {
         let rows = sqlx::query(
-            "SELECT algorithm, COUNT(*) FROM one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
+            "SELECT algorithm, CAST(COUNT(*) AS BIGINT), CAST(0 AS BIGINT) FROM one_time_keys \
+             WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm \
+             UNION ALL SELECT algorithm, CAST(0 AS BIGINT), CAST(1 AS BIGINT) FROM fallback_keys \
+             WHERE user_id = $1 AND device_id = $2 AND used = 0 \
+             UNION ALL SELECT '', CAST(0 AS BIGINT), CAST(2 AS BIGINT) \
+             WHERE EXISTS (SELECT 1 FROM to_device WHERE user_id = $1 AND device_id = $2)",
         )
         .bind(user_id)
         .bind(device_id)
         .fetch_all(&self.read)
         .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
-    }
-
-    /// Algorithms with an unused fallback key.
-    pub async fn unused_fallback_algorithms(&self, user_id: &str, device_id: &str) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT algorithm FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND used = 0 ORDER BY algorithm",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .fetch_all(&self.read)
-        .await?)
+        let mut out = DeviceSyncState::default();
+        for r in rows {
+            match r.get::<i64, _>(2) {
+                0 => out.one_time_keys.push((r.get(0), r.get(1))),
+                1 => out.unused_fallbacks.push(r.get(0)),
+                _ => out.to_device_waiting = true,
+            }
+        }
+        out.unused_fallbacks.sort();
+        Ok(out)
     }
 
     /// Claims one key of `algorithm` for a device: a one-time key (removed), else the fallback
@@ -274,15 +289,6 @@ impl Store {
         to: i64,
         limit: i64,
     ) -> StoreResult<Vec<ToDeviceRow>> {
-        // Most syncs find the queue empty: a read answers that without taking the writer.
-        let queued = sqlx::query("SELECT 1 FROM to_device WHERE user_id = $1 AND device_id = $2 LIMIT 1")
-            .bind(user_id)
-            .bind(device_id)
-            .fetch_optional(&self.read)
-            .await?;
-        if queued.is_none() {
-            return Ok(Vec::new());
-        }
         let mut tx = self.write.begin().await?;
         if let Some(since) = since {
             sqlx::query(

@@ -21,7 +21,7 @@ use sqlx::{
 };
 
 use self::rooms::{EVENT_COLUMNS, EVENT_COLUMNS_E, event_row};
-pub use self::{accounts::*, e2ee::*, rooms::*, user_data::*};
+pub use self::{accounts::*, e2ee::*, rooms::*, sync::*, user_data::*};
 
 /// A storage failure; never shown to clients in detail.
 #[derive(Debug, thiserror::Error)]

@@ -637,18 +637,6 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
-    /// Whether any membership changed at a position in `(since, to]`.
-    pub async fn memberships_changed_between(&self, since: i64, to: i64) -> StoreResult<bool> {
-        Ok(sqlx::query(
-            "SELECT 1 FROM events WHERE stream_pos > $1 AND stream_pos <= $2 AND event_type = 'm.room.member' LIMIT 1",
-        )
-        .bind(since)
-        .bind(to)
-        .fetch_optional(&self.read)
-        .await?
-        .is_some())
-    }
-
     /// Everyone with a membership in the rooms `user_id` is joined to:
     /// `(user, their membership, its stream position, the position of user_id's own join)`.
     pub async fn room_mates(&self, user_id: &str) -> StoreResult<Vec<(String, String, i64, i64)>> {

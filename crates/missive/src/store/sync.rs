@@ -1,10 +1,29 @@
 //! Set-based reads for `/sync`: one query for many rooms instead of one per room.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use sqlx::Row;
 
 use super::{EVENT_COLUMNS, EVENT_COLUMNS_E, EventRow, ReceiptRow, Store, StoreResult, event_row, sql};
+
+/// What changed in a range of stream positions.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Rooms with new events or receipts.
+    pub rooms: HashMap<String, RoomChanges>,
+    /// Whether any new event relates to another (edits, reactions, threads).
+    pub relations: bool,
+    /// Whether any membership changed.
+    pub memberships: bool,
+}
+
+/// What changed in one room.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoomChanges {
+    pub events: bool,
+    pub state: bool,
+    pub receipts: bool,
+}
 
 /// `$first, $first+1, …` for an `IN` list of `n` values.
 fn placeholders(first: usize, n: usize) -> String {
@@ -15,17 +34,34 @@ fn placeholders(first: usize, n: usize) -> String {
 const CHUNK: usize = 500;
 
 impl Store {
-    /// Rooms with events or receipts at positions in `(since, to]`.
-    pub async fn rooms_changed_between(&self, since: i64, to: i64) -> StoreResult<HashSet<String>> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2 \
-             UNION SELECT room_id FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2",
+    /// What changed at positions in `(since, to]`, per room, in one read.
+    pub async fn changes_between(&self, since: i64, to: i64) -> StoreResult<Changes> {
+        let rows = sqlx::query(
+            "SELECT room_id, CAST(0 AS BIGINT), \
+             CAST(MAX(CASE WHEN state_key IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(MAX(CASE WHEN relates_to IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(MAX(CASE WHEN event_type = 'm.room.member' THEN 1 ELSE 0 END) AS BIGINT) \
+             FROM events WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY room_id \
+             UNION ALL SELECT room_id, CAST(1 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
+             FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY room_id",
         )
         .bind(since)
         .bind(to)
         .fetch_all(&self.read)
         .await?;
-        Ok(rows.into_iter().collect())
+        let mut out = Changes::default();
+        for r in rows {
+            let room = out.rooms.entry(r.get(0)).or_default();
+            if r.get::<i64, _>(1) == 1 {
+                room.receipts = true;
+            } else {
+                room.events = true;
+                room.state |= r.get::<i64, _>(2) == 1;
+                out.relations |= r.get::<i64, _>(3) == 1;
+                out.memberships |= r.get::<i64, _>(4) == 1;
+            }
+        }
+        Ok(out)
     }
 
     /// Read receipts of many rooms changed after `since` (private ones only `viewer`'s).

@@ -27,7 +27,7 @@ use crate::{
         pdu,
         timeline::{Viewer, make_token},
     },
-    store::{EventRow, MembershipRow, Store},
+    store::{Changes, EventRow, MembershipRow, Store},
 };
 
 /// Default number of timeline events per room.
@@ -82,9 +82,14 @@ impl Sync {
         user_id: &UserId,
         since: i64,
         to: i64,
+        changes: Option<&Changes>,
     ) -> Result<(Vec<String>, Vec<String>)> {
         let key_changes = self.store.device_list_changes(since, to).await?;
-        if key_changes.is_empty() && !self.store.memberships_changed_between(since, to).await? {
+        let memberships_changed = match changes {
+            Some(changes) => changes.memberships,
+            None => self.store.changes_between(since, to).await?.memberships,
+        };
+        if key_changes.is_empty() && !memberships_changed {
             return Ok((Vec::new(), Vec::new()));
         }
         let mates = self.store.room_mates(user_id.as_str()).await?;
@@ -140,27 +145,38 @@ impl Sync {
         let mut invite = Map::new();
         let mut leave = Map::new();
         let mut knock = Map::new();
-        let memberships = self.store.memberships_of_user(user_id.as_str(), None).await?;
-        let account_data = self.store.account_data_since(user_id.as_str(), since.pos).await?;
+        let device_id = identity.device_id.as_ref();
+        // The reads that do not depend on each other run at once: on PostgreSQL each is a
+        // round trip, on SQLite each runs on its own pooled connection.
+        let (memberships, account_data, changes, device_state, counts) = tokio::try_join!(
+            async { Ok::<_, Error>(self.store.memberships_of_user(user_id.as_str(), None).await?) },
+            async { Ok(self.store.account_data_since(user_id.as_str(), since.pos).await?) },
+            // Only rooms with something new are computed: on an incremental sync, one query
+            // says which rooms have new events, state or receipts.
+            async {
+                Ok(match since.pos {
+                    Some(s) => Some(self.store.changes_between(s, now).await?),
+                    None => None,
+                })
+            },
+            self.e2ee.device_sync_state(user_id, device_id),
+            async { Ok(self.store.notification_counts_by_room(user_id.as_str()).await?) },
+        )?;
         let mut visible: Vec<MembershipRow> = Vec::new();
         for m in memberships {
             if m.stream_pos <= now && filter::room_allowed(&req.filter, &m.room_id) {
                 visible.push(m);
             }
         }
-        // Only rooms with something new are computed: on an incremental sync, one query says
-        // which rooms have new events or receipts.
-        let changed = match since.pos {
-            Some(s) if !req.full_state => Some(self.store.rooms_changed_between(s, now).await?),
-            _ => None,
-        };
+        let incremental_changes = changes.as_ref().filter(|_| !req.full_state);
+        let changed = incremental_changes.map(|c| &c.rooms);
         let mut joined_rows = Vec::new();
         for m in visible.iter().filter(|m| m.membership == "join") {
             let room_id = RoomId::parse(&m.room_id).map_err(|e| Error::Internal(e.to_string()))?;
             let selected = match (&changed, since.pos) {
                 (Some(changed), Some(s)) => {
                     m.stream_pos > s
-                        || changed.contains(&m.room_id)
+                        || changed.contains_key(&m.room_id)
                         || account_data.iter().any(|r| r.room_id == m.room_id)
                         || self.typing.changed_since(&room_id, since.typing).is_some()
                 }
@@ -175,7 +191,25 @@ impl Sync {
             visible.iter().map(|m| (m.room_id.clone(), (m.membership == "join").then_some(m.stream_pos))).collect();
         // Everything the selected rooms need is read in a few set-based queries, whatever
         // their number; the rooms are then assembled from memory.
-        let mut prefetch = self.prefetch(viewer, req, since, &joined_rows, now, &known).await?;
+        let (otk_counts, fallback_types, to_device_waiting) = device_state;
+        let (prefetch, device_lists, to_device) = tokio::try_join!(
+            self.prefetch(viewer, req, since, &joined_rows, now, &known, incremental_changes),
+            async {
+                match since.pos {
+                    Some(s) => self.device_list_updates(user_id, s, now, changes.as_ref()).await,
+                    None => Ok((Vec::new(), Vec::new())),
+                }
+            },
+            async {
+                if to_device_waiting {
+                    self.e2ee.to_device_for_sync(user_id, device_id, since.pos, now).await
+                } else {
+                    Ok(Vec::new())
+                }
+            },
+        )?;
+        let mut prefetch = prefetch;
+        prefetch.counts = counts;
         for m in &joined_rows {
             if let Some(room) = self.joined_room(viewer, req, since, m, &account_data, &mut prefetch) {
                 join.insert(m.room_id.clone(), room);
@@ -212,14 +246,7 @@ impl Sync {
             let ruleset = self.rooms.push_ruleset(user_id).await?;
             global.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": &*ruleset } }));
         }
-        let device_id = identity.device_id.as_ref();
-        let to_device = self.e2ee.to_device_for_sync(user_id, device_id, since.pos, now).await?;
-        let (changed, left) = match since.pos {
-            Some(s) => self.device_list_updates(user_id, s, now).await?,
-            None => (Vec::new(), Vec::new()),
-        };
-        let otk_counts = self.e2ee.one_time_key_counts(user_id, device_id).await?;
-        let fallback_types = self.e2ee.unused_fallback_types(user_id, device_id).await?;
+        let (changed, left) = device_lists;
         let has_changes = !(join.is_empty()
             && invite.is_empty()
             && leave.is_empty()
@@ -256,11 +283,11 @@ impl Sync {
         rooms: &[MembershipRow],
         now: i64,
         known: &HashMap<String, Option<i64>>,
+        changes: Option<&Changes>,
     ) -> Result<Prefetch> {
         if rooms.is_empty() {
             return Ok(Prefetch::default());
         }
-        let ids: Vec<String> = rooms.iter().map(|m| m.room_id.clone()).collect();
         let (full, incremental): (Vec<&MembershipRow>, Vec<&MembershipRow>) =
             rooms.iter().partition(|m| sent_in_full(req, since, m));
         let full: Vec<String> = full.into_iter().map(|m| m.room_id.clone()).collect();
@@ -276,18 +303,46 @@ impl Sync {
                 (m.room_id.clone(), from, now)
             })
             .collect();
-        let timelines = self.timelines(viewer, req, &ranges, known).await?;
-
+        // A relation is created after the event it points to, so when no new event relates
+        // to another, incremental timelines (all new events) have no aggregations to look up.
+        // Federation backfill can break that order; it must then force `bundled`.
+        let bundled = !full.is_empty() || changes.is_none_or(|c| c.relations);
+        let changed = changes.map(|c| &c.rooms);
+        // Only rooms whose state changed need their changed state read.
+        let state_rooms: Vec<String> = incremental
+            .iter()
+            .filter(|id| changed.is_none_or(|c| c.get(*id).is_some_and(|r| r.state)))
+            .cloned()
+            .collect();
+        let receipt_rooms: Vec<String> = full
+            .iter()
+            .chain(incremental.iter().filter(|id| changed.is_none_or(|c| c.get(*id).is_some_and(|r| r.receipts))))
+            .cloned()
+            .collect();
+        let (timelines, changed_rows, receipts) = tokio::try_join!(
+            self.timelines(viewer, req, &ranges, known, bundled),
+            async {
+                Ok(match (since.pos, state_rooms.is_empty()) {
+                    (Some(s), false) => self.store.current_state_of_rooms(&state_rooms, Some(s)).await?,
+                    _ => Vec::new(),
+                })
+            },
+            async {
+                Ok(if receipt_rooms.is_empty() {
+                    HashMap::new()
+                } else {
+                    self.store.receipts_for_rooms(&receipt_rooms, since.pos, viewer.user_id.as_str()).await?
+                })
+            },
+        )?;
         let mut state_changed: HashMap<String, Vec<EventRow>> = HashMap::new();
-        if let (Some(s), false) = (since.pos, incremental.is_empty()) {
-            for row in self.store.current_state_of_rooms(&incremental, Some(s)).await? {
-                state_changed.entry(row.room_id.clone()).or_default().push(row);
-            }
+        for row in changed_rows {
+            state_changed.entry(row.room_id.clone()).or_default().push(row);
         }
         let mut state_rows = self.full_state_rows(req, &full, &timelines).await?;
         let flat: Vec<EventRow> =
             state_rows.values_mut().flat_map(std::mem::take).chain(state_changed.values().flatten().cloned()).collect();
-        let served = self.rooms.serve_state(viewer, &flat).await?;
+        let served = self.rooms.serve_unbundled(viewer, &flat).await?;
         let mut state: HashMap<String, Vec<Value>> = HashMap::new();
         for (row, event) in flat.iter().zip(served) {
             state.entry(row.room_id.clone()).or_default().push(event);
@@ -306,14 +361,7 @@ impl Sync {
         } else {
             self.store.summaries(&summary_rooms, viewer.user_id.as_str()).await?
         };
-        Ok(Prefetch {
-            receipts: self.store.receipts_for_rooms(&ids, since.pos, viewer.user_id.as_str()).await?,
-            counts: self.store.notification_counts_by_room(viewer.user_id.as_str()).await?,
-            summaries,
-            timelines,
-            state,
-            state_changed,
-        })
+        Ok(Prefetch { receipts, counts: HashMap::new(), summaries, timelines, state, state_changed })
     }
 
     /// The state sent with rooms sent in full: the state at the start of the timeline (or the
@@ -508,7 +556,7 @@ impl Sync {
     ) -> Result<Value> {
         // The timeline stops at the leave event.
         let range = (m.room_id.clone(), since.pos.unwrap_or(0), m.stream_pos);
-        let timeline = self.timelines(viewer, req, &[range], known).await?.remove(&m.room_id).unwrap_or_default();
+        let timeline = self.timelines(viewer, req, &[range], known, true).await?.remove(&m.room_id).unwrap_or_default();
         let mut room = Map::new();
         room.insert("timeline".into(), timeline.into_json());
         room.insert("state".into(), events(Vec::new()));
@@ -524,6 +572,7 @@ impl Sync {
         req: &SyncRequest,
         ranges: &[(String, i64, i64)],
         known: &HashMap<String, Option<i64>>,
+        bundled: bool,
     ) -> Result<HashMap<String, Timeline>> {
         let timeline_filter = &req.filter.room.timeline;
         let limit = timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).clamp(1, 500);
@@ -549,7 +598,11 @@ impl Sync {
             all_rows.extend(rows);
         }
         let rows = self.rooms.filter_visible_known(viewer.user_id, all_rows, known).await?;
-        let events = self.rooms.serve(viewer, &rows).await?;
+        let events = if bundled {
+            self.rooms.serve(viewer, &rows).await?
+        } else {
+            self.rooms.serve_unbundled(viewer, &rows).await?
+        };
         for (row, event) in rows.iter().zip(events) {
             if filter::event_matches(timeline_filter, &event)
                 && let Some(timeline) = out.get_mut(&row.room_id)

@@ -80,7 +80,7 @@ async fn claim(state: AppState, req: Ruma<claim_keys::v3::Request>) -> Result<Re
 async fn changes(state: AppState, req: Ruma<get_key_changes::v3::Request>) -> Result<Response> {
     let from = parse_token(&req.body.from)?;
     let to = parse_token(&req.body.to)?;
-    let (changed, left) = state.sync.device_list_updates(&req.identity().user_id, from, to).await?;
+    let (changed, left) = state.sync.device_list_updates(&req.identity().user_id, from, to, None).await?;
     Ok(json(json!({ "changed": changed, "left": left })))
 }
 
