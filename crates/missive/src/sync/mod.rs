@@ -275,6 +275,7 @@ impl Sync {
     }
 
     /// Reads what every selected room needs in a few set-based queries.
+    #[allow(clippy::too_many_arguments)]
     async fn prefetch(
         &self,
         viewer: Viewer<'_>,
