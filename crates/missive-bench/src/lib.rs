@@ -29,7 +29,8 @@ pub struct Options {
     /// PID of the server process, to read its resident memory.
     #[arg(long)]
     pub pid: Option<u32>,
-    /// Scenarios to run (comma-separated): send,wakeup,initial_sync,members,e2ee.
+    /// Scenarios to run (comma-separated): send (= send_1,send_16), wakeup, initial_sync,
+    /// members, e2ee.
     #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee")]
     pub scenarios: String,
     /// Messages per sender configuration in the send scenario.
@@ -491,6 +492,8 @@ impl Bench {
                     f.extend(self.send_throughput(16).await?);
                     f
                 }
+                "send_1" => self.send_throughput(1).await?,
+                "send_16" => self.send_throughput(16).await?,
                 "wakeup" => self.wakeup().await?,
                 "initial_sync" => self.initial_sync().await?,
                 "members" => self.members().await?,

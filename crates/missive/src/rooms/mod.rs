@@ -14,7 +14,7 @@ pub mod timeline;
 pub mod version;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicI64, Ordering},
@@ -67,13 +67,16 @@ pub struct RoomHead {
     pub room_id: OwnedRoomId,
     pub version: RoomVersionId,
     pub rules: RoomVersionRules,
-    pub state: HashMap<(String, String), OwnedEventId>,
+    /// Shared with the batches built on it: a batch copies it only when it changes state.
+    pub state: Arc<HashMap<(String, String), OwnedEventId>>,
     pub extremities: Vec<OwnedEventId>,
     pub depth: u64,
     pub group: i64,
     pub chain_len: i64,
     /// Parsed state events used by the authorization rules, loaded on demand.
-    pub pdus: HashMap<OwnedEventId, Arc<Pdu>>,
+    pub pdus: Arc<HashMap<OwnedEventId, Arc<Pdu>>>,
+    /// Users whose membership is `join`, for notifications without a read per message.
+    pub joined: Arc<HashSet<String>>,
 }
 
 impl RoomHead {
@@ -199,9 +202,18 @@ impl Rooms {
             match self.ensure_head(room_id, &mut guard).await.map(|head| head.clone()) {
                 Ok(head) => {
                     let mut batch = Batch::new(head);
+                    // Retries of sends already stored are found for the whole batch at once.
+                    let txns: Vec<(String, String, String)> = pending
+                        .iter()
+                        .filter_map(|p| p.txn.as_ref().map(|(d, t)| (p.sender.to_string(), d.clone(), t.clone())))
+                        .collect();
+                    let stored = self.store.txn_events(&txns).await;
                     let mut results = Vec::with_capacity(pending.len());
                     for p in &pending {
-                        results.push(self.append_send(&mut batch, p).await);
+                        results.push(match &stored {
+                            Ok(stored) => self.append_send(&mut batch, p, stored).await,
+                            Err(e) => Err(Error::Internal(e.to_string())),
+                        });
                     }
                     let committed = self.commit(room_id, &mut batch).await;
                     if committed.is_ok() {
@@ -237,7 +249,12 @@ impl Rooms {
         answer.await.map_err(|_| Error::Internal("room writer went away".into()))?
     }
 
-    async fn append_send(&self, batch: &mut Batch, p: &PendingSend) -> Result<OwnedEventId> {
+    async fn append_send(
+        &self,
+        batch: &mut Batch,
+        p: &PendingSend,
+        stored: &HashMap<(String, String, String), String>,
+    ) -> Result<OwnedEventId> {
         if let Some((device, txn)) = &p.txn {
             // A retry of a send already in this batch, or already stored, returns its event.
             let in_batch = batch.write.events.iter().find(|e| {
@@ -246,8 +263,8 @@ impl Rooms {
             if let Some(event) = in_batch {
                 return OwnedEventId::try_from(event.event_id.clone()).map_err(|e| Error::Internal(e.to_string()));
             }
-            if let Some(existing) = self.store.txn_event(p.sender.as_str(), device, txn).await? {
-                return OwnedEventId::try_from(existing).map_err(|e| Error::Internal(e.to_string()));
+            if let Some(existing) = stored.get(&(p.sender.to_string(), device.clone(), txn.clone())) {
+                return OwnedEventId::try_from(existing.clone()).map_err(|e| Error::Internal(e.to_string()));
             }
         }
         if p.draft.kind == "m.room.redaction" {
@@ -296,16 +313,18 @@ impl Rooms {
         let extremities = self.store.extremities(room_id.as_str()).await?;
         let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) as u64;
         let chain_len = self.store.state_group_chain_len(group).await?;
+        let joined = self.store.room_members(room_id.as_str(), Some("join")).await?.into_iter().map(|m| m.user_id);
         Ok(RoomHead {
             room_id: room_id.to_owned(),
             version,
             rules,
-            state,
+            state: Arc::new(state),
             extremities: extremities.into_iter().filter_map(|(e, _)| OwnedEventId::try_from(e).ok()).collect(),
             depth,
             group,
             chain_len,
-            pdus: HashMap::new(),
+            pdus: Default::default(),
+            joined: Arc::new(joined.collect()),
         })
     }
 
@@ -345,12 +364,13 @@ impl Rooms {
             room_id: provisional_id,
             version: version.clone(),
             rules,
-            state: HashMap::new(),
+            state: Default::default(),
             extremities: Vec::new(),
             depth: 0,
             group: 0,
             chain_len: 0,
-            pdus: HashMap::new(),
+            pdus: Default::default(),
+            joined: Default::default(),
         };
         let mut batch = Batch::new(head);
         self.append(&mut batch, sender, Draft::state("m.room.create", "", create_content), None).await?;
@@ -383,7 +403,7 @@ impl Rooms {
         }
         for row in self.store.events(&missing).await? {
             let pdu = Pdu::from_row(&row)?;
-            head.pdus.insert(pdu.event_id.clone(), Arc::new(pdu));
+            Arc::make_mut(&mut head.pdus).insert(pdu.event_id.clone(), Arc::new(pdu));
         }
         Ok(())
     }
@@ -489,7 +509,7 @@ impl Rooms {
         let group_before = batch.head.group;
         let mut group_after = group_before;
         if let Some(state_key) = &draft.state_key {
-            batch.head.state.insert((draft.kind.clone(), state_key.clone()), event_id.clone());
+            Arc::make_mut(&mut batch.head.state).insert((draft.kind.clone(), state_key.clone()), event_id.clone());
             group_after = self.next_group.fetch_add(1, Ordering::SeqCst);
             let group = if batch.head.chain_len >= MAX_STATE_CHAIN || group_before == 0 {
                 batch.head.chain_len = 0;
@@ -510,7 +530,7 @@ impl Rooms {
             };
             batch.write.state_groups.push(group);
             batch.head.group = group_after;
-            batch.head.pdus.insert(event_id.clone(), Arc::new(pdu.clone()));
+            Arc::make_mut(&mut batch.head.pdus).insert(event_id.clone(), Arc::new(pdu.clone()));
         }
         let relates = draft.content.get("m.relates_to");
         let rel_type = relates.and_then(|r| r.get("rel_type")).and_then(Value::as_str).map(str::to_owned);
@@ -519,6 +539,14 @@ impl Rooms {
         let membership = (draft.kind == "m.room.member")
             .then(|| draft.content.get("membership").and_then(Value::as_str).map(str::to_owned))
             .flatten();
+        if let (Some(membership), Some(user)) = (&membership, &draft.state_key) {
+            let joined = Arc::make_mut(&mut batch.head.joined);
+            if membership == "join" {
+                joined.insert(user.clone());
+            } else {
+                joined.remove(user);
+            }
+        }
 
         batch.write.events.push(NewEvent {
             stream_pos: pos,

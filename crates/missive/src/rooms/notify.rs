@@ -60,7 +60,7 @@ impl Rooms {
     /// Evaluates the push rules of the room's joined local members (but the sender) for the
     /// events of a batch and records the notifications they owe.
     pub async fn compute_push_actions(&self, head: &RoomHead, events: &[NewEvent]) -> Result<Vec<PushAction>> {
-        let members = self.store.room_members(head.room_id.as_str(), Some("join")).await?;
+        let members = &head.joined;
         let member_count = UInt::try_from(members.len() as u64).unwrap_or_default();
         let power_levels = PushConditionPowerLevelsCtx::from(Self::power_levels(head));
         // Each event is flattened once for all members, not once per member.
@@ -71,14 +71,14 @@ impl Rooms {
             })
             .collect();
         let mut actions = Vec::new();
-        for member in &members {
-            let Ok(user_id) = UserId::parse(&member.user_id) else {
+        for member in members.iter() {
+            let Ok(user_id) = UserId::parse(member) else {
                 continue;
             };
             if user_id.server_name() != self.server_name {
                 continue;
             }
-            if events.iter().all(|e| e.sender == member.user_id) {
+            if events.iter().all(|e| e.sender == *member) {
                 continue;
             }
             let ruleset = self.push_ruleset(&user_id).await?;
@@ -88,7 +88,7 @@ impl Rooms {
                 .unwrap_or_else(|| user_id.localpart().to_owned());
             let ctx = PushConditionRoomCtx::new(head.room_id.clone(), member_count, user_id.clone(), display_name)
                 .with_power_levels(power_levels.clone());
-            for (event, flat) in flattened.iter().filter(|(e, _)| e.sender != member.user_id) {
+            for (event, flat) in flattened.iter().filter(|(e, _)| e.sender != *member) {
                 // The first matching rule decides, as in `Ruleset::get_actions`.
                 let mut found: &[Action] = &[];
                 for rule in ruleset.iter() {
@@ -103,7 +103,7 @@ impl Rooms {
                 let highlight =
                     found.iter().any(|a| matches!(a, Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes))));
                 actions.push(PushAction {
-                    user_id: member.user_id.clone(),
+                    user_id: member.clone(),
                     event_pos: event.stream_pos,
                     thread_id: event.thread_root.clone().unwrap_or_default(),
                     highlight,

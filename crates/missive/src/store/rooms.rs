@@ -181,8 +181,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for event in &write.events {
-            insert_event(&mut tx, room_id, event, now).await?;
+        // One multi-row insert per chunk: a group-committed batch is one statement.
+        for chunk in write.events.chunks(50) {
+            insert_events(&mut tx, room_id, chunk, now).await?;
+        }
+        for event in write.events.iter().filter(|e| e.state_key.is_some()) {
+            update_state(&mut tx, room_id, event).await?;
         }
         // The DAG's leaves change once per batch: the events it builds on stop being leaves,
         // and its events that nothing in it builds on become leaves.
@@ -203,7 +207,8 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        if let Some(last) = write.events.last() {
+        // Messages leave the state, and so the room's state group, as it was.
+        if let Some(last) = write.events.last().filter(|_| write.events.iter().any(|e| e.state_key.is_some())) {
             sqlx::query("UPDATE rooms SET state_group = $2 WHERE room_id = $1")
                 .bind(room_id)
                 .bind(last.state_group_after)
@@ -400,14 +405,31 @@ impl Store {
         Ok((max_pos, group.unwrap_or(0)))
     }
 
-    /// The event a client transaction already produced, if any.
-    pub async fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT event_id FROM events WHERE sender = $1 AND txn_device_id = $2 AND txn_id = $3")
-            .bind(user_id)
-            .bind(device_id)
-            .bind(txn_id)
-            .fetch_optional(&self.read)
-            .await?)
+    /// The events already stored for `(sender, device, transaction ID)` triples, by triple.
+    pub async fn txn_events(
+        &self,
+        txns: &[(String, String, String)],
+    ) -> StoreResult<HashMap<(String, String, String), String>> {
+        let mut out = HashMap::new();
+        for chunk in txns.chunks(100) {
+            let terms: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!("(sender = ${} AND txn_device_id = ${} AND txn_id = ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)
+                })
+                .collect();
+            let text = format!(
+                "SELECT sender, txn_device_id, txn_id, event_id FROM events WHERE txn_id IS NOT NULL AND ({})",
+                terms.join(" OR ")
+            );
+            let mut query = sqlx::query(sql(text));
+            for (sender, device, txn) in chunk {
+                query = query.bind(sender).bind(device).bind(txn);
+            }
+            for r in query.fetch_all(&self.read).await? {
+                out.insert((r.get(0), r.get(1), r.get(2)), r.get(3));
+            }
+        }
+        Ok(out)
     }
 
     /// A user's memberships (all states), optionally only those changed after `since`.
@@ -661,60 +683,78 @@ fn membership_row(r: AnyRow) -> MembershipRow {
     }
 }
 
-async fn insert_event(tx: &mut Transaction<'_, Any>, room_id: &str, e: &NewEvent, now: i64) -> StoreResult<()> {
-    let (txn_device, txn_id) = match &e.txn {
-        Some((d, t)) => (Some(d.as_str()), Some(t.as_str())),
-        None => (None, None),
+/// Inserts events with one multi-row statement.
+async fn insert_events(tx: &mut Transaction<'_, Any>, room_id: &str, events: &[NewEvent], now: i64) -> StoreResult<()> {
+    const COLUMNS: usize = 15;
+    let values: Vec<String> = (0..events.len())
+        .map(|i| {
+            let b = i * COLUMNS + 3;
+            let params: Vec<String> = (b..b + COLUMNS).map(|n| format!("${n}")).collect();
+            // $1 is the room, $2 the reception time, shared by every row.
+            format!("({}, $1, {}, $2)", params[0], params[1..].join(", "))
+        })
+        .collect();
+    let text = format!(
+        "INSERT INTO events (stream_pos, room_id, event_id, sender, event_type, state_key, depth, origin_server_ts, \
+         json, state_group_before, state_group_after, rel_type, relates_to, thread_root, txn_device_id, txn_id, \
+         received_ts) VALUES {}",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(sql(text)).bind(room_id).bind(now);
+    for e in events {
+        let (txn_device, txn_id) = match &e.txn {
+            Some((d, t)) => (Some(d.as_str()), Some(t.as_str())),
+            None => (None, None),
+        };
+        query = query
+            .bind(e.stream_pos)
+            .bind(&e.event_id)
+            .bind(&e.sender)
+            .bind(&e.event_type)
+            .bind(e.state_key.as_deref())
+            .bind(e.depth)
+            .bind(e.origin_server_ts)
+            .bind(&e.json)
+            .bind(e.state_group_before)
+            .bind(e.state_group_after)
+            .bind(e.rel_type.as_deref())
+            .bind(e.relates_to.as_deref())
+            .bind(e.thread_root.as_deref())
+            .bind(txn_device)
+            .bind(txn_id);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Records a state event in the room's current state (and memberships).
+async fn update_state(tx: &mut Transaction<'_, Any>, room_id: &str, e: &NewEvent) -> StoreResult<()> {
+    let Some(state_key) = &e.state_key else {
+        return Ok(());
     };
     sqlx::query(
-        "INSERT INTO events (stream_pos, event_id, room_id, sender, event_type, state_key, depth, origin_server_ts, \
-         json, state_group_before, state_group_after, rel_type, relates_to, thread_root, txn_device_id, txn_id, received_ts) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        "INSERT INTO room_current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
     )
-    .bind(e.stream_pos)
-    .bind(&e.event_id)
     .bind(room_id)
-    .bind(&e.sender)
     .bind(&e.event_type)
-    .bind(e.state_key.as_deref())
-    .bind(e.depth)
-    .bind(e.origin_server_ts)
-    .bind(&e.json)
-    .bind(e.state_group_before)
-    .bind(e.state_group_after)
-    .bind(e.rel_type.as_deref())
-    .bind(e.relates_to.as_deref())
-    .bind(e.thread_root.as_deref())
-    .bind(txn_device)
-    .bind(txn_id)
-    .bind(now)
+    .bind(state_key)
+    .bind(&e.event_id)
     .execute(&mut **tx)
     .await?;
-    if let Some(state_key) = &e.state_key {
+    if let Some(membership) = &e.membership {
         sqlx::query(
-            "INSERT INTO room_current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+            "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos, forgotten) VALUES ($1, $2, $3, $4, $5, 0) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
+             event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0",
         )
         .bind(room_id)
-        .bind(&e.event_type)
         .bind(state_key)
+        .bind(membership)
         .bind(&e.event_id)
+        .bind(e.stream_pos)
         .execute(&mut **tx)
         .await?;
-        if let Some(membership) = &e.membership {
-            sqlx::query(
-                "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos, forgotten) VALUES ($1, $2, $3, $4, $5, 0) \
-                 ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
-                 event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0",
-            )
-            .bind(room_id)
-            .bind(state_key)
-            .bind(membership)
-            .bind(&e.event_id)
-            .bind(e.stream_pos)
-            .execute(&mut **tx)
-            .await?;
-        }
     }
     Ok(())
 }
