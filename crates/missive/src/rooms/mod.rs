@@ -118,11 +118,42 @@ pub(crate) struct PendingSend {
     reply: tokio::sync::oneshot::Sender<Result<OwnedEventId>>,
 }
 
-/// Per room: the head behind its lock, and the sends queued for the next group commit.
+/// Per room: the head behind its lock, the sends queued for the next group commit, and the
+/// commit order.
+///
+/// A send batch is built under the head lock, takes the commit lock, publishes its resulting
+/// head, releases the head lock and commits: the next batch builds while this one commits,
+/// and commits after it. A failed commit marks the commit state, and whoever takes the
+/// commit lock next reloads the head from the store.
 #[derive(Default)]
 struct RoomSlot {
     head: tokio::sync::Mutex<Option<RoomHead>>,
     queue: Mutex<Vec<PendingSend>>,
+    commit: tokio::sync::Mutex<CommitState>,
+    /// Transaction IDs of the batch committing now, to event IDs, for retries.
+    in_flight: Mutex<HashMap<(String, String, String), String>>,
+}
+
+/// A single-threaded runtime, on its own thread, that runs room commits. A commit is a few
+/// round trips to the database driver; on the request runtime each would wait behind the
+/// HTTP work of every other connection, and commits are the one serial step of a room.
+fn writer_runtime() -> &'static tokio::runtime::Handle {
+    static HANDLE: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("writer runtime");
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("missive-writer".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .expect("writer thread");
+        handle
+    })
+}
+
+/// What the last commit left behind.
+#[derive(Default)]
+struct CommitState {
+    failed: bool,
 }
 
 /// One write in progress: the events appended so far and what they change.
@@ -198,55 +229,110 @@ impl Rooms {
             guard = slot.head.lock() => guard,
         };
         let pending = std::mem::take(&mut *slot.queue.lock().expect("queue lock poisoned"));
-        if !pending.is_empty() {
-            match self.ensure_head(room_id, &mut guard).await.map(|head| head.clone()) {
-                Ok(head) => {
-                    let mut batch = Batch::new(head);
-                    // Retries of sends already stored are found for the whole batch at once.
-                    let txns: Vec<(String, String, String)> = pending
-                        .iter()
-                        .filter_map(|p| p.txn.as_ref().map(|(d, t)| (p.sender.to_string(), d.clone(), t.clone())))
-                        .collect();
-                    let stored = self.store.txn_events(&txns).await;
-                    let mut results = Vec::with_capacity(pending.len());
-                    for p in &pending {
-                        results.push(match &stored {
-                            Ok(stored) => self.append_send(&mut batch, p, stored).await,
-                            Err(e) => Err(Error::Internal(e.to_string())),
-                        });
-                    }
-                    let committed = self.commit(room_id, &mut batch).await;
-                    if committed.is_ok() {
-                        *guard = Some(batch.head);
-                    }
-                    drop(guard);
-                    drop(batch.guards);
-                    for (p, result) in pending.into_iter().zip(results) {
-                        let result = match (&committed, result) {
-                            (Ok(()), r) => r,
-                            (Err(e), Ok(_)) => Err(Error::Internal(format!("commit failed: {e}"))),
-                            (Err(_), Err(e)) => Err(e),
-                        };
-                        let _ = p.reply.send(result);
-                    }
+        if pending.is_empty() {
+            drop(guard);
+            return answer.await.map_err(|_| Error::Internal("room writer went away".into()))?;
+        }
+        // The batch is built on the head as it stands, which may include the batch still
+        // committing below this one: building overlaps that commit.
+        let mut built = self.build_sends(room_id, &slot, &mut guard, &pending).await;
+        // Commits keep build order: the commit lock is taken before the next batch may build.
+        let mut commit = slot.commit.lock().await;
+        if commit.failed {
+            // The batch below failed, so this one was built on events that do not exist.
+            commit.failed = false;
+            *guard = None;
+            drop(built);
+            built = self.build_sends(room_id, &slot, &mut guard, &pending).await;
+        }
+        let (batch, results) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                drop(commit);
+                drop(guard);
+                let message = e.to_string();
+                let not_found = matches!(e, Error::NotFound(_));
+                for p in pending {
+                    let _ = p.reply.send(Err(if not_found {
+                        Error::not_found(message.clone())
+                    } else {
+                        Error::Internal(message.clone())
+                    }));
                 }
-                Err(e) => {
-                    drop(guard);
-                    let message = e.to_string();
-                    let not_found = matches!(e, Error::NotFound(_));
-                    for p in pending {
-                        let _ = p.reply.send(Err(if not_found {
-                            Error::not_found(message.clone())
-                        } else {
-                            Error::Internal(message.clone())
-                        }));
-                    }
+                return answer.await.map_err(|_| Error::Internal("room writer went away".into()))?;
+            }
+        };
+        {
+            let mut in_flight = slot.in_flight.lock().expect("in-flight lock poisoned");
+            for event in &batch.write.events {
+                if let Some((device, txn)) = &event.txn {
+                    in_flight.insert((event.sender.clone(), device.clone(), txn.clone()), event.event_id.clone());
                 }
             }
-        } else {
-            drop(guard);
+        }
+        *guard = Some(batch.head.clone());
+        drop(guard);
+        let committed = self.persist(room_id, &batch).await;
+        commit.failed = committed.is_err();
+        slot.in_flight.lock().expect("in-flight lock poisoned").clear();
+        drop(commit);
+        drop(batch.guards);
+        for (p, result) in pending.into_iter().zip(results) {
+            let result = match (&committed, result) {
+                (Ok(()), r) => r,
+                (Err(e), Ok(_)) => Err(Error::Internal(format!("commit failed: {e}"))),
+                (Err(_), Err(e)) => Err(e),
+            };
+            let _ = p.reply.send(result);
         }
         answer.await.map_err(|_| Error::Internal("room writer went away".into()))?
+    }
+
+    /// Builds queued sends into one batch on the room's head, with their notifications:
+    /// each send gets its own result (a failed send appends nothing).
+    async fn build_sends(
+        &self,
+        room_id: &RoomId,
+        slot: &RoomSlot,
+        guard: &mut Option<RoomHead>,
+        pending: &[PendingSend],
+    ) -> Result<(Batch, Vec<Result<OwnedEventId>>)> {
+        let head = self.ensure_head(room_id, guard).await?.clone();
+        let mut batch = Batch::new(head);
+        // Retries of sends already stored, or committing in the batch below, are found for
+        // the whole batch at once. The in-flight ones are read first: a batch leaves that
+        // list only once its rows are visible in the store.
+        let mut known = slot.in_flight.lock().expect("in-flight lock poisoned").clone();
+        let txns: Vec<(String, String, String)> = pending
+            .iter()
+            .filter_map(|p| p.txn.as_ref().map(|(d, t)| (p.sender.to_string(), d.clone(), t.clone())))
+            .filter(|key| !known.contains_key(key))
+            .collect();
+        if !txns.is_empty() {
+            known.extend(self.store.txn_events(&txns).await?);
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for p in pending {
+            results.push(self.append_send(&mut batch, p, &known).await);
+        }
+        self.prepare(&mut batch).await?;
+        Ok((batch, results))
+    }
+
+    /// Waits for a send batch still committing; after a failed commit, forgets the head built
+    /// on it so that it is reloaded from the store. Returns the commit lock, held by writes
+    /// that commit under the head lock.
+    async fn settle<'a>(
+        &self,
+        slot: &'a RoomSlot,
+        guard: &mut Option<RoomHead>,
+    ) -> tokio::sync::MutexGuard<'a, CommitState> {
+        let mut commit = slot.commit.lock().await;
+        if commit.failed {
+            commit.failed = false;
+            *guard = None;
+        }
+        commit
     }
 
     async fn append_send(
@@ -273,13 +359,22 @@ impl Rooms {
         self.append(batch, &p.sender, p.draft.clone(), p.txn.clone()).await
     }
 
-    /// Computes notifications and commits a batch.
-    async fn commit(&self, room_id: &RoomId, batch: &mut Batch) -> Result<()> {
+    /// Computes the notifications a batch owes.
+    async fn prepare(&self, batch: &mut Batch) -> Result<()> {
         if !batch.write.events.is_empty() {
             batch.write.push_actions = self.compute_push_actions(&batch.head, &batch.write.events).await?;
         }
+        Ok(())
+    }
+
+    /// Writes a prepared batch in one transaction.
+    async fn persist(&self, room_id: &RoomId, batch: &Batch) -> Result<()> {
         if !batch.write.events.is_empty() || !batch.write.redactions.is_empty() {
-            self.store.write_room(room_id.as_str(), &batch.write).await?;
+            let (store, room, write) = (self.store.clone(), room_id.to_string(), batch.write.clone());
+            writer_runtime()
+                .spawn(async move { store.write_room(&room, &write).await })
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
         }
         Ok(())
     }
@@ -333,10 +428,12 @@ impl Rooms {
     pub async fn write<T>(&self, room_id: &RoomId, f: impl AsyncFnOnce(&Self, &mut Batch) -> Result<T>) -> Result<T> {
         let slot = self.slot(room_id);
         let mut guard = slot.head.lock().await;
+        let _commit = self.settle(&slot, &mut guard).await;
         let head = self.ensure_head(room_id, &mut guard).await?.clone();
         let mut batch = Batch::new(head);
         let out = f(self, &mut batch).await?;
-        self.commit(room_id, &mut batch).await?;
+        self.prepare(&mut batch).await?;
+        self.persist(room_id, &batch).await?;
         *guard = Some(batch.head);
         drop(guard);
         drop(batch.guards);
@@ -600,6 +697,7 @@ impl Rooms {
     pub async fn head(&self, room_id: &RoomId) -> Result<RoomHead> {
         let slot = self.slot(room_id);
         let mut guard = slot.head.lock().await;
+        let _commit = self.settle(&slot, &mut guard).await;
         let head = self.ensure_head(room_id, &mut guard).await?;
         let needed: Vec<OwnedEventId> = ["m.room.create", "m.room.power_levels", "m.room.join_rules"]
             .iter()

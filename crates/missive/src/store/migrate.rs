@@ -11,6 +11,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0003_txn_index.sql"),
         include_str!("../../migrations/postgres/0003_txn_index.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_lean_writes.sql"),
+        include_str!("../../migrations/postgres/0004_lean_writes.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {
