@@ -30,8 +30,8 @@ pub struct Options {
     #[arg(long)]
     pub pid: Option<u32>,
     /// Scenarios to run (comma-separated): send (= send_1,send_16), wakeup, initial_sync,
-    /// members, e2ee.
-    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee")]
+    /// members, e2ee, many_users.
+    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users")]
     pub scenarios: String,
     /// Messages per sender configuration in the send scenario.
     #[arg(long, default_value_t = 400)]
@@ -51,6 +51,9 @@ pub struct Options {
     /// Devices in the to-device fan-out.
     #[arg(long, default_value_t = 50)]
     pub devices: usize,
+    /// Users registered (and connected once each) in the many-users memory scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: usize,
 }
 
 /// One measured figure.
@@ -479,6 +482,26 @@ impl Bench {
         ])
     }
 
+    /// Scenario 7: memory with many accounts. Registers `--users` users, each of whom then
+    /// connects once (an initial sync, as a client's first start does), and reads the
+    /// server's resident memory.
+    pub async fn many_users(&self) -> Result<Vec<Figure>> {
+        let started = Instant::now();
+        for chunk in (0..self.opts.users).collect::<Vec<_>>().chunks(16) {
+            try_join_all(chunk.iter().map(|_| async {
+                let user = self.user().await?;
+                self.sync(&user, None, 0, None, false).await?;
+                anyhow::Ok(())
+            }))
+            .await?;
+        }
+        let mut out = vec![self.figure("many_users", "register_and_sync_all", started.elapsed().as_secs_f64(), "s")];
+        if let Some(rss) = self.rss_mib() {
+            out.push(self.figure("many_users", "rss", rss, "MiB"));
+        }
+        Ok(out)
+    }
+
     /// Runs the selected scenarios and returns every figure.
     pub async fn run(&self) -> Result<Vec<Figure>> {
         let mut out = Vec::new();
@@ -498,6 +521,7 @@ impl Bench {
                 "initial_sync" => self.initial_sync().await?,
                 "members" => self.members().await?,
                 "e2ee" => self.e2ee().await?,
+                "many_users" => self.many_users().await?,
                 "" => Vec::new(),
                 other => bail!("unknown scenario {other}"),
             };

@@ -28,9 +28,11 @@ async fn bench_tool_tiny_run_completes() {
         "5",
         "--devices",
         "3",
+        "--users",
+        "4",
     ]);
     let figures = missive_bench::Bench::new(opts).unwrap().run().await.expect("bench run");
-    for scenario in ["send_1", "send_16", "wakeup", "initial_sync", "members", "e2ee"] {
+    for scenario in ["send_1", "send_16", "wakeup", "initial_sync", "members", "e2ee", "many_users"] {
         assert!(figures.iter().any(|f| f.scenario == scenario), "scenario {scenario} measured");
     }
 }

@@ -127,7 +127,7 @@ impl UserData {
 
     /// A user's push rules (stored or default).
     pub async fn push_rules(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
-        load_ruleset(&self.store, &self.push_rules, user_id).await
+        load_ruleset(&self.store, &self.push_rules, user_id, false).await
     }
 
     /// Changes a user's push rules with `edit` and stores them; clients see the change as

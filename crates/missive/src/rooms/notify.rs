@@ -1,9 +1,8 @@
 //! Push rule evaluation when an event is stored: who gets a notification, who a highlight.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
+
+use hashlink::LruCache;
 
 use ruma::{
     OwnedUserId, UInt, UserId,
@@ -23,10 +22,23 @@ use crate::{
 /// The account data type under which a user's push rules are kept.
 pub const PUSH_RULES_TYPE: &str = "m.push_rules";
 
-/// Parsed push rule sets, shared by the writers of rules and the evaluation on every event;
-/// `UserData::update_push_rules` invalidates a user's entry when it stores new rules.
-#[derive(Debug, Default)]
-pub struct PushRulesCache(Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>);
+/// Parsed push rule sets of the users most recently notified, shared by the writers of
+/// rules and the evaluation on every event; `UserData::update_push_rules` invalidates a
+/// user's entry when it stores new rules.
+///
+/// Bounded: a parsed rule set weighs about 6 KiB (even the default one names its user), so
+/// an unbounded map would hold 60 MiB for 10,000 accounts. The bound covers the members of
+/// a big room; beyond it, rule sets are read again.
+pub struct PushRulesCache(Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>);
+
+/// Rule sets kept by [`PushRulesCache`].
+const PUSH_RULES_CACHED: usize = 2048;
+
+impl Default for PushRulesCache {
+    fn default() -> Self {
+        Self(Mutex::new(LruCache::new(PUSH_RULES_CACHED)))
+    }
+}
 
 impl PushRulesCache {
     /// Drops a user's cached rules.
@@ -35,8 +47,14 @@ impl PushRulesCache {
     }
 }
 
-/// A user's push rules: their stored set, or the spec's defaults.
-pub async fn load_ruleset(store: &Store, cache: &PushRulesCache, user_id: &UserId) -> Result<Arc<Ruleset>> {
+/// A user's push rules: their stored set, or the spec's defaults. `remember` keeps them in
+/// the cache (evaluation does; a one-off read such as an initial sync does not).
+pub async fn load_ruleset(
+    store: &Store,
+    cache: &PushRulesCache,
+    user_id: &UserId,
+    remember: bool,
+) -> Result<Arc<Ruleset>> {
     if let Some(rules) = cache.0.lock().expect("push rules cache poisoned").get(user_id) {
         return Ok(rules.clone());
     }
@@ -47,14 +65,21 @@ pub async fn load_ruleset(store: &Store, cache: &PushRulesCache, user_id: &UserI
             .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
             .unwrap_or_else(|| Ruleset::server_default(user_id)),
     );
-    cache.0.lock().expect("push rules cache poisoned").insert(user_id.to_owned(), rules.clone());
+    if remember {
+        cache.0.lock().expect("push rules cache poisoned").insert(user_id.to_owned(), rules.clone());
+    }
     Ok(rules)
 }
 
 impl Rooms {
-    /// A user's push rules.
+    /// A user's push rules, kept in the cache for the next evaluations.
     pub async fn push_ruleset(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
-        load_ruleset(&self.store, &self.push_rules, user_id).await
+        load_ruleset(&self.store, &self.push_rules, user_id, true).await
+    }
+
+    /// A user's push rules for a one-off read, without filling the cache.
+    pub async fn push_ruleset_once(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
+        load_ruleset(&self.store, &self.push_rules, user_id, false).await
     }
 
     /// Evaluates the push rules of the room's joined local members (but the sender) for the

@@ -243,7 +243,7 @@ impl Sync {
             global.push(json!({ "type": row.data_type, "content": content }));
         }
         if since.pos.is_none() && !account_data.iter().any(|r| r.data_type == PUSH_RULES_TYPE) {
-            let ruleset = self.rooms.push_ruleset(user_id).await?;
+            let ruleset = self.rooms.push_ruleset_once(user_id).await?;
             global.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": &*ruleset } }));
         }
         let (changed, left) = device_lists;
