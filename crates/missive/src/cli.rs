@@ -42,6 +42,26 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Every few seconds, hands the free memory inside glibc's arenas back to the system. A big
+/// sync response is built and freed in pieces spread over the heap; glibc only returns the
+/// heap's top on its own, so without this the resident size stays at the largest response
+/// ever built.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn spawn_allocator_trim() {
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            // SAFETY: malloc_trim only releases free pages; it is thread-safe.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+    });
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn spawn_allocator_trim() {}
+
 /// Entry point of the binary.
 pub fn main() {
     tune_allocator();
@@ -69,7 +89,10 @@ pub fn main() {
     };
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
-            Command::Serve => crate::server::run(config).await,
+            Command::Serve => {
+                spawn_allocator_trim();
+                crate::server::run(config).await
+            }
             Command::Migrate => crate::server::build(config).await.map(|_| ()),
             Command::CheckConfig => {
                 println!("{config:#?}");
