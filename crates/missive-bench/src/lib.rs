@@ -33,8 +33,9 @@ pub struct Options {
     /// members, e2ee, many_users.
     #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users")]
     pub scenarios: String,
-    /// Messages per sender configuration in the send scenario.
-    #[arg(long, default_value_t = 400)]
+    /// Messages per sender configuration in the send scenario (enough for the server's CPU
+    /// time, read in 10 ms ticks, to be measured to a few percent).
+    #[arg(long, default_value_t = 2000)]
     pub messages: usize,
     /// Round trips in the wake-up scenario.
     #[arg(long, default_value_t = 100)]
