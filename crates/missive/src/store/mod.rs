@@ -117,6 +117,42 @@ fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(text)
 }
 
+/// Numbers a query's parameters in text order for the backend: `$1, $2, …` on PostgreSQL,
+/// anonymous `?` on SQLite. sqlx finds each named SQLite parameter with a linear scan of
+/// SQLite's parameter names, which makes binding a long `IN` list or multi-row insert
+/// quadratic. A query built with `Params` takes all its parameters from it and binds each
+/// once, in text order.
+pub(crate) struct Params {
+    backend: Backend,
+    n: usize,
+}
+
+impl Params {
+    /// Parameters for a query on `backend`.
+    pub(crate) fn new(backend: Backend) -> Self {
+        Self { backend, n: 0 }
+    }
+
+    /// The next parameter.
+    pub(crate) fn next(&mut self) -> String {
+        self.n += 1;
+        match self.backend {
+            Backend::Sqlite => "?".to_owned(),
+            Backend::Postgres => format!("${}", self.n),
+        }
+    }
+
+    /// `count` parameters, comma-separated (an `IN` list).
+    pub(crate) fn list(&mut self, count: usize) -> String {
+        (0..count).map(|_| self.next()).collect::<Vec<_>>().join(",")
+    }
+
+    /// `(…), (…)`: `rows` rows of `columns` parameters (a multi-row `VALUES`).
+    pub(crate) fn rows(&mut self, rows: usize, columns: usize) -> String {
+        (0..rows).map(|_| format!("({})", self.list(columns))).collect::<Vec<_>>().join(", ")
+    }
+}
+
 /// Milliseconds since the Unix epoch, the unit of every timestamp column.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 
-use super::{Store, StoreError, StoreResult, now_ms, sql};
+use super::{Backend, Params, Store, StoreError, StoreResult, now_ms, sql};
 
 /// A stored event as read back.
 #[derive(Debug, Clone)]
@@ -183,7 +183,7 @@ impl Store {
         }
         // One multi-row insert per chunk: a group-committed batch is one statement.
         for chunk in write.events.chunks(50) {
-            insert_events(&mut tx, room_id, chunk, now).await?;
+            insert_events(&mut tx, self.backend, room_id, chunk, now).await?;
         }
         for event in write.events.iter().filter(|e| e.state_key.is_some()) {
             update_state(&mut tx, room_id, event).await?;
@@ -228,24 +228,20 @@ impl Store {
         }
         // One multi-row insert per chunk: a message in a big room owes a row per member.
         for chunk in write.push_actions.chunks(100) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 4 + 3;
-                    format!("($1, ${b}, ${}, ${}, ${}, $2)", b + 1, b + 2, b + 3)
-                })
-                .collect();
             let text = format!(
                 "INSERT INTO event_push_actions (room_id, user_id, event_pos, thread_id, highlight, created_ts) \
                  VALUES {} ON CONFLICT DO NOTHING",
-                values.join(", ")
+                Params::new(self.backend).rows(chunk.len(), 6)
             );
-            let mut query = sqlx::query(sql(text)).bind(room_id).bind(now);
+            let mut query = sqlx::query(sql(text));
             for action in chunk {
                 query = query
+                    .bind(room_id)
                     .bind(&action.user_id)
                     .bind(action.event_pos)
                     .bind(&action.thread_id)
-                    .bind(action.highlight as i64);
+                    .bind(action.highlight as i64)
+                    .bind(now);
             }
             query.execute(&mut *tx).await?;
         }
@@ -312,8 +308,10 @@ impl Store {
         let mut out = Vec::with_capacity(event_ids.len());
         // Chunked IN lists keep the statement count low without exceeding parameter limits.
         for chunk in event_ids.chunks(200) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql_text = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})", placeholders.join(","));
+            let sql_text = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})",
+                Params::new(self.backend).list(chunk.len())
+            );
             let mut query = sqlx::query(sql(sql_text));
             for id in chunk {
                 query = query.bind(id);
@@ -354,7 +352,6 @@ impl Store {
     pub async fn state_groups(&self, groups: &[i64]) -> StoreResult<HashMap<i64, Vec<StateEntry>>> {
         let mut out = HashMap::with_capacity(groups.len());
         for chunk in groups.chunks(200) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let text = format!(
                 "WITH RECURSIVE chain(id) AS ( \
                      SELECT id FROM state_groups WHERE id IN ({}) \
@@ -362,7 +359,7 @@ impl Store {
                      SELECT g.prev_group FROM state_groups g JOIN chain c ON g.id = c.id \
                      WHERE g.prev_group IS NOT NULL \
                  ) SELECT g.id, g.prev_group, g.delta FROM state_groups g JOIN chain c ON g.id = c.id",
-                placeholders.join(",")
+                Params::new(self.backend).list(chunk.len())
             );
             let mut query = sqlx::query(sql(text));
             for group in chunk {
@@ -532,11 +529,10 @@ impl Store {
     pub async fn relations_of(&self, event_ids: &[String]) -> StoreResult<Vec<RelationRow>> {
         let mut out = Vec::new();
         for chunk in event_ids.chunks(200) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql_text = format!(
                 "SELECT event_id, relates_to, rel_type, json FROM events \
                  WHERE relates_to IN ({}) AND redacted_by IS NULL ORDER BY stream_pos",
-                placeholders.join(",")
+                Params::new(self.backend).list(chunk.len())
             );
             let mut query = sqlx::query(sql(sql_text));
             for id in chunk {
@@ -684,23 +680,20 @@ fn membership_row(r: AnyRow) -> MembershipRow {
 }
 
 /// Inserts events with one multi-row statement.
-async fn insert_events(tx: &mut Transaction<'_, Any>, room_id: &str, events: &[NewEvent], now: i64) -> StoreResult<()> {
-    const COLUMNS: usize = 15;
-    let values: Vec<String> = (0..events.len())
-        .map(|i| {
-            let b = i * COLUMNS + 3;
-            let params: Vec<String> = (b..b + COLUMNS).map(|n| format!("${n}")).collect();
-            // $1 is the room, $2 the reception time, shared by every row.
-            format!("({}, $1, {}, $2)", params[0], params[1..].join(", "))
-        })
-        .collect();
+async fn insert_events(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    room_id: &str,
+    events: &[NewEvent],
+    now: i64,
+) -> StoreResult<()> {
     let text = format!(
         "INSERT INTO events (stream_pos, room_id, event_id, sender, event_type, state_key, depth, origin_server_ts, \
          json, state_group_before, state_group_after, rel_type, relates_to, thread_root, txn_device_id, txn_id, \
          received_ts) VALUES {}",
-        values.join(", ")
+        Params::new(backend).rows(events.len(), 17)
     );
-    let mut query = sqlx::query(sql(text)).bind(room_id).bind(now);
+    let mut query = sqlx::query(sql(text));
     for e in events {
         let (txn_device, txn_id) = match &e.txn {
             Some((d, t)) => (Some(d.as_str()), Some(t.as_str())),
@@ -708,6 +701,7 @@ async fn insert_events(tx: &mut Transaction<'_, Any>, room_id: &str, events: &[N
         };
         query = query
             .bind(e.stream_pos)
+            .bind(room_id)
             .bind(&e.event_id)
             .bind(&e.sender)
             .bind(&e.event_type)
@@ -721,7 +715,8 @@ async fn insert_events(tx: &mut Transaction<'_, Any>, room_id: &str, events: &[N
             .bind(e.relates_to.as_deref())
             .bind(e.thread_root.as_deref())
             .bind(txn_device)
-            .bind(txn_id);
+            .bind(txn_id)
+            .bind(now);
     }
     query.execute(&mut **tx).await?;
     Ok(())

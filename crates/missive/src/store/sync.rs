@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::{EVENT_COLUMNS, EVENT_COLUMNS_E, EventRow, ReceiptRow, Store, StoreResult, event_row, sql};
+use super::{EVENT_COLUMNS, EVENT_COLUMNS_E, EventRow, Params, ReceiptRow, Store, StoreResult, event_row, sql};
 
 /// What changed in a range of stream positions.
 #[derive(Debug, Clone, Default)]
@@ -23,11 +23,6 @@ pub struct RoomChanges {
     pub events: bool,
     pub state: bool,
     pub receipts: bool,
-}
-
-/// `$first, $first+1, …` for an `IN` list of `n` values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
 }
 
 /// Room lists are read in chunks to stay under the backends' parameter limits.
@@ -73,11 +68,14 @@ impl Store {
     ) -> StoreResult<HashMap<String, Vec<ReceiptRow>>> {
         let mut out: HashMap<String, Vec<ReceiptRow>> = HashMap::new();
         for chunk in rooms.chunks(CHUNK) {
+            let mut p = Params::new(self.backend);
             let text = format!(
                 "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts FROM receipts \
-                 WHERE stream_pos > $1 AND receipt_type IN ('m.read', 'm.read.private') \
-                 AND (receipt_type = 'm.read' OR user_id = $2) AND room_id IN ({})",
-                placeholders(3, chunk.len())
+                 WHERE stream_pos > {} AND receipt_type IN ('m.read', 'm.read.private') \
+                 AND (receipt_type = 'm.read' OR user_id = {}) AND room_id IN ({})",
+                p.next(),
+                p.next(),
+                p.list(chunk.len())
             );
             let mut query = sqlx::query(sql(text)).bind(since.unwrap_or(-1)).bind(viewer);
             for room in chunk {
@@ -120,7 +118,7 @@ impl Store {
                 "SELECT room_id, CAST(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END) AS BIGINT), \
                  CAST(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END) AS BIGINT) \
                  FROM memberships WHERE room_id IN ({}) GROUP BY room_id",
-                placeholders(1, chunk.len())
+                Params::new(self.backend).list(chunk.len())
             );
             let mut query = sqlx::query(sql(text));
             for room in chunk {
@@ -129,12 +127,14 @@ impl Store {
             for r in query.fetch_all(&self.read).await? {
                 out.entry(r.get(0)).or_default().0 = (r.get(1), r.get(2));
             }
+            let mut p = Params::new(self.backend);
             let text = format!(
                 "SELECT room_id, user_id FROM (SELECT room_id, user_id, \
                  ROW_NUMBER() OVER (PARTITION BY room_id ORDER BY stream_pos) AS rn FROM memberships \
-                 WHERE user_id <> $1 AND membership IN ('join', 'invite') AND room_id IN ({})) ranked \
+                 WHERE user_id <> {} AND membership IN ('join', 'invite') AND room_id IN ({})) ranked \
                  WHERE rn <= 5 ORDER BY room_id, rn",
-                placeholders(2, chunk.len())
+                p.next(),
+                p.list(chunk.len())
             );
             let mut query = sqlx::query(sql(text)).bind(user_id);
             for room in chunk {
@@ -153,20 +153,22 @@ impl Store {
         let mut out = Vec::new();
         // SQLite allows at most 500 terms in a compound SELECT.
         for chunk in rooms.chunks(100) {
+            let mut p = Params::new(self.backend);
             let parts: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     format!(
-                        "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ${} AND stream_pos > ${} \
-                         AND stream_pos <= ${} ORDER BY stream_pos DESC LIMIT $1) AS r{i}",
-                        2 + 3 * i,
-                        3 + 3 * i,
-                        4 + 3 * i
+                        "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events WHERE room_id = {} AND stream_pos > {} \
+                         AND stream_pos <= {} ORDER BY stream_pos DESC LIMIT {}) AS r{i}",
+                        p.next(),
+                        p.next(),
+                        p.next(),
+                        p.next()
                     )
                 })
                 .collect();
-            let mut query = sqlx::query(sql(parts.join(" UNION ALL "))).bind(limit);
+            let mut query = sqlx::query(sql(parts.join(" UNION ALL ")));
             for (room, from, to) in chunk {
-                query = query.bind(room).bind(*from).bind(*to);
+                query = query.bind(room).bind(*from).bind(*to).bind(limit);
             }
             out.extend(query.fetch_all(&self.read).await?.into_iter().map(event_row));
         }
@@ -177,8 +179,10 @@ impl Store {
     pub async fn current_groups_of_rooms(&self, rooms: &[String]) -> StoreResult<HashMap<String, i64>> {
         let mut out = HashMap::with_capacity(rooms.len());
         for chunk in rooms.chunks(CHUNK) {
-            let text =
-                format!("SELECT room_id, state_group FROM rooms WHERE room_id IN ({})", placeholders(1, chunk.len()));
+            let text = format!(
+                "SELECT room_id, state_group FROM rooms WHERE room_id IN ({})",
+                Params::new(self.backend).list(chunk.len())
+            );
             let mut query = sqlx::query(sql(text));
             for room in chunk {
                 query = query.bind(room);
@@ -193,10 +197,12 @@ impl Store {
     pub async fn current_state_of_rooms(&self, rooms: &[String], since: Option<i64>) -> StoreResult<Vec<EventRow>> {
         let mut out = Vec::new();
         for chunk in rooms.chunks(CHUNK) {
+            let mut p = Params::new(self.backend);
             let text = format!(
                 "SELECT {EVENT_COLUMNS_E} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
-                 WHERE e.stream_pos > $1 AND s.room_id IN ({})",
-                placeholders(2, chunk.len())
+                 WHERE e.stream_pos > {} AND s.room_id IN ({})",
+                p.next(),
+                p.list(chunk.len())
             );
             let mut query = sqlx::query(sql(text)).bind(since.unwrap_or(-1));
             for room in chunk {
