@@ -1,4 +1,4 @@
-//! An acknowledged message survives `kill -9` of the server.
+//! Durability: an acknowledged message survives `kill -9`, a clean stop, and failing commits.
 
 mod common;
 
@@ -58,4 +58,85 @@ async fn bad_config_exits_at_once_with_a_message() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("server_name"), "message names the bad key: {stderr}");
+}
+
+/// Makes every message insert fail, or lets them through again.
+async fn fail_message_inserts(server: &TestServer, fail: bool) {
+    match (server.is_postgres(), fail) {
+        (false, true) => {
+            server
+                .execute(
+                    "CREATE TRIGGER test_fail BEFORE INSERT ON events WHEN NEW.event_type = 'm.room.message' \
+                     BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
+                )
+                .await
+        }
+        (false, false) => server.execute("DROP TRIGGER test_fail").await,
+        (true, true) => {
+            server
+                .execute("ALTER TABLE events ADD CONSTRAINT test_fail CHECK (event_type <> 'm.room.message') NOT VALID")
+                .await
+        }
+        (true, false) => server.execute("ALTER TABLE events DROP CONSTRAINT test_fail").await,
+    }
+}
+
+#[tokio::test]
+async fn failed_commits_acknowledge_nothing_and_the_room_recovers() {
+    let server = TestServer::start().await;
+    let user = server.register("noe").await;
+    let token = Some(user.access_token.as_str());
+    let (_, room) = server.call("POST", "/_matrix/client/v3/createRoom", token, Some(json!({}))).await;
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    let send = |tag: String| {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{tag}");
+        let server = &server;
+        async move { server.call("PUT", &path, token, Some(json!({ "msgtype": "m.text", "body": tag }))).await }
+    };
+    let (status, _) = send("before".into()).await;
+    assert_eq!(status, 200);
+
+    // Concurrent sends while every commit fails: batches built on a failed batch's head must
+    // not survive it, and no send is acknowledged.
+    fail_message_inserts(&server, true).await;
+    let failed = futures_util::future::join_all((0..12).map(|i| send(format!("lost{i}")))).await;
+    for (status, body) in &failed {
+        assert_eq!(*status, 500, "{body}");
+        assert_eq!(body["errcode"], "M_UNKNOWN");
+    }
+    fail_message_inserts(&server, false).await;
+
+    let sent = futures_util::future::join_all((0..12).map(|i| send(format!("after{i}")))).await;
+    let mut acknowledged = Vec::new();
+    for (status, body) in &sent {
+        assert_eq!(*status, 200, "{body}");
+        acknowledged.push(body["event_id"].as_str().unwrap().to_owned());
+    }
+    let (status, messages) =
+        server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100"), token, None).await;
+    assert_eq!(status, 200, "{messages}");
+    let bodies: Vec<&str> = messages["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies.len(), 13, "the first message and the twelve acknowledged ones: {bodies:?}");
+    assert!(bodies.iter().all(|b| !b.starts_with("lost")), "nothing unacknowledged was stored");
+    // The DAG holds together: every stored event's prev_events are stored events.
+    let prev_ids = server.query_strings("SELECT json FROM events").await;
+    let stored: std::collections::HashSet<String> =
+        server.query_strings("SELECT event_id FROM events").await.into_iter().collect();
+    for json in prev_ids {
+        let pdu: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for prev in pdu["prev_events"].as_array().unwrap() {
+            assert!(stored.contains(prev.as_str().unwrap()), "dangling prev_event {prev}");
+        }
+    }
+    for id in acknowledged {
+        let (status, _) =
+            server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/event/{id}"), token, None).await;
+        assert_eq!(status, 200);
+    }
 }

@@ -239,6 +239,20 @@ impl TestServer {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// Whether the server under test runs on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.database_url().starts_with("postgres")
+    }
+
+    /// Runs SQL statements against the server's database behind its back (to provoke
+    /// failures the server must survive).
+    pub async fn execute(&self, sql: &'static str) {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.database_url()).await.expect("connect to test db");
+        sqlx::raw_sql(sql).execute(&mut conn).await.expect("execute");
+    }
+
     /// Runs one SQL query against the server's database and returns the first column as text.
     pub async fn query_strings(&self, sql: &'static str) -> Vec<String> {
         use sqlx::{Connection, Row};
