@@ -272,9 +272,6 @@ impl E2ee {
         event_type: &str,
         messages: &BTreeMap<String, BTreeMap<String, String>>,
     ) -> Result<()> {
-        if self.store.to_device_txn_seen(sender.as_str(), sender_device.as_str(), txn_id).await? {
-            return Ok(());
-        }
         let mut queued = Vec::new();
         let mut guards = Vec::new();
         for (user, devices) in messages {
@@ -299,7 +296,9 @@ impl E2ee {
                 }
             }
         }
-        self.store.queue_to_device(sender.as_str(), &queued).await?;
+        // The client's transaction is recorded with the messages: a retry after a failure
+        // queues them, a retry after success queues nothing.
+        self.store.queue_to_device((sender.as_str(), sender_device.as_str(), txn_id), &queued).await?;
         drop(guards);
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, now_ms};
+use super::{Params, Store, StoreResult, now_ms, sql};
 
 /// A queued to-device message.
 #[derive(Debug, Clone)]
@@ -241,42 +241,51 @@ impl Store {
         .await?)
     }
 
-    /// Whether a to-device transaction was already processed; records it if not.
-    pub async fn to_device_txn_seen(&self, user_id: &str, device_id: &str, txn_id: &str) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "INSERT INTO to_device_txns (user_id, device_id, txn_id, created_ts) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .bind(now_ms())
-        .execute(&self.write)
-        .await?
-        .rows_affected();
-        Ok(n == 0)
-    }
-
-    /// Queues to-device messages, with the sender's transaction, in one transaction.
-    pub async fn queue_to_device(&self, sender: &str, messages: &[NewToDevice]) -> StoreResult<()> {
+    /// Queues to-device messages sent in one client transaction `(sender, device, txn_id)`,
+    /// all or nothing, in one database transaction with the record of the client's: a retry
+    /// of a transaction already queued queues nothing and returns `false`. The rows are
+    /// inserted a chunk at a time (a message to every device of a room's members is hundreds).
+    pub async fn queue_to_device(
+        &self,
+        (sender, sender_device, txn_id): (&str, &str, &str),
+        messages: &[NewToDevice],
+    ) -> StoreResult<bool> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
-        for m in messages {
-            sqlx::query(
+        let recorded = sqlx::query(
+            "INSERT INTO to_device_txns (user_id, device_id, txn_id, created_ts) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(sender)
+        .bind(sender_device)
+        .bind(txn_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if recorded == 0 {
+            return Ok(false);
+        }
+        for chunk in messages.chunks(200) {
+            let text = format!(
                 "INSERT INTO to_device (stream_pos, user_id, device_id, sender, event_type, content, created_ts) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(m.stream_pos)
-            .bind(&m.user_id)
-            .bind(&m.device_id)
-            .bind(sender)
-            .bind(&m.event_type)
-            .bind(&m.content)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                 VALUES {}",
+                Params::new(self.backend).rows(chunk.len(), 7)
+            );
+            let mut query = sqlx::query(sql(text));
+            for m in chunk {
+                query = query
+                    .bind(m.stream_pos)
+                    .bind(&m.user_id)
+                    .bind(&m.device_id)
+                    .bind(sender)
+                    .bind(&m.event_type)
+                    .bind(&m.content)
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes the messages a device acknowledged by syncing from `since`, then takes up to
