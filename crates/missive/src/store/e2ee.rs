@@ -73,19 +73,18 @@ impl Store {
     ) -> StoreResult<()> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
-        for (algorithm, key_id, json) in keys {
-            sqlx::query(
+        // Clients upload keys by the dozen: one multi-row insert per chunk.
+        for chunk in keys.chunks(200) {
+            let text = format!(
                 "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, json, created_ts) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(user_id)
-            .bind(device_id)
-            .bind(algorithm)
-            .bind(key_id)
-            .bind(json)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                 VALUES {} ON CONFLICT DO NOTHING",
+                Params::new(self.backend).rows(chunk.len(), 6)
+            );
+            let mut query = sqlx::query(sql(text));
+            for (algorithm, key_id, json) in chunk {
+                query = query.bind(user_id).bind(device_id).bind(algorithm).bind(key_id).bind(json).bind(now);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
