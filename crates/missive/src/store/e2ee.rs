@@ -229,17 +229,6 @@ impl Store {
         Ok(())
     }
 
-    /// Users whose device lists changed with `since < pos <= to`.
-    pub async fn device_list_changes(&self, since: i64, to: i64) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT user_id FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2",
-        )
-        .bind(since)
-        .bind(to)
-        .fetch_all(&self.read)
-        .await?)
-    }
-
     /// Queues to-device messages sent in one client transaction `(sender, device, txn_id)`,
     /// all or nothing, in one database transaction with the record of the client's: a retry
     /// of a transaction already queued queues nothing and returns `false`. The rows are

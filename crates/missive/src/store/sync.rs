@@ -15,6 +15,8 @@ pub struct Changes {
     pub relations: bool,
     /// Whether any membership changed.
     pub memberships: bool,
+    /// Users whose device list changed.
+    pub device_lists: Vec<String>,
 }
 
 /// What changed in one room.
@@ -29,7 +31,8 @@ pub struct RoomChanges {
 const CHUNK: usize = 500;
 
 impl Store {
-    /// What changed at positions in `(since, to]`, per room, in one read.
+    /// What changed at positions in `(since, to]`, per room, and whose device lists changed,
+    /// in one read.
     pub async fn changes_between(&self, since: i64, to: i64) -> StoreResult<Changes> {
         let rows = sqlx::query(
             "SELECT room_id, CAST(0 AS BIGINT), \
@@ -38,7 +41,9 @@ impl Store {
              CAST(MAX(CASE WHEN event_type = 'm.room.member' THEN 1 ELSE 0 END) AS BIGINT) \
              FROM events WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY room_id \
              UNION ALL SELECT room_id, CAST(1 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
-             FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY room_id",
+             FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY room_id \
+             UNION ALL SELECT user_id, CAST(2 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
+             FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY user_id",
         )
         .bind(since)
         .bind(to)
@@ -46,8 +51,13 @@ impl Store {
         .await?;
         let mut out = Changes::default();
         for r in rows {
+            let kind: i64 = r.get(1);
+            if kind == 2 {
+                out.device_lists.push(r.get(0));
+                continue;
+            }
             let room = out.rooms.entry(r.get(0)).or_default();
-            if r.get::<i64, _>(1) == 1 {
+            if kind == 1 {
                 room.receipts = true;
             } else {
                 room.events = true;
@@ -57,6 +67,30 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The events at positions in `(since, to]` of the rooms `user_id` is joined to, at most
+    /// `cap` of them (newest first): on an incremental sync, every new timeline event in one
+    /// read, taken with the other first reads instead of after them.
+    pub async fn new_events_of_member(
+        &self,
+        user_id: &str,
+        since: i64,
+        to: i64,
+        cap: i64,
+    ) -> StoreResult<Vec<EventRow>> {
+        let rows = sqlx::query(sql(format!(
+            "SELECT {EVENT_COLUMNS_E} FROM events e JOIN memberships m ON m.room_id = e.room_id \
+             WHERE m.user_id = $1 AND m.membership = 'join' AND e.stream_pos > $2 AND e.stream_pos <= $3 \
+             ORDER BY e.stream_pos DESC LIMIT $4"
+        )))
+        .bind(user_id)
+        .bind(since)
+        .bind(to)
+        .bind(cap)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(event_row).collect())
     }
 
     /// Read receipts of many rooms changed after `since` (private ones only `viewer`'s).

@@ -30,6 +30,9 @@ use crate::{
     store::{Changes, EventRow, MembershipRow, Store},
 };
 
+/// Most new events an incremental sync reads in its first round.
+const NEW_EVENTS_CAP: i64 = 500;
+
 /// Default number of timeline events per room.
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 
@@ -84,11 +87,16 @@ impl Sync {
         to: i64,
         changes: Option<&Changes>,
     ) -> Result<(Vec<String>, Vec<String>)> {
-        let key_changes = self.store.device_list_changes(since, to).await?;
-        let memberships_changed = match changes {
-            Some(changes) => changes.memberships,
-            None => self.store.changes_between(since, to).await?.memberships,
+        let read;
+        let changes = match changes {
+            Some(changes) => changes,
+            None => {
+                read = self.store.changes_between(since, to).await?;
+                &read
+            }
         };
+        let key_changes = &changes.device_lists;
+        let memberships_changed = changes.memberships;
         if key_changes.is_empty() && !memberships_changed {
             return Ok((Vec::new(), Vec::new()));
         }
@@ -96,7 +104,7 @@ impl Sync {
         let sharing: HashSet<&str> =
             mates.iter().filter(|(_, m, _, _)| m == "join" || m == "invite").map(|(u, _, _, _)| u.as_str()).collect();
         let mut changed: HashSet<String> =
-            key_changes.into_iter().filter(|u| u == user_id.as_str() || sharing.contains(u.as_str())).collect();
+            key_changes.iter().filter(|u| *u == user_id.as_str() || sharing.contains(u.as_str())).cloned().collect();
         for (other, membership, pos, my_join) in &mates {
             let newly_shared =
                 (*pos > since && *pos <= to && membership == "join") || (*my_join > since && *my_join <= to);
@@ -148,7 +156,10 @@ impl Sync {
         let device_id = identity.device_id.as_ref();
         // The reads that do not depend on each other run at once: on PostgreSQL each is a
         // round trip, on SQLite each runs on its own pooled connection.
-        let (memberships, account_data, changes, device_state, counts) = tokio::try_join!(
+        // On an incremental sync, the new events of the user's rooms are read in this first
+        // round too, so a wake-up needs no second one.
+        let incremental = since.pos.filter(|_| !req.full_state);
+        let (memberships, account_data, changes, device_state, counts, new_events) = tokio::try_join!(
             async { Ok::<_, Error>(self.store.memberships_of_user(user_id.as_str(), None).await?) },
             async { Ok(self.store.account_data_since(user_id.as_str(), since.pos).await?) },
             // Only rooms with something new are computed: on an incremental sync, one query
@@ -161,7 +172,15 @@ impl Sync {
             },
             self.e2ee.device_sync_state(user_id, device_id),
             async { Ok(self.store.notification_counts_by_room(user_id.as_str()).await?) },
+            async {
+                Ok(match incremental {
+                    Some(s) => Some(self.store.new_events_of_member(user_id.as_str(), s, now, NEW_EVENTS_CAP).await?),
+                    None => None,
+                })
+            },
         )?;
+        // Past the cap, the rooms' timelines are read per room as on an initial sync.
+        let new_events = new_events.filter(|rows| rows.len() < NEW_EVENTS_CAP as usize);
         let mut visible: Vec<MembershipRow> = Vec::new();
         for m in memberships {
             if m.stream_pos <= now && filter::room_allowed(&req.filter, &m.room_id) {
@@ -193,7 +212,7 @@ impl Sync {
         // their number; the rooms are then assembled from memory.
         let (otk_counts, fallback_types, to_device_waiting) = device_state;
         let (prefetch, device_lists, to_device) = tokio::try_join!(
-            self.prefetch(viewer, req, since, &joined_rows, now, &known, incremental_changes),
+            self.prefetch(viewer, req, since, &joined_rows, now, &known, incremental_changes, new_events),
             async {
                 match since.pos {
                     Some(s) => self.device_list_updates(user_id, s, now, changes.as_ref()).await,
@@ -285,6 +304,7 @@ impl Sync {
         now: i64,
         known: &HashMap<String, Option<i64>>,
         changes: Option<&Changes>,
+        new_events: Option<Vec<EventRow>>,
     ) -> Result<Prefetch> {
         if rooms.is_empty() {
             return Ok(Prefetch::default());
@@ -321,7 +341,7 @@ impl Sync {
             .cloned()
             .collect();
         let (timelines, changed_rows, receipts) = tokio::try_join!(
-            self.timelines(viewer, req, &ranges, known, bundled),
+            self.timelines(viewer, req, &ranges, known, bundled, new_events.zip(since.pos)),
             async {
                 Ok(match (since.pos, state_rooms.is_empty()) {
                     (Some(s), false) => self.store.current_state_of_rooms(&state_rooms, Some(s)).await?,
@@ -557,7 +577,8 @@ impl Sync {
     ) -> Result<Value> {
         // The timeline stops at the leave event.
         let range = (m.room_id.clone(), since.pos.unwrap_or(0), m.stream_pos);
-        let timeline = self.timelines(viewer, req, &[range], known, true).await?.remove(&m.room_id).unwrap_or_default();
+        let timeline =
+            self.timelines(viewer, req, &[range], known, true, None).await?.remove(&m.room_id).unwrap_or_default();
         let mut room = Map::new();
         room.insert("timeline".into(), timeline.into_json());
         room.insert("state".into(), events(Vec::new()));
@@ -574,12 +595,23 @@ impl Sync {
         ranges: &[(String, i64, i64)],
         known: &HashMap<String, Option<i64>>,
         bundled: bool,
+        read: Option<(Vec<EventRow>, i64)>,
     ) -> Result<HashMap<String, Timeline>> {
         let timeline_filter = &req.filter.room.timeline;
         let limit = timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).clamp(1, 500);
         let mut by_room: HashMap<String, Vec<EventRow>> = HashMap::new();
-        for row in self.store.recent_events_of_rooms(ranges, limit as i64 + 1).await? {
+        // Ranges starting at `since` are covered by the events already read from there;
+        // the others (rooms sent in full) are read now.
+        let (read, read_from) = read.unzip();
+        let to_read: Vec<(String, i64, i64)> =
+            ranges.iter().filter(|(_, from, _)| read_from != Some(*from)).cloned().collect();
+        for row in read.into_iter().flatten() {
             by_room.entry(row.room_id.clone()).or_default().push(row);
+        }
+        if !to_read.is_empty() {
+            for row in self.store.recent_events_of_rooms(&to_read, limit as i64 + 1).await? {
+                by_room.entry(row.room_id.clone()).or_default().push(row);
+            }
         }
         let mut out = HashMap::with_capacity(ranges.len());
         let mut all_rows = Vec::new();
