@@ -155,15 +155,15 @@ impl Sync {
         let mut knock = Map::new();
         let device_id = identity.device_id.as_ref();
         // The reads that do not depend on each other run at once: on PostgreSQL each is a
-        // round trip, on SQLite each runs on its own pooled connection.
-        // On an incremental sync, the new events of the user's rooms are read in this first
-        // round too, so a wake-up needs no second one.
+        // round trip, on SQLite each runs on its own pooled connection. On an incremental
+        // sync the new events of the user's rooms are read in this first round too, so a
+        // wake-up needs no second one.
         let incremental = since.pos.filter(|_| !req.full_state);
         let (memberships, account_data, changes, device_state, counts, new_events) = tokio::try_join!(
             async { Ok::<_, Error>(self.store.memberships_of_user(user_id.as_str(), None).await?) },
             async { Ok(self.store.account_data_since(user_id.as_str(), since.pos).await?) },
             // Only rooms with something new are computed: on an incremental sync, one query
-            // says which rooms have new events, state or receipts.
+            // says which rooms have new events, state or receipts, and whose devices changed.
             async {
                 Ok(match since.pos {
                     Some(s) => Some(self.store.changes_between(s, now).await?),
