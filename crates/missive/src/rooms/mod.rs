@@ -223,7 +223,7 @@ impl Rooms {
         // Either another task's batch carries this send and answers it, or this task gets the
         // lock and carries the batch itself. Waiting for the lock alone would make an answered
         // sender queue behind the next batch.
-        let mut guard = tokio::select! {
+        let guard = tokio::select! {
             biased;
             answered = &mut answer => return answered.map_err(|_| Error::Internal("room writer went away".into()))?,
             guard = slot.head.lock() => guard,
@@ -231,21 +231,32 @@ impl Rooms {
         let pending = std::mem::take(&mut *slot.queue.lock().expect("queue lock poisoned"));
         if pending.is_empty() {
             drop(guard);
-            return answer.await.map_err(|_| Error::Internal("room writer went away".into()))?;
+        } else {
+            self.carry_batch(room_id, &slot, guard, pending).await;
         }
+        answer.await.map_err(|_| Error::Internal("room writer went away".into()))?
+    }
+
+    /// Builds, commits and answers one batch of queued sends, holding the head lock until the
+    /// batch's head is published.
+    async fn carry_batch(
+        &self,
+        room_id: &RoomId,
+        slot: &RoomSlot,
+        mut guard: tokio::sync::MutexGuard<'_, Option<RoomHead>>,
+        pending: Vec<PendingSend>,
+    ) {
         // The batch is built on the head as it stands, which may include the batch still
         // committing below this one: building overlaps that commit.
-        let mut built = self.build_sends(room_id, &slot, &mut guard, &pending).await;
+        let mut built = self.build_sends(room_id, slot, &mut guard, &pending).await;
         // Commits keep build order: the commit lock is taken before the next batch may build.
-        let mut commit = slot.commit.lock().await;
-        if commit.failed {
-            // The batch below failed, so this one was built on events that do not exist.
-            commit.failed = false;
-            *guard = None;
+        let (mut commit, below_failed) = self.settle(slot, &mut guard).await;
+        if below_failed {
+            // This batch was built on events that do not exist.
             drop(built);
-            built = self.build_sends(room_id, &slot, &mut guard, &pending).await;
+            built = self.build_sends(room_id, slot, &mut guard, &pending).await;
         }
-        let (batch, results) = match built {
+        let (mut batch, results) = match built {
             Ok(built) => built,
             Err(e) => {
                 drop(commit);
@@ -259,7 +270,7 @@ impl Rooms {
                         Error::Internal(message.clone())
                     }));
                 }
-                return answer.await.map_err(|_| Error::Internal("room writer went away".into()))?;
+                return;
             }
         };
         {
@@ -272,7 +283,7 @@ impl Rooms {
         }
         *guard = Some(batch.head.clone());
         drop(guard);
-        let committed = self.persist(room_id, &batch).await;
+        let committed = self.persist(room_id, std::mem::take(&mut batch.write)).await;
         commit.failed = committed.is_err();
         slot.in_flight.lock().expect("in-flight lock poisoned").clear();
         drop(commit);
@@ -285,7 +296,6 @@ impl Rooms {
             };
             let _ = p.reply.send(result);
         }
-        answer.await.map_err(|_| Error::Internal("room writer went away".into()))?
     }
 
     /// Builds queued sends into one batch on the room's head, with their notifications:
@@ -320,19 +330,19 @@ impl Rooms {
     }
 
     /// Waits for a send batch still committing; after a failed commit, forgets the head built
-    /// on it so that it is reloaded from the store. Returns the commit lock, held by writes
-    /// that commit under the head lock.
+    /// on it so that it is reloaded from the store, and says so. Returns the commit lock,
+    /// held by writes that commit under the head lock.
     async fn settle<'a>(
         &self,
         slot: &'a RoomSlot,
         guard: &mut Option<RoomHead>,
-    ) -> tokio::sync::MutexGuard<'a, CommitState> {
+    ) -> (tokio::sync::MutexGuard<'a, CommitState>, bool) {
         let mut commit = slot.commit.lock().await;
-        if commit.failed {
-            commit.failed = false;
+        let failed = std::mem::take(&mut commit.failed);
+        if failed {
             *guard = None;
         }
-        commit
+        (commit, failed)
     }
 
     async fn append_send(
@@ -367,10 +377,10 @@ impl Rooms {
         Ok(())
     }
 
-    /// Writes a prepared batch in one transaction.
-    async fn persist(&self, room_id: &RoomId, batch: &Batch) -> Result<()> {
-        if !batch.write.events.is_empty() || !batch.write.redactions.is_empty() {
-            let (store, room, write) = (self.store.clone(), room_id.to_string(), batch.write.clone());
+    /// Writes a prepared batch's changes in one transaction; they move to the writer runtime.
+    async fn persist(&self, room_id: &RoomId, write: RoomWrite) -> Result<()> {
+        if !write.events.is_empty() || !write.redactions.is_empty() {
+            let (store, room) = (self.store.clone(), room_id.to_string());
             writer_runtime()
                 .spawn(async move { store.write_room(&room, &write).await })
                 .await
@@ -428,12 +438,12 @@ impl Rooms {
     pub async fn write<T>(&self, room_id: &RoomId, f: impl AsyncFnOnce(&Self, &mut Batch) -> Result<T>) -> Result<T> {
         let slot = self.slot(room_id);
         let mut guard = slot.head.lock().await;
-        let _commit = self.settle(&slot, &mut guard).await;
+        let _commit = self.settle(&slot, &mut guard).await.0;
         let head = self.ensure_head(room_id, &mut guard).await?.clone();
         let mut batch = Batch::new(head);
         let out = f(self, &mut batch).await?;
         self.prepare(&mut batch).await?;
-        self.persist(room_id, &batch).await?;
+        self.persist(room_id, std::mem::take(&mut batch.write)).await?;
         *guard = Some(batch.head);
         drop(guard);
         drop(batch.guards);
@@ -697,7 +707,7 @@ impl Rooms {
     pub async fn head(&self, room_id: &RoomId) -> Result<RoomHead> {
         let slot = self.slot(room_id);
         let mut guard = slot.head.lock().await;
-        let _commit = self.settle(&slot, &mut guard).await;
+        let _commit = self.settle(&slot, &mut guard).await.0;
         let head = self.ensure_head(room_id, &mut guard).await?;
         let needed: Vec<OwnedEventId> = ["m.room.create", "m.room.power_levels", "m.room.join_rules"]
             .iter()

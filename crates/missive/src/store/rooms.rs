@@ -128,7 +128,7 @@ pub struct PushAction {
 }
 
 /// Everything one write to a room changes, committed as one transaction.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct RoomWrite {
     pub new_room: Option<NewRoom>,
     pub events: Vec<NewEvent>,

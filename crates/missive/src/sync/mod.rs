@@ -426,13 +426,12 @@ impl Sync {
         wanted.dedup();
         let states = self.store.state_groups(&wanted).await?;
         let ids: Vec<String> = states.values().flatten().map(|(_, _, e)| e.clone()).collect();
-        let mut by_id: HashMap<String, EventRow> =
+        let by_id: HashMap<String, EventRow> =
             self.store.events(&ids).await?.into_iter().map(|r| (r.event_id.clone(), r)).collect();
         for (room, group) in older {
             let rows = states.get(&group).into_iter().flatten().filter_map(|(_, _, e)| by_id.get(e).cloned()).collect();
             out.insert(room.to_owned(), rows);
         }
-        by_id.clear();
         Ok(out)
     }
 
