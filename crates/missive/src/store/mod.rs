@@ -10,6 +10,7 @@ mod accounts;
 mod e2ee;
 mod migrate;
 mod rooms;
+mod script;
 mod sync;
 mod user_data;
 

@@ -1,10 +1,14 @@
 //! Rooms: the event graph, state groups, current state, memberships, aliases, directory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use sqlx::{Any, Row, Transaction, any::AnyRow};
+use sqlx::{Row, any::AnyRow};
 
-use super::{Backend, Params, Store, StoreError, StoreResult, now_ms, sql};
+use super::{
+    Params, Store, StoreError, StoreResult, now_ms,
+    script::{Script, rows},
+    sql,
+};
 
 /// A stored event as read back.
 #[derive(Debug, Clone)]
@@ -154,88 +158,145 @@ impl Store {
     /// Commits a room write atomically: room, state groups, events, current state,
     /// memberships, extremities, transaction IDs, redactions, notifications.
     pub async fn write_room(&self, room_id: &str, write: &RoomWrite) -> StoreResult<()> {
+        self.room_script(room_id, write).run(self).await
+    }
+
+    /// The statements of a room write. One script touches each row once (see `script`):
+    /// state and memberships changed twice in a batch are written with their last value.
+    fn room_script(&self, room_id: &str, write: &RoomWrite) -> Script {
         let now = now_ms();
-        let mut tx = self.write.begin().await?;
+        let mut script = Script::default();
+        // Messages leave the state, and so the room's state group, as it was.
+        let state_group = write
+            .events
+            .last()
+            .filter(|_| write.events.iter().any(|e| e.state_key.is_some()))
+            .map(|e| e.state_group_after);
         if let Some(room) = &write.new_room {
-            sqlx::query(
-                "INSERT INTO rooms (room_id, room_version, creator, state_group, created_ts) VALUES ($1, $2, $3, 0, $4)",
-            )
-            .bind(&room.room_id)
-            .bind(&room.room_version)
-            .bind(&room.creator)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            script
+                .push(
+                    "INSERT INTO rooms (room_id, room_version, creator, state_group, published, created_ts) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&room.room_id)
+                .bind(&room.room_version)
+                .bind(&room.creator)
+                .bind(state_group.unwrap_or(0))
+                .bind(write.publish.unwrap_or(false) as i64)
+                .bind(now);
+        } else if state_group.is_some() || write.publish.is_some() {
+            script
+                .push(
+                    "UPDATE rooms SET state_group = COALESCE(?, state_group), published = COALESCE(?, published) \
+                     WHERE room_id = ?",
+                )
+                .bind(state_group)
+                .bind(write.publish.map(i64::from))
+                .bind(room_id);
         }
-        for group in &write.state_groups {
-            let delta = serde_json::to_string(&group.delta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO state_groups (id, room_id, prev_group, chain_len, delta, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(group.id)
-            .bind(room_id)
-            .bind(group.prev_group)
-            .bind(group.chain_len)
-            .bind(delta)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in write.state_groups.chunks(100) {
+            let statement = script.push(format!(
+                "INSERT INTO state_groups (id, room_id, prev_group, chain_len, delta, created_ts) VALUES {}",
+                rows(chunk.len(), 6)
+            ));
+            for group in chunk {
+                // A list of string triples always serialises.
+                let delta = serde_json::to_string(&group.delta).unwrap_or_default();
+                statement
+                    .bind(group.id)
+                    .bind(room_id)
+                    .bind(group.prev_group)
+                    .bind(group.chain_len)
+                    .bind(delta)
+                    .bind(now);
+            }
         }
         // One multi-row insert per chunk: a group-committed batch is one statement.
         for chunk in write.events.chunks(50) {
-            insert_events(&mut tx, self.backend, room_id, chunk, now).await?;
+            insert_events(&mut script, room_id, chunk, now);
         }
-        for event in write.events.iter().filter(|e| e.state_key.is_some()) {
-            update_state(&mut tx, room_id, event).await?;
+        let mut state: HashMap<(&str, &str), &NewEvent> = HashMap::new();
+        let mut members: HashMap<&str, (&NewEvent, &str)> = HashMap::new();
+        for event in &write.events {
+            if let Some(state_key) = &event.state_key {
+                state.insert((&event.event_type, state_key), event);
+                if let Some(membership) = &event.membership {
+                    members.insert(state_key, (event, membership));
+                }
+            }
+        }
+        if !state.is_empty() {
+            let statement = script.push(format!(
+                "INSERT INTO room_current_state (room_id, event_type, state_key, event_id) VALUES {} \
+                 ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+                rows(state.len(), 4)
+            ));
+            for ((event_type, state_key), event) in &state {
+                statement.bind(room_id).bind(*event_type).bind(*state_key).bind(&event.event_id);
+            }
+        }
+        if !members.is_empty() {
+            let statement = script.push(format!(
+                "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos, forgotten) VALUES {} \
+                 ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
+                 event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0",
+                rows(members.len(), 6)
+            ));
+            for (user_id, (event, membership)) in &members {
+                statement
+                    .bind(room_id)
+                    .bind(*user_id)
+                    .bind(*membership)
+                    .bind(&event.event_id)
+                    .bind(event.stream_pos)
+                    .bind(0i64);
+            }
         }
         // The DAG's leaves change once per batch: the events it builds on stop being leaves,
         // and its events that nothing in it builds on become leaves.
-        let in_batch: std::collections::HashSet<&str> = write.events.iter().map(|e| e.event_id.as_str()).collect();
-        let referenced: std::collections::HashSet<&str> =
+        let in_batch: HashSet<&str> = write.events.iter().map(|e| e.event_id.as_str()).collect();
+        let referenced: HashSet<&str> =
             write.events.iter().flat_map(|e| e.prev_events.iter().map(String::as_str)).collect();
-        for prev in referenced.difference(&in_batch) {
-            sqlx::query("DELETE FROM room_extremities WHERE room_id = $1 AND event_id = $2")
-                .bind(room_id)
-                .bind(*prev)
-                .execute(&mut *tx)
-                .await?;
+        let gone: Vec<&str> = referenced.difference(&in_batch).copied().collect();
+        if !gone.is_empty() {
+            let statement = script.push(format!(
+                "DELETE FROM room_extremities WHERE room_id = ? AND event_id IN ({})",
+                vec!["?"; gone.len()].join(",")
+            ));
+            statement.bind(room_id);
+            for prev in gone {
+                statement.bind(prev);
+            }
         }
-        for leaf in in_batch.difference(&referenced) {
-            sqlx::query("INSERT INTO room_extremities (room_id, event_id) VALUES ($1, $2)")
-                .bind(room_id)
-                .bind(*leaf)
-                .execute(&mut *tx)
-                .await?;
+        let leaves: Vec<&str> = in_batch.difference(&referenced).copied().collect();
+        if !leaves.is_empty() {
+            let statement = script
+                .push(format!("INSERT INTO room_extremities (room_id, event_id) VALUES {}", rows(leaves.len(), 2)));
+            for leaf in leaves {
+                statement.bind(room_id).bind(leaf);
+            }
         }
-        // Messages leave the state, and so the room's state group, as it was.
-        if let Some(last) = write.events.last().filter(|_| write.events.iter().any(|e| e.state_key.is_some())) {
-            sqlx::query("UPDATE rooms SET state_group = $2 WHERE room_id = $1")
-                .bind(room_id)
-                .bind(last.state_group_after)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for (target, json, by) in &write.redactions {
-            sqlx::query(
-                "UPDATE events SET json = $2, redacted_by = $3, rel_type = NULL, relates_to = NULL, thread_root = NULL \
-                 WHERE event_id = $1",
-            )
-            .bind(target)
-            .bind(json)
-            .bind(by)
-            .execute(&mut *tx)
-            .await?;
+        // A second redaction of the same event in one batch finds it already pruned.
+        let mut redacted = HashSet::new();
+        for (target, json, by) in write.redactions.iter().filter(|(target, _, _)| redacted.insert(target)) {
+            script
+                .push(
+                    "UPDATE events SET json = ?, redacted_by = ?, rel_type = NULL, relates_to = NULL, \
+                     thread_root = NULL WHERE event_id = ?",
+                )
+                .bind(json)
+                .bind(by)
+                .bind(target);
         }
         // One multi-row insert per chunk: a message in a big room owes a row per member.
         for chunk in write.push_actions.chunks(100) {
-            let text = format!(
+            let statement = script.push(format!(
                 "INSERT INTO event_push_actions (room_id, user_id, event_pos, thread_id, highlight, created_ts) \
                  VALUES {} ON CONFLICT DO NOTHING",
-                Params::new(self.backend).rows(chunk.len(), 6)
-            );
-            let mut query = sqlx::query(sql(text));
+                rows(chunk.len(), 6)
+            ));
             for action in chunk {
-                query = query
+                statement
                     .bind(room_id)
                     .bind(&action.user_id)
                     .bind(action.event_pos)
@@ -243,26 +304,17 @@ impl Store {
                     .bind(action.highlight as i64)
                     .bind(now);
             }
-            query.execute(&mut *tx).await?;
         }
-        for (alias, creator) in &write.aliases {
-            sqlx::query("INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4)")
-                .bind(alias)
-                .bind(room_id)
-                .bind(creator)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+        if !write.aliases.is_empty() {
+            let statement = script.push(format!(
+                "INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES {}",
+                rows(write.aliases.len(), 4)
+            ));
+            for (alias, creator) in &write.aliases {
+                statement.bind(alias).bind(room_id).bind(creator).bind(now);
+            }
         }
-        if let Some(publish) = write.publish {
-            sqlx::query("UPDATE rooms SET published = $2 WHERE room_id = $1")
-                .bind(room_id)
-                .bind(publish as i64)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        script
     }
 
     /// Room version and current state group of a room.
@@ -680,31 +732,24 @@ fn membership_row(r: AnyRow) -> MembershipRow {
 }
 
 /// Inserts events with one multi-row statement.
-async fn insert_events(
-    tx: &mut Transaction<'_, Any>,
-    backend: Backend,
-    room_id: &str,
-    events: &[NewEvent],
-    now: i64,
-) -> StoreResult<()> {
-    let text = format!(
+fn insert_events(script: &mut Script, room_id: &str, events: &[NewEvent], now: i64) {
+    let statement = script.push(format!(
         "INSERT INTO events (stream_pos, room_id, event_id, sender, event_type, state_key, depth, origin_server_ts, \
          json, state_group_before, state_group_after, rel_type, relates_to, thread_root, txn_device_id, txn_id, \
          received_ts) VALUES {}",
-        Params::new(backend).rows(events.len(), 17)
-    );
-    let mut query = sqlx::query(sql(text));
+        rows(events.len(), 17)
+    ));
     for e in events {
         let (txn_device, txn_id) = match &e.txn {
             Some((d, t)) => (Some(d.as_str()), Some(t.as_str())),
             None => (None, None),
         };
-        query = query
+        statement
             .bind(e.stream_pos)
             .bind(room_id)
             .bind(&e.event_id)
             .bind(&e.sender)
-            .bind(&e.event_type)
+            .bind(e.event_type.as_str())
             .bind(e.state_key.as_deref())
             .bind(e.depth)
             .bind(e.origin_server_ts)
@@ -718,38 +763,4 @@ async fn insert_events(
             .bind(txn_id)
             .bind(now);
     }
-    query.execute(&mut **tx).await?;
-    Ok(())
-}
-
-/// Records a state event in the room's current state (and memberships).
-async fn update_state(tx: &mut Transaction<'_, Any>, room_id: &str, e: &NewEvent) -> StoreResult<()> {
-    let Some(state_key) = &e.state_key else {
-        return Ok(());
-    };
-    sqlx::query(
-        "INSERT INTO room_current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
-    )
-    .bind(room_id)
-    .bind(&e.event_type)
-    .bind(state_key)
-    .bind(&e.event_id)
-    .execute(&mut **tx)
-    .await?;
-    if let Some(membership) = &e.membership {
-        sqlx::query(
-            "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos, forgotten) VALUES ($1, $2, $3, $4, $5, 0) \
-             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
-             event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0",
-        )
-        .bind(room_id)
-        .bind(state_key)
-        .bind(membership)
-        .bind(&e.event_id)
-        .bind(e.stream_pos)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
 }
