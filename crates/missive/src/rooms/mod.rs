@@ -1,10 +1,13 @@
 //! Rooms: building, authorising and persisting events; room state; membership; timelines.
 //!
-//! Every write to a room goes through [`Rooms::write`]: it takes the room's lock, whose
-//! guarded value is the room's head (current state, forward extremities, depth), builds and
-//! signs each event, runs the spec's authorization rules (ruma's state-res), and commits the
-//! whole batch in one transaction. The head is replaced only after the commit succeeds, so a
-//! failed request changes nothing.
+//! Every write to a room takes the room's lock, whose guarded value is the room's head
+//! (current state, forward extremities, depth), builds and signs each event, runs the spec's
+//! authorization rules (ruma's state-res), and queues the batch for the room's committer,
+//! which commits in build order, in one transaction per round. [`Rooms::write`] publishes
+//! its head after the commit; client sends ([`Rooms::send_grouped`]) publish theirs at once,
+//! so the next batch builds during the commit, and a failed commit fails every write built
+//! on it and makes the next one reload the head from the store. Either way, a failed
+//! request changes nothing and nothing is acknowledged before it is committed.
 
 pub mod create;
 pub mod membership;
@@ -17,7 +20,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
 
@@ -77,6 +80,8 @@ pub struct RoomHead {
     pub pdus: Arc<HashMap<OwnedEventId, Arc<Pdu>>>,
     /// Users whose membership is `join`, for notifications without a read per message.
     pub joined: Arc<HashSet<String>>,
+    /// The room slot's epoch this head was loaded in (see `RoomSlot`).
+    epoch: u64,
 }
 
 impl RoomHead {
@@ -118,24 +123,43 @@ pub(crate) struct PendingSend {
     reply: tokio::sync::oneshot::Sender<Result<OwnedEventId>>,
 }
 
-/// Per room: the head behind its lock, the sends queued for the next group commit, and the
-/// commit order.
+/// Per room: the head behind its lock, the sends queued for the next batch, and the writes
+/// built and waiting to commit.
 ///
-/// A send batch is built under the head lock, takes the commit lock, publishes its resulting
-/// head, releases the head lock and commits: the next batch builds while this one commits,
-/// and commits after it. A failed commit marks the commit state, and whoever takes the
-/// commit lock next reloads the head from the store.
+/// A batch is built under the head lock, queued for commit, and its head published before
+/// the lock is released: the next batch builds while this one commits. One committer task
+/// per room commits the queue in build order, everything that accumulated during the
+/// previous commit in one transaction. A failed commit bumps the epoch: every write built on
+/// it (an older epoch) fails without being written, and the next head is loaded from the
+/// store.
 #[derive(Default)]
 struct RoomSlot {
     head: tokio::sync::Mutex<Option<RoomHead>>,
     queue: Mutex<Vec<PendingSend>>,
-    commit: tokio::sync::Mutex<CommitState>,
-    /// Transaction IDs of the batch committing now, to event IDs, for retries.
-    in_flight: Mutex<HashMap<(String, String, String), String>>,
+    commits: Mutex<Commits>,
+    epoch: AtomicU64,
 }
 
-/// A single-threaded runtime, on its own thread, that runs room commits. A commit is a few
-/// round trips to the database driver; on the request runtime each would wait behind the
+/// The writes of a room waiting to commit, in build order.
+#[derive(Default)]
+struct Commits {
+    queue: Vec<CommitJob>,
+    /// Whether a committer task is running for the room.
+    running: bool,
+    /// Transaction IDs of the queued sends, to their epoch and event ID, so that a retry
+    /// finds its event before it is stored.
+    in_flight: HashMap<(String, String, String), (u64, String)>,
+}
+
+/// One built write and the channel for its outcome.
+struct CommitJob {
+    epoch: u64,
+    write: RoomWrite,
+    done: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+/// A single-threaded runtime, on its own thread, that runs the room committers. A commit
+/// waits on the database; on the request runtime, each of its wake-ups would wait behind the
 /// HTTP work of every other connection, and commits are the one serial step of a room.
 fn writer_runtime() -> &'static tokio::runtime::Handle {
     static HANDLE: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
@@ -148,12 +172,6 @@ fn writer_runtime() -> &'static tokio::runtime::Handle {
             .expect("writer thread");
         handle
     })
-}
-
-/// What the last commit left behind.
-#[derive(Default)]
-struct CommitState {
-    failed: bool,
 }
 
 /// One write in progress: the events appended so far and what they change.
@@ -238,28 +256,19 @@ impl Rooms {
     }
 
     /// Builds, commits and answers one batch of queued sends, holding the head lock until the
-    /// batch's head is published.
+    /// batch is queued for commit and its head published.
     async fn carry_batch(
         &self,
         room_id: &RoomId,
-        slot: &RoomSlot,
+        slot: &Arc<RoomSlot>,
         mut guard: tokio::sync::MutexGuard<'_, Option<RoomHead>>,
         pending: Vec<PendingSend>,
     ) {
-        // The batch is built on the head as it stands, which may include the batch still
-        // committing below this one: building overlaps that commit.
-        let mut built = self.build_sends(room_id, slot, &mut guard, &pending).await;
-        // Commits keep build order: the commit lock is taken before the next batch may build.
-        let (mut commit, below_failed) = self.settle(slot, &mut guard).await;
-        if below_failed {
-            // This batch was built on events that do not exist.
-            drop(built);
-            built = self.build_sends(room_id, slot, &mut guard, &pending).await;
-        }
-        let (mut batch, results) = match built {
+        // The batch is built on the head as it stands, which may include batches still
+        // waiting to commit: building overlaps their commit.
+        let (mut batch, results) = match self.build_sends(room_id, slot, &mut guard, &pending).await {
             Ok(built) => built,
             Err(e) => {
-                drop(commit);
                 drop(guard);
                 let message = e.to_string();
                 let not_found = matches!(e, Error::NotFound(_));
@@ -273,20 +282,10 @@ impl Rooms {
                 return;
             }
         };
-        {
-            let mut in_flight = slot.in_flight.lock().expect("in-flight lock poisoned");
-            for event in &batch.write.events {
-                if let Some((device, txn)) = &event.txn {
-                    in_flight.insert((event.sender.clone(), device.clone(), txn.clone()), event.event_id.clone());
-                }
-            }
-        }
-        *guard = Some(batch.head.clone());
+        let outcome = self.enqueue_commit(room_id, slot, batch.head.epoch, std::mem::take(&mut batch.write));
+        *guard = Some(batch.head);
         drop(guard);
-        let committed = self.persist(room_id, std::mem::take(&mut batch.write)).await;
-        commit.failed = committed.is_err();
-        slot.in_flight.lock().expect("in-flight lock poisoned").clear();
-        drop(commit);
+        let committed = commit_outcome(outcome).await;
         drop(batch.guards);
         for (p, result) in pending.into_iter().zip(results) {
             let result = match (&committed, result) {
@@ -307,12 +306,22 @@ impl Rooms {
         guard: &mut Option<RoomHead>,
         pending: &[PendingSend],
     ) -> Result<(Batch, Vec<Result<OwnedEventId>>)> {
-        let head = self.ensure_head(room_id, guard).await?.clone();
+        let head = self.ensure_head(room_id, slot, guard).await?.clone();
         let mut batch = Batch::new(head);
-        // Retries of sends already stored, or committing in the batch below, are found for
-        // the whole batch at once. The in-flight ones are read first: a batch leaves that
-        // list only once its rows are visible in the store.
-        let mut known = slot.in_flight.lock().expect("in-flight lock poisoned").clone();
+        // Retries of sends already stored, or still waiting to commit, are found for the
+        // whole batch at once. The queued ones are read first: a write leaves that list only
+        // once its rows are visible in the store. Queued sends of an older epoch will never
+        // be stored.
+        let epoch = batch.head.epoch;
+        let mut known: HashMap<(String, String, String), String> = {
+            let commits = slot.commits.lock().expect("commits lock poisoned");
+            commits
+                .in_flight
+                .iter()
+                .filter(|(_, (e, _))| *e == epoch)
+                .map(|(key, (_, event_id))| (key.clone(), event_id.clone()))
+                .collect()
+        };
         let txns: Vec<(String, String, String)> = pending
             .iter()
             .filter_map(|p| p.txn.as_ref().map(|(d, t)| (p.sender.to_string(), d.clone(), t.clone())))
@@ -329,20 +338,28 @@ impl Rooms {
         Ok((batch, results))
     }
 
-    /// Waits for a send batch still committing; after a failed commit, forgets the head built
-    /// on it so that it is reloaded from the store, and says so. Returns the commit lock,
-    /// held by writes that commit under the head lock.
-    async fn settle<'a>(
+    /// Queues a built write to commit after every write built before it. Called under the
+    /// head lock, which fixes that order.
+    fn enqueue_commit(
         &self,
-        slot: &'a RoomSlot,
-        guard: &mut Option<RoomHead>,
-    ) -> (tokio::sync::MutexGuard<'a, CommitState>, bool) {
-        let mut commit = slot.commit.lock().await;
-        let failed = std::mem::take(&mut commit.failed);
-        if failed {
-            *guard = None;
+        room_id: &RoomId,
+        slot: &Arc<RoomSlot>,
+        epoch: u64,
+        write: RoomWrite,
+    ) -> tokio::sync::oneshot::Receiver<Result<()>> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut commits = slot.commits.lock().expect("commits lock poisoned");
+            for (key, event_id) in txn_keys(&write) {
+                commits.in_flight.insert(key, (epoch, event_id));
+            }
+            commits.queue.push(CommitJob { epoch, write, done });
+            !std::mem::replace(&mut commits.running, true)
+        };
+        if start {
+            writer_runtime().spawn(run_commits(self.store.clone(), room_id.to_string(), slot.clone()));
         }
-        (commit, failed)
+        outcome
     }
 
     async fn append_send(
@@ -377,23 +394,22 @@ impl Rooms {
         Ok(())
     }
 
-    /// Writes a prepared batch's changes in one transaction; they move to the writer runtime.
-    async fn persist(&self, room_id: &RoomId, write: RoomWrite) -> Result<()> {
-        if !write.events.is_empty() || !write.redactions.is_empty() {
-            let (store, room) = (self.store.clone(), room_id.to_string());
-            writer_runtime()
-                .spawn(async move { store.write_room(&room, &write).await })
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
-        }
-        Ok(())
-    }
-
     /// The head behind a held room lock, loaded from the store on first use. A room that
     /// cannot be loaded loses its slot, so made-up room IDs do not accumulate lock entries.
-    async fn ensure_head<'a>(&self, room_id: &RoomId, guard: &'a mut Option<RoomHead>) -> Result<&'a mut RoomHead> {
+    async fn ensure_head<'a>(
+        &self,
+        room_id: &RoomId,
+        slot: &RoomSlot,
+        guard: &'a mut Option<RoomHead>,
+    ) -> Result<&'a mut RoomHead> {
+        // A head of an older epoch includes events whose commit failed. The store is stable
+        // for it: the writes still queued with that epoch fail without writing.
+        let epoch = slot.epoch.load(Ordering::SeqCst);
+        if guard.as_ref().is_some_and(|head| head.epoch != epoch) {
+            *guard = None;
+        }
         if guard.is_none() {
-            match self.load_head(room_id).await {
+            match self.load_head(room_id, epoch).await {
                 Ok(head) => *guard = Some(head),
                 Err(e) => {
                     self.heads.lock().expect("heads lock poisoned").remove(room_id);
@@ -404,7 +420,7 @@ impl Rooms {
         Ok(guard.as_mut().expect("head was just loaded"))
     }
 
-    async fn load_head(&self, room_id: &RoomId) -> Result<RoomHead> {
+    async fn load_head(&self, room_id: &RoomId, epoch: u64) -> Result<RoomHead> {
         let (version, group) =
             self.store.room(room_id.as_str()).await?.ok_or_else(|| Error::not_found("room not found"))?;
         let (version, rules) = version::rules_for(&version)?;
@@ -430,6 +446,7 @@ impl Rooms {
             chain_len,
             pdus: Default::default(),
             joined: Arc::new(joined.collect()),
+            epoch,
         })
     }
 
@@ -438,12 +455,12 @@ impl Rooms {
     pub async fn write<T>(&self, room_id: &RoomId, f: impl AsyncFnOnce(&Self, &mut Batch) -> Result<T>) -> Result<T> {
         let slot = self.slot(room_id);
         let mut guard = slot.head.lock().await;
-        let _commit = self.settle(&slot, &mut guard).await.0;
-        let head = self.ensure_head(room_id, &mut guard).await?.clone();
+        let head = self.ensure_head(room_id, &slot, &mut guard).await?.clone();
         let mut batch = Batch::new(head);
         let out = f(self, &mut batch).await?;
         self.prepare(&mut batch).await?;
-        self.persist(room_id, std::mem::take(&mut batch.write)).await?;
+        let outcome = self.enqueue_commit(room_id, &slot, batch.head.epoch, std::mem::take(&mut batch.write));
+        commit_outcome(outcome).await?;
         *guard = Some(batch.head);
         drop(guard);
         drop(batch.guards);
@@ -478,6 +495,7 @@ impl Rooms {
             chain_len: 0,
             pdus: Default::default(),
             joined: Default::default(),
+            epoch: 0,
         };
         let mut batch = Batch::new(head);
         self.append(&mut batch, sender, Draft::state("m.room.create", "", create_content), None).await?;
@@ -495,6 +513,7 @@ impl Rooms {
         let slot = self.slot(&room_id);
         let mut guard = slot.head.lock().await;
         self.store.write_room(room_id.as_str(), &batch.write).await?;
+        batch.head.epoch = slot.epoch.load(Ordering::SeqCst);
         *guard = Some(batch.head);
         drop(guard);
         drop(batch.guards);
@@ -707,13 +726,72 @@ impl Rooms {
     pub async fn head(&self, room_id: &RoomId) -> Result<RoomHead> {
         let slot = self.slot(room_id);
         let mut guard = slot.head.lock().await;
-        let _commit = self.settle(&slot, &mut guard).await.0;
-        let head = self.ensure_head(room_id, &mut guard).await?;
+        let head = self.ensure_head(room_id, &slot, &mut guard).await?;
         let needed: Vec<OwnedEventId> = ["m.room.create", "m.room.power_levels", "m.room.join_rules"]
             .iter()
             .filter_map(|t| head.state_id(t, "").cloned())
             .collect();
         self.load_pdus(head, &needed).await?;
         Ok(head.clone())
+    }
+}
+
+/// Waits for a queued write's commit.
+async fn commit_outcome(outcome: tokio::sync::oneshot::Receiver<Result<()>>) -> Result<()> {
+    outcome.await.map_err(|_| Error::Internal("room writer went away".into()))?
+}
+
+/// The `(sender, device, transaction ID)` of a write's client sends, with their event IDs.
+fn txn_keys(write: &RoomWrite) -> impl Iterator<Item = ((String, String, String), String)> + '_ {
+    write.events.iter().filter_map(|e| {
+        let (device, txn) = e.txn.as_ref()?;
+        Some(((e.sender.clone(), device.clone(), txn.clone()), e.event_id.clone()))
+    })
+}
+
+/// A room's committer: commits the queued writes in build order, everything that
+/// accumulated during the previous commit in one transaction, until the queue is empty.
+async fn run_commits(store: Store, room_id: String, slot: Arc<RoomSlot>) {
+    loop {
+        let jobs = {
+            let mut commits = slot.commits.lock().expect("commits lock poisoned");
+            if commits.queue.is_empty() {
+                commits.running = false;
+                return;
+            }
+            std::mem::take(&mut commits.queue)
+        };
+        let mut keys = Vec::new();
+        for job in &jobs {
+            keys.extend(txn_keys(&job.write).map(|(key, event_id)| (key, job.epoch, event_id)));
+        }
+        let epoch = slot.epoch.load(Ordering::SeqCst);
+        let (current, stale): (Vec<CommitJob>, Vec<CommitJob>) = jobs.into_iter().partition(|j| j.epoch == epoch);
+        let mut merged = RoomWrite::default();
+        let mut replies = Vec::with_capacity(current.len());
+        for job in current {
+            merged.append(job.write);
+            replies.push(job.done);
+        }
+        let result = if merged.is_empty() { Ok(()) } else { store.write_room(&room_id, &merged).await };
+        if let Err(e) = &result {
+            tracing::error!(room_id, error = %e, "room commit failed");
+            slot.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        {
+            // The rows are visible now, or never will be: retries look in the store.
+            let mut commits = slot.commits.lock().expect("commits lock poisoned");
+            for (key, job_epoch, event_id) in keys {
+                if commits.in_flight.get(&key).is_some_and(|(e, id)| *e == job_epoch && *id == event_id) {
+                    commits.in_flight.remove(&key);
+                }
+            }
+        }
+        for done in replies {
+            let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| Error::Internal(e.to_string())));
+        }
+        for job in stale {
+            let _ = job.done.send(Err(Error::Internal("built on a commit that failed".into())));
+        }
     }
 }

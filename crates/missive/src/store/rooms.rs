@@ -144,6 +144,30 @@ pub struct RoomWrite {
     pub publish: Option<bool>,
 }
 
+impl RoomWrite {
+    /// Whether the write changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.new_room.is_none()
+            && self.events.is_empty()
+            && self.state_groups.is_empty()
+            && self.redactions.is_empty()
+            && self.push_actions.is_empty()
+            && self.aliases.is_empty()
+            && self.publish.is_none()
+    }
+
+    /// Appends a write built on this one, so that both commit as one.
+    pub fn append(&mut self, next: RoomWrite) {
+        self.new_room = self.new_room.take().or(next.new_room);
+        self.events.extend(next.events);
+        self.state_groups.extend(next.state_groups);
+        self.redactions.extend(next.redactions);
+        self.push_actions.extend(next.push_actions);
+        self.aliases.extend(next.aliases);
+        self.publish = next.publish.or(self.publish);
+    }
+}
+
 /// A user's current membership in a room.
 #[derive(Debug, Clone)]
 pub struct MembershipRow {
