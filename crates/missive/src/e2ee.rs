@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     error::{Error, Result},
-    store::{NewToDevice, Store},
+    store::{DeviceSyncState, NewToDevice, Store},
     sync::stream::Streams,
 };
 
@@ -111,10 +111,15 @@ impl E2ee {
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> Result<(BTreeMap<String, i64>, Vec<String>, bool)> {
-        let state = self.store.device_sync_state(user_id.as_str(), device_id.as_str()).await?;
+        Ok(Self::sync_view(self.store.device_sync_state(user_id.as_str(), device_id.as_str()).await?))
+    }
+
+    /// A device's state as sync reports it: one-time key counts (`signed_curve25519` always
+    /// present), unused fallback key algorithms, and whether to-device messages wait.
+    pub fn sync_view(state: DeviceSyncState) -> (BTreeMap<String, i64>, Vec<String>, bool) {
         let mut counts: BTreeMap<String, i64> = state.one_time_keys.into_iter().collect();
         counts.entry("signed_curve25519".into()).or_insert(0);
-        Ok((counts, state.unused_fallbacks, state.to_device_waiting))
+        (counts, state.unused_fallbacks, state.to_device_waiting)
     }
 
     /// `keys/query` for local users: device keys and cross-signing keys (the user-signing key

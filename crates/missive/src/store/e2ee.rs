@@ -25,6 +25,30 @@ pub struct DeviceSyncState {
     pub to_device_waiting: bool,
 }
 
+/// What every sync reports about a device, as the arms of a `UNION ALL` whose rows are
+/// `(kind, text, NULL, NULL, count, 0)`: unclaimed one-time keys per algorithm (kind 3),
+/// unused fallback keys (kind 4), and a row of kind 5 if to-device messages are queued.
+/// `$1` is the user, `$2` the device.
+pub(super) const DEVICE_STATE_ARMS: &str = "\
+    SELECT CAST(3 AS BIGINT), algorithm, CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(COUNT(*) AS BIGINT), \
+    CAST(0 AS BIGINT) FROM one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm \
+    UNION ALL SELECT CAST(4 AS BIGINT), algorithm, NULL, NULL, CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
+    FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND used = 0 \
+    UNION ALL SELECT CAST(5 AS BIGINT), '', NULL, NULL, CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
+    WHERE EXISTS (SELECT 1 FROM to_device WHERE user_id = $1 AND device_id = $2)";
+
+impl DeviceSyncState {
+    /// Takes in a row of [`DEVICE_STATE_ARMS`]; rows of other kinds are ignored.
+    pub(super) fn add_row(&mut self, r: &sqlx::any::AnyRow) {
+        match r.get::<i64, _>(0) {
+            3 => self.one_time_keys.push((r.get(1), r.get(4))),
+            4 => self.unused_fallbacks.push(r.get(1)),
+            5 => self.to_device_waiting = true,
+            _ => {}
+        }
+    }
+}
+
 /// A to-device message to queue.
 #[derive(Debug, Clone)]
 pub struct NewToDevice {
@@ -121,25 +145,10 @@ impl Store {
     /// What every sync reports about a device, in one read: unclaimed one-time keys per
     /// algorithm, algorithms with an unused fallback key, and whether to-device messages wait.
     pub async fn device_sync_state(&self, user_id: &str, device_id: &str) -> StoreResult<DeviceSyncState> {
-        let rows = sqlx::query(
-            "SELECT algorithm, CAST(COUNT(*) AS BIGINT), CAST(0 AS BIGINT) FROM one_time_keys \
-             WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm \
-             UNION ALL SELECT algorithm, CAST(0 AS BIGINT), CAST(1 AS BIGINT) FROM fallback_keys \
-             WHERE user_id = $1 AND device_id = $2 AND used = 0 \
-             UNION ALL SELECT '', CAST(0 AS BIGINT), CAST(2 AS BIGINT) \
-             WHERE EXISTS (SELECT 1 FROM to_device WHERE user_id = $1 AND device_id = $2)",
-        )
-        .bind(user_id)
-        .bind(device_id)
-        .fetch_all(&self.read)
-        .await?;
+        let rows = sqlx::query(DEVICE_STATE_ARMS).bind(user_id).bind(device_id).fetch_all(&self.read).await?;
         let mut out = DeviceSyncState::default();
         for r in rows {
-            match r.get::<i64, _>(2) {
-                0 => out.one_time_keys.push((r.get(0), r.get(1))),
-                1 => out.unused_fallbacks.push(r.get(0)),
-                _ => out.to_device_waiting = true,
-            }
+            out.add_row(&r);
         }
         out.unused_fallbacks.sort();
         Ok(out)

@@ -4,7 +4,10 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::{EVENT_COLUMNS, EVENT_COLUMNS_E, EventRow, Params, ReceiptRow, Store, StoreResult, event_row, sql};
+use super::{
+    AccountDataRow, DeviceSyncState, EVENT_COLUMNS, EVENT_COLUMNS_E, EventRow, MembershipRow, Params, ReceiptRow,
+    Store, StoreResult, e2ee::DEVICE_STATE_ARMS, event_row, sql,
+};
 
 /// What changed in a range of stream positions.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +32,16 @@ pub struct RoomChanges {
 
 /// Room lists are read in chunks to stay under the backends' parameter limits.
 const CHUNK: usize = 500;
+
+/// What every sync of a device starts from (see [`Store::user_sync_state`]).
+#[derive(Debug, Default)]
+pub struct UserSyncState {
+    pub memberships: Vec<MembershipRow>,
+    pub account_data: Vec<AccountDataRow>,
+    /// Notifications and highlights per room.
+    pub notification_counts: HashMap<String, (i64, i64)>,
+    pub device: DeviceSyncState,
+}
 
 impl Store {
     /// What changed at positions in `(since, to]`, per room, and whose device lists changed,
@@ -128,16 +141,51 @@ impl Store {
         Ok(out)
     }
 
-    /// Unread notification and highlight counts of a user, per room.
-    pub async fn notification_counts_by_room(&self, user_id: &str) -> StoreResult<HashMap<String, (i64, i64)>> {
-        let rows = sqlx::query(
-            "SELECT room_id, COUNT(*), CAST(COALESCE(SUM(highlight), 0) AS BIGINT) FROM event_push_actions \
-             WHERE user_id = $1 GROUP BY room_id",
-        )
-        .bind(user_id)
-        .fetch_all(&self.read)
-        .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect())
+    /// What every sync of a device starts from, in one read: the user's memberships, their
+    /// account data changed after `since`, their notification counts per room, and the
+    /// device's key counts and to-device queue (see `DEVICE_STATE_ARMS`).
+    pub async fn user_sync_state(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        since: Option<i64>,
+    ) -> StoreResult<UserSyncState> {
+        let text = format!(
+            "SELECT CAST(0 AS BIGINT), room_id, membership, event_id, stream_pos, CAST(0 AS BIGINT) \
+             FROM memberships WHERE user_id = $1 AND forgotten = 0 \
+             UNION ALL SELECT CAST(1 AS BIGINT), room_id, data_type, content, CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
+             FROM account_data WHERE user_id = $1 AND stream_pos > $3 \
+             UNION ALL SELECT CAST(2 AS BIGINT), room_id, NULL, NULL, CAST(COUNT(*) AS BIGINT), \
+             CAST(COALESCE(SUM(highlight), 0) AS BIGINT) FROM event_push_actions WHERE user_id = $1 GROUP BY room_id \
+             UNION ALL {DEVICE_STATE_ARMS}"
+        );
+        let rows = sqlx::query(sql(text))
+            .bind(user_id)
+            .bind(device_id)
+            .bind(since.unwrap_or(-1))
+            .fetch_all(&self.read)
+            .await?;
+        let mut out = UserSyncState::default();
+        for r in rows {
+            match r.get::<i64, _>(0) {
+                0 => out.memberships.push(MembershipRow {
+                    room_id: r.get(1),
+                    user_id: user_id.to_owned(),
+                    membership: r.get(2),
+                    event_id: r.get(3),
+                    stream_pos: r.get(4),
+                }),
+                1 => {
+                    out.account_data.push(AccountDataRow { room_id: r.get(1), data_type: r.get(2), content: r.get(3) })
+                }
+                2 => {
+                    out.notification_counts.insert(r.get(1), (r.get(4), r.get(5)));
+                }
+                _ => out.device.add_row(&r),
+            }
+        }
+        out.device.unused_fallbacks.sort();
+        Ok(out)
     }
 
     /// Joined and invited member counts, and up to five heroes other than `user_id`, per room.

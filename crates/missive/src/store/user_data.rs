@@ -1,7 +1,5 @@
 //! Per-user data: account data (push rules included), receipts, notification counts, filters.
 
-use sqlx::Row;
-
 use super::{Store, StoreResult, now_ms};
 
 /// An account data entry; `room_id` is empty for global data.
@@ -58,20 +56,6 @@ impl Store {
         .bind(data_type)
         .fetch_optional(&self.read)
         .await?)
-    }
-
-    /// Account data changed after `since` (all of it when `since` is `None`).
-    pub async fn account_data_since(&self, user_id: &str, since: Option<i64>) -> StoreResult<Vec<AccountDataRow>> {
-        let rows =
-            sqlx::query("SELECT room_id, data_type, content FROM account_data WHERE user_id = $1 AND stream_pos > $2")
-                .bind(user_id)
-                .bind(since.unwrap_or(-1))
-                .fetch_all(&self.read)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| AccountDataRow { room_id: r.get(0), data_type: r.get(1), content: r.get(2) })
-            .collect())
     }
 
     /// Stores a receipt; a read receipt also clears the notifications it covers.

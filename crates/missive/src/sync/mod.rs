@@ -27,7 +27,7 @@ use crate::{
         pdu,
         timeline::{Viewer, make_token},
     },
-    store::{Changes, EventRow, MembershipRow, Store},
+    store::{Changes, EventRow, MembershipRow, Store, UserSyncState},
 };
 
 /// Most new events an incremental sync reads in its first round.
@@ -153,15 +153,17 @@ impl Sync {
         let mut invite = Map::new();
         let mut leave = Map::new();
         let mut knock = Map::new();
-        let device_id = identity.device_id.as_ref();
+        let device_id: &ruma::DeviceId = identity.device_id.as_ref();
         // The reads that do not depend on each other run at once: on PostgreSQL each is a
         // round trip, on SQLite each runs on its own pooled connection. On an incremental
         // sync the new events of the user's rooms are read in this first round too, so a
         // wake-up needs no second one.
         let incremental = since.pos.filter(|_| !req.full_state);
-        let (memberships, account_data, changes, device_state, counts, new_events) = tokio::try_join!(
-            async { Ok::<_, Error>(self.store.memberships_of_user(user_id.as_str(), None).await?) },
-            async { Ok(self.store.account_data_since(user_id.as_str(), since.pos).await?) },
+        let (user_state, changes, new_events) = tokio::try_join!(
+            // Memberships, account data, notification counts and the device's state: one read.
+            async {
+                Ok::<_, Error>(self.store.user_sync_state(user_id.as_str(), device_id.as_str(), since.pos).await?)
+            },
             // Only rooms with something new are computed: on an incremental sync, one query
             // says which rooms have new events, state or receipts, and whose devices changed.
             async {
@@ -170,8 +172,6 @@ impl Sync {
                     None => None,
                 })
             },
-            self.e2ee.device_sync_state(user_id, device_id),
-            async { Ok(self.store.notification_counts_by_room(user_id.as_str()).await?) },
             async {
                 Ok(match incremental {
                     Some(s) => Some(self.store.new_events_of_member(user_id.as_str(), s, now, NEW_EVENTS_CAP).await?),
@@ -179,6 +179,8 @@ impl Sync {
                 })
             },
         )?;
+        let UserSyncState { memberships, account_data, notification_counts: counts, device } = user_state;
+        let device_state = E2ee::sync_view(device);
         // Past the cap, the rooms' timelines are read per room as on an initial sync.
         let new_events = new_events.filter(|rows| rows.len() < NEW_EVENTS_CAP as usize);
         let mut visible: Vec<MembershipRow> = Vec::new();
