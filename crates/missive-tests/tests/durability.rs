@@ -140,3 +140,46 @@ async fn failed_commits_acknowledge_nothing_and_the_room_recovers() {
         assert_eq!(status, 200);
     }
 }
+
+#[tokio::test]
+async fn a_retry_while_its_send_is_committing_gets_the_same_event_and_nothing_is_acknowledged_early() {
+    use sqlx::Connection;
+    let server = TestServer::start().await;
+    let user = server.register("ines").await;
+    let token = Some(user.access_token.as_str());
+    let (_, room) = server.call("POST", "/_matrix/client/v3/createRoom", token, Some(json!({}))).await;
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/once");
+    let body = json!({ "msgtype": "m.text", "body": "once" });
+
+    // Another connection holds the write lock: the send's commit waits behind it.
+    sqlx::any::install_default_drivers();
+    let mut blocker = sqlx::AnyConnection::connect(&server.database_url()).await.unwrap();
+    let lock = if server.is_postgres() { "BEGIN; LOCK TABLE events IN EXCLUSIVE MODE" } else { "BEGIN IMMEDIATE" };
+    sqlx::raw_sql(lock).execute(&mut blocker).await.unwrap();
+
+    let released = std::sync::atomic::AtomicBool::new(false);
+    let first = async {
+        let answer = server.call("PUT", &path, token, Some(body.clone())).await;
+        (answer, released.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    let retry = async {
+        // The first send is built and queued by now; its commit is waiting.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        server.call("PUT", &path, token, Some(body.clone())).await
+    };
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let stored = server.query_strings("SELECT event_id FROM events WHERE txn_id = 'once'").await;
+        released.store(true, std::sync::atomic::Ordering::SeqCst);
+        sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
+        stored
+    };
+    let (((s1, b1), answered_after_release), (s2, b2), stored_while_locked) = tokio::join!(first, retry, release);
+    assert!(stored_while_locked.is_empty(), "nothing is stored before the lock is released");
+    assert!(answered_after_release, "the send is acknowledged only once committed");
+    assert_eq!((s1, s2), (200, 200), "{b1} {b2}");
+    assert_eq!(b1["event_id"], b2["event_id"], "the retry gets the event of the send still committing");
+    let stored = server.query_strings("SELECT event_id FROM events WHERE txn_id = 'once'").await;
+    assert_eq!(stored, vec![b1["event_id"].as_str().unwrap().to_owned()], "one event stored");
+}
