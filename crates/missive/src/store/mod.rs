@@ -24,14 +24,6 @@ use sqlx::{
 use self::rooms::{EVENT_COLUMNS, EVENT_COLUMNS_E, event_row};
 pub use self::{accounts::*, e2ee::*, rooms::*, sync::*, user_data::*};
 
-/// The settings of every SQLite connection.
-macro_rules! sqlite_pragmas {
-    () => {
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
-         PRAGMA foreign_keys = ON;"
-    };
-}
-
 /// A storage failure; never shown to clients in detail.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,28 +61,28 @@ impl Store {
         let options: AnyConnectOptions = url.parse()?;
         let store = match backend {
             Backend::Sqlite => {
-                // WAL lets readers run beside the writer; FULL makes every acknowledged
-                // commit survive a crash of the process or host. The writer does not
-                // checkpoint: copying the WAL into the database would stall the commit that
-                // crossed the threshold, and commits are each room's serial step.
-                let pool = |max, pragmas: &'static str| {
+                let pool = |max| {
                     AnyPoolOptions::new()
                         .max_connections(max)
                         .min_connections(1)
                         .test_before_acquire(false)
                         .acquire_timeout(Duration::from_secs(30))
-                        .after_connect(move |conn, _| {
+                        .after_connect(|conn, _| {
                             Box::pin(async move {
-                                sqlx::raw_sql(sqlx::AssertSqlSafe(pragmas)).execute(conn).await?;
+                                // WAL lets readers run beside the writer; FULL makes every
+                                // acknowledged commit survive a crash of the process or host.
+                                sqlx::raw_sql(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                                )
+                                .execute(conn)
+                                .await?;
                                 Ok(())
                             })
                         })
                 };
-                let write = pool(1, concat!(sqlite_pragmas!(), " PRAGMA wal_autocheckpoint = 0;"))
-                    .connect_with(options.clone())
-                    .await?;
-                let read = pool(8, sqlite_pragmas!()).connect_with(options).await?;
-                spawn_checkpointer(read.clone());
+                let write = pool(1).connect_with(options.clone()).await?;
+                let read = pool(8).connect_with(options).await?;
                 Store { read, write, backend }
             }
             Backend::Postgres => {
@@ -118,28 +110,6 @@ impl Store {
         self.write.close().await;
         self.read.close().await;
     }
-}
-
-/// How often the WAL is copied into the SQLite database, off the commit path.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Checkpoints the WAL from a reader connection until the pool closes. A passive checkpoint
-/// waits for no reader or writer; SQLite starts the WAL over once a checkpoint has copied
-/// all of it.
-fn spawn_checkpointer(read: AnyPool) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !read.is_closed() {
-            every.tick().await;
-            if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)").execute(&read).await {
-                if read.is_closed() {
-                    break;
-                }
-                tracing::warn!(error = %e, "WAL checkpoint failed");
-            }
-        }
-    });
 }
 
 /// Marks a query text assembled from constants (column lists, placeholders, table names of
