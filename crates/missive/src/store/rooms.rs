@@ -6,7 +6,7 @@ use sqlx::{Row, any::AnyRow};
 
 use super::{
     Params, Store, StoreError, StoreResult, now_ms,
-    script::{Script, rows},
+    script::{Script, list, rows},
     sql,
 };
 
@@ -283,10 +283,8 @@ impl Store {
             write.events.iter().flat_map(|e| e.prev_events.iter().map(String::as_str)).collect();
         let gone: Vec<&str> = referenced.difference(&in_batch).copied().collect();
         if !gone.is_empty() {
-            let statement = script.push(format!(
-                "DELETE FROM room_extremities WHERE room_id = ? AND event_id IN ({})",
-                vec!["?"; gone.len()].join(",")
-            ));
+            let statement = script
+                .push(format!("DELETE FROM room_extremities WHERE room_id = ? AND event_id IN ({})", list(gone.len())));
             statement.bind(room_id);
             for prev in gone {
                 statement.bind(prev);

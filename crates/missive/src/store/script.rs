@@ -92,8 +92,14 @@ pub(crate) struct Script {
 
 /// `(?, …), (?, …)`: `rows` rows of `columns` parameters, for a multi-row `VALUES`.
 pub(crate) fn rows(rows: usize, columns: usize) -> String {
-    let row = format!("({})", vec!["?"; columns].join(","));
-    vec![row; rows].join(", ")
+    // Scripts are written with `?`, which is SQLite's form; `assemble` numbers them for
+    // PostgreSQL.
+    Params::new(Backend::Sqlite).rows(rows, columns)
+}
+
+/// `?, ?, …`: `count` parameters, for an `IN` list.
+pub(crate) fn list(count: usize) -> String {
+    Params::new(Backend::Sqlite).list(count)
 }
 
 impl Script {
@@ -116,13 +122,16 @@ impl Script {
     }
 }
 
-/// Numbers the `?` of a statement for the backend and binds its values.
-fn assemble(backend: Backend, statements: &[Statement], params: &mut Params, args: &mut AnyArguments) -> Vec<String> {
+/// The statements' texts, their `?` numbered for the backend, and their values, moved into
+/// one argument list.
+fn assemble(backend: Backend, statements: Vec<Statement>) -> (Vec<String>, AnyArguments) {
     use sqlx::Arguments;
+    let mut params = Params::new(backend);
+    let mut args = AnyArguments::default();
     let mut texts = Vec::with_capacity(statements.len());
     for statement in statements {
         let text = match backend {
-            Backend::Sqlite => statement.text.clone(),
+            Backend::Sqlite => statement.text,
             Backend::Postgres => {
                 let mut out = String::with_capacity(statement.text.len() + statement.args.len() * 3);
                 for (i, part) in statement.text.split('?').enumerate() {
@@ -135,20 +144,19 @@ fn assemble(backend: Backend, statements: &[Statement], params: &mut Params, arg
             }
         };
         texts.push(text);
-        for arg in &statement.args {
+        for arg in statement.args {
             // Encoding an integer or a string into the Any buffer cannot fail.
             let _ = match arg {
-                Arg::Int(v) => args.add(*v),
-                Arg::Text(v) => args.add(v.clone()),
+                Arg::Int(v) => args.add(v),
+                Arg::Text(v) => args.add(v),
             };
         }
     }
-    texts
+    (texts, args)
 }
 
 async fn run_sqlite(pool: &AnyPool, statements: Vec<Statement>) -> StoreResult<()> {
-    let mut args = AnyArguments::default();
-    let texts = assemble(Backend::Sqlite, &statements, &mut Params::new(Backend::Sqlite), &mut args);
+    let (texts, args) = assemble(Backend::Sqlite, statements);
     let text = format!("BEGIN IMMEDIATE;\n{};\nCOMMIT", texts.join(";\n"));
     let mut conn = pool.acquire().await?;
     // Run to the end even if the caller goes away: a transaction left open on the one
@@ -172,31 +180,30 @@ async fn run_sqlite(pool: &AnyPool, statements: Vec<Statement>) -> StoreResult<(
 }
 
 async fn run_postgres(pool: &AnyPool, statements: Vec<Statement>) -> StoreResult<()> {
-    let mut chunks: Vec<&[Statement]> = Vec::new();
-    let mut start = 0;
+    let mut chunks: Vec<Vec<Statement>> = vec![Vec::new()];
     let mut params = 0;
-    for (i, statement) in statements.iter().enumerate() {
-        if i > start && params + statement.args.len() > MAX_PG_PARAMS {
-            chunks.push(&statements[start..i]);
-            start = i;
+    for statement in statements {
+        let current = chunks.last_mut().expect("never empty");
+        if !current.is_empty() && params + statement.args.len() > MAX_PG_PARAMS {
+            chunks.push(Vec::new());
             params = 0;
         }
         params += statement.args.len();
+        chunks.last_mut().expect("never empty").push(statement);
     }
-    chunks.push(&statements[start..]);
-    let query = |chunk: &[Statement]| {
-        let mut args = AnyArguments::default();
-        let texts = assemble(Backend::Postgres, chunk, &mut Params::new(Backend::Postgres), &mut args);
-        let (last, parts) = texts.split_last().expect("a chunk is never empty");
-        let text = if parts.is_empty() {
-            last.clone()
+    let query = |chunk: Vec<Statement>| {
+        let (mut texts, args) = assemble(Backend::Postgres, chunk);
+        let last = texts.pop().expect("a chunk is never empty");
+        let text = if texts.is_empty() {
+            last
         } else {
-            let ctes: Vec<String> = parts.iter().enumerate().map(|(i, t)| format!("s{i} AS ({t})")).collect();
+            let ctes: Vec<String> = texts.iter().enumerate().map(|(i, t)| format!("s{i} AS ({t})")).collect();
             format!("WITH {} {last}", ctes.join(", "))
         };
         sqlx::query_with(sql(text), args)
     };
-    if let [chunk] = chunks.as_slice() {
+    if chunks.len() == 1 {
+        let chunk = chunks.pop().expect("one chunk");
         query(chunk).execute(pool).await?;
         return Ok(());
     }
@@ -214,13 +221,15 @@ mod tests {
 
     #[test]
     fn postgres_numbers_parameters_across_statements() {
-        let mut script = Script::default();
-        script.push("INSERT INTO a (x, y) VALUES (?, ?)").bind(1i64).bind("one");
-        script.push(format!("INSERT INTO b (z) VALUES {}", rows(2, 1))).bind(2i64).bind(3i64);
-        let mut args = AnyArguments::default();
-        let texts = assemble(Backend::Postgres, &script.statements, &mut Params::new(Backend::Postgres), &mut args);
+        let script = || {
+            let mut script = Script::default();
+            script.push("INSERT INTO a (x, y) VALUES (?, ?)").bind(1i64).bind("one");
+            script.push(format!("INSERT INTO b (z) VALUES {}", rows(2, 1))).bind(2i64).bind(3i64);
+            script.statements
+        };
+        let (texts, _) = assemble(Backend::Postgres, script());
         assert_eq!(texts, ["INSERT INTO a (x, y) VALUES ($1, $2)", "INSERT INTO b (z) VALUES ($3), ($4)"]);
-        let texts = assemble(Backend::Sqlite, &script.statements, &mut Params::new(Backend::Sqlite), &mut args);
+        let (texts, _) = assemble(Backend::Sqlite, script());
         assert_eq!(texts[1], "INSERT INTO b (z) VALUES (?), (?)");
     }
 }
