@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, raw_json, sync_until};
+use common::{TestServer, TestUser, raw_json, sync_until};
 use matrix_sdk::{
     Client, Room,
     room::MessagesOptions,
@@ -23,7 +23,7 @@ use matrix_sdk::{
         },
     },
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Alice creates a private (hence end-to-end encrypted) room, invites bob, bob joins.
 async fn room_with_bob(server: &TestServer) -> (Client, Client, OwnedRoomId) {
@@ -366,4 +366,141 @@ async fn leave_kick_and_ban_respect_power_levels() {
     bob.sync_once(Default::default()).await.unwrap();
     room(&bob, &room_id).leave().await.expect("leave");
     sync_until(&bob, (), |_, r| r.rooms.left.contains_key(&room_id)).await;
+}
+
+/// A member's `(notification_count, highlight_count)` in a room, from an initial sync.
+async fn unread(server: &TestServer, user: &TestUser, room_id: &str) -> (i64, i64) {
+    let (status, sync) = server.call("GET", "/_matrix/client/v3/sync", Some(&user.access_token), None).await;
+    assert_eq!(status, 200, "{sync}");
+    let counts = &sync["rooms"]["join"][room_id]["unread_notifications"];
+    (counts["notification_count"].as_i64().unwrap_or(-1), counts["highlight_count"].as_i64().unwrap_or(-1))
+}
+
+#[tokio::test]
+async fn unread_counts_follow_mentions_threads_receipts_and_membership() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let (_, room) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await;
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    for user in [&bob, &carol] {
+        let path = format!("/_matrix/client/v3/join/{room_id}");
+        let (status, body) = server.call("POST", &path, Some(&user.access_token), Some(json!({}))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut txn = 0;
+    let mut send = async |user: &TestUser, content: Value| -> String {
+        txn += 1;
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t{txn}");
+        let (status, body) = server.call("PUT", &path, Some(&user.access_token), Some(content)).await;
+        assert_eq!(status, 200, "{body}");
+        body["event_id"].as_str().unwrap().to_owned()
+    };
+    let m1 = send(&alice, json!({ "msgtype": "m.text", "body": "good morning" })).await;
+    // A mention of Bob: a highlight for him alone.
+    let m2 = send(
+        &alice,
+        json!({ "msgtype": "m.text", "body": "a question for you", "m.mentions": { "user_ids": [bob.user_id] } }),
+    )
+    .await;
+    let m3 = send(
+        &alice,
+        json!({ "msgtype": "m.text", "body": "in a thread", "m.relates_to": { "rel_type": "m.thread", "event_id": m1 } }),
+    )
+    .await;
+    let b1 = send(&bob, json!({ "msgtype": "m.text", "body": "my own message" })).await;
+
+    assert_eq!(unread(&server, &bob, &room_id).await, (3, 1), "own messages never count");
+    assert_eq!(unread(&server, &carol, &room_id).await, (4, 0));
+    assert_eq!(unread(&server, &alice, &room_id).await, (1, 0));
+
+    let receipt = async |user: &TestUser, event_id: &str, thread: Option<&str>| {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{event_id}");
+        let body = thread.map_or(json!({}), |t| json!({ "thread_id": t }));
+        let (status, body) = server.call("POST", &path, Some(&user.access_token), Some(body)).await;
+        assert_eq!(status, 200, "{body}");
+    };
+    // Reading the thread clears the thread's message only.
+    receipt(&bob, &m3, Some(&m1)).await;
+    assert_eq!(unread(&server, &bob, &room_id).await, (2, 1));
+    // A receipt on an older event clears what comes up to it, and not what was read already.
+    receipt(&bob, &m1, None).await;
+    assert_eq!(unread(&server, &bob, &room_id).await, (1, 1));
+    receipt(&bob, &m2, Some("main")).await;
+    assert_eq!(unread(&server, &bob, &room_id).await, (0, 0));
+    // A private receipt behind the public one changes nothing.
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read.private/{m2}");
+    server.call("POST", &path, Some(&bob.access_token), Some(json!({}))).await;
+    assert_eq!(unread(&server, &bob, &room_id).await, (0, 0));
+    // Carol reads everything at once, the thread included.
+    receipt(&carol, &b1, None).await;
+    assert_eq!(unread(&server, &carol, &room_id).await, (0, 0));
+
+    // Someone who joins counts from their join, and again from zero after leaving and coming back.
+    let dave = server.register("dave").await;
+    let join = format!("/_matrix/client/v3/join/{room_id}");
+    server.call("POST", &join, Some(&dave.access_token), Some(json!({}))).await;
+    assert_eq!(unread(&server, &dave, &room_id).await, (0, 0));
+    send(&alice, json!({ "msgtype": "m.text", "body": "welcome", "m.mentions": { "user_ids": [dave.user_id] } })).await;
+    assert_eq!(unread(&server, &dave, &room_id).await, (1, 1));
+    assert_eq!(unread(&server, &carol, &room_id).await, (1, 0));
+    let leave = format!("/_matrix/client/v3/rooms/{room_id}/leave");
+    server.call("POST", &leave, Some(&dave.access_token), Some(json!({}))).await;
+    send(&alice, json!({ "msgtype": "m.text", "body": "while away" })).await;
+    server.call("POST", &join, Some(&dave.access_token), Some(json!({}))).await;
+    assert_eq!(unread(&server, &dave, &room_id).await, (0, 0));
+    assert_eq!(unread(&server, &carol, &room_id).await, (2, 0));
+}
+
+#[tokio::test]
+async fn a_members_own_rules_set_their_count_apart() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let (_, room) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await;
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    for user in [&bob, &carol] {
+        let path = format!("/_matrix/client/v3/join/{room_id}");
+        server.call("POST", &path, Some(&user.access_token), Some(json!({}))).await;
+    }
+    // Bob highlights "urgent" and mutes nothing; Carol keeps the defaults, under which her
+    // name in a message is no mention (only `m.mentions` is).
+    let rule = json!({ "pattern": "urgent", "actions": ["notify", { "set_tweak": "highlight" }] });
+    let path = "/_matrix/client/v3/pushrules/global/content/urgent";
+    let (status, body) = server.call("PUT", path, Some(&bob.access_token), Some(rule)).await;
+    assert_eq!(status, 200, "{body}");
+    for (i, text) in ["carol, this is URGENT", "bob: nothing special"].iter().enumerate() {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/r{i}");
+        let content = json!({ "msgtype": "m.text", "body": text });
+        let (status, body) = server.call("PUT", &path, Some(&alice.access_token), Some(content)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(unread(&server, &bob, &room_id).await, (2, 1));
+    assert_eq!(unread(&server, &carol, &room_id).await, (2, 0));
+    // Muting the room for Bob (an override rule on the room) stops his notifications alone.
+    let mute =
+        json!({ "actions": [], "conditions": [{ "kind": "event_match", "key": "room_id", "pattern": room_id }] });
+    let path = "/_matrix/client/v3/pushrules/global/override/mute-room";
+    let (status, body) = server.call("PUT", path, Some(&bob.access_token), Some(mute)).await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/r9");
+    server.call("PUT", &path, Some(&alice.access_token), Some(json!({ "msgtype": "m.text", "body": "urgent" }))).await;
+    assert_eq!(unread(&server, &bob, &room_id).await, (2, 1));
+    assert_eq!(unread(&server, &carol, &room_id).await, (3, 0));
 }

@@ -179,11 +179,14 @@ pub struct Batch {
     pub head: RoomHead,
     pub write: RoomWrite,
     guards: Vec<PositionGuard>,
+    /// The joined members before the batch (the head's set is copied on write).
+    joined_before: Arc<HashSet<String>>,
 }
 
 impl Batch {
     fn new(head: RoomHead) -> Self {
-        Self { head, write: RoomWrite::default(), guards: Vec::new() }
+        let joined_before = head.joined.clone();
+        Self { head, write: RoomWrite::default(), guards: Vec::new(), joined_before }
     }
 }
 
@@ -389,7 +392,8 @@ impl Rooms {
     /// Computes the notifications a batch owes.
     async fn prepare(&self, batch: &mut Batch) -> Result<()> {
         if !batch.write.events.is_empty() {
-            batch.write.push_actions = self.compute_push_actions(&batch.head, &batch.write.events).await?;
+            batch.write.notifications =
+                self.compute_notifications(&batch.head, &batch.joined_before, &mut batch.write.events).await?;
         }
         Ok(())
     }
@@ -510,6 +514,7 @@ impl Rooms {
         }
         batch.write.aliases = alias.into_iter().map(|a| (a, sender.to_string())).collect();
         batch.write.publish = publish.then_some(true);
+        self.prepare(&mut batch).await?;
         let slot = self.slot(&room_id);
         let mut guard = slot.head.lock().await;
         self.store.write_room(room_id.as_str(), &batch.write).await?;
@@ -691,6 +696,7 @@ impl Rooms {
             relates_to,
             thread_root,
             txn,
+            notify: 0,
         });
         batch.head.extremities = vec![event_id.clone()];
         batch.head.depth = depth;

@@ -1,6 +1,9 @@
 //! Push rule evaluation when an event is stored: who gets a notification, who a highlight.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use hashlink::LruCache;
 
@@ -16,7 +19,7 @@ use serde_json::Value;
 use super::{RoomHead, Rooms};
 use crate::{
     error::Result,
-    store::{NewEvent, PushAction, Store},
+    store::{Level, NewEvent, Notifications, Store},
 };
 
 /// The account data type under which a user's push rules are kept.
@@ -29,7 +32,14 @@ pub const PUSH_RULES_TYPE: &str = "m.push_rules";
 /// Bounded: a parsed rule set weighs about 6 KiB (even the default one names its user), so
 /// an unbounded map would hold 60 MiB for 10,000 accounts. The bound covers the members of
 /// a big room; beyond it, rule sets are read again.
-pub struct PushRulesCache(Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>);
+pub struct PushRulesCache(Mutex<LruCache<OwnedUserId, UserRules>>);
+
+/// A user's rule set, and whether it is the server's default one (nothing stored).
+#[derive(Clone)]
+struct UserRules {
+    rules: Arc<Ruleset>,
+    default: bool,
+}
 
 /// Rule sets kept by [`PushRulesCache`].
 const PUSH_RULES_CACHED: usize = 2048;
@@ -55,20 +65,70 @@ pub async fn load_ruleset(
     user_id: &UserId,
     remember: bool,
 ) -> Result<Arc<Ruleset>> {
+    Ok(load_rules(store, cache, user_id, remember).await?.rules)
+}
+
+async fn load_rules(store: &Store, cache: &PushRulesCache, user_id: &UserId, remember: bool) -> Result<UserRules> {
     if let Some(rules) = cache.0.lock().expect("push rules cache poisoned").get(user_id) {
         return Ok(rules.clone());
     }
-    let stored = store.account_data(user_id.as_str(), "", PUSH_RULES_TYPE).await?;
-    let rules = Arc::new(
-        stored
-            .and_then(|json| serde_json::from_str::<Value>(&json).ok())
-            .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
-            .unwrap_or_else(|| Ruleset::server_default(user_id)),
-    );
+    let stored = store
+        .account_data(user_id.as_str(), "", PUSH_RULES_TYPE)
+        .await?
+        .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+        .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok());
+    let rules = match stored {
+        Some(rules) => UserRules { rules: Arc::new(rules), default: false },
+        None => UserRules { rules: Arc::new(Ruleset::server_default(user_id)), default: true },
+    };
     if remember {
         cache.0.lock().expect("push rules cache poisoned").insert(user_id.to_owned(), rules.clone());
     }
     Ok(rules)
+}
+
+/// What the evaluation of a batch needs of one local member.
+struct Member {
+    rules: UserRules,
+    ctx: PushConditionRoomCtx,
+    /// The member's localpart and display name, lowercased as the push conditions compare
+    /// them; `None` when an event could name them without containing these strings.
+    names: Option<[String; 2]>,
+}
+
+impl Member {
+    /// Whether `event` (its JSON, lowercased) may mention the member: by user ID, localpart
+    /// or display name, the only ways in which the default rules tell members apart.
+    fn may_be_named(&self, lowered: &str) -> bool {
+        self.names.as_ref().is_none_or(|names| names.iter().any(|n| lowered.contains(n.as_str())))
+    }
+}
+
+/// A name as the conditions compare it (`str::to_lowercase`), or `None` when containment in
+/// the event's lowercased JSON would not follow from a match: an empty name matches an empty
+/// body, JSON escapes `"`, `\` and control characters, and a sigma lowercases by context.
+fn searchable(name: &str) -> Option<String> {
+    let hard = |c: char| matches!(c, '"' | '\\' | 'Σ' | 'σ' | 'ς') || c.is_control();
+    (!name.is_empty() && !name.contains(hard)).then(|| name.to_lowercase())
+}
+
+/// The level an answer gives: 0 none, 1 notify, 2 notify and highlight.
+fn level(actions: &[Action]) -> Level {
+    if !actions.iter().any(Action::should_notify) {
+        return 0;
+    }
+    let highlight = actions.iter().any(|a| matches!(a, Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes))));
+    if highlight { 2 } else { 1 }
+}
+
+/// The first matching rule decides, as in `Ruleset::get_actions`.
+async fn evaluate(member: &Member, event: &FlattenedJson) -> Level {
+    for rule in member.rules.rules.iter() {
+        if rule.applies(event, &member.ctx).await {
+            return level(rule.actions());
+        }
+    }
+    0
 }
 
 impl Rooms {
@@ -83,59 +143,114 @@ impl Rooms {
     }
 
     /// Evaluates the push rules of the room's joined local members (but the sender) for the
-    /// events of a batch and records the notifications they owe.
-    pub async fn compute_push_actions(&self, head: &RoomHead, events: &[NewEvent]) -> Result<Vec<PushAction>> {
-        let members = &head.joined;
-        let member_count = UInt::try_from(members.len() as u64).unwrap_or_default();
+    /// events of a batch, sets each event's level and returns the changes to the counts.
+    /// `joined_before` is who was joined before the batch; its membership events move
+    /// members in and out as they come.
+    ///
+    /// Members with the default rules whom an event does not name all get the same answer,
+    /// so it is evaluated once per event for all of them; the others are evaluated alone
+    /// and become exceptions where their answer differs.
+    pub async fn compute_notifications(
+        &self,
+        head: &RoomHead,
+        joined_before: &HashSet<String>,
+        events: &mut [NewEvent],
+    ) -> Result<Notifications> {
+        let member_count = UInt::try_from(head.joined.len() as u64).unwrap_or_default();
         let power_levels = PushConditionPowerLevelsCtx::from(Self::power_levels(head));
-        // Each event is flattened once for all members, not once per member.
-        let flattened: Vec<(&NewEvent, FlattenedJson)> = events
-            .iter()
-            .filter_map(|e| {
-                serde_json::from_str::<Raw<Value>>(&e.json).ok().map(|raw| (e, FlattenedJson::from_raw(&raw)))
-            })
-            .collect();
-        let mut actions = Vec::new();
-        for member in members.iter() {
-            let Ok(user_id) = UserId::parse(member) else {
-                continue;
-            };
-            if user_id.server_name() != self.server_name {
-                continue;
-            }
-            if events.iter().all(|e| e.sender == *member) {
-                continue;
-            }
-            let ruleset = self.push_ruleset(&user_id).await?;
-            let display_name = head
-                .state_pdu("m.room.member", user_id.as_str())
-                .and_then(|p| p.content_str("displayname"))
-                .unwrap_or_else(|| user_id.localpart().to_owned());
-            let ctx = PushConditionRoomCtx::new(head.room_id.clone(), member_count, user_id.clone(), display_name)
-                .with_power_levels(power_levels.clone());
-            for (event, flat) in flattened.iter().filter(|(e, _)| e.sender != *member) {
-                // The first matching rule decides, as in `Ruleset::get_actions`.
-                let mut found: &[Action] = &[];
-                for rule in ruleset.iter() {
-                    if rule.applies(flat, &ctx).await {
-                        found = rule.actions();
-                        break;
-                    }
-                }
-                if !found.iter().any(Action::should_notify) {
-                    continue;
-                }
-                let highlight =
-                    found.iter().any(|a| matches!(a, Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes))));
-                actions.push(PushAction {
-                    user_id: member.clone(),
-                    event_pos: event.stream_pos,
-                    thread_id: event.thread_root.clone().unwrap_or_default(),
-                    highlight,
+        let mut out = Notifications::default();
+        let mut moved: HashMap<String, bool> = HashMap::new();
+        let mut members: HashMap<String, Option<Member>> = HashMap::new();
+        for event in events.iter_mut() {
+            let current: Vec<&String> = joined_before
+                .iter()
+                .filter(|u| moved.get(u.as_str()).copied().unwrap_or(true))
+                .chain(moved.iter().filter(|(u, j)| **j && !joined_before.contains(u.as_str())).map(|(u, _)| u))
+                .filter(|u| **u != event.sender)
+                .collect();
+            let mut answers: Vec<(String, Level)> = Vec::with_capacity(current.len());
+            if !current.is_empty() {
+                // Events are stored as this server serialised them: they parse.
+                let raw = serde_json::from_str::<Raw<Value>>(&event.json).unwrap_or_else(|_| {
+                    Raw::from_json(serde_json::value::RawValue::from_string("{}".into()).expect("valid JSON"))
                 });
+                let flat = FlattenedJson::from_raw(&raw);
+                let lowered = event.json.to_lowercase();
+                let mut shared: Option<Level> = None;
+                for user in current {
+                    if !members.contains_key(user.as_str()) {
+                        let member = self.member(head, user, member_count, &power_levels).await?;
+                        members.insert(user.clone(), member);
+                    }
+                    let Some(member) = members[user.as_str()].as_ref() else {
+                        continue;
+                    };
+                    let answer = if member.rules.default && !member.may_be_named(&lowered) {
+                        match shared {
+                            Some(level) => level,
+                            None => *shared.insert(evaluate(member, &flat).await),
+                        }
+                    } else {
+                        evaluate(member, &flat).await
+                    };
+                    answers.push((user.clone(), answer));
+                }
+                // Any member's answer would do as the event's; the shared one spares rows.
+                event.notify = shared.or_else(|| answers.first().map(|(_, l)| *l)).unwrap_or(0);
+            }
+            let generic = event.notify;
+            out.add_event(generic);
+            for (user, answer) in answers {
+                if answer != generic {
+                    out.differ(&user, generic, answer);
+                    out.exceptions.push((user, event.stream_pos, answer));
+                }
+            }
+            let is_local = |user: &str| UserId::parse(user).is_ok_and(|u| u.server_name() == self.server_name);
+            let sender_joined =
+                moved.get(&event.sender).copied().unwrap_or_else(|| joined_before.contains(&event.sender));
+            if sender_joined && is_local(&event.sender) {
+                out.differ(&event.sender, generic, 0);
+            }
+            if let (Some(membership), Some(user)) = (&event.membership, &event.state_key)
+                && is_local(user)
+            {
+                let was = moved.get(user).copied().unwrap_or_else(|| joined_before.contains(user));
+                let is = membership == "join";
+                if is && !was {
+                    out.joined(user, event.stream_pos);
+                } else if was && !is {
+                    out.left(user);
+                }
+                moved.insert(user.clone(), is);
             }
         }
-        Ok(actions)
+        Ok(out)
+    }
+
+    /// A local member's rules and context for a batch; `None` for a remote user.
+    async fn member(
+        &self,
+        head: &RoomHead,
+        user: &str,
+        member_count: UInt,
+        power_levels: &PushConditionPowerLevelsCtx,
+    ) -> Result<Option<Member>> {
+        let Ok(user_id) = UserId::parse(user) else {
+            return Ok(None);
+        };
+        if user_id.server_name() != self.server_name {
+            return Ok(None);
+        }
+        let rules = load_rules(&self.store, &self.push_rules, &user_id, true).await?;
+        let display_name = head
+            .state_pdu("m.room.member", user_id.as_str())
+            .and_then(|p| p.content_str("displayname"))
+            .unwrap_or_else(|| user_id.localpart().to_owned());
+        let names = searchable(user_id.localpart()).zip(searchable(&display_name)).map(|(a, b)| [a, b]);
+        let ctx = PushConditionRoomCtx::new(head.room_id.clone(), member_count, user_id, display_name)
+            .with_power_levels(power_levels.clone());
+        Ok(Some(Member { rules, ctx, names }))
     }
 }
 

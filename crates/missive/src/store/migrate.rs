@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_lean_writes.sql"),
         include_str!("../../migrations/postgres/0004_lean_writes.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_notification_counts.sql"),
+        include_str!("../../migrations/postgres/0005_notification_counts.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

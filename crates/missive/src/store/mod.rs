@@ -9,6 +9,7 @@
 mod accounts;
 mod e2ee;
 mod migrate;
+mod notifications;
 mod rooms;
 mod script;
 mod sync;
@@ -22,7 +23,14 @@ use sqlx::{
 };
 
 use self::rooms::{EVENT_COLUMNS, EVENT_COLUMNS_E, event_row};
-pub use self::{accounts::*, e2ee::*, rooms::*, sync::*, user_data::*};
+pub use self::{
+    accounts::*,
+    e2ee::*,
+    notifications::{Level, Notifications, OffsetChange},
+    rooms::*,
+    sync::*,
+    user_data::*,
+};
 
 /// A storage failure; never shown to clients in detail.
 #[derive(Debug, thiserror::Error)]

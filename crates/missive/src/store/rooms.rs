@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{Row, any::AnyRow};
 
 use super::{
-    Params, Store, StoreError, StoreResult, now_ms,
+    Level, Notifications, Params, Store, StoreError, StoreResult, notifications, now_ms,
     script::{Script, list, rows},
     sql,
 };
@@ -111,6 +111,8 @@ pub struct NewEvent {
     pub thread_root: Option<String>,
     /// `(device ID, transaction ID)` of a local client send.
     pub txn: Option<(String, String)>,
+    /// Notification level for the room's local members but the sender and the exceptions.
+    pub notify: Level,
 }
 
 /// A state group: a delta over `prev_group`, or a full snapshot when `prev_group` is `None`.
@@ -122,15 +124,6 @@ pub struct NewStateGroup {
     pub delta: Vec<StateEntry>,
 }
 
-/// A notification owed to a local user for an event.
-#[derive(Debug, Clone)]
-pub struct PushAction {
-    pub user_id: String,
-    pub event_pos: i64,
-    pub thread_id: String,
-    pub highlight: bool,
-}
-
 /// Everything one write to a room changes, committed as one transaction.
 #[derive(Debug, Default)]
 pub struct RoomWrite {
@@ -139,7 +132,7 @@ pub struct RoomWrite {
     pub state_groups: Vec<NewStateGroup>,
     /// `(target event ID, pruned JSON, redaction event ID)`: content is really deleted.
     pub redactions: Vec<(String, String, String)>,
-    pub push_actions: Vec<PushAction>,
+    pub notifications: Notifications,
     pub aliases: Vec<(String, String)>,
     pub publish: Option<bool>,
 }
@@ -151,7 +144,7 @@ impl RoomWrite {
             && self.events.is_empty()
             && self.state_groups.is_empty()
             && self.redactions.is_empty()
-            && self.push_actions.is_empty()
+            && self.notifications.is_empty()
             && self.aliases.is_empty()
             && self.publish.is_none()
     }
@@ -162,7 +155,7 @@ impl RoomWrite {
         self.events.extend(next.events);
         self.state_groups.extend(next.state_groups);
         self.redactions.extend(next.redactions);
-        self.push_actions.extend(next.push_actions);
+        self.notifications.append(next.notifications);
         self.aliases.extend(next.aliases);
         self.publish = next.publish.or(self.publish);
     }
@@ -190,6 +183,8 @@ impl Store {
     fn room_script(&self, room_id: &str, write: &RoomWrite) -> Script {
         let now = now_ms();
         let mut script = Script::default();
+        notifications::push_statements(&mut script, room_id, &write.notifications);
+        let (notify, highlight) = write.notifications.generic;
         // Messages leave the state, and so the room's state group, as it was.
         let state_group = write
             .events
@@ -199,23 +194,27 @@ impl Store {
         if let Some(room) = &write.new_room {
             script
                 .push(
-                    "INSERT INTO rooms (room_id, room_version, creator, state_group, published, created_ts) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO rooms (room_id, room_version, creator, state_group, published, created_ts, \
+                     notify_seq, highlight_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&room.room_id)
                 .bind(&room.room_version)
                 .bind(&room.creator)
                 .bind(state_group.unwrap_or(0))
                 .bind(write.publish.unwrap_or(false) as i64)
-                .bind(now);
-        } else if state_group.is_some() || write.publish.is_some() {
+                .bind(now)
+                .bind(notify)
+                .bind(highlight);
+        } else if state_group.is_some() || write.publish.is_some() || (notify, highlight) != (0, 0) {
             script
                 .push(
-                    "UPDATE rooms SET state_group = COALESCE(?, state_group), published = COALESCE(?, published) \
-                     WHERE room_id = ?",
+                    "UPDATE rooms SET state_group = COALESCE(?, state_group), published = COALESCE(?, published), \
+                     notify_seq = notify_seq + ?, highlight_seq = highlight_seq + ? WHERE room_id = ?",
                 )
                 .bind(state_group)
                 .bind(write.publish.map(i64::from))
+                .bind(notify)
+                .bind(highlight)
                 .bind(room_id);
         }
         for chunk in write.state_groups.chunks(100) {
@@ -309,23 +308,6 @@ impl Store {
                 .bind(json)
                 .bind(by)
                 .bind(target);
-        }
-        // One multi-row insert per chunk: a message in a big room owes a row per member.
-        for chunk in write.push_actions.chunks(100) {
-            let statement = script.push(format!(
-                "INSERT INTO event_push_actions (room_id, user_id, event_pos, thread_id, highlight, created_ts) \
-                 VALUES {} ON CONFLICT DO NOTHING",
-                rows(chunk.len(), 6)
-            ));
-            for action in chunk {
-                statement
-                    .bind(room_id)
-                    .bind(&action.user_id)
-                    .bind(action.event_pos)
-                    .bind(&action.thread_id)
-                    .bind(action.highlight as i64)
-                    .bind(now);
-            }
         }
         if !write.aliases.is_empty() {
             let statement = script.push(format!(
@@ -758,8 +740,8 @@ fn insert_events(script: &mut Script, room_id: &str, events: &[NewEvent], now: i
     let statement = script.push(format!(
         "INSERT INTO events (stream_pos, room_id, event_id, sender, event_type, state_key, depth, origin_server_ts, \
          json, state_group_before, state_group_after, rel_type, relates_to, thread_root, txn_device_id, txn_id, \
-         received_ts) VALUES {}",
-        rows(events.len(), 17)
+         received_ts, notify) VALUES {}",
+        rows(events.len(), 18)
     ));
     for e in events {
         let (txn_device, txn_id) = match &e.txn {
@@ -783,6 +765,7 @@ fn insert_events(script: &mut Script, room_id: &str, events: &[NewEvent], now: i
             .bind(e.thread_root.as_deref())
             .bind(txn_device)
             .bind(txn_id)
-            .bind(now);
+            .bind(now)
+            .bind(e.notify);
     }
 }

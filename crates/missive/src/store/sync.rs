@@ -155,8 +155,9 @@ impl Store {
              FROM memberships WHERE user_id = $1 AND forgotten = 0 \
              UNION ALL SELECT CAST(1 AS BIGINT), room_id, data_type, content, CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
              FROM account_data WHERE user_id = $1 AND stream_pos > $3 \
-             UNION ALL SELECT CAST(2 AS BIGINT), room_id, NULL, NULL, CAST(COUNT(*) AS BIGINT), \
-             CAST(COALESCE(SUM(highlight), 0) AS BIGINT) FROM event_push_actions WHERE user_id = $1 GROUP BY room_id \
+             UNION ALL SELECT CAST(2 AS BIGINT), o.room_id, NULL, NULL, \
+             CAST(r.notify_seq - o.notify_off AS BIGINT), CAST(r.highlight_seq - o.highlight_off AS BIGINT) \
+             FROM notification_offsets o JOIN rooms r ON r.room_id = o.room_id WHERE o.user_id = $1 \
              UNION ALL {DEVICE_STATE_ARMS}"
         );
         let rows = sqlx::query(sql(text))
@@ -179,7 +180,9 @@ impl Store {
                     out.account_data.push(AccountDataRow { room_id: r.get(1), data_type: r.get(2), content: r.get(3) })
                 }
                 2 => {
-                    out.notification_counts.insert(r.get(1), (r.get(4), r.get(5)));
+                    // An offset ahead of the sums would be a bookkeeping slip: never show it as a
+                    // negative count.
+                    out.notification_counts.insert(r.get(1), (r.get::<i64, _>(4).max(0), r.get::<i64, _>(5).max(0)));
                 }
                 _ => out.device.add_row(&r),
             }

@@ -1,6 +1,6 @@
 //! Per-user data: account data (push rules included), receipts, notification counts, filters.
 
-use super::{Store, StoreResult, now_ms};
+use super::{Store, StoreResult, notifications, now_ms};
 
 /// An account data entry; `room_id` is empty for global data.
 #[derive(Debug, Clone)]
@@ -72,6 +72,12 @@ impl Store {
         pos: i64,
     ) -> StoreResult<bool> {
         let mut tx = self.write.begin().await?;
+        // Read first, under the member's row lock: what their receipts covered before this one.
+        let member = if matches!(receipt_type, "m.read" | "m.read.private") {
+            notifications::lock_member(&mut tx, room_id, user_id).await?
+        } else {
+            None
+        };
         let n = sqlx::query(
             "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, event_pos, ts, stream_pos) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -90,17 +96,8 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if n > 0 && receipt_type != "m.fully_read" {
-            sqlx::query(
-                "DELETE FROM event_push_actions WHERE user_id = $1 AND room_id = $2 AND event_pos <= $3 \
-                 AND ($4 = '' OR thread_id = $4)",
-            )
-            .bind(user_id)
-            .bind(room_id)
-            .bind(event_pos)
-            .bind(thread_id)
-            .execute(&mut *tx)
-            .await?;
+        if let Some((since_pos, old)) = member.filter(|_| n > 0) {
+            notifications::cover(&mut tx, room_id, user_id, thread_id, event_pos, &old, since_pos).await?;
         }
         tx.commit().await?;
         Ok(n > 0)
