@@ -168,7 +168,8 @@ impl Rooms {
                 .chain(moved.iter().filter(|(u, j)| **j && !joined_before.contains(u.as_str())).map(|(u, _)| u))
                 .filter(|u| **u != event.sender)
                 .collect();
-            let mut answers: Vec<(String, Level)> = Vec::with_capacity(current.len());
+            // The answers of the members evaluated alone; the others all get `shared`.
+            let mut answers: Vec<(&String, Level)> = Vec::new();
             if !current.is_empty() {
                 // Events are stored as this server serialised them: they parse.
                 let raw = serde_json::from_str::<Raw<Value>>(&event.json).unwrap_or_else(|_| {
@@ -185,15 +186,13 @@ impl Rooms {
                     let Some(member) = members[user.as_str()].as_ref() else {
                         continue;
                     };
-                    let answer = if member.rules.default && !member.may_be_named(&lowered) {
-                        match shared {
-                            Some(level) => level,
-                            None => *shared.insert(evaluate(member, &flat).await),
+                    if member.rules.default && !member.may_be_named(&lowered) {
+                        if shared.is_none() {
+                            shared = Some(evaluate(member, &flat).await);
                         }
                     } else {
-                        evaluate(member, &flat).await
-                    };
-                    answers.push((user.clone(), answer));
+                        answers.push((user, evaluate(member, &flat).await));
+                    }
                 }
                 // Any member's answer would do as the event's; the shared one spares rows.
                 event.notify = shared.or_else(|| answers.first().map(|(_, l)| *l)).unwrap_or(0);
@@ -202,8 +201,8 @@ impl Rooms {
             out.add_event(generic);
             for (user, answer) in answers {
                 if answer != generic {
-                    out.differ(&user, generic, answer);
-                    out.exceptions.push((user, event.stream_pos, answer));
+                    out.differ(user, generic, answer);
+                    out.exceptions.push((user.clone(), event.stream_pos, answer));
                 }
             }
             let is_local = |user: &str| UserId::parse(user).is_ok_and(|u| u.server_name() == self.server_name);
