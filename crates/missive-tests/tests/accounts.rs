@@ -199,3 +199,35 @@ async fn rate_limits_answer_limit_exceeded() {
     }
     assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
 }
+
+#[tokio::test]
+async fn deactivation_erases_what_notified_the_account() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (_, room) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({ "invite": [bob.user_id] })),
+        )
+        .await;
+    let room_id = room["room_id"].as_str().unwrap();
+    server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&bob.access_token), Some(json!({}))).await;
+    let content = json!({ "msgtype": "m.text", "body": "hi", "m.mentions": { "user_ids": [bob.user_id] } });
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/m1");
+    let (status, body) = server.call("PUT", &path, Some(&alice.access_token), Some(content)).await;
+    assert_eq!(status, 200, "{body}");
+    let rows = "SELECT user_id FROM push_exceptions UNION ALL SELECT user_id FROM notification_offsets";
+    assert!(server.query_strings(rows).await.contains(&bob.user_id), "the mention is an exception for bob");
+
+    let auth = json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": bob.user_id },
+        "password": bob.password } });
+    let (status, body) =
+        server.call("POST", "/_matrix/client/v3/account/deactivate", Some(&bob.access_token), Some(auth)).await;
+    assert_eq!(status, 200, "{body}");
+    let left = server.query_strings(rows).await;
+    assert!(!left.contains(&bob.user_id), "{left:?}");
+    assert!(left.contains(&alice.user_id), "other members keep their counts: {left:?}");
+}

@@ -172,7 +172,8 @@ impl Store {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        for table in DEVICE_TABLES.iter().chain(&["access_tokens"]) {
+        // Which events notified the account is theirs alone, and of no use once it is closed.
+        for table in DEVICE_TABLES.iter().chain(&["access_tokens", "push_exceptions", "notification_offsets"]) {
             sqlx::query(sql(format!("DELETE FROM {table} WHERE user_id = $1"))).bind(user_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
