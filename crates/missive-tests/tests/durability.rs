@@ -183,3 +183,50 @@ async fn a_retry_while_its_send_is_committing_gets_the_same_event_and_nothing_is
     let stored = server.query_strings("SELECT event_id FROM events WHERE txn_id = 'once'").await;
     assert_eq!(stored, vec![b1["event_id"].as_str().unwrap().to_owned()], "one event stored");
 }
+
+#[tokio::test]
+async fn a_retry_gets_its_event_before_and_after_a_restart_and_transaction_ids_are_per_room() {
+    let mut server = TestServer::start().await;
+    let user = server.register("ines").await;
+    let token = Some(user.access_token.as_str());
+    let mut rooms = Vec::new();
+    for _ in 0..2 {
+        let (_, room) = server.call("POST", "/_matrix/client/v3/createRoom", token, Some(json!({}))).await;
+        rooms.push(room["room_id"].as_str().unwrap().to_owned());
+    }
+    let send = async |server: &TestServer, room_id: &str, txn: &str| -> String {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}");
+        let (status, body) = server.call("PUT", &path, token, Some(json!({ "msgtype": "m.text", "body": txn }))).await;
+        assert_eq!(status, 200, "{body}");
+        body["event_id"].as_str().unwrap().to_owned()
+    };
+    let first: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(send(&server, &rooms[0], &format!("t{i}")).await);
+        }
+        ids
+    };
+    assert_eq!(send(&server, &rooms[0], "t1").await, first[1], "a retry gets the stored event");
+    let other = send(&server, &rooms[1], "t1").await;
+    assert_ne!(other, first[1], "the same transaction ID in another room is another send");
+    assert_eq!(send(&server, &rooms[1], "t1").await, other);
+
+    server.kill9();
+    server.start_again();
+    assert_eq!(send(&server, &rooms[0], "t2").await, first[2], "a retry after a restart finds the stored event");
+    let fresh = send(&server, &rooms[0], "t3").await;
+    assert!(!first.contains(&fresh));
+    assert_eq!(send(&server, &rooms[0], "t3").await, fresh);
+    let (_, messages) = server
+        .call("GET", &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", rooms[0]), token, None)
+        .await;
+    let bodies: Vec<&str> = messages["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["t3", "t2", "t1", "t0"], "each transaction stored once");
+}

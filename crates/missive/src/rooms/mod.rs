@@ -14,6 +14,7 @@ pub mod membership;
 pub mod notify;
 pub mod pdu;
 pub mod timeline;
+mod txns;
 pub mod version;
 
 use std::{
@@ -138,6 +139,8 @@ struct RoomSlot {
     queue: Mutex<Vec<PendingSend>>,
     commits: Mutex<Commits>,
     epoch: AtomicU64,
+    /// Written only by the holder of `head`'s lock.
+    txns: Mutex<txns::TxnIndex>,
 }
 
 /// The writes of a room waiting to commit, in build order.
@@ -330,15 +333,41 @@ impl Rooms {
             .filter_map(|p| p.txn.as_ref().map(|(d, t)| (p.sender.to_string(), d.clone(), t.clone())))
             .filter(|key| !known.contains_key(key))
             .collect();
+        let txns = self.possible_retries(room_id, slot, txns).await?;
         if !txns.is_empty() {
-            known.extend(self.store.txn_events(&txns).await?);
+            known.extend(self.store.txn_events(room_id.as_str(), &txns).await?);
         }
         let mut results = Vec::with_capacity(pending.len());
         for p in pending {
-            results.push(self.append_send(&mut batch, p, &known).await);
+            let result = self.append_send(&mut batch, p, &known).await;
+            if let (Ok(_), Some((device, txn))) = (&result, &p.txn) {
+                slot.txns.lock().expect("txn index poisoned").add(p.sender.as_str(), device, txn);
+            }
+            results.push(result);
         }
         self.prepare(&mut batch).await?;
         Ok((batch, results))
+    }
+
+    /// The transaction IDs among `txns` that may already be stored in the room; the others
+    /// are certainly new. Called under the room's head lock.
+    async fn possible_retries(
+        &self,
+        room_id: &RoomId,
+        slot: &RoomSlot,
+        txns: Vec<(String, String, String)>,
+    ) -> Result<Vec<(String, String, String)>> {
+        for (sender, device, _) in &txns {
+            if slot.txns.lock().expect("txn index poisoned").is_loaded(sender, device) {
+                continue;
+            }
+            let limit = txns::MAX_PER_DEVICE as i64 + 1;
+            let ids = self.store.txn_ids(room_id.as_str(), sender, device, limit).await?;
+            let ids = (ids.len() <= txns::MAX_PER_DEVICE).then_some(ids);
+            slot.txns.lock().expect("txn index poisoned").load(sender, device, ids);
+        }
+        let mut index = slot.txns.lock().expect("txn index poisoned");
+        Ok(txns.into_iter().filter(|(sender, device, txn)| index.may_exist(sender, device, txn)).collect())
     }
 
     /// Queues a built write to commit after every write built before it. Called under the

@@ -458,23 +458,26 @@ impl Store {
         Ok((max_pos, group.unwrap_or(0)))
     }
 
-    /// The events already stored for `(sender, device, transaction ID)` triples, by triple.
+    /// The events already stored in a room for `(sender, device, transaction ID)` triples, by
+    /// triple (a transaction ID is scoped to its endpoint, which names the room).
     pub async fn txn_events(
         &self,
+        room_id: &str,
         txns: &[(String, String, String)],
     ) -> StoreResult<HashMap<(String, String, String), String>> {
         let mut out = HashMap::new();
         for chunk in txns.chunks(100) {
             let terms: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    format!("(sender = ${} AND txn_device_id = ${} AND txn_id = ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)
+                    format!("(sender = ${} AND txn_device_id = ${} AND txn_id = ${})", 3 * i + 2, 3 * i + 3, 3 * i + 4)
                 })
                 .collect();
             let text = format!(
-                "SELECT sender, txn_device_id, txn_id, event_id FROM events WHERE txn_id IS NOT NULL AND ({})",
+                "SELECT sender, txn_device_id, txn_id, event_id FROM events WHERE txn_id IS NOT NULL \
+                 AND room_id = $1 AND ({})",
                 terms.join(" OR ")
             );
-            let mut query = sqlx::query(sql(text));
+            let mut query = sqlx::query(sql(text)).bind(room_id);
             for (sender, device, txn) in chunk {
                 query = query.bind(sender).bind(device).bind(txn);
             }
@@ -483,6 +486,20 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The transaction IDs a device used in a room, at most `limit` of them.
+    pub async fn txn_ids(&self, room_id: &str, sender: &str, device: &str, limit: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT txn_id FROM events WHERE sender = $1 AND txn_device_id = $2 AND txn_id IS NOT NULL \
+             AND room_id = $3 LIMIT $4",
+        )
+        .bind(sender)
+        .bind(device)
+        .bind(room_id)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?)
     }
 
     /// A user's memberships (all states), optionally only those changed after `since`.
