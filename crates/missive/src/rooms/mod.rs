@@ -109,6 +109,8 @@ pub struct Rooms {
     /// Parsed push rules of local users.
     pub push_rules: Arc<notify::PushRulesCache>,
     heads: Mutex<HashMap<OwnedRoomId, Arc<RoomSlot>>>,
+    /// Transaction IDs used per room and device; a room's entries change only under its lock.
+    txns: Mutex<txns::TxnIndex>,
     next_group: AtomicI64,
     /// Timestamp of the last create event: kept strictly increasing, because in room version
     /// 12 the room ID is the create event's hash, and two identical createRoom requests in
@@ -139,8 +141,6 @@ struct RoomSlot {
     queue: Mutex<Vec<PendingSend>>,
     commits: Mutex<Commits>,
     epoch: AtomicU64,
-    /// Written only by the holder of `head`'s lock.
-    txns: Mutex<txns::TxnIndex>,
 }
 
 /// The writes of a room waiting to commit, in build order.
@@ -219,6 +219,7 @@ impl Rooms {
             default_version: settings.default_version,
             encryption_mandatory: settings.encryption_mandatory,
             push_rules,
+            txns: Default::default(),
             heads: Mutex::new(HashMap::new()),
             next_group: AtomicI64::new(max_group + 1),
             last_create_ts: AtomicI64::new(0),
@@ -341,7 +342,7 @@ impl Rooms {
         for p in pending {
             let result = self.append_send(&mut batch, p, &known).await;
             if let (Ok(_), Some((device, txn))) = (&result, &p.txn) {
-                slot.txns.lock().expect("txn index poisoned").add(p.sender.as_str(), device, txn);
+                self.txns.lock().expect("txn index poisoned").add(room_id.as_str(), p.sender.as_str(), device, txn);
             }
             results.push(result);
         }
@@ -358,16 +359,27 @@ impl Rooms {
         txns: Vec<(String, String, String)>,
     ) -> Result<Vec<(String, String, String)>> {
         for (sender, device, _) in &txns {
-            if slot.txns.lock().expect("txn index poisoned").is_loaded(sender, device) {
+            let room = room_id.as_str();
+            if self.txns.lock().expect("txn index poisoned").is_loaded(room, sender, device) {
                 continue;
             }
+            // Sends still committing are not in the store yet, and leave the queue only once
+            // they are: taking the queue first, then the store, misses none.
+            let queued: Vec<String> = {
+                let commits = slot.commits.lock().expect("commits lock poisoned");
+                commits.in_flight.keys().filter(|(s, d, _)| s == sender && d == device).map(|k| k.2.clone()).collect()
+            };
             let limit = txns::MAX_PER_DEVICE as i64 + 1;
-            let ids = self.store.txn_ids(room_id.as_str(), sender, device, limit).await?;
+            let mut ids = self.store.txn_ids(room, sender, device, limit).await?;
+            ids.extend(queued);
             let ids = (ids.len() <= txns::MAX_PER_DEVICE).then_some(ids);
-            slot.txns.lock().expect("txn index poisoned").load(sender, device, ids);
+            self.txns.lock().expect("txn index poisoned").load(room, sender, device, ids);
         }
-        let mut index = slot.txns.lock().expect("txn index poisoned");
-        Ok(txns.into_iter().filter(|(sender, device, txn)| index.may_exist(sender, device, txn)).collect())
+        let mut index = self.txns.lock().expect("txn index poisoned");
+        Ok(txns
+            .into_iter()
+            .filter(|(sender, device, txn)| index.may_exist(room_id.as_str(), sender, device, txn))
+            .collect())
     }
 
     /// Queues a built write to commit after every write built before it. Called under the

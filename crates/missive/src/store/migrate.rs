@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_notification_counts.sql"),
         include_str!("../../migrations/postgres/0005_notification_counts.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_txn_index_per_room.sql"),
+        include_str!("../../migrations/postgres/0006_txn_index_per_room.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

@@ -467,19 +467,21 @@ impl Store {
     ) -> StoreResult<HashMap<(String, String, String), String>> {
         let mut out = HashMap::new();
         for chunk in txns.chunks(100) {
+            // The room in every term: the planner then searches `events_txn` per term.
+            let mut params = Params::new(self.backend);
             let terms: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    format!("(sender = ${} AND txn_device_id = ${} AND txn_id = ${})", 3 * i + 2, 3 * i + 3, 3 * i + 4)
+                .map(|_| {
+                    let (room, sender, device, txn) = (params.next(), params.next(), params.next(), params.next());
+                    format!("(room_id = {room} AND sender = {sender} AND txn_device_id = {device} AND txn_id = {txn})")
                 })
                 .collect();
             let text = format!(
-                "SELECT sender, txn_device_id, txn_id, event_id FROM events WHERE txn_id IS NOT NULL \
-                 AND room_id = $1 AND ({})",
+                "SELECT sender, txn_device_id, txn_id, event_id FROM events WHERE txn_id IS NOT NULL AND ({})",
                 terms.join(" OR ")
             );
-            let mut query = sqlx::query(sql(text)).bind(room_id);
+            let mut query = sqlx::query(sql(text));
             for (sender, device, txn) in chunk {
-                query = query.bind(sender).bind(device).bind(txn);
+                query = query.bind(room_id).bind(sender).bind(device).bind(txn);
             }
             for r in query.fetch_all(&self.read).await? {
                 out.insert((r.get(0), r.get(1), r.get(2)), r.get(3));
