@@ -436,6 +436,8 @@ async fn unread_counts_follow_mentions_threads_receipts_and_membership() {
     assert_eq!(unread(&server, &bob, &room_id).await, (1, 1));
     receipt(&bob, &m2, Some("main")).await;
     assert_eq!(unread(&server, &bob, &room_id).await, (0, 0));
+    let exceptions = server.query_strings("SELECT user_id FROM push_exceptions").await;
+    assert!(!exceptions.contains(&bob.user_id), "the read mention is not kept: {exceptions:?}");
     // A private receipt behind the public one changes nothing.
     let path = format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read.private/{m2}");
     server.call("POST", &path, Some(&bob.access_token), Some(json!({}))).await;

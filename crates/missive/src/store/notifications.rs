@@ -233,6 +233,26 @@ pub(super) async fn cover(
     }
     let row = query.fetch_one(&mut **tx).await?;
     let (notify, highlight): (i64, i64) = (row.get(0), row.get(1));
+    // Exceptions are only read for events no receipt covers yet: those now covered go.
+    let covered = match thread {
+        _ if thread_id.is_empty() => String::new(),
+        None => " AND event_pos IN (SELECT stream_pos FROM events WHERE room_id = $2 AND stream_pos <= $3 \
+                  AND thread_root IS NULL)"
+            .to_owned(),
+        Some(_) => " AND event_pos IN (SELECT stream_pos FROM events WHERE room_id = $2 AND stream_pos <= $3 \
+                     AND thread_root = $4)"
+            .to_owned(),
+    };
+    let mut delete = sqlx::query(sql(format!(
+        "DELETE FROM push_exceptions WHERE user_id = $1 AND room_id = $2 AND event_pos <= $3{covered}"
+    )))
+    .bind(user_id)
+    .bind(room_id)
+    .bind(event_pos);
+    if let Some(root) = thread {
+        delete = delete.bind(root);
+    }
+    delete.execute(&mut **tx).await?;
     if (notify, highlight) != (0, 0) {
         sqlx::query(
             "UPDATE notification_offsets SET notify_off = notify_off + $3, highlight_off = highlight_off + $4 \
