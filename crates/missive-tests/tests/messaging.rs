@@ -376,26 +376,26 @@ async fn unread(server: &TestServer, user: &TestUser, room_id: &str) -> (i64, i6
     (counts["notification_count"].as_i64().unwrap_or(-1), counts["highlight_count"].as_i64().unwrap_or(-1))
 }
 
-#[tokio::test]
-async fn unread_counts_follow_mentions_threads_receipts_and_membership() {
-    let server = TestServer::start().await;
+/// Alice's public room, with Bob and Carol joined.
+async fn three_in_a_room(server: &TestServer) -> (TestUser, TestUser, TestUser, String) {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let carol = server.register("carol").await;
-    let (_, room) = server
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({ "preset": "public_chat" })),
-        )
-        .await;
+    let body = json!({ "preset": "public_chat" });
+    let (_, room) = server.call("POST", "/_matrix/client/v3/createRoom", Some(&alice.access_token), Some(body)).await;
     let room_id = room["room_id"].as_str().unwrap().to_owned();
     for user in [&bob, &carol] {
         let path = format!("/_matrix/client/v3/join/{room_id}");
         let (status, body) = server.call("POST", &path, Some(&user.access_token), Some(json!({}))).await;
         assert_eq!(status, 200, "{body}");
     }
+    (alice, bob, carol, room_id)
+}
+
+#[tokio::test]
+async fn unread_counts_follow_mentions_threads_receipts_and_membership() {
+    let server = TestServer::start().await;
+    let (alice, bob, carol, room_id) = three_in_a_room(&server).await;
     let mut txn = 0;
     let mut send = async |user: &TestUser, content: Value| -> String {
         txn += 1;
@@ -465,22 +465,7 @@ async fn unread_counts_follow_mentions_threads_receipts_and_membership() {
 #[tokio::test]
 async fn a_members_own_rules_set_their_count_apart() {
     let server = TestServer::start().await;
-    let alice = server.register("alice").await;
-    let bob = server.register("bob").await;
-    let carol = server.register("carol").await;
-    let (_, room) = server
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({ "preset": "public_chat" })),
-        )
-        .await;
-    let room_id = room["room_id"].as_str().unwrap().to_owned();
-    for user in [&bob, &carol] {
-        let path = format!("/_matrix/client/v3/join/{room_id}");
-        server.call("POST", &path, Some(&user.access_token), Some(json!({}))).await;
-    }
+    let (alice, bob, carol, room_id) = three_in_a_room(&server).await;
     // Bob highlights "urgent" and mutes nothing; Carol keeps the defaults, under which her
     // name in a message is no mention (only `m.mentions` is).
     let rule = json!({ "pattern": "urgent", "actions": ["notify", { "set_tweak": "highlight" }] });
