@@ -161,6 +161,7 @@ impl Rooms {
         let mut out = Notifications::default();
         let mut moved: HashMap<String, bool> = HashMap::new();
         let mut members: HashMap<String, Option<Member>> = HashMap::new();
+        let is_local = |user: &str| UserId::parse(user).is_ok_and(|u| u.server_name() == self.server_name);
         for event in events.iter_mut() {
             let current: Vec<&String> = joined_before
                 .iter()
@@ -205,7 +206,6 @@ impl Rooms {
                     out.exceptions.push((user.clone(), event.stream_pos, answer));
                 }
             }
-            let is_local = |user: &str| UserId::parse(user).is_ok_and(|u| u.server_name() == self.server_name);
             let sender_joined =
                 moved.get(&event.sender).copied().unwrap_or_else(|| joined_before.contains(&event.sender));
             if sender_joined && is_local(&event.sender) {
