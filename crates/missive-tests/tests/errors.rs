@@ -72,7 +72,7 @@ async fn malformed_bodies_and_unknown_endpoints() {
     let (status, body) = server.call("GET", "/_matrix/client/v3/no/such/endpoint", token, None).await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
     let (status, body) =
-        server.call("POST", "/_matrix/client/v3/createRoom", token, Some(json!({ "room_version": "1" }))).await;
+        server.call("POST", "/_matrix/client/v3/createRoom", token, Some(json!({ "room_version": "13" }))).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")));
     let (_, rooms) = server.call("GET", "/_matrix/client/v3/joined_rooms", token, None).await;
     assert_eq!(rooms["joined_rooms"], json!([]), "failed requests created nothing");

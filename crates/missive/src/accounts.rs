@@ -70,7 +70,8 @@ pub fn hash_token(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn random_string(len: usize) -> String {
+/// A random alphanumeric string (device IDs, tokens, opaque event and key IDs).
+pub fn random_string(len: usize) -> String {
     rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }
 
@@ -231,8 +232,10 @@ impl Accounts {
         }
         let stage_error = match auth {
             AuthData::Dummy(_) => None,
-            AuthData::RegistrationToken(t) => (!self.config.registration_tokens.contains(&t.token))
-                .then(|| Error::forbidden("invalid registration token")),
+            AuthData::RegistrationToken(t) => {
+                (!self.config.registration_tokens.iter().any(|known| known.expose() == t.token))
+                    .then(|| Error::forbidden("invalid registration token"))
+            }
             AuthData::Password(p) => {
                 let claimed = match &p.identifier {
                     UserIdentifier::Matrix(m) => self.local_user_id(&m.user).ok(),
@@ -544,6 +547,22 @@ impl Accounts {
             .await?;
         self.forget_tokens();
         Ok(())
+    }
+
+    /// Issues an OpenID token proving `user_id` to a third party (widgets, Element Call,
+    /// other servers), which checks it at `/_matrix/federation/v1/openid/userinfo`. Returns
+    /// the token and its lifetime in seconds.
+    pub async fn openid_token(&self, user_id: &UserId) -> Result<(String, u64)> {
+        const LIFETIME_SECS: u64 = 3600;
+        let token = random_string(32);
+        let expires = now_ms() + (LIFETIME_SECS * 1000) as i64;
+        self.store.insert_openid_token(&hash_token(&token), user_id.as_str(), expires).await?;
+        Ok((token, LIFETIME_SECS))
+    }
+
+    /// The user behind an OpenID token, if it is known and unexpired.
+    pub async fn openid_user(&self, token: &str) -> Result<Option<String>> {
+        Ok(self.store.openid_token_user(&hash_token(token)).await?)
     }
 
     /// Deactivates an account; its ID is never handed out again.

@@ -46,16 +46,17 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the server keeps its files (the SQLite database by default).
     pub data_dir: PathBuf,
-    /// `sqlite://…` or `postgres://…`; defaults to a SQLite file in `data_dir`.
-    pub database_url: Option<String>,
+    /// `sqlite://…` or `postgres://…`; defaults to a SQLite file in `data_dir`. May hold a
+    /// password, so it is a secret.
+    pub database_url: Option<Secret>,
     /// Public base URL of the client API, advertised in `/.well-known/matrix/client`.
     pub public_baseurl: Option<String>,
     /// Registration policy of `/register`.
     pub registration: RegistrationMode,
     /// Tokens accepted when `registration = "token"`.
-    pub registration_tokens: Vec<String>,
+    pub registration_tokens: Vec<Secret>,
     /// Shared secret of the admin registration endpoint; unset disables it.
-    pub registration_shared_secret: Option<String>,
+    pub registration_shared_secret: Option<Secret>,
     /// Room version of new rooms when the client does not ask for one.
     #[serde(deserialize_with = "string_or_number")]
     pub default_room_version: String,
@@ -71,6 +72,34 @@ pub struct Config {
     pub max_request_size: usize,
     /// Private rooms must stay end-to-end encrypted and public rooms may not be encrypted.
     pub encryption_mandatory: bool,
+    /// Whether users' presence (online, idle, offline) is shared with the users they share
+    /// a room with. Off by default: the endpoints answer, nobody's status is kept or shared.
+    pub presence: bool,
+}
+
+/// A configured secret: deserialised like a string, never printed (`check-config` and
+/// debug logs show `<redacted>`). Read it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's value, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_owned())
+    }
 }
 
 /// Argon2id parameters (OWASP's recommended minimum by default).
@@ -139,6 +168,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             max_request_size: 50 * 1024 * 1024,
             encryption_mandatory: false,
+            presence: false,
         }
     }
 }
@@ -187,7 +217,7 @@ impl Config {
                 "registration = \"token\" needs at least one entry in registration_tokens".into(),
             ));
         }
-        if let Some(url) = &self.database_url
+        if let Some(url) = self.database_url.as_ref().map(Secret::expose)
             && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             return Err(ConfigError::Invalid(format!(
@@ -204,7 +234,8 @@ impl Config {
     /// The database URL, defaulting to a SQLite file in the data directory.
     pub fn database_url(&self) -> String {
         self.database_url
-            .clone()
+            .as_ref()
+            .map(|url| url.expose().to_owned())
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("missive.db").display()))
     }
 
@@ -286,14 +317,32 @@ mod tests {
         assert_eq!(config.server_name, "police.example");
         assert_eq!(config.listen.port(), 9000);
         assert!(!config.rate_limits.enabled);
-        assert_eq!(config.registration_shared_secret.as_deref(), Some("s3cret"));
+        assert_eq!(config.registration_shared_secret.as_ref().map(Secret::expose), Some("s3cret"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_the_report() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("MISSIVE_REGISTRATION_SHARED_SECRET", "s3cret-shared"),
+                ("MISSIVE_REGISTRATION_TOKENS", "[\"t0ken-one\"]"),
+                ("MISSIVE_DATABASE_URL", "postgres://missive:pa55word@db/missive"),
+            ]),
+        )
+        .unwrap();
+        let report = format!("{config:#?}");
+        for secret in ["s3cret-shared", "t0ken-one", "pa55word"] {
+            assert!(!report.contains(secret), "{secret} printed in {report}");
+        }
+        assert!(report.contains("registration_shared_secret"));
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_rejected() {
         assert!(Config::load(None, env(&[("MISSIVE_SERVR_NAME", "x")])).is_err());
         assert!(Config::load(None, env(&[("MISSIVE_SERVER_NAME", "not a name")])).is_err());
-        assert!(Config::load(None, env(&[("MISSIVE_DEFAULT_ROOM_VERSION", "1")])).is_err());
+        assert!(Config::load(None, env(&[("MISSIVE_DEFAULT_ROOM_VERSION", "13")])).is_err());
         assert!(Config::load(None, env(&[("MISSIVE_LISTEN", "nowhere")])).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! Event filters (`/user/{userId}/filter`, sync and `/messages` filters).
 
-use ruma::api::client::filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter};
+use ruma::api::client::filter::{Filter, FilterDefinition, LazyLoadOptions, RoomEventFilter};
 use serde_json::Value;
 
 /// Whether a type matches a filter pattern (`*` is a wildcard).
@@ -40,6 +40,19 @@ pub fn event_matches(filter: &RoomEventFilter, event: &Value) -> bool {
         }
     }
     true
+}
+
+/// Whether a non-room event (presence, account data) passes an event filter.
+pub fn event_allowed(filter: &Filter, event: &Value) -> bool {
+    let kind = event.get("type").and_then(Value::as_str).unwrap_or_default();
+    let sender = event.get("sender").and_then(Value::as_str).unwrap_or_default();
+    if filter.not_types.iter().any(|p| type_matches(p, kind)) || filter.not_senders.iter().any(|s| s == sender) {
+        return false;
+    }
+    if filter.types.as_ref().is_some_and(|types| !types.iter().any(|p| type_matches(p, kind))) {
+        return false;
+    }
+    filter.senders.as_ref().is_none_or(|senders| senders.iter().any(|s| s == sender))
 }
 
 /// Whether a room passes the room lists of a filter.

@@ -12,6 +12,7 @@ pub mod e2ee;
 pub mod error;
 pub mod filter;
 pub mod ratelimit;
+pub mod reports;
 pub mod rooms;
 pub mod server;
 pub mod server_keys;

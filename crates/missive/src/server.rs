@@ -15,7 +15,7 @@ use crate::{
     rooms::{RoomSettings, Rooms, notify::PushRulesCache},
     server_keys::ServerKeys,
     store::Store,
-    sync::{Sync, stream::Streams, typing::Typing},
+    sync::{Sync, presence::Presence, stream::Streams, typing::Typing},
     user_data::UserData,
 };
 
@@ -39,13 +39,15 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     };
     let rooms = Arc::new(Rooms::new(store.clone(), streams.clone(), keys, push_rules.clone(), settings, max_group));
     let typing = Typing::new(streams.clone());
+    let presence = Presence::new(config.presence, streams.clone());
     let e2ee = Arc::new(E2ee::new(store.clone(), streams.clone()));
     Ok(Arc::new(Services {
         accounts: Accounts::new(store.clone(), streams.clone(), config.clone()),
-        sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing, e2ee.clone()),
+        sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing, presence, e2ee.clone()),
         user_data: UserData::new(store.clone(), streams.clone(), push_rules),
         e2ee,
         backups: Backups::new(store.clone()),
+        reports: crate::reports::Reports::new(store.clone(), rooms.clone()),
         limits: RateLimiter::new(config.rate_limits.clone()),
         rooms,
         store,

@@ -36,10 +36,7 @@ impl ServerKeys {
             }
             None => {
                 let der = Ed25519KeyPair::generate();
-                let version: String = {
-                    use rand::{Rng, distributions::Alphanumeric};
-                    rand::thread_rng().sample_iter(&Alphanumeric).take(6).map(char::from).collect()
-                };
+                let version = crate::accounts::random_string(6);
                 store.insert_signing_key(&format!("ed25519:{version}"), &STANDARD.encode(&der)).await?;
                 tracing::info!(key_id = %format!("ed25519:{version}"), "generated server signing key");
                 (version, der.to_vec())

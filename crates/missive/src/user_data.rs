@@ -21,12 +21,16 @@ pub struct UserData {
     store: Store,
     streams: Arc<Streams>,
     push_rules: Arc<PushRulesCache>,
+    tag_edits: tokio::sync::Mutex<()>,
 }
+
+/// The room account data type that holds a user's tags for the room.
+const TAG_TYPE: &str = "m.tag";
 
 impl UserData {
     /// Creates the service.
     pub fn new(store: Store, streams: Arc<Streams>, push_rules: Arc<PushRulesCache>) -> Self {
-        Self { store, streams, push_rules }
+        Self { store, streams, push_rules, tag_edits: Default::default() }
     }
 
     /// Sets global (`room_id = None`) or room account data.
@@ -75,6 +79,36 @@ impl UserData {
             .await?
             .ok_or_else(|| Error::not_found("account data not found"))?;
         serde_json::from_str(&raw).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// A room's tags for the user: the `tags` of their `m.tag` room account data.
+    pub async fn tags(&self, user_id: &UserId, room_id: &RoomId) -> Result<serde_json::Map<String, Value>> {
+        let raw = self.store.account_data(user_id.as_str(), room_id.as_str(), TAG_TYPE).await?;
+        let content: Value = raw.and_then(|raw| serde_json::from_str(&raw).ok()).unwrap_or_default();
+        Ok(content.get("tags").and_then(Value::as_object).cloned().unwrap_or_default())
+    }
+
+    /// Adds or replaces one tag (`info` is its `order` and whatever else the client keeps), or
+    /// removes it (`info` = `None`); clients see the new `m.tag` in `/sync`.
+    pub async fn edit_tag(&self, user_id: &UserId, room_id: &RoomId, tag: &str, info: Option<Value>) -> Result<()> {
+        // Tag edits read, change and write one document: concurrent edits must not lose one.
+        let _edit = self.tag_edits.lock().await;
+        let mut tags = self.tags(user_id, room_id).await?;
+        match info {
+            Some(info) => {
+                if !info.is_object() {
+                    return Err(Error::bad_json("tag info must be a JSON object"));
+                }
+                if info.get("order").is_some_and(|order| !order.is_number()) {
+                    return Err(Error::bad_json("tag order must be a number"));
+                }
+                tags.insert(tag.to_owned(), info);
+            }
+            None => {
+                tags.remove(tag);
+            }
+        }
+        self.put(user_id, Some(room_id), TAG_TYPE, &json!({ "tags": tags })).await
     }
 
     /// Records a receipt (`m.read`, `m.read.private`) for an event of the room.

@@ -42,7 +42,8 @@ async fn register(State(state): State<AppState>, body: axum::body::Bytes) -> Res
     if !state.accounts.take_nonce(&req.nonce) {
         return Err(Error::Unknown("unrecognised nonce".into()));
     }
-    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut mac =
+        Hmac::<Sha1>::new_from_slice(secret.expose().as_bytes()).map_err(|e| Error::Internal(e.to_string()))?;
     mac.update(req.nonce.as_bytes());
     mac.update(b"\0");
     mac.update(req.username.as_bytes());

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod federation;
 pub mod ruma;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub struct Services {
     pub user_data: crate::user_data::UserData,
     pub e2ee: Arc<crate::e2ee::E2ee>,
     pub backups: crate::backup::Backups,
+    pub reports: crate::reports::Reports,
 }
 
 /// The axum state: a handle on the services.
@@ -32,6 +34,7 @@ pub fn router(state: AppState) -> Router {
     let router = Router::new();
     let router = client::routes(router);
     let router = admin::routes(router);
+    let router = federation::routes(router);
     router
         .route("/.well-known/matrix/client", get(client::discovery::well_known))
         .fallback(self::ruma::unrecognized)

@@ -99,8 +99,13 @@ where
             Ok(Path(args)) => args,
             Err(_) => Vec::new(),
         };
-        // `…/state/{type}/` addresses the empty state key; see `route`.
-        if parts.uri.path().ends_with('/') {
+        // `…/state/{type}/` and `…/state/{type}` address the empty state key: their routes
+        // lack the `{state_key}` segment that ruma's path has (see `route`).
+        let matched = parts.extensions.get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+        if let Some(matched) = matched
+            && !matched.ends_with("{state_key}")
+            && T::PATH_BUILDER.all_paths().any(|p| p.ends_with("{state_key}"))
+        {
             path_args.push(String::new());
         }
         let client_ip =
@@ -113,6 +118,11 @@ where
             (Some(_), Some(token)) => Some(state.accounts.authenticate(&token).await?),
             (Some(false), None) => None,
         };
+        // Clients post an empty body where every body field is optional (`/join/{room}`,
+        // `/leave`, `/logout`): the spec reads it as `{}`. Endpoints whose body is not JSON
+        // (media uploads) do not go through this extractor.
+        let bytes =
+            if bytes.is_empty() && parts.method != http::Method::GET { Bytes::from_static(b"{}") } else { bytes };
         if !bytes.is_empty() && parts.method != http::Method::GET {
             // Distinguish "not JSON at all" from "JSON of the wrong shape", as the spec does.
             if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
@@ -158,9 +168,11 @@ where
     let mut router = router;
     for path in T::PATH_BUILDER.all_paths() {
         let mut paths = vec![path.to_owned()];
-        // An empty state key leaves a trailing slash, which no `{param}` matches.
+        // An empty state key leaves a trailing slash, which no `{param}` matches, and the
+        // spec lets clients drop that slash too.
         if let Some(prefix) = path.strip_suffix("{state_key}") {
             paths.push(prefix.to_owned());
+            paths.push(prefix.trim_end_matches('/').to_owned());
         }
         for path in paths {
             let handler = handler.clone();

@@ -125,6 +125,21 @@ impl Rooms {
         Ok(())
     }
 
+    /// Leaves every room the user is in, invited to or knocking on (account deactivation).
+    /// A room that refuses the leave (it cannot, by the auth rules) does not stop the others.
+    pub async fn leave_all(&self, user_id: &UserId) -> Result<()> {
+        for row in self.store.memberships_of_user(user_id.as_str(), None).await? {
+            if !matches!(row.membership.as_str(), "join" | "invite" | "knock") {
+                continue;
+            }
+            let Ok(room_id) = RoomId::parse(&row.room_id) else { continue };
+            if let Err(e) = self.leave(user_id, &room_id, None).await {
+                tracing::warn!(%user_id, %room_id, error = %e, "deactivated account could not leave a room");
+            }
+        }
+        Ok(())
+    }
+
     /// Knocks on a room whose join rule allows it.
     pub async fn knock(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<OwnedRoomId> {
         self.require_room(room_id).await?;

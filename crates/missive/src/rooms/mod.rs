@@ -29,7 +29,7 @@ use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
     RoomVersionId, UserId,
     events::{StateEventType, TimelineEventType},
-    room_version_rules::RoomVersionRules,
+    room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion, RoomVersionRules},
     state_res,
 };
 use serde_json::{Value, value::to_raw_value};
@@ -615,8 +615,22 @@ impl Rooms {
         let to_canonical = |v: Value| {
             CanonicalJsonValue::try_from(v).map_err(|e| Error::bad_json(format!("content is not canonical JSON: {e}")))
         };
+        // Room versions 1 and 2 reference events as `[event_id, {hashes}]` pairs; the hashes
+        // are informative only (no server checks them), so none are claimed.
+        let pairs = rules.events_reference_format == EventsReferenceFormatVersion::V1;
         let ids = |list: &[OwnedEventId]| {
-            CanonicalJsonValue::Array(list.iter().map(|id| CanonicalJsonValue::String(id.to_string())).collect())
+            CanonicalJsonValue::Array(
+                list.iter()
+                    .map(|id| {
+                        let id = CanonicalJsonValue::String(id.to_string());
+                        if pairs {
+                            CanonicalJsonValue::Array(vec![id, CanonicalJsonValue::Object(Default::default())])
+                        } else {
+                            id
+                        }
+                    })
+                    .collect(),
+            )
         };
         object.insert("auth_events".into(), ids(&auth_events));
         if kind == TimelineEventType::RoomRedaction
@@ -646,6 +660,13 @@ impl Rooms {
             object.insert("state_key".into(), CanonicalJsonValue::String(state_key.clone()));
         }
         object.insert("type".into(), CanonicalJsonValue::String(draft.kind.clone()));
+        // Room versions 1 and 2 name events `$opaque:origin` inside the event, hashed and
+        // signed with it; later versions derive the ID from the event's reference hash.
+        let opaque_id = (rules.event_id_format == EventIdFormatVersion::V1).then(|| {
+            let id = format!("${}:{}", crate::accounts::random_string(18), self.server_name);
+            object.insert("event_id".into(), CanonicalJsonValue::String(id.clone()));
+            id
+        });
         ruma::signatures::hash_and_sign_event(
             self.server_name.as_str(),
             &self.keys.key_pair,
@@ -657,7 +678,8 @@ impl Rooms {
             ruma::signatures::JsonError::PduTooLarge => Error::TooLarge,
             e => Error::bad_json(e.to_string()),
         })?;
-        let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| Error::Internal(e.to_string()))?;
+        let event_id = OwnedEventId::try_from(opaque_id.unwrap_or_else(|| format!("${hash}")))
+            .map_err(|e| Error::Internal(e.to_string()))?;
         if is_v12_create {
             batch.head.room_id =
                 OwnedRoomId::try_from(format!("!{hash}")).map_err(|e| Error::Internal(e.to_string()))?;
@@ -680,6 +702,11 @@ impl Rooms {
         batch.guards.push(guard);
         let group_before = batch.head.group;
         let mut group_after = group_before;
+        let replaces_state = draft
+            .state_key
+            .as_ref()
+            .and_then(|key| batch.head.state.get(&(draft.kind.clone(), key.clone())))
+            .map(ToString::to_string);
         if let Some(state_key) = &draft.state_key {
             Arc::make_mut(&mut batch.head.state).insert((draft.kind.clone(), state_key.clone()), event_id.clone());
             group_after = self.next_group.fetch_add(1, Ordering::SeqCst);
@@ -738,6 +765,7 @@ impl Rooms {
             thread_root,
             txn,
             notify: 0,
+            replaces_state,
         });
         batch.head.extremities = vec![event_id.clone()];
         batch.head.depth = depth;

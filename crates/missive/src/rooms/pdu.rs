@@ -39,13 +39,30 @@ struct PduFields {
     kind: TimelineEventType,
     content: Box<RawJsonValue>,
     state_key: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "event_references")]
     prev_events: Vec<OwnedEventId>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "event_references")]
     auth_events: Vec<OwnedEventId>,
     redacts: Option<OwnedEventId>,
     #[serde(default)]
     depth: u64,
+}
+
+/// Reads `prev_events`/`auth_events` as event IDs (room version 3 on) or as the
+/// `[event_id, {hashes}]` pairs of room versions 1 and 2.
+fn event_references<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<OwnedEventId>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Reference {
+        Id(OwnedEventId),
+        Pair(OwnedEventId, serde::de::IgnoredAny),
+    }
+    Ok(Vec::<Reference>::deserialize(d)?
+        .into_iter()
+        .map(|r| match r {
+            Reference::Id(id) | Reference::Pair(id, _) => id,
+        })
+        .collect())
 }
 
 #[derive(Deserialize)]

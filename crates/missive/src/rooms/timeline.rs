@@ -253,15 +253,25 @@ impl Rooms {
         } else {
             Vec::new()
         };
-        let redaction_ids: Vec<String> = rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
-        let redactions: HashMap<String, EventRow> =
-            self.store.events(&redaction_ids).await?.into_iter().map(|r| (r.event_id.clone(), r)).collect();
+        // Redactions of the events, and the state events they replaced (`prev_content`), in
+        // one read; a replaced event that was itself redacted gives its pruned content.
+        let linked_ids: Vec<String> =
+            rows.iter().flat_map(|r| r.redacted_by.iter().chain(r.replaces_state.iter()).cloned()).collect();
+        let linked: HashMap<String, EventRow> =
+            self.store.events(&linked_ids).await?.into_iter().map(|r| (r.event_id.clone(), r)).collect();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let mut event = pdu::client_event(row, Some((viewer.user_id.as_str(), viewer.device_id)), now);
             let unsigned = event["unsigned"].as_object_mut().expect("client_event always sets unsigned");
-            if let Some(by) = row.redacted_by.as_ref().and_then(|id| redactions.get(id)) {
+            if let Some(by) = row.redacted_by.as_ref().and_then(|id| linked.get(id)) {
                 unsigned.insert("redacted_because".into(), pdu::client_event(by, None, now));
+            }
+            if let Some(replaced) = &row.replaces_state {
+                unsigned.insert("replaces_state".into(), Value::String(replaced.clone()));
+                if let Some(previous) = linked.get(replaced).map(|r| pdu::client_event(r, None, now)) {
+                    unsigned.insert("prev_content".into(), previous["content"].clone());
+                    unsigned.insert("prev_sender".into(), previous["sender"].clone());
+                }
             }
             let bundled = bundle(row, viewer.user_id, &relations);
             if !bundled.is_empty() {

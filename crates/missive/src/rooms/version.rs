@@ -5,7 +5,7 @@ use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};
 use crate::error::{Error, Result};
 
 /// Room versions this server creates and joins.
-pub const SUPPORTED: &[&str] = &["10", "11", "12"];
+pub const SUPPORTED: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 
 /// Parses a supported room version and returns it with its rules.
 pub fn rules_for(version: &str) -> Result<(RoomVersionId, RoomVersionRules)> {

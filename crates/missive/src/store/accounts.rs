@@ -173,7 +173,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         // Which events notified the account is theirs alone, and of no use once it is closed.
-        for table in DEVICE_TABLES.iter().chain(&["access_tokens", "push_exceptions", "notification_offsets"]) {
+        for table in
+            DEVICE_TABLES.iter().chain(&["access_tokens", "openid_tokens", "push_exceptions", "notification_offsets"])
+        {
             sqlx::query(sql(format!("DELETE FROM {table} WHERE user_id = $1"))).bind(user_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -335,6 +337,36 @@ impl Store {
         .execute(&self.write)
         .await?;
         Ok(())
+    }
+
+    /// Records an OpenID token digest for `user_id`, and drops the user's expired ones.
+    pub async fn insert_openid_token(&self, token_hash: &str, user_id: &str, expires_ts: i64) -> StoreResult<()> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        sqlx::query("DELETE FROM openid_tokens WHERE user_id = $1 AND expires_ts <= $2")
+            .bind(user_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO openid_tokens (token_hash, user_id, expires_ts, created_ts) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(expires_ts)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The user an unexpired OpenID token digest belongs to.
+    pub async fn openid_token_user(&self, token_hash: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT user_id FROM openid_tokens WHERE token_hash = $1 AND expires_ts > $2")
+            .bind(token_hash)
+            .bind(now_ms())
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     /// The current signing key (key ID, base64 PKCS#8), if one was generated.

@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0006_txn_index_per_room.sql"),
         include_str!("../../migrations/postgres/0006_txn_index_per_room.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/sqlite/0007_conformance.sql"),
+        include_str!("../../migrations/postgres/0007_conformance.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

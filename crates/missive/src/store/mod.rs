@@ -10,6 +10,7 @@ mod accounts;
 mod e2ee;
 mod migrate;
 mod notifications;
+mod reports;
 mod rooms;
 mod script;
 mod sync;
@@ -27,6 +28,7 @@ pub use self::{
     accounts::*,
     e2ee::*,
     notifications::{Level, Notifications, OffsetChange},
+    reports::NewReport,
     rooms::*,
     sync::*,
     user_data::*,
@@ -39,6 +41,8 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error("cannot create the database directory: {0}")]
+    Directory(#[from] std::io::Error),
     #[error("migration {version} failed: {source}")]
     Migration { version: i64, source: sqlx::Error },
 }
@@ -66,6 +70,10 @@ impl Store {
     pub async fn open(url: &str) -> StoreResult<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let url = match backend {
+            Backend::Sqlite => sqlite_create_if_missing(url)?,
+            Backend::Postgres => url.to_owned(),
+        };
         let options: AnyConnectOptions = url.parse()?;
         let store = match backend {
             Backend::Sqlite => {
@@ -118,6 +126,25 @@ impl Store {
         self.write.close().await;
         self.read.close().await;
     }
+}
+
+/// An operator's SQLite URL, made to create the database file (and its directory) when it
+/// does not exist yet, as the default URL does; an explicit `mode=` is left as given.
+fn sqlite_create_if_missing(url: &str) -> StoreResult<String> {
+    let (location, query) = url.split_once('?').unwrap_or((url, ""));
+    if query.split('&').any(|pair| pair.starts_with("mode=")) {
+        return Ok(url.to_owned());
+    }
+    let path = location.trim_start_matches("sqlite:");
+    let path = path.strip_prefix("//").unwrap_or(path);
+    if !path.is_empty()
+        && path != ":memory:"
+        && let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)?;
+    }
+    let separator = if query.is_empty() { "?" } else { "&" };
+    Ok(format!("{url}{separator}mode=rwc"))
 }
 
 /// Marks a query text assembled from constants (column lists, placeholders, table names of

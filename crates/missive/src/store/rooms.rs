@@ -21,14 +21,16 @@ pub struct EventRow {
     pub redacted_by: Option<String>,
     pub txn_device_id: Option<String>,
     pub txn_id: Option<String>,
+    /// For a state event: the state event it replaced.
+    pub replaces_state: Option<String>,
 }
 
 pub(super) const EVENT_COLUMNS: &str =
-    "stream_pos, event_id, room_id, json, state_group_before, redacted_by, txn_device_id, txn_id";
+    "stream_pos, event_id, room_id, json, state_group_before, redacted_by, txn_device_id, txn_id, replaces_state";
 
 /// The event columns prefixed with `e.`, for joins.
-pub(super) const EVENT_COLUMNS_E: &str =
-    "e.stream_pos, e.event_id, e.room_id, e.json, e.state_group_before, e.redacted_by, e.txn_device_id, e.txn_id";
+pub(super) const EVENT_COLUMNS_E: &str = "e.stream_pos, e.event_id, e.room_id, e.json, e.state_group_before, e.redacted_by, e.txn_device_id, e.txn_id, \
+     e.replaces_state";
 
 pub(super) fn event_row(r: AnyRow) -> EventRow {
     EventRow {
@@ -40,6 +42,7 @@ pub(super) fn event_row(r: AnyRow) -> EventRow {
         redacted_by: r.get(5),
         txn_device_id: r.get(6),
         txn_id: r.get(7),
+        replaces_state: r.get(8),
     }
 }
 
@@ -111,6 +114,8 @@ pub struct NewEvent {
     pub thread_root: Option<String>,
     /// `(device ID, transaction ID)` of a local client send.
     pub txn: Option<(String, String)>,
+    /// For a state event: the state event it replaced.
+    pub replaces_state: Option<String>,
     /// Notification level for the room's local members but the sender and the exceptions.
     pub notify: Level,
 }
@@ -759,8 +764,8 @@ fn insert_events(script: &mut Script, room_id: &str, events: &[NewEvent], now: i
     let statement = script.push(format!(
         "INSERT INTO events (stream_pos, room_id, event_id, sender, event_type, state_key, depth, origin_server_ts, \
          json, state_group_before, state_group_after, rel_type, relates_to, thread_root, txn_device_id, txn_id, \
-         received_ts, notify) VALUES {}",
-        rows(events.len(), 18)
+         received_ts, notify, replaces_state) VALUES {}",
+        rows(events.len(), 19)
     ));
     for e in events {
         let (txn_device, txn_id) = match &e.txn {
@@ -785,6 +790,7 @@ fn insert_events(script: &mut Script, room_id: &str, events: &[NewEvent], now: i
             .bind(txn_device)
             .bind(txn_id)
             .bind(now)
-            .bind(e.notify);
+            .bind(e.notify)
+            .bind(e.replaces_state.as_deref());
     }
 }

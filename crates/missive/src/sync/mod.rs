@@ -1,8 +1,9 @@
 //! `/sync`: what changed for a user since a token, waiting for changes when there are none.
 //!
-//! A token is `s<stream position>_<typing serial>`. Everything persistent is read up to the
+//! A token is `s<stream position>_<typing serial>_<presence serial>`. Everything persistent is read up to the
 //! stream's committed position; long-polls wait on the stream's change signal, never poll.
 
+pub mod presence;
 pub mod stream;
 pub mod typing;
 
@@ -15,7 +16,7 @@ use std::{
 use ruma::{RoomId, UserId, api::client::filter::FilterDefinition};
 use serde_json::{Map, Value, json};
 
-use self::{stream::Streams, typing::Typing};
+use self::{presence::Presence, stream::Streams, typing::Typing};
 use crate::{
     accounts::Identity,
     e2ee::E2ee,
@@ -44,6 +45,8 @@ pub struct SyncRequest {
     pub full_state: bool,
     pub filter: FilterDefinition,
     pub use_state_after: bool,
+    /// The presence the syncing client reports (`set_presence`; `online` when absent).
+    pub set_presence: Option<presence::State>,
 }
 
 /// The sync service.
@@ -52,29 +55,40 @@ pub struct Sync {
     rooms: Arc<Rooms>,
     streams: Arc<Streams>,
     pub typing: Arc<Typing>,
+    pub presence: Arc<Presence>,
     e2ee: Arc<E2ee>,
 }
 
 struct Since {
     pos: Option<i64>,
     typing: Option<u64>,
+    presence: Option<u64>,
 }
 
 fn parse_since(token: Option<&str>) -> Result<Since> {
     let Some(token) = token else {
-        return Ok(Since { pos: None, typing: None });
+        return Ok(Since { pos: None, typing: None, presence: None });
     };
-    let rest = token.strip_prefix('s').ok_or_else(|| Error::invalid_param("invalid since token"))?;
-    let (pos, typing) = rest.split_once('_').unwrap_or((rest, "0"));
-    let pos = pos.parse().map_err(|_| Error::invalid_param("invalid since token"))?;
-    let typing = typing.parse().map_err(|_| Error::invalid_param("invalid since token"))?;
-    Ok(Since { pos: Some(pos), typing: Some(typing) })
+    let invalid = || Error::invalid_param("invalid since token");
+    let mut parts = token.strip_prefix('s').ok_or_else(invalid)?.split('_');
+    let pos = parts.next().unwrap_or_default().parse().map_err(|_| invalid())?;
+    let mut serial = || parts.next().map_or(Ok(0), |p| p.parse::<u64>().map_err(|_| invalid()));
+    let typing = serial()?;
+    let presence = serial()?;
+    Ok(Since { pos: Some(pos), typing: Some(typing), presence: Some(presence) })
 }
 
 impl Sync {
     /// Creates the service.
-    pub fn new(store: Store, rooms: Arc<Rooms>, streams: Arc<Streams>, typing: Arc<Typing>, e2ee: Arc<E2ee>) -> Self {
-        Self { store, rooms, streams, typing, e2ee }
+    pub fn new(
+        store: Store,
+        rooms: Arc<Rooms>,
+        streams: Arc<Streams>,
+        typing: Arc<Typing>,
+        presence: Arc<Presence>,
+        e2ee: Arc<E2ee>,
+    ) -> Self {
+        Self { store, rooms, streams, typing, presence, e2ee }
     }
 
     /// Users whose devices the user must (re)fetch (`changed`) or may forget (`left`) for
@@ -129,6 +143,7 @@ impl Sync {
     /// Answers a sync request, long-polling up to its timeout when nothing changed.
     pub async fn sync(&self, identity: &Identity, req: SyncRequest) -> Result<Value> {
         let since = parse_since(req.since.as_deref())?;
+        self.presence.touch(&identity.user_id, req.set_presence.unwrap_or(presence::State::Online));
         let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(300));
         let mut changes = self.streams.subscribe();
         loop {
@@ -147,6 +162,7 @@ impl Sync {
     async fn compute(&self, identity: &Identity, req: &SyncRequest, since: &Since) -> Result<(Value, bool)> {
         let now = self.streams.current();
         let typing_serial = self.typing.serial();
+        let presence_serial = self.presence.serial();
         let user_id = identity.user_id.as_ref();
         let viewer = Viewer { user_id, device_id: identity.device_id.as_str() };
         let mut join = Map::new();
@@ -268,7 +284,9 @@ impl Sync {
             global.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": &*ruleset } }));
         }
         let (changed, left) = device_lists;
+        let presence = self.presence_events(user_id, req, since, presence_serial).await?;
         let has_changes = !(join.is_empty()
+            && presence.is_empty()
             && invite.is_empty()
             && leave.is_empty()
             && knock.is_empty()
@@ -284,15 +302,52 @@ impl Sync {
         }
         // Built by moving the parts in: `json!` would deep-copy every interpolated value.
         let mut response = Map::new();
-        response.insert("next_batch".into(), Value::String(format!("s{now}_{typing_serial}")));
+        response.insert("next_batch".into(), Value::String(format!("s{now}_{typing_serial}_{presence_serial}")));
         response.insert("rooms".into(), Value::Object(rooms));
         response.insert("account_data".into(), events(global));
-        response.insert("presence".into(), events(Vec::new()));
+        response.insert("presence".into(), events(presence));
         response.insert("to_device".into(), events(to_device));
         response.insert("device_lists".into(), json!({ "changed": changed, "left": left }));
         response.insert("device_one_time_keys_count".into(), json!(otk_counts));
         response.insert("device_unused_fallback_key_types".into(), json!(fallback_types));
         Ok((Value::Object(response), has_changes))
+    }
+
+    /// A user's presence as `requester` may see it: their own, or that of someone they
+    /// share a room with (everyone is `offline` while presence is off).
+    pub async fn presence_status(&self, requester: &UserId, user_id: &UserId) -> Result<Value> {
+        if !self.store.user_exists(user_id.as_str()).await? {
+            return Err(Error::not_found("unknown user"));
+        }
+        if self.presence.enabled() && requester != user_id {
+            let mates = self.store.room_mates(requester.as_str()).await?;
+            if !mates.iter().any(|(u, m, _, _)| u == user_id.as_str() && m == "join") {
+                return Err(Error::forbidden("you do not share a room with this user"));
+            }
+        }
+        Ok(self.presence.content(user_id))
+    }
+
+    /// Presence of the user and of those they share a room with, changed since the token.
+    /// Read only when presence is on and something changed, so it costs nothing otherwise.
+    async fn presence_events(
+        &self,
+        user_id: &UserId,
+        req: &SyncRequest,
+        since: &Since,
+        serial: u64,
+    ) -> Result<Vec<Value>> {
+        if !self.presence.enabled() || since.presence.is_some_and(|s| s == serial) {
+            return Ok(Vec::new());
+        }
+        let mates = self.store.room_mates(user_id.as_str()).await?;
+        let mut users: Vec<&str> =
+            mates.iter().filter(|(_, m, _, _)| m == "join").map(|(u, _, _, _)| u.as_str()).collect();
+        users.push(user_id.as_str());
+        users.sort_unstable();
+        users.dedup();
+        let events = self.presence.events_since(users, since.presence);
+        Ok(events.into_iter().filter(|e| filter::event_allowed(&req.filter.presence, e)).collect())
     }
 
     /// Reads what every selected room needs in a few set-based queries.

@@ -2,7 +2,7 @@
 
 use axum::{Router, response::Response};
 use ruma::api::client::{
-    account::{change_password, deactivate, get_username_availability, register, whoami},
+    account::{change_password, deactivate, get_username_availability, register, request_openid_token, whoami},
     device::{delete_device, delete_devices, get_device, get_devices, update_device},
     session::{get_login_types, login, logout, logout_all, refresh_token},
     uiaa::UserIdentifier,
@@ -35,7 +35,23 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, delete_device);
     let router = route(router, delete_devices);
     let router = route(router, change_password);
+    let router = route(router, openid_token);
     route(router, deactivate)
+}
+
+/// # POST /_matrix/client/v3/user/{userId}/openid/request_token
+async fn openid_token(state: AppState, req: Ruma<request_openid_token::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    if req.body.user_id != id.user_id {
+        return Err(Error::forbidden("you can only request OpenID tokens for yourself"));
+    }
+    let (token, expires_in) = state.accounts.openid_token(&id.user_id).await?;
+    Ok(json(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "matrix_server_name": state.config.server_name,
+        "expires_in": expires_in,
+    })))
 }
 
 fn session_json(state: &AppState, s: &IssuedSession) -> Value {
@@ -218,5 +234,7 @@ async fn deactivate(state: AppState, req: Ruma<deactivate::v3::Request>) -> Resu
     let id = req.identity();
     state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref()).await?;
     state.accounts.deactivate(&id.user_id).await?;
+    // Deactivated first, so the account can no longer join anything while it leaves.
+    state.rooms.leave_all(&id.user_id).await?;
     Ok(json(json!({ "id_server_unbind_result": "no-support" })))
 }

@@ -5,7 +5,9 @@ pub mod backup;
 pub mod directory;
 pub mod discovery;
 pub mod keys;
+pub mod presence;
 pub mod profile;
+pub mod reporting;
 pub mod rooms;
 pub mod sync;
 pub mod user_data;
@@ -24,5 +26,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = directory::routes(router);
     let router = keys::routes(router);
     let router = backup::routes(router);
+    let router = reporting::routes(router);
+    let router = presence::routes(router);
     sync::routes(router)
 }

@@ -86,7 +86,8 @@ async fn default_threads_include(mut req: axum::extract::Request) -> axum::extra
     req
 }
 
-fn viewer<T>(req: &Ruma<T>) -> Viewer<'_> {
+/// The authenticated requester as a timeline viewer.
+pub(super) fn viewer<T>(req: &Ruma<T>) -> Viewer<'_> {
     let id = req.identity();
     Viewer { user_id: &id.user_id, device_id: id.device_id.as_str() }
 }

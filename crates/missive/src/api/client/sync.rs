@@ -11,7 +11,7 @@ use crate::{
         ruma::{Ruma, json, route},
     },
     error::Result,
-    sync::SyncRequest,
+    sync::{SyncRequest, presence},
 };
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
@@ -33,6 +33,7 @@ async fn sync(state: AppState, req: Ruma<sync_events::v3::Request>) -> Result<Re
         full_state: body.full_state,
         filter,
         use_state_after: body.use_state_after,
+        set_presence: presence::State::parse(body.set_presence.as_str()),
     };
     Ok(json(state.sync.sync(&id, request).await?))
 }

@@ -12,6 +12,7 @@ use ruma::api::client::{
     },
     read_marker::set_read_marker,
     receipt::create_receipt,
+    tag::{create_tag, delete_tag, get_tags},
     typing::create_typing_event,
 };
 use serde_json::{Value, json};
@@ -40,6 +41,9 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, set_push_rule_enabled);
     let router = route(router, push_rule_actions);
     let router = route(router, set_push_rule_actions);
+    let router = route(router, get_tags);
+    let router = route(router, put_tag);
+    let router = route(router, remove_tag);
     let router = route(router, typing);
     let router = route(router, receipt);
     route(router, read_markers)
@@ -93,6 +97,28 @@ async fn get_room(state: AppState, req: Ruma<get_room_account_data::v3::Request>
         .account_data(&req.identity().user_id, Some(&req.body.room_id), &req.body.event_type.to_string())
         .await?;
     Ok(json(data))
+}
+
+/// # GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags
+async fn get_tags(state: AppState, req: Ruma<get_tags::v3::Request>) -> Result<Response> {
+    own(&req.body.user_id, req.identity())?;
+    let tags = state.user_data.tags(&req.identity().user_id, &req.body.room_id).await?;
+    Ok(json(json!({ "tags": tags })))
+}
+
+/// # PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}
+async fn put_tag(state: AppState, req: Ruma<create_tag::v3::Request>) -> Result<Response> {
+    own(&req.body.user_id, req.identity())?;
+    let info = body_object(&req.json)?;
+    state.user_data.edit_tag(&req.identity().user_id, &req.body.room_id, &req.body.tag, Some(info)).await?;
+    Ok(json(json!({})))
+}
+
+/// # DELETE /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}
+async fn remove_tag(state: AppState, req: Ruma<delete_tag::v3::Request>) -> Result<Response> {
+    own(&req.body.user_id, req.identity())?;
+    state.user_data.edit_tag(&req.identity().user_id, &req.body.room_id, &req.body.tag, None).await?;
+    Ok(json(json!({})))
 }
 
 /// # POST /_matrix/client/v3/user/{userId}/filter

@@ -1,0 +1,27 @@
+-- What the client-server API needs beyond the core: the state event a state event replaced
+-- (served as `unsigned.replaces_state` and `prev_content`), OpenID tokens for widgets and
+-- other servers, and the content reports users file for operators.
+
+ALTER TABLE events ADD COLUMN replaces_state TEXT;
+
+-- Stored as SHA-256 digests, like access tokens.
+CREATE TABLE openid_tokens (
+    token_hash  TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    expires_ts  INTEGER NOT NULL,
+    created_ts  INTEGER NOT NULL
+);
+CREATE INDEX openid_tokens_user ON openid_tokens (user_id);
+
+-- Reports of events, rooms and users, kept for the operator (admin API).
+CREATE TABLE reports (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    reporter        TEXT NOT NULL,
+    room_id         TEXT,
+    event_id        TEXT,
+    target_user_id  TEXT,
+    reason          TEXT,
+    score           INTEGER,
+    created_ts      INTEGER NOT NULL
+);
+CREATE INDEX reports_reporter ON reports (reporter);
