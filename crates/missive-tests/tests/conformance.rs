@@ -221,3 +221,299 @@ async fn state_events_carry_what_they_replaced() {
         .await;
     assert_eq!(event["unsigned"]["prev_content"], json!({}), "{event}");
 }
+
+/// Creates a room for `user` with the given createRoom body and returns its ID.
+async fn create_room(server: &TestServer, token: &str, body: serde_json::Value) -> String {
+    let (status, body) = server.call("POST", "/_matrix/client/v3/createRoom", Some(token), Some(body)).await;
+    assert_eq!(status, 200, "{body}");
+    body["room_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn uia_sessions_authorise_one_operation_and_registration_is_idempotent() {
+    let server = TestServer::start().await;
+    let user = server.register("uma").await;
+    let login = |device: &str| {
+        json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "uma" },
+                "password": user.password, "device_id": device })
+    };
+    for device in ["FIRST", "SECOND"] {
+        let (status, _) = server.call("POST", "/_matrix/client/v3/login", None, Some(login(device))).await;
+        assert_eq!(status, 200);
+    }
+    let token = Some(user.access_token.as_str());
+    let (status, challenge) = server.call("DELETE", "/_matrix/client/v3/devices/FIRST", token, Some(json!({}))).await;
+    assert_eq!(status, 401);
+    assert_eq!(challenge["completed"], json!([]), "{challenge}");
+    assert!(challenge["params"].is_object(), "{challenge}");
+    // The session opened to delete FIRST cannot delete SECOND.
+    let auth = json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "uma" },
+                                  "password": user.password, "session": challenge["session"] } });
+    let (status, body) = server.call("DELETE", "/_matrix/client/v3/devices/SECOND", token, Some(auth)).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let (status, _) = server.call("GET", "/_matrix/client/v3/devices/SECOND", token, None).await;
+    assert_eq!(status, 200, "the device is still there");
+
+    // Another user's valid password does not authorise deleting this user's device.
+    let eve = server.register("eve").await;
+    let auth = json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": eve.user_id },
+                                  "password": eve.password } });
+    let (status, _) = server.call("DELETE", "/_matrix/client/v3/devices/SECOND", token, Some(auth)).await;
+    assert_eq!(status, 403);
+
+    // Registration: the first request's parameters are remembered, and asking again with
+    // the completed session answers the same account.
+    let first = json!({ "username": "Remembered", "password": "pw", "device_id": "XYZ",
+                        "initial_device_display_name": "phone" });
+    let (status, challenge) = server.call("POST", "/_matrix/client/v3/register", None, Some(first)).await;
+    assert_eq!(status, 401);
+    let again = json!({ "auth": { "type": "m.login.dummy", "session": challenge["session"] } });
+    let (status, created) = server.call("POST", "/_matrix/client/v3/register", None, Some(again.clone())).await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["user_id"], format!("@remembered:{}", server.server_name), "usernames are lower-cased");
+    assert_eq!(created["device_id"], "XYZ");
+    let (status, repeated) = server.call("POST", "/_matrix/client/v3/register", None, Some(again)).await;
+    assert_eq!((status, &repeated["user_id"]), (200, &created["user_id"]), "{repeated}");
+}
+
+#[tokio::test]
+async fn tags_openid_reports_and_typing_without_timeout() {
+    let server = TestServer::start().await;
+    let user = server.register("tina").await;
+    let other = server.register("otto").await;
+    let token = Some(user.access_token.as_str());
+    let room_id = create_room(&server, &user.access_token, json!({ "preset": "public_chat" })).await;
+    let tags = format!("/_matrix/client/v3/user/{}/rooms/{room_id}/tags", user.user_id);
+    let (status, _) = server.call("PUT", &format!("{tags}/m.favourite"), token, Some(json!({ "order": 0.5 }))).await;
+    assert_eq!(status, 200);
+    let (status, body) = server.call("PUT", &format!("{tags}/u.work"), token, Some(json!({ "order": "x" }))).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")));
+    let (_, body) = server.call("GET", &tags, token, None).await;
+    assert_eq!(body, json!({ "tags": { "m.favourite": { "order": 0.5 } } }));
+    let (status, _) = server.call("DELETE", &format!("{tags}/m.favourite"), token, None).await;
+    assert_eq!(status, 200);
+    let (_, body) = server.call("GET", &tags, token, None).await;
+    assert_eq!(body, json!({ "tags": {} }));
+    let (status, _) = server.call("GET", &tags, Some(&other.access_token), None).await;
+    assert_eq!(status, 403, "tags are private");
+
+    let path = format!("/_matrix/client/v3/user/{}/openid/request_token", user.user_id);
+    let (status, openid) = server.call("POST", &path, token, Some(json!({}))).await;
+    assert_eq!(status, 200, "{openid}");
+    let info =
+        format!("/_matrix/federation/v1/openid/userinfo?access_token={}", openid["access_token"].as_str().unwrap());
+    let (status, body) = server.call("GET", &info, None, None).await;
+    assert_eq!((status, body["sub"].as_str()), (200, Some(user.user_id.as_str())));
+    let (status, body) =
+        server.call("GET", "/_matrix/federation/v1/openid/userinfo?access_token=nope", None, None).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
+
+    let (_, sent) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/r1"),
+            token,
+            Some(json!({ "msgtype": "m.text", "body": "spam" })),
+        )
+        .await;
+    let event_id = sent["event_id"].as_str().unwrap();
+    let report = format!("/_matrix/client/v3/rooms/{room_id}/report/{event_id}");
+    let (status, _) = server.call("POST", &report, Some(&other.access_token), Some(json!({ "reason": "spam" }))).await;
+    assert_eq!(status, 404, "a non-member cannot report the room's events");
+    server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&other.access_token), None).await;
+    let (status, _) =
+        server.call("POST", &report, Some(&other.access_token), Some(json!({ "reason": "spam", "score": -100 }))).await;
+    assert_eq!(status, 200);
+    let (status, _) =
+        server.call("POST", &report, Some(&other.access_token), Some(json!({ "reason": "spam", "score": 7 }))).await;
+    assert_eq!(status, 400);
+    let reports = server.query_strings("SELECT reason FROM reports").await;
+    assert_eq!(reports, vec!["spam".to_owned()], "one report kept, none for the refused ones");
+
+    let typing = format!("/_matrix/client/v3/rooms/{room_id}/typing/{}", user.user_id);
+    let (status, body) = server.call("PUT", &typing, token, Some(json!({ "typing": true }))).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn presence_is_shared_with_room_mates_only_when_enabled() {
+    let server = TestServer::start_with(&[("MISSIVE_PRESENCE", "true")]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room_id = create_room(&server, &alice.access_token, json!({ "preset": "public_chat" })).await;
+    server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&bob.access_token), None).await;
+    let status_path = |user: &str| format!("/_matrix/client/v3/presence/{user}/status");
+    let (status, _) = server
+        .call(
+            "PUT",
+            &status_path(&alice.user_id),
+            Some(&alice.access_token),
+            Some(json!({ "presence": "unavailable", "status_msg": "in a meeting" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = server.call("GET", &status_path(&alice.user_id), Some(&bob.access_token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!((body["presence"].as_str(), body["status_msg"].as_str()), (Some("unavailable"), Some("in a meeting")));
+    let (status, _) = server.call("GET", &status_path(&alice.user_id), Some(&carol.access_token), None).await;
+    assert_eq!(status, 403, "no shared room, no presence");
+    let (_, sync) = server.call("GET", "/_matrix/client/v3/sync", Some(&bob.access_token), None).await;
+    let events = sync["presence"]["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["sender"] == alice.user_id.as_str()), "{sync}");
+    let (_, sync) = server.call("GET", "/_matrix/client/v3/sync", Some(&carol.access_token), None).await;
+    let events = sync["presence"]["events"].as_array().unwrap();
+    assert!(!events.iter().any(|e| e["sender"] == alice.user_id.as_str()), "{sync}");
+
+    // Off (the default), the endpoints answer and nobody's status is kept.
+    let quiet = TestServer::start().await;
+    let dora = quiet.register("dora").await;
+    let (status, _) = quiet
+        .call("PUT", &status_path(&dora.user_id), Some(&dora.access_token), Some(json!({ "presence": "online" })))
+        .await;
+    assert_eq!(status, 200);
+    let (_, body) = quiet.call("GET", &status_path(&dora.user_id), Some(&dora.access_token), None).await;
+    assert_eq!(body, json!({ "presence": "offline" }));
+}
+
+#[tokio::test]
+async fn legacy_event_stream_and_initial_syncs() {
+    let server = TestServer::start().await;
+    let user = server.register("leo").await;
+    let token = Some(user.access_token.as_str());
+    let (status, first) = server.call("GET", "/_matrix/client/r0/events?timeout=0", token, None).await;
+    assert_eq!(status, 200, "{first}");
+    let room_id = create_room(&server, &user.access_token, json!({ "preset": "public_chat", "name": "Old" })).await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/r0/rooms/{room_id}/send/m.room.message"),
+            token,
+            Some(json!({ "body": "hi" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let from = first["end"].as_str().unwrap();
+    let (status, stream) =
+        server.call("GET", &format!("/_matrix/client/r0/events?timeout=0&from={from}"), token, None).await;
+    assert_eq!(status, 200);
+    let chunk = stream["chunk"].as_array().unwrap();
+    assert!(chunk.iter().any(|e| e["type"] == "m.room.create" && e["room_id"] == room_id.as_str()), "{stream}");
+    assert!(chunk.iter().any(|e| e["content"]["body"] == "hi"), "{stream}");
+
+    let (status, initial) = server.call("GET", "/_matrix/client/v3/initialSync?limit=2", token, None).await;
+    assert_eq!(status, 200);
+    let room = initial["rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == room_id.as_str()).unwrap().clone();
+    assert_eq!(room["membership"], "join");
+    assert_eq!(room["messages"]["chunk"].as_array().unwrap().len(), 2);
+    assert_eq!(room["messages"]["chunk"][1]["content"]["body"], "hi", "oldest first");
+    let (status, room) =
+        server.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/initialSync"), token, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        room["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Old")
+    );
+    let event_id =
+        chunk.iter().find(|e| e["content"]["body"] == "hi").unwrap()["event_id"].as_str().unwrap().to_owned();
+    let (status, event) = server.call("GET", &format!("/_matrix/client/v3/events/{event_id}"), token, None).await;
+    assert_eq!((status, event["content"]["body"].as_str()), (200, Some("hi")));
+    let stranger = server.register("stranger").await;
+    let (status, _) =
+        server.call("GET", &format!("/_matrix/client/v3/events/{event_id}"), Some(&stranger.access_token), None).await;
+    assert_eq!(status, 404, "history is shared with members only");
+}
+
+#[tokio::test]
+async fn room_upgrade_moves_settings_aliases_and_closes_the_old_room() {
+    let server = TestServer::start().await;
+    let owner = server.register("owen").await;
+    let member = server.register("mia").await;
+    let token = Some(owner.access_token.as_str());
+    let room_id = create_room(
+        &server,
+        &owner.access_token,
+        json!({ "preset": "public_chat", "name": "Team", "room_alias_name": "team", "room_version": "10" }),
+    )
+    .await;
+    server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&member.access_token), None).await;
+    let upgrade = format!("/_matrix/client/v3/rooms/{room_id}/upgrade");
+    let (status, _) =
+        server.call("POST", &upgrade, Some(&member.access_token), Some(json!({ "new_version": "12" }))).await;
+    assert_eq!(status, 403, "a member without power cannot upgrade");
+    let (status, body) = server.call("POST", &upgrade, token, Some(json!({ "new_version": "99" }))).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")));
+    let (status, body) = server.call("POST", &upgrade, token, Some(json!({ "new_version": "12" }))).await;
+    assert_eq!(status, 200, "{body}");
+    let new_room = body["replacement_room"].as_str().unwrap().to_owned();
+
+    let state = |room: &str, kind: &str| format!("/_matrix/client/v3/rooms/{room}/state/{kind}");
+    let (_, tombstone) = server.call("GET", &state(&room_id, "m.room.tombstone"), token, None).await;
+    assert_eq!(tombstone["replacement_room"], new_room.as_str());
+    let (_, create) = server.call("GET", &state(&new_room, "m.room.create"), token, None).await;
+    assert_eq!(create["predecessor"]["room_id"], room_id.as_str(), "{create}");
+    assert_eq!(create["room_version"], "12");
+    let (_, name) = server.call("GET", &state(&new_room, "m.room.name"), token, None).await;
+    assert_eq!(name["name"], "Team");
+    let alias = format!("/_matrix/client/v3/directory/room/%23team:{}", server.server_name);
+    let (_, resolved) = server.call("GET", &alias, token, None).await;
+    assert_eq!(resolved["room_id"], new_room.as_str(), "the alias follows the room");
+    let (status, _) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/late"),
+            Some(&member.access_token),
+            Some(json!({ "msgtype": "m.text", "body": "too late" })),
+        )
+        .await;
+    assert_eq!(status, 403, "the old room is closed to ordinary members");
+    let (status, _) =
+        server.call("POST", &format!("/_matrix/client/v3/join/{new_room}"), Some(&member.access_token), None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn canonical_aliases_must_point_to_the_room_and_guests_are_confined() {
+    let server = TestServer::start_with(&[("MISSIVE_ALLOW_GUEST_ACCESS", "true")]).await;
+    let owner = server.register("cara").await;
+    let token = Some(owner.access_token.as_str());
+    let room_id =
+        create_room(&server, &owner.access_token, json!({ "preset": "public_chat", "room_alias_name": "cc" })).await;
+    let other =
+        create_room(&server, &owner.access_token, json!({ "preset": "public_chat", "room_alias_name": "dd" })).await;
+    let canonical = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.canonical_alias");
+    let name = |local: &str| format!("#{local}:{}", server.server_name);
+    let (status, _) = server.call("PUT", &canonical, token, Some(json!({ "alias": name("cc") }))).await;
+    assert_eq!(status, 200);
+    let (status, body) = server.call("PUT", &canonical, token, Some(json!({ "alias": name("missing") }))).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_ALIAS")));
+    let (status, body) =
+        server.call("PUT", &canonical, token, Some(json!({ "alias": name("cc"), "alt_aliases": [name("dd")] }))).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_ALIAS")), "{other}");
+    let (status, body) = server.call("PUT", &canonical, token, Some(json!({ "alias": "%bad" }))).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+    // Deleting the alias takes it out of the canonical alias.
+    let (status, _) = server
+        .call("DELETE", &format!("/_matrix/client/v3/directory/room/%23cc:{}", server.server_name), token, None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, content) = server.call("GET", &canonical, token, None).await;
+    assert!(content.get("alias").is_none(), "{content}");
+
+    let (status, guest) = server.call("POST", "/_matrix/client/v3/register?kind=guest", None, Some(json!({}))).await;
+    assert_eq!(status, 200, "{guest}");
+    let guest_token = guest["access_token"].as_str().unwrap();
+    let (status, body) = server.call("POST", "/_matrix/client/v3/createRoom", Some(guest_token), Some(json!({}))).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_GUEST_ACCESS_FORBIDDEN")));
+    let join = format!("/_matrix/client/v3/join/{room_id}");
+    let (status, _) = server.call("POST", &join, Some(guest_token), None).await;
+    assert_eq!(status, 403, "public_chat rooms forbid guests");
+    let guest_access = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.guest_access");
+    server.call("PUT", &guest_access, token, Some(json!({ "guest_access": "can_join" }))).await;
+    let (status, _) = server.call("POST", &join, Some(guest_token), None).await;
+    assert_eq!(status, 200);
+    server.call("PUT", &guest_access, token, Some(json!({ "guest_access": "forbidden" }))).await;
+    let member =
+        format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{}", guest["user_id"].as_str().unwrap());
+    let (_, membership) = server.call("GET", &member, token, None).await;
+    assert_eq!(membership["membership"], "leave", "guests leave when guest access is revoked");
+}

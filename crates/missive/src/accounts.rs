@@ -28,6 +28,8 @@ pub struct Identity {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
     pub is_admin: bool,
+    /// A guest account: limited to the spec's guest endpoints and guest-access rooms.
+    pub is_guest: bool,
 }
 
 /// Tokens handed to a client after login or registration.
@@ -40,12 +42,39 @@ pub struct IssuedSession {
     pub expires_in: Option<Duration>,
 }
 
-/// A user-interactive authentication session in progress.
+/// The operation a user-interactive authentication session authorises: the request's
+/// method, path and body without `auth`. A session authorises one operation only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UiaRequest {
+    pub method: String,
+    pub path: String,
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A user-interactive authentication session in progress (or complete, until it expires,
+/// so that a client retrying the completed request gets the same answer).
 #[derive(Debug, Clone)]
 struct UiaSession {
     completed: Vec<AuthType>,
     user_id: Option<String>,
     created: Instant,
+    request: UiaRequest,
+    /// The account a completed registration session created.
+    registered: Option<OwnedUserId>,
+}
+
+/// What `/register` asks for, from the request or, when a later stage of its UIA session
+/// sends only `auth`, from the session's first request.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct RegistrationParams {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub device_id: Option<String>,
+    pub initial_device_display_name: Option<String>,
+    #[serde(default)]
+    pub inhibit_login: bool,
+    #[serde(default)]
+    pub refresh_token: bool,
 }
 
 const UIA_SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -183,13 +212,19 @@ impl Accounts {
         Ok(true)
     }
 
-    fn new_uia_session(&self, user_id: Option<&UserId>) -> String {
+    fn new_uia_session(&self, user_id: Option<&UserId>, request: &UiaRequest) -> String {
         let session = random_string(24);
         let mut sessions = self.uia.lock().expect("uia lock poisoned");
         sessions.retain(|_, s| s.created.elapsed() < UIA_SESSION_LIFETIME);
         sessions.insert(
             session.clone(),
-            UiaSession { completed: Vec::new(), user_id: user_id.map(ToString::to_string), created: Instant::now() },
+            UiaSession {
+                completed: Vec::new(),
+                user_id: user_id.map(ToString::to_string),
+                created: Instant::now(),
+                request: request.clone(),
+                registered: None,
+            },
         );
         session
     }
@@ -203,6 +238,8 @@ impl Accounts {
     ) -> Error {
         let mut info = UiaaInfo::new(flows);
         info.session = Some(session);
+        // No stage offered here takes parameters, but clients expect the key.
+        info.params = serde_json::value::to_raw_value(&serde_json::json!({})).ok();
         info.completed = completed;
         if let Some(err) = error {
             let (_, code) = err.status_and_code();
@@ -212,16 +249,24 @@ impl Accounts {
         Error::Uia(Box::new(info))
     }
 
-    /// Runs user-interactive authentication: returns `Ok` once one flow is complete,
-    /// otherwise the 401 challenge listing what is left.
-    async fn check_uia(&self, flows: Vec<AuthFlow>, auth: Option<&AuthData>, user_id: Option<&UserId>) -> Result<()> {
+    /// Runs user-interactive authentication for `request`: once one flow is complete,
+    /// returns the session and the operation it authorised (whose parameters come from the
+    /// session's first request when this one sent only `auth`); otherwise the 401 challenge
+    /// listing what is left. A session authorises one operation: another one is refused.
+    async fn check_uia(
+        &self,
+        flows: Vec<AuthFlow>,
+        auth: Option<&AuthData>,
+        user_id: Option<&UserId>,
+        request: &UiaRequest,
+    ) -> Result<(String, UiaRequest)> {
         let Some(auth) = auth else {
-            let session = self.new_uia_session(user_id);
+            let session = self.new_uia_session(user_id, request);
             return Err(self.uia_challenge(flows, session, Vec::new(), None));
         };
         let session = match auth.session() {
             Some(s) => s.to_owned(),
-            None => self.new_uia_session(user_id),
+            None => self.new_uia_session(user_id, request),
         };
         let state = self.uia.lock().expect("uia lock poisoned").get(&session).cloned();
         let Some(mut state) = state else {
@@ -229,6 +274,16 @@ impl Accounts {
         };
         if state.user_id.as_deref() != user_id.map(UserId::as_str) {
             return Err(Error::forbidden("authentication session belongs to another user"));
+        }
+        let mut request = request.clone();
+        if request.params.is_empty() {
+            request.params = state.request.params.clone();
+        }
+        if request != state.request {
+            return Err(Error::forbidden("the requested operation changed during the authentication session"));
+        }
+        if flows.iter().any(|f| f.stages.iter().all(|s| state.completed.contains(s))) {
+            return Ok((session, request));
         }
         let stage_error = match auth {
             AuthData::Dummy(_) => None,
@@ -241,6 +296,13 @@ impl Accounts {
                     UserIdentifier::Matrix(m) => self.local_user_id(&m.user).ok(),
                     _ => None,
                 };
+                if let (Some(claimed), Some(expected)) = (&claimed, user_id)
+                    && claimed != expected
+                {
+                    // Someone holding another user's token proves who *they* are: refused
+                    // outright, not answered with another challenge.
+                    return Err(Error::forbidden("authenticated as a different user than the requester"));
+                }
                 let ok = match (claimed, user_id) {
                     (Some(claimed), Some(expected)) if claimed == expected => {
                         match self.store.user(claimed.as_str()).await?.and_then(|u| u.password_hash) {
@@ -273,34 +335,33 @@ impl Accounts {
             state.completed.push(stage);
         }
         let done = flows.iter().any(|f| f.stages.iter().all(|s| state.completed.contains(s)));
-        if done {
-            self.uia.lock().expect("uia lock poisoned").remove(&session);
-            Ok(())
-        } else {
-            self.uia.lock().expect("uia lock poisoned").insert(session.clone(), state.clone());
-            Err(self.uia_challenge(flows, session, state.completed, None))
-        }
+        self.uia.lock().expect("uia lock poisoned").insert(session.clone(), state.clone());
+        if done { Ok((session, request)) } else { Err(self.uia_challenge(flows, session, state.completed, None)) }
     }
 
     /// Confirms the identity of a logged-in user for a sensitive action (password stage).
-    pub async fn confirm_identity(&self, user_id: &UserId, auth: Option<&AuthData>) -> Result<()> {
+    pub async fn confirm_identity(
+        &self,
+        user_id: &UserId,
+        auth: Option<&AuthData>,
+        request: &UiaRequest,
+    ) -> Result<()> {
         let flows = vec![AuthFlow::new(vec![AuthType::Password])];
-        self.check_uia(flows, auth, Some(user_id)).await
+        self.check_uia(flows, auth, Some(user_id), request).await.map(|_| ())
     }
 
-    /// `/register` with a password; returns the account's session unless login is inhibited.
-    #[allow(clippy::too_many_arguments)]
+    /// `/register`; returns the account's session unless login is inhibited. A completed
+    /// UIA session asked again answers with the account it created (a new login), so a
+    /// client retrying after a lost response does not get `M_USER_IN_USE`.
     pub async fn register(
         &self,
-        username: Option<&str>,
-        password: Option<&str>,
+        params: RegistrationParams,
         auth: Option<&AuthData>,
         guest: bool,
-        device_id: Option<&str>,
-        device_name: Option<&str>,
-        inhibit_login: bool,
-        refresh: bool,
+        request: &UiaRequest,
     ) -> Result<(OwnedUserId, Option<IssuedSession>)> {
+        let mut params = params;
+        let mut uia_session = None;
         if guest {
             if !self.config.allow_guest_access {
                 return Err(Error::forbidden("guest access is disabled"));
@@ -313,12 +374,38 @@ impl Accounts {
                     return Err(Error::forbidden("registration is disabled"));
                 }
             };
+            let registered = auth.and_then(AuthData::session).and_then(|session| {
+                self.uia.lock().expect("uia lock poisoned").get(session).and_then(|s| s.registered.clone())
+            });
             // Validate the requested name before asking for authentication stages.
-            if let Some(name) = username {
-                self.is_available(name).await?;
+            if let (Some(name), None) = (&params.username, &registered) {
+                self.is_available(&name.to_lowercase()).await?;
             }
-            self.check_uia(flows, auth, None).await?;
+            let (session, request) = self.check_uia(flows, auth, None, request).await?;
+            params = serde_json::from_value(serde_json::Value::Object(request.params))
+                .map_err(|e| Error::bad_json(e.to_string()))?;
+            if let Some(user_id) = registered {
+                let issued = if params.inhibit_login {
+                    None
+                } else {
+                    let device = params.device_id.as_deref();
+                    let name = params.initial_device_display_name.as_deref();
+                    Some(self.open_session(&user_id, device, name, params.refresh_token).await?)
+                };
+                return Ok((user_id, issued));
+            }
+            uia_session = Some(session);
         }
+        let RegistrationParams {
+            username,
+            password,
+            device_id,
+            initial_device_display_name,
+            inhibit_login,
+            refresh_token,
+        } = params;
+        let (password, device_id, device_name, refresh) =
+            (password.as_deref(), device_id.as_deref(), initial_device_display_name.as_deref(), refresh_token);
         let user_id = match username {
             Some(name) if !guest => self.validate_localpart(&name.to_lowercase())?,
             _ => self.validate_localpart(&random_string(12).to_lowercase())?,
@@ -349,6 +436,11 @@ impl Accounts {
             .await?;
         if !created {
             return Err(Error::UserInUse);
+        }
+        if let Some(session) = uia_session
+            && let Some(state) = self.uia.lock().expect("uia lock poisoned").get_mut(&session)
+        {
+            state.registered = Some(user_id.clone());
         }
         tracing::info!(%user_id, "account registered");
         Ok((user_id, issued.map(|(s, _, _)| s)))
@@ -478,7 +570,8 @@ impl Accounts {
         if user.deactivated {
             return Err(Error::UnknownToken { soft_logout: false });
         }
-        let identity = Identity { user_id, device_id: row.device_id.into(), is_admin: user.is_admin };
+        let identity =
+            Identity { user_id, device_id: row.device_id.into(), is_admin: user.is_admin, is_guest: user.is_guest };
         let mut cache = self.tokens.lock().expect("token cache poisoned");
         if cache.len() > 100_000 {
             cache.clear();

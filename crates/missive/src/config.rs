@@ -173,8 +173,10 @@ impl Default for Config {
     }
 }
 
-/// Environment variables with the `MISSIVE_` prefix that are not config keys.
-const NON_CONFIG_VARS: &[&str] = &["MISSIVE_CONFIG", "MISSIVE_LOG"];
+/// Environment variables with the `MISSIVE_` prefix that are not config keys: ours, and
+/// those that tools around the binary use to find it (SyTest's runner exports
+/// `MISSIVE_BIN` and `MISSIVE_PM`, and the binary must not take them for mistyped keys).
+const NON_CONFIG_VARS: &[&str] = &["MISSIVE_CONFIG", "MISSIVE_LOG", "MISSIVE_BIN", "MISSIVE_PM"];
 
 impl Config {
     /// Loads the file (if any), applies the environment overrides and validates the result.

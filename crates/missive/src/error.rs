@@ -36,6 +36,8 @@ pub enum Error {
     #[error("room alias already taken")]
     RoomInUse,
     #[error("{0}")]
+    BadAlias(String),
+    #[error("{0}")]
     UnsupportedRoomVersion(String),
     #[error("too many requests")]
     LimitExceeded { retry_after_ms: u64 },
@@ -45,6 +47,8 @@ pub enum Error {
     TooLarge,
     #[error("this account has been deactivated")]
     UserDeactivated,
+    #[error("guest accounts cannot use this endpoint")]
+    GuestAccessForbidden,
     #[error("{0}")]
     Unknown(String),
     #[error("backup version is not the current one")]
@@ -72,11 +76,13 @@ impl Error {
             Error::UserInUse => (S::BAD_REQUEST, "M_USER_IN_USE"),
             Error::InvalidUsername(_) => (S::BAD_REQUEST, "M_INVALID_USERNAME"),
             Error::RoomInUse => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
+            Error::BadAlias(_) => (S::BAD_REQUEST, "M_BAD_ALIAS"),
             Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
             Error::LimitExceeded { .. } => (S::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::TooLarge => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
             Error::UserDeactivated => (S::FORBIDDEN, "M_USER_DEACTIVATED"),
+            Error::GuestAccessForbidden => (S::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
             Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Error::Store(_) | Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
@@ -109,7 +115,15 @@ impl IntoResponse for Error {
         let (status, errcode) = self.status_and_code();
         let body = match &self {
             // The UIA body carries its own `errcode` (flattened `auth_error`) when a stage failed.
-            Error::Uia(info) => serde_json::to_value(info).unwrap_or_else(|_| json!({})),
+            Error::Uia(info) => {
+                let mut body = serde_json::to_value(info).unwrap_or_else(|_| json!({}));
+                // ruma leaves out an empty `completed`; clients (and SyTest) expect the key.
+                if let Some(object) = body.as_object_mut() {
+                    object.entry("completed").or_insert_with(|| json!([]));
+                    object.entry("params").or_insert_with(|| json!({}));
+                }
+                body
+            }
             Error::Store(e) => {
                 tracing::error!(error = %e, "storage failure");
                 json!({ "errcode": errcode, "error": "internal storage error" })

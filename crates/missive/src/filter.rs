@@ -55,6 +55,15 @@ pub fn event_allowed(filter: &Filter, event: &Value) -> bool {
     filter.senders.as_ref().is_none_or(|senders| senders.iter().any(|s| s == sender))
 }
 
+/// Whether a room event filter selects by type, sender or URL (beyond a mere limit).
+pub fn is_selective(filter: &RoomEventFilter) -> bool {
+    filter.types.is_some()
+        || !filter.not_types.is_empty()
+        || filter.senders.is_some()
+        || !filter.not_senders.is_empty()
+        || filter.url_filter.is_some()
+}
+
 /// Whether a room passes the room lists of a filter.
 pub fn room_allowed(filter: &FilterDefinition, room_id: &str) -> bool {
     let room = &filter.room;

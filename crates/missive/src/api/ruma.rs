@@ -21,7 +21,10 @@ use ruma::api::{
 };
 
 use super::AppState;
-use crate::{accounts::Identity, error::Error};
+use crate::{
+    accounts::{Identity, UiaRequest},
+    error::Error,
+};
 
 /// How an endpoint authenticates, as ruma declares it.
 pub trait AuthRequirement {
@@ -54,12 +57,25 @@ pub struct Ruma<T> {
     /// The raw JSON body, for endpoints whose ruma type drops fields we need.
     pub json: Bytes,
     pub client_ip: Option<String>,
+    method: http::Method,
+    path: String,
 }
 
 impl<T> Ruma<T> {
     /// The identity of an endpoint that requires authentication.
     pub fn identity(&self) -> &Identity {
         self.identity.as_ref().expect("extractor checked authentication for this endpoint")
+    }
+
+    /// The operation this request asks user-interactive authentication for: its method,
+    /// path and body without `auth`, which must not change during the UIA session.
+    pub fn uia_request(&self) -> UiaRequest {
+        let mut params = match serde_json::from_slice::<serde_json::Value>(&self.json) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        params.remove("auth");
+        UiaRequest { method: self.method.to_string(), path: self.path.clone(), params }
     }
 }
 
@@ -118,6 +134,12 @@ where
             (Some(_), Some(token)) => Some(state.accounts.authenticate(&token).await?),
             (Some(false), None) => None,
         };
+        if identity.as_ref().is_some_and(|id| id.is_guest)
+            && let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>()
+            && !guest_allowed(&parts.method, matched.as_str())
+        {
+            return Err(Error::GuestAccessForbidden);
+        }
         // Clients post an empty body where every body field is optional (`/join/{room}`,
         // `/leave`, `/logout`): the spec reads it as `{}`. Endpoints whose body is not JSON
         // (media uploads) do not go through this extractor.
@@ -125,20 +147,107 @@ where
             if bytes.is_empty() && parts.method != http::Method::GET { Bytes::from_static(b"{}") } else { bytes };
         if !bytes.is_empty() && parts.method != http::Method::GET {
             // Distinguish "not JSON at all" from "JSON of the wrong shape", as the spec does.
-            if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+            if std::str::from_utf8(&bytes).is_err() || serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
+            {
                 return Err(Error::NotJson("request body is not valid JSON".into()));
             }
         }
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_owned();
         let http_req = http::Request::from_parts(parts, bytes.clone());
         let body = T::try_from_http_request(http_req, &path_args).map_err(|e| {
             let msg = e.to_string();
             if msg.contains("query") { Error::InvalidParam(msg) } else { Error::BadJson(msg) }
         })?;
-        Ok(Ruma { body, identity, json: bytes, client_ip })
+        Ok(Ruma { body, identity, json: bytes, client_ip, method, path })
     }
 }
 
 use axum::extract::FromRequestParts;
+
+/// The endpoints a guest account may call (the spec's guest access module, plus the
+/// encryption endpoints guests need to read encrypted rooms), as `(method, path after the
+/// version)` with `*` for any one segment.
+const GUEST_ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "rooms/*/state"),
+    ("GET", "rooms/*/state/*"),
+    ("GET", "rooms/*/state/*/"),
+    ("GET", "rooms/*/state/*/*"),
+    ("GET", "rooms/*/context/*"),
+    ("GET", "rooms/*/event/*"),
+    ("GET", "rooms/*/messages"),
+    ("GET", "rooms/*/members"),
+    ("GET", "rooms/*/joined_members"),
+    ("GET", "rooms/*/initialSync"),
+    ("GET", "rooms/*/relations/*"),
+    ("GET", "rooms/*/relations/*/*"),
+    ("GET", "rooms/*/relations/*/*/*"),
+    ("GET", "sync"),
+    ("GET", "events"),
+    ("PUT", "rooms/*/send/*/*"),
+    ("PUT", "rooms/*/state/*"),
+    ("PUT", "rooms/*/state/*/"),
+    ("PUT", "rooms/*/state/*/*"),
+    ("POST", "rooms/*/join"),
+    ("POST", "join/*"),
+    ("POST", "rooms/*/leave"),
+    ("PUT", "rooms/*/typing/*"),
+    ("POST", "rooms/*/receipt/*/*"),
+    ("POST", "rooms/*/read_markers"),
+    ("GET", "profile/*"),
+    ("GET", "profile/*/*"),
+    ("PUT", "profile/*/*"),
+    ("GET", "devices"),
+    ("GET", "devices/*"),
+    ("PUT", "devices/*"),
+    ("PUT", "sendToDevice/*/*"),
+    ("GET", "account/whoami"),
+    ("GET", "capabilities"),
+    ("POST", "register"),
+    ("GET", "register/available"),
+    ("POST", "logout"),
+    ("GET", "user/*/account_data/*"),
+    ("PUT", "user/*/account_data/*"),
+    ("GET", "user/*/rooms/*/account_data/*"),
+    ("PUT", "user/*/rooms/*/account_data/*"),
+    ("GET", "user/*/filter/*"),
+    ("POST", "user/*/filter"),
+    ("GET", "pushrules/"),
+    ("GET", "presence/*/status"),
+    ("PUT", "presence/*/status"),
+    ("POST", "keys/upload"),
+    ("POST", "keys/query"),
+    ("POST", "keys/claim"),
+    ("GET", "keys/changes"),
+    ("GET", "publicRooms"),
+    ("GET", "directory/room/*"),
+];
+
+/// Whether a guest may call the endpoint matched by `template` (an axum route path).
+fn guest_allowed(method: &http::Method, template: &str) -> bool {
+    let Some(rest) = template.strip_prefix("/_matrix/client/") else { return true };
+    let path = rest.split_once('/').map_or("", |(_, path)| path);
+    let segments: Vec<&str> = path.split('/').collect();
+    GUEST_ENDPOINTS.iter().any(|(m, pattern)| {
+        let pattern: Vec<&str> = pattern.split('/').collect();
+        *m == method.as_str()
+            && pattern.len() == segments.len()
+            && pattern.iter().zip(&segments).all(|(p, s)| *p == "*" || p == s)
+    })
+}
+
+/// The authenticated user of a request served by a plain axum handler (endpoints that ruma
+/// does not describe): the same token rules as [`Ruma`].
+pub struct Authenticated(pub Identity);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = access_token(parts).ok_or(Error::MissingToken)?;
+        Ok(Authenticated(state.accounts.authenticate(&token).await?))
+    }
+}
 
 /// A ruma response, serialised for axum.
 pub struct RumaResponse<T>(pub T);

@@ -42,14 +42,29 @@ impl Rooms {
         Ok(self.store.membership(room_id.as_str(), user_id.as_str()).await?.map(|m| m.membership))
     }
 
-    /// Joins a local room (idempotent for members already joined).
-    pub async fn join(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<OwnedRoomId> {
+    /// Joins a local room (idempotent for members already joined). `extra` are the
+    /// request's own fields, kept in the membership content as Synapse keeps them; the
+    /// fields the server sets or the auth rules read cannot be supplied this way.
+    pub async fn join(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        reason: Option<&str>,
+        extra: Map<String, Value>,
+    ) -> Result<OwnedRoomId> {
         self.require_room(room_id).await?;
         if self.current_membership(room_id, user_id).await?.as_deref() == Some("join") {
             return Ok(room_id.to_owned());
         }
         let profile = self.store.profile(user_id.as_str()).await?.unwrap_or_default();
-        let content = member_content("join", &profile, reason, false);
+        let mut content = extra;
+        for reserved in ["membership", "join_authorised_via_users_server", "third_party_invite", "is_direct"] {
+            content.remove(reserved);
+        }
+        if let Value::Object(own) = member_content("join", &profile, reason, false) {
+            content.extend(own);
+        }
+        let content = Value::Object(content);
         self.write(room_id, async |rooms, batch| {
             rooms.append(batch, user_id, Draft::state("m.room.member", user_id.as_str(), content), None).await
         })
@@ -122,6 +137,31 @@ impl Rooms {
             rooms.append(batch, user_id, Draft::state("m.room.member", user_id.as_str(), content), None).await
         })
         .await?;
+        Ok(())
+    }
+
+    /// Fails unless guests may join the room (`m.room.guest_access` is `can_join`).
+    pub async fn require_guest_access(&self, room_id: &RoomId) -> Result<()> {
+        let guest_access = self
+            .store
+            .current_state_event(room_id.as_str(), "m.room.guest_access", "")
+            .await?
+            .and_then(|row| super::pdu::Pdu::from_row(&row).ok())
+            .and_then(|p| p.content_str("guest_access"));
+        if guest_access.as_deref() != Some("can_join") {
+            return Err(Error::forbidden("guests may not join this room"));
+        }
+        Ok(())
+    }
+
+    /// Once a room no longer admits guests, the guests in it leave.
+    pub(super) async fn remove_guests(&self, room_id: &RoomId) -> Result<()> {
+        for guest in self.store.joined_guests(room_id.as_str()).await? {
+            let Ok(guest) = UserId::parse(&guest) else { continue };
+            if let Err(e) = self.leave(&guest, room_id, None).await {
+                tracing::warn!(%room_id, user_id = %guest, error = %e, "guest not removed after guest access was revoked");
+            }
+        }
         Ok(())
     }
 

@@ -9,12 +9,14 @@
 //! on it and makes the next one reload the head from the store. Either way, a failed
 //! request changes nothing and nothing is acknowledged before it is committed.
 
+mod aliases;
 pub mod create;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
 pub mod timeline;
 mod txns;
+mod upgrade;
 pub mod version;
 
 use std::{

@@ -51,14 +51,35 @@ impl Rooms {
         txn_id: Option<&str>,
     ) -> Result<OwnedEventId> {
         self.check_state_policy(room_id, &draft).await?;
+        // Setting the state the sender already set is a no-op that answers the event in
+        // place, as Synapse does: clients re-send state freely (room settings dialogs).
+        if let Some(state_key) = &draft.state_key
+            && let Some(current) = self.store.current_state_event(room_id.as_str(), &draft.kind, state_key).await?
+            && let Ok(pdu) = pdu::Pdu::from_row(&current)
+            && pdu.sender == sender
+            && pdu.content_value() == draft.content
+        {
+            return Ok(pdu.event_id);
+        }
         let txn = txn_id.map(|t| (device_id.to_owned(), t.to_owned()));
+        let revokes_guests = draft.kind == "m.room.guest_access"
+            && draft.state_key.as_deref() == Some("")
+            && draft.content.get("guest_access").and_then(Value::as_str) != Some("can_join");
         // Transaction IDs are checked under the room lock, so two concurrent retries store one
         // event.
-        self.send_grouped(room_id, sender, draft, txn).await
+        let event_id = self.send_grouped(room_id, sender, draft, txn).await?;
+        if revokes_guests {
+            self.remove_guests(room_id).await?;
+        }
+        Ok(event_id)
     }
 
-    /// Server policy on state changes beyond the auth rules: mandatory encryption.
+    /// Server policy on state changes beyond the auth rules: canonical aliases that point to
+    /// the room, mandatory encryption.
     async fn check_state_policy(&self, room_id: &RoomId, draft: &Draft) -> Result<()> {
+        if draft.state_key.as_deref() == Some("") && draft.kind == "m.room.canonical_alias" {
+            self.check_canonical_alias(room_id, &draft.content).await?;
+        }
         if !self.encryption_mandatory || draft.state_key.is_none() {
             return Ok(());
         }
@@ -93,12 +114,11 @@ impl Rooms {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::bad_json("redaction without redacts"))?
             .to_owned();
-        let target = self
-            .store
-            .event(&target_id)
-            .await?
-            .filter(|row| row.room_id == batch.head.room_id.as_str())
-            .ok_or_else(|| Error::not_found("event to redact not found"))?;
+        let target =
+            self.store.event(&target_id).await?.ok_or_else(|| Error::not_found("event to redact not found"))?;
+        if target.room_id != batch.head.room_id.as_str() {
+            return Err(Error::invalid_param("the event to redact is in another room"));
+        }
         let target_pdu = pdu::Pdu::from_row(&target)?;
         let power_levels = Self::power_levels(&batch.head);
         if target_pdu.sender != sender && !power_levels.user_can_redact_event_of_other(sender) {
@@ -295,6 +315,14 @@ impl Rooms {
         Ok(self.serve(viewer, &[row]).await?.remove(0))
     }
 
+    /// One event found by its ID alone (the deprecated `/events/{eventId}`), if the user may
+    /// see it.
+    pub async fn event_by_id(&self, viewer: Viewer<'_>, event_id: &EventId) -> Result<Value> {
+        let row = self.store.event(event_id.as_str()).await?.ok_or_else(|| Error::not_found("event not found"))?;
+        let room_id = RoomId::parse(&row.room_id).map_err(|e| Error::Internal(e.to_string()))?;
+        self.event_for(viewer, &room_id, event_id).await
+    }
+
     /// A page of the timeline: `(events, next token)`, from `from` in the given direction.
     pub async fn paginate(
         &self,
@@ -321,7 +349,7 @@ impl Rooms {
             let (lo, hi) = if backwards { (end.unwrap_or(0), cursor) } else { (cursor, end.unwrap_or(current)) };
             let rows = self.store.room_events(room_id.as_str(), lo, hi, backwards, (limit * 2) as i64).await?;
             let exhausted = rows.len() < limit * 2;
-            let Some(last) = rows.last() else { break None };
+            let Some(last) = rows.last() else { break (!collected.is_empty()).then(|| make_token(cursor)) };
             cursor = if backwards { last.stream_pos - 1 } else { last.stream_pos };
             let rows = self.filter_visible(viewer.user_id, rows).await?;
             let served = self.serve(viewer, &rows).await?;
@@ -338,7 +366,9 @@ impl Rooms {
                 break Some(make_token(cursor));
             }
             if exhausted {
-                break None;
+                // As Synapse does, a page that found events names where it stopped, and only
+                // an empty page says the timeline is exhausted (clients rely on `end`).
+                break (!collected.is_empty()).then(|| make_token(cursor));
             }
         };
         Ok((collected, make_token(start), next))

@@ -522,6 +522,27 @@ impl Store {
         Ok(rows.into_iter().map(membership_row).collect())
     }
 
+    /// Points every alias of a room to another room (room upgrades).
+    pub async fn move_aliases(&self, from: &str, to: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE room_aliases SET room_id = $2 WHERE room_id = $1")
+            .bind(from)
+            .bind(to)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// The guest accounts joined to a room.
+    pub async fn joined_guests(&self, room_id: &str) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT m.user_id FROM memberships m JOIN users u ON u.user_id = m.user_id \
+             WHERE m.room_id = $1 AND m.membership = 'join' AND u.is_guest = 1",
+        )
+        .bind(room_id)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
     /// One user's membership in a room.
     pub async fn membership(&self, room_id: &str, user_id: &str) -> StoreResult<Option<MembershipRow>> {
         let row = sqlx::query(

@@ -1,5 +1,7 @@
 //! Per-user data: account data (push rules included), receipts, notification counts, filters.
 
+use sqlx::Row;
+
 use super::{Store, StoreResult, notifications, now_ms};
 
 /// An account data entry; `room_id` is empty for global data.
@@ -56,6 +58,16 @@ impl Store {
         .bind(data_type)
         .fetch_optional(&self.read)
         .await?)
+    }
+
+    /// Every account data entry of a user for one room, as `(type, content)`.
+    pub async fn room_account_data(&self, user_id: &str, room_id: &str) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT data_type, content FROM account_data WHERE user_id = $1 AND room_id = $2")
+            .bind(user_id)
+            .bind(room_id)
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Stores a receipt; a read receipt also clears the notifications it covers.

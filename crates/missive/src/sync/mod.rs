@@ -3,6 +3,7 @@
 //! A token is `s<stream position>_<typing serial>_<presence serial>`. Everything persistent is read up to the
 //! stream's committed position; long-polls wait on the stream's change signal, never poll.
 
+pub mod legacy;
 pub mod presence;
 pub mod stream;
 pub mod typing;
@@ -33,6 +34,9 @@ use crate::{
 
 /// Most new events an incremental sync reads in its first round.
 const NEW_EVENTS_CAP: i64 = 500;
+
+/// How far back a timeline with a type or sender filter is read to find its events.
+const SELECTIVE_TIMELINE_READ: i64 = 200;
 
 /// Default number of timeline events per room.
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
@@ -654,7 +658,11 @@ impl Sync {
         read: Option<(Vec<EventRow>, i64)>,
     ) -> Result<HashMap<String, Timeline>> {
         let timeline_filter = &req.filter.room.timeline;
-        let limit = timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).clamp(1, 500);
+        let limit = timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).min(500);
+        // A filter on types or senders applies before the limit: read further back, and
+        // keep only the matching events.
+        let selective = filter::is_selective(timeline_filter);
+        let read_limit = if selective { (limit as i64 + 1).max(SELECTIVE_TIMELINE_READ) } else { limit as i64 + 1 };
         let mut by_room: HashMap<String, Vec<EventRow>> = HashMap::new();
         // Ranges starting at `since` are covered by the events already read from there;
         // the others (rooms sent in full) are read now.
@@ -665,7 +673,7 @@ impl Sync {
             by_room.entry(row.room_id.clone()).or_default().push(row);
         }
         if !to_read.is_empty() {
-            for row in self.store.recent_events_of_rooms(&to_read, limit as i64 + 1).await? {
+            for row in self.store.recent_events_of_rooms(&to_read, read_limit).await? {
                 by_room.entry(row.room_id.clone()).or_default().push(row);
             }
         }
@@ -674,6 +682,9 @@ impl Sync {
         for (room, _, to) in ranges {
             let mut rows = by_room.remove(room).unwrap_or_default();
             rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.stream_pos));
+            if selective {
+                rows.retain(|r| filter::event_matches(timeline_filter, &pdu::client_event(r, None, 0)));
+            }
             let limited = rows.len() > limit;
             rows.truncate(limit);
             rows.reverse();

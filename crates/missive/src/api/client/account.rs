@@ -77,21 +77,11 @@ fn session_json(state: &AppState, s: &IssuedSession) -> Value {
 async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Result<Response> {
     let ip = req.client_ip.clone().unwrap_or_default();
     state.limits.check(Action::Registration, &ip)?;
-    let body = req.body;
-    let guest = body.kind == register::RegistrationKind::Guest;
-    let (user_id, session) = state
-        .accounts
-        .register(
-            body.username.as_deref(),
-            body.password.as_deref(),
-            body.auth.as_ref(),
-            guest,
-            body.device_id.as_ref().map(|d| d.as_str()),
-            body.initial_device_display_name.as_deref(),
-            body.inhibit_login,
-            body.refresh_token,
-        )
-        .await?;
+    let guest = req.body.kind == register::RegistrationKind::Guest;
+    let request = req.uia_request();
+    let params =
+        serde_json::from_value(Value::Object(request.params.clone())).map_err(|e| Error::bad_json(e.to_string()))?;
+    let (user_id, session) = state.accounts.register(params, req.body.auth.as_ref(), guest, &request).await?;
     Ok(json(match session {
         Some(s) => session_json(&state, &s),
         None => json!({ "user_id": user_id, "home_server": state.config.server_name }),
@@ -207,7 +197,7 @@ async fn delete_device(state: AppState, req: Ruma<delete_device::v3::Request>) -
     if state.store.device(id.user_id.as_str(), req.body.device_id.as_str()).await?.is_none() {
         return Err(Error::not_found("device not found"));
     }
-    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref()).await?;
+    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref(), &req.uia_request()).await?;
     state.accounts.delete_devices(&id.user_id, &[req.body.device_id.to_string()]).await?;
     Ok(json(json!({})))
 }
@@ -215,7 +205,7 @@ async fn delete_device(state: AppState, req: Ruma<delete_device::v3::Request>) -
 /// # POST /_matrix/client/v3/delete_devices
 async fn delete_devices(state: AppState, req: Ruma<delete_devices::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref()).await?;
+    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref(), &req.uia_request()).await?;
     let devices: Vec<String> = req.body.devices.iter().map(ToString::to_string).collect();
     state.accounts.delete_devices(&id.user_id, &devices).await?;
     Ok(json(json!({})))
@@ -224,7 +214,7 @@ async fn delete_devices(state: AppState, req: Ruma<delete_devices::v3::Request>)
 /// # POST /_matrix/client/v3/account/password
 async fn change_password(state: AppState, req: Ruma<change_password::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref()).await?;
+    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref(), &req.uia_request()).await?;
     state.accounts.change_password(id, &req.body.new_password, req.body.logout_devices).await?;
     Ok(json(json!({})))
 }
@@ -232,7 +222,7 @@ async fn change_password(state: AppState, req: Ruma<change_password::v3::Request
 /// # POST /_matrix/client/v3/account/deactivate
 async fn deactivate(state: AppState, req: Ruma<deactivate::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref()).await?;
+    state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref(), &req.uia_request()).await?;
     state.accounts.deactivate(&id.user_id).await?;
     // Deactivated first, so the account can no longer join anything while it leaves.
     state.rooms.leave_all(&id.user_id).await?;

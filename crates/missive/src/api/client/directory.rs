@@ -57,20 +57,7 @@ async fn get_alias(state: AppState, req: Ruma<get_alias::v3::Request>) -> Result
 /// # DELETE /_matrix/client/v3/directory/room/{roomAlias}
 async fn delete_alias(state: AppState, req: Ruma<delete_alias::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    let (room_id, creator) = state
-        .store
-        .alias(req.body.room_alias.as_str())
-        .await?
-        .ok_or_else(|| Error::not_found("room alias not found"))?;
-    if creator != id.user_id.as_str() && !id.is_admin {
-        let room_id = ruma::RoomId::parse(&room_id).map_err(|e| Error::Internal(e.to_string()))?;
-        let head = state.rooms.head(&room_id).await?;
-        let levels = Rooms::power_levels(&head);
-        if !levels.user_can_send_state(&id.user_id, ruma::events::StateEventType::RoomCanonicalAlias) {
-            return Err(Error::forbidden("you may not remove this alias"));
-        }
-    }
-    state.store.delete_alias(req.body.room_alias.as_str()).await?;
+    state.rooms.delete_alias(&id.user_id, id.is_admin, &req.body.room_alias).await?;
     Ok(json(json!({})))
 }
 
@@ -107,6 +94,16 @@ async fn directory(state: &AppState, since: Option<&str>, limit: Option<u64>, te
                 && let Some(v) = content["content"].get(field)
             {
                 entry[key] = v.clone();
+            }
+        }
+        for (kind, field, value, key) in [
+            ("m.room.history_visibility", "history_visibility", "world_readable", "world_readable"),
+            ("m.room.guest_access", "guest_access", "can_join", "guest_can_join"),
+        ] {
+            if let Some(row) = state.store.current_state_event(room_id, kind, "").await?
+                && let Ok(content) = serde_json::from_str::<Value>(&row.json)
+            {
+                entry[key] = json!(content["content"].get(field).and_then(Value::as_str) == Some(value));
             }
         }
         if let Some(term) = term.map(str::to_lowercase).filter(|t| !t.is_empty()) {

@@ -106,7 +106,7 @@ async fn upload_signing(state: AppState, req: Ruma<upload_signing_keys::v3::Requ
         unchanged &= same;
     }
     if state.e2ee.has_master_key(&id.user_id).await? && !unchanged {
-        state.accounts.confirm_identity(&id.user_id, b.auth.as_ref()).await?;
+        state.accounts.confirm_identity(&id.user_id, b.auth.as_ref(), &req.uia_request()).await?;
     }
     state.e2ee.upload_cross_signing_keys(&id.user_id, keys).await?;
     Ok(json(json!({})))

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod directory;
 pub mod discovery;
 pub mod keys;
+pub mod legacy;
 pub mod presence;
 pub mod profile;
 pub mod reporting;
@@ -28,5 +29,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = backup::routes(router);
     let router = reporting::routes(router);
     let router = presence::routes(router);
+    let router = legacy::routes(router);
     sync::routes(router)
 }

@@ -41,8 +41,12 @@ async fn get_profile(state: AppState, req: Ruma<get_profile::v3::Request>) -> Re
 async fn get_field(state: AppState, req: Ruma<get_profile_field::v3::Request>) -> Result<Response> {
     let field = req.body.field.as_str().to_owned();
     let profile = profile_of(&state, req.body.user_id.as_str()).await?;
-    let value = profile.get(&field).cloned().ok_or_else(|| Error::not_found(format!("no {field} set")))?;
-    Ok(json(json!({ field: value })))
+    // A known user without the field answers `{}`, as Synapse does: clients read a profile
+    // field before setting it and treat an error as a failure.
+    Ok(json(match profile.get(&field) {
+        Some(value) => json!({ field: value }),
+        None => json!({}),
+    }))
 }
 
 /// # PUT /_matrix/client/v3/profile/{userId}/{keyName}

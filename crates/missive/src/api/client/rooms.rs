@@ -18,7 +18,7 @@ use ruma::{
                 get_relating_events, get_relating_events_with_rel_type,
                 get_relating_events_with_rel_type_and_event_type,
             },
-            room::{create_room, get_room_event},
+            room::{create_room, get_room_event, upgrade_room},
             state::{get_state_event_for_key, get_state_events, send_state_event},
             threads::get_threads,
         },
@@ -62,6 +62,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, event);
     let router = route(router, messages);
     let router = route(router, context);
+    let router = route(router, upgrade);
     let router = route(router, relations);
     let router = route(router, relations_by_type);
     let router = route(router, relations_by_type_and_event);
@@ -84,6 +85,14 @@ async fn default_threads_include(mut req: axum::extract::Request) -> axum::extra
         }
     }
     req
+}
+
+/// The JSON object a request carried (empty when it had none).
+fn body_fields<T>(req: &Ruma<T>) -> Map<String, Value> {
+    match serde_json::from_slice(&req.json) {
+        Ok(Value::Object(fields)) => fields,
+        _ => Map::new(),
+    }
 }
 
 /// The authenticated requester as a timeline viewer.
@@ -116,7 +125,11 @@ async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Result<
 async fn join_by_id(state: AppState, req: Ruma<join_room_by_id::v3::Request>) -> Result<Response> {
     let id = req.identity();
     state.limits.check(Action::RoomJoin, id.user_id.as_str())?;
-    let room_id = state.rooms.join(&id.user_id, &req.body.room_id, req.body.reason.as_deref()).await?;
+    if id.is_guest {
+        state.rooms.require_guest_access(&req.body.room_id).await?;
+    }
+    let room_id =
+        state.rooms.join(&id.user_id, &req.body.room_id, req.body.reason.as_deref(), body_fields(&req)).await?;
     Ok(json(json!({ "room_id": room_id })))
 }
 
@@ -125,7 +138,10 @@ async fn join(state: AppState, req: Ruma<join_room_by_id_or_alias::v3::Request>)
     let id = req.identity();
     state.limits.check(Action::RoomJoin, id.user_id.as_str())?;
     let room_id = state.rooms.resolve_room(&req.body.room_id_or_alias).await?;
-    let room_id = state.rooms.join(&id.user_id, &room_id, req.body.reason.as_deref()).await?;
+    if id.is_guest {
+        state.rooms.require_guest_access(&room_id).await?;
+    }
+    let room_id = state.rooms.join(&id.user_id, &room_id, req.body.reason.as_deref(), body_fields(&req)).await?;
     Ok(json(json!({ "room_id": room_id })))
 }
 
@@ -290,6 +306,13 @@ async fn send(state: AppState, req: Ruma<send_message_event::v3::Request>) -> Re
     let event_id =
         state.rooms.send(&id.user_id, id.device_id.as_str(), &b.room_id, draft, Some(b.txn_id.as_str())).await?;
     Ok(json(json!({ "event_id": event_id })))
+}
+
+/// # POST /_matrix/client/v3/rooms/{roomId}/upgrade
+async fn upgrade(state: AppState, req: Ruma<upgrade_room::v3::Request>) -> Result<Response> {
+    let id = req.identity();
+    let new_room = state.rooms.upgrade(&id.user_id, &req.body.room_id, req.body.new_version.as_str()).await?;
+    Ok(json(json!({ "replacement_room": new_room })))
 }
 
 /// # PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}

@@ -44,9 +44,31 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, get_tags);
     let router = route(router, put_tag);
     let router = route(router, remove_tag);
-    let router = route(router, typing);
     let router = route(router, receipt);
-    route(router, read_markers)
+    let router = route(router, read_markers);
+    // ruma 0.16 requires `timeout` with `typing: true`; the spec makes it optional, and
+    // clients (SyTest's fixtures among them) leave it out. Supply the usual 30 s.
+    let typing_routes = route(Router::new(), typing).layer(axum::middleware::map_request(default_typing_timeout));
+    router.merge(typing_routes)
+}
+
+/// Longest typing body read by the layer below; a typing request is a few bytes.
+const TYPING_BODY_LIMIT: usize = 4096;
+
+async fn default_typing_timeout(req: axum::extract::Request) -> axum::extract::Request {
+    let (mut parts, body) = req.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let bytes = axum::body::to_bytes(body, TYPING_BODY_LIMIT).await.unwrap_or_default();
+    let patched = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(mut body))
+            if body.get("typing") == Some(&Value::Bool(true)) && !body.contains_key("timeout") =>
+        {
+            body.insert("timeout".into(), json!(30_000));
+            serde_json::to_vec(&body).map(axum::body::Bytes::from).unwrap_or(bytes)
+        }
+        _ => bytes,
+    };
+    axum::extract::Request::from_parts(parts, axum::body::Body::from(patched))
 }
 
 fn own(req_user: &ruma::UserId, id: &crate::accounts::Identity) -> Result<()> {

@@ -1,0 +1,157 @@
+//! Room upgrades (`/upgrade`): a new room of another version takes over from the old one,
+//! which is closed with a tombstone pointing to its successor.
+
+use ruma::{OwnedRoomId, RoomId, UserId, events::StateEventType};
+use serde_json::{Value, json};
+
+use super::{Draft, Rooms, membership::member_content, version};
+use crate::error::{Error, Result};
+
+/// The state an upgrade carries over to the new room (power levels are handled apart).
+const COPIED_STATE: &[&str] = &[
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.server_acl",
+];
+
+impl Rooms {
+    /// The content of a current state event of a room, if it has one.
+    pub(super) async fn current_state_content(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<Value>> {
+        let row = self.store.current_state_event(room_id.as_str(), kind, state_key).await?;
+        Ok(row.and_then(|row| super::pdu::Pdu::from_row(&row).ok()).map(|pdu| pdu.content_value()))
+    }
+
+    /// Upgrades a room to `new_version` for a member allowed to send its tombstone, and
+    /// returns the new room. The new room gets the old one's settings, power levels, bans
+    /// and local aliases; the old room gets a tombstone and is made read-only for members
+    /// without a raised power level.
+    pub async fn upgrade(&self, sender: &UserId, room_id: &RoomId, new_version: &str) -> Result<OwnedRoomId> {
+        let (_, rules) = version::rules_for(new_version)?;
+        let head = self.head(room_id).await?;
+        let joined = self.store.membership(room_id.as_str(), sender.as_str()).await?;
+        if joined.is_none_or(|m| m.membership != "join") {
+            return Err(Error::forbidden("you are not in this room"));
+        }
+        let levels = Self::power_levels(&head);
+        if !levels.user_can_send_state(sender, StateEventType::RoomTombstone) {
+            return Err(Error::forbidden("you may not upgrade this room"));
+        }
+
+        let mut create = serde_json::Map::new();
+        if let Some(old) = self.current_state_content(room_id, "m.room.create", "").await? {
+            // Creation content the client chose carries over; what names the room's
+            // origin and version is set anew.
+            for (key, value) in old.as_object().into_iter().flatten() {
+                if !matches!(key.as_str(), "creator" | "room_version" | "predecessor" | "additional_creators") {
+                    create.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        if !rules.authorization.use_room_create_sender {
+            create.insert("creator".into(), json!(sender));
+        }
+        create.insert("room_version".into(), json!(new_version));
+        let last_event = head.extremities.first().map(ToString::to_string);
+        create.insert("predecessor".into(), json!({ "room_id": room_id, "event_id": last_event }));
+
+        // The upgrader needs the power to send the copied state; whatever their level was,
+        // it is restored once the state is in.
+        let old_levels =
+            self.current_state_content(room_id, "m.room.power_levels", "").await?.unwrap_or_else(|| json!({}));
+        let mut initial_levels = old_levels.clone();
+        let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
+        if let Some(users) = initial_levels.get_mut("users").and_then(Value::as_object_mut) {
+            users.remove(sender.as_str());
+        } else {
+            initial_levels["users"] = json!({});
+        }
+        if !privileged_creators {
+            initial_levels["users"][sender.as_str()] = json!(100);
+        }
+        let profile = self.store.profile(sender.as_str()).await?.unwrap_or_default();
+        let mut drafts = vec![
+            Draft::state("m.room.member", sender.as_str(), member_content("join", &profile, None, false)),
+            Draft::state("m.room.power_levels", "", initial_levels.clone()),
+        ];
+        for kind in COPIED_STATE {
+            if let Some(content) = self.current_state_content(room_id, kind, "").await? {
+                drafts.push(Draft::state(*kind, "", content));
+            }
+        }
+        for banned in self.store.room_members(room_id.as_str(), Some("ban")).await? {
+            drafts.push(Draft::state("m.room.member", banned.user_id, json!({ "membership": "ban" })));
+        }
+        let mut restored = old_levels.clone();
+        if privileged_creators {
+            // In room version 12 the creator's power is implicit and may not be listed.
+            if let Some(users) = restored.get_mut("users").and_then(Value::as_object_mut) {
+                users.remove(sender.as_str());
+            }
+        } else if Self::creators(&head).iter().any(|c| c == sender) && restored["users"].get(sender.as_str()).is_none()
+        {
+            // A creator of a version 12 room held its power implicitly: it is written out.
+            restored["users"][sender.as_str()] = json!(100);
+        }
+        if restored != initial_levels {
+            drafts.push(Draft::state("m.room.power_levels", "", restored));
+        }
+        let published = self.store.is_published(room_id.as_str()).await?;
+        let new_room = self.create(new_version, sender, Value::Object(create), drafts, None, published).await?;
+
+        // Local aliases follow the room, and so does the canonical alias that names them.
+        self.store.move_aliases(room_id.as_str(), new_room.as_str()).await?;
+        if published {
+            self.store.set_published(room_id.as_str(), false).await?;
+        }
+        if let Some(alias) = self
+            .current_state_content(room_id, "m.room.canonical_alias", "")
+            .await?
+            .filter(|c| c.as_object().is_some_and(|c| !c.is_empty()))
+        {
+            let draft = Draft::state("m.room.canonical_alias", "", alias);
+            if let Err(e) =
+                self.write(&new_room, async |rooms, batch| rooms.append(batch, sender, draft, None).await).await
+            {
+                tracing::warn!(room_id = %new_room, error = %e, "canonical alias not carried over by the upgrade");
+            }
+        }
+
+        let tombstone = Draft::state(
+            "m.room.tombstone",
+            "",
+            json!({ "body": "This room has been replaced", "replacement_room": new_room }),
+        );
+        self.write(room_id, async |rooms, batch| rooms.append(batch, sender, tombstone, None).await).await?;
+        // The old room becomes read-only for ordinary members.
+        let users_default = old_levels.get("users_default").and_then(Value::as_i64).unwrap_or(0);
+        let restricted = (users_default + 1).max(50);
+        let mut closed = old_levels;
+        let mut changed = false;
+        for key in ["events_default", "invite"] {
+            if closed.get(key).and_then(Value::as_i64).unwrap_or(0) < restricted {
+                closed[key] = json!(restricted);
+                changed = true;
+            }
+        }
+        if changed {
+            let draft = Draft::state("m.room.power_levels", "", closed);
+            if let Err(e) =
+                self.write(room_id, async |rooms, batch| rooms.append(batch, sender, draft, None).await).await
+            {
+                tracing::warn!(%room_id, error = %e, "upgraded room not restricted");
+            }
+        }
+        tracing::info!(%room_id, %new_room, version = new_version, "room upgraded");
+        Ok(new_room)
+    }
+}

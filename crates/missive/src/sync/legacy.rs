@@ -1,0 +1,249 @@
+//! The deprecated sync endpoints that older clients, bots and SyTest's fixtures still use:
+//! `GET /events` (the event stream), `GET /initialSync`, `GET /rooms/{roomId}/initialSync`.
+//!
+//! They are answered from the same reads as `/sync`, reshaped: `/events` is an incremental
+//! sync flattened to one list of events, each naming its room; the initial syncs are the
+//! room's current state and its last messages.
+
+use std::time::Duration;
+
+use ruma::{RoomId, api::client::filter::FilterDefinition};
+use serde_json::{Map, Value, json};
+
+use super::{Sync, SyncRequest};
+use crate::{
+    accounts::Identity,
+    error::{Error, Result},
+    rooms::timeline::{PageRequest, Viewer, make_token, parse_token},
+};
+
+/// Most events one `/events` answer carries; the rest come with the next call.
+const EVENTS_CAP: u32 = 1000;
+
+impl Sync {
+    /// `GET /events`: what happened in the user's rooms after `from` (a sync token; now
+    /// when absent), waiting up to `timeout` for something to happen.
+    pub async fn event_stream(&self, identity: &Identity, from: Option<&str>, timeout: Duration) -> Result<Value> {
+        let from = match from {
+            Some(token) => token.to_owned(),
+            None => self.now_token(),
+        };
+        let mut filter = FilterDefinition::default();
+        filter.room.timeline.limit = Some(EVENTS_CAP.into());
+        let request = SyncRequest { since: Some(from.clone()), timeout, filter, ..Default::default() };
+        let response = self.sync(identity, request).await?;
+        let mut chunk = Vec::new();
+        for (kind, section) in
+            [("join", "timeline"), ("join", "ephemeral"), ("join", "account_data"), ("leave", "timeline")]
+        {
+            for (room_id, room) in response["rooms"][kind].as_object().into_iter().flatten() {
+                for event in room[section]["events"].as_array().into_iter().flatten() {
+                    chunk.push(with_room_id(event.clone(), room_id));
+                }
+            }
+        }
+        for (room_id, room) in response["rooms"]["invite"].as_object().into_iter().flatten() {
+            let own =
+                room["invite_state"]["events"].as_array().into_iter().flatten().find(|e| {
+                    e["type"] == "m.room.member" && e["state_key"].as_str() == Some(identity.user_id.as_str())
+                });
+            if let Some(event) = own {
+                chunk.push(with_room_id(event.clone(), room_id));
+            }
+        }
+        for section in ["account_data", "presence"] {
+            chunk.extend(response[section]["events"].as_array().into_iter().flatten().cloned());
+        }
+        Ok(json!({ "chunk": chunk, "start": from, "end": response["next_batch"] }))
+    }
+
+    /// `GET /events?room_id=`: one room's events after `from`, for its members or, when
+    /// the room is world-readable, anyone (peeking); waits up to `timeout` for one.
+    pub async fn room_event_stream(
+        &self,
+        identity: &Identity,
+        room_id: &RoomId,
+        from: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let from = match from {
+            Some(token) => parse_token(token)?,
+            None => self.streams.current(),
+        };
+        let from_token = format!("s{from}_0_0");
+        let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(300));
+        let mut changes = self.streams.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let now = self.streams.current();
+            let page = PageRequest {
+                from: Some(&make_token(from)),
+                to: Some(&make_token(now)),
+                backwards: false,
+                limit: EVENTS_CAP as usize,
+            };
+            let (chunk, _, _) = self.rooms.paginate(viewer(identity), room_id, page, |_| true).await?;
+            if !chunk.is_empty() || tokio::time::Instant::now() >= deadline {
+                let chunk: Vec<Value> = chunk.into_iter().map(legacy_event).collect();
+                return Ok(json!({ "chunk": chunk, "start": from_token, "end": format!("s{now}_0_0") }));
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                return Ok(json!({ "chunk": [], "start": from_token, "end": format!("s{now}_0_0") }));
+            }
+        }
+    }
+
+    /// `GET /initialSync`: every room of the user (left ones too with `archived`), each with
+    /// its state and last `limit` messages, and the user's account data and presence.
+    pub async fn initial_sync(&self, identity: &Identity, limit: usize, archived: bool) -> Result<Value> {
+        // Account data and presence only: the rooms are read below, room by room.
+        let mut filter = FilterDefinition::default();
+        filter.room.rooms = Some(Vec::new());
+        let request = SyncRequest { filter, ..Default::default() };
+        let global = self.sync(identity, request).await?;
+        let memberships = self.store.memberships_of_user(identity.user_id.as_str(), None).await?;
+        let mut rooms = Vec::new();
+        for m in memberships {
+            let keep = match m.membership.as_str() {
+                "join" | "invite" => true,
+                "leave" | "ban" => archived,
+                _ => false,
+            };
+            if !keep {
+                continue;
+            }
+            let Ok(room_id) = RoomId::parse(&m.room_id) else { continue };
+            let room = if m.membership == "invite" {
+                let invite = self.store.event(&m.event_id).await?;
+                let served = self.rooms.serve(viewer(identity), &invite.into_iter().collect::<Vec<_>>()).await?;
+                json!({ "room_id": room_id, "membership": "invite", "invite": served.into_iter().next() })
+            } else {
+                self.room_initial_sync(identity, &room_id, limit).await?
+            };
+            rooms.push(room);
+        }
+        Ok(json!({
+            "end": global["next_batch"],
+            "rooms": rooms,
+            "account_data": global["account_data"]["events"],
+            "presence": global["presence"]["events"],
+        }))
+    }
+
+    /// `GET /rooms/{roomId}/initialSync`: one room's state, last `limit` messages, receipts
+    /// and the user's account data for it; for members, former members (as of when they
+    /// left) and anyone when the room is world-readable.
+    pub async fn room_initial_sync(&self, identity: &Identity, room_id: &RoomId, limit: usize) -> Result<Value> {
+        let viewer = viewer(identity);
+        let state = self.rooms.state_events(viewer, room_id).await?;
+        let membership = self
+            .store
+            .membership(room_id.as_str(), identity.user_id.as_str())
+            .await?
+            .map(|m| m.membership)
+            .unwrap_or_else(|| "leave".to_owned());
+        // Former members page back from where they left.
+        let from = match membership.as_str() {
+            "join" => None,
+            _ => match self.store.membership(room_id.as_str(), identity.user_id.as_str()).await? {
+                Some(m) => Some(make_token(m.stream_pos)),
+                None => None,
+            },
+        };
+        let page = PageRequest { from: from.as_deref(), to: None, backwards: true, limit: limit.max(1) };
+        let (mut messages, end, start) = self.rooms.paginate(viewer, room_id, page, |_| true).await?;
+        if limit == 0 {
+            messages.clear();
+        }
+        messages.reverse();
+        let messages: Vec<Value> = messages.into_iter().map(legacy_event).collect();
+        let state: Vec<Value> = state.into_iter().map(legacy_event).collect();
+        let start = start.unwrap_or_else(|| make_token(0));
+        let account_data: Vec<Value> = self
+            .store
+            .room_account_data(identity.user_id.as_str(), room_id.as_str())
+            .await?
+            .into_iter()
+            .map(|(kind, content)| {
+                json!({ "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or_default() })
+            })
+            .collect();
+        let receipts = self.receipts_event(room_id, identity).await?;
+        let visibility = if self.store.is_published(room_id.as_str()).await? { "public" } else { "private" };
+        let presence = if self.presence.enabled() {
+            let members: Vec<&str> = state
+                .iter()
+                .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+                .filter_map(|e| e["state_key"].as_str())
+                .collect();
+            self.presence.events_since(members, None)
+        } else {
+            Vec::new()
+        };
+        let end_token = parse_token(&end).map(|pos| format!("s{pos}_0_0")).unwrap_or(end);
+        Ok(json!({
+            "room_id": room_id,
+            "membership": membership,
+            "messages": { "chunk": messages, "start": start, "end": end_token },
+            "state": state,
+            "account_data": account_data,
+            "receipts": receipts,
+            "presence": presence,
+            "visibility": visibility,
+        }))
+    }
+
+    /// The room's receipts as one `m.receipt` event, as the initial syncs serve them.
+    async fn receipts_event(&self, room_id: &RoomId, identity: &Identity) -> Result<Vec<Value>> {
+        let rooms = [room_id.to_string()];
+        let mut receipts = self.store.receipts_for_rooms(&rooms, None, identity.user_id.as_str()).await?;
+        let rows = receipts.remove(room_id.as_str()).unwrap_or_default();
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut content: Map<String, Value> = Map::new();
+        for r in rows {
+            let by_type = content.entry(r.event_id.clone()).or_insert_with(|| json!({}));
+            let mut receipt = json!({ "ts": r.ts });
+            if !r.thread_id.is_empty() {
+                receipt["thread_id"] = json!(r.thread_id);
+            }
+            by_type[&r.receipt_type][&r.user_id] = receipt;
+        }
+        Ok(vec![json!({ "type": "m.receipt", "room_id": room_id, "content": content })])
+    }
+
+    /// A sync token for the present moment.
+    fn now_token(&self) -> String {
+        format!("s{}_{}_{}", self.streams.current(), self.typing.serial(), self.presence.serial())
+    }
+}
+
+fn viewer(identity: &Identity) -> Viewer<'_> {
+    Viewer { user_id: &identity.user_id, device_id: identity.device_id.as_str() }
+}
+
+fn with_room_id(mut event: Value, room_id: &str) -> Value {
+    if let Some(object) = event.as_object_mut() {
+        object.insert("room_id".into(), json!(room_id));
+    }
+    legacy_event(event)
+}
+
+/// The legacy event format these endpoints served: `user_id` beside `sender`.
+fn legacy_event(mut event: Value) -> Value {
+    if let Some(object) = event.as_object_mut()
+        && let Some(sender) = object.get("sender").cloned()
+    {
+        object.insert("user_id".into(), sender);
+    }
+    event
+}
+
+/// Parses the `limit` of the initial syncs (default 10 as Synapse; at most 100).
+pub fn initial_sync_limit(limit: Option<&str>) -> Result<usize> {
+    match limit {
+        None => Ok(10),
+        Some(l) => l.parse::<usize>().map(|l| l.min(100)).map_err(|_| Error::invalid_param("limit must be a number")),
+    }
+}
