@@ -517,3 +517,213 @@ async fn canonical_aliases_must_point_to_the_room_and_guests_are_confined() {
     let (_, membership) = server.call("GET", &member, token, None).await;
     assert_eq!(membership["membership"], "leave", "guests leave when guest access is revoked");
 }
+
+#[tokio::test]
+async fn ignored_users_messages_and_invites_are_hidden() {
+    let server = TestServer::start().await;
+    let ivy = server.register("ivy").await;
+    let troll = server.register("troll").await;
+    let friend = server.register("friend").await;
+    let room_id = create_room(&server, &ivy.access_token, json!({ "preset": "public_chat" })).await;
+    for user in [&troll, &friend] {
+        server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&user.access_token), None).await;
+    }
+    let ignore = format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", ivy.user_id);
+    let (status, _) = server
+        .call("PUT", &ignore, Some(&ivy.access_token), Some(json!({ "ignored_users": { troll.user_id.clone(): {} } })))
+        .await;
+    assert_eq!(status, 200);
+    for (user, body) in [(&troll, "noise"), (&friend, "signal")] {
+        server
+            .call(
+                "PUT",
+                &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{body}"),
+                Some(&user.access_token),
+                Some(json!({ "msgtype": "m.text", "body": body })),
+            )
+            .await;
+    }
+    let (_, messages) = server
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b"), Some(&ivy.access_token), None)
+        .await;
+    let bodies: Vec<&str> =
+        messages["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["signal"], "{messages}");
+    let (_, sync) = server.call("GET", "/_matrix/client/v3/sync", Some(&ivy.access_token), None).await;
+    let timeline = &sync["rooms"]["join"][&room_id]["timeline"]["events"];
+    assert!(!timeline.as_array().unwrap().iter().any(|e| e["content"]["body"] == "noise"), "{timeline}");
+    // The troll's membership (state) is still there: the room's state stays whole.
+    let (_, members) = server
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/joined_members"), Some(&ivy.access_token), None)
+        .await;
+    assert!(members["joined"].get(&troll.user_id).is_some());
+
+    // Invites from an ignored user do not reach the invitee.
+    let trap = create_room(&server, &troll.access_token, json!({})).await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{trap}/invite"),
+            Some(&troll.access_token),
+            Some(json!({ "user_id": ivy.user_id })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, sync) = server.call("GET", "/_matrix/client/v3/sync", Some(&ivy.access_token), None).await;
+    assert!(sync["rooms"]["invite"].get(&trap).is_none(), "{sync}");
+}
+
+#[tokio::test]
+async fn lazy_loaded_members_follow_incremental_timelines_without_repeating() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room_id = create_room(&server, &alice.access_token, json!({ "preset": "public_chat" })).await;
+    for user in [&bob, &carol] {
+        server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&user.access_token), None).await;
+    }
+    let filter = r#"{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":10}}}"#;
+    let sync = |since: Option<String>| {
+        let mut path = format!("/_matrix/client/v3/sync?filter={filter}");
+        if let Some(since) = since {
+            path.push_str(&format!("&since={since}"));
+        }
+        let token = alice.access_token.clone();
+        let server = &server;
+        async move { server.call("GET", &path, Some(&token), None).await.1 }
+    };
+    let send = |user: &common::TestUser, txn: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}");
+        let token = user.access_token.clone();
+        let server = &server;
+        async move { server.call("PUT", &path, Some(&token), Some(json!({ "msgtype": "m.text", "body": "x" }))).await }
+    };
+    // Alice's own messages fill the first timeline: bob's and carol's joins fall outside it.
+    for i in 0..12 {
+        send(&alice, &format!("a{i}")).await;
+    }
+    let members = |body: &serde_json::Value| -> Vec<String> {
+        let mut members: Vec<String> = body["rooms"]["join"][&room_id]["state"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.member")
+            .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+            .collect();
+        members.sort();
+        members
+    };
+    let first = sync(None).await;
+    assert_eq!(members(&first), vec![alice.user_id.clone()], "only the senders and the user: {first}");
+    let mut next = first["next_batch"].as_str().unwrap().to_owned();
+    for (user, txn, expected) in [
+        (&carol, "c1", vec![carol.user_id.clone()]),
+        (&carol, "c2", vec![]),
+        (&bob, "b1", vec![bob.user_id.clone()]),
+        (&alice, "a-last", vec![]),
+    ] {
+        send(user, txn).await;
+        let body = sync(Some(next)).await;
+        assert_eq!(members(&body), expected, "after {txn}: {body}");
+        next = body["next_batch"].as_str().unwrap().to_owned();
+    }
+}
+
+#[tokio::test]
+async fn device_changes_reach_the_users_own_sync_and_whois() {
+    let server = TestServer::start().await;
+    let dan = server.register("dan").await;
+    let token = Some(dan.access_token.as_str());
+    let (_, first) = server.call("GET", "/_matrix/client/v3/sync", token, None).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "dan" },
+                        "password": dan.password, "device_id": "LAPTOP" });
+    let (status, _) = server.call("POST", "/_matrix/client/v3/login", None, Some(login)).await;
+    assert_eq!(status, 200);
+    let (_, sync) = server.call("GET", &format!("/_matrix/client/v3/sync?since={since}"), token, None).await;
+    assert!(
+        sync["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == dan.user_id.as_str()),
+        "a new device is a device list change: {sync}"
+    );
+    // The last use is written off the request path: wait for it a little.
+    let mut whois = json!({});
+    for _ in 0..50 {
+        let (status, body) =
+            server.call("GET", &format!("/_matrix/client/v3/admin/whois/{}", dan.user_id), token, None).await;
+        assert_eq!(status, 200, "{body}");
+        whois = body;
+        if whois["devices"][&dan.device_id]["sessions"][0]["connections"][0]["ip"] == "127.0.0.1" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let connections = &whois["devices"][&dan.device_id]["sessions"][0]["connections"];
+    assert_eq!(connections[0]["ip"], "127.0.0.1", "{whois}");
+    let other = server.register("nosy").await;
+    let (status, _) = server
+        .call("GET", &format!("/_matrix/client/v3/admin/whois/{}", dan.user_id), Some(&other.access_token), None)
+        .await;
+    assert_eq!(status, 403, "only admins look up other users");
+
+    // Device keys without their required fields are refused.
+    let (status, body) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            token,
+            Some(json!({ "device_keys": { "user_id": dan.user_id, "device_id": dan.device_id } })),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")));
+}
+
+#[tokio::test]
+async fn erased_users_messages_are_redacted_for_later_members_only() {
+    let server = TestServer::start().await;
+    let eric = server.register("eric").await;
+    let early = server.register("early").await;
+    let late = server.register("late").await;
+    let room_id = create_room(
+        &server,
+        &eric.access_token,
+        json!({ "preset": "public_chat", "initial_state": [
+            { "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "shared" } }
+        ] }),
+    )
+    .await;
+    server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&early.access_token), None).await;
+    let (_, sent) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/e1"),
+            Some(&eric.access_token),
+            Some(json!({ "msgtype": "m.text", "body": "my words" })),
+        )
+        .await;
+    let event = format!("/_matrix/client/v3/rooms/{room_id}/event/{}", sent["event_id"].as_str().unwrap());
+    server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&late.access_token), None).await;
+    let (_, seen) = server.call("GET", &event, Some(&late.access_token), None).await;
+    assert_eq!(seen["content"]["body"], "my words", "before erasure the history is shared");
+
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "eric" },
+                       "password": eric.password });
+    let (status, body) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/account/deactivate",
+            Some(&eric.access_token),
+            Some(json!({ "auth": auth, "erase": true })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, seen) = server.call("GET", &event, Some(&early.access_token), None).await;
+    assert_eq!(seen["content"]["body"], "my words", "members at the time keep what they read");
+    let (_, seen) = server.call("GET", &event, Some(&late.access_token), None).await;
+    assert_eq!((seen["type"].as_str(), &seen["content"]), (Some("m.room.message"), &json!({})), "{seen}");
+    // Deactivation left the room.
+    let (_, members) = server
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/joined_members"), Some(&early.access_token), None)
+        .await;
+    assert!(members["joined"].get(&eric.user_id).is_none(), "{members}");
+}

@@ -91,7 +91,12 @@ pub struct Accounts {
     /// Resolved access tokens (by digest). Every path that ends a session clears it, so a
     /// cached identity is never one the database no longer holds.
     tokens: Mutex<HashMap<String, (Identity, Option<i64>)>>,
+    /// When each device's last use was last written: at most once per [`SEEN_INTERVAL`].
+    seen: Arc<Mutex<HashMap<(OwnedUserId, OwnedDeviceId), Instant>>>,
 }
+
+/// How often a device's last use (time, address, client) is written to the store.
+const SEEN_INTERVAL: Duration = Duration::from_secs(300);
 
 /// SHA-256 of a token, the form in which tokens are stored.
 pub fn hash_token(token: &str) -> String {
@@ -118,6 +123,7 @@ impl Accounts {
             streams,
             config,
             uia: Mutex::new(HashMap::new()),
+            seen: Default::default(),
             nonces: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             hashing: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
@@ -442,6 +448,9 @@ impl Accounts {
         {
             state.registered = Some(user_id.clone());
         }
+        if issued.is_some() {
+            self.device_list_changed(&user_id).await?;
+        }
         tracing::info!(%user_id, "account registered");
         Ok((user_id, issued.map(|(s, _, _)| s)))
     }
@@ -519,7 +528,24 @@ impl Accounts {
             .await?;
         // Logging in with an existing device ID replaced that device's tokens.
         self.forget_tokens();
+        self.device_list_changed(user_id).await?;
         Ok(session)
+    }
+
+    /// Tells the user's contacts (and their other devices) that their device list changed:
+    /// a device was added, renamed or removed.
+    async fn device_list_changed(&self, user_id: &UserId) -> Result<()> {
+        let guard = self.streams.allocate();
+        self.store.record_device_list_change(user_id.as_str(), guard.pos()).await?;
+        Ok(())
+    }
+
+    /// Renames one of the user's devices.
+    pub async fn rename_device(&self, user_id: &UserId, device_id: &str, name: Option<&str>) -> Result<()> {
+        if !self.store.rename_device(user_id.as_str(), device_id, name).await? {
+            return Err(Error::not_found("device not found"));
+        }
+        self.device_list_changed(user_id).await
     }
 
     /// `m.login.password`.
@@ -580,6 +606,53 @@ impl Accounts {
         Ok(identity)
     }
 
+    /// Records that a device was used, from which address and client (the connection log
+    /// that `/devices` and `/admin/whois` serve). Written off the request path, at most
+    /// once per [`SEEN_INTERVAL`] per device.
+    pub fn device_seen(&self, identity: &Identity, ip: Option<&str>, user_agent: Option<&str>) {
+        let key = (identity.user_id.clone(), identity.device_id.clone());
+        {
+            let mut seen = self.seen.lock().expect("seen lock poisoned");
+            if seen.get(&key).is_some_and(|at| at.elapsed() < SEEN_INTERVAL) {
+                return;
+            }
+            if seen.len() > 100_000 {
+                seen.clear();
+            }
+            seen.insert(key, Instant::now());
+        }
+        let store = self.store.clone();
+        let (user, device) = (identity.user_id.to_string(), identity.device_id.to_string());
+        let (ip, user_agent) = (ip.map(str::to_owned), user_agent.map(|a| a.chars().take(512).collect::<String>()));
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_device(&user, &device, ip.as_deref(), user_agent.as_deref()).await {
+                tracing::warn!(error = %e, "device last use not recorded");
+                seen.lock().expect("seen lock poisoned").clear();
+            }
+        });
+    }
+
+    /// Who a user is and how they connect (`/admin/whois`): for server admins and the user.
+    pub async fn whois(&self, requester: &Identity, user_id: &UserId) -> Result<serde_json::Value> {
+        if !requester.is_admin && requester.user_id != user_id {
+            return Err(Error::forbidden("only server administrators may look up other users"));
+        }
+        let mut devices = serde_json::Map::new();
+        for d in self.store.devices(user_id.as_str()).await? {
+            let connections: Vec<serde_json::Value> = match d.last_seen_ts {
+                Some(ts) => vec![serde_json::json!({
+                    "ip": d.last_seen_ip,
+                    "last_seen": ts,
+                    "user_agent": d.last_seen_user_agent,
+                })],
+                None => Vec::new(),
+            };
+            devices.insert(d.device_id, serde_json::json!({ "sessions": [{ "connections": connections }] }));
+        }
+        Ok(serde_json::json!({ "user_id": user_id, "devices": devices }))
+    }
+
     /// Forgets every cached token; called whenever sessions end.
     fn forget_tokens(&self) {
         self.tokens.lock().expect("token cache poisoned").clear();
@@ -615,9 +688,7 @@ impl Accounts {
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> Result<()> {
         self.store.delete_devices(user_id.as_str(), device_ids).await?;
         self.forget_tokens();
-        let guard = self.streams.allocate();
-        self.store.record_device_list_change(user_id.as_str(), guard.pos()).await?;
-        Ok(())
+        self.device_list_changed(user_id).await
     }
 
     /// Creates a device that has no session (a dehydrated device).

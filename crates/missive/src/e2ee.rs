@@ -77,6 +77,16 @@ impl E2ee {
             {
                 return Err(Error::invalid_param("device_keys belong to another user or device"));
             }
+            // The spec's required fields, of the right shapes: a device without them cannot
+            // be verified or encrypted to, and clients would choke on it.
+            let well_formed = keys
+                .get("algorithms")
+                .is_some_and(|a| a.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+                && keys.get("keys").is_some_and(|k| k.as_object().is_some_and(|k| k.values().all(Value::is_string)))
+                && keys.get("signatures").is_some_and(Value::is_object);
+            if !well_formed {
+                return Err(Error::bad_json("device_keys need algorithms, keys and signatures"));
+            }
             let unchanged = self.store.device_keys(user_id.as_str()).await?.into_iter().any(|(d, json)| {
                 d == device_id.as_str()
                     && serde_json::from_str::<Value>(&json).ok() == Some(Value::Object(keys.clone()))
@@ -136,8 +146,9 @@ impl E2ee {
                     continue;
                 }
                 let mut keys: Value = serde_json::from_str(&json).unwrap_or_else(|_| json!({}));
+                keys["unsigned"] = json!({});
                 if let Some(name) = self.store.device(user, &device_id).await?.and_then(|d| d.display_name) {
-                    keys["unsigned"] = json!({ "device_display_name": name });
+                    keys["unsigned"]["device_display_name"] = json!(name);
                 }
                 per_device.insert(device_id, keys);
             }

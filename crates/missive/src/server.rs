@@ -38,13 +38,14 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         encryption_mandatory: config.encryption_mandatory,
     };
     let rooms = Arc::new(Rooms::new(store.clone(), streams.clone(), keys, push_rules.clone(), settings, max_group));
+    rooms.load_erased().await.context("cannot load erased users")?;
     let typing = Typing::new(streams.clone());
     let presence = Presence::new(config.presence, streams.clone());
     let e2ee = Arc::new(E2ee::new(store.clone(), streams.clone()));
     Ok(Arc::new(Services {
         accounts: Accounts::new(store.clone(), streams.clone(), config.clone()),
         sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing, presence, e2ee.clone()),
-        user_data: UserData::new(store.clone(), streams.clone(), push_rules),
+        user_data: UserData::new(store.clone(), streams.clone(), push_rules, rooms.ignored.clone()),
         e2ee,
         backups: Backups::new(store.clone()),
         reports: crate::reports::Reports::new(store.clone(), rooms.clone()),

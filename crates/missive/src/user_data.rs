@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 
 use crate::{
     error::{Error, Result},
-    rooms::notify::{PUSH_RULES_TYPE, PushRulesCache, load_ruleset},
+    rooms::{
+        ignore::{IGNORED_USERS_TYPE, IgnoredUsers},
+        notify::{PUSH_RULES_TYPE, PushRulesCache, load_ruleset},
+    },
     store::Store,
     sync::stream::Streams,
 };
@@ -21,6 +24,7 @@ pub struct UserData {
     store: Store,
     streams: Arc<Streams>,
     push_rules: Arc<PushRulesCache>,
+    ignored: Arc<IgnoredUsers>,
     tag_edits: tokio::sync::Mutex<()>,
 }
 
@@ -29,8 +33,13 @@ const TAG_TYPE: &str = "m.tag";
 
 impl UserData {
     /// Creates the service.
-    pub fn new(store: Store, streams: Arc<Streams>, push_rules: Arc<PushRulesCache>) -> Self {
-        Self { store, streams, push_rules, tag_edits: Default::default() }
+    pub fn new(
+        store: Store,
+        streams: Arc<Streams>,
+        push_rules: Arc<PushRulesCache>,
+        ignored: Arc<IgnoredUsers>,
+    ) -> Self {
+        Self { store, streams, push_rules, ignored, tag_edits: Default::default() }
     }
 
     /// Sets global (`room_id = None`) or room account data.
@@ -68,6 +77,9 @@ impl UserData {
                 guard.pos(),
             )
             .await?;
+        if data_type == IGNORED_USERS_TYPE && room_id.is_none() {
+            self.ignored.invalidate(user_id);
+        }
         Ok(())
     }
 

@@ -25,3 +25,11 @@ CREATE TABLE reports (
     created_ts      BIGINT NOT NULL
 );
 CREATE INDEX reports_reporter ON reports (reporter);
+
+-- Sync shows events of the current state whatever the history visibility: which of a
+-- timeline's hidden state events are current is looked up by event ID.
+CREATE INDEX room_current_state_event ON room_current_state (event_id);
+
+-- Users who asked, when deactivating, for their messages to be erased: users who were not
+-- in the room when a message was sent see it redacted.
+ALTER TABLE users ADD COLUMN erased INTEGER NOT NULL DEFAULT 0;

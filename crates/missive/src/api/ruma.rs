@@ -134,6 +134,10 @@ where
             (Some(_), Some(token)) => Some(state.accounts.authenticate(&token).await?),
             (Some(false), None) => None,
         };
+        if let Some(identity) = &identity {
+            let user_agent = parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
+            state.accounts.device_seen(identity, client_ip.as_deref(), user_agent);
+        }
         if identity.as_ref().is_some_and(|id| id.is_guest)
             && let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>()
             && !guest_allowed(&parts.method, matched.as_str())
@@ -152,6 +156,7 @@ where
                 return Err(Error::NotJson("request body is not valid JSON".into()));
             }
         }
+        let bytes = legacy_password_auth(bytes);
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
         let http_req = http::Request::from_parts(parts, bytes.clone());
@@ -164,6 +169,24 @@ where
 }
 
 use axum::extract::FromRequestParts;
+
+/// Rewrites the `m.login.password` UIA stage of older clients (`"user": "…"`) into the
+/// identifier form ruma reads (`"identifier": {"type": "m.id.user", …}`).
+fn legacy_password_auth(bytes: Bytes) -> Bytes {
+    if !bytes.windows(7).any(|w| w == b"\"auth\":" || w == b"\"auth\" ") {
+        return bytes;
+    }
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return bytes;
+    };
+    let Some(serde_json::Value::Object(auth)) = body.get_mut("auth") else { return bytes };
+    if auth.get("type").and_then(|t| t.as_str()) != Some("m.login.password") || auth.contains_key("identifier") {
+        return bytes;
+    }
+    let Some(user) = auth.remove("user") else { return bytes };
+    auth.insert("identifier".into(), serde_json::json!({ "type": "m.id.user", "user": user }));
+    serde_json::to_vec(&body).map(Bytes::from).unwrap_or(bytes)
+}
 
 /// The endpoints a guest account may call (the spec's guest access module, plus the
 /// encryption endpoints guests need to read encrypted rooms), as `(method, path after the

@@ -11,6 +11,7 @@
 
 mod aliases;
 pub mod create;
+pub mod ignore;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
@@ -110,6 +111,10 @@ pub struct Rooms {
     pub encryption_mandatory: bool,
     /// Parsed push rules of local users.
     pub push_rules: Arc<notify::PushRulesCache>,
+    /// Users' ignore lists, shared with `UserData`, which invalidates them.
+    pub ignored: Arc<ignore::IgnoredUsers>,
+    /// Users whose messages are marked for erasure (see `ignore.rs`).
+    erased: Mutex<HashSet<String>>,
     heads: Mutex<HashMap<OwnedRoomId, Arc<RoomSlot>>>,
     /// Transaction IDs used per room and device; a room's entries change only under its lock.
     txns: Mutex<txns::TxnIndex>,
@@ -221,6 +226,8 @@ impl Rooms {
             default_version: settings.default_version,
             encryption_mandatory: settings.encryption_mandatory,
             push_rules,
+            ignored: Default::default(),
+            erased: Default::default(),
             txns: Default::default(),
             heads: Mutex::new(HashMap::new()),
             next_group: AtomicI64::new(max_group + 1),

@@ -224,8 +224,18 @@ impl Rooms {
             .filter_map(|row| pdu::Pdu::from_row(row).ok().map(|p| (row.event_id.clone(), p)))
             .collect();
         let content_of = |id: Option<String>, field: &str| id.and_then(|id| contents.get(&id)?.content_str(field));
+        let ignored = self.ignored.of(&self.store, user_id).await?;
+        // Messages of ignored users are not shown; their state changes still are, as the
+        // room's state must stay whole.
+        let from_ignored = |row: &EventRow| {
+            !ignored.is_empty()
+                && pdu::Pdu::from_row(row).is_ok_and(|p| p.state_key.is_none() && ignored.contains(p.sender.as_str()))
+        };
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
+            if from_ignored(&row) {
+                continue;
+            }
             if after_join(&row) {
                 out.push(row);
                 continue;
@@ -243,10 +253,31 @@ impl Rooms {
             };
             // A user always sees their own membership changes.
             if visible || self.is_own_membership(user_id, &row) {
+                let mut row = row;
+                if membership != "join" {
+                    self.prune_if_erased(&mut row).await?;
+                }
                 out.push(row);
             }
         }
         Ok(out)
+    }
+
+    /// Serves the message of an erased sender in its redacted form (for a viewer who was
+    /// not in the room when it was sent).
+    async fn prune_if_erased(&self, row: &mut EventRow) -> Result<()> {
+        let Ok(pdu) = pdu::Pdu::from_row(row) else { return Ok(()) };
+        if pdu.state_key.is_some() || !self.is_erased(pdu.sender.as_str()) {
+            return Ok(());
+        }
+        let (version, _) = self.store.room(&row.room_id).await?.ok_or_else(|| Error::not_found("room not found"))?;
+        let (_, rules) = super::version::rules_for(&version)?;
+        let object: ruma::CanonicalJsonObject =
+            serde_json::from_str(&row.json).map_err(|e| Error::Internal(e.to_string()))?;
+        let pruned =
+            ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|e| Error::Internal(e.to_string()))?;
+        row.json = serde_json::to_string(&pruned).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(())
     }
 
     fn is_own_membership(&self, user_id: &UserId, row: &EventRow) -> bool {

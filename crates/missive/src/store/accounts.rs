@@ -21,6 +21,7 @@ pub struct DeviceRow {
     pub display_name: Option<String>,
     pub last_seen_ts: Option<i64>,
     pub last_seen_ip: Option<String>,
+    pub last_seen_user_agent: Option<String>,
 }
 
 /// What an access token resolves to.
@@ -182,6 +183,21 @@ impl Store {
         Ok(())
     }
 
+    /// Marks a user's messages for erasure.
+    pub async fn set_erased(&self, user_id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET erased = 1, updated_ts = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Every user whose messages are marked for erasure.
+    pub async fn erased_users(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT user_id FROM users WHERE erased = 1").fetch_all(&self.read).await?)
+    }
+
     /// Resolves an access token digest.
     pub async fn token(&self, token_hash: &str) -> StoreResult<Option<TokenRow>> {
         let row = sqlx::query("SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token_hash = $1")
@@ -258,7 +274,8 @@ impl Store {
     /// All devices of a user.
     pub async fn devices(&self, user_id: &str) -> StoreResult<Vec<DeviceRow>> {
         let rows = sqlx::query(
-            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = $1 ORDER BY device_id",
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices \
+             WHERE user_id = $1 ORDER BY device_id",
         )
         .bind(user_id)
         .fetch_all(&self.read)
@@ -269,7 +286,8 @@ impl Store {
     /// One device of a user.
     pub async fn device(&self, user_id: &str, device_id: &str) -> StoreResult<Option<DeviceRow>> {
         let row = sqlx::query(
-            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = $1 AND device_id = $2",
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices \
+             WHERE user_id = $1 AND device_id = $2",
         )
         .bind(user_id)
         .bind(device_id)
@@ -402,7 +420,13 @@ pub enum ProfileField {
 }
 
 fn device_row(r: sqlx::any::AnyRow) -> DeviceRow {
-    DeviceRow { device_id: r.get(0), display_name: r.get(1), last_seen_ts: r.get(2), last_seen_ip: r.get(3) }
+    DeviceRow {
+        device_id: r.get(0),
+        display_name: r.get(1),
+        last_seen_ts: r.get(2),
+        last_seen_ip: r.get(3),
+        last_seen_user_agent: r.get(4),
+    }
 }
 
 async fn insert_session(

@@ -1,6 +1,6 @@
 //! Set-based reads for `/sync`: one query for many rooms instead of one per room.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::Row;
 
@@ -216,7 +216,9 @@ impl Store {
             let text = format!(
                 "SELECT room_id, user_id FROM (SELECT room_id, user_id, \
                  ROW_NUMBER() OVER (PARTITION BY room_id ORDER BY stream_pos) AS rn FROM memberships \
-                 WHERE user_id <> {} AND membership IN ('join', 'invite') AND room_id IN ({})) ranked \
+                 WHERE user_id <> {} AND membership IN ('join', 'invite') AND room_id IN ({}) \
+                 AND NOT EXISTS (SELECT 1 FROM room_current_state s WHERE s.room_id = memberships.room_id \
+                 AND s.state_key = '' AND s.event_type IN ('m.room.name', 'm.room.canonical_alias'))) ranked \
                  WHERE rn <= 5 ORDER BY room_id, rn",
                 p.next(),
                 p.list(chunk.len())
@@ -273,6 +275,44 @@ impl Store {
                 query = query.bind(room);
             }
             out.extend(query.fetch_all(&self.read).await?.into_iter().map(|r| (r.get(0), r.get(1))));
+        }
+        Ok(out)
+    }
+
+    /// Which of the given events are part of their room's current state.
+    pub async fn current_state_ids_among(&self, rows: &[EventRow]) -> StoreResult<HashSet<String>> {
+        let mut out = HashSet::new();
+        for chunk in rows.chunks(CHUNK) {
+            let text = format!(
+                "SELECT event_id FROM room_current_state WHERE event_id IN ({})",
+                Params::new(self.backend).list(chunk.len())
+            );
+            let mut query = sqlx::query_scalar::<_, String>(sql(text));
+            for row in chunk {
+                query = query.bind(&row.event_id);
+            }
+            out.extend(query.fetch_all(&self.read).await?);
+        }
+        Ok(out)
+    }
+
+    /// The current member events of the given `(room, user)` pairs (lazy-loaded members).
+    pub async fn current_members(&self, pairs: &[(String, String)]) -> StoreResult<Vec<EventRow>> {
+        let mut out = Vec::new();
+        for chunk in pairs.chunks(CHUNK / 2) {
+            let mut p = Params::new(self.backend);
+            let terms: Vec<String> =
+                chunk.iter().map(|_| format!("(s.room_id = {} AND s.state_key = {})", p.next(), p.next())).collect();
+            let text = format!(
+                "SELECT {EVENT_COLUMNS_E} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
+                 WHERE s.event_type = 'm.room.member' AND ({})",
+                terms.join(" OR ")
+            );
+            let mut query = sqlx::query(sql(text));
+            for (room, user) in chunk {
+                query = query.bind(room).bind(user);
+            }
+            out.extend(query.fetch_all(&self.read).await?.into_iter().map(event_row));
         }
         Ok(out)
     }

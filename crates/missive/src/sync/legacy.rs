@@ -125,7 +125,14 @@ impl Sync {
         Ok(json!({
             "end": global["next_batch"],
             "rooms": rooms,
-            "account_data": global["account_data"]["events"],
+            // Push rules have their own API; the legacy initial sync never listed them.
+            "account_data": global["account_data"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["type"] != crate::rooms::notify::PUSH_RULES_TYPE)
+                .cloned()
+                .collect::<Vec<_>>(),
             "presence": global["presence"]["events"],
         }))
     }

@@ -61,6 +61,7 @@ pub struct Sync {
     pub typing: Arc<Typing>,
     pub presence: Arc<Presence>,
     e2ee: Arc<E2ee>,
+    lazy: LazyMembers,
 }
 
 struct Since {
@@ -92,7 +93,7 @@ impl Sync {
         presence: Arc<Presence>,
         e2ee: Arc<E2ee>,
     ) -> Self {
-        Self { store, rooms, streams, typing, presence, e2ee }
+        Self { store, rooms, streams, typing, presence, e2ee, lazy: LazyMembers::default() }
     }
 
     /// Users whose devices the user must (re)fetch (`changed`) or may forget (`left`) for
@@ -259,7 +260,7 @@ impl Sync {
         for m in &visible {
             let changed_since = since.pos.is_none_or(|s| m.stream_pos > s);
             match m.membership.as_str() {
-                "invite" if changed_since => {
+                "invite" if changed_since && !self.invited_by_ignored(user_id, m).await? => {
                     invite.insert(
                         m.room_id.clone(),
                         json!({ "invite_state": { "events": self.stripped_state(m).await? } }),
@@ -287,6 +288,7 @@ impl Sync {
             let ruleset = self.rooms.push_ruleset_once(user_id).await?;
             global.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": &*ruleset } }));
         }
+        global.retain(|e| filter::event_allowed(&req.filter.account_data, e));
         let (changed, left) = device_lists;
         let presence = self.presence_events(user_id, req, since, presence_serial).await?;
         let has_changes = !(join.is_empty()
@@ -443,7 +445,29 @@ impl Sync {
         } else {
             self.store.summaries(&summary_rooms, viewer.user_id.as_str()).await?
         };
-        Ok(Prefetch { receipts, counts: HashMap::new(), summaries, timelines, state, state_changed })
+        // Lazy-loaded members of incremental timelines: the senders' current member events
+        // (the client is then told only of those it has not been sent, see `LazyMembers`).
+        let mut lazy_members: HashMap<String, Vec<Value>> = HashMap::new();
+        if filter::lazy_members(&req.filter.room.state) && !incremental.is_empty() {
+            let mut pairs: Vec<(String, String)> = Vec::new();
+            for room in &incremental {
+                for event in timelines.get(room).map(|t| t.events.as_slice()).unwrap_or_default() {
+                    if let Some(sender) = event.get("sender").and_then(Value::as_str) {
+                        pairs.push((room.clone(), sender.to_owned()));
+                    }
+                }
+            }
+            pairs.sort_unstable();
+            pairs.dedup();
+            if !pairs.is_empty() {
+                let rows = self.store.current_members(&pairs).await?;
+                let served = self.rooms.serve_unbundled(viewer, &rows).await?;
+                for (row, event) in rows.iter().zip(served) {
+                    lazy_members.entry(row.room_id.clone()).or_default().push(event);
+                }
+            }
+        }
+        Ok(Prefetch { receipts, counts: HashMap::new(), summaries, timelines, state, state_changed, lazy_members })
     }
 
     /// The state sent with rooms sent in full: the state at the start of the timeline (or the
@@ -496,6 +520,13 @@ impl Sync {
         Ok(out)
     }
 
+    /// Whether an invite comes from a user the invitee ignores (such invites are not shown).
+    async fn invited_by_ignored(&self, user_id: &UserId, m: &MembershipRow) -> Result<bool> {
+        let Some(invite) = self.store.event(&m.event_id).await? else { return Ok(false) };
+        let sender = pdu::Pdu::from_row(&invite)?.sender;
+        self.rooms.ignores(user_id, sender.as_str()).await
+    }
+
     async fn stripped_state(&self, m: &MembershipRow) -> Result<Vec<Value>> {
         let mut ids = Vec::new();
         for kind in [
@@ -545,6 +576,7 @@ impl Sync {
             .iter()
             .filter(|r| r.room_id == room_id)
             .map(|r| json!({ "type": r.data_type, "content": serde_json::from_str::<Value>(&r.content).unwrap_or_else(|_| json!({})) }))
+            .filter(|e| filter::event_matches(&req.filter.room.account_data, e))
             .collect();
         let state_changed = prefetch.state_changed.remove(room_id).unwrap_or_default();
         if !full
@@ -585,12 +617,35 @@ impl Sync {
         } else {
             Vec::new()
         };
-        let state: Vec<Value> = state_events
+        let mut state: Vec<Value> = state_events
             .into_iter()
             .filter(|e| req.use_state_after || !timeline_ids.contains(e["event_id"].as_str().unwrap_or_default()))
             .filter(|e| keep_state(e))
-            .map(pdu::sync_event)
             .collect();
+        if lazy {
+            // Members the device already has are not sent again, unless the filter asks.
+            let redundant = matches!(
+                state_filter.lazy_load_options,
+                ruma::api::client::filter::LazyLoadOptions::Enabled { include_redundant_members: true }
+            );
+            let (members, others): (Vec<Value>, Vec<Value>) =
+                state.into_iter().partition(|e| e["type"] == "m.room.member");
+            let mut candidates = members;
+            let known: HashSet<String> =
+                candidates.iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect();
+            for event in prefetch.lazy_members.remove(room_id).unwrap_or_default() {
+                let id = event["event_id"].as_str().unwrap_or_default();
+                if !known.contains(id) && !timeline_ids.contains(id) {
+                    candidates.push(event);
+                }
+            }
+            let timeline_members: Vec<&Value> = timeline.events.iter().collect();
+            let device = (viewer.user_id.as_str(), viewer.device_id);
+            let fresh = self.lazy.filter_and_record(device, room_id, candidates.clone(), &timeline_members, full);
+            state = others;
+            state.extend(if redundant { candidates } else { fresh });
+        }
+        let state: Vec<Value> = state.into_iter().map(pdu::sync_event).collect();
         room.insert((if req.use_state_after { "state_after" } else { "state" }).into(), events(state));
         room.insert("timeline".into(), timeline.into_json());
         let mut ephemeral = Vec::new();
@@ -619,10 +674,12 @@ impl Sync {
         let members_changed = full || state_changed.iter().any(|r| r.json.contains("\"m.room.member\""));
         if members_changed {
             let ((joined, invited), heroes) = prefetch.summaries.get(room_id).cloned().unwrap_or_default();
-            room.insert(
-                "summary".into(),
-                json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }),
-            );
+            // Heroes name a room that has no name of its own (none are read for named rooms).
+            let mut summary = json!({ "m.joined_member_count": joined, "m.invited_member_count": invited });
+            if !heroes.is_empty() {
+                summary["m.heroes"] = json!(heroes);
+            }
+            room.insert("summary".into(), summary);
         }
         Some(Value::Object(room))
     }
@@ -697,7 +754,21 @@ impl Sync {
             out.insert(room.clone(), timeline);
             all_rows.extend(rows);
         }
-        let rows = self.rooms.filter_visible_known(viewer.user_id, all_rows, known).await?;
+        // Events that are part of a room's current state are shown whatever the history
+        // visibility (as Synapse does): a member back in a `joined` room must see who joined
+        // while they were away. Only state events the check hid are looked up.
+        let state_rows: Vec<EventRow> = all_rows.iter().filter(|r| r.json.contains("\"state_key\"")).cloned().collect();
+        let mut rows = self.rooms.filter_visible_known(viewer.user_id, all_rows, known).await?;
+        if !state_rows.is_empty() {
+            let shown: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+            let hidden: Vec<EventRow> =
+                state_rows.into_iter().filter(|r| !shown.contains(r.event_id.as_str())).collect();
+            if !hidden.is_empty() {
+                let current = self.store.current_state_ids_among(&hidden).await?;
+                rows.extend(hidden.into_iter().filter(|r| current.contains(&r.event_id)));
+                rows.sort_unstable_by_key(|r| r.stream_pos);
+            }
+        }
         let events = if bundled {
             self.rooms.serve(viewer, &rows).await?
         } else {
@@ -731,6 +802,61 @@ struct Prefetch {
     state: HashMap<String, Vec<Value>>,
     /// Current state events stored since the last sync, for rooms not sent in full.
     state_changed: HashMap<String, Vec<EventRow>>,
+    /// Current member events of the senders of incremental timelines (lazy loading).
+    lazy_members: HashMap<String, Vec<Value>>,
+}
+
+/// Which member events each device was sent per room while lazy-loading members, so that an
+/// incremental sync sends a sender's member event only when that device lacks it. In memory
+/// and bounded: a device forgotten here is sent members again (redundant, never missing).
+#[derive(Default)]
+pub struct LazyMembers(std::sync::Mutex<Option<hashlink::LruCache<(String, String), SentMembers>>>);
+
+/// The member event IDs sent to one device: by room, then by member.
+type SentMembers = HashMap<String, HashMap<String, String>>;
+
+/// Devices whose lazy-loaded members are remembered.
+const LAZY_DEVICES: usize = 4096;
+
+impl LazyMembers {
+    /// Keeps from `events` the member events the device has not been sent for the room, and
+    /// records them (and `also_seen`, member events the device got some other way) as sent.
+    /// `reset` forgets what the room's entry held first (the room is being sent in full).
+    fn filter_and_record(
+        &self,
+        device: (&str, &str),
+        room_id: &str,
+        events: Vec<Value>,
+        also_seen: &[&Value],
+        reset: bool,
+    ) -> Vec<Value> {
+        let mut guard = self.0.lock().expect("lazy members lock poisoned");
+        let cache = guard.get_or_insert_with(|| hashlink::LruCache::new(LAZY_DEVICES));
+        let key = (device.0.to_owned(), device.1.to_owned());
+        if cache.get(&key).is_none() {
+            cache.insert(key.clone(), HashMap::new());
+        }
+        let rooms = cache.get_mut(&key).expect("entry was just inserted");
+        let sent = rooms.entry(room_id.to_owned()).or_default();
+        if reset {
+            sent.clear();
+        }
+        let member_of =
+            |e: &Value| Some((e.get("state_key")?.as_str()?.to_owned(), e.get("event_id")?.as_str()?.to_owned()));
+        for (member, event_id) in also_seen.iter().filter(|e| e["type"] == "m.room.member").filter_map(|e| member_of(e))
+        {
+            sent.insert(member, event_id);
+        }
+        let mut out = Vec::new();
+        for event in events {
+            let Some((member, event_id)) = member_of(&event) else { continue };
+            if sent.get(&member) != Some(&event_id) {
+                sent.insert(member, event_id);
+                out.push(event);
+            }
+        }
+        out
+    }
 }
 
 #[derive(Default)]

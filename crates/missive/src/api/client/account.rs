@@ -36,7 +36,13 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, delete_devices);
     let router = route(router, change_password);
     let router = route(router, openid_token);
+    let router = route(router, whois);
     route(router, deactivate)
+}
+
+/// # GET /_matrix/client/v3/admin/whois/{userId}
+async fn whois(state: AppState, req: Ruma<ruma::api::client::admin::get_user_info::v3::Request>) -> Result<Response> {
+    Ok(json(state.accounts.whois(req.identity(), &req.body.user_id).await?))
 }
 
 /// # POST /_matrix/client/v3/user/{userId}/openid/request_token
@@ -184,10 +190,8 @@ async fn device(state: AppState, req: Ruma<get_device::v3::Request>) -> Result<R
 
 /// # PUT /_matrix/client/v3/devices/{deviceId}
 async fn update_device(state: AppState, req: Ruma<update_device::v3::Request>) -> Result<Response> {
-    let user_id = req.identity().user_id.as_str();
-    if !state.store.rename_device(user_id, req.body.device_id.as_str(), req.body.display_name.as_deref()).await? {
-        return Err(Error::not_found("device not found"));
-    }
+    let user_id = &req.identity().user_id;
+    state.accounts.rename_device(user_id, req.body.device_id.as_str(), req.body.display_name.as_deref()).await?;
     Ok(json(json!({})))
 }
 
@@ -224,6 +228,9 @@ async fn deactivate(state: AppState, req: Ruma<deactivate::v3::Request>) -> Resu
     let id = req.identity();
     state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref(), &req.uia_request()).await?;
     state.accounts.deactivate(&id.user_id).await?;
+    if req.body.erase {
+        state.rooms.erase_user(&id.user_id).await?;
+    }
     // Deactivated first, so the account can no longer join anything while it leaves.
     state.rooms.leave_all(&id.user_id).await?;
     Ok(json(json!({ "id_server_unbind_result": "no-support" })))
