@@ -727,3 +727,95 @@ async fn erased_users_messages_are_redacted_for_later_members_only() {
         .await;
     assert!(members["joined"].get(&eric.user_id).is_none(), "{members}");
 }
+
+#[tokio::test]
+async fn search_finds_readable_messages_of_the_users_rooms() {
+    let server = TestServer::start().await;
+    let sara = server.register("sara").await;
+    let outsider = server.register("outsider").await;
+    let token = Some(sara.access_token.as_str());
+    let room_id = create_room(&server, &sara.access_token, json!({ "preset": "public_chat", "name": "Budget" })).await;
+    let other = create_room(&server, &outsider.access_token, json!({ "preset": "public_chat" })).await;
+    let send =
+        |room: String, user: common::TestUser, txn: &'static str, kind: &'static str, content: serde_json::Value| {
+            let server = &server;
+            async move {
+                let path = format!("/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}");
+                server.call("PUT", &path, Some(&user.access_token), Some(content)).await.1
+            }
+        };
+    send(
+        room_id.clone(),
+        sara.clone(),
+        "1",
+        "m.room.message",
+        json!({ "msgtype": "m.text", "body": "Budget meeting moved" }),
+    )
+    .await;
+    send(room_id.clone(), sara.clone(), "2", "m.room.message", json!({ "msgtype": "m.text", "body": "lunch?" })).await;
+    send(
+        room_id.clone(),
+        sara.clone(),
+        "3",
+        "m.room.message",
+        json!({ "msgtype": "m.text", "body": "budget budget approved" }),
+    )
+    .await;
+    // Ciphertext is opaque to the server: it cannot match.
+    send(
+        room_id.clone(),
+        sara.clone(),
+        "4",
+        "m.room.encrypted",
+        json!({ "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "budget" }),
+    )
+    .await;
+    send(
+        other.clone(),
+        outsider.clone(),
+        "1",
+        "m.room.message",
+        json!({ "msgtype": "m.text", "body": "budget elsewhere" }),
+    )
+    .await;
+
+    let search = |body: serde_json::Value, next: Option<String>| {
+        let server = &server;
+        async move {
+            let path = match next {
+                Some(next) => format!("/_matrix/client/v3/search?next_batch={next}"),
+                None => "/_matrix/client/v3/search".to_owned(),
+            };
+            server.call("POST", &path, token, Some(body)).await
+        }
+    };
+    let criteria = |order: &str, limit: u32| {
+        json!({ "search_categories": { "room_events": {
+            "search_term": "BUDGET", "order_by": order, "filter": { "limit": limit },
+            "keys": ["content.body"], "groupings": { "group_by": [{ "key": "room_id" }] },
+            "event_context": { "before_limit": 1, "after_limit": 1 }
+        } } })
+    };
+    let (status, body) = search(criteria("rank", 10), None).await;
+    assert_eq!(status, 200, "{body}");
+    let events = &body["search_categories"]["room_events"];
+    let bodies: Vec<&str> =
+        events["results"].as_array().unwrap().iter().filter_map(|r| r["result"]["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["budget budget approved", "Budget meeting moved"], "best match first: {events}");
+    assert_eq!(events["groups"]["room_id"][&room_id]["results"].as_array().unwrap().len(), 2);
+    assert_eq!(events["results"][1]["context"]["events_after"][0]["content"]["body"], "lunch?", "{events}");
+
+    // Newest first, one per page.
+    let (_, page) = search(criteria("recent", 1), None).await;
+    let first = &page["search_categories"]["room_events"];
+    assert_eq!(first["results"][0]["result"]["content"]["body"], "budget budget approved");
+    let next = first["next_batch"].as_str().expect("more results").to_owned();
+    let (_, page) = search(criteria("recent", 1), Some(next)).await;
+    assert_eq!(
+        page["search_categories"]["room_events"]["results"][0]["result"]["content"]["body"],
+        "Budget meeting moved"
+    );
+
+    let (status, body) = search(json!({ "search_categories": { "room_events": { "search_term": " " } } }), None).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+}

@@ -44,7 +44,7 @@ async fn user_directory_finds_room_mates_only() {
     let server = TestServer::start().await;
     let xavier = server.register("xavier").await;
     let yasmine = server.register("yasmine").await;
-    let _zoe = server.register("zoe").await;
+    let zoe = server.register("zoe").await;
     let (_, room) = server
         .call(
             "POST",
@@ -66,4 +66,35 @@ async fn user_directory_finds_room_mates_only() {
         .call("POST", "/_matrix/client/v3/user_directory/search", Some(&xavier.access_token), Some(search("zoe")))
         .await;
     assert_eq!(found["results"], json!([]), "users sharing no room stay hidden");
+
+    // Members of a public room are listed while the room is public.
+    let (_, room) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&zoe.access_token),
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await;
+    let public = room["room_id"].as_str().unwrap();
+    let (_, found) = server
+        .call("POST", "/_matrix/client/v3/user_directory/search", Some(&xavier.access_token), Some(search("zoe")))
+        .await;
+    assert_eq!(found["results"][0]["user_id"], zoe.user_id, "{found}");
+    server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{public}/state/m.room.join_rules"),
+            Some(&zoe.access_token),
+            Some(json!({ "join_rule": "invite" })),
+        )
+        .await;
+    let (_, found) = server
+        .call("POST", "/_matrix/client/v3/user_directory/search", Some(&xavier.access_token), Some(search("zoe")))
+        .await;
+    assert_eq!(found["results"], json!([]), "the room is no longer public: {found}");
+    let (_, found) = server
+        .call("POST", "/_matrix/client/v3/user_directory/search", Some(&zoe.access_token), Some(search("zoe")))
+        .await;
+    assert_eq!(found["results"], json!([]), "nobody finds themself");
 }

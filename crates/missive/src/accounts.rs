@@ -75,6 +75,8 @@ pub struct RegistrationParams {
     pub inhibit_login: bool,
     #[serde(default)]
     pub refresh_token: bool,
+    /// A guest's access token: the guest account becomes a full account (as Synapse does).
+    pub guest_access_token: Option<String>,
 }
 
 const UIA_SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -383,13 +385,33 @@ impl Accounts {
             let registered = auth.and_then(AuthData::session).and_then(|session| {
                 self.uia.lock().expect("uia lock poisoned").get(session).and_then(|s| s.registered.clone())
             });
-            // Validate the requested name before asking for authentication stages.
-            if let (Some(name), None) = (&params.username, &registered) {
+            // A guest upgrading keeps their ID; anyone else needs a free one. The requested
+            // name is validated before asking for authentication stages.
+            let upgrading = match &params.guest_access_token {
+                Some(token) => Some(self.upgradable_guest(token, params.username.as_deref()).await?),
+                None => None,
+            };
+            if let (Some(name), None, None) = (&params.username, &registered, &upgrading) {
                 self.is_available(&name.to_lowercase()).await?;
             }
             let (session, request) = self.check_uia(flows, auth, None, request).await?;
             params = serde_json::from_value(serde_json::Value::Object(request.params))
                 .map_err(|e| Error::bad_json(e.to_string()))?;
+            if let Some(guest) = upgrading {
+                let password = params.password.as_deref().ok_or_else(|| Error::bad_json("a password is required"))?;
+                let hash = self.hash_password(password).await?;
+                self.store.upgrade_guest(guest.as_str(), &hash).await?;
+                self.forget_tokens();
+                tracing::info!(user_id = %guest, "guest account upgraded");
+                let issued = if params.inhibit_login {
+                    None
+                } else {
+                    let device = params.device_id.as_deref();
+                    let name = params.initial_device_display_name.as_deref();
+                    Some(self.open_session(&guest, device, name, params.refresh_token).await?)
+                };
+                return Ok((guest, issued));
+            }
             if let Some(user_id) = registered {
                 let issued = if params.inhibit_login {
                     None
@@ -409,6 +431,7 @@ impl Accounts {
             initial_device_display_name,
             inhibit_login,
             refresh_token,
+            guest_access_token: _,
         } = params;
         let (password, device_id, device_name, refresh) =
             (password.as_deref(), device_id.as_deref(), initial_device_display_name.as_deref(), refresh_token);
@@ -453,6 +476,19 @@ impl Accounts {
         }
         tracing::info!(%user_id, "account registered");
         Ok((user_id, issued.map(|(s, _, _)| s)))
+    }
+
+    /// The guest account a guest access token belongs to, if `username` (when given) names
+    /// it: a guest may upgrade only themself.
+    async fn upgradable_guest(&self, token: &str, username: Option<&str>) -> Result<OwnedUserId> {
+        let identity = self.authenticate(token).await?;
+        if !identity.is_guest {
+            return Err(Error::forbidden("not a guest account"));
+        }
+        if username.is_some_and(|name| name.to_lowercase() != identity.user_id.localpart()) {
+            return Err(Error::forbidden("a guest can only upgrade their own account"));
+        }
+        Ok(identity.user_id)
     }
 
     /// Creates an account directly (admin API, shared-secret registration).

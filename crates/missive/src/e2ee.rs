@@ -211,6 +211,10 @@ impl E2ee {
         if keys.is_empty() {
             return Ok(());
         }
+        // The other keys are signed by the master key: there must be one.
+        if !keys.iter().any(|(key_type, _)| key_type == "master") && !self.has_master_key(user_id).await? {
+            return Err(Error::invalid_param("upload a master key before the keys it signs"));
+        }
         let guard = self.streams.allocate();
         self.store.set_cross_signing_keys(user_id.as_str(), &keys, guard.pos()).await?;
         Ok(())

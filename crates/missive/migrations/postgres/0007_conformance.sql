@@ -33,3 +33,7 @@ CREATE INDEX room_current_state_event ON room_current_state (event_id);
 -- Users who asked, when deactivating, for their messages to be erased: users who were not
 -- in the room when a message was sent see it redacted.
 ALTER TABLE users ADD COLUMN erased INTEGER NOT NULL DEFAULT 0;
+
+-- A user-signing key is the user's own business: its change reaches the user's devices,
+-- not the people they share rooms with.
+ALTER TABLE device_list_changes ADD COLUMN self_only INTEGER NOT NULL DEFAULT 0;

@@ -109,13 +109,16 @@ impl Rooms {
         if let Some(alias) = &alias {
             drafts.push(Draft::state("m.room.canonical_alias", "", json!({ "alias": alias })));
         }
-        let (join_rule, guest) = match preset {
-            RoomPreset::PublicChat => ("public", "forbidden"),
-            _ => ("invite", "can_join"),
+        let (join_rule, guests_can_join) = match preset {
+            RoomPreset::PublicChat => ("public", false),
+            _ => ("invite", true),
         };
         drafts.push(Draft::state("m.room.join_rules", "", json!({ "join_rule": join_rule })));
         drafts.push(Draft::state("m.room.history_visibility", "", json!({ "history_visibility": "shared" })));
-        drafts.push(Draft::state("m.room.guest_access", "", json!({ "guest_access": guest })));
+        // No `m.room.guest_access` event means `forbidden`: public rooms need none.
+        if guests_can_join {
+            drafts.push(Draft::state("m.room.guest_access", "", json!({ "guest_access": "can_join" })));
+        }
         let public = preset == RoomPreset::PublicChat;
         let mut encrypted = false;
         for raw in &req.initial_state {

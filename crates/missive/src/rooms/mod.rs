@@ -15,6 +15,7 @@ pub mod ignore;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
+pub mod search;
 pub mod timeline;
 mod txns;
 mod upgrade;

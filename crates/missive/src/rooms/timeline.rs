@@ -19,6 +19,16 @@ pub fn parse_token(token: &str) -> Result<i64> {
     digits.parse().map_err(|_| Error::invalid_param(format!("invalid pagination token {token:?}")))
 }
 
+/// How far a history visibility setting opens the room's history (higher: to more people).
+fn openness(visibility: &str) -> u8 {
+    match visibility {
+        "world_readable" => 3,
+        "shared" => 2,
+        "invited" => 1,
+        _ => 0,
+    }
+}
+
 /// Formats a pagination token.
 pub fn make_token(pos: i64) -> String {
     format!("t{pos}")
@@ -241,8 +251,18 @@ impl Rooms {
                 continue;
             }
             let state = states.get(&row.state_group_before).map(Vec::as_slice).unwrap_or_default();
-            let visibility = content_of(find(state, "m.room.history_visibility", ""), "history_visibility")
+            let mut visibility = content_of(find(state, "m.room.history_visibility", ""), "history_visibility")
                 .unwrap_or_else(|| "shared".into());
+            // A change of history visibility is seen under the more open of its two settings,
+            // so that whoever it opens the room to sees it happen.
+            if row.json.contains("\"m.room.history_visibility\"")
+                && let Ok(pdu) = pdu::Pdu::from_row(&row)
+                && pdu.kind.to_string() == "m.room.history_visibility"
+                && let Some(new) = pdu.content_str("history_visibility")
+                && openness(&new) > openness(&visibility)
+            {
+                visibility = new;
+            }
             let membership = content_of(find(state, "m.room.member", user_id.as_str()), "membership")
                 .unwrap_or_else(|| "leave".into());
             let visible = match visibility.as_str() {
@@ -413,6 +433,8 @@ impl Rooms {
         event_id: &EventId,
         limit: usize,
     ) -> Result<(Vec<Value>, Value, Vec<Value>, String, String)> {
+        // Outsiders of a room that is not world-readable learn nothing of its events.
+        self.require_member(viewer.user_id, room_id).await?;
         let event = self.event_for(viewer, room_id, event_id).await?;
         let row = self.store.event(event_id.as_str()).await?.ok_or_else(|| Error::not_found("event not found"))?;
         let before_n = limit / 2;

@@ -183,6 +183,19 @@ impl Store {
         Ok(())
     }
 
+    /// Makes a guest account a full account with a password.
+    pub async fn upgrade_guest(&self, user_id: &str, password_hash: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE users SET is_guest = 0, password_hash = $2, updated_ts = $3 WHERE user_id = $1 AND is_guest = 1",
+        )
+        .bind(user_id)
+        .bind(password_hash)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
     /// Marks a user's messages for erasure.
     pub async fn set_erased(&self, user_id: &str) -> StoreResult<()> {
         sqlx::query("UPDATE users SET erased = 1, updated_ts = $2 WHERE user_id = $1")

@@ -225,7 +225,18 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        record_change(&mut tx, user_id, pos, now).await?;
+        // Only a new user-signing key leaves the others' view of this user unchanged.
+        let self_only = keys.iter().all(|(key_type, _)| key_type == "user_signing");
+        sqlx::query(
+            "INSERT INTO device_list_changes (stream_pos, user_id, created_ts, self_only) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(pos)
+        .bind(user_id)
+        .bind(now)
+        .bind(self_only as i64)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

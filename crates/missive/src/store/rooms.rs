@@ -729,7 +729,8 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Users sharing a room with `user_id` or in a published room, matching a search term.
+    /// Other users sharing a room with `user_id` or in a public (joinable or world-readable)
+    /// room, matching a search term.
     pub async fn search_users(
         &self,
         user_id: &str,
@@ -740,12 +741,16 @@ impl Store {
         let rows = sqlx::query(
             "SELECT p.user_id, p.displayname, p.avatar_url FROM profiles p JOIN users u ON u.user_id = p.user_id \
              WHERE u.deactivated = 0 AND (LOWER(p.user_id) LIKE $2 OR LOWER(COALESCE(p.displayname, '')) LIKE $2) \
-             AND (p.user_id = $1 OR EXISTS ( \
+             AND p.user_id <> $1 AND (EXISTS ( \
                  SELECT 1 FROM memberships a JOIN memberships b ON a.room_id = b.room_id \
                  WHERE a.user_id = $1 AND a.membership = 'join' AND b.user_id = p.user_id AND b.membership = 'join') \
                OR EXISTS ( \
-                 SELECT 1 FROM memberships c JOIN rooms r ON r.room_id = c.room_id \
-                 WHERE c.user_id = p.user_id AND c.membership = 'join' AND r.published = 1)) \
+                 SELECT 1 FROM memberships c JOIN room_current_state s ON s.room_id = c.room_id \
+                 JOIN events e ON e.event_id = s.event_id \
+                 WHERE c.user_id = p.user_id AND c.membership = 'join' AND s.state_key = '' \
+                 AND ((s.event_type = 'm.room.join_rules' AND e.json LIKE '%\"join_rule\":\"public\"%') \
+                   OR (s.event_type = 'm.room.history_visibility' \
+                       AND e.json LIKE '%\"history_visibility\":\"world_readable\"%')))) \
              ORDER BY p.user_id LIMIT $3",
         )
         .bind(user_id)
@@ -754,6 +759,55 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Candidate events for a full-text search: messages, names and topics of the given
+    /// rooms whose stored JSON contains every (lower-case) word, newest first, below
+    /// `before`. The caller checks the words against the searched fields themselves.
+    pub async fn search_candidates(
+        &self,
+        rooms: &[String],
+        words: &[String],
+        before: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRow>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = Params::new(self.backend);
+        let room_list = p.list(rooms.len());
+        let likes: Vec<String> = words.iter().map(|_| format!("LOWER(json) LIKE {}", p.next())).collect();
+        let text = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id IN ({room_list}) \
+             AND event_type IN ('m.room.message', 'm.room.name', 'm.room.topic') AND redacted_by IS NULL \
+             AND {} AND stream_pos < {} ORDER BY stream_pos DESC LIMIT {}",
+            if likes.is_empty() { "1 = 1".to_owned() } else { likes.join(" AND ") },
+            p.next(),
+            p.next()
+        );
+        let mut query = sqlx::query(sql(text));
+        for room in rooms {
+            query = query.bind(room);
+        }
+        for word in words {
+            query = query.bind(format!("%{}%", word.replace(['%', '_'], "")));
+        }
+        let rows = query.bind(before).bind(limit).fetch_all(&self.read).await?;
+        Ok(rows.into_iter().map(event_row).collect())
+    }
+
+    /// The members of the rooms `user_id` left (or was banned from) in `(since, to]`.
+    pub async fn mates_of_rooms_left(&self, user_id: &str, since: i64, to: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT o.user_id FROM memberships me JOIN memberships o ON o.room_id = me.room_id \
+             WHERE me.user_id = $1 AND me.membership IN ('leave', 'ban') AND me.stream_pos > $2 \
+             AND me.stream_pos <= $3 AND o.membership IN ('join', 'invite') AND o.user_id <> $1",
+        )
+        .bind(user_id)
+        .bind(since)
+        .bind(to)
+        .fetch_all(&self.read)
+        .await?)
     }
 
     /// Everyone with a membership in the rooms `user_id` is joined to:

@@ -20,6 +20,8 @@ pub struct Changes {
     pub memberships: bool,
     /// Users whose device list changed.
     pub device_lists: Vec<String>,
+    /// Users among `device_lists` whose changes concern only themselves (user-signing key).
+    pub self_only: HashSet<String>,
 }
 
 /// What changed in one room.
@@ -55,8 +57,8 @@ impl Store {
              FROM events WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY room_id \
              UNION ALL SELECT room_id, CAST(1 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
              FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY room_id \
-             UNION ALL SELECT user_id, CAST(2 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
-             FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY user_id",
+             UNION ALL SELECT user_id, CAST(2 AS BIGINT), CAST(MIN(self_only) AS BIGINT), CAST(0 AS BIGINT), \
+             CAST(0 AS BIGINT) FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY user_id",
         )
         .bind(since)
         .bind(to)
@@ -66,7 +68,11 @@ impl Store {
         for r in rows {
             let kind: i64 = r.get(1);
             if kind == 2 {
-                out.device_lists.push(r.get(0));
+                let user: String = r.get(0);
+                if r.get::<i64, _>(2) == 1 {
+                    out.self_only.insert(user.clone());
+                }
+                out.device_lists.push(user);
                 continue;
             }
             let room = out.rooms.entry(r.get(0)).or_default();
@@ -277,6 +283,30 @@ impl Store {
             out.extend(query.fetch_all(&self.read).await?.into_iter().map(|r| (r.get(0), r.get(1))));
         }
         Ok(out)
+    }
+
+    /// A user's membership in a room as of stream position `at`, with the position of the
+    /// member event that set it.
+    pub async fn own_member_event_at(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        at: i64,
+    ) -> StoreResult<Option<(String, i64)>> {
+        let row = sqlx::query(
+            "SELECT stream_pos, json FROM events WHERE room_id = $1 AND event_type = 'm.room.member' \
+             AND state_key = $2 AND stream_pos <= $3 ORDER BY stream_pos DESC LIMIT 1",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(at)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.and_then(|r| {
+            let json: String = r.get(1);
+            let event: serde_json::Value = serde_json::from_str(&json).ok()?;
+            Some((event["content"]["membership"].as_str()?.to_owned(), r.get(0)))
+        }))
     }
 
     /// Which of the given events are part of their room's current state.

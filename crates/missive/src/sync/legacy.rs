@@ -122,9 +122,25 @@ impl Sync {
             };
             rooms.push(room);
         }
+        // The user's own presence always, then that of their rooms' members.
+        let mut presence: Vec<Value> = vec![
+            json!({ "type": "m.presence", "sender": identity.user_id, "content": self.presence.content(&identity.user_id) }),
+        ];
+        let mut receipts = Vec::new();
+        for room in &mut rooms {
+            if let Some(Value::Array(events)) = room.as_object_mut().and_then(|r| r.remove("presence")) {
+                presence.extend(events.into_iter().filter(|e| e["sender"] != identity.user_id.as_str()));
+            }
+            if let Some(Value::Array(events)) = room.get("receipts") {
+                receipts.extend(events.iter().cloned());
+            }
+        }
+        presence.sort_by(|a, b| a["sender"].as_str().cmp(&b["sender"].as_str()));
+        presence.dedup_by(|a, b| a["sender"] == b["sender"]);
         Ok(json!({
             "end": global["next_batch"],
             "rooms": rooms,
+            "receipts": receipts,
             // Push rules have their own API; the legacy initial sync never listed them.
             "account_data": global["account_data"]["events"]
                 .as_array()
@@ -133,7 +149,7 @@ impl Sync {
                 .filter(|e| e["type"] != crate::rooms::notify::PUSH_RULES_TYPE)
                 .cloned()
                 .collect::<Vec<_>>(),
-            "presence": global["presence"]["events"],
+            "presence": presence,
         }))
     }
 
@@ -177,13 +193,17 @@ impl Sync {
             .collect();
         let receipts = self.receipts_event(room_id, identity).await?;
         let visibility = if self.store.is_published(room_id.as_str()).await? { "public" } else { "private" };
-        let presence = if self.presence.enabled() {
-            let members: Vec<&str> = state
+        // Members' presence, for members only (everyone `offline` while presence is off).
+        let presence: Vec<Value> = if membership == "join" {
+            state
                 .iter()
                 .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
                 .filter_map(|e| e["state_key"].as_str())
-                .collect();
-            self.presence.events_since(members, None)
+                .filter_map(|user| Some((user, ruma::UserId::parse(user).ok()?)))
+                .map(
+                    |(user, id)| json!({ "type": "m.presence", "sender": user, "content": self.presence.content(&id) }),
+                )
+                .collect()
         } else {
             Vec::new()
         };

@@ -122,8 +122,13 @@ impl Sync {
         let mates = self.store.room_mates(user_id.as_str()).await?;
         let sharing: HashSet<&str> =
             mates.iter().filter(|(_, m, _, _)| m == "join" || m == "invite").map(|(u, _, _, _)| u.as_str()).collect();
-        let mut changed: HashSet<String> =
-            key_changes.iter().filter(|u| *u == user_id.as_str() || sharing.contains(u.as_str())).cloned().collect();
+        let mut changed: HashSet<String> = key_changes
+            .iter()
+            .filter(|u| {
+                *u == user_id.as_str() || (sharing.contains(u.as_str()) && !changes.self_only.contains(u.as_str()))
+            })
+            .cloned()
+            .collect();
         for (other, membership, pos, my_join) in &mates {
             let newly_shared =
                 (*pos > since && *pos <= to && membership == "join") || (*my_join > since && *my_join <= to);
@@ -131,12 +136,16 @@ impl Sync {
                 changed.insert(other.clone());
             }
         }
+        // Those who left the user's rooms, and the members of rooms the user left, once
+        // no room is shared any more.
+        let left_behind = self.store.mates_of_rooms_left(user_id.as_str(), since, to).await?;
         let left: Vec<String> = mates
             .iter()
             .filter(|(u, m, pos, _)| {
                 *pos > since && *pos <= to && (m == "leave" || m == "ban") && !sharing.contains(u.as_str())
             })
             .map(|(u, _, _, _)| u.clone())
+            .chain(left_behind.into_iter().filter(|u| !sharing.contains(u.as_str())))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -205,8 +214,19 @@ impl Sync {
         // Past the cap, the rooms' timelines are read per room as on an initial sync.
         let new_events = new_events.filter(|rows| rows.len() < NEW_EVENTS_CAP as usize);
         let mut visible: Vec<MembershipRow> = Vec::new();
-        for m in memberships {
+        for mut m in memberships {
             if m.stream_pos <= now && filter::room_allowed(&req.filter, &m.room_id) {
+                // A member who changed their profile since the token was already joined: the
+                // room is not new to them, and is not sent in full again.
+                if let Some(s) = since.pos
+                    && m.membership == "join"
+                    && m.stream_pos > s
+                    && let Some((membership, pos)) =
+                        self.store.own_member_event_at(&m.room_id, user_id.as_str(), s).await?
+                    && membership == "join"
+                {
+                    m.stream_pos = pos;
+                }
                 visible.push(m);
             }
         }
@@ -603,7 +623,8 @@ impl Sync {
             if !filter::event_matches(state_filter, e) {
                 return false;
             }
-            if lazy && e["type"] == "m.room.member" {
+            // A gap's membership changes are all sent, lazy loading or not: they are news.
+            if lazy && full && e["type"] == "m.room.member" {
                 return e["state_key"].as_str().is_some_and(|k| senders.contains(k));
             }
             true
@@ -646,6 +667,16 @@ impl Sync {
             state.extend(if redundant { candidates } else { fresh });
         }
         let state: Vec<Value> = state.into_iter().map(pdu::sync_event).collect();
+        // What changed may all have been filtered out: then the room has nothing to say.
+        if !full
+            && state.is_empty()
+            && timeline.events.is_empty()
+            && typing.is_none()
+            && receipts.is_empty()
+            && room_data.is_empty()
+        {
+            return None;
+        }
         room.insert((if req.use_state_after { "state_after" } else { "state" }).into(), events(state));
         room.insert("timeline".into(), timeline.into_json());
         let mut ephemeral = Vec::new();

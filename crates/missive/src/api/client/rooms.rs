@@ -36,6 +36,7 @@ use crate::{
     ratelimit::Action,
     rooms::{
         Draft,
+        search::SearchRequest,
         timeline::{PageRequest, Viewer},
     },
 };
@@ -63,6 +64,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, messages);
     let router = route(router, context);
     let router = route(router, upgrade);
+    let router = route(router, search);
     let router = route(router, relations);
     let router = route(router, relations_by_type);
     let router = route(router, relations_by_type_and_event);
@@ -306,6 +308,37 @@ async fn send(state: AppState, req: Ruma<send_message_event::v3::Request>) -> Re
     let event_id =
         state.rooms.send(&id.user_id, id.device_id.as_str(), &b.room_id, draft, Some(b.txn_id.as_str())).await?;
     Ok(json(json!({ "event_id": event_id })))
+}
+
+/// # POST /_matrix/client/v3/search
+async fn search(state: AppState, req: Ruma<ruma::api::client::search::search_events::v3::Request>) -> Result<Response> {
+    use ruma::api::client::search::search_events::v3::{GroupingKey, OrderBy};
+    let Some(criteria) = &req.body.search_categories.room_events else {
+        return Ok(json(json!({ "search_categories": {} })));
+    };
+    let context = &criteria.event_context;
+    let wants_context = criteria.event_context.before_limit != ruma::uint!(0)
+        || criteria.event_context.after_limit != ruma::uint!(0)
+        || criteria.event_context.include_profile;
+    // The context is served only when the request asked for it: ruma fills in defaults.
+    let asked_context =
+        body_fields(&req).get("search_categories").and_then(|c| c["room_events"].get("event_context")).is_some();
+    let grouped = |key: GroupingKey| criteria.groupings.group_by.iter().any(|g| g.key.as_ref() == Some(&key));
+    let request = SearchRequest {
+        term: &criteria.search_term,
+        keys: criteria.keys.iter().flatten().map(|k| k.as_str().to_owned()).collect(),
+        filter: &criteria.filter,
+        recent: criteria.order_by == Some(OrderBy::Recent),
+        context: (asked_context && wants_context).then(|| {
+            (u64::from(context.before_limit) as usize, u64::from(context.after_limit) as usize, context.include_profile)
+        }),
+        include_state: criteria.include_state.unwrap_or(false),
+        group_by_room: grouped(GroupingKey::RoomId),
+        group_by_sender: grouped(GroupingKey::Sender),
+        next_batch: req.body.next_batch.as_deref(),
+    };
+    let room_events = state.rooms.search(viewer(&req), request).await?;
+    Ok(json(json!({ "search_categories": { "room_events": room_events } })))
 }
 
 /// # POST /_matrix/client/v3/rooms/{roomId}/upgrade
