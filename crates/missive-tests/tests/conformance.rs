@@ -819,3 +819,32 @@ async fn search_finds_readable_messages_of_the_users_rooms() {
     let (status, body) = search(json!({ "search_categories": { "room_events": { "search_term": " " } } }), None).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
 }
+
+#[tokio::test]
+async fn a_room_joined_since_the_token_is_sent_once_with_state_outside_its_timeline() {
+    let server = TestServer::start().await;
+    let user = server.register("nina").await;
+    let token = Some(user.access_token.as_str());
+    let filter = r#"{"room":{"timeline":{"limit":10}}}"#;
+    let (_, first) = server.call("GET", &format!("/_matrix/client/v3/sync?filter={filter}"), token, None).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let room_id = create_room(&server, &user.access_token, json!({ "preset": "public_chat" })).await;
+    server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic"),
+            token,
+            Some(json!({ "topic": "t" })),
+        )
+        .await;
+    let (_, sync) =
+        server.call("GET", &format!("/_matrix/client/v3/sync?filter={filter}&since={since}"), token, None).await;
+    let room = &sync["rooms"]["join"][&room_id];
+    let ids: Vec<&str> =
+        room["timeline"]["events"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
+    let unique: std::collections::HashSet<&&str> = ids.iter().collect();
+    assert_eq!(ids.len(), unique.len(), "each event once: {room}");
+    assert_eq!(room["timeline"]["events"][0]["type"], "m.room.create", "the whole room fits: {room}");
+    assert_eq!(room["timeline"]["limited"], false);
+    assert_eq!(room["state"]["events"], json!([]), "everything is in the timeline: {room}");
+}

@@ -86,6 +86,9 @@ impl Rooms {
         for kind in COPIED_STATE {
             if let Some(content) = self.current_state_content(room_id, kind, "").await? {
                 drafts.push(Draft::state(*kind, "", content));
+            } else if *kind == "m.room.guest_access" {
+                // Said out loud in the new room: no guests, as the old room's silence meant.
+                drafts.push(Draft::state(*kind, "", json!({ "guest_access": "forbidden" })));
             }
         }
         for banned in self.store.room_members(room_id.as_str(), Some("ban")).await? {

@@ -52,7 +52,7 @@ impl Sync {
             }
         }
         for section in ["account_data", "presence"] {
-            chunk.extend(response[section]["events"].as_array().into_iter().flatten().cloned());
+            chunk.extend(response[section]["events"].as_array().into_iter().flatten().cloned().map(legacy_event));
         }
         Ok(json!({ "chunk": chunk, "start": from, "end": response["next_batch"] }))
     }
@@ -66,29 +66,45 @@ impl Sync {
         from: Option<&str>,
         timeout: Duration,
     ) -> Result<Value> {
-        let from = match from {
-            Some(token) => parse_token(token)?,
-            None => self.streams.current(),
+        let since = super::parse_since(from)?;
+        let from = since.pos.unwrap_or_else(|| self.streams.current());
+        let (typing_from, presence_from) = match since.pos {
+            Some(_) => (since.typing, since.presence),
+            None => (Some(self.typing.serial()), Some(self.presence.serial())),
         };
-        let from_token = format!("s{from}_0_0");
+        let from_token = format!("s{from}_{}_{}", typing_from.unwrap_or(0), presence_from.unwrap_or(0));
         let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(300));
         let mut changes = self.streams.subscribe();
         loop {
             changes.borrow_and_update();
             let now = self.streams.current();
+            let (typing_now, presence_now) = (self.typing.serial(), self.presence.serial());
             let page = PageRequest {
                 from: Some(&make_token(from)),
                 to: Some(&make_token(now)),
                 backwards: false,
                 limit: EVENTS_CAP as usize,
             };
-            let (chunk, _, _) = self.rooms.paginate(viewer(identity), room_id, page, |_| true).await?;
+            let (timeline, _, _) = self.rooms.paginate(viewer(identity), room_id, page, |_| true).await?;
+            let mut chunk: Vec<Value> = timeline.into_iter().map(legacy_event).collect();
+            // What peeking clients were also told: receipts, typing, and the members' presence.
+            if let Some(receipt) = self.receipts_since(room_id, identity, from).await? {
+                chunk.push(receipt);
+            }
+            if let Some(users) = self.typing.changed_since(room_id, typing_from) {
+                chunk.push(json!({ "type": "m.typing", "room_id": room_id, "content": { "user_ids": users } }));
+            }
+            if presence_from.is_some_and(|p| p < presence_now) {
+                let members = self.store.room_members(room_id.as_str(), Some("join")).await?;
+                let members: Vec<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
+                chunk.extend(self.presence.events_since(members, presence_from).into_iter().map(legacy_event));
+            }
+            let end = format!("s{now}_{typing_now}_{presence_now}");
             if !chunk.is_empty() || tokio::time::Instant::now() >= deadline {
-                let chunk: Vec<Value> = chunk.into_iter().map(legacy_event).collect();
-                return Ok(json!({ "chunk": chunk, "start": from_token, "end": format!("s{now}_0_0") }));
+                return Ok(json!({ "chunk": chunk, "start": from_token, "end": end }));
             }
             if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
-                return Ok(json!({ "chunk": [], "start": from_token, "end": format!("s{now}_0_0") }));
+                return Ok(json!({ "chunk": [], "start": from_token, "end": end }));
             }
         }
     }
@@ -137,6 +153,7 @@ impl Sync {
         }
         presence.sort_by(|a, b| a["sender"].as_str().cmp(&b["sender"].as_str()));
         presence.dedup_by(|a, b| a["sender"] == b["sender"]);
+        let presence: Vec<Value> = presence.into_iter().map(legacy_event).collect();
         Ok(json!({
             "end": global["next_batch"],
             "rooms": rooms,
@@ -207,6 +224,7 @@ impl Sync {
         } else {
             Vec::new()
         };
+        let presence: Vec<Value> = presence.into_iter().map(legacy_event).collect();
         let end_token = parse_token(&end).map(|pos| format!("s{pos}_0_0")).unwrap_or(end);
         Ok(json!({
             "room_id": room_id,
@@ -222,11 +240,25 @@ impl Sync {
 
     /// The room's receipts as one `m.receipt` event, as the initial syncs serve them.
     async fn receipts_event(&self, room_id: &RoomId, identity: &Identity) -> Result<Vec<Value>> {
+        Ok(self.receipts_since_opt(room_id, identity, None).await?.into_iter().collect())
+    }
+
+    /// The room's receipts set after stream position `since`, as one `m.receipt` event.
+    async fn receipts_since(&self, room_id: &RoomId, identity: &Identity, since: i64) -> Result<Option<Value>> {
+        self.receipts_since_opt(room_id, identity, Some(since)).await
+    }
+
+    async fn receipts_since_opt(
+        &self,
+        room_id: &RoomId,
+        identity: &Identity,
+        since: Option<i64>,
+    ) -> Result<Option<Value>> {
         let rooms = [room_id.to_string()];
-        let mut receipts = self.store.receipts_for_rooms(&rooms, None, identity.user_id.as_str()).await?;
+        let mut receipts = self.store.receipts_for_rooms(&rooms, since, identity.user_id.as_str()).await?;
         let rows = receipts.remove(room_id.as_str()).unwrap_or_default();
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let mut content: Map<String, Value> = Map::new();
         for r in rows {
@@ -237,7 +269,7 @@ impl Sync {
             }
             by_type[&r.receipt_type][&r.user_id] = receipt;
         }
-        Ok(vec![json!({ "type": "m.receipt", "room_id": room_id, "content": content })])
+        Ok(Some(json!({ "type": "m.receipt", "room_id": room_id, "content": content })))
     }
 
     /// A sync token for the present moment.
@@ -257,11 +289,18 @@ fn with_room_id(mut event: Value, room_id: &str) -> Value {
     legacy_event(event)
 }
 
-/// The legacy event format these endpoints served: `user_id` beside `sender`.
+/// The legacy event format these endpoints served: `user_id` beside `sender`, and in
+/// presence events, in the content too, with the status message always named.
 fn legacy_event(mut event: Value) -> Value {
     if let Some(object) = event.as_object_mut()
         && let Some(sender) = object.get("sender").cloned()
     {
+        if object.get("type").and_then(Value::as_str) == Some("m.presence")
+            && let Some(content) = object.get_mut("content").and_then(Value::as_object_mut)
+        {
+            content.insert("user_id".into(), sender.clone());
+            content.entry("status_msg").or_insert(Value::Null);
+        }
         object.insert("user_id".into(), sender);
     }
     event

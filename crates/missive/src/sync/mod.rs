@@ -64,13 +64,13 @@ pub struct Sync {
     lazy: LazyMembers,
 }
 
-struct Since {
+pub(super) struct Since {
     pos: Option<i64>,
     typing: Option<u64>,
     presence: Option<u64>,
 }
 
-fn parse_since(token: Option<&str>) -> Result<Since> {
+pub(super) fn parse_since(token: Option<&str>) -> Result<Since> {
     let Some(token) = token else {
         return Ok(Since { pos: None, typing: None, presence: None });
     };
@@ -310,7 +310,8 @@ impl Sync {
         }
         global.retain(|e| filter::event_allowed(&req.filter.account_data, e));
         let (changed, left) = device_lists;
-        let presence = self.presence_events(user_id, req, since, presence_serial).await?;
+        let memberships_changed = changes.as_ref().is_some_and(|c| c.memberships);
+        let presence = self.presence_events(user_id, req, since, presence_serial, memberships_changed).await?;
         let has_changes = !(join.is_empty()
             && presence.is_empty()
             && invite.is_empty()
@@ -362,8 +363,9 @@ impl Sync {
         req: &SyncRequest,
         since: &Since,
         serial: u64,
+        memberships_changed: bool,
     ) -> Result<Vec<Value>> {
-        if !self.presence.enabled() || since.presence.is_some_and(|s| s == serial) {
+        if !self.presence.enabled() || (since.presence.is_some_and(|s| s == serial) && !memberships_changed) {
             return Ok(Vec::new());
         }
         let mates = self.store.room_mates(user_id.as_str()).await?;
@@ -372,7 +374,24 @@ impl Sync {
         users.push(user_id.as_str());
         users.sort_unstable();
         users.dedup();
-        let events = self.presence.events_since(users, since.presence);
+        let mut events = self.presence.events_since(users, since.presence);
+        // Someone newly met (they joined one of the user's rooms, or the user joined theirs)
+        // comes with their presence, changed or not.
+        if let Some(s) = since.pos {
+            let mut newly: Vec<&str> = mates
+                .iter()
+                .filter(|(u, m, pos, my_join)| m == "join" && (*pos > s || *my_join > s) && u != user_id.as_str())
+                .map(|(u, _, _, _)| u.as_str())
+                .filter(|u| !events.iter().any(|e| e["sender"] == *u))
+                .collect();
+            newly.sort_unstable();
+            newly.dedup();
+            for user in newly {
+                if let Ok(id) = UserId::parse(user) {
+                    events.push(json!({ "type": "m.presence", "sender": user, "content": self.presence.content(&id) }));
+                }
+            }
+        }
         Ok(events.into_iter().filter(|e| filter::event_allowed(&req.filter.presence, e)).collect())
     }
 
@@ -727,9 +746,37 @@ impl Sync {
         let range = (m.room_id.clone(), since.pos.unwrap_or(0), m.stream_pos);
         let timeline =
             self.timelines(viewer, req, &[range], known, true, None).await?.remove(&m.room_id).unwrap_or_default();
+        // The state at the timeline's start (at the leave when the filter left no timeline),
+        // as the room may be new to the client: joined and left since its last sync.
+        let group = match timeline.first_group {
+            Some(group) => Some(group),
+            None => self.store.event(&m.event_id).await?.map(|leave| leave.state_group_before),
+        };
+        let timeline_ids: HashSet<String> =
+            timeline.events.iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect();
+        let mut state = Vec::new();
+        if let Some(group) = group {
+            let ids: Vec<String> = self
+                .store
+                .state_group(group)
+                .await?
+                .into_iter()
+                .map(|(_, _, id)| id)
+                .filter(|id| !timeline_ids.contains(id))
+                .collect();
+            let rows = self.store.events(&ids).await?;
+            state = self
+                .rooms
+                .serve_unbundled(viewer, &rows)
+                .await?
+                .into_iter()
+                .filter(|e| filter::event_matches(&req.filter.room.state, e))
+                .map(pdu::sync_event)
+                .collect();
+        }
         let mut room = Map::new();
         room.insert("timeline".into(), timeline.into_json());
-        room.insert("state".into(), events(Vec::new()));
+        room.insert("state".into(), events(state));
         room.insert("account_data".into(), events(Vec::new()));
         Ok(Value::Object(room))
     }
@@ -757,7 +804,10 @@ impl Sync {
         let (read, read_from) = read.unzip();
         let to_read: Vec<(String, i64, i64)> =
             ranges.iter().filter(|(_, from, _)| read_from != Some(*from)).cloned().collect();
-        for row in read.into_iter().flatten() {
+        // A room read now (sent from its start) must not also take the events read from
+        // `since`, or they would be served twice.
+        let read_now: HashSet<&str> = to_read.iter().map(|(room, _, _)| room.as_str()).collect();
+        for row in read.into_iter().flatten().filter(|row| !read_now.contains(row.room_id.as_str())) {
             by_room.entry(row.room_id.clone()).or_default().push(row);
         }
         if !to_read.is_empty() {

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::{
     api::{
         AppState,
-        ruma::{Ruma, json, route},
+        ruma::{Authenticated, Ruma, json, route},
     },
     error::{Error, Result},
 };
@@ -41,7 +41,13 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, set_push_rule_enabled);
     let router = route(router, push_rule_actions);
     let router = route(router, set_push_rule_actions);
-    let router = route(router, get_tags);
+    let mut router = route(router, get_tags);
+    for version in ["r0", "v3"] {
+        router = router.route(
+            &format!("/_matrix/client/{version}/pushrules/global/{{kind}}/"),
+            axum::routing::get(push_rules_of_kind),
+        );
+    }
     let router = route(router, put_tag);
     let router = route(router, remove_tag);
     let router = route(router, receipt);
@@ -167,6 +173,22 @@ async fn push_rules(state: AppState, req: Ruma<get_pushrules_all::v3::Request>) 
 async fn push_rules_global(state: AppState, req: Ruma<get_pushrules_global_scope::v3::Request>) -> Result<Response> {
     let ruleset = state.user_data.push_rules(&req.identity().user_id).await?;
     Ok(json(serde_json::to_value(&*ruleset).map_err(|e| Error::Internal(e.to_string()))?))
+}
+
+/// # GET /_matrix/client/v3/pushrules/global/{kind}/
+///
+/// The rules of one kind, as Synapse serves them (clients and SyTest list a kind this way).
+async fn push_rules_of_kind(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    Authenticated(id): Authenticated,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+) -> Result<Response> {
+    if !matches!(kind.as_str(), "override" | "content" | "room" | "sender" | "underride") {
+        return Err(Error::Unrecognized { method_not_allowed: false });
+    }
+    let ruleset = state.user_data.push_rules(&id.user_id).await?;
+    let all = serde_json::to_value(&*ruleset).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(json(all.get(&kind).cloned().unwrap_or_else(|| json!([]))))
 }
 
 async fn find_rule(
