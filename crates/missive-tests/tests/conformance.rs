@@ -440,11 +440,22 @@ async fn room_upgrade_moves_settings_aliases_and_closes_the_old_room() {
     let (status, _) =
         server.call("POST", &upgrade, Some(&member.access_token), Some(json!({ "new_version": "12" }))).await;
     assert_eq!(status, 403, "a member without power cannot upgrade");
-    let (status, body) = server.call("POST", &upgrade, token, Some(json!({ "new_version": "99" }))).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")));
+    for bad in ["99", "my_bad_version"] {
+        let (status, body) = server.call("POST", &upgrade, token, Some(json!({ "new_version": bad }))).await;
+        assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")), "{bad}");
+    }
+    // The owner's tag and direct-chat listing follow the room.
+    let tags = |room: &str| format!("/_matrix/client/v3/user/{}/rooms/{room}/tags", owner.user_id);
+    server.call("PUT", &format!("{}/u.team", tags(&room_id)), token, Some(json!({}))).await;
+    let direct = format!("/_matrix/client/v3/user/{}/account_data/m.direct", owner.user_id);
+    server.call("PUT", &direct, token, Some(json!({ member.user_id.clone(): [room_id] }))).await;
     let (status, body) = server.call("POST", &upgrade, token, Some(json!({ "new_version": "12" }))).await;
     assert_eq!(status, 200, "{body}");
     let new_room = body["replacement_room"].as_str().unwrap().to_owned();
+    let (_, new_tags) = server.call("GET", &tags(&new_room), token, None).await;
+    assert!(new_tags["tags"].get("u.team").is_some(), "{new_tags}");
+    let (_, dms) = server.call("GET", &direct, token, None).await;
+    assert!(dms[&member.user_id].as_array().unwrap().iter().any(|r| r == new_room.as_str()), "{dms}");
 
     let state = |room: &str, kind: &str| format!("/_matrix/client/v3/rooms/{room}/state/{kind}");
     let (_, tombstone) = server.call("GET", &state(&room_id, "m.room.tombstone"), token, None).await;
@@ -469,6 +480,25 @@ async fn room_upgrade_moves_settings_aliases_and_closes_the_old_room() {
     let (status, _) =
         server.call("POST", &format!("/_matrix/client/v3/join/{new_room}"), Some(&member.access_token), None).await;
     assert_eq!(status, 200);
+
+    // To a version whose room IDs are chosen, the new room names the tombstone itself.
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{new_room}/upgrade"),
+            token,
+            Some(json!({ "new_version": "11" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let third = body["replacement_room"].as_str().unwrap().to_owned();
+    let (_, tombstone) = server.call("GET", &state(&new_room, "m.room.tombstone"), token, None).await;
+    assert_eq!(tombstone["replacement_room"], third.as_str());
+    let (_, all) = server.call("GET", &format!("/_matrix/client/v3/rooms/{new_room}/state"), token, None).await;
+    let tombstone_id =
+        all.as_array().unwrap().iter().find(|e| e["type"] == "m.room.tombstone").unwrap()["event_id"].clone();
+    let (_, create) = server.call("GET", &state(&third, "m.room.create"), token, None).await;
+    assert_eq!(create["predecessor"]["event_id"], tombstone_id, "{create}");
 }
 
 #[tokio::test]

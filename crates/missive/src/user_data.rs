@@ -123,6 +123,32 @@ impl UserData {
         self.put(user_id, Some(room_id), TAG_TYPE, &json!({ "tags": tags })).await
     }
 
+    /// Carries a user's settings for a room over to the room that replaced it (on joining
+    /// it): their tags, and the room's place in their direct chats (`m.direct`).
+    pub async fn transfer_to_upgraded_room(&self, user_id: &UserId, old: &RoomId, new: &RoomId) -> Result<()> {
+        let tags = self.tags(user_id, old).await?;
+        if !tags.is_empty() && self.tags(user_id, new).await?.is_empty() {
+            self.put(user_id, Some(new), TAG_TYPE, &json!({ "tags": tags })).await?;
+        }
+        let raw = self.store.account_data(user_id.as_str(), "", "m.direct").await?;
+        if let Some(mut direct) = raw.and_then(|raw| serde_json::from_str::<Value>(&raw).ok()) {
+            let mut changed = false;
+            for rooms in direct.as_object_mut().into_iter().flat_map(|d| d.values_mut()) {
+                if let Some(list) = rooms.as_array_mut()
+                    && list.iter().any(|r| r == old.as_str())
+                    && !list.iter().any(|r| r == new.as_str())
+                {
+                    list.push(json!(new));
+                    changed = true;
+                }
+            }
+            if changed {
+                self.put(user_id, None, "m.direct", &direct).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Records a receipt (`m.read`, `m.read.private`) for an event of the room.
     pub async fn set_receipt(
         &self,

@@ -532,12 +532,28 @@ impl Rooms {
         alias: Option<String>,
         publish: bool,
     ) -> Result<OwnedRoomId> {
+        self.create_as(None, version, sender, create_content, rest, alias, publish).await
+    }
+
+    /// [`Self::create`] with a room ID chosen beforehand (room versions before 12, whose IDs
+    /// are not derived from the create event).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn create_as(
+        &self,
+        room_id: Option<OwnedRoomId>,
+        version: &str,
+        sender: &UserId,
+        create_content: Value,
+        rest: Vec<Draft>,
+        alias: Option<String>,
+        publish: bool,
+    ) -> Result<OwnedRoomId> {
         let (version, rules) = version::rules_for(version)?;
         let provisional_id = if rules.authorization.room_create_event_id_as_room_id {
             // Replaced by the create event's reference hash once it is built.
             RoomId::parse(format!("!placeholder:{}", self.server_name)).map_err(|e| Error::Internal(e.to_string()))?
         } else {
-            RoomId::new_v1(&self.server_name)
+            room_id.unwrap_or_else(|| RoomId::new_v1(&self.server_name))
         };
         let head = RoomHead {
             room_id: provisional_id,
@@ -683,7 +699,10 @@ impl Rooms {
             &mut object,
             &rules.redaction,
         )
-        .map_err(|e| Error::bad_json(format!("event cannot be signed: {e}")))?;
+        .map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => Error::TooLarge,
+            e => Error::bad_json(format!("event cannot be signed: {e}")),
+        })?;
         let hash = ruma::signatures::reference_hash(&object, &rules).map_err(|e| match e {
             ruma::signatures::JsonError::PduTooLarge => Error::TooLarge,
             e => Error::bad_json(e.to_string()),

@@ -61,6 +61,11 @@ impl Rooms {
             create.insert("creator".into(), json!(sender));
         }
         create.insert("room_version".into(), json!(new_version));
+        // Before version 12 the new room's ID can be chosen first: the tombstone names it and
+        // the new room names the tombstone. A version 12 room's ID is its create event's hash,
+        // so its predecessor can only name the old room's last event before the tombstone.
+        let chosen_id =
+            (!rules.authorization.room_create_event_id_as_room_id).then(|| ruma::RoomId::new_v1(&self.server_name));
         let last_event = head.extremities.first().map(ToString::to_string);
         create.insert("predecessor".into(), json!({ "room_id": room_id, "event_id": last_event }));
 
@@ -76,7 +81,9 @@ impl Rooms {
             initial_levels["users"] = json!({});
         }
         if !privileged_creators {
-            initial_levels["users"][sender.as_str()] = json!(100);
+            // Enough power to write every level in use, even those above 100.
+            let highest = levels_in_use(&old_levels).max().unwrap_or(100).max(100);
+            initial_levels["users"][sender.as_str()] = json!(highest);
         }
         let profile = self.store.profile(sender.as_str()).await?.unwrap_or_default();
         let mut drafts = vec![
@@ -109,7 +116,33 @@ impl Rooms {
             drafts.push(Draft::state("m.room.power_levels", "", restored));
         }
         let published = self.store.is_published(room_id.as_str()).await?;
-        let new_room = self.create(new_version, sender, Value::Object(create), drafts, None, published).await?;
+        let tombstone = |replacement: &ruma::RoomId| {
+            Draft::state(
+                "m.room.tombstone",
+                "",
+                json!({ "body": "This room has been replaced", "replacement_room": replacement }),
+            )
+        };
+        let new_room = match chosen_id {
+            // The tombstone is built first and committed after the new room: if the new room
+            // cannot be created, the old room stays as it was.
+            Some(new_id) => {
+                self.write(room_id, async |rooms, batch| {
+                    let tombstone_id = rooms.append(batch, sender, tombstone(&new_id), None).await?;
+                    create.insert("predecessor".into(), json!({ "room_id": room_id, "event_id": tombstone_id }));
+                    let content = Value::Object(std::mem::take(&mut create));
+                    let drafts = std::mem::take(&mut drafts);
+                    rooms.create_as(Some(new_id.clone()), new_version, sender, content, drafts, None, published).await
+                })
+                .await?
+            }
+            None => {
+                let new_room = self.create(new_version, sender, Value::Object(create), drafts, None, published).await?;
+                let draft = tombstone(&new_room);
+                self.write(room_id, async |rooms, batch| rooms.append(batch, sender, draft, None).await).await?;
+                new_room
+            }
+        };
 
         // Local aliases follow the room, and so does the canonical alias that names them.
         self.store.move_aliases(room_id.as_str(), new_room.as_str()).await?;
@@ -129,12 +162,19 @@ impl Rooms {
             }
         }
 
-        let tombstone = Draft::state(
-            "m.room.tombstone",
-            "",
-            json!({ "body": "This room has been replaced", "replacement_room": new_room }),
-        );
-        self.write(room_id, async |rooms, batch| rooms.append(batch, sender, tombstone, None).await).await?;
+        // The aliases moved: the old room's canonical alias no longer names them.
+        if self
+            .current_state_content(room_id, "m.room.canonical_alias", "")
+            .await?
+            .is_some_and(|c| c.as_object().is_some_and(|c| !c.is_empty()))
+        {
+            let draft = Draft::state("m.room.canonical_alias", "", json!({}));
+            if let Err(e) =
+                self.write(room_id, async |rooms, batch| rooms.append(batch, sender, draft, None).await).await
+            {
+                tracing::warn!(%room_id, error = %e, "old room's canonical alias not cleared");
+            }
+        }
         // The old room becomes read-only for ordinary members.
         let users_default = old_levels.get("users_default").and_then(Value::as_i64).unwrap_or(0);
         let restricted = (users_default + 1).max(50);
@@ -156,5 +196,25 @@ impl Rooms {
         }
         tracing::info!(%room_id, %new_room, version = new_version, "room upgraded");
         Ok(new_room)
+    }
+}
+
+/// Every power level a power levels content names (users, events and the defaults).
+fn levels_in_use(levels: &Value) -> impl Iterator<Item = i64> + '_ {
+    let maps = ["users", "events", "notifications"]
+        .into_iter()
+        .filter_map(|key| levels.get(key).and_then(Value::as_object))
+        .flat_map(|map| map.values());
+    let top = levels.as_object().into_iter().flat_map(|object| object.values());
+    maps.chain(top).filter_map(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+}
+
+impl Rooms {
+    /// The room a room replaced, from its create event's `predecessor`.
+    pub async fn predecessor(&self, room_id: &RoomId) -> Result<Option<ruma::OwnedRoomId>> {
+        let create = self.current_state_content(room_id, "m.room.create", "").await?;
+        Ok(create
+            .and_then(|c| c["predecessor"]["room_id"].as_str().map(str::to_owned))
+            .and_then(|id| ruma::RoomId::parse(id).ok()))
     }
 }

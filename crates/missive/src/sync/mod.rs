@@ -754,8 +754,17 @@ impl Sync {
         };
         let timeline_ids: HashSet<String> =
             timeline.events.iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect();
+        // A room the client knew at the token only gets its timeline: its state is known.
+        let known_before = match since.pos {
+            Some(s) => self
+                .store
+                .own_member_event_at(&m.room_id, viewer.user_id.as_str(), s)
+                .await?
+                .is_some_and(|(membership, _)| membership == "join"),
+            None => false,
+        };
         let mut state = Vec::new();
-        if let Some(group) = group {
+        if let Some(group) = group.filter(|_| !known_before) {
             let ids: Vec<String> = self
                 .store
                 .state_group(group)
@@ -817,13 +826,18 @@ impl Sync {
         }
         let mut out = HashMap::with_capacity(ranges.len());
         let mut all_rows = Vec::new();
-        for (room, _, to) in ranges {
+        for (room, from, to) in ranges {
             let mut rows = by_room.remove(room).unwrap_or_default();
             rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.stream_pos));
+            // A room sent from its start that the filter thinned is `limited` when events the
+            // filter dropped came before the ones kept: the client has not seen the room whole.
+            let mut thinned = false;
             if selective {
+                let read = rows.len();
                 rows.retain(|r| filter::event_matches(timeline_filter, &pdu::client_event(r, None, 0)));
+                thinned = *from == 0 && rows.len() < read;
             }
-            let limited = rows.len() > limit;
+            let limited = rows.len() > limit || (thinned && !rows.is_empty());
             rows.truncate(limit);
             rows.reverse();
             let timeline = Timeline {

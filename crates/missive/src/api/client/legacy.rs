@@ -41,6 +41,7 @@ struct EventsQuery {
     from: Option<String>,
     timeout: Option<String>,
     room_id: Option<String>,
+    limit: Option<String>,
 }
 
 /// # GET /_matrix/client/v3/events
@@ -49,6 +50,11 @@ async fn events(
     Authenticated(id): Authenticated,
     Query(query): Query<EventsQuery>,
 ) -> Result<Response> {
+    if let Some(limit) = query.limit.as_deref()
+        && limit.parse::<u32>().is_err()
+    {
+        return Err(Error::invalid_param("limit must be a non-negative number"));
+    }
     let timeout = match query.timeout.as_deref() {
         None => Duration::from_secs(30),
         Some(t) => Duration::from_millis(t.parse().map_err(|_| Error::invalid_param("timeout must be a number"))?),

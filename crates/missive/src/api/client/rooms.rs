@@ -18,7 +18,7 @@ use ruma::{
                 get_relating_events, get_relating_events_with_rel_type,
                 get_relating_events_with_rel_type_and_event_type,
             },
-            room::{create_room, get_room_event, upgrade_room},
+            room::{create_room, get_room_event},
             state::{get_state_event_for_key, get_state_events, send_state_event},
             threads::get_threads,
         },
@@ -29,7 +29,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     api::{
         AppState,
-        ruma::{Ruma, json, route},
+        ruma::{Authenticated, Ruma, json, route},
     },
     error::{Error, Result},
     filter,
@@ -63,7 +63,11 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, event);
     let router = route(router, messages);
     let router = route(router, context);
-    let router = route(router, upgrade);
+    let mut router = router;
+    for version in ["r0", "v3"] {
+        router =
+            router.route(&format!("/_matrix/client/{version}/rooms/{{room_id}}/upgrade"), axum::routing::post(upgrade));
+    }
     let router = route(router, search);
     let router = route(router, relations);
     let router = route(router, relations_by_type);
@@ -132,6 +136,7 @@ async fn join_by_id(state: AppState, req: Ruma<join_room_by_id::v3::Request>) ->
     }
     let room_id =
         state.rooms.join(&id.user_id, &req.body.room_id, req.body.reason.as_deref(), body_fields(&req)).await?;
+    after_join(&state, &id.user_id, &room_id).await?;
     Ok(json(json!({ "room_id": room_id })))
 }
 
@@ -144,6 +149,7 @@ async fn join(state: AppState, req: Ruma<join_room_by_id_or_alias::v3::Request>)
         state.rooms.require_guest_access(&room_id).await?;
     }
     let room_id = state.rooms.join(&id.user_id, &room_id, req.body.reason.as_deref(), body_fields(&req)).await?;
+    after_join(&state, &id.user_id, &room_id).await?;
     Ok(json(json!({ "room_id": room_id })))
 }
 
@@ -342,10 +348,31 @@ async fn search(state: AppState, req: Ruma<ruma::api::client::search::search_eve
 }
 
 /// # POST /_matrix/client/v3/rooms/{roomId}/upgrade
-async fn upgrade(state: AppState, req: Ruma<upgrade_room::v3::Request>) -> Result<Response> {
-    let id = req.identity();
-    let new_room = state.rooms.upgrade(&id.user_id, &req.body.room_id, req.body.new_version.as_str()).await?;
+///
+/// A plain handler: a version ruma cannot parse is still only an unsupported version.
+async fn upgrade(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    Authenticated(id): Authenticated,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    if id.is_guest {
+        return Err(Error::GuestAccessForbidden);
+    }
+    let room_id = RoomId::parse(&room_id).map_err(|e| Error::invalid_param(format!("invalid room ID: {e}")))?;
+    let body: Value = serde_json::from_slice(&body).map_err(|e| Error::NotJson(e.to_string()))?;
+    let version = body["new_version"].as_str().ok_or_else(|| Error::bad_json("new_version is required"))?;
+    let new_room = state.rooms.upgrade(&id.user_id, &room_id, version).await?;
+    state.user_data.transfer_to_upgraded_room(&id.user_id, &room_id, &new_room).await?;
     Ok(json(json!({ "replacement_room": new_room })))
+}
+
+/// After a join: a member of a room's predecessor keeps their settings for it.
+async fn after_join(state: &AppState, user_id: &ruma::UserId, room_id: &RoomId) -> Result<()> {
+    if let Some(old) = state.rooms.predecessor(room_id).await? {
+        state.user_data.transfer_to_upgraded_room(user_id, &old, room_id).await?;
+    }
+    Ok(())
 }
 
 /// # PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}
