@@ -71,6 +71,9 @@ async fn malformed_bodies_and_unknown_endpoints() {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
     let (status, body) = server.call("GET", "/_matrix/client/v3/no/such/endpoint", token, None).await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
+    // A push rule path without its parts is a bad request, as clients expect.
+    let (status, _) = server.call("PUT", "/_matrix/client/v3/pushrules/global/room", token, Some(json!({}))).await;
+    assert_eq!(status, 400);
     let (status, body) =
         server.call("POST", "/_matrix/client/v3/createRoom", token, Some(json!({ "room_version": "13" }))).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")));

@@ -320,8 +320,18 @@ where
     router
 }
 
-/// Answers unknown endpoints as the spec asks.
-pub async fn unrecognized() -> Error {
+/// Answers unknown endpoints as the spec asks. A malformed path under `/pushrules/` (no
+/// scope, no kind, an unknown attribute) is a bad request rather than an unknown endpoint,
+/// as Synapse answers and clients expect.
+pub async fn unrecognized(uri: http::Uri) -> Error {
+    let malformed_push_rule = uri
+        .path()
+        .strip_prefix("/_matrix/client/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, path)| path.starts_with("pushrules/"));
+    if malformed_push_rule {
+        return Error::Unknown("malformed push rule path".into());
+    }
     Error::Unrecognized { method_not_allowed: false }
 }
 

@@ -112,11 +112,13 @@ impl Store {
         Ok(rows.into_iter().map(event_row).collect())
     }
 
-    /// Read receipts of many rooms changed after `since` (private ones only `viewer`'s).
+    /// Read receipts of many rooms changed in `(since, to]` (private ones only `viewer`'s).
+    /// The upper bound keeps a receipt stored past the reader's position for the next read.
     pub async fn receipts_for_rooms(
         &self,
         rooms: &[String],
         since: Option<i64>,
+        to: i64,
         viewer: &str,
     ) -> StoreResult<HashMap<String, Vec<ReceiptRow>>> {
         let mut out: HashMap<String, Vec<ReceiptRow>> = HashMap::new();
@@ -124,13 +126,14 @@ impl Store {
             let mut p = Params::new(self.backend);
             let text = format!(
                 "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts FROM receipts \
-                 WHERE stream_pos > {} AND receipt_type IN ('m.read', 'm.read.private') \
+                 WHERE stream_pos > {} AND stream_pos <= {} AND receipt_type IN ('m.read', 'm.read.private') \
                  AND (receipt_type = 'm.read' OR user_id = {}) AND room_id IN ({})",
+                p.next(),
                 p.next(),
                 p.next(),
                 p.list(chunk.len())
             );
-            let mut query = sqlx::query(sql(text)).bind(since.unwrap_or(-1)).bind(viewer);
+            let mut query = sqlx::query(sql(text)).bind(since.unwrap_or(-1)).bind(to).bind(viewer);
             for room in chunk {
                 query = query.bind(room);
             }

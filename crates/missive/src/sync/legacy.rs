@@ -88,7 +88,7 @@ impl Sync {
             let (timeline, _, _) = self.rooms.paginate(viewer(identity), room_id, page, |_| true).await?;
             let mut chunk: Vec<Value> = timeline.into_iter().map(legacy_event).collect();
             // What peeking clients were also told: receipts, typing, and the members' presence.
-            if let Some(receipt) = self.receipts_since(room_id, identity, from).await? {
+            if let Some(receipt) = self.receipts_since(room_id, identity, from, now).await? {
                 chunk.push(receipt);
             }
             if let Some(users) = self.typing.changed_since(room_id, typing_from) {
@@ -240,12 +240,19 @@ impl Sync {
 
     /// The room's receipts as one `m.receipt` event, as the initial syncs serve them.
     async fn receipts_event(&self, room_id: &RoomId, identity: &Identity) -> Result<Vec<Value>> {
-        Ok(self.receipts_since_opt(room_id, identity, None).await?.into_iter().collect())
+        let to = self.streams.current();
+        Ok(self.receipts_since_opt(room_id, identity, None, to).await?.into_iter().collect())
     }
 
     /// The room's receipts set after stream position `since`, as one `m.receipt` event.
-    async fn receipts_since(&self, room_id: &RoomId, identity: &Identity, since: i64) -> Result<Option<Value>> {
-        self.receipts_since_opt(room_id, identity, Some(since)).await
+    async fn receipts_since(
+        &self,
+        room_id: &RoomId,
+        identity: &Identity,
+        since: i64,
+        to: i64,
+    ) -> Result<Option<Value>> {
+        self.receipts_since_opt(room_id, identity, Some(since), to).await
     }
 
     async fn receipts_since_opt(
@@ -253,9 +260,10 @@ impl Sync {
         room_id: &RoomId,
         identity: &Identity,
         since: Option<i64>,
+        to: i64,
     ) -> Result<Option<Value>> {
         let rooms = [room_id.to_string()];
-        let mut receipts = self.store.receipts_for_rooms(&rooms, since, identity.user_id.as_str()).await?;
+        let mut receipts = self.store.receipts_for_rooms(&rooms, since, to, identity.user_id.as_str()).await?;
         let rows = receipts.remove(room_id.as_str()).unwrap_or_default();
         if rows.is_empty() {
             return Ok(None);

@@ -454,7 +454,7 @@ impl Sync {
                 Ok(if receipt_rooms.is_empty() {
                     HashMap::new()
                 } else {
-                    self.store.receipts_for_rooms(&receipt_rooms, since.pos, viewer.user_id.as_str()).await?
+                    self.store.receipts_for_rooms(&receipt_rooms, since.pos, now, viewer.user_id.as_str()).await?
                 })
             },
         )?;
@@ -829,13 +829,14 @@ impl Sync {
         for (room, from, to) in ranges {
             let mut rows = by_room.remove(room).unwrap_or_default();
             rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.stream_pos));
-            // A room sent from its start that the filter thinned is `limited` when events the
-            // filter dropped came before the ones kept: the client has not seen the room whole.
+            // A room newly joined since the token, thinned by the filter, is `limited`: the
+            // client has not seen the room whole (on an initial sync, as Synapse does, only
+            // more matching events make a timeline limited).
             let mut thinned = false;
             if selective {
                 let read = rows.len();
                 rows.retain(|r| filter::event_matches(timeline_filter, &pdu::client_event(r, None, 0)));
-                thinned = *from == 0 && rows.len() < read;
+                thinned = *from == 0 && req.since.is_some() && rows.len() < read;
             }
             let limited = rows.len() > limit || (thinned && !rows.is_empty());
             rows.truncate(limit);
