@@ -403,23 +403,11 @@ impl Accounts {
                 self.store.upgrade_guest(guest.as_str(), &hash).await?;
                 self.forget_tokens();
                 tracing::info!(user_id = %guest, "guest account upgraded");
-                let issued = if params.inhibit_login {
-                    None
-                } else {
-                    let device = params.device_id.as_deref();
-                    let name = params.initial_device_display_name.as_deref();
-                    Some(self.open_session(&guest, device, name, params.refresh_token).await?)
-                };
+                let issued = self.session_for_registration(&guest, &params).await?;
                 return Ok((guest, issued));
             }
             if let Some(user_id) = registered {
-                let issued = if params.inhibit_login {
-                    None
-                } else {
-                    let device = params.device_id.as_deref();
-                    let name = params.initial_device_display_name.as_deref();
-                    Some(self.open_session(&user_id, device, name, params.refresh_token).await?)
-                };
+                let issued = self.session_for_registration(&user_id, &params).await?;
                 return Ok((user_id, issued));
             }
             uia_session = Some(session);
@@ -476,6 +464,21 @@ impl Accounts {
         }
         tracing::info!(%user_id, "account registered");
         Ok((user_id, issued.map(|(s, _, _)| s)))
+    }
+
+    /// A new session for an existing account that `/register` answers with (a repeated
+    /// registration, an upgraded guest), unless the client inhibited login.
+    async fn session_for_registration(
+        &self,
+        user_id: &UserId,
+        params: &RegistrationParams,
+    ) -> Result<Option<IssuedSession>> {
+        if params.inhibit_login {
+            return Ok(None);
+        }
+        let device = params.device_id.as_deref();
+        let name = params.initial_device_display_name.as_deref();
+        Ok(Some(self.open_session(user_id, device, name, params.refresh_token).await?))
     }
 
     /// The guest account a guest access token belongs to, if `username` (when given) names
