@@ -81,6 +81,10 @@ async fn user_directory_finds_room_mates_only() {
         .call("POST", "/_matrix/client/v3/user_directory/search", Some(&xavier.access_token), Some(search("zoe")))
         .await;
     assert_eq!(found["results"][0]["user_id"], zoe.user_id, "{found}");
+    let (_, found) = server
+        .call("POST", "/_matrix/client/v3/user_directory/search", Some(&zoe.access_token), Some(search("zoe")))
+        .await;
+    assert_eq!(found["results"][0]["user_id"], zoe.user_id, "a public room's member finds themself: {found}");
     server
         .call(
             "PUT",
@@ -96,5 +100,5 @@ async fn user_directory_finds_room_mates_only() {
     let (_, found) = server
         .call("POST", "/_matrix/client/v3/user_directory/search", Some(&zoe.access_token), Some(search("zoe")))
         .await;
-    assert_eq!(found["results"][0]["user_id"], zoe.user_id, "a member of a room finds themself: {found}");
+    assert_eq!(found["results"], json!([]), "a private room does not list its own member to them: {found}");
 }

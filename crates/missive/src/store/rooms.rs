@@ -729,8 +729,8 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Users sharing a room with `user_id` (themself included, once in any room) or in a
-    /// public (joinable or world-readable) room, matching a search term.
+    /// Other users sharing a room with `user_id`, and anyone in a public (joinable or
+    /// world-readable) room, the searcher included, matching a search term.
     pub async fn search_users(
         &self,
         user_id: &str,
@@ -741,9 +741,9 @@ impl Store {
         let rows = sqlx::query(
             "SELECT p.user_id, p.displayname, p.avatar_url FROM profiles p JOIN users u ON u.user_id = p.user_id \
              WHERE u.deactivated = 0 AND (LOWER(p.user_id) LIKE $2 OR LOWER(COALESCE(p.displayname, '')) LIKE $2) \
-             AND (EXISTS ( \
+             AND ((p.user_id <> $1 AND EXISTS ( \
                  SELECT 1 FROM memberships a JOIN memberships b ON a.room_id = b.room_id \
-                 WHERE a.user_id = $1 AND a.membership = 'join' AND b.user_id = p.user_id AND b.membership = 'join') \
+                 WHERE a.user_id = $1 AND a.membership = 'join' AND b.user_id = p.user_id AND b.membership = 'join')) \
                OR EXISTS ( \
                  SELECT 1 FROM memberships c JOIN room_current_state s ON s.room_id = c.room_id \
                  JOIN events e ON e.event_id = s.event_id \

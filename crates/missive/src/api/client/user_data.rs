@@ -184,7 +184,7 @@ async fn push_rules_of_kind(
     axum::extract::Path(kind): axum::extract::Path<String>,
 ) -> Result<Response> {
     if !matches!(kind.as_str(), "override" | "content" | "room" | "sender" | "underride") {
-        return Err(Error::Unrecognized { method_not_allowed: false });
+        return Err(Error::Unknown(format!("unknown push rule kind {kind}")));
     }
     let ruleset = state.user_data.push_rules(&id.user_id).await?;
     let all = serde_json::to_value(&*ruleset).map_err(|e| Error::Internal(e.to_string()))?;
