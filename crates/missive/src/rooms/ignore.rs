@@ -70,6 +70,12 @@ impl Rooms {
         Ok(())
     }
 
+    /// Whether any user's messages are marked for erasure (most servers: none, and events
+    /// need not be looked at).
+    pub fn any_erased(&self) -> bool {
+        !self.erased.lock().expect("erased lock poisoned").is_empty()
+    }
+
     /// Whether a sender's messages are marked for erasure.
     pub fn is_erased(&self, sender: &str) -> bool {
         self.erased.lock().expect("erased lock poisoned").contains(sender)

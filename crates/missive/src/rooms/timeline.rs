@@ -286,6 +286,9 @@ impl Rooms {
     /// Serves the message of an erased sender in its redacted form (for a viewer who was
     /// not in the room when it was sent).
     async fn prune_if_erased(&self, row: &mut EventRow) -> Result<()> {
+        if !self.any_erased() {
+            return Ok(());
+        }
         let Ok(pdu) = pdu::Pdu::from_row(row) else { return Ok(()) };
         if pdu.state_key.is_some() || !self.is_erased(pdu.sender.as_str()) {
             return Ok(());
