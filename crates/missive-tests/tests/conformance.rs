@@ -878,3 +878,114 @@ async fn a_room_joined_since_the_token_is_sent_once_with_state_outside_its_timel
     assert_eq!(room["timeline"]["limited"], false);
     assert_eq!(room["state"]["events"], json!([]), "everything is in the timeline: {room}");
 }
+
+#[tokio::test]
+async fn sync_reports_profile_changes_incrementally_and_names_rooms_without_heroes() {
+    let server = TestServer::start().await;
+    let user = server.register("pia").await;
+    let friend = server.register("friend").await;
+    let token = Some(user.access_token.as_str());
+    let room_id = create_room(&server, &user.access_token, json!({ "preset": "public_chat", "name": "Named" })).await;
+    server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&friend.access_token), None).await;
+    let (_, first) = server.call("GET", "/_matrix/client/v3/sync", token, None).await;
+    let summary = &first["rooms"]["join"][&room_id]["summary"];
+    assert_eq!(summary["m.joined_member_count"], 2, "{summary}");
+    assert!(summary.get("m.heroes").is_none(), "a named room needs no heroes: {summary}");
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/profile/{}/displayname", user.user_id),
+            token,
+            Some(json!({ "displayname": "Pia P." })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, next) = server.call("GET", &format!("/_matrix/client/v3/sync?since={since}"), token, None).await;
+    let timeline = next["rooms"]["join"][&room_id]["timeline"]["events"].as_array().unwrap().clone();
+    assert_eq!(timeline.len(), 1, "only the profile change, not the room again: {timeline:?}");
+    assert_eq!(timeline[0]["content"]["displayname"], "Pia P.");
+}
+
+#[tokio::test]
+async fn outsiders_are_refused_context_and_oversized_events_are_too_large() {
+    let server = TestServer::start().await;
+    let owner = server.register("owner").await;
+    let outsider = server.register("outsider").await;
+    let room_id = create_room(&server, &owner.access_token, json!({})).await;
+    let (_, sent) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/1"),
+            Some(&owner.access_token),
+            Some(json!({ "msgtype": "m.text", "body": "private" })),
+        )
+        .await;
+    let context = format!("/_matrix/client/v3/rooms/{room_id}/context/{}", sent["event_id"].as_str().unwrap());
+    let (status, body) = server.call("GET", &context, Some(&outsider.access_token), None).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    let (status, body) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/2"),
+            Some(&owner.access_token),
+            Some(json!({ "msgtype": "m.text", "body": "x".repeat(70_000) })),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (413, Some("M_TOO_LARGE")), "{body}");
+}
+
+#[tokio::test]
+async fn device_lists_report_who_left_and_keep_user_signing_keys_private() {
+    let server = TestServer::start().await;
+    let ann = server.register("ann").await;
+    let ben = server.register("ben").await;
+    let room_id = create_room(&server, &ann.access_token, json!({ "preset": "public_chat" })).await;
+    server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&ben.access_token), None).await;
+    let sync = |user: &common::TestUser, since: Option<String>| {
+        let path = match since {
+            Some(since) => format!("/_matrix/client/v3/sync?since={since}"),
+            None => "/_matrix/client/v3/sync".to_owned(),
+        };
+        let token = user.access_token.clone();
+        let server = &server;
+        async move { server.call("GET", &path, Some(&token), None).await.1 }
+    };
+    let since = sync(&ben, None).await["next_batch"].as_str().unwrap().to_owned();
+
+    // A self-signing key without a master key is refused; then ann's keys, user-signing last.
+    let key = |usage: &str, id: &str| json!({ "user_id": ann.user_id, "usage": [usage], "keys": { format!("ed25519:{id}"): id } });
+    let upload = "/_matrix/client/v3/keys/device_signing/upload";
+    let (status, _) = server
+        .call("POST", upload, Some(&ann.access_token), Some(json!({ "self_signing_key": key("self_signing", "s") })))
+        .await;
+    assert_eq!(status, 400, "the master key comes first");
+    let (status, _) =
+        server.call("POST", upload, Some(&ann.access_token), Some(json!({ "master_key": key("master", "m") }))).await;
+    assert_eq!(status, 200);
+    let after_master = sync(&ben, Some(since)).await;
+    assert!(after_master["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == ann.user_id.as_str()));
+    let since = after_master["next_batch"].as_str().unwrap().to_owned();
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "ann" }, "password": ann.password });
+    let (status, body) = server
+        .call(
+            "POST",
+            upload,
+            Some(&ann.access_token),
+            Some(json!({ "user_signing_key": key("user_signing", "u"), "auth": auth })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let after_user_signing = sync(&ben, Some(since)).await;
+    let changed = after_user_signing["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+    assert!(!changed.iter().any(|u| u == ann.user_id.as_str()), "a user-signing key is ann's own business");
+    let since = after_user_signing["next_batch"].as_str().unwrap().to_owned();
+
+    // When ben leaves their only shared room, ann is `left` for him.
+    server.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&ben.access_token), None).await;
+    let after_leave = sync(&ben, Some(since)).await;
+    assert!(
+        after_leave["device_lists"]["left"].as_array().unwrap().iter().any(|u| u == ann.user_id.as_str()),
+        "{after_leave}"
+    );
+}
