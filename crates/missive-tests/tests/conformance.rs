@@ -989,3 +989,67 @@ async fn device_lists_report_who_left_and_keep_user_signing_keys_private() {
         "{after_leave}"
     );
 }
+
+#[tokio::test]
+async fn guests_upgrade_and_sync_filters_account_data() {
+    let server = TestServer::start_with(&[("MISSIVE_ALLOW_GUEST_ACCESS", "true")]).await;
+    let (status, guest) = server.call("POST", "/_matrix/client/v3/register?kind=guest", None, Some(json!({}))).await;
+    assert_eq!(status, 200, "{guest}");
+    let guest_id = guest["user_id"].as_str().unwrap().to_owned();
+    let localpart = guest_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let upgrade = json!({ "username": localpart, "password": "now-a-member",
+                          "guest_access_token": guest["access_token"], "auth": { "type": "m.login.dummy" } });
+    let (status, full) = server.call("POST", "/_matrix/client/v3/register", None, Some(upgrade)).await;
+    assert_eq!((status, full["user_id"].as_str()), (200, Some(guest_id.as_str())), "{full}");
+    let token = full["access_token"].as_str().unwrap();
+    let (status, _) = server.call("POST", "/_matrix/client/v3/createRoom", Some(token), Some(json!({}))).await;
+    assert_eq!(status, 200, "no longer a guest");
+
+    // Account data filters apply to global account data.
+    for kind in ["my.kept", "my.dropped"] {
+        server
+            .call(
+                "PUT",
+                &format!("/_matrix/client/v3/user/{guest_id}/account_data/{kind}"),
+                Some(token),
+                Some(json!({ "k": 1 })),
+            )
+            .await;
+    }
+    let filter = r#"{"account_data":{"types":["my.kept"]}}"#;
+    let (_, sync) = server.call("GET", &format!("/_matrix/client/v3/sync?filter={filter}"), Some(token), None).await;
+    let kinds: Vec<&str> =
+        sync["account_data"]["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds, vec!["my.kept"], "{sync}");
+}
+
+#[tokio::test]
+async fn current_state_shows_in_the_timeline_whatever_the_history_visibility() {
+    let server = TestServer::start().await;
+    let creator = server.register("cleo").await;
+    let syncer = server.register("sid").await;
+    let invitee = server.register("ivo").await;
+    let room_id = create_room(&server, &creator.access_token, json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/join/{room_id}");
+    server.call("POST", &join, Some(&syncer.access_token), None).await;
+    server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.history_visibility"),
+            Some(&creator.access_token),
+            Some(json!({ "history_visibility": "joined" })),
+        )
+        .await;
+    let (_, first) = server.call("GET", "/_matrix/client/v3/sync", Some(&syncer.access_token), None).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    server.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&syncer.access_token), None).await;
+    server.call("POST", &join, Some(&invitee.access_token), None).await;
+    server.call("POST", &join, Some(&syncer.access_token), None).await;
+    let (_, sync) =
+        server.call("GET", &format!("/_matrix/client/v3/sync?since={since}"), Some(&syncer.access_token), None).await;
+    let timeline = sync["rooms"]["join"][&room_id]["timeline"]["events"].as_array().unwrap().clone();
+    assert!(
+        timeline.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == invitee.user_id.as_str()),
+        "who joined while the syncer was away is part of the room's state: {timeline:?}"
+    );
+}
