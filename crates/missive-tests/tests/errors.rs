@@ -74,6 +74,9 @@ async fn malformed_bodies_and_unknown_endpoints() {
     // A push rule path without its parts is a bad request, as clients expect.
     let (status, _) = server.call("PUT", "/_matrix/client/v3/pushrules/global/room", token, Some(json!({}))).await;
     assert_eq!(status, 400);
+    // A known path with a method it does not serve gets the spec's error body.
+    let (status, body) = server.call("DELETE", "/_matrix/client/v3/account/whoami", token, None).await;
+    assert_eq!((status, body["errcode"].as_str()), (405, Some("M_UNRECOGNIZED")), "{body}");
     let (status, body) =
         server.call("POST", "/_matrix/client/v3/createRoom", token, Some(json!({ "room_version": "13" }))).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")));

@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
     router
         .route("/.well-known/matrix/client", get(client::discovery::well_known))
         .fallback(self::ruma::unrecognized)
+        .method_not_allowed_fallback(self::ruma::method_not_allowed)
         .layer(CorsLayer::very_permissive())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

@@ -324,15 +324,26 @@ where
 /// scope, no kind, an unknown attribute) is a bad request rather than an unknown endpoint,
 /// as Synapse answers and clients expect.
 pub async fn unrecognized(uri: http::Uri) -> Error {
-    let malformed_push_rule = uri
-        .path()
-        .strip_prefix("/_matrix/client/")
-        .and_then(|rest| rest.split_once('/'))
-        .is_some_and(|(_, path)| path.starts_with("pushrules/"));
-    if malformed_push_rule {
+    if malformed_push_rule(&uri) {
         return Error::Unknown("malformed push rule path".into());
     }
     Error::Unrecognized { method_not_allowed: false }
+}
+
+/// Answers a known path asked with a method it does not serve: 405 `M_UNRECOGNIZED` with
+/// the spec's error body (or 400 for a malformed push rule path, as above).
+pub async fn method_not_allowed(uri: http::Uri) -> Error {
+    if malformed_push_rule(&uri) {
+        return Error::Unknown("malformed push rule path".into());
+    }
+    Error::Unrecognized { method_not_allowed: true }
+}
+
+fn malformed_push_rule(uri: &http::Uri) -> bool {
+    uri.path()
+        .strip_prefix("/_matrix/client/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, path)| path.starts_with("pushrules/"))
 }
 
 /// A JSON response with status 200.
