@@ -142,13 +142,8 @@ impl Rooms {
 
     /// Fails unless guests may join the room (`m.room.guest_access` is `can_join`).
     pub async fn require_guest_access(&self, room_id: &RoomId) -> Result<()> {
-        let guest_access = self
-            .store
-            .current_state_event(room_id.as_str(), "m.room.guest_access", "")
-            .await?
-            .and_then(|row| super::pdu::Pdu::from_row(&row).ok())
-            .and_then(|p| p.content_str("guest_access"));
-        if guest_access.as_deref() != Some("can_join") {
+        let guest_access = self.current_state_content(room_id, "m.room.guest_access", "").await?;
+        if guest_access.as_ref().and_then(|c| c["guest_access"].as_str()) != Some("can_join") {
             return Err(Error::forbidden("guests may not join this room"));
         }
         Ok(())

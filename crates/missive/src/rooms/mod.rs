@@ -802,6 +802,17 @@ impl Rooms {
         Ok(event_id)
     }
 
+    /// The content of a current state event of a room, if it has one.
+    pub(crate) async fn current_state_content(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<Value>> {
+        let row = self.store.current_state_event(room_id.as_str(), kind, state_key).await?;
+        Ok(row.and_then(|row| Pdu::from_row(&row).ok()).map(|pdu| pdu.content_value()))
+    }
+
     /// Parsed power levels of a room head (defaults when there is no event yet).
     pub fn power_levels(head: &RoomHead) -> ruma::events::room::power_levels::RoomPowerLevels {
         use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};

@@ -94,11 +94,9 @@ impl Rooms {
             return Ok(());
         }
         let join_rule = self
-            .store
-            .current_state_event(room_id.as_str(), "m.room.join_rules", "")
+            .current_state_content(room_id, "m.room.join_rules", "")
             .await?
-            .and_then(|row| pdu::Pdu::from_row(&row).ok())
-            .and_then(|p| p.content_str("join_rule"));
+            .and_then(|c| c["join_rule"].as_str().map(str::to_owned));
         let encrypted = self.store.current_state_event(room_id.as_str(), "m.room.encryption", "").await?.is_some();
         match draft.kind.as_str() {
             "m.room.encryption" => self.check_encryption(join_rule.as_deref() == Some("public"), &draft.content),

@@ -20,17 +20,6 @@ const COPIED_STATE: &[&str] = &[
 ];
 
 impl Rooms {
-    /// The content of a current state event of a room, if it has one.
-    pub(super) async fn current_state_content(
-        &self,
-        room_id: &RoomId,
-        kind: &str,
-        state_key: &str,
-    ) -> Result<Option<Value>> {
-        let row = self.store.current_state_event(room_id.as_str(), kind, state_key).await?;
-        Ok(row.and_then(|row| super::pdu::Pdu::from_row(&row).ok()).map(|pdu| pdu.content_value()))
-    }
-
     /// Upgrades a room to `new_version` for a member allowed to send its tombstone, and
     /// returns the new room. The new room gets the old one's settings, power levels, bans
     /// and local aliases; the old room gets a tombstone and is made read-only for members

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use ruma::{RoomId, api::client::filter::FilterDefinition};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{Sync, SyncRequest};
 use crate::{
@@ -88,7 +88,7 @@ impl Sync {
             let (timeline, _, _) = self.rooms.paginate(viewer(identity), room_id, page, |_| true).await?;
             let mut chunk: Vec<Value> = timeline.into_iter().map(legacy_event).collect();
             // What peeking clients were also told: receipts, typing, and the members' presence.
-            if let Some(receipt) = self.receipts_since(room_id, identity, from, now).await? {
+            if let Some(receipt) = self.receipts(room_id, identity, Some(from), now).await? {
                 chunk.push(receipt);
             }
             if let Some(users) = self.typing.changed_since(room_id, typing_from) {
@@ -208,7 +208,8 @@ impl Sync {
                 json!({ "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or_default() })
             })
             .collect();
-        let receipts = self.receipts_event(room_id, identity).await?;
+        let receipts: Vec<Value> =
+            self.receipts(room_id, identity, None, self.streams.current()).await?.into_iter().collect();
         let visibility = if self.store.is_published(room_id.as_str()).await? { "public" } else { "private" };
         // Members' presence, for members only (everyone `offline` while presence is off).
         let presence: Vec<Value> = if membership == "join" {
@@ -238,24 +239,9 @@ impl Sync {
         }))
     }
 
-    /// The room's receipts as one `m.receipt` event, as the initial syncs serve them.
-    async fn receipts_event(&self, room_id: &RoomId, identity: &Identity) -> Result<Vec<Value>> {
-        let to = self.streams.current();
-        Ok(self.receipts_since_opt(room_id, identity, None, to).await?.into_iter().collect())
-    }
-
-    /// The room's receipts set after stream position `since`, as one `m.receipt` event.
-    async fn receipts_since(
-        &self,
-        room_id: &RoomId,
-        identity: &Identity,
-        since: i64,
-        to: i64,
-    ) -> Result<Option<Value>> {
-        self.receipts_since_opt(room_id, identity, Some(since), to).await
-    }
-
-    async fn receipts_since_opt(
+    /// The room's receipts set in `(since, to]` (all up to `to` for `None`), as one
+    /// `m.receipt` event naming its room.
+    async fn receipts(
         &self,
         room_id: &RoomId,
         identity: &Identity,
@@ -268,16 +254,7 @@ impl Sync {
         if rows.is_empty() {
             return Ok(None);
         }
-        let mut content: Map<String, Value> = Map::new();
-        for r in rows {
-            let by_type = content.entry(r.event_id.clone()).or_insert_with(|| json!({}));
-            let mut receipt = json!({ "ts": r.ts });
-            if !r.thread_id.is_empty() {
-                receipt["thread_id"] = json!(r.thread_id);
-            }
-            by_type[&r.receipt_type][&r.user_id] = receipt;
-        }
-        Ok(Some(json!({ "type": "m.receipt", "room_id": room_id, "content": content })))
+        Ok(Some(json!({ "type": "m.receipt", "room_id": room_id, "content": super::receipt_content(rows) })))
     }
 
     /// A sync token for the present moment.

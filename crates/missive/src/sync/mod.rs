@@ -703,16 +703,7 @@ impl Sync {
             ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
         }
         if !receipts.is_empty() {
-            let mut content = Map::new();
-            for r in receipts {
-                let mut receipt = json!({ "ts": r.ts });
-                if !r.thread_id.is_empty() {
-                    receipt["thread_id"] = json!(r.thread_id);
-                }
-                let entry = content.entry(r.event_id).or_insert_with(|| json!({}));
-                entry[&r.receipt_type][&r.user_id] = receipt;
-            }
-            ephemeral.push(json!({ "type": "m.receipt", "content": content }));
+            ephemeral.push(json!({ "type": "m.receipt", "content": receipt_content(receipts) }));
         }
         room.insert("ephemeral".into(), events(ephemeral));
         room.insert("account_data".into(), events(room_data));
@@ -879,6 +870,20 @@ impl Sync {
         }
         Ok(out)
     }
+}
+
+/// The content of a room's `m.receipt` event: event → receipt type → user → receipt.
+fn receipt_content(receipts: Vec<crate::store::ReceiptRow>) -> Value {
+    let mut content = Map::new();
+    for r in receipts {
+        let mut receipt = json!({ "ts": r.ts });
+        if !r.thread_id.is_empty() {
+            receipt["thread_id"] = json!(r.thread_id);
+        }
+        let entry = content.entry(r.event_id).or_insert_with(|| json!({}));
+        entry[&r.receipt_type][&r.user_id] = receipt;
+    }
+    Value::Object(content)
 }
 
 /// Whether a joined room is sent in full (initial sync, `full_state`, or joined since).
