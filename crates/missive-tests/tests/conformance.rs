@@ -981,6 +981,30 @@ async fn device_lists_report_who_left_and_keep_user_signing_keys_private() {
     assert!(!changed.iter().any(|u| u == ann.user_id.as_str()), "a user-signing key is ann's own business");
     let since = after_user_signing["next_batch"].as_str().unwrap().to_owned();
 
+    // Ann signs ben's master key with her user-signing key: only she sees that signature.
+    let ben_master = json!({ "user_id": ben.user_id, "usage": ["master"], "keys": { "ed25519:bm": "bm" } });
+    let (status, _) =
+        server.call("POST", upload, Some(&ben.access_token), Some(json!({ "master_key": ben_master }))).await;
+    assert_eq!(status, 200);
+    let mut signed = ben_master.clone();
+    signed["signatures"] = json!({ ann.user_id.as_str(): { "ed25519:u": "c2lnbmF0dXJl" } });
+    let (status, body) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/signatures/upload",
+            Some(&ann.access_token),
+            Some(json!({ ben.user_id.as_str(): { "bm": signed } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let query = json!({ "device_keys": { ben.user_id.as_str(): [] } });
+    for (who, sees) in [(&ann, true), (&ben, false)] {
+        let (_, keys) =
+            server.call("POST", "/_matrix/client/v3/keys/query", Some(&who.access_token), Some(query.clone())).await;
+        let signatures = &keys["master_keys"][ben.user_id.as_str()]["signatures"];
+        assert_eq!(signatures.get(ann.user_id.as_str()).is_some(), sees, "{} sees {keys}", who.user_id);
+    }
+
     // When ben leaves their only shared room, ann is `left` for him.
     server.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&ben.access_token), None).await;
     let after_leave = sync(&ben, Some(since)).await;
@@ -1044,6 +1068,17 @@ async fn current_state_shows_in_the_timeline_whatever_the_history_visibility() {
     let since = first["next_batch"].as_str().unwrap().to_owned();
     server.call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&syncer.access_token), None).await;
     server.call("POST", &join, Some(&invitee.access_token), None).await;
+    // More messages than a timeline holds are said while the syncer is away.
+    for n in 0..30 {
+        server
+            .call(
+                "PUT",
+                &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/away{n}"),
+                Some(&creator.access_token),
+                Some(json!({ "msgtype": "m.text", "body": format!("said while away {n}") })),
+            )
+            .await;
+    }
     server.call("POST", &join, Some(&syncer.access_token), None).await;
     let (_, sync) =
         server.call("GET", &format!("/_matrix/client/v3/sync?since={since}"), Some(&syncer.access_token), None).await;
@@ -1052,4 +1087,65 @@ async fn current_state_shows_in_the_timeline_whatever_the_history_visibility() {
         timeline.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == invitee.user_id.as_str()),
         "who joined while the syncer was away is part of the room's state: {timeline:?}"
     );
+    assert!(
+        !timeline.iter().any(|e| e["type"] == "m.room.message"),
+        "a member back in a 'joined' room does not read what was said while they were away: {timeline:?}"
+    );
+}
+
+#[tokio::test]
+async fn directory_pages_both_ways_and_unknown_push_actions_are_refused() {
+    let server = TestServer::start().await;
+    let owner = server.register("pia").await;
+    for _ in 0..7 {
+        create_room(&server, &owner.access_token, json!({ "preset": "public_chat", "visibility": "public" })).await;
+    }
+    let (_, all) = server.call("GET", "/_matrix/client/v3/publicRooms", Some(&owner.access_token), None).await;
+    assert_eq!(all["chunk"].as_array().unwrap().len(), 7, "no limit: one page: {all}");
+    let page = |since: Option<String>| {
+        let mut body = json!({ "limit": 3 });
+        if let Some(since) = since {
+            body["since"] = json!(since);
+        }
+        let (server, token) = (&server, owner.access_token.clone());
+        async move { server.call("POST", "/_matrix/client/v3/publicRooms", Some(&token), Some(body)).await.1 }
+    };
+    let (mut forwards, mut next) = (Vec::new(), None);
+    let last = loop {
+        let last = page(next.clone()).await;
+        forwards.extend(last["chunk"].as_array().unwrap().iter().map(|r| r["room_id"].clone()));
+        match last["next_batch"].as_str() {
+            Some(token) => next = Some(token.to_owned()),
+            None => break last,
+        }
+    };
+    assert_eq!(forwards.len(), 7);
+    // Backwards from the last page, down to the first, whose token must not read as "0".
+    let (mut backwards, mut prev) = (Vec::new(), last["prev_batch"].as_str().map(str::to_owned));
+    while let Some(token) = prev {
+        assert_ne!(token, "0");
+        let body = page(Some(token)).await;
+        backwards.extend(body["chunk"].as_array().unwrap().iter().map(|r| r["room_id"].clone()));
+        prev = body["prev_batch"].as_str().map(str::to_owned);
+    }
+    assert_eq!(backwards.len(), 6, "every page but the last, once each");
+
+    // A push rule whose action the server cannot perform is refused; the old no-op
+    // actions of older clients are accepted.
+    let rule = "/_matrix/client/v3/pushrules/global/content/anything";
+    let (status, body) = server
+        .call(
+            "PUT",
+            rule,
+            Some(&owner.access_token),
+            Some(json!({ "pattern": "*", "actions": ["org.matrix.msc2625.mark_unread"] })),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+    let (status, _) = server.call("GET", rule, Some(&owner.access_token), None).await;
+    assert_eq!(status, 404, "nothing was stored");
+    let (status, body) = server
+        .call("PUT", rule, Some(&owner.access_token), Some(json!({ "pattern": "*", "actions": ["dont_notify"] })))
+        .await;
+    assert_eq!(status, 200, "{body}");
 }

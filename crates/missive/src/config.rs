@@ -75,6 +75,49 @@ pub struct Config {
     /// Whether users' presence (online, idle, offline) is shared with the users they share
     /// a room with. Off by default: the endpoints answer, nobody's status is kept or shared.
     pub presence: bool,
+    /// Address of the TLS listener (federation's port, 8448 by convention). It serves every
+    /// route, as the plain listener does.
+    pub federation_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM PKCS#8 private key of the TLS listener.
+    pub tls_key: Option<PathBuf>,
+    /// Who this server federates with, and how it reaches them.
+    pub federation: Federation,
+}
+
+/// The `[federation]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Federation {
+    /// Whether the server talks to other servers at all.
+    pub enabled: bool,
+    /// Server name → `host:port` to connect to, bypassing discovery (closed state networks).
+    pub destinations: BTreeMap<String, String>,
+    /// PEM CA certificates trusted for outbound TLS, besides the system's roots (a state PKI).
+    pub trusted_ca_files: Vec<PathBuf>,
+    /// Whether destinations may resolve to loopback, private or link-local addresses.
+    pub allow_private_destinations: bool,
+    /// Glob patterns of the only server names federated with; unset allows every server.
+    pub allow_list: Option<Vec<String>>,
+    /// Glob patterns of server names never federated with (checked after the allow-list).
+    pub deny_list: Vec<String>,
+    /// Notary servers asked for keys the origin cannot serve.
+    pub trusted_key_servers: Vec<String>,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            destinations: BTreeMap::new(),
+            trusted_ca_files: Vec::new(),
+            allow_private_destinations: false,
+            allow_list: None,
+            deny_list: Vec::new(),
+            trusted_key_servers: Vec::new(),
+        }
+    }
 }
 
 /// A configured secret: deserialised like a string, never printed (`check-config` and
@@ -169,6 +212,10 @@ impl Default for Config {
             max_request_size: 50 * 1024 * 1024,
             encryption_mandatory: false,
             presence: false,
+            federation_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            federation: Federation::default(),
         }
     }
 }
@@ -226,6 +273,30 @@ impl Config {
                 "database_url must start with sqlite:// or postgres://, got {:?}",
                 url.split(':').next().unwrap_or_default()
             )));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid("tls_cert and tls_key go together".into()));
+        }
+        if self.federation_listen.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::Invalid("federation_listen needs tls_cert and tls_key".into()));
+        }
+        for path in self.tls_cert.iter().chain(&self.tls_key).chain(&self.federation.trusted_ca_files) {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid(format!("{} is not a readable file", path.display())));
+            }
+        }
+        for (name, address) in &self.federation.destinations {
+            ruma::ServerName::parse(name)
+                .map_err(|e| ConfigError::Invalid(format!("federation.destinations: {name:?}: {e}")))?;
+            if !address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
+                return Err(ConfigError::Invalid(format!(
+                    "federation.destinations: {name:?} must map to host:port, got {address:?}"
+                )));
+            }
+        }
+        for name in &self.federation.trusted_key_servers {
+            ruma::ServerName::parse(name)
+                .map_err(|e| ConfigError::Invalid(format!("federation.trusted_key_servers: {name:?}: {e}")))?;
         }
         let hashing = &self.password_hashing;
         argon2::Params::new(hashing.memory_kib, hashing.iterations, hashing.parallelism, None)
@@ -338,6 +409,21 @@ mod tests {
             assert!(!report.contains(secret), "{secret} printed in {report}");
         }
         assert!(report.contains("registration_shared_secret"));
+    }
+
+    #[test]
+    fn federation_settings_are_checked() {
+        let with = |pairs: &[(&str, &str)]| Config::load(None, env(pairs));
+        assert!(with(&[("MISSIVE_FEDERATION_LISTEN", "127.0.0.1:8448")]).is_err(), "TLS needs a certificate");
+        assert!(with(&[("MISSIVE_TLS_CERT", "/nonexistent.pem"), ("MISSIVE_TLS_KEY", "/nonexistent.key")]).is_err());
+        assert!(with(&[("MISSIVE_FEDERATION__DESTINATIONS", "{ \"police.example\" = \"10.0.0.1\" }")]).is_err());
+        let config = with(&[
+            ("MISSIVE_FEDERATION__DESTINATIONS", "{ \"police.example\" = \"10.0.0.1:8448\" }"),
+            ("MISSIVE_FEDERATION__ALLOW_LIST", "[\"*.gouv.example\"]"),
+        ])
+        .unwrap();
+        assert!(config.federation.enabled && !config.federation.allow_private_destinations);
+        assert_eq!(config.federation.destinations["police.example"], "10.0.0.1:8448");
     }
 
     #[test]

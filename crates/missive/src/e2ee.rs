@@ -154,7 +154,12 @@ impl E2ee {
             }
             device_keys.insert(user.clone(), Value::Object(per_device));
             for (key_type, json) in self.store.cross_signing_keys(user).await? {
-                let value: Value = serde_json::from_str(&json).unwrap_or_else(|_| json!({}));
+                let mut value: Value = serde_json::from_str(&json).unwrap_or_else(|_| json!({}));
+                // A signature by another user's user-signing key is that signer's
+                // private verification: only they see it.
+                if let Some(Value::Object(sigs)) = value.get_mut("signatures") {
+                    sigs.retain(|signer, _| signer == user || signer == requester.as_str());
+                }
                 match key_type.as_str() {
                     "master" => {
                         master.insert(user.clone(), value);

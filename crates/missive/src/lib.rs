@@ -18,4 +18,5 @@ pub mod server;
 pub mod server_keys;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod user_data;

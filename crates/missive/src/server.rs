@@ -1,6 +1,6 @@
 //! Start-up and shutdown: open the store, load keys, build services, bind, serve.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::IntoFuture, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -16,6 +16,7 @@ use crate::{
     server_keys::ServerKeys,
     store::Store,
     sync::{Sync, presence::Presence, stream::Streams, typing::Typing},
+    tls::{ClientAddr, TlsListener},
     user_data::UserData,
 };
 
@@ -59,16 +60,45 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
+    let tls = match (&config.federation_listen, &config.tls_cert, &config.tls_key) {
+        (Some(addr), Some(cert), Some(key)) => Some((*addr, crate::tls::server_config(cert, key)?)),
+        _ => None,
+    };
     let services = build(config).await?;
     // Bound only now: start-up (migrations, keys) is complete.
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, server_name = %services.config.server_name, "listening");
     println!("missive listening on http://{local}");
+    let tls_listener = match tls {
+        Some((addr, config)) => {
+            let listener = TlsListener::bind(addr, config).await.with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(address = %addr, "listening (TLS)");
+            println!("missive listening on https://{addr}");
+            Some(listener)
+        }
+        None => None,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
     let app = api::router(services.clone());
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // Both listeners serve every route: a reverse proxy may terminate TLS instead.
+    let plain = axum::serve(listener, app.clone().into_make_service_with_connect_info::<ClientAddr>())
+        .with_graceful_shutdown(until_stopped(stopped.clone()));
+    match tls_listener {
+        Some(tls_listener) => {
+            let secure = axum::serve(tls_listener, app.into_make_service_with_connect_info::<ClientAddr>())
+                .with_graceful_shutdown(until_stopped(stopped));
+            tokio::try_join!(plain.into_future(), secure.into_future())?;
+        }
+        None => plain.await?,
+    }
     services.store.close().await;
     tracing::info!("shut down");
     Ok(())

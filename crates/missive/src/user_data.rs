@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ruma::{
     EventId, RoomId, UserId,
     api::client::filter::FilterDefinition,
-    push::{AnyPushRule, Ruleset},
+    push::{Action, AnyPushRule, Ruleset},
 };
 use serde_json::{Value, json};
 
@@ -215,6 +215,21 @@ impl UserData {
         self.push_rules.invalidate(user_id);
         Ok(())
     }
+}
+
+/// Refuses push rule actions the spec does not define: a rule whose action the server
+/// cannot perform would silently do nothing. The deprecated `dont_notify` and `coalesce`
+/// are still sent by older clients and mean "no notification".
+pub fn check_actions(actions: &[Action]) -> Result<()> {
+    for action in actions {
+        if let Action::_Custom(_) = action {
+            let name = serde_json::to_value(action).unwrap_or(Value::Null);
+            if !matches!(name.as_str(), Some("dont_notify" | "coalesce")) {
+                return Err(Error::BadJson(format!("unknown push rule action {name}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The JSON of one push rule, as the push rules API serves it.

@@ -124,8 +124,10 @@ where
         {
             path_args.push(String::new());
         }
-        let client_ip =
-            parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
+        let client_ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<crate::tls::ClientAddr>>()
+            .map(|c| c.0.0.ip().to_string());
         let limit = state.config.max_request_size;
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| Error::TooLarge)?;
         let identity = match (T::Authentication::TOKEN, access_token(&parts)) {

@@ -312,6 +312,29 @@ impl Store {
         }))
     }
 
+    /// Where the user joined the room, if they were joined at `at` and stayed joined (only
+    /// profile changes since): the position of their member event current at `at`.
+    pub async fn joined_throughout(&self, room_id: &str, user_id: &str, at: i64) -> StoreResult<Option<i64>> {
+        let rows = sqlx::query(
+            "SELECT stream_pos, json FROM events WHERE room_id = $1 AND event_type = 'm.room.member' \
+             AND state_key = $2 AND stream_pos >= COALESCE((SELECT MAX(stream_pos) FROM events \
+             WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key = $2 AND stream_pos <= $3), $3 + 1) \
+             ORDER BY stream_pos",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(at)
+        .fetch_all(&self.read)
+        .await?;
+        let first = rows.first().map(|r| r.get::<i64, _>(0)).filter(|pos| *pos <= at);
+        let all_joins = rows.iter().all(|r| {
+            let json: String = r.get(1);
+            serde_json::from_str::<serde_json::Value>(&json)
+                .is_ok_and(|event| event["content"]["membership"].as_str() == Some("join"))
+        });
+        Ok(first.filter(|_| all_joins))
+    }
+
     /// Which of the given events are part of their room's current state.
     pub async fn current_state_ids_among(&self, rows: &[EventRow]) -> StoreResult<HashSet<String>> {
         let mut out = HashSet::new();

@@ -38,6 +38,12 @@ const NEW_EVENTS_CAP: i64 = 500;
 /// How far back a timeline with a type or sender filter is read to find its events.
 const SELECTIVE_TIMELINE_READ: i64 = 200;
 
+/// How many older batches a timeline reads when history visibility hid too much of it.
+const TIMELINE_REFILLS: usize = 2;
+
+/// Events per older batch read to fill a timeline.
+const TIMELINE_REFILL_READ: i64 = 100;
+
 /// Default number of timeline events per room.
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 
@@ -216,14 +222,13 @@ impl Sync {
         let mut visible: Vec<MembershipRow> = Vec::new();
         for mut m in memberships {
             if m.stream_pos <= now && filter::room_allowed(&req.filter, &m.room_id) {
-                // A member who changed their profile since the token was already joined: the
-                // room is not new to them, and is not sent in full again.
+                // A member who only changed their profile since the token was already joined:
+                // the room is not new to them, and is not sent in full again. One who left and
+                // came back is newly joined.
                 if let Some(s) = since.pos
                     && m.membership == "join"
                     && m.stream_pos > s
-                    && let Some((membership, pos)) =
-                        self.store.own_member_event_at(&m.room_id, user_id.as_str(), s).await?
-                    && membership == "join"
+                    && let Some(pos) = self.store.joined_throughout(&m.room_id, user_id.as_str(), s).await?
                 {
                     m.stream_pos = pos;
                 }
@@ -815,47 +820,99 @@ impl Sync {
                 by_room.entry(row.room_id.clone()).or_default().push(row);
             }
         }
+        // Per room, newest first: the batch to examine, the visible events found so far,
+        // and whether the rows read reach the range's start. The rows read from `since` are
+        // all of the room's events in the range.
+        let mut pending: Vec<PendingTimeline> = ranges
+            .iter()
+            .map(|(room, from, to)| {
+                let mut batch = by_room.remove(room).unwrap_or_default();
+                batch.sort_unstable_by_key(|r| std::cmp::Reverse(r.stream_pos));
+                let exhausted = !read_now.contains(room.as_str()) || (batch.len() as i64) < read_limit;
+                PendingTimeline {
+                    room,
+                    from: *from,
+                    to: *to,
+                    batch,
+                    visible: Vec::new(),
+                    oldest: None,
+                    exhausted,
+                    thinned: false,
+                }
+            })
+            .collect();
+        // Events the viewer may not see (history visibility, ignored senders) leave gaps: a
+        // room whose batch had too few visible events reads an older batch, a bounded
+        // number of times, so that a member back in a `joined` room sees what happened
+        // while they were away that is still the room's state.
+        for round in 0..=TIMELINE_REFILLS {
+            let mut candidates = Vec::new();
+            for p in pending.iter_mut().filter(|p| !p.batch.is_empty()) {
+                p.oldest = p.batch.last().map(|r| r.stream_pos);
+                let mut rows = std::mem::take(&mut p.batch);
+                if selective {
+                    let read = rows.len();
+                    rows.retain(|r| filter::event_matches(timeline_filter, &pdu::client_event(r, None, 0)));
+                    p.thinned |= rows.len() < read;
+                }
+                candidates.extend(rows);
+            }
+            if candidates.is_empty() {
+                break;
+            }
+            let mut visible: HashMap<String, Vec<EventRow>> = HashMap::new();
+            for row in self.visible_in_timeline(viewer, candidates, known).await? {
+                visible.entry(row.room_id.clone()).or_default().push(row);
+            }
+            let mut refill = Vec::new();
+            for p in &mut pending {
+                if let Some(mut rows) = visible.remove(p.room) {
+                    rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.stream_pos));
+                    p.visible.extend(rows);
+                }
+                if let Some(oldest) = p.oldest.filter(|_| p.visible.len() <= limit && !p.exhausted) {
+                    refill.push((p.room.clone(), p.from, oldest - 1));
+                }
+            }
+            if refill.is_empty() || round == TIMELINE_REFILLS {
+                break;
+            }
+            let mut older: HashMap<String, Vec<EventRow>> = HashMap::new();
+            for row in self.store.recent_events_of_rooms(&refill, TIMELINE_REFILL_READ).await? {
+                older.entry(row.room_id.clone()).or_default().push(row);
+            }
+            for p in &mut pending {
+                if refill.iter().any(|(room, _, _)| room == p.room) {
+                    let mut batch = older.remove(p.room).unwrap_or_default();
+                    batch.sort_unstable_by_key(|r| std::cmp::Reverse(r.stream_pos));
+                    p.exhausted = (batch.len() as i64) < TIMELINE_REFILL_READ;
+                    p.batch = batch;
+                }
+            }
+        }
         let mut out = HashMap::with_capacity(ranges.len());
-        let mut all_rows = Vec::new();
-        for (room, from, to) in ranges {
-            let mut rows = by_room.remove(room).unwrap_or_default();
-            rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.stream_pos));
+        let mut rows = Vec::new();
+        for p in pending {
+            let mut kept = p.visible;
             // A room newly joined since the token, thinned by the filter, is `limited`: the
             // client has not seen the room whole (on an initial sync, as Synapse does, only
-            // more matching events make a timeline limited).
-            let mut thinned = false;
-            if selective {
-                let read = rows.len();
-                rows.retain(|r| filter::event_matches(timeline_filter, &pdu::client_event(r, None, 0)));
-                thinned = *from == 0 && req.since.is_some() && rows.len() < read;
-            }
-            let limited = rows.len() > limit || (thinned && !rows.is_empty());
-            rows.truncate(limit);
-            rows.reverse();
+            // more matching events make a timeline limited). Without a filter, a timeline
+            // that stops before the range's start is limited.
+            let thinned = p.thinned && p.from == 0 && req.since.is_some();
+            let limited = kept.len() > limit || (thinned && !kept.is_empty()) || (!selective && !p.exhausted);
+            kept.truncate(limit);
+            kept.reverse();
+            let prev_batch = kept.first().map(|r| r.stream_pos).or(p.oldest).map_or(p.to, |pos| pos - 1);
             let timeline = Timeline {
                 events: Vec::new(),
                 limited,
-                prev_batch: make_token(rows.first().map_or(*to, |r| r.stream_pos - 1)),
-                first_group: rows.first().map(|r| r.state_group_before),
+                prev_batch: make_token(prev_batch),
+                first_group: kept.first().map(|r| r.state_group_before),
             };
-            out.insert(room.clone(), timeline);
-            all_rows.extend(rows);
+            out.insert(p.room.clone(), timeline);
+            rows.extend(kept);
         }
-        // Events that are part of a room's current state are shown whatever the history
-        // visibility (as Synapse does): a member back in a `joined` room must see who joined
-        // while they were away. Only state events the check hid are looked up.
-        let state_rows: Vec<EventRow> = all_rows.iter().filter(|r| r.json.contains("\"state_key\"")).cloned().collect();
-        let mut rows = self.rooms.filter_visible_known(viewer.user_id, all_rows, known).await?;
-        if !state_rows.is_empty() {
-            let shown: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-            let hidden: Vec<EventRow> =
-                state_rows.into_iter().filter(|r| !shown.contains(r.event_id.as_str())).collect();
-            if !hidden.is_empty() {
-                let current = self.store.current_state_ids_among(&hidden).await?;
-                rows.extend(hidden.into_iter().filter(|r| current.contains(&r.event_id)));
-                rows.sort_unstable_by_key(|r| r.stream_pos);
-            }
-        }
+        rows.sort_unstable_by_key(|r| r.stream_pos);
         let events = if bundled {
             self.rooms.serve(viewer, &rows).await?
         } else {
@@ -869,6 +926,31 @@ impl Sync {
             }
         }
         Ok(out)
+    }
+
+    /// The rows of many rooms the viewer may see in a timeline, in stream order. Events
+    /// that are part of a room's current state are shown whatever the history visibility
+    /// (as Synapse does): a member back in a `joined` room must see who joined while they
+    /// were away. Only state events the check hid are looked up.
+    async fn visible_in_timeline(
+        &self,
+        viewer: Viewer<'_>,
+        rows: Vec<EventRow>,
+        known: &HashMap<String, Option<i64>>,
+    ) -> Result<Vec<EventRow>> {
+        let state_rows: Vec<EventRow> = rows.iter().filter(|r| r.json.contains("\"state_key\"")).cloned().collect();
+        let mut rows = self.rooms.filter_visible_known(viewer.user_id, rows, known).await?;
+        if !state_rows.is_empty() {
+            let shown: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+            let hidden: Vec<EventRow> =
+                state_rows.into_iter().filter(|r| !shown.contains(r.event_id.as_str())).collect();
+            if !hidden.is_empty() {
+                let current = self.store.current_state_ids_among(&hidden).await?;
+                rows.extend(hidden.into_iter().filter(|r| current.contains(&r.event_id)));
+                rows.sort_unstable_by_key(|r| r.stream_pos);
+            }
+        }
+        Ok(rows)
     }
 }
 
@@ -958,6 +1040,18 @@ impl LazyMembers {
         }
         out
     }
+}
+
+/// One room's timeline while `timelines` looks for enough visible events.
+struct PendingTimeline<'a> {
+    room: &'a String,
+    from: i64,
+    to: i64,
+    batch: Vec<EventRow>,
+    visible: Vec<EventRow>,
+    oldest: Option<i64>,
+    exhausted: bool,
+    thinned: bool,
 }
 
 #[derive(Default)]

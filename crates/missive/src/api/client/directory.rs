@@ -69,10 +69,14 @@ async fn room_aliases(state: AppState, req: Ruma<aliases::v3::Request>) -> Resul
 
 async fn directory(state: &AppState, since: Option<&str>, limit: Option<u64>, term: Option<&str>) -> Result<Response> {
     let offset: usize = match since {
-        Some(s) => s.parse().map_err(|_| Error::invalid_param("invalid since token"))?,
+        Some(s) => s
+            .strip_prefix('o')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::invalid_param("invalid since token"))?,
         None => 0,
     };
-    let limit = limit.map_or(100, |l| l as usize).clamp(1, 500);
+    // Without a limit the whole directory is one page, as clients that count it expect.
+    let limit = limit.map_or(usize::MAX, |l| (l as usize).max(1));
     let rooms = state.store.published_rooms().await?;
     let mut chunk = Vec::new();
     for (room_id, joined) in &rooms {
@@ -117,13 +121,19 @@ async fn directory(state: &AppState, since: Option<&str>, limit: Option<u64>, te
     let total = chunk.len();
     let page: Vec<Value> = chunk.into_iter().skip(offset).take(limit).collect();
     let mut body = json!({ "chunk": page, "total_room_count_estimate": total });
-    if offset + limit < total {
-        body["next_batch"] = json!((offset + limit).to_string());
+    if offset.saturating_add(limit) < total {
+        body["next_batch"] = json!(page_token(offset + limit));
     }
     if offset > 0 {
-        body["prev_batch"] = json!(offset.saturating_sub(limit).to_string());
+        body["prev_batch"] = json!(page_token(offset.saturating_sub(limit)));
     }
     Ok(json(body))
+}
+
+/// A directory page token. Never a bare number: clients test tokens for truth, and a
+/// first page's `"0"` reads as false in some languages.
+fn page_token(offset: usize) -> String {
+    format!("o{offset}")
 }
 
 /// # GET /_matrix/client/v3/publicRooms

@@ -15,6 +15,7 @@ use ruma::api::client::{
     tag::{create_tag, delete_tag, get_tags},
     typing::create_typing_event,
 };
+use ruma::push::NewPushRule;
 use serde_json::{Value, json};
 
 use crate::{
@@ -210,6 +211,14 @@ async fn push_rule(state: AppState, req: Ruma<get_pushrule::v3::Request>) -> Res
 /// # PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
 async fn set_push_rule(state: AppState, req: Ruma<set_pushrule::v3::Request>) -> Result<Response> {
     let b = req.body;
+    let actions = match &b.rule {
+        NewPushRule::Override(r) | NewPushRule::Underride(r) => &r.actions,
+        NewPushRule::Content(r) => &r.actions,
+        NewPushRule::Room(r) => &r.actions,
+        NewPushRule::Sender(r) => &r.actions,
+        _ => &Vec::new(),
+    };
+    crate::user_data::check_actions(actions)?;
     let (after, before) = (b.after.clone(), b.before.clone());
     state
         .user_data
@@ -265,6 +274,7 @@ async fn push_rule_actions(state: AppState, req: Ruma<get_pushrule_actions::v3::
 /// # PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions
 async fn set_push_rule_actions(state: AppState, req: Ruma<set_pushrule_actions::v3::Request>) -> Result<Response> {
     let b = &req.body;
+    crate::user_data::check_actions(&b.actions)?;
     state
         .user_data
         .update_push_rules(&req.identity().user_id, |rules| {
