@@ -53,6 +53,10 @@ pub enum Error {
     Unknown(String),
     #[error("backup version is not the current one")]
     WrongRoomKeysVersion { current_version: String },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Remote(String),
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -85,6 +89,8 @@ impl Error {
             Error::GuestAccessForbidden => (S::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
             Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
+            Error::Unauthorized(_) => (S::UNAUTHORIZED, "M_UNAUTHORIZED"),
+            Error::Remote(_) => (S::BAD_GATEWAY, "M_UNKNOWN"),
             Error::Store(_) | Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }
@@ -107,6 +113,25 @@ impl Error {
     /// Shorthand for a 400 `M_BAD_JSON`.
     pub fn bad_json(msg: impl Into<String>) -> Self {
         Error::BadJson(msg.into())
+    }
+}
+
+impl From<crate::federation::FederationError> for Error {
+    fn from(e: crate::federation::FederationError) -> Self {
+        use crate::federation::FederationError as F;
+        match e {
+            F::Disabled | F::NotAllowed(_) => Error::Forbidden(e.to_string()),
+            F::UnknownKey { .. } | F::BadSignature(_) | F::BadAuthorization(_) => Error::Unauthorized(e.to_string()),
+            F::Store(e) => Error::Store(e),
+            F::Remote { status: 404, .. } => Error::NotFound(e.to_string()),
+            F::Remote { status: 403, ref message, .. } => {
+                Error::Forbidden(message.clone().unwrap_or_else(|| e.to_string()))
+            }
+            F::Resolve(..) | F::Transport(..) | F::Remote { .. } | F::InvalidResponse(..) => {
+                tracing::warn!(error = %e, "federation request failed");
+                Error::Remote(e.to_string())
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod e2ee;
 pub mod error;
+pub mod federation;
 pub mod filter;
 pub mod ratelimit;
 pub mod reports;

@@ -38,6 +38,10 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         default_version: config.default_room_version.clone(),
         encryption_mandatory: config.encryption_mandatory,
     };
+    let federation = Arc::new(
+        crate::federation::Federation::new(settings.server_name.clone(), keys.clone(), config.clone(), store.clone())
+            .context("cannot set up federation")?,
+    );
     let rooms = Arc::new(Rooms::new(store.clone(), streams.clone(), keys, push_rules.clone(), settings, max_group));
     rooms.load_erased().await.context("cannot load erased users")?;
     let typing = Typing::new(streams.clone());
@@ -51,6 +55,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         backups: Backups::new(store.clone()),
         reports: crate::reports::Reports::new(store.clone(), rooms.clone()),
         limits: RateLimiter::new(config.rate_limits.clone()),
+        federation,
         rooms,
         store,
         config,
@@ -73,8 +78,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tls_listener = match tls {
         Some((addr, config)) => {
             let listener = TlsListener::bind(addr, config).await.with_context(|| format!("cannot listen on {addr}"))?;
+            // Only the log says so: stdout carries one line, the plain listener's address,
+            // which scripts and tests read (and may stop reading after).
             tracing::info!(address = %addr, "listening (TLS)");
-            println!("missive listening on https://{addr}");
             Some(listener)
         }
         None => None,

@@ -17,6 +17,8 @@ pub enum TlsError {
     Pem { path: String, message: String },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("federation client: {0}")]
+    Client(String),
 }
 
 fn pem_error(path: &Path, message: impl ToString) -> TlsError {

@@ -18,6 +18,8 @@ use matrix_sdk::{
 };
 use serde_json::{Value, json};
 
+pub mod peers;
+
 /// Where the PostgreSQL test databases are created, e.g. `postgres://postgres@127.0.0.1:5432`.
 const POSTGRES_ENV: &str = "MISSIVE_TEST_POSTGRES";
 
@@ -53,10 +55,11 @@ impl TestServer {
             Ok(base) if !base.is_empty() => Some(fresh_postgres_database(&base).await),
             _ => None,
         };
+        let server_name = env.iter().find(|(k, _)| *k == "MISSIVE_SERVER_NAME").map_or("localhost", |(_, v)| v);
         let mut server = TestServer {
             child: None,
             base_url: String::new(),
-            server_name: "localhost".into(),
+            server_name: server_name.into(),
             data_dir,
             database_url,
             extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),

@@ -24,6 +24,7 @@ pub struct Services {
     pub e2ee: Arc<crate::e2ee::E2ee>,
     pub backups: crate::backup::Backups,
     pub reports: crate::reports::Reports,
+    pub federation: Arc<crate::federation::Federation>,
 }
 
 /// The axum state: a handle on the services.

@@ -30,6 +30,12 @@ use crate::{
 pub trait AuthRequirement {
     /// `Some(true)`: token required; `Some(false)`: optional; `None`: never.
     const TOKEN: Option<bool>;
+    /// Whether the request must carry another server's X-Matrix signature.
+    const SERVER_SIGNED: bool = false;
+}
+impl AuthRequirement for ruma::api::federation::authentication::ServerSignatures {
+    const TOKEN: Option<bool> = None;
+    const SERVER_SIGNED: bool = true;
 }
 impl AuthRequirement for AccessToken {
     const TOKEN: Option<bool> = Some(true);
@@ -54,6 +60,8 @@ impl AuthRequirement for NoAccessToken {
 pub struct Ruma<T> {
     pub body: T,
     pub identity: Option<Identity>,
+    /// The server that signed a federation request.
+    pub origin: Option<ruma::OwnedServerName>,
     /// The raw JSON body, for endpoints whose ruma type drops fields we need.
     pub json: Bytes,
     pub client_ip: Option<String>,
@@ -65,6 +73,11 @@ impl<T> Ruma<T> {
     /// The identity of an endpoint that requires authentication.
     pub fn identity(&self) -> &Identity {
         self.identity.as_ref().expect("extractor checked authentication for this endpoint")
+    }
+
+    /// The server that signed a federation request.
+    pub fn origin(&self) -> &ruma::ServerName {
+        self.origin.as_deref().expect("extractor checked the signature for this endpoint")
     }
 
     /// The operation this request asks user-interactive authentication for: its method,
@@ -146,6 +159,11 @@ where
         {
             return Err(Error::GuestAccessForbidden);
         }
+        // Verified on the body as signed, before anything reads it differently.
+        let origin = match T::Authentication::SERVER_SIGNED {
+            true => Some(state.federation.authenticate(&parts, &bytes).await?),
+            false => None,
+        };
         // Clients post an empty body where every body field is optional (`/join/{room}`,
         // `/leave`, `/logout`): the spec reads it as `{}`. Endpoints whose body is not JSON
         // (media uploads) do not go through this extractor.
@@ -166,7 +184,7 @@ where
             let msg = e.to_string();
             if msg.contains("query") { Error::InvalidParam(msg) } else { Error::BadJson(msg) }
         })?;
-        Ok(Ruma { body, identity, json: bytes, client_ip, method, path })
+        Ok(Ruma { body, identity, origin, json: bytes, client_ip, method, path })
     }
 }
 

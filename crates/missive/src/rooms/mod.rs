@@ -813,6 +813,24 @@ impl Rooms {
         Ok(row.and_then(|row| Pdu::from_row(&row).ok()).map(|pdu| pdu.content_value()))
     }
 
+    /// The servers with joined members in a room, this server first if it has any.
+    pub async fn resident_servers(&self, room_id: &str) -> Result<Vec<String>> {
+        let mut servers: Vec<String> = self
+            .store
+            .room_members(room_id, Some("join"))
+            .await?
+            .into_iter()
+            .filter_map(|m| m.user_id.split_once(':').map(|(_, server)| server.to_owned()))
+            .collect();
+        servers.sort();
+        servers.dedup();
+        if let Some(own) = servers.iter().position(|s| *s == self.server_name.as_str()) {
+            let own = servers.remove(own);
+            servers.insert(0, own);
+        }
+        Ok(servers)
+    }
+
     /// Parsed power levels of a room head (defaults when there is no event yet).
     pub fn power_levels(head: &RoomHead) -> ruma::events::room::power_levels::RoomPowerLevels {
         use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};

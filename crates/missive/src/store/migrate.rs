@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0007_conformance.sql"),
         include_str!("../../migrations/postgres/0007_conformance.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_federation.sql"),
+        include_str!("../../migrations/postgres/0008_federation.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod e2ee;
+mod federation;
 mod migrate;
 mod notifications;
 mod reports;
@@ -33,6 +34,7 @@ pub use self::{
     sync::*,
     user_data::*,
 };
+pub use federation::RemoteKey;
 
 /// A storage failure; never shown to clients in detail.
 #[derive(Debug, thiserror::Error)]

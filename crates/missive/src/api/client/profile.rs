@@ -21,6 +21,17 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
 }
 
 async fn profile_of(state: &AppState, user_id: &str) -> Result<Map<String, Value>> {
+    let parsed = ruma::UserId::parse(user_id).map_err(|e| Error::invalid_param(e.to_string()))?;
+    if parsed.server_name() != state.federation.server_name {
+        // Another server's user: that server answers.
+        let request = ruma::api::federation::query::get_profile_information::v1::Request::new(parsed.clone());
+        let response = state.federation.send(parsed.server_name(), request).await?;
+        return Ok(response
+            .iter()
+            .filter(|(key, value)| matches!(key.as_str(), "displayname" | "avatar_url") && value.is_string())
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect());
+    }
     let (name, avatar) = state.store.profile(user_id).await?.ok_or_else(|| Error::not_found("profile not found"))?;
     let mut out = Map::new();
     if let Some(name) = name {

@@ -1,11 +1,15 @@
 //! The server-server API, one module per spec section. Served on every listener.
 
+mod keys;
 mod openid;
+mod query;
 
 use axum::Router;
 
 use super::AppState;
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = keys::routes(router);
+    let router = query::routes(router);
     openid::routes(router)
 }

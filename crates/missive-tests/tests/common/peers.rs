@@ -1,0 +1,83 @@
+//! Several real Missive servers that federate: each with its own server name, signing key
+//! and TLS certificate, issued by a CA generated for the test and trusted through the
+//! config, each reaching the others through `[federation] destinations` on loopback.
+
+use std::path::PathBuf;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+use super::TestServer;
+
+/// Servers started together, in the order of their names.
+pub struct Peers {
+    pub servers: Vec<TestServer>,
+    /// The TLS port of each server.
+    pub tls_ports: Vec<u16>,
+    /// The CA certificate (PEM) that issued every server's certificate.
+    pub ca_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Peers {
+    /// Starts one server per name; `extra(i)` adds settings to server `i`.
+    pub async fn start(names: &[&str], extra: impl Fn(usize) -> Vec<(String, String)>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "Missive test state PKI");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA");
+        let ca_pem = ca.pem();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, &ca_pem).expect("write CA");
+        let tls_ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+        let destinations = names
+            .iter()
+            .zip(&tls_ports)
+            .map(|(name, port)| format!("\"{name}\" = \"127.0.0.1:{port}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut servers = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let (cert, key) = issue(&ca, name, &dir.path().join(name));
+            let mut env = vec![
+                ("MISSIVE_SERVER_NAME".to_owned(), name.to_string()),
+                ("MISSIVE_FEDERATION_LISTEN".to_owned(), format!("127.0.0.1:{}", tls_ports[i])),
+                ("MISSIVE_TLS_CERT".to_owned(), cert.display().to_string()),
+                ("MISSIVE_TLS_KEY".to_owned(), key.display().to_string()),
+                ("MISSIVE_FEDERATION__TRUSTED_CA_FILES".to_owned(), format!("[\"{}\"]", ca_path.display())),
+                ("MISSIVE_FEDERATION__ALLOW_PRIVATE_DESTINATIONS".to_owned(), "true".to_owned()),
+                ("MISSIVE_FEDERATION__DESTINATIONS".to_owned(), format!("{{ {destinations} }}")),
+            ];
+            env.extend(extra(i));
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            servers.push(TestServer::start_with(&env).await);
+        }
+        Peers { servers, tls_ports, ca_pem, _dir: dir }
+    }
+
+    /// An HTTPS client that trusts the test CA and finds each server by name.
+    pub fn tls_client(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("CA certificate")]);
+        for port in &self.tls_ports {
+            let server = &self.servers[self.tls_ports.iter().position(|p| p == port).unwrap()];
+            builder = builder.resolve(&server.server_name, ([127, 0, 0, 1], *port).into());
+        }
+        builder.build().expect("TLS client")
+    }
+}
+
+/// A certificate for `name` signed by the CA, written as PEM files under `stem`.
+fn issue(ca: &CertifiedIssuer<'_, KeyPair>, name: &str, stem: &std::path::Path) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec![name.to_owned()]).expect("server params");
+    let cert = params.signed_by(&key, ca).expect("server certificate");
+    let (cert_path, key_path) = (stem.with_extension("crt"), stem.with_extension("key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    (cert_path, key_path)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("address").port()
+}

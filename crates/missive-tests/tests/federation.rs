@@ -1,0 +1,147 @@
+//! Federation between real Missive servers over TLS: server keys, notaries, signed
+//! requests both ways, and what a hostile or unlisted peer gets.
+
+mod common;
+
+use common::{TestServer, TestUser, peers::Peers};
+use ruma::{
+    CanonicalJsonValue,
+    signatures::{Ed25519KeyPair, KeyPair, PublicKeyMap, PublicKeySet},
+};
+use serde_json::{Value, json};
+
+/// `value` in the spec's canonical JSON.
+fn canonical(value: &Value) -> String {
+    CanonicalJsonValue::try_from(value.clone()).expect("canonical JSON").to_string()
+}
+
+/// An X-Matrix `Authorization` header for a request, signed with `key`, written out from
+/// the spec rather than with the server's own code.
+fn x_matrix(method: &str, uri: &str, origin: &str, destination: &str, key: &Ed25519KeyPair) -> String {
+    let signed = json!({ "method": method, "uri": uri, "origin": origin, "destination": destination });
+    let signature = key.sign(canonical(&signed).as_bytes());
+    format!(
+        "X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"ed25519:{}\",sig=\"{}\"",
+        key.version(),
+        signature.base64()
+    )
+}
+
+/// The signing key of a server under test, read from its database (as an attacker who
+/// stole it, or a test that signs in its name, would have it).
+async fn signing_key_of(server: &TestServer) -> Ed25519KeyPair {
+    use base64::Engine;
+    sqlx::any::install_default_drivers();
+    let mut db = <sqlx::AnyConnection as sqlx::Connection>::connect(&server.database_url()).await.expect("database");
+    let (key_id, pkcs8): (String, String) =
+        sqlx::query_as("SELECT key_id, pkcs8 FROM server_signing_keys WHERE expired_ts IS NULL")
+            .fetch_one(&mut db)
+            .await
+            .expect("signing key");
+    let der = base64::engine::general_purpose::STANDARD.decode(pkcs8).expect("base64");
+    Ed25519KeyPair::from_der(&der, key_id.trim_start_matches("ed25519:").to_owned()).expect("key pair")
+}
+
+async fn set_name(server: &TestServer, user: &TestUser, name: &str) {
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", user.user_id);
+    let (status, _) = server.call("PUT", &path, Some(&user.access_token), Some(json!({ "displayname": name }))).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn servers_publish_signed_keys_over_both_listeners_and_notaries_vouch_for_peers() {
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+
+    let (status, document) = police.call("GET", "/_matrix/key/v2/server", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(document["server_name"], "police.test");
+    let mut keys = PublicKeySet::new();
+    for (id, key) in document["verify_keys"].as_object().expect("verify_keys") {
+        keys.insert(id.clone(), ruma::serde::Base64::parse(key["key"].as_str().unwrap()).unwrap());
+    }
+    let map = PublicKeyMap::from([("police.test".to_owned(), keys)]);
+    let object = match CanonicalJsonValue::try_from(document.clone()).unwrap() {
+        CanonicalJsonValue::Object(object) => object,
+        other => panic!("not an object: {other:?}"),
+    };
+    ruma::signatures::verify_json(&map, &object).expect("the key document is signed by its key");
+
+    // The TLS listener serves the same routes, with a certificate of the state PKI.
+    let url = format!("https://police.test:{}/_matrix/key/v2/server", peers.tls_ports[0]);
+    let over_tls: Value = peers.tls_client().get(url).send().await.expect("TLS").json().await.expect("JSON");
+    assert_eq!(over_tls["verify_keys"], document["verify_keys"]);
+
+    // Gov, asked as a notary, fetches police's document over TLS and countersigns it.
+    let (status, body) =
+        gov.call("POST", "/_matrix/key/v2/query", None, Some(json!({ "server_keys": { "police.test": {} } }))).await;
+    assert_eq!(status, 200, "{body}");
+    let vouched = &body["server_keys"][0];
+    assert_eq!(vouched["verify_keys"], document["verify_keys"], "{body}");
+    assert!(vouched["signatures"]["police.test"].is_object() && vouched["signatures"]["gov.test"].is_object());
+    let (_, again) = gov.call("GET", "/_matrix/key/v2/query/police.test", None, None).await;
+    assert_eq!(again["server_keys"][0]["verify_keys"], document["verify_keys"], "served from the store: {again}");
+}
+
+#[tokio::test]
+async fn signed_requests_cross_servers_and_forged_or_unlisted_ones_are_refused() {
+    let deny_gov = |i: usize| match i {
+        2 => vec![("MISSIVE_FEDERATION__DENY_LIST".to_owned(), "[\"gov.*\"]".to_owned())],
+        _ => Vec::new(),
+    };
+    let peers = Peers::start(&["police.test", "gov.test", "edu.test"], deny_gov).await;
+    let (police, gov, edu) = (&peers.servers[0], &peers.servers[1], &peers.servers[2]);
+    let alice = police.register("alice").await;
+    set_name(police, &alice, "Alice of the police").await;
+    let bob = gov.register("bob").await;
+    let carol = edu.register("carol").await;
+    set_name(edu, &carol, "Carol of education").await;
+
+    // Bob reads a police agent's profile: gov asks police, signed.
+    let (status, body) =
+        gov.call("GET", &format!("/_matrix/client/v3/profile/{}", alice.user_id), Some(&bob.access_token), None).await;
+    assert_eq!((status, body["displayname"].as_str()), (200, Some("Alice of the police")), "{body}");
+    // Education does not federate with gov: its answer is a refusal.
+    let (status, body) =
+        gov.call("GET", &format!("/_matrix/client/v3/profile/{}", carol.user_id), Some(&bob.access_token), None).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+
+    let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", alice.user_id.replace('@', "%40"));
+    let ask = |auth: Option<String>, uri: String| {
+        let url = police.url(&uri);
+        async move {
+            let mut request = reqwest::Client::new().get(url);
+            if let Some(auth) = auth {
+                request = request.header("Authorization", auth);
+            }
+            let response = request.send().await.expect("request");
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, body) = ask(None, uri.clone()).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "no signature: {body}");
+
+    // A key gov never published, claiming to be gov.
+    let forger = Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "forged".into()).unwrap();
+    let (status, body) = ask(Some(x_matrix("GET", &uri, "gov.test", "police.test", &forger)), uri.clone()).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "forged key: {body}");
+
+    let gov_key = signing_key_of(gov).await;
+    let (status, body) = ask(Some(x_matrix("GET", &uri, "gov.test", "elsewhere.test", &gov_key)), uri.clone()).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "another destination: {body}");
+    let other_uri = uri.replace("alice", "someone");
+    let (status, _) = ask(Some(x_matrix("GET", &other_uri, "gov.test", "police.test", &gov_key)), uri.clone()).await;
+    assert_eq!(status, 401, "a signature covers the exact URI");
+    let (status, body) = ask(Some(x_matrix("GET", &uri, "gov.test", "police.test", &gov_key)), uri.clone()).await;
+    assert_eq!((status, body["displayname"].as_str()), (200, Some("Alice of the police")), "{body}");
+
+    // Signed by gov's real key, education still refuses gov.
+    let edu_uri = format!("/_matrix/federation/v1/query/profile?user_id={}", carol.user_id.replace('@', "%40"));
+    let response = reqwest::Client::new()
+        .get(edu.url(&edu_uri))
+        .header("Authorization", x_matrix("GET", &edu_uri, "gov.test", "edu.test", &gov_key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+}

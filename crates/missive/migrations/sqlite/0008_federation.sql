@@ -1,0 +1,13 @@
+-- Federation: the verify keys of other servers, as their key document served them (kept
+-- whole, so that this server can act as a notary and pass it on with its own signature).
+
+CREATE TABLE remote_server_keys (
+    server_name     TEXT NOT NULL,
+    key_id          TEXT NOT NULL,
+    public_key      TEXT NOT NULL,          -- unpadded base64 ed25519 key
+    valid_until_ts  INTEGER NOT NULL,        -- the document's validity (old keys: when they expired)
+    expired_ts      INTEGER,                 -- set for old_verify_keys
+    document        TEXT NOT NULL,          -- the signed key document this key came in
+    fetched_ts      INTEGER NOT NULL,
+    PRIMARY KEY (server_name, key_id)
+);

@@ -1,0 +1,59 @@
+//! Queries: other servers ask about this server's users and aliases, and what it is.
+
+use axum::{Router, response::Response};
+use ruma::api::federation::{
+    discovery::get_server_version,
+    query::{get_profile_information, get_room_information},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    api::{
+        AppState,
+        ruma::{Ruma, json, route},
+    },
+    error::{Error, Result},
+};
+
+pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = route(router, version);
+    let router = route(router, profile);
+    route(router, directory)
+}
+
+/// # GET /_matrix/federation/v1/version
+async fn version(_state: AppState, _req: Ruma<get_server_version::v1::Request>) -> Result<Response> {
+    Ok(json(json!({ "server": { "name": "Missive", "version": env!("CARGO_PKG_VERSION") } })))
+}
+
+/// # GET /_matrix/federation/v1/query/profile
+async fn profile(state: AppState, req: Ruma<get_profile_information::v1::Request>) -> Result<Response> {
+    let user_id = &req.body.user_id;
+    if user_id.server_name() != state.federation.server_name {
+        return Err(Error::invalid_param("user is not local to this server"));
+    }
+    let (name, avatar) =
+        state.store.profile(user_id.as_str()).await?.ok_or_else(|| Error::not_found("profile not found"))?;
+    let mut out = serde_json::Map::new();
+    let field = req.body.field.as_ref().map(|f| f.as_str().to_owned());
+    for (key, value) in [("displayname", name), ("avatar_url", avatar)] {
+        if let Some(value) = value
+            && field.as_deref().is_none_or(|f| f == key)
+        {
+            out.insert(key.into(), Value::String(value));
+        }
+    }
+    Ok(json(Value::Object(out)))
+}
+
+/// # GET /_matrix/federation/v1/query/directory
+async fn directory(state: AppState, req: Ruma<get_room_information::v1::Request>) -> Result<Response> {
+    let alias = &req.body.room_alias;
+    if alias.server_name() != state.federation.server_name {
+        return Err(Error::invalid_param("alias is not local to this server"));
+    }
+    let (room_id, _) =
+        state.store.alias(alias.as_str()).await?.ok_or_else(|| Error::not_found("room alias not found"))?;
+    let servers = state.rooms.resident_servers(&room_id).await?;
+    Ok(json(json!({ "room_id": room_id, "servers": servers })))
+}

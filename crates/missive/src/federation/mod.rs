@@ -1,0 +1,85 @@
+//! Federation, the server side of the server-server API: this server's key document and
+//! other servers' verify keys (`keys.rs`), discovery of where a server name is served
+//! (`resolve.rs`), the outbound client that signs every request (`client.rs`), and the
+//! policy of whom this server federates with.
+
+pub mod auth;
+pub mod client;
+pub mod keys;
+pub mod resolve;
+
+use std::sync::Arc;
+
+use ruma::{OwnedServerName, ServerName, events::room::server_acl::RoomServerAclEventContent};
+
+use crate::{config::Config, server_keys::ServerKeys, store::Store};
+
+/// Why a federation operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("federation is disabled on this server")]
+    Disabled,
+    #[error("federation with {0} is not allowed")]
+    NotAllowed(String),
+    #[error("cannot find where {0} is served: {1}")]
+    Resolve(String, String),
+    #[error("request to {0} failed: {1}")]
+    Transport(String, String),
+    #[error("{server} answered {status}")]
+    Remote { server: String, status: u16, errcode: Option<String>, message: Option<String> },
+    #[error("invalid answer from {0}: {1}")]
+    InvalidResponse(String, String),
+    #[error("no valid verify key {key_id} of {server}")]
+    UnknownKey { server: String, key_id: String },
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    #[error("bad X-Matrix authorization: {0}")]
+    BadAuthorization(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The federation service: who this server is, whom it talks to, and how.
+pub struct Federation {
+    pub server_name: OwnedServerName,
+    pub keys: Arc<ServerKeys>,
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub client: client::Client,
+    remote_keys: keys::KeyCache,
+    policy: RoomServerAclEventContent,
+}
+
+impl Federation {
+    /// Builds the service: the outbound client with its trust roots and resolver.
+    pub fn new(
+        server_name: OwnedServerName,
+        keys: Arc<ServerKeys>,
+        config: Arc<Config>,
+        store: Store,
+    ) -> Result<Self, crate::tls::TlsError> {
+        let settings = &config.federation;
+        let allow = settings.allow_list.clone().unwrap_or_else(|| vec!["*".to_owned()]);
+        // Server names are matched like `m.room.server_acl` entries (globs on the host),
+        // IP literals included: closed networks and test rigs name servers by address.
+        let policy = RoomServerAclEventContent::new(true, allow, settings.deny_list.clone());
+        let client = client::Client::new(&config)?;
+        Ok(Self { server_name, keys, config, store, client, remote_keys: keys::KeyCache::default(), policy })
+    }
+
+    /// Whether this server talks to `server` at all (the configured allow- and deny-lists).
+    pub fn is_allowed(&self, server: &ServerName) -> bool {
+        server == self.server_name || (self.config.federation.enabled && self.policy.is_allowed(server))
+    }
+
+    /// Refuses a server outside the configured lists.
+    pub fn check_allowed(&self, server: &ServerName) -> Result<(), FederationError> {
+        if !self.config.federation.enabled {
+            return Err(FederationError::Disabled);
+        }
+        if !self.is_allowed(server) {
+            return Err(FederationError::NotAllowed(server.to_string()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,66 @@
+//! Federation: other servers' verify keys.
+
+use sqlx::Row;
+
+use super::{Store, StoreResult, now_ms};
+
+/// A verify key of another server, with the key document it came in.
+#[derive(Debug, Clone)]
+pub struct RemoteKey {
+    pub key_id: String,
+    pub public_key: String,
+    pub valid_until_ts: i64,
+    pub expired_ts: Option<i64>,
+    pub document: String,
+}
+
+impl Store {
+    /// Every stored verify key of a server.
+    pub async fn remote_keys(&self, server_name: &str) -> StoreResult<Vec<RemoteKey>> {
+        let rows = sqlx::query(
+            "SELECT key_id, public_key, valid_until_ts, expired_ts, document FROM remote_server_keys \
+             WHERE server_name = $1",
+        )
+        .bind(server_name)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RemoteKey {
+                key_id: r.get(0),
+                public_key: r.get(1),
+                valid_until_ts: r.get(2),
+                expired_ts: r.get(3),
+                document: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Stores the keys of one verified key document, replacing what was known of them. A
+    /// key known as current is not downgraded by an older document.
+    pub async fn store_remote_keys(&self, server_name: &str, keys: &[RemoteKey]) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        for key in keys {
+            sqlx::query(
+                "INSERT INTO remote_server_keys \
+                 (server_name, key_id, public_key, valid_until_ts, expired_ts, document, fetched_ts) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (server_name, key_id) DO UPDATE SET public_key = excluded.public_key, \
+                 valid_until_ts = excluded.valid_until_ts, expired_ts = excluded.expired_ts, \
+                 document = excluded.document, fetched_ts = excluded.fetched_ts \
+                 WHERE remote_server_keys.valid_until_ts <= excluded.valid_until_ts",
+            )
+            .bind(server_name)
+            .bind(&key.key_id)
+            .bind(&key.public_key)
+            .bind(key.valid_until_ts)
+            .bind(key.expired_ts)
+            .bind(&key.document)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
