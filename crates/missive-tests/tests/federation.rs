@@ -145,3 +145,66 @@ async fn signed_requests_cross_servers_and_forged_or_unlisted_ones_are_refused()
         .unwrap();
     assert_eq!(response.status().as_u16(), 403);
 }
+
+#[tokio::test]
+async fn device_keys_and_one_time_keys_are_queried_and_claimed_across_servers() {
+    let deny_gov = |i: usize| match i {
+        2 => vec![("MISSIVE_FEDERATION__DENY_LIST".to_owned(), "[\"gov.test\"]".to_owned())],
+        _ => Vec::new(),
+    };
+    let peers = Peers::start(&["police.test", "gov.test", "edu.test"], deny_gov).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let alice = police.register("alice").await;
+    let bob = gov.register("bob").await;
+    let device_keys = json!({
+        "user_id": alice.user_id, "device_id": alice.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("curve25519:{}", alice.device_id): "Y3VydmU", format!("ed25519:{}", alice.device_id): "ZWQyNTUxOQ" },
+        "signatures": { alice.user_id.as_str(): { format!("ed25519:{}", alice.device_id): "c2ln" } },
+    });
+    let one_time = json!({ "signed_curve25519:AAAAAQ": { "key": "b3Rr", "signatures": {} } });
+    let (status, body) = police
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            Some(&alice.access_token),
+            Some(json!({ "device_keys": device_keys, "one_time_keys": one_time })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Bob's server asks police; education refuses gov and is reported as a failure.
+    let query = json!({ "device_keys": { alice.user_id.as_str(): [], "@carol:edu.test": [] } });
+    let (status, body) = gov.call("POST", "/_matrix/client/v3/keys/query", Some(&bob.access_token), Some(query)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["device_keys"][alice.user_id.as_str()][&alice.device_id]["keys"], device_keys["keys"], "{body}");
+    assert!(body["failures"]["edu.test"].is_object(), "{body}");
+
+    let claim =
+        json!({ "one_time_keys": { alice.user_id.as_str(): { alice.device_id.as_str(): "signed_curve25519" } } });
+    let (status, body) =
+        gov.call("POST", "/_matrix/client/v3/keys/claim", Some(&bob.access_token), Some(claim.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["one_time_keys"][alice.user_id.as_str()][&alice.device_id]["signed_curve25519:AAAAAQ"]["key"],
+        "b3Rr",
+        "{body}"
+    );
+    let (_, again) = gov.call("POST", "/_matrix/client/v3/keys/claim", Some(&bob.access_token), Some(claim)).await;
+    assert!(again["one_time_keys"].get(alice.user_id.as_str()).is_none(), "a one-time key is handed out once: {again}");
+
+    // Police lists alice's devices to a signed request of gov.
+    let gov_key = signing_key_of(gov).await;
+    let uri = format!("/_matrix/federation/v1/user/devices/{}", alice.user_id.replace('@', "%40"));
+    let devices: Value = reqwest::Client::new()
+        .get(police.url(&uri))
+        .header("Authorization", x_matrix("GET", &uri, "gov.test", "police.test", &gov_key))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(devices["devices"][0]["device_id"], alice.device_id.as_str(), "{devices}");
+    assert_eq!(devices["devices"][0]["keys"]["keys"], device_keys["keys"]);
+}

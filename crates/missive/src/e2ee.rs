@@ -6,11 +6,12 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use ruma::{DeviceId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedServerName, OwnedUserId, UserId};
 use serde_json::{Map, Value, json};
 
 use crate::{
     error::{Error, Result},
+    federation::Federation,
     store::{DeviceSyncState, NewToDevice, Store},
     sync::stream::Streams,
 };
@@ -22,6 +23,7 @@ pub const TO_DEVICE_LIMIT: i64 = 100;
 pub struct E2ee {
     store: Store,
     streams: Arc<Streams>,
+    federation: Arc<Federation>,
 }
 
 fn parse_object(raw: &str, what: &str) -> Result<Map<String, Value>> {
@@ -57,8 +59,137 @@ fn merge_signatures(stored: &mut Map<String, Value>, incoming: &Map<String, Valu
 
 impl E2ee {
     /// Creates the service.
-    pub fn new(store: Store, streams: Arc<Streams>) -> Self {
-        Self { store, streams }
+    pub fn new(store: Store, streams: Arc<Streams>, federation: Arc<Federation>) -> Self {
+        Self { store, streams, federation }
+    }
+
+    /// Splits a request per user into this server's users and the others, by server.
+    fn split_by_server<T: Clone>(
+        &self,
+        wanted: &BTreeMap<String, T>,
+    ) -> (BTreeMap<String, T>, BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, T>>) {
+        let mut local = BTreeMap::new();
+        let mut remote: BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, T>> = BTreeMap::new();
+        for (user, value) in wanted {
+            match UserId::parse(user) {
+                Ok(id) if id.server_name() != self.federation.server_name => {
+                    remote.entry(id.server_name().to_owned()).or_default().insert(id, value.clone());
+                }
+                _ => {
+                    local.insert(user.clone(), value.clone());
+                }
+            }
+        }
+        (local, remote)
+    }
+
+    /// `keys/query` of a local user: this server's users from the store, the others asked
+    /// of their servers, all servers at once. A server that cannot answer is listed in
+    /// `failures`; what a server says of users of another server is ignored.
+    pub async fn query_keys_everywhere(
+        &self,
+        requester: &UserId,
+        wanted: &BTreeMap<String, Vec<String>>,
+    ) -> Result<Value> {
+        let (local, remote) = self.split_by_server(wanted);
+        let mut out = self.query_keys(Some(requester), &local).await?;
+        let asks = remote.into_iter().map(|(server, users)| async move {
+            let device_keys = users
+                .into_iter()
+                .map(|(user, devices)| (user, devices.iter().map(|d| OwnedDeviceId::from(d.as_str())).collect()))
+                .collect();
+            let request = ruma::api::federation::keys::get_keys::v1::Request::new(device_keys);
+            let result = self.federation.send(&server, request).await;
+            (server, result)
+        });
+        for (server, result) in futures_util::future::join_all(asks).await {
+            let response = match result {
+                Ok(response) => response,
+                Err(e) => {
+                    out["failures"][server.as_str()] = json!({ "status": 503, "message": e.to_string() });
+                    continue;
+                }
+            };
+            let ours = |user: &UserId| user.server_name() == server;
+            for (user, devices) in response.device_keys.iter().filter(|(u, _)| ours(u)) {
+                let devices: Map<String, Value> = devices
+                    .iter()
+                    .filter_map(|(device, keys)| {
+                        Some((device.to_string(), serde_json::from_str(keys.json().get()).ok()?))
+                    })
+                    .collect();
+                out["device_keys"][user.as_str()] = Value::Object(devices);
+            }
+            for (field, keys) in
+                [("master_keys", &response.master_keys), ("self_signing_keys", &response.self_signing_keys)]
+            {
+                for (user, key) in keys.iter().filter(|(u, _)| ours(u)) {
+                    if let Ok(key) = serde_json::from_str::<Value>(key.json().get()) {
+                        out[field][user.as_str()] = key;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `keys/claim` of a local user: this server's one-time keys from the store, the
+    /// others claimed from their servers, all at once.
+    pub async fn claim_keys_everywhere(&self, wanted: &BTreeMap<String, BTreeMap<String, String>>) -> Result<Value> {
+        let (local, remote) = self.split_by_server(wanted);
+        let mut out = self.claim_keys(&local).await?;
+        let asks = remote.into_iter().map(|(server, users)| async move {
+            let claims = users
+                .into_iter()
+                .map(|(user, devices)| {
+                    let devices = devices
+                        .iter()
+                        .map(|(device, algorithm)| (OwnedDeviceId::from(device.as_str()), algorithm.as_str().into()))
+                        .collect();
+                    (user, devices)
+                })
+                .collect();
+            let request = ruma::api::federation::keys::claim_keys::v1::Request::new(claims);
+            let result = self.federation.send(&server, request).await;
+            (server, result)
+        });
+        for (server, result) in futures_util::future::join_all(asks).await {
+            match result {
+                Ok(response) => {
+                    for (user, devices) in response.one_time_keys.iter().filter(|(u, _)| u.server_name() == server) {
+                        let value = serde_json::to_value(devices).unwrap_or_default();
+                        out["one_time_keys"][user.as_str()] = value;
+                    }
+                }
+                Err(e) => out["failures"][server.as_str()] = json!({ "status": 503, "message": e.to_string() }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `user/devices` for another server: a local user's devices with their keys.
+    pub async fn devices_for_federation(&self, user_id: &UserId) -> Result<Value> {
+        let keys = self.query_keys(None, &BTreeMap::from([(user_id.to_string(), Vec::new())])).await?;
+        let mut devices = Vec::new();
+        for device in self.store.devices(user_id.as_str()).await? {
+            let mut entry = json!({ "device_id": device.device_id });
+            if let Some(name) = &device.display_name {
+                entry["device_display_name"] = json!(name);
+            }
+            match keys["device_keys"][user_id.as_str()].get(&device.device_id) {
+                Some(device_keys) => entry["keys"] = device_keys.clone(),
+                // A device that has not uploaded keys has nothing to encrypt to.
+                None => continue,
+            }
+            devices.push(entry);
+        }
+        let mut out = json!({ "user_id": user_id, "stream_id": self.streams.current(), "devices": devices });
+        for (field, key) in [("master_keys", "master_key"), ("self_signing_keys", "self_signing_key")] {
+            if let Some(value) = keys[field].get(user_id.as_str()) {
+                out[key] = value.clone();
+            }
+        }
+        Ok(out)
     }
 
     /// `keys/upload`: device keys, one-time keys, fallback keys; returns the key counts.
@@ -133,8 +264,13 @@ impl E2ee {
     }
 
     /// `keys/query` for local users: device keys and cross-signing keys (the user-signing key
-    /// only for the requester themself).
-    pub async fn query_keys(&self, requester: &UserId, wanted: &BTreeMap<String, Vec<String>>) -> Result<Value> {
+    /// only for the requester themself; no requester when another server asks).
+    pub async fn query_keys(
+        &self,
+        requester: Option<&UserId>,
+        wanted: &BTreeMap<String, Vec<String>>,
+    ) -> Result<Value> {
+        let requester = requester.map(|r| r.as_str()).unwrap_or_default();
         let mut device_keys = Map::new();
         let mut master = Map::new();
         let mut self_signing = Map::new();
@@ -158,7 +294,7 @@ impl E2ee {
                 // A signature by another user's user-signing key is that signer's
                 // private verification: only they see it.
                 if let Some(Value::Object(sigs)) = value.get_mut("signatures") {
-                    sigs.retain(|signer, _| signer == user || signer == requester.as_str());
+                    sigs.retain(|signer, _| signer == user || signer == requester);
                 }
                 match key_type.as_str() {
                     "master" => {
@@ -167,7 +303,7 @@ impl E2ee {
                     "self_signing" => {
                         self_signing.insert(user.clone(), value);
                     }
-                    "user_signing" if user == requester.as_str() => {
+                    "user_signing" if user == requester => {
                         user_signing.insert(user.clone(), value);
                     }
                     _ => {}

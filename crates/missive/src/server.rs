@@ -46,7 +46,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     rooms.load_erased().await.context("cannot load erased users")?;
     let typing = Typing::new(streams.clone());
     let presence = Presence::new(config.presence, streams.clone());
-    let e2ee = Arc::new(E2ee::new(store.clone(), streams.clone()));
+    let e2ee = Arc::new(E2ee::new(store.clone(), streams.clone(), federation.clone()));
     Ok(Arc::new(Services {
         accounts: Accounts::new(store.clone(), streams.clone(), config.clone()),
         sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing, presence, e2ee.clone()),

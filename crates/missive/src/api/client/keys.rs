@@ -62,7 +62,7 @@ async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<Resp
         .iter()
         .map(|(u, d)| (u.to_string(), d.iter().map(ToString::to_string).collect()))
         .collect();
-    Ok(json(state.e2ee.query_keys(&req.identity().user_id, &wanted).await?))
+    Ok(json(state.e2ee.query_keys_everywhere(&req.identity().user_id, &wanted).await?))
 }
 
 /// # POST /_matrix/client/v3/keys/claim
@@ -73,7 +73,7 @@ async fn claim(state: AppState, req: Ruma<claim_keys::v3::Request>) -> Result<Re
         .iter()
         .map(|(u, d)| (u.to_string(), d.iter().map(|(dev, alg)| (dev.to_string(), alg.to_string())).collect()))
         .collect();
-    Ok(json(state.e2ee.claim_keys(&wanted).await?))
+    Ok(json(state.e2ee.claim_keys_everywhere(&wanted).await?))
 }
 
 /// # GET /_matrix/client/v3/keys/changes

@@ -1,6 +1,7 @@
 //! The server-server API, one module per spec section. Served on every listener.
 
 mod keys;
+mod keys_e2ee;
 mod openid;
 mod query;
 
@@ -11,5 +12,6 @@ use super::AppState;
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = keys::routes(router);
     let router = query::routes(router);
+    let router = keys_e2ee::routes(router);
     openid::routes(router)
 }
