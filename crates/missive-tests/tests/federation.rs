@@ -208,3 +208,45 @@ async fn device_keys_and_one_time_keys_are_queried_and_claimed_across_servers() 
     assert_eq!(devices["devices"][0]["device_id"], alice.device_id.as_str(), "{devices}");
     assert_eq!(devices["devices"][0]["keys"]["keys"], device_keys["keys"]);
 }
+
+#[tokio::test]
+async fn aliases_and_public_rooms_of_other_servers_are_found() {
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let alice = police.register("alice").await;
+    let bob = gov.register("bob").await;
+    let (status, body) = police
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({ "preset": "public_chat", "visibility": "public", "room_alias_name": "desk", "name": "Front desk" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room_id = body["room_id"].as_str().unwrap().to_owned();
+
+    let (status, body) =
+        gov.call("GET", "/_matrix/client/v3/directory/room/%23desk:police.test", Some(&bob.access_token), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], room_id.as_str());
+    assert_eq!(body["servers"][0], "police.test");
+    let (status, body) = gov
+        .call("GET", "/_matrix/client/v3/directory/room/%23nothing:police.test", Some(&bob.access_token), None)
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+
+    let (status, body) =
+        gov.call("GET", "/_matrix/client/v3/publicRooms?server=police.test", Some(&bob.access_token), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["chunk"][0]["room_id"], room_id.as_str(), "{body}");
+    let (status, body) = gov
+        .call(
+            "POST",
+            "/_matrix/client/v3/publicRooms?server=police.test",
+            Some(&bob.access_token),
+            Some(json!({ "filter": { "generic_search_term": "desk" } })),
+        )
+        .await;
+    assert_eq!((status, body["chunk"][0]["name"].as_str()), (200, Some("Front desk")), "{body}");
+}

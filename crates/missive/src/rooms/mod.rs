@@ -11,6 +11,7 @@
 
 mod aliases;
 pub mod create;
+mod directory;
 pub mod ignore;
 pub mod membership;
 pub mod notify;
@@ -827,6 +828,16 @@ impl Rooms {
         if let Some(own) = servers.iter().position(|s| *s == self.server_name.as_str()) {
             let own = servers.remove(own);
             servers.insert(0, own);
+        }
+        Ok(servers)
+    }
+
+    /// The servers to try to join a room of a local alias through: this one first, as it
+    /// holds the alias, then the room's other resident servers.
+    pub async fn alias_servers(&self, room_id: &str) -> Result<Vec<String>> {
+        let mut servers = self.resident_servers(room_id).await?;
+        if servers.first().map(String::as_str) != Some(self.server_name.as_str()) {
+            servers.insert(0, self.server_name.to_string());
         }
         Ok(servers)
     }

@@ -46,12 +46,16 @@ async fn create_alias(state: AppState, req: Ruma<create_alias::v3::Request>) -> 
 
 /// # GET /_matrix/client/v3/directory/room/{roomAlias}
 async fn get_alias(state: AppState, req: Ruma<get_alias::v3::Request>) -> Result<Response> {
-    let (room_id, _) = state
-        .store
-        .alias(req.body.room_alias.as_str())
-        .await?
-        .ok_or_else(|| Error::not_found("room alias not found"))?;
-    Ok(json(json!({ "room_id": room_id, "servers": [state.config.server_name] })))
+    let alias = &req.body.room_alias;
+    if alias.server_name() != state.federation.server_name {
+        // Another server's alias: that server answers.
+        let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.clone());
+        let answer = state.federation.send(alias.server_name(), request).await?;
+        return Ok(json(json!({ "room_id": answer.room_id, "servers": answer.servers })));
+    }
+    let (room_id, _) =
+        state.store.alias(alias.as_str()).await?.ok_or_else(|| Error::not_found("room alias not found"))?;
+    Ok(json(json!({ "room_id": room_id, "servers": state.rooms.alias_servers(&room_id).await? })))
 }
 
 /// # DELETE /_matrix/client/v3/directory/room/{roomAlias}
@@ -67,84 +71,59 @@ async fn room_aliases(state: AppState, req: Ruma<aliases::v3::Request>) -> Resul
     Ok(json(json!({ "aliases": state.store.room_aliases(req.body.room_id.as_str()).await? })))
 }
 
-async fn directory(state: &AppState, since: Option<&str>, limit: Option<u64>, term: Option<&str>) -> Result<Response> {
-    let offset: usize = match since {
-        Some(s) => s
-            .strip_prefix('o')
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::invalid_param("invalid since token"))?,
-        None => 0,
-    };
-    // Without a limit the whole directory is one page, as clients that count it expect.
-    let limit = limit.map_or(usize::MAX, |l| (l as usize).max(1));
-    let rooms = state.store.published_rooms().await?;
-    let mut chunk = Vec::new();
-    for (room_id, joined) in &rooms {
-        let mut entry = json!({
-            "room_id": room_id,
-            "num_joined_members": joined,
-            "world_readable": false,
-            "guest_can_join": false,
-        });
-        for (kind, field, key) in [
-            ("m.room.name", "name", "name"),
-            ("m.room.topic", "topic", "topic"),
-            ("m.room.canonical_alias", "alias", "canonical_alias"),
-            ("m.room.avatar", "url", "avatar_url"),
-            ("m.room.join_rules", "join_rule", "join_rule"),
-        ] {
-            if let Some(row) = state.store.current_state_event(room_id, kind, "").await?
-                && let Ok(content) = serde_json::from_str::<Value>(&row.json)
-                && let Some(v) = content["content"].get(field)
-            {
-                entry[key] = v.clone();
-            }
-        }
-        for (kind, field, value, key) in [
-            ("m.room.history_visibility", "history_visibility", "world_readable", "world_readable"),
-            ("m.room.guest_access", "guest_access", "can_join", "guest_can_join"),
-        ] {
-            if let Some(row) = state.store.current_state_event(room_id, kind, "").await?
-                && let Ok(content) = serde_json::from_str::<Value>(&row.json)
-            {
-                entry[key] = json!(content["content"].get(field).and_then(Value::as_str) == Some(value));
-            }
-        }
-        if let Some(term) = term.map(str::to_lowercase).filter(|t| !t.is_empty()) {
-            let haystack = format!("{} {} {}", entry["name"], entry["topic"], entry["canonical_alias"]).to_lowercase();
-            if !haystack.contains(&term) {
-                continue;
-            }
-        }
-        chunk.push(entry);
-    }
-    let total = chunk.len();
-    let page: Vec<Value> = chunk.into_iter().skip(offset).take(limit).collect();
-    let mut body = json!({ "chunk": page, "total_room_count_estimate": total });
-    if offset.saturating_add(limit) < total {
-        body["next_batch"] = json!(page_token(offset + limit));
-    }
-    if offset > 0 {
-        body["prev_batch"] = json!(page_token(offset.saturating_sub(limit)));
-    }
-    Ok(json(body))
-}
-
-/// A directory page token. Never a bare number: clients test tokens for truth, and a
-/// first page's `"0"` reads as false in some languages.
-fn page_token(offset: usize) -> String {
-    format!("o{offset}")
-}
-
 /// # GET /_matrix/client/v3/publicRooms
 async fn public_rooms(state: AppState, req: Ruma<get_public_rooms::v3::Request>) -> Result<Response> {
-    directory(&state, req.body.since.as_deref(), req.body.limit.map(u64::from), None).await
+    let b = req.body;
+    let limit = b.limit.map(u64::from);
+    if let Some(server) = b.server.filter(|s| *s != state.federation.server_name) {
+        let mut request = ruma::api::federation::directory::get_public_rooms::v1::Request::new();
+        (request.since, request.limit) = (b.since, b.limit);
+        let answer = state.federation.send(&server, request).await?;
+        return Ok(json(remote_page(
+            answer.chunk,
+            answer.next_batch,
+            answer.prev_batch,
+            answer.total_room_count_estimate,
+        )));
+    }
+    Ok(json(state.rooms.public_rooms(b.since.as_deref(), limit, None).await?))
+}
+
+/// A page of another server's directory, as the client API serves it.
+fn remote_page(
+    chunk: Vec<ruma::directory::PublicRoomsChunk>,
+    next_batch: Option<String>,
+    prev_batch: Option<String>,
+    total: Option<ruma::UInt>,
+) -> Value {
+    let mut body = json!({ "chunk": chunk });
+    for (key, value) in [("next_batch", next_batch), ("prev_batch", prev_batch)] {
+        if let Some(value) = value {
+            body[key] = json!(value);
+        }
+    }
+    if let Some(total) = total {
+        body["total_room_count_estimate"] = json!(total);
+    }
+    body
 }
 
 /// # POST /_matrix/client/v3/publicRooms
 async fn public_rooms_filtered(state: AppState, req: Ruma<get_public_rooms_filtered::v3::Request>) -> Result<Response> {
-    let b = &req.body;
-    directory(&state, b.since.as_deref(), b.limit.map(u64::from), b.filter.generic_search_term.as_deref()).await
+    let b = req.body;
+    if let Some(server) = b.server.clone().filter(|s| *s != state.federation.server_name) {
+        let mut request = ruma::api::federation::directory::get_public_rooms_filtered::v1::Request::new();
+        (request.since, request.limit, request.filter) = (b.since, b.limit, b.filter);
+        let answer = state.federation.send(&server, request).await?;
+        return Ok(json(remote_page(
+            answer.chunk,
+            answer.next_batch,
+            answer.prev_batch,
+            answer.total_room_count_estimate,
+        )));
+    }
+    let term = b.filter.generic_search_term.as_deref();
+    Ok(json(state.rooms.public_rooms(b.since.as_deref(), b.limit.map(u64::from), term).await?))
 }
 
 /// # GET /_matrix/client/v3/directory/list/room/{roomId}

@@ -2,6 +2,7 @@
 
 use axum::{Router, response::Response};
 use ruma::api::federation::{
+    directory::{get_public_rooms, get_public_rooms_filtered},
     discovery::get_server_version,
     query::{get_profile_information, get_room_information},
 };
@@ -18,6 +19,8 @@ use crate::{
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, version);
     let router = route(router, profile);
+    let router = route(router, public_rooms);
+    let router = route(router, public_rooms_filtered);
     route(router, directory)
 }
 
@@ -54,6 +57,19 @@ async fn directory(state: AppState, req: Ruma<get_room_information::v1::Request>
     }
     let (room_id, _) =
         state.store.alias(alias.as_str()).await?.ok_or_else(|| Error::not_found("room alias not found"))?;
-    let servers = state.rooms.resident_servers(&room_id).await?;
+    let servers = state.rooms.alias_servers(&room_id).await?;
     Ok(json(json!({ "room_id": room_id, "servers": servers })))
+}
+
+/// # GET /_matrix/federation/v1/publicRooms
+async fn public_rooms(state: AppState, req: Ruma<get_public_rooms::v1::Request>) -> Result<Response> {
+    let b = &req.body;
+    Ok(json(state.rooms.public_rooms(b.since.as_deref(), b.limit.map(u64::from), None).await?))
+}
+
+/// # POST /_matrix/federation/v1/publicRooms
+async fn public_rooms_filtered(state: AppState, req: Ruma<get_public_rooms_filtered::v1::Request>) -> Result<Response> {
+    let b = &req.body;
+    let term = b.filter.generic_search_term.as_deref();
+    Ok(json(state.rooms.public_rooms(b.since.as_deref(), b.limit.map(u64::from), term).await?))
 }
