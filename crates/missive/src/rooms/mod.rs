@@ -202,6 +202,16 @@ impl Batch {
     }
 }
 
+/// An authorised event about to be recorded in a batch, with what its row needs.
+struct Recorded {
+    pdu: Pdu,
+    json: String,
+    depth: i64,
+    ts: i64,
+    prev_events: Vec<String>,
+    txn: Option<(String, String)>,
+}
+
 /// The configuration the rooms service needs.
 #[derive(Debug, Clone)]
 pub struct RoomSettings {
@@ -727,18 +737,33 @@ impl Rooms {
         })
         .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
 
+        let prev_events = batch.head.extremities.iter().map(ToString::to_string).collect();
+        let recorded = Recorded { pdu, json, depth: depth as i64, ts, prev_events, txn };
+        self.record(batch, recorded, &draft.content);
+        batch.head.extremities = vec![event_id.clone()];
+        tracing::debug!(room_id = %batch.head.room_id, %event_id, "event appended");
+        Ok(event_id)
+    }
+
+    /// Adds an authorised event to the batch: its stream position, the state it changes
+    /// (a new state group), the head's members and pdus, and the row to write. The caller
+    /// sets the extremities.
+    fn record(&self, batch: &mut Batch, recorded: Recorded, content: &Value) {
+        let Recorded { pdu, json, depth, ts, prev_events, txn } = recorded;
+        let event_id = pdu.event_id.clone();
+        let kind = pdu.kind.to_string();
         let guard = self.streams.allocate();
         let pos = guard.pos();
         batch.guards.push(guard);
         let group_before = batch.head.group;
         let mut group_after = group_before;
-        let replaces_state = draft
+        let replaces_state = pdu
             .state_key
             .as_ref()
-            .and_then(|key| batch.head.state.get(&(draft.kind.clone(), key.clone())))
+            .and_then(|key| batch.head.state.get(&(kind.clone(), key.clone())))
             .map(ToString::to_string);
-        if let Some(state_key) = &draft.state_key {
-            Arc::make_mut(&mut batch.head.state).insert((draft.kind.clone(), state_key.clone()), event_id.clone());
+        if let Some(state_key) = &pdu.state_key {
+            Arc::make_mut(&mut batch.head.state).insert((kind.clone(), state_key.clone()), event_id.clone());
             group_after = self.next_group.fetch_add(1, Ordering::SeqCst);
             let group = if batch.head.chain_len >= MAX_STATE_CHAIN || group_before == 0 {
                 batch.head.chain_len = 0;
@@ -754,21 +779,21 @@ impl Rooms {
                     id: group_after,
                     prev_group: Some(group_before),
                     chain_len: batch.head.chain_len,
-                    delta: vec![(draft.kind.clone(), state_key.clone(), event_id.to_string())],
+                    delta: vec![(kind.clone(), state_key.clone(), event_id.to_string())],
                 }
             };
             batch.write.state_groups.push(group);
             batch.head.group = group_after;
             Arc::make_mut(&mut batch.head.pdus).insert(event_id.clone(), Arc::new(pdu.clone()));
         }
-        let relates = draft.content.get("m.relates_to");
+        let relates = content.get("m.relates_to");
         let rel_type = relates.and_then(|r| r.get("rel_type")).and_then(Value::as_str).map(str::to_owned);
         let relates_to = relates.and_then(|r| r.get("event_id")).and_then(Value::as_str).map(str::to_owned);
         let thread_root = if rel_type.as_deref() == Some("m.thread") { relates_to.clone() } else { None };
-        let membership = (draft.kind == "m.room.member")
-            .then(|| draft.content.get("membership").and_then(Value::as_str).map(str::to_owned))
+        let membership = (kind == "m.room.member")
+            .then(|| content.get("membership").and_then(Value::as_str).map(str::to_owned))
             .flatten();
-        if let (Some(membership), Some(user)) = (&membership, &draft.state_key) {
+        if let (Some(membership), Some(user)) = (&membership, &pdu.state_key) {
             let joined = Arc::make_mut(&mut batch.head.joined);
             if membership == "join" {
                 joined.insert(user.clone());
@@ -780,14 +805,14 @@ impl Rooms {
         batch.write.events.push(NewEvent {
             stream_pos: pos,
             event_id: event_id.to_string(),
-            sender: sender.to_string(),
-            event_type: draft.kind,
-            state_key: draft.state_key,
+            sender: pdu.sender.to_string(),
+            event_type: kind,
+            state_key: pdu.state_key.clone(),
             membership,
-            depth: depth as i64,
+            depth,
             origin_server_ts: ts,
             json,
-            prev_events: batch.head.extremities.iter().map(ToString::to_string).collect(),
+            prev_events,
             state_group_before: group_before,
             state_group_after: group_after,
             rel_type,
@@ -797,10 +822,7 @@ impl Rooms {
             notify: 0,
             replaces_state,
         });
-        batch.head.extremities = vec![event_id.clone()];
-        batch.head.depth = depth;
-        tracing::debug!(room_id = %batch.head.room_id, %event_id, "event appended");
-        Ok(event_id)
+        batch.head.depth = batch.head.depth.max(depth as u64);
     }
 
     /// The content of a current state event of a room, if it has one.
