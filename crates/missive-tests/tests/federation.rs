@@ -250,3 +250,68 @@ async fn aliases_and_public_rooms_of_other_servers_are_found() {
         .await;
     assert_eq!((status, body["chunk"][0]["name"].as_str()), (200, Some("Front desk")), "{body}");
 }
+
+/// Syncs `user` until some timeline event of `room_id` satisfies `found`, for at most 15 s.
+async fn wait_for_event(server: &TestServer, user: &TestUser, room_id: &str, found: impl Fn(&Value) -> bool) -> Value {
+    let mut since: Option<String> = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        let path = match &since {
+            Some(since) => format!("/_matrix/client/v3/sync?timeout=1000&since={since}"),
+            None => "/_matrix/client/v3/sync".to_owned(),
+        };
+        let (status, body) = server.call("GET", &path, Some(&user.access_token), None).await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(events) = body["rooms"]["join"][room_id]["timeline"]["events"].as_array()
+            && let Some(event) = events.iter().find(|e| found(e))
+        {
+            return event.clone();
+        }
+        since = body["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("{} never saw the event in {room_id}; logs:\n{}", user.user_id, server.logs());
+}
+
+#[tokio::test]
+async fn agents_of_two_servers_join_one_room_and_talk_both_ways() {
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let alice = police.register("alice").await;
+    let bob = gov.register("bob").await;
+    let (status, body) = police
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({ "preset": "public_chat", "room_alias_name": "crisis", "name": "Crisis cell" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room_id = body["room_id"].as_str().unwrap().to_owned();
+
+    // Bob joins through the alias: gov asks police for the room, then joins through it.
+    let (status, body) =
+        gov.call("POST", "/_matrix/client/v3/join/%23crisis:police.test", Some(&bob.access_token), None).await;
+    assert_eq!((status, body["room_id"].as_str()), (200, Some(room_id.as_str())), "{body}");
+    let (status, name) = gov
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name"), Some(&bob.access_token), None)
+        .await;
+    assert_eq!((status, name["name"].as_str()), (200, Some("Crisis cell")), "gov holds the room's state");
+    let (_, members) = police
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/joined_members"), Some(&alice.access_token), None)
+        .await;
+    assert!(members["joined"].get(&bob.user_id).is_some(), "police admitted bob's join: {members}");
+
+    async fn send(server: &TestServer, user: &TestUser, room_id: &str, txn: &str, text: &str) {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}");
+        let body = json!({ "msgtype": "m.text", "body": text });
+        let (status, body) = server.call("PUT", &path, Some(&user.access_token), Some(body)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    send(police, &alice, &room_id, "a1", "Bob, the briefing is at ten").await;
+    let seen = wait_for_event(gov, &bob, &room_id, |e| e["content"]["body"] == "Bob, the briefing is at ten").await;
+    assert_eq!(seen["sender"], alice.user_id.as_str());
+    send(gov, &bob, &room_id, "b1", "Noted, I will be there").await;
+    let seen = wait_for_event(police, &alice, &room_id, |e| e["content"]["body"] == "Noted, I will be there").await;
+    assert_eq!(seen["sender"], bob.user_id.as_str());
+}

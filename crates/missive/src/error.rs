@@ -56,6 +56,10 @@ pub enum Error {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    MalformedAuthorization(String),
+    #[error("the room's version {0} is not one the joining server supports")]
+    IncompatibleRoomVersion(String),
+    #[error("{0}")]
     Remote(String),
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
@@ -90,6 +94,8 @@ impl Error {
             Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Error::Unauthorized(_) => (S::UNAUTHORIZED, "M_UNAUTHORIZED"),
+            Error::MalformedAuthorization(_) => (S::BAD_REQUEST, "M_UNAUTHORIZED"),
+            Error::IncompatibleRoomVersion(_) => (S::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
             Error::Remote(_) => (S::BAD_GATEWAY, "M_UNKNOWN"),
             Error::Store(_) | Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
@@ -121,6 +127,8 @@ impl From<crate::federation::FederationError> for Error {
         use crate::federation::FederationError as F;
         match e {
             F::Disabled | F::NotAllowed(_) => Error::Forbidden(e.to_string()),
+            F::MalformedAuthorization(_) => Error::MalformedAuthorization(e.to_string()),
+            F::NotCanonical => Error::BadJson(e.to_string()),
             F::UnknownKey { .. } | F::BadSignature(_) | F::BadAuthorization(_) => Error::Unauthorized(e.to_string()),
             F::Store(e) => Error::Store(e),
             F::Remote { status: 404, .. } => Error::NotFound(e.to_string()),
@@ -166,6 +174,11 @@ impl IntoResponse for Error {
                 "errcode": errcode,
                 "error": self.to_string(),
                 "current_version": current_version,
+            }),
+            Error::IncompatibleRoomVersion(version) => json!({
+                "errcode": errcode,
+                "error": self.to_string(),
+                "room_version": version,
             }),
             Error::UnknownToken { soft_logout } => json!({
                 "errcode": errcode,

@@ -44,6 +44,11 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     );
     let rooms = Arc::new(Rooms::new(store.clone(), streams.clone(), keys, push_rules.clone(), settings, max_group));
     rooms.load_erased().await.context("cannot load erased users")?;
+    rooms.load_outlier_floor().await.context("cannot read stream positions")?;
+    let sender = crate::federation::sender::Sender::new(federation.clone());
+    let waker = sender.clone();
+    rooms.on_outbox(Arc::new(move |destinations| waker.wake(destinations)));
+    sender.resume().await;
     let typing = Typing::new(streams.clone());
     let presence = Presence::new(config.presence, streams.clone());
     let e2ee = Arc::new(E2ee::new(store.clone(), streams.clone(), federation.clone()));

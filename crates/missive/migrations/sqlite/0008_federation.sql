@@ -11,3 +11,12 @@ CREATE TABLE remote_server_keys (
     fetched_ts      INTEGER NOT NULL,
     PRIMARY KEY (server_name, key_id)
 );
+
+-- PDUs waiting for another server, written by the room write that stored them and deleted
+-- once the destination acknowledged the transaction that carried them: nothing queued is
+-- lost when either side restarts.
+CREATE TABLE federation_outbox (
+    destination  TEXT NOT NULL,
+    stream_pos   INTEGER NOT NULL,
+    PRIMARY KEY (destination, stream_pos)
+);

@@ -21,7 +21,11 @@ impl Federation {
             .iter()
             .find_map(|value| value.to_str().ok().filter(|v| v.trim_start().starts_with("X-Matrix")))
             .ok_or_else(|| bad("missing X-Matrix authorization".into()))?;
-        let x_matrix = XMatrix::parse(header).map_err(|e| bad(e.to_string()))?;
+        let x_matrix = XMatrix::parse(header).map_err(|e| FederationError::MalformedAuthorization(e.to_string()))?;
+        // A body that is not canonical JSON (floats, huge integers) cannot have been signed.
+        if !body.is_empty() && serde_json::from_slice::<ruma::CanonicalJsonValue>(body).is_err() {
+            return Err(FederationError::NotCanonical);
+        }
         if x_matrix.destination.as_ref().is_some_and(|d| *d != self.server_name) {
             return Err(bad(format!("request meant for another server, not {}", self.server_name)));
         }

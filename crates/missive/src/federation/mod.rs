@@ -5,8 +5,11 @@
 
 pub mod auth;
 pub mod client;
+pub mod join;
 pub mod keys;
+pub mod pdu;
 pub mod resolve;
+pub mod sender;
 
 use std::sync::Arc;
 
@@ -35,6 +38,10 @@ pub enum FederationError {
     BadSignature(String),
     #[error("bad X-Matrix authorization: {0}")]
     BadAuthorization(String),
+    #[error("malformed X-Matrix authorization: {0}")]
+    MalformedAuthorization(String),
+    #[error("the body is not canonical JSON")]
+    NotCanonical,
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -79,6 +86,22 @@ impl Federation {
         }
         if !self.is_allowed(server) {
             return Err(FederationError::NotAllowed(server.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Refuses a server that the room's `m.room.server_acl` denies.
+    pub async fn check_room_acl(
+        &self,
+        rooms: &crate::rooms::Rooms,
+        room_id: &ruma::RoomId,
+        server: &ServerName,
+    ) -> Result<(), crate::error::Error> {
+        if let Some(content) = rooms.current_state_content(room_id, "m.room.server_acl", "").await?
+            && let Ok(acl) = serde_json::from_value::<RoomServerAclEventContent>(content)
+            && !acl.is_allowed(server)
+        {
+            return Err(crate::error::Error::forbidden(format!("{server} is denied by the room's server ACL")));
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 mod aliases;
 pub mod create;
 mod directory;
+pub mod federated;
 pub mod ignore;
 pub mod membership;
 pub mod notify;
@@ -23,9 +24,9 @@ mod upgrade;
 pub mod version;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
@@ -125,7 +126,15 @@ pub struct Rooms {
     /// 12 the room ID is the create event's hash, and two identical createRoom requests in
     /// the same millisecond would otherwise name the same room.
     last_create_ts: AtomicI64,
+    /// Told the destinations of every committed write that queued events for other servers.
+    outbox_wake: OnceLock<OutboxWake>,
+    /// The next position of an outlier (an event stored without a place in the timeline),
+    /// counting down from below the lowest used.
+    next_outlier: AtomicI64,
 }
+
+/// Wakes the federation sender's workers of the given destinations.
+pub type OutboxWake = Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
 /// A client send waiting for the room's writer (see [`Rooms::send_grouped`]).
 pub(crate) struct PendingSend {
@@ -193,12 +202,16 @@ pub struct Batch {
     guards: Vec<PositionGuard>,
     /// The joined members before the batch (the head's set is copied on write).
     joined_before: Arc<HashSet<String>>,
+    /// Events of the batch received from other servers: `None` for those their origin
+    /// sends to the room itself, `Some(origin)` for a join admitted through `send_join`,
+    /// which this server sends to the room's other servers.
+    pub(crate) received: HashMap<String, Option<String>>,
 }
 
 impl Batch {
     fn new(head: RoomHead) -> Self {
         let joined_before = head.joined.clone();
-        Self { head, write: RoomWrite::default(), guards: Vec::new(), joined_before }
+        Self { head, write: RoomWrite::default(), guards: Vec::new(), joined_before, received: HashMap::new() }
     }
 }
 
@@ -244,6 +257,8 @@ impl Rooms {
             heads: Mutex::new(HashMap::new()),
             next_group: AtomicI64::new(max_group + 1),
             last_create_ts: AtomicI64::new(0),
+            outbox_wake: OnceLock::new(),
+            next_outlier: AtomicI64::new(-1),
         }
     }
 
@@ -422,7 +437,8 @@ impl Rooms {
             !std::mem::replace(&mut commits.running, true)
         };
         if start {
-            writer_runtime().spawn(run_commits(self.store.clone(), room_id.to_string(), slot.clone()));
+            let wake = self.outbox_wake.get().cloned();
+            writer_runtime().spawn(run_commits(self.store.clone(), room_id.to_string(), slot.clone(), wake));
         }
         outcome
     }
@@ -451,13 +467,46 @@ impl Rooms {
         self.append(batch, &p.sender, p.draft.clone(), p.txn.clone()).await
     }
 
-    /// Computes the notifications a batch owes.
+    /// Computes the notifications a batch owes and the other servers its events go to.
     async fn prepare(&self, batch: &mut Batch) -> Result<()> {
         if !batch.write.events.is_empty() {
             batch.write.notifications =
                 self.compute_notifications(&batch.head, &batch.joined_before, &mut batch.write.events).await?;
+            batch.write.outbox = self.outbox(batch);
         }
         Ok(())
+    }
+
+    /// The other servers each event of a batch goes to: every server with a member in the
+    /// room before or after it. An event received from another server is its origin's to
+    /// send, except a join admitted through `send_join`, which goes to the others.
+    fn outbox(&self, batch: &Batch) -> Vec<(String, i64)> {
+        let own = self.server_name.as_str();
+        let mut servers: BTreeSet<&str> = BTreeSet::new();
+        let mut sets = vec![&batch.head.joined];
+        if !Arc::ptr_eq(&batch.joined_before, &batch.head.joined) {
+            sets.push(&batch.joined_before);
+        }
+        for user in sets.into_iter().flat_map(|set| set.iter()) {
+            if let Some((_, server)) = user.split_once(':')
+                && server != own
+            {
+                servers.insert(server);
+            }
+        }
+        if servers.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for event in &batch.write.events {
+            let except = match batch.received.get(&event.event_id) {
+                Some(None) => continue,
+                Some(Some(origin)) => Some(origin.as_str()),
+                None => None,
+            };
+            out.extend(servers.iter().filter(|s| Some(**s) != except).map(|s| (s.to_string(), event.stream_pos)));
+        }
+        out
     }
 
     /// The head behind a held room lock, loaded from the store on first use. A room that
@@ -593,6 +642,13 @@ impl Rooms {
         batch.write.aliases = alias.into_iter().map(|a| (a, sender.to_string())).collect();
         batch.write.publish = publish.then_some(true);
         self.prepare(&mut batch).await?;
+        self.commit_new_room(batch).await?;
+        Ok(room_id)
+    }
+
+    /// Commits the batch that creates a room and makes its head the room's.
+    async fn commit_new_room(&self, mut batch: Batch) -> Result<()> {
+        let room_id = batch.head.room_id.clone();
         let slot = self.slot(&room_id);
         let mut guard = slot.head.lock().await;
         self.store.write_room(room_id.as_str(), &batch.write).await?;
@@ -600,7 +656,7 @@ impl Rooms {
         *guard = Some(batch.head);
         drop(guard);
         drop(batch.guards);
-        Ok(room_id)
+        Ok(())
     }
 
     /// Ensures the parsed PDUs of the given state entries are in the head.
@@ -836,6 +892,18 @@ impl Rooms {
         Ok(row.and_then(|row| Pdu::from_row(&row).ok()).map(|pdu| pdu.content_value()))
     }
 
+    /// Continues outlier positions below those stored.
+    pub async fn load_outlier_floor(&self) -> Result<()> {
+        let lowest = self.store.min_stream_pos().await?;
+        self.next_outlier.store(lowest.min(0) - 1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Sets who is told when committed writes queue events for other servers.
+    pub fn on_outbox(&self, wake: OutboxWake) {
+        let _ = self.outbox_wake.set(wake);
+    }
+
     /// The servers with joined members in a room, this server first if it has any.
     pub async fn resident_servers(&self, room_id: &str) -> Result<Vec<String>> {
         let mut servers: Vec<String> = self
@@ -917,7 +985,7 @@ fn txn_keys(write: &RoomWrite) -> impl Iterator<Item = ((String, String, String)
 
 /// A room's committer: commits the queued writes in build order, everything that
 /// accumulated during the previous commit in one transaction, until the queue is empty.
-async fn run_commits(store: Store, room_id: String, slot: Arc<RoomSlot>) {
+async fn run_commits(store: Store, room_id: String, slot: Arc<RoomSlot>, wake: Option<OutboxWake>) {
     loop {
         let jobs = {
             let mut commits = slot.commits.lock().expect("commits lock poisoned");
@@ -943,6 +1011,9 @@ async fn run_commits(store: Store, room_id: String, slot: Arc<RoomSlot>) {
         if let Err(e) = &result {
             tracing::error!(room_id, error = %e, "room commit failed");
             slot.epoch.fetch_add(1, Ordering::SeqCst);
+        } else if let Some(wake) = wake.as_ref().filter(|_| !merged.outbox.is_empty()) {
+            let destinations: BTreeSet<String> = merged.outbox.iter().map(|(d, _)| d.clone()).collect();
+            wake(destinations.into_iter().collect());
         }
         {
             // The rows are visible now, or never will be: retries look in the store.

@@ -63,4 +63,44 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+
+    /// The servers with PDUs waiting for them.
+    pub async fn outbox_destinations(&self) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT destination FROM federation_outbox").fetch_all(&self.read).await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The oldest PDUs waiting for a server: `(stream position, PDU JSON)`.
+    pub async fn outbox_batch(&self, destination: &str, limit: i64) -> StoreResult<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT o.stream_pos, e.json FROM federation_outbox o JOIN events e ON e.stream_pos = o.stream_pos \
+             WHERE o.destination = $1 ORDER BY o.stream_pos LIMIT $2",
+        )
+        .bind(destination)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Forgets PDUs a server acknowledged (exactly those: positions commit out of order, so
+    /// a range could take one that arrived since).
+    pub async fn outbox_delivered(&self, destination: &str, positions: &[i64]) -> StoreResult<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let mut p = super::Params::new(self.backend);
+        let first = p.next();
+        let list: Vec<String> = positions.iter().map(|_| p.next()).collect();
+        let text = format!(
+            "DELETE FROM federation_outbox WHERE destination = {first} AND stream_pos IN ({})",
+            list.join(", ")
+        );
+        let mut query = sqlx::query(super::sql(text)).bind(destination);
+        for pos in positions {
+            query = query.bind(*pos);
+        }
+        query.execute(&self.write).await?;
+        Ok(())
+    }
 }

@@ -140,6 +140,8 @@ pub struct RoomWrite {
     pub notifications: Notifications,
     pub aliases: Vec<(String, String)>,
     pub publish: Option<bool>,
+    /// `(destination server, stream position)`: events to send to other servers.
+    pub outbox: Vec<(String, i64)>,
 }
 
 impl RoomWrite {
@@ -152,6 +154,7 @@ impl RoomWrite {
             && self.notifications.is_empty()
             && self.aliases.is_empty()
             && self.publish.is_none()
+            && self.outbox.is_empty()
     }
 
     /// Appends a write built on this one, so that both commit as one.
@@ -163,6 +166,7 @@ impl RoomWrite {
         self.notifications.append(next.notifications);
         self.aliases.extend(next.aliases);
         self.publish = next.publish.or(self.publish);
+        self.outbox.extend(next.outbox);
     }
 }
 
@@ -282,7 +286,9 @@ impl Store {
         }
         // The DAG's leaves change once per batch: the events it builds on stop being leaves,
         // and its events that nothing in it builds on become leaves.
-        let in_batch: HashSet<&str> = write.events.iter().map(|e| e.event_id.as_str()).collect();
+        // Outliers (negative positions: state received with a remote join) are never leaves.
+        let in_batch: HashSet<&str> =
+            write.events.iter().filter(|e| e.stream_pos > 0).map(|e| e.event_id.as_str()).collect();
         let referenced: HashSet<&str> =
             write.events.iter().flat_map(|e| e.prev_events.iter().map(String::as_str)).collect();
         let gone: Vec<&str> = referenced.difference(&in_batch).copied().collect();
@@ -314,6 +320,15 @@ impl Store {
                 .bind(by)
                 .bind(target);
         }
+        for chunk in write.outbox.chunks(100) {
+            let statement = script.push(format!(
+                "INSERT INTO federation_outbox (destination, stream_pos) VALUES {} ON CONFLICT DO NOTHING",
+                rows(chunk.len(), 2)
+            ));
+            for (destination, pos) in chunk {
+                statement.bind(destination).bind(*pos);
+            }
+        }
         if !write.aliases.is_empty() {
             let statement = script.push(format!(
                 "INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES {}",
@@ -324,6 +339,12 @@ impl Store {
             }
         }
         script
+    }
+
+    /// The lowest stream position used (outliers take positions below zero).
+    pub async fn min_stream_pos(&self) -> StoreResult<i64> {
+        let pos: Option<i64> = sqlx::query_scalar("SELECT MIN(stream_pos) FROM events").fetch_one(&self.write).await?;
+        Ok(pos.unwrap_or(0).min(0))
     }
 
     /// Room version and current state group of a room.
@@ -780,7 +801,7 @@ impl Store {
         let text = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE room_id IN ({room_list}) \
              AND event_type IN ('m.room.message', 'm.room.name', 'm.room.topic') AND redacted_by IS NULL \
-             AND {} AND stream_pos < {} ORDER BY stream_pos DESC LIMIT {}",
+             AND {} AND stream_pos > 0 AND stream_pos < {} ORDER BY stream_pos DESC LIMIT {}",
             if likes.is_empty() { "1 = 1".to_owned() } else { likes.join(" AND ") },
             p.next(),
             p.next()

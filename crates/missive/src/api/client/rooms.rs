@@ -134,21 +134,50 @@ async fn join_by_id(state: AppState, req: Ruma<join_room_by_id::v3::Request>) ->
     if id.is_guest {
         state.rooms.require_guest_access(&req.body.room_id).await?;
     }
-    let room_id =
-        state.rooms.join(&id.user_id, &req.body.room_id, req.body.reason.as_deref(), body_fields(&req)).await?;
+    let room_id = join_anywhere(&state, &req, &req.body.room_id, Vec::new(), req.body.reason.as_deref()).await?;
     after_join(&state, &id.user_id, &room_id).await?;
     Ok(json(json!({ "room_id": room_id })))
+}
+
+/// Joins a room of this server, or, when this server does not know the room, joins it
+/// through the servers named (the alias's, the request's `via`, the room ID's own).
+async fn join_anywhere<T>(
+    state: &AppState,
+    req: &Ruma<T>,
+    room_id: &ruma::RoomId,
+    mut via: Vec<ruma::OwnedServerName>,
+    reason: Option<&str>,
+) -> Result<ruma::OwnedRoomId> {
+    let user_id = &req.identity().user_id;
+    if state.store.room(room_id.as_str()).await?.is_some() {
+        return state.rooms.join(user_id, room_id, reason, body_fields(req)).await;
+    }
+    if let Some(server) = room_id.server_name() {
+        via.push(server.to_owned());
+    }
+    state.federation.join_remote(&state.rooms, user_id, room_id, &via).await?;
+    Ok(room_id.to_owned())
 }
 
 /// # POST /_matrix/client/v3/join/{roomIdOrAlias}
 async fn join(state: AppState, req: Ruma<join_room_by_id_or_alias::v3::Request>) -> Result<Response> {
     let id = req.identity();
     state.limits.check(Action::RoomJoin, id.user_id.as_str())?;
-    let room_id = state.rooms.resolve_room(&req.body.room_id_or_alias).await?;
+    let (room_id, mut via) = match <&ruma::RoomId>::try_from(&*req.body.room_id_or_alias) {
+        Ok(room_id) => (room_id.to_owned(), Vec::new()),
+        Err(alias) if alias.server_name() != state.federation.server_name => {
+            let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.to_owned());
+            let answer = state.federation.send(alias.server_name(), request).await?;
+            let servers = answer.servers.iter().filter_map(|s| ruma::OwnedServerName::try_from(s.as_str()).ok());
+            (answer.room_id, servers.collect())
+        }
+        Err(_) => (state.rooms.resolve_room(&req.body.room_id_or_alias).await?, Vec::new()),
+    };
+    via.extend(req.body.via.iter().cloned());
     if id.is_guest {
         state.rooms.require_guest_access(&room_id).await?;
     }
-    let room_id = state.rooms.join(&id.user_id, &room_id, req.body.reason.as_deref(), body_fields(&req)).await?;
+    let room_id = join_anywhere(&state, &req, &room_id, via, req.body.reason.as_deref()).await?;
     after_join(&state, &id.user_id, &room_id).await?;
     Ok(json(json!({ "room_id": room_id })))
 }

@@ -1,7 +1,12 @@
 //! Server keys: this server's key document, and the notary endpoints that pass on other
 //! servers' documents countersigned.
 
-use axum::{Router, response::Response};
+use axum::{
+    Router,
+    extract::{Path, State},
+    response::Response,
+    routing::get,
+};
 use ruma::{
     MilliSecondsSinceUnixEpoch,
     api::federation::discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_keys},
@@ -13,13 +18,29 @@ use crate::{
         AppState,
         ruma::{Ruma, json, route},
     },
-    error::Result,
+    error::{Error, Result},
 };
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, server_keys);
     let router = route(router, notary_query);
-    route(router, notary_batch)
+    let router = route(router, notary_batch);
+    // The deprecated forms that name one key: the answer is the same documents.
+    router
+        .route(
+            "/_matrix/key/v2/server/{key_id}",
+            get(|State(state): State<AppState>| async move {
+                Ok::<_, Error>(json(serde_json::to_value(state.federation.key_document()?).unwrap_or_default()))
+            }),
+        )
+        .route(
+            "/_matrix/key/v2/query/{server_name}/{key_id}",
+            get(|State(state): State<AppState>, Path((server, _key)): Path<(String, String)>| async move {
+                let server = ruma::ServerName::parse(&server).map_err(|e| Error::invalid_param(e.to_string()))?;
+                let documents = state.federation.notary_documents(&server, 0).await.unwrap_or_default();
+                Ok::<_, Error>(json(json!({ "server_keys": documents })))
+            }),
+        )
 }
 
 /// # GET /_matrix/key/v2/server

@@ -2,8 +2,10 @@
 
 mod keys;
 mod keys_e2ee;
+mod membership;
 mod openid;
 mod query;
+mod transactions;
 
 use axum::Router;
 
@@ -13,5 +15,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = keys::routes(router);
     let router = query::routes(router);
     let router = keys_e2ee::routes(router);
+    let router = membership::routes(router);
+    let router = transactions::routes(router);
     openid::routes(router)
 }

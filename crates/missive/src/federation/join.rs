@@ -1,0 +1,152 @@
+//! Joining a room of another server: ask a resident server for a join template
+//! (`make_join`), sign it, send it (`send_join`), check every event of the state it answers
+//! with, and create the room here from that state.
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    api::federation::membership::{create_join_event, prepare_join_event},
+    room_version_rules::EventIdFormatVersion,
+};
+use serde_json::value::RawValue;
+
+use super::Federation;
+use crate::{
+    error::{Error, Result},
+    rooms::{Rooms, version},
+    store::now_ms,
+};
+
+impl Federation {
+    /// Joins `user_id` to a room this server is not in, through the first of `via` that
+    /// lets it in.
+    pub async fn join_remote(
+        &self,
+        rooms: &Rooms,
+        user_id: &UserId,
+        room_id: &RoomId,
+        via: &[OwnedServerName],
+    ) -> Result<()> {
+        let mut last_error = Error::not_found("no server to join the room through");
+        let mut tried = Vec::new();
+        for server in via.iter().filter(|s| **s != self.server_name) {
+            if tried.contains(&server) {
+                continue;
+            }
+            tried.push(server);
+            match self.join_through(rooms, user_id, room_id, server).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(%room_id, %server, error = %e, "cannot join through this server");
+                    last_error = e;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn join_through(
+        &self,
+        rooms: &Rooms,
+        user_id: &UserId,
+        room_id: &RoomId,
+        server: &OwnedServerName,
+    ) -> Result<()> {
+        let mut request = prepare_join_event::v1::Request::new(room_id.to_owned(), user_id.to_owned());
+        request.ver = version::SUPPORTED.iter().filter_map(|v| RoomVersionId::try_from(*v).ok()).collect();
+        let template = self.send(server, request).await?;
+        let room_version = template.room_version.unwrap_or(RoomVersionId::V1);
+        let (room_version, rules) = version::rules_for(room_version.as_str())?;
+        let mut event: CanonicalJsonObject =
+            serde_json::from_str(template.event.get()).map_err(|e| Error::Remote(format!("join template: {e}")))?;
+        for field in ["event_id", "signatures", "hashes", "unsigned"] {
+            event.remove(field);
+        }
+        // The template is the resident server's; who joins and when is ours to say.
+        let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
+        event.insert("sender".into(), string(user_id.as_str()));
+        event.insert("state_key".into(), string(user_id.as_str()));
+        event.insert("type".into(), string("m.room.member"));
+        event.insert("origin".into(), string(self.server_name.as_str()));
+        event.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(ruma::Int::new_saturating(now_ms())));
+        let mut content = match event.remove("content") {
+            Some(CanonicalJsonValue::Object(content)) => content,
+            _ => CanonicalJsonObject::new(),
+        };
+        content.insert("membership".into(), string("join"));
+        let profile = self.store.profile(user_id.as_str()).await?.unwrap_or_default();
+        if let Some(name) = profile.0 {
+            content.insert("displayname".into(), string(&name));
+        }
+        if let Some(avatar) = profile.1 {
+            content.insert("avatar_url".into(), string(&avatar));
+        }
+        event.insert("content".into(), CanonicalJsonValue::Object(content));
+        let opaque_id = (rules.event_id_format == EventIdFormatVersion::V1).then(|| {
+            let id = format!("${}:{}", crate::accounts::random_string(18), self.server_name);
+            event.insert("event_id".into(), string(&id));
+            id
+        });
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            &self.keys.key_pair,
+            &mut event,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::Internal(format!("cannot sign the join: {e}")))?;
+        let event_id = match opaque_id {
+            Some(id) => id,
+            None => format!(
+                "${}",
+                ruma::signatures::reference_hash(&event, &rules).map_err(|e| Error::Internal(e.to_string()))?
+            ),
+        };
+        let event_id = OwnedEventId::try_from(event_id).map_err(|e| Error::Internal(e.to_string()))?;
+        let json = serde_json::to_string(&event).map_err(|e| Error::Internal(e.to_string()))?;
+        let raw = RawValue::from_string(json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
+        let request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw);
+        let answer = self.send(server, request).await?.room_state;
+
+        // Every event is checked as any received PDU; a bad one is left out, as long as the
+        // state still has what the room needs (its create event, of this version).
+        let mut state = Vec::new();
+        for pdu in &answer.state {
+            if let Some(event) = self.checked(&room_version, &rules, pdu).await {
+                state.push(event);
+            }
+        }
+        let mut chain = Vec::new();
+        for pdu in &answer.auth_chain {
+            if let Some(event) = self.checked(&room_version, &rules, pdu).await {
+                chain.push(event);
+            }
+        }
+        let create_version = state.iter().find_map(|(_, json)| {
+            let value: serde_json::Value = serde_json::from_str(json).ok()?;
+            (value["type"] == "m.room.create")
+                .then(|| value["content"]["room_version"].as_str().unwrap_or("1").to_owned())
+        });
+        match create_version {
+            Some(v) if v == room_version.as_str() => {}
+            Some(v) => return Err(Error::Remote(format!("the room's create event says version {v}"))),
+            None => return Err(Error::Remote("the join answer has no create event".into())),
+        }
+        rooms.persist_remote_join(room_id, &room_version, chain, state, (event_id, json)).await?;
+        tracing::info!(%room_id, %server, %user_id, "joined a room of another server");
+        Ok(())
+    }
+
+    async fn checked(
+        &self,
+        room_version: &RoomVersionId,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+        pdu: &RawValue,
+    ) -> Option<(OwnedEventId, String)> {
+        match self.check_pdu(room_version, rules, pdu).await {
+            Ok(checked) => Some((checked.event_id, serde_json::to_string(&checked.object).ok()?)),
+            Err(e) => {
+                tracing::warn!(error = %e, "event of a join answer left out");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Rooms shared with other servers: the join template a remote user signs (`make_join`),
+//! and PDUs received from other servers, admitted through the same authorisation and
+//! commit path as the events built here.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use ruma::{
+    CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, UserId,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::EventsReferenceFormatVersion,
+    state_res,
+};
+use serde_json::{Value, json, value::to_raw_value};
+
+use super::{Batch, Recorded, Rooms, pdu::Pdu};
+use crate::{
+    error::{Error, Result},
+    federation::pdu::CheckedPdu,
+    store::{EventRow, now_ms},
+};
+
+/// What became of a received PDU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    Stored,
+    AlreadyKnown,
+}
+
+impl Rooms {
+    /// A join event for `user_id` of another server to sign (`make_join`), with the room
+    /// version, if that server supports it.
+    pub async fn make_join(&self, room_id: &RoomId, user_id: &UserId, supported: &[RoomVersionId]) -> Result<Value> {
+        let head = self.head(room_id).await?;
+        // A server whose users all left is no longer in the room: it cannot vouch for it.
+        let own = format!(":{}", self.server_name);
+        if !head.joined.iter().any(|user| user.ends_with(&own)) {
+            return Err(Error::not_found("no user of this server is in the room"));
+        }
+        if !supported.contains(&head.version) {
+            return Err(Error::IncompatibleRoomVersion(head.version.to_string()));
+        }
+        let content = json!({ "membership": "join" });
+        let raw = to_raw_value(&content).map_err(|e| Error::Internal(e.to_string()))?;
+        let auth_types = state_res::auth_types_for_event(
+            &TimelineEventType::RoomMember,
+            user_id,
+            Some(user_id.as_str()),
+            &raw,
+            &head.rules.authorization,
+        )
+        .map_err(Error::BadJson)?;
+        let mut auth_events: Vec<String> =
+            auth_types.iter().filter_map(|(t, k)| head.state_id(&t.to_string(), k)).map(ToString::to_string).collect();
+        auth_events.sort();
+        auth_events.dedup();
+        // Who may not join gets no template (the join itself is checked again on send_join).
+        let join_rule = head
+            .state_pdu("m.room.join_rules", "")
+            .and_then(|p| p.content_str("join_rule"))
+            .unwrap_or_else(|| "invite".into());
+        let membership = head.state_pdu("m.room.member", user_id.as_str()).and_then(|p| p.content_str("membership"));
+        if membership.as_deref() == Some("ban") {
+            return Err(Error::forbidden("user is banned from the room"));
+        }
+        if join_rule != "public" && !matches!(membership.as_deref(), Some("invite" | "join")) {
+            return Err(Error::forbidden("the room is not open to this user"));
+        }
+        let pairs = head.rules.events_reference_format == EventsReferenceFormatVersion::V1;
+        let refs = |ids: Vec<String>| -> Value {
+            Value::Array(ids.into_iter().map(|id| if pairs { json!([id, {}]) } else { json!(id) }).collect())
+        };
+        let event = json!({
+            "room_id": room_id,
+            "sender": user_id,
+            "state_key": user_id,
+            "type": "m.room.member",
+            "content": content,
+            "origin": user_id.server_name(),
+            "origin_server_ts": now_ms(),
+            "depth": head.depth + 1,
+            "prev_events": refs(head.extremities.iter().map(ToString::to_string).collect()),
+            "auth_events": refs(auth_events),
+        });
+        Ok(json!({ "room_version": head.version, "event": event }))
+    }
+
+    /// Admits a PDU received from another server, its signatures already checked: it must
+    /// pass the authorisation rules against its own auth events and against the room's
+    /// current state. `relay_from` names the origin of a join admitted through
+    /// `send_join`, which this server then sends to the room's other servers.
+    pub async fn admit_remote(
+        &self,
+        room_id: &RoomId,
+        checked: CheckedPdu,
+        relay_from: Option<String>,
+    ) -> Result<Admitted> {
+        if self.store.event(checked.event_id.as_str()).await?.is_some() {
+            return Ok(Admitted::AlreadyKnown);
+        }
+        match checked.object.get("room_id") {
+            Some(CanonicalJsonValue::String(id)) if id == room_id.as_str() => {}
+            _ => return Err(Error::bad_json("PDU of another room")),
+        }
+        self.write(room_id, async |rooms: &Self, batch: &mut Batch| rooms.admit(batch, checked, relay_from).await)
+            .await?;
+        Ok(Admitted::Stored)
+    }
+
+    async fn admit(&self, batch: &mut Batch, checked: CheckedPdu, relay_from: Option<String>) -> Result<()> {
+        let CheckedPdu { event_id, object } = checked;
+        if batch.write.events.iter().any(|e| e.event_id == event_id.as_str()) {
+            return Ok(());
+        }
+        let json = serde_json::to_string(&object).map_err(|e| Error::Internal(e.to_string()))?;
+        let pdu = Pdu::parse(event_id.as_str(), batch.head.room_id.as_str(), &json)
+            .map_err(|e| Error::bad_json(format!("malformed PDU: {e}")))?;
+        if pdu.kind == TimelineEventType::RoomCreate {
+            return Err(Error::forbidden("a room has one create event"));
+        }
+        let mut needed = pdu.auth_events.clone();
+        // From room version 12 on, the create event is the room ID, not an auth event.
+        if let Some(create) = batch.head.state_id("m.room.create", "") {
+            needed.push(create.clone());
+        }
+        self.load_pdus(&mut batch.head, &needed).await?;
+        let missing: Vec<&OwnedEventId> =
+            pdu.auth_events.iter().filter(|id| !batch.head.pdus.contains_key(*id)).collect();
+        if !missing.is_empty() {
+            return Err(Error::forbidden(format!("auth events unknown here: {missing:?}")));
+        }
+        let rules = batch.head.rules.clone();
+        let head = &batch.head;
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
+            head.pdus.get(id).map(|p| p.as_ref())
+        })
+        .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
+        // Against the state its auth events give...
+        let mut by_key: HashMap<(String, String), &Pdu> = pdu
+            .auth_events
+            .iter()
+            .filter_map(|id| head.pdus.get(id))
+            .filter_map(|p| Some(((p.kind.to_string(), p.state_key.clone()?), p.as_ref())))
+            .collect();
+        if rules.authorization.room_create_event_id_as_room_id
+            && let Some(create) = head.state_pdu("m.room.create", "")
+        {
+            by_key.insert(("m.room.create".into(), String::new()), create.as_ref());
+        }
+        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+            by_key.get(&(t.to_string(), k.to_owned())).copied()
+        })
+        .map_err(|e| Error::forbidden(format!("event not authorised by its auth events: {e}")))?;
+        // ...and against the room's current state, on which it is recorded.
+        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+            head.state_pdu(&t.to_string(), k).map(|p| p.as_ref())
+        })
+        .map_err(|e| Error::forbidden(format!("event not authorised by the room's state: {e}")))?;
+
+        let prev: HashSet<&OwnedEventId> = pdu.prev_events.iter().collect();
+        let mut extremities: Vec<OwnedEventId> =
+            batch.head.extremities.iter().filter(|id| !prev.contains(id)).cloned().collect();
+        extremities.push(event_id.clone());
+        let prev_events = pdu.prev_events.iter().map(ToString::to_string).collect();
+        let content = pdu.content_value();
+        let (depth, ts) = (pdu.depth as i64, i64::from(pdu.origin_server_ts.get()));
+        batch.received.insert(event_id.to_string(), relay_from);
+        self.record(batch, Recorded { pdu, json, depth, ts, prev_events, txn: None }, &content);
+        batch.head.extremities = extremities;
+        tracing::debug!(room_id = %batch.head.room_id, %event_id, "remote event admitted");
+        Ok(())
+    }
+
+    /// Creates a room this server learns of by joining it through another server. The state
+    /// and auth chain the resident server sent are stored as outliers (below stream position
+    /// zero: never in a timeline), the state as the room's state before the join, and the
+    /// join, checked against it, as the room's first event here.
+    pub async fn persist_remote_join(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        chain: Vec<(OwnedEventId, String)>,
+        state: Vec<(OwnedEventId, String)>,
+        join: (OwnedEventId, String),
+    ) -> Result<()> {
+        if self.store.room(room_id.as_str()).await?.is_some() {
+            return Err(Error::forbidden(
+                "this server already knows the room; rejoining through another is not supported yet",
+            ));
+        }
+        let (version, rules) = super::version::rules_for(version.as_str())?;
+        let head = super::RoomHead {
+            room_id: room_id.to_owned(),
+            version: version.clone(),
+            rules: rules.clone(),
+            state: Default::default(),
+            extremities: Vec::new(),
+            depth: 0,
+            group: 0,
+            chain_len: 0,
+            pdus: Default::default(),
+            joined: Default::default(),
+            epoch: 0,
+        };
+        let mut batch = Batch::new(head);
+        let in_state: HashSet<OwnedEventId> = state.iter().map(|(id, _)| id.clone()).collect();
+        let group = self.next_group.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut creator = None;
+        // The auth chain's superseded events first: the state written after them is current.
+        let ordered = chain.into_iter().filter(|(id, _)| !in_state.contains(id)).map(|e| (e, false));
+        for ((event_id, json), current) in ordered.chain(state.into_iter().map(|e| (e, true))) {
+            if batch.write.events.iter().any(|e| e.event_id == event_id.as_str()) {
+                continue;
+            }
+            let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), &json)?;
+            let content = pdu.content_value();
+            let membership = (pdu.kind == TimelineEventType::RoomMember)
+                .then(|| content.get("membership").and_then(Value::as_str).map(str::to_owned))
+                .flatten();
+            if pdu.kind == TimelineEventType::RoomCreate {
+                creator = Some(pdu.sender.to_string());
+            }
+            if current && let Some(key) = &pdu.state_key {
+                Arc::make_mut(&mut batch.head.state).insert((pdu.kind.to_string(), key.clone()), event_id.clone());
+                if membership.as_deref() == Some("join") {
+                    Arc::make_mut(&mut batch.head.joined).insert(key.clone());
+                }
+                Arc::make_mut(&mut batch.head.pdus).insert(event_id.clone(), Arc::new(pdu.clone()));
+            }
+            batch.head.depth = batch.head.depth.max(pdu.depth);
+            batch.write.events.push(crate::store::NewEvent {
+                stream_pos: self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst),
+                event_id: event_id.to_string(),
+                sender: pdu.sender.to_string(),
+                event_type: pdu.kind.to_string(),
+                state_key: pdu.state_key.clone(),
+                membership,
+                depth: pdu.depth as i64,
+                origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+                json,
+                prev_events: Vec::new(),
+                state_group_before: group,
+                state_group_after: group,
+                rel_type: None,
+                relates_to: None,
+                thread_root: None,
+                txn: None,
+                replaces_state: None,
+                notify: 0,
+            });
+        }
+        let creator = creator.ok_or_else(|| Error::bad_json("the room's state has no create event"))?;
+        batch.write.state_groups.push(crate::store::NewStateGroup {
+            id: group,
+            prev_group: None,
+            chain_len: 0,
+            delta: batch.head.state.iter().map(|((t, k), e)| (t.clone(), k.clone(), e.to_string())).collect(),
+        });
+        batch.head.group = group;
+        batch.write.new_room =
+            Some(crate::store::NewRoom { room_id: room_id.to_string(), room_version: version.to_string(), creator });
+
+        let (event_id, json) = join;
+        let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), &json)?;
+        let head = &batch.head;
+        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+            head.state_pdu(&t.to_string(), k).map(|p| p.as_ref())
+        })
+        .map_err(|e| Error::forbidden(format!("the join does not pass the room's rules: {e}")))?;
+        let prev_events = pdu.prev_events.iter().map(ToString::to_string).collect();
+        let content = pdu.content_value();
+        let (depth, ts) = (pdu.depth as i64, i64::from(pdu.origin_server_ts.get()));
+        // The resident server sends the join to the room's other servers.
+        batch.received.insert(event_id.to_string(), None);
+        self.record(&mut batch, Recorded { pdu, json, depth, ts, prev_events, txn: None }, &content);
+        batch.head.extremities = vec![event_id];
+        self.commit_new_room(batch).await
+    }
+
+    /// The room's state before an event and the auth chain of that state, as PDUs (the
+    /// answer to `send_join`).
+    pub async fn state_and_auth_chain(&self, event_id: &str) -> Result<(Vec<Value>, Vec<Value>)> {
+        let event = self.store.event(event_id).await?.ok_or_else(|| Error::not_found("unknown event"))?;
+        let state_ids: Vec<String> =
+            self.store.state_group(event.state_group_before).await?.into_iter().map(|(_, _, id)| id).collect();
+        let state = self.store.events(&state_ids).await?;
+        let chain = self.auth_chain(&state).await?;
+        let pdus = |rows: Vec<EventRow>| -> Vec<Value> {
+            rows.into_iter().filter_map(|row| serde_json::from_str(&row.json).ok()).collect()
+        };
+        Ok((pdus(state), pdus(chain)))
+    }
+
+    /// Every event the given events' authorisation rests on, transitively.
+    async fn auth_chain(&self, events: &[EventRow]) -> Result<Vec<EventRow>> {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        let mut frontier: Vec<String> = Vec::new();
+        for row in events {
+            frontier.extend(Pdu::from_row(row)?.auth_events.iter().map(ToString::to_string));
+        }
+        while !frontier.is_empty() {
+            frontier.retain(|id| seen.insert(id.clone()));
+            if frontier.is_empty() {
+                break;
+            }
+            let rows = self.store.events(&frontier).await?;
+            frontier = Vec::new();
+            for row in rows {
+                frontier.extend(Pdu::from_row(&row)?.auth_events.iter().map(ToString::to_string));
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The room version of a room this server knows.
+    pub async fn version_of(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<(RoomVersionId, ruma::room_version_rules::RoomVersionRules)> {
+        let (version, _) =
+            self.store.room(room_id.as_str()).await?.ok_or_else(|| Error::not_found("room not known here"))?;
+        super::version::rules_for(&version)
+    }
+}
+
+/// A PDU's room ID, before anything else is read from it.
+pub fn room_of(raw: &serde_json::value::RawValue) -> Option<ruma::OwnedRoomId> {
+    #[derive(serde::Deserialize)]
+    struct RoomOnly {
+        room_id: Option<ruma::OwnedRoomId>,
+    }
+    serde_json::from_str::<RoomOnly>(raw.get()).ok()?.room_id
+}
