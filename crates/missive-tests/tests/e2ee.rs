@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, TestUser, raw_json, sync_until};
+use common::{TestServer, TestUser, body_of, raw_json, receive_text, sync_until};
 use matrix_sdk::{
     Client,
     room::MessagesOptions,
@@ -15,11 +15,7 @@ use matrix_sdk::{
         events::room::message::RoomMessageEventContent,
     },
 };
-use serde_json::{Value, json};
-
-fn body_of(event: &Value) -> Option<String> {
-    event["content"]["body"].as_str().map(str::to_owned)
-}
+use serde_json::json;
 
 /// Alice opens an encrypted direct chat with bob; both clients are synced and ready.
 async fn direct_chat(server: &TestServer) -> (Client, TestUser, Client, TestUser, OwnedRoomId) {
@@ -39,16 +35,6 @@ async fn direct_chat(server: &TestServer) -> (Client, TestUser, Client, TestUser
     alice.sync_once(Default::default()).await.unwrap();
     bob.sync_once(Default::default()).await.unwrap();
     (alice, alice_user, bob, bob_user, room_id)
-}
-
-async fn receive_text(client: &Client, room_id: &OwnedRoomId, text: &str) {
-    sync_until(client, (), |_, r| {
-        r.rooms
-            .joined
-            .get(room_id)
-            .is_some_and(|u| u.timeline.events.iter().any(|e| body_of(&raw_json(e)).as_deref() == Some(text)))
-    })
-    .await;
 }
 
 #[tokio::test]

@@ -314,4 +314,81 @@ async fn agents_of_two_servers_join_one_room_and_talk_both_ways() {
     send(gov, &bob, &room_id, "b1", "Noted, I will be there").await;
     let seen = wait_for_event(police, &alice, &room_id, |e| e["content"]["body"] == "Noted, I will be there").await;
     assert_eq!(seen["sender"], bob.user_id.as_str());
+
+    // Typing and read receipts cross too.
+    let typing = format!("/_matrix/client/v3/rooms/{room_id}/typing/{}", bob.user_id);
+    let (status, _) =
+        gov.call("PUT", &typing, Some(&bob.access_token), Some(json!({ "typing": true, "timeout": 20000 }))).await;
+    assert_eq!(status, 200);
+    let bob_id = bob.user_id.clone();
+    wait_for_ephemeral(police, &alice, &room_id, |e| {
+        e["type"] == "m.typing" && e["content"]["user_ids"].as_array().is_some_and(|u| u.iter().any(|u| *u == *bob_id))
+    })
+    .await;
+    let event_id = seen["event_id"].as_str().unwrap();
+    let receipt = format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{event_id}");
+    let (status, _) = police.call("POST", &receipt, Some(&alice.access_token), Some(json!({}))).await;
+    assert_eq!(status, 200);
+    let alice_id = alice.user_id.clone();
+    wait_for_ephemeral(gov, &bob, &room_id, |e| {
+        e["type"] == "m.receipt" && e["content"][event_id]["m.read"].get(alice_id.as_str()).is_some()
+    })
+    .await;
+}
+
+/// Syncs `user` until an ephemeral event of `room_id` satisfies `found`, for at most 15 s.
+async fn wait_for_ephemeral(server: &TestServer, user: &TestUser, room_id: &str, found: impl Fn(&Value) -> bool) {
+    let mut since: Option<String> = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        let path = match &since {
+            Some(since) => format!("/_matrix/client/v3/sync?timeout=1000&since={since}"),
+            None => "/_matrix/client/v3/sync".to_owned(),
+        };
+        let (_, body) = server.call("GET", &path, Some(&user.access_token), None).await;
+        if body["rooms"]["join"][room_id]["ephemeral"]["events"].as_array().is_some_and(|e| e.iter().any(&found)) {
+            return;
+        }
+        since = body["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("{} never saw the ephemeral event in {room_id}", user.user_id);
+}
+
+#[tokio::test]
+async fn an_encrypted_room_shared_by_two_servers_decrypts_both_ways() {
+    use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let (alice, alice_user) = police.client("alice").await;
+    let (bob, _) = gov.client("bob").await;
+    for client in [&alice, &bob] {
+        client.sync_once(Default::default()).await.expect("first sync uploads device keys");
+    }
+    let encryption =
+        json!({ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } });
+    let (status, body) = police
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice_user.access_token),
+            Some(json!({ "preset": "public_chat", "room_alias_name": "cell", "initial_state": [encryption] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(body["room_id"].as_str().unwrap()).unwrap();
+    let alias = matrix_sdk::ruma::OwnedRoomOrAliasId::try_from("#cell:police.test").unwrap();
+    bob.join_room_by_id_or_alias(&alias, &[]).await.expect("bob joins through gov");
+    for client in [&alice, &bob] {
+        client.sync_once(Default::default()).await.unwrap();
+    }
+
+    // Keys are queried and claimed across servers, the room key travels to-device from
+    // police to gov, and the ciphertext through the room.
+    let alice_room = alice.get_room(&room_id).expect("alice's room");
+    assert!(alice_room.latest_encryption_state().await.unwrap().is_encrypted());
+    alice_room.send(RoomMessageEventContent::text_plain("Rendez-vous à 10h")).await.expect("send");
+    common::receive_text(&bob, &room_id, "Rendez-vous à 10h").await;
+    let bob_room = bob.get_room(&room_id).expect("bob's room");
+    bob_room.send(RoomMessageEventContent::text_plain("Bien reçu")).await.expect("reply");
+    common::receive_text(&alice, &room_id, "Bien reçu").await;
 }

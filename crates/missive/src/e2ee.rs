@@ -435,10 +435,19 @@ impl E2ee {
     ) -> Result<()> {
         let mut queued = Vec::new();
         let mut guards = Vec::new();
+        let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
         for (user, devices) in messages {
             let user_id = UserId::parse(user).map_err(|e| Error::invalid_param(e.to_string()))?;
             if user_id.server_name().as_str() != sender.server_name().as_str() {
-                // Remote delivery arrives with federation.
+                // Another server's users: their server delivers, one EDU per server.
+                let mut per_device = Map::new();
+                for (device, content) in devices {
+                    per_device.insert(device.clone(), Value::Object(parse_object(content, "to-device content")?));
+                }
+                remote
+                    .entry(user_id.server_name().to_string())
+                    .or_default()
+                    .insert(user.clone(), Value::Object(per_device));
                 continue;
             }
             for (device, content) in devices {
@@ -459,7 +468,57 @@ impl E2ee {
         }
         // The client's transaction is recorded with the messages: a retry after a failure
         // queues them, a retry after success queues nothing.
-        self.store.queue_to_device((sender.as_str(), sender_device.as_str(), txn_id), &queued).await?;
+        let first_time = self.store.queue_to_device((sender.as_str(), sender_device.as_str(), txn_id), &queued).await?;
+        drop(guards);
+        if first_time {
+            for (server, messages) in remote {
+                let content = json!({
+                    "sender": sender,
+                    "type": event_type,
+                    "message_id": format!("{sender_device}-{txn_id}"),
+                    "messages": messages,
+                });
+                self.federation.queue_edu(&[server], "m.direct_to_device", content);
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers the to-device messages of another server's user to this server's devices,
+    /// once per message ID.
+    pub async fn deliver_remote_to_device(
+        &self,
+        sender: &UserId,
+        event_type: &str,
+        message_id: &str,
+        messages: &Map<String, Value>,
+    ) -> Result<()> {
+        let mut queued = Vec::new();
+        let mut guards = Vec::new();
+        for (user, devices) in messages {
+            let Ok(user_id) = UserId::parse(user) else { continue };
+            if user_id.server_name() != self.federation.server_name {
+                continue;
+            }
+            let Some(devices) = devices.as_object() else { continue };
+            for (device, content) in devices {
+                let targets = if device == "*" { self.store.device_ids(user).await? } else { vec![device.clone()] };
+                for target in targets {
+                    let guard = self.streams.allocate();
+                    queued.push(NewToDevice {
+                        stream_pos: guard.pos(),
+                        user_id: user.clone(),
+                        device_id: target,
+                        event_type: event_type.to_owned(),
+                        content: content.to_string(),
+                    });
+                    guards.push(guard);
+                }
+            }
+        }
+        // The sender's server and message ID stand for the client's device and transaction.
+        let origin = format!("federation:{}", sender.server_name());
+        self.store.queue_to_device((sender.as_str(), &origin, message_id), &queued).await?;
         drop(guards);
         Ok(())
     }

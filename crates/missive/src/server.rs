@@ -46,6 +46,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     rooms.load_erased().await.context("cannot load erased users")?;
     rooms.load_outlier_floor().await.context("cannot read stream positions")?;
     let sender = crate::federation::sender::Sender::new(federation.clone());
+    federation.set_sender(sender.clone());
     let waker = sender.clone();
     rooms.on_outbox(Arc::new(move |destinations| waker.wake(destinations)));
     sender.resume().await;

@@ -332,3 +332,19 @@ pub async fn sync_until<T>(
 pub fn raw_json(event: &matrix_sdk::deserialized_responses::TimelineEvent) -> Value {
     serde_json::from_str(event.raw().json().get()).expect("event JSON")
 }
+
+/// The body of a message event (decrypted by the client when it was encrypted).
+pub fn body_of(event: &Value) -> Option<String> {
+    event["content"]["body"].as_str().map(str::to_owned)
+}
+
+/// Syncs `client` until a message with body `text` arrives in `room_id`.
+pub async fn receive_text(client: &Client, room_id: &matrix_sdk::ruma::OwnedRoomId, text: &str) {
+    sync_until(client, (), |_, r| {
+        r.rooms
+            .joined
+            .get(room_id)
+            .is_some_and(|u| u.timeline.events.iter().any(|e| body_of(&raw_json(e)).as_deref() == Some(text)))
+    })
+    .await;
+}

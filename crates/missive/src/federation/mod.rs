@@ -55,6 +55,7 @@ pub struct Federation {
     pub client: client::Client,
     remote_keys: keys::KeyCache,
     policy: RoomServerAclEventContent,
+    sender: std::sync::OnceLock<Arc<sender::Sender>>,
 }
 
 impl Federation {
@@ -71,7 +72,34 @@ impl Federation {
         // IP literals included: closed networks and test rigs name servers by address.
         let policy = RoomServerAclEventContent::new(true, allow, settings.deny_list.clone());
         let client = client::Client::new(&config)?;
-        Ok(Self { server_name, keys, config, store, client, remote_keys: keys::KeyCache::default(), policy })
+        Ok(Self {
+            server_name,
+            keys,
+            config,
+            store,
+            client,
+            remote_keys: keys::KeyCache::default(),
+            policy,
+            sender: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Sets the outbound queue (built after this service, on which it depends).
+    pub fn set_sender(&self, sender: Arc<sender::Sender>) {
+        let _ = self.sender.set(sender);
+    }
+
+    /// Queues an EDU for each of `destinations` other than this server.
+    pub fn queue_edu(&self, destinations: &[String], edu_type: &str, content: serde_json::Value) {
+        let Some(sender) = self.sender.get() else { return };
+        let edu = serde_json::json!({ "edu_type": edu_type, "content": content });
+        for destination in destinations.iter().filter(|d| **d != self.server_name.as_str()) {
+            if let Ok(server) = ServerName::parse(destination)
+                && self.is_allowed(&server)
+            {
+                sender.queue_edu(destination, edu.clone());
+            }
+        }
     }
 
     /// Whether this server talks to `server` at all (the configured allow- and deny-lists).

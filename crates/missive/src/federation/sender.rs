@@ -11,15 +11,17 @@ use std::{
 
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId,
-    api::federation::transactions::send_transaction_message,
+    api::federation::transactions::{edu::Edu, send_transaction_message},
+    serde::Raw,
 };
-use serde_json::value::RawValue;
+use serde_json::{Value, value::RawValue};
 use tokio::sync::Notify;
 
 use super::Federation;
 
-/// PDUs per transaction (the spec's limit).
+/// PDUs and EDUs per transaction (the spec's limits).
 const PDUS_PER_TRANSACTION: i64 = 50;
+const EDUS_PER_TRANSACTION: usize = 100;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -27,15 +29,27 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 pub struct Sender {
     federation: Arc<Federation>,
     workers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// EDUs waiting per destination. They live in memory: typing and receipts are
+    /// ephemeral, and a to-device message lost in a restart is asked again by the
+    /// clients' key requests.
+    edus: Mutex<HashMap<String, Vec<Value>>>,
     /// The server's main runtime: wake-ups come from the rooms' committer runtime, which
     /// must not run the workers.
     runtime: tokio::runtime::Handle,
+    /// Makes transaction IDs unique across restarts of a worker.
+    counter: std::sync::atomic::AtomicU64,
 }
 
 impl Sender {
     /// A sender, on the current runtime; [`Sender::resume`] starts the workers of what was queued before a restart.
     pub fn new(federation: Arc<Federation>) -> Arc<Self> {
-        Arc::new(Self { federation, workers: Mutex::new(HashMap::new()), runtime: tokio::runtime::Handle::current() })
+        Arc::new(Self {
+            federation,
+            workers: Mutex::new(HashMap::new()),
+            edus: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+            counter: std::sync::atomic::AtomicU64::new(crate::store::now_ms() as u64),
+        })
     }
 
     /// Starts a worker for every destination with queued PDUs.
@@ -65,6 +79,25 @@ impl Sender {
         }
     }
 
+    /// Queues an EDU for a destination.
+    pub fn queue_edu(self: &Arc<Self>, destination: &str, edu: Value) {
+        self.edus.lock().expect("edu queue poisoned").entry(destination.to_owned()).or_default().push(edu);
+        self.wake([destination.to_owned()]);
+    }
+
+    fn take_edus(&self, destination: &str) -> Vec<Value> {
+        let mut queues = self.edus.lock().expect("edu queue poisoned");
+        let Some(queue) = queues.get_mut(destination) else { return Vec::new() };
+        let take = queue.len().min(EDUS_PER_TRANSACTION);
+        queue.drain(..take).collect()
+    }
+
+    fn put_back_edus(&self, destination: &str, edus: Vec<Value>) {
+        let mut queues = self.edus.lock().expect("edu queue poisoned");
+        let queue = queues.entry(destination.to_owned()).or_default();
+        queue.splice(0..0, edus);
+    }
+
     async fn work(self: Arc<Self>, destination: String, notify: Arc<Notify>) {
         let Ok(server) = OwnedServerName::try_from(destination.as_str()) else {
             tracing::error!(%destination, "queued PDUs for an invalid server name");
@@ -80,20 +113,29 @@ impl Sender {
                     continue;
                 }
             };
-            if batch.is_empty() {
+            let edus = self.take_edus(&destination);
+            if batch.is_empty() && edus.is_empty() {
                 notify.notified().await;
                 continue;
             }
             let positions: Vec<i64> = batch.iter().map(|(pos, _)| *pos).collect();
             let pdus: Vec<Box<RawValue>> =
                 batch.into_iter().filter_map(|(_, json)| RawValue::from_string(json).ok()).collect();
-            let txn_id = OwnedTransactionId::from(format!("{}-{}", positions[0], positions.len()));
+            let raw_edus: Vec<Raw<Edu>> =
+                edus.iter().filter_map(|edu| serde_json::value::to_raw_value(edu).ok().map(Raw::from_json)).collect();
+            let txn_id = OwnedTransactionId::from(format!(
+                "{}-{}-{}",
+                positions.first().copied().unwrap_or_default(),
+                positions.len(),
+                self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
             let mut request = send_transaction_message::v1::Request::new(
                 txn_id,
                 self.federation.server_name.clone(),
                 MilliSecondsSinceUnixEpoch::now(),
             );
             request.pdus = pdus;
+            request.edus = raw_edus;
             match self.federation.send(&server, request).await {
                 Ok(response) => {
                     for (event_id, result) in &response.pdus {
@@ -110,6 +152,7 @@ impl Sender {
                     backoff = FIRST_BACKOFF;
                 }
                 Err(e) => {
+                    self.put_back_edus(&destination, edus);
                     tracing::warn!(%destination, error = %e, retry_in = ?backoff, queued = positions.len(), "transaction failed; backing off");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -301,6 +301,9 @@ async fn typing(state: AppState, req: Ruma<create_typing_event::v3::Request>) ->
         _ => None,
     };
     state.sync.typing.set(&req.body.room_id, &id.user_id, timeout.map(|t: Duration| t));
+    let servers = state.rooms.resident_servers(req.body.room_id.as_str()).await?;
+    let content = json!({ "room_id": req.body.room_id, "user_id": id.user_id, "typing": timeout.is_some() });
+    state.federation.queue_edu(&servers, "m.typing", content);
     Ok(json(json!({})))
 }
 
@@ -318,6 +321,17 @@ async fn receipt(state: AppState, req: Ruma<create_receipt::v3::Request>) -> Res
     match kind.as_str() {
         "m.read" | "m.read.private" => {
             state.user_data.set_receipt(&id.user_id, &req.body.room_id, &kind, &req.body.event_id, &thread).await?;
+            // A private receipt stays on this server.
+            if kind == "m.read" {
+                let servers = state.rooms.resident_servers(req.body.room_id.as_str()).await?;
+                let mut data = json!({ "ts": crate::store::now_ms() });
+                if !thread.is_empty() {
+                    data["thread_id"] = json!(thread);
+                }
+                let receipt = json!({ "event_ids": [req.body.event_id], "data": data });
+                let content = json!({ req.body.room_id.as_str(): { "m.read": { id.user_id.as_str(): receipt } } });
+                state.federation.queue_edu(&servers, "m.receipt", content);
+            }
         }
         "m.fully_read" => {
             if !thread.is_empty() {

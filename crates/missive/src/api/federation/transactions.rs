@@ -62,5 +62,65 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
             Err(e) => tracing::info!(%origin, %room_id, error = %e, "PDU refused before its ID was known"),
         }
     }
+    for edu in &b.edus {
+        let Ok(edu) = serde_json::from_str::<Value>(edu.json().get()) else { continue };
+        if let Err(e) = receive_edu(&state, origin, &edu).await {
+            tracing::debug!(%origin, edu_type = %edu["edu_type"], error = %e, "EDU dropped");
+        }
+    }
     Ok(json(json!({ "pdus": results })))
+}
+
+/// Applies one EDU. What an EDU says of a user of another server than its origin, or of a
+/// room the user is not in, is dropped.
+async fn receive_edu(state: &AppState, origin: &ruma::ServerName, edu: &Value) -> Result<()> {
+    let content = &edu["content"];
+    let user_of_origin = |field: &Value| {
+        field
+            .as_str()
+            .and_then(|u| ruma::UserId::parse(u).ok())
+            .filter(|u| u.server_name() == origin)
+            .ok_or_else(|| Error::forbidden("EDU about a user of another server"))
+    };
+    match edu["edu_type"].as_str() {
+        Some("m.typing") => {
+            let user_id = user_of_origin(&content["user_id"])?;
+            let room_id = content["room_id"]
+                .as_str()
+                .and_then(|r| ruma::RoomId::parse(r).ok())
+                .ok_or_else(|| Error::bad_json("typing without a room"))?;
+            let member = state.store.membership(room_id.as_str(), user_id.as_str()).await?;
+            if member.is_none_or(|m| m.membership != "join") {
+                return Err(Error::forbidden("not in the room"));
+            }
+            let timeout = (content["typing"] == true).then(|| std::time::Duration::from_secs(30));
+            state.sync.typing.set(&room_id, &user_id, timeout);
+        }
+        Some("m.receipt") => {
+            for (room, types) in content.as_object().into_iter().flatten() {
+                let Ok(room_id) = ruma::RoomId::parse(room) else { continue };
+                for (user, receipt) in types["m.read"].as_object().into_iter().flatten() {
+                    let Ok(user_id) = user_of_origin(&json!(user)) else { continue };
+                    let thread = receipt["data"]["thread_id"].as_str().unwrap_or_default();
+                    for event_id in receipt["event_ids"].as_array().into_iter().flatten() {
+                        let Some(event_id) = event_id.as_str().and_then(|e| ruma::EventId::parse(e).ok()) else {
+                            continue;
+                        };
+                        state.user_data.set_receipt(&user_id, &room_id, "m.read", &event_id, thread).await?;
+                    }
+                }
+            }
+        }
+        Some("m.direct_to_device") => {
+            let sender = user_of_origin(&content["sender"])?;
+            let (Some(kind), Some(message_id), Some(messages)) =
+                (content["type"].as_str(), content["message_id"].as_str(), content["messages"].as_object())
+            else {
+                return Err(Error::bad_json("malformed to-device EDU"));
+            };
+            state.e2ee.deliver_remote_to_device(&sender, kind, message_id, messages).await?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
