@@ -334,6 +334,50 @@ async fn agents_of_two_servers_join_one_room_and_talk_both_ways() {
         e["type"] == "m.receipt" && e["content"][event_id]["m.read"].get(alice_id.as_str()).is_some()
     })
     .await;
+
+    // Gov reads the room's events and state from police; not those of a room it is not in.
+    let gov_key = signing_key_of(gov).await;
+    let signed_get = |uri: String| {
+        let (url, auth) = (police.url(&uri), x_matrix("GET", &uri, "gov.test", "police.test", &gov_key));
+        async move {
+            let response = reqwest::Client::new().get(url).header("Authorization", auth).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, body) = signed_get(format!("/_matrix/federation/v1/event/{event_id}")).await;
+    assert_eq!((status, body["pdus"][0]["content"]["body"].as_str()), (200, Some("Noted, I will be there")), "{body}");
+    let (status, body) = signed_get(format!("/_matrix/federation/v1/state_ids/{room_id}?event_id={event_id}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["pdu_ids"].as_array().unwrap().len() >= 5 && !body["auth_chain_ids"].as_array().unwrap().is_empty());
+    let (_, private) = police
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({ "preset": "private_chat" })),
+        )
+        .await;
+    let private_room = private["room_id"].as_str().unwrap();
+    let (_, private_state) = police
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{private_room}/state/m.room.create"),
+            Some(&alice.access_token),
+            None,
+        )
+        .await;
+    assert!(private_state.is_object());
+    let (_, messages) = police
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{private_room}/messages?dir=b&limit=1"),
+            Some(&alice.access_token),
+            None,
+        )
+        .await;
+    let private_event = messages["chunk"][0]["event_id"].as_str().unwrap();
+    let (status, _) = signed_get(format!("/_matrix/federation/v1/event/{private_event}")).await;
+    assert_eq!(status, 403, "gov has no user in alice's private room");
 }
 
 /// Syncs `user` until an ephemeral event of `room_id` satisfies `found`, for at most 15 s.

@@ -280,17 +280,104 @@ impl Rooms {
     }
 
     /// The room's state before an event and the auth chain of that state, as PDUs (the
-    /// answer to `send_join`).
+    /// answer to `send_join`, `/state`).
     pub async fn state_and_auth_chain(&self, event_id: &str) -> Result<(Vec<Value>, Vec<Value>)> {
+        let (state, chain) = self.state_rows_and_auth_chain(event_id).await?;
+        Ok((pdus(state), pdus(chain)))
+    }
+
+    /// [`Self::state_and_auth_chain`] as rows.
+    pub async fn state_rows_and_auth_chain(&self, event_id: &str) -> Result<(Vec<EventRow>, Vec<EventRow>)> {
         let event = self.store.event(event_id).await?.ok_or_else(|| Error::not_found("unknown event"))?;
         let state_ids: Vec<String> =
             self.store.state_group(event.state_group_before).await?.into_iter().map(|(_, _, id)| id).collect();
         let state = self.store.events(&state_ids).await?;
         let chain = self.auth_chain(&state).await?;
-        let pdus = |rows: Vec<EventRow>| -> Vec<Value> {
-            rows.into_iter().filter_map(|row| serde_json::from_str(&row.json).ok()).collect()
-        };
-        Ok((pdus(state), pdus(chain)))
+        Ok((state, chain))
+    }
+
+    /// The auth chain of one event.
+    pub async fn event_auth_chain(&self, event_id: &str) -> Result<Vec<Value>> {
+        let event = self.store.event(event_id).await?.ok_or_else(|| Error::not_found("unknown event"))?;
+        Ok(pdus(self.auth_chain(&[event]).await?))
+    }
+
+    /// Whether users of `server` ever were in the room (their server may read its events),
+    /// or the room is world-readable.
+    pub async fn server_may_read(&self, room_id: &RoomId, server: &ruma::ServerName) -> Result<bool> {
+        let suffix = format!(":{server}");
+        let members = self.store.room_members(room_id.as_str(), None).await?;
+        if members.iter().any(|m| m.user_id.ends_with(&suffix)) {
+            return Ok(true);
+        }
+        let visibility = self.current_state_content(room_id, "m.room.history_visibility", "").await?;
+        Ok(visibility.is_some_and(|v| v["history_visibility"] == "world_readable"))
+    }
+
+    /// An event of the room, as the PDU this server holds.
+    pub async fn pdu_of_room(&self, room_id: &RoomId, event_id: &str) -> Result<Value> {
+        let row = self
+            .store
+            .event(event_id)
+            .await?
+            .filter(|row| row.room_id == room_id.as_str())
+            .ok_or_else(|| Error::not_found("unknown event"))?;
+        serde_json::from_str(&row.json).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// The events before `latest` back to (not including) `earliest`, following
+    /// `prev_events`, at most `limit`, none below `min_depth` (`get_missing_events`).
+    pub async fn missing_events(
+        &self,
+        room_id: &RoomId,
+        earliest: &[String],
+        latest: &[String],
+        limit: usize,
+        min_depth: u64,
+    ) -> Result<Vec<Value>> {
+        let stop: HashSet<&String> = earliest.iter().collect();
+        let mut seen: HashSet<String> = latest.iter().cloned().collect();
+        let mut frontier: Vec<String> = Vec::new();
+        for row in self.store.events(latest).await?.iter().filter(|r| r.room_id == room_id.as_str()) {
+            frontier.extend(Pdu::from_row(row)?.prev_events.iter().map(ToString::to_string));
+        }
+        let mut out = Vec::new();
+        while !frontier.is_empty() && out.len() < limit {
+            frontier.retain(|id| !stop.contains(id) && seen.insert(id.clone()));
+            let rows = self.store.events(&frontier).await?;
+            frontier = Vec::new();
+            for row in rows.into_iter().filter(|r| r.room_id == room_id.as_str()) {
+                let pdu = Pdu::from_row(&row)?;
+                if pdu.depth < min_depth || out.len() >= limit {
+                    continue;
+                }
+                frontier.extend(pdu.prev_events.iter().map(ToString::to_string));
+                out.push(row);
+            }
+        }
+        out.sort_by_key(|r| r.stream_pos);
+        Ok(pdus(out))
+    }
+
+    /// The events from `from` backwards through `prev_events`, at most `limit` (`backfill`).
+    pub async fn backfill(&self, room_id: &RoomId, from: &[String], limit: usize) -> Result<Vec<Value>> {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut frontier: Vec<String> = from.to_vec();
+        let mut out = Vec::new();
+        while !frontier.is_empty() && out.len() < limit {
+            frontier.retain(|id| seen.insert(id.clone()));
+            let rows = self.store.events(&frontier).await?;
+            frontier = Vec::new();
+            for row in rows.into_iter().filter(|r| r.room_id == room_id.as_str()) {
+                if out.len() >= limit {
+                    break;
+                }
+                frontier.extend(Pdu::from_row(&row)?.prev_events.iter().map(ToString::to_string));
+                out.push(row);
+            }
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.stream_pos));
+        Ok(pdus(out))
     }
 
     /// Every event the given events' authorisation rests on, transitively.
@@ -325,6 +412,11 @@ impl Rooms {
             self.store.room(room_id.as_str()).await?.ok_or_else(|| Error::not_found("room not known here"))?;
         super::version::rules_for(&version)
     }
+}
+
+/// Stored rows as the PDUs other servers receive.
+fn pdus(rows: Vec<EventRow>) -> Vec<Value> {
+    rows.into_iter().filter_map(|row| serde_json::from_str(&row.json).ok()).collect()
 }
 
 /// A PDU's room ID, before anything else is read from it.

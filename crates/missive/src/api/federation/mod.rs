@@ -1,5 +1,6 @@
 //! The server-server API, one module per spec section. Served on every listener.
 
+mod events;
 mod keys;
 mod keys_e2ee;
 mod membership;
@@ -13,6 +14,7 @@ use super::AppState;
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = keys::routes(router);
+    let router = events::routes(router);
     let router = query::routes(router);
     let router = keys_e2ee::routes(router);
     let router = membership::routes(router);
