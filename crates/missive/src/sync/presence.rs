@@ -129,9 +129,24 @@ impl Presence {
     }
 
     /// A sync from the user: they are active with the state the client asked for
-    /// (`set_presence`, `online` by default). Only a change of state wakes other syncs.
+    /// (`set_presence`, `online` by default). A sync brings an offline user online but
+    /// does not undo a status they chose (`unavailable` stays until they change it), and
+    /// `offline` leaves the status as it is. Only a change of state wakes other syncs.
     pub fn touch(&self, user_id: &UserId, state: State) {
-        self.set(user_id, state, None);
+        if !self.enabled || state == State::Offline {
+            return;
+        }
+        let current = {
+            let mut guard = self.users.lock().expect("presence lock poisoned");
+            guard.1.get_mut(user_id).map(|record| {
+                record.last_active_ms = now_ms();
+                record.state
+            })
+        };
+        match (current, state) {
+            (Some(State::Unavailable), State::Online) => {}
+            _ => self.set(user_id, state, None),
+        }
     }
 
     fn expire_idle(&self) {
