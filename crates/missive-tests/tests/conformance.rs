@@ -364,6 +364,10 @@ async fn presence_is_shared_with_room_mates_only_when_enabled() {
     let (_, sync) = server.call("GET", "/_matrix/client/v3/sync", Some(&carol.access_token), None).await;
     let events = sync["presence"]["events"].as_array().unwrap();
     assert!(!events.iter().any(|e| e["sender"] == alice.user_id.as_str()), "{sync}");
+    // Alice's own syncs (online by default) do not undo the status she chose.
+    server.call("GET", "/_matrix/client/v3/sync", Some(&alice.access_token), None).await;
+    let (_, body) = server.call("GET", &status_path(&alice.user_id), Some(&bob.access_token), None).await;
+    assert_eq!(body["presence"], "unavailable", "{body}");
 
     // Off (the default), the endpoints answer and nobody's status is kept.
     let quiet = TestServer::start().await;
