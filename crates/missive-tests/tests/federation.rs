@@ -436,3 +436,229 @@ async fn an_encrypted_room_shared_by_two_servers_decrypts_both_ways() {
     bob_room.send(RoomMessageEventContent::text_plain("Bien reçu")).await.expect("reply");
     common::receive_text(&alice, &room_id, "Bien reçu").await;
 }
+
+#[tokio::test]
+async fn nothing_queued_for_a_stopped_server_is_lost_even_when_the_sender_is_killed() {
+    let mut peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let alice = peers.servers[0].register("alice").await;
+    let bob = peers.servers[1].register("bob").await;
+    let (_, body) = peers.servers[0]
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({ "preset": "public_chat", "room_alias_name": "ops" })),
+        )
+        .await;
+    let room_id = body["room_id"].as_str().unwrap().to_owned();
+    let (status, _) = peers.servers[1]
+        .call("POST", "/_matrix/client/v3/join/%23ops:police.test", Some(&bob.access_token), None)
+        .await;
+    assert_eq!(status, 200);
+
+    // Gov goes down; police queues 100 messages and a topic change, then is killed.
+    peers.servers[1].stop();
+    for n in 0..100 {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/m{n}");
+        let body = json!({ "msgtype": "m.text", "body": format!("update {n}") });
+        let (status, _) = peers.servers[0].call("PUT", &path, Some(&alice.access_token), Some(body)).await;
+        assert_eq!(status, 200);
+    }
+    let topic = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic");
+    let (status, _) = peers.servers[0]
+        .call("PUT", &topic, Some(&alice.access_token), Some(json!({ "topic": "Flood response" })))
+        .await;
+    assert_eq!(status, 200);
+    peers.servers[0].kill9();
+    peers.servers[1].start_again();
+    peers.servers[0].start_again();
+
+    // Police resumes its queue at start: gov gets every message, in order, and the topic.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let gov = &peers.servers[1];
+        let (_, state) = gov.call("GET", &topic, Some(&bob.access_token), None).await;
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=200");
+        let (_, messages) = gov.call("GET", &path, Some(&bob.access_token), None).await;
+        let bodies: Vec<&str> = messages["chunk"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|e| e["content"]["body"].as_str()).collect())
+            .unwrap_or_default();
+        if state["topic"] == "Flood response" && bodies.len() == 100 {
+            let expected: Vec<String> = (0..100).rev().map(|n| format!("update {n}")).collect();
+            assert_eq!(bodies, expected, "every message once, in order");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gov has {} messages; logs:\n{}",
+            bodies.len(),
+            peers.servers[0].logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A PDU of the room in `room_id` (room version 12), built and signed as `origin` with
+/// `key`, on top of `prev`, authorised by `auth`.
+fn pdu(
+    key: &Ed25519KeyPair,
+    origin: &str,
+    room_id: &str,
+    (kind, state_key, sender): (&str, Option<&str>, &str),
+    content: Value,
+    prev: &str,
+    auth: &[String],
+) -> (String, ruma::CanonicalJsonObject) {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let mut event = json!({
+        "room_id": room_id, "sender": sender, "type": kind, "content": content,
+        "origin_server_ts": now_ms(), "depth": 1000, "prev_events": [prev], "auth_events": auth,
+    });
+    if let Some(state_key) = state_key {
+        event["state_key"] = json!(state_key);
+    }
+    let mut object = match CanonicalJsonValue::try_from(event).unwrap() {
+        CanonicalJsonValue::Object(object) => object,
+        _ => unreachable!(),
+    };
+    ruma::signatures::hash_and_sign_event(origin, key, &mut object, &rules.redaction).unwrap();
+    let id = format!("${}", ruma::signatures::reference_hash(&object, &rules).unwrap());
+    (id, object)
+}
+
+#[tokio::test]
+async fn a_hostile_peer_gets_each_pdu_and_edu_refused_and_nothing_is_stored() {
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let alice = police.register("alice").await;
+    let bob = gov.register("bob").await;
+    let (_, body) = police
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({ "preset": "public_chat", "room_alias_name": "front" })),
+        )
+        .await;
+    let room_id = body["room_id"].as_str().unwrap().to_owned();
+    let (status, _) =
+        gov.call("POST", "/_matrix/client/v3/join/%23front:police.test", Some(&bob.access_token), None).await;
+    assert_eq!(status, 200);
+    let (_, state) =
+        police.call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/state"), Some(&alice.access_token), None).await;
+    let id_of = |kind: &str, key: &str| {
+        state.as_array().unwrap().iter().find(|e| e["type"] == kind && e["state_key"] == key).unwrap()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let auth = vec![id_of("m.room.power_levels", ""), id_of("m.room.member", &bob.user_id)];
+    let prev = id_of("m.room.member", &bob.user_id);
+    let gov_key = signing_key_of(gov).await;
+    let send = |txn: &str, pdus: Vec<Value>, edus: Vec<Value>| {
+        let uri = format!("/_matrix/federation/v1/send/{txn}");
+        let body = json!({ "origin": "gov.test", "origin_server_ts": 1, "pdus": pdus, "edus": edus });
+        let signed =
+            json!({ "method": "PUT", "uri": uri, "origin": "gov.test", "destination": "police.test", "content": body });
+        let signature = gov_key.sign(canonical(&signed).as_bytes());
+        let auth = format!(
+            "X-Matrix origin=\"gov.test\",destination=\"police.test\",key=\"ed25519:{}\",sig=\"{}\"",
+            gov_key.version(),
+            signature.base64()
+        );
+        let url = police.url(&uri);
+        async move {
+            let response =
+                reqwest::Client::new().put(url).header("Authorization", auth).json(&body).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let message = |text: &str| json!({ "msgtype": "m.text", "body": text });
+    let stored = |event_id: String| {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/event/{event_id}");
+        let token = alice.access_token.clone();
+        async move { police.call("GET", &path, Some(&token), None).await }
+    };
+
+    // A well-formed message from bob is admitted: the rig itself is sound.
+    let (good, object) =
+        pdu(&gov_key, "gov.test", &room_id, ("m.room.message", None, &bob.user_id), message("hello"), &prev, &auth);
+    let (status, body) = send("t1", vec![json!(object)], vec![]).await;
+    assert_eq!((status, &body["pdus"][&good]), (200, &json!({})), "{body}");
+    assert_eq!(stored(good.clone()).await.0, 200);
+
+    // A forged signature (a key gov never published).
+    let forger = Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), gov_key.version().to_owned()).unwrap();
+    let (forged, object) =
+        pdu(&forger, "gov.test", &room_id, ("m.room.message", None, &bob.user_id), message("forged"), &good, &auth);
+    // An event the auth rules refuse: bob may not change the power levels.
+    let (unauthorised, power) = pdu(
+        &gov_key,
+        "gov.test",
+        &room_id,
+        ("m.room.power_levels", Some(""), &bob.user_id),
+        json!({ "users": { bob.user_id.as_str(): 100 } }),
+        &good,
+        &auth,
+    );
+    // A sender of another server, signed by gov only.
+    let (spoofed, spoof) = pdu(
+        &gov_key,
+        "gov.test",
+        &room_id,
+        ("m.room.message", None, &alice.user_id),
+        message("I resign"),
+        &good,
+        &auth,
+    );
+    let (status, body) = send("t2", vec![json!(object), json!(power), json!(spoof)], vec![]).await;
+    assert_eq!(status, 200, "{body}");
+    for (name, id) in [("forged", &forged), ("unauthorised", &unauthorised), ("spoofed", &spoofed)] {
+        assert!(body["pdus"][id]["error"].is_string() || body["pdus"].get(id).is_none(), "{name}: {body}");
+        assert_eq!(stored(id.clone()).await.0, 404, "{name} is not stored");
+    }
+
+    // A tampered content keeps only the redacted event.
+    let (tampered, mut object) =
+        pdu(&gov_key, "gov.test", &room_id, ("m.room.message", None, &bob.user_id), message("original"), &good, &auth);
+    object.insert("content".into(), CanonicalJsonValue::try_from(message("tampered")).unwrap());
+    let (status, body) = send("t3", vec![json!(object)], vec![]).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, event) = stored(tampered).await;
+    assert_eq!((status, &event["content"]), (200, &json!({})), "{event}");
+
+    // An EDU about a user of another server changes nothing; oversized transactions are refused.
+    let typing =
+        json!({ "edu_type": "m.typing", "content": { "room_id": room_id, "user_id": alice.user_id, "typing": true } });
+    let (status, _) = send("t4", vec![], vec![typing]).await;
+    assert_eq!(status, 200);
+    let (_, sync) = police.call("GET", "/_matrix/client/v3/sync", Some(&alice.access_token), None).await;
+    let ephemeral = sync["rooms"]["join"][&room_id]["ephemeral"]["events"].to_string();
+    assert!(!ephemeral.contains("m.typing") || !ephemeral.contains(alice.user_id.as_str()), "{ephemeral}");
+    let (status, body) = send("t5", vec![json!({}); 51], vec![]).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+
+    // Once the room's ACL denies gov, its PDUs are refused.
+    let acl = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.server_acl");
+    let (status, _) = police
+        .call("PUT", &acl, Some(&alice.access_token), Some(json!({ "allow": ["*"], "deny": ["gov.test"] })))
+        .await;
+    assert_eq!(status, 200);
+    let (denied, object) = pdu(
+        &gov_key,
+        "gov.test",
+        &room_id,
+        ("m.room.message", None, &bob.user_id),
+        message("still here"),
+        &good,
+        &auth,
+    );
+    let (status, _) = send("t6", vec![json!(object)], vec![]).await;
+    assert_eq!(status, 200);
+    assert_eq!(stored(denied).await.0, 404, "an ACL-denied server's event is not stored");
+}
