@@ -662,3 +662,63 @@ async fn a_hostile_peer_gets_each_pdu_and_edu_refused_and_nothing_is_stored() {
     assert_eq!(status, 200);
     assert_eq!(stored(denied).await.0, 404, "an ACL-denied server's event is not stored");
 }
+
+#[tokio::test]
+async fn an_encrypted_direct_chat_invites_across_servers_and_decrypts_both_ways() {
+    use matrix_sdk::ruma::{
+        UserId,
+        api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset},
+        events::room::message::RoomMessageEventContent,
+    };
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let (alice, _) = police.client("alice").await;
+    let (bob, bob_user) = gov.client("bob").await;
+    for client in [&alice, &bob] {
+        client.sync_once(Default::default()).await.expect("first sync uploads device keys");
+    }
+    let mut request = CreateRoom::new();
+    request.is_direct = true;
+    request.preset = Some(RoomPreset::TrustedPrivateChat);
+    request.invite = vec![UserId::parse(&bob_user.user_id).unwrap()];
+    let room = alice.create_room(request).await.expect("create the direct chat");
+    let room_id = room.room_id().to_owned();
+
+    // The invite reaches bob's server, countersigned, and shows in his sync with the room's
+    // description; he joins through the inviting server.
+    common::sync_until(&bob, (), |_, r| r.rooms.invited.contains_key(&room_id)).await;
+    let (_, sync) = gov.call("GET", "/_matrix/client/v3/sync", Some(&bob_user.access_token), None).await;
+    let invite_state = sync["rooms"]["invite"][room_id.as_str()]["invite_state"]["events"].to_string();
+    assert!(invite_state.contains("m.room.create") && invite_state.contains("m.room.encryption"), "{invite_state}");
+    bob.join_room_by_id(&room_id).await.expect("bob accepts");
+    for client in [&alice, &bob] {
+        client.sync_once(Default::default()).await.unwrap();
+    }
+    room.send(RoomMessageEventContent::text_plain("Bonjour Bob")).await.expect("send");
+    common::receive_text(&bob, &room_id, "Bonjour Bob").await;
+    bob.get_room(&room_id).unwrap().send(RoomMessageEventContent::text_plain("Bonjour Alice")).await.expect("reply");
+    common::receive_text(&alice, &room_id, "Bonjour Alice").await;
+
+    // An invite to a room of another server can be declined here.
+    let (status, body) = police
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&peers_token(police, "carol").await),
+            Some(json!({ "invite": [bob_user.user_id] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let declined = body["room_id"].as_str().unwrap().to_owned();
+    let (status, _) = gov
+        .call("POST", &format!("/_matrix/client/v3/rooms/{declined}/leave"), Some(&bob_user.access_token), None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, sync) = gov.call("GET", "/_matrix/client/v3/sync", Some(&bob_user.access_token), None).await;
+    assert!(sync["rooms"]["invite"].get(&declined).is_none(), "{sync}");
+}
+
+/// Registers a user and returns their access token.
+async fn peers_token(server: &TestServer, localpart: &str) -> String {
+    server.register(localpart).await.access_token
+}

@@ -47,6 +47,11 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     rooms.load_outlier_floor().await.context("cannot read stream positions")?;
     let sender = crate::federation::sender::Sender::new(federation.clone());
     federation.set_sender(sender.clone());
+    let signer = federation.clone();
+    rooms.on_remote_invite(Arc::new(move |invite| {
+        let signer = signer.clone();
+        Box::pin(async move { signer.countersign_invite(invite).await })
+    }));
     let waker = sender.clone();
     rooms.on_outbox(Arc::new(move |destinations| waker.wake(destinations)));
     sender.resume().await;

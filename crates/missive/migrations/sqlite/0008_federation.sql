@@ -20,3 +20,12 @@ CREATE TABLE federation_outbox (
     stream_pos   INTEGER NOT NULL,
     PRIMARY KEY (destination, stream_pos)
 );
+
+-- What another server said of its room when it invited one of this server's users to a
+-- room this server is not in (stripped state events, as a JSON array); deleted on join.
+CREATE TABLE invite_states (
+    room_id  TEXT NOT NULL,
+    user_id  TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);

@@ -49,10 +49,7 @@ impl Rooms {
             }
             None => None,
         };
-        for invitee in &req.invite {
-            if invitee.server_name() != self.server_name {
-                return Err(Error::forbidden("inviting users of other servers needs federation, not enabled"));
-            }
+        for invitee in req.invite.iter().filter(|i| i.server_name() == self.server_name) {
             if !self.store.user_exists(invitee.as_str()).await? {
                 return Err(Error::not_found(format!("unknown user {invitee}")));
             }
@@ -155,7 +152,7 @@ impl Rooms {
                 json!({ "topic": topic, "m.topic": [{ "body": topic, "mimetype": "text/plain" }] }),
             ));
         }
-        for invitee in &req.invite {
+        for invitee in req.invite.iter().filter(|i| i.server_name() == self.server_name) {
             let invitee_profile = self.store.profile(invitee.as_str()).await?.unwrap_or_default();
             drafts.push(Draft::state(
                 "m.room.member",
@@ -175,6 +172,13 @@ impl Rooms {
             )
             .await?;
         tracing::info!(%room_id, "room created");
+        // Other servers' users are invited once the room exists: their server countersigns
+        // each invite. One that cannot be reached leaves the room without that invite.
+        for invitee in req.invite.iter().filter(|i| i.server_name() != self.server_name) {
+            if let Err(e) = self.set_membership_with(sender, &room_id, invitee, "invite", None, req.is_direct).await {
+                tracing::warn!(%room_id, %invitee, error = %e, "invite to another server failed");
+            }
+        }
         Ok(room_id)
     }
 

@@ -206,6 +206,9 @@ impl Rooms {
         };
         let mut batch = Batch::new(head);
         let in_state: HashSet<OwnedEventId> = state.iter().map(|(id, _)| id.clone()).collect();
+        // Events already here (the invite that brought the user) are not stored twice.
+        let all_ids: Vec<String> = chain.iter().chain(&state).map(|(id, _)| id.to_string()).collect();
+        let known: HashSet<String> = self.store.events(&all_ids).await?.into_iter().map(|r| r.event_id).collect();
         let group = self.next_group.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut creator = None;
         // The auth chain's superseded events first: the state written after them is current.
@@ -216,6 +219,7 @@ impl Rooms {
             }
             let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), &json)?;
             let content = pdu.content_value();
+            let stored = known.contains(event_id.as_str());
             let membership = (pdu.kind == TimelineEventType::RoomMember)
                 .then(|| content.get("membership").and_then(Value::as_str).map(str::to_owned))
                 .flatten();
@@ -230,6 +234,9 @@ impl Rooms {
                 Arc::make_mut(&mut batch.head.pdus).insert(event_id.clone(), Arc::new(pdu.clone()));
             }
             batch.head.depth = batch.head.depth.max(pdu.depth);
+            if stored {
+                continue;
+            }
             batch.write.events.push(crate::store::NewEvent {
                 stream_pos: self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst),
                 event_id: event_id.to_string(),
@@ -276,7 +283,72 @@ impl Rooms {
         batch.received.insert(event_id.to_string(), None);
         self.record(&mut batch, Recorded { pdu, json, depth, ts, prev_events, txn: None }, &content);
         batch.head.extremities = vec![event_id];
-        self.commit_new_room(batch).await
+        let joiner = batch.write.events.last().and_then(|e| e.state_key.clone()).unwrap_or_default();
+        self.commit_new_room(batch).await?;
+        self.store.drop_remote_invite(room_id.as_str(), &joiner, false).await?;
+        Ok(())
+    }
+
+    /// Stores an invite of another server for one of this server's users, already signed
+    /// by both servers. In a room this server is in, it is admitted like any PDU; for a
+    /// room it is not in, it is kept with the room's description for the invitee's sync.
+    pub async fn receive_invite(
+        &self,
+        room_id: &RoomId,
+        checked: CheckedPdu,
+        stripped_state: Vec<Value>,
+    ) -> Result<()> {
+        if self.store.room(room_id.as_str()).await?.is_some() {
+            self.admit_remote(room_id, checked, None).await?;
+            return Ok(());
+        }
+        let CheckedPdu { event_id, object } = checked;
+        if self.store.event(event_id.as_str()).await?.is_some() {
+            return Ok(());
+        }
+        let json = serde_json::to_string(&object).map_err(|e| Error::Internal(e.to_string()))?;
+        let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), &json)?;
+        let target = pdu.state_key.clone().ok_or_else(|| Error::bad_json("an invite has a target"))?;
+        let state = serde_json::to_string(&stripped_state).map_err(|e| Error::Internal(e.to_string()))?;
+        self.store.set_invite_state(room_id.as_str(), &target, &state).await?;
+        let guard = self.streams.allocate();
+        let write = crate::store::RoomWrite {
+            events: vec![crate::store::NewEvent {
+                stream_pos: guard.pos(),
+                event_id: event_id.to_string(),
+                sender: pdu.sender.to_string(),
+                event_type: pdu.kind.to_string(),
+                state_key: Some(target),
+                membership: Some("invite".into()),
+                depth: pdu.depth as i64,
+                origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+                json,
+                prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
+                state_group_before: 0,
+                state_group_after: 0,
+                rel_type: None,
+                relates_to: None,
+                thread_root: None,
+                txn: None,
+                replaces_state: None,
+                notify: 0,
+            }],
+            ..Default::default()
+        };
+        self.store.write_room(room_id.as_str(), &write).await?;
+        drop(guard);
+        Ok(())
+    }
+
+    /// The server that invited `user_id` to a room, when an invite is pending.
+    pub async fn inviting_server(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<ruma::OwnedServerName>> {
+        let Some(m) =
+            self.store.membership(room_id.as_str(), user_id.as_str()).await?.filter(|m| m.membership == "invite")
+        else {
+            return Ok(None);
+        };
+        let Some(row) = self.store.event(&m.event_id).await? else { return Ok(None) };
+        Ok(Some(Pdu::from_row(&row)?.sender.server_name().to_owned()))
     }
 
     /// The room's state before an event and the auth chain of that state, as PDUs (the

@@ -81,14 +81,28 @@ impl Rooms {
         membership: &str,
         reason: Option<&str>,
     ) -> Result<()> {
+        self.set_membership_with(sender, room_id, target, membership, reason, false).await
+    }
+
+    /// [`Self::set_membership_of`], with the `is_direct` flag of an invite to a direct chat.
+    pub(crate) async fn set_membership_with(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+        is_direct: bool,
+    ) -> Result<()> {
         self.require_room(room_id).await?;
         let current = self.current_membership(room_id, target).await?;
         match membership {
             "invite" => {
-                if target.server_name() != self.server_name {
-                    return Err(Error::forbidden("inviting users of other servers needs federation, not enabled"));
+                let remote = target.server_name() != self.server_name;
+                if remote && self.invite_signer.get().is_none() {
+                    return Err(Error::forbidden("inviting users of other servers needs federation"));
                 }
-                if !self.store.user_exists(target.as_str()).await? {
+                if !remote && !self.store.user_exists(target.as_str()).await? {
                     return Err(Error::not_found(format!("unknown user {target}")));
                 }
                 match current.as_deref() {
@@ -116,16 +130,59 @@ impl Rooms {
         } else {
             (None, None)
         };
-        let content = member_content(membership, &profile, reason, false);
+        let content = member_content(membership, &profile, reason, is_direct);
+        let remote_invite = membership == "invite" && target.server_name() != self.server_name;
         self.write(room_id, async |rooms, batch| {
-            rooms.append(batch, sender, Draft::state("m.room.member", target.as_str(), content), None).await
+            let event_id =
+                rooms.append(batch, sender, Draft::state("m.room.member", target.as_str(), content), None).await?;
+            if remote_invite {
+                // The invitee's server countersigns the invite before it is stored.
+                rooms.countersign_invite(batch, event_id).await?;
+            }
+            Ok(())
         })
         .await?;
         Ok(())
     }
 
+    /// Has the invitee's server sign the invite just appended to the batch, and stores its
+    /// answer in place of the event.
+    async fn countersign_invite(&self, batch: &mut super::Batch, event_id: ruma::OwnedEventId) -> Result<()> {
+        let signer = self.invite_signer.get().cloned().ok_or_else(|| Error::forbidden("federation is off"))?;
+        // The room's description, as full PDUs (the spec's form since v1.16).
+        let kinds = ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias"];
+        let ids: Vec<String> = kinds
+            .iter()
+            .chain(&["m.room.encryption"])
+            .filter_map(|kind| batch.head.state_id(kind, "").map(ToString::to_string))
+            .collect();
+        let stripped = self.store.events(&ids).await?.into_iter().map(|row| row.json).collect();
+        let event = batch.write.events.last().filter(|e| e.event_id == event_id.as_str()).map(|e| e.json.clone());
+        let event = event.ok_or_else(|| Error::Internal("the invite is not the batch's last event".into()))?;
+        let invite = super::RemoteInvite {
+            room_id: batch.head.room_id.clone(),
+            event_id,
+            version: batch.head.version.clone(),
+            event,
+            stripped_state: stripped,
+        };
+        let signed = signer(invite).await?;
+        if let Some(last) = batch.write.events.last_mut() {
+            last.json = signed;
+        }
+        Ok(())
+    }
+
     /// Leaves a room or rejects an invite.
     pub async fn leave(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
+        if self.store.room(room_id.as_str()).await?.is_none()
+            && self.current_membership(room_id, user_id).await?.as_deref() == Some("invite")
+        {
+            // An invite to a room of another server this server is not in: forgotten here.
+            // (The inviting server is not told yet: that needs make_leave/send_leave.)
+            self.store.drop_remote_invite(room_id.as_str(), user_id.as_str(), true).await?;
+            return Ok(());
+        }
         self.require_room(room_id).await?;
         match self.current_membership(room_id, user_id).await?.as_deref() {
             Some("join" | "invite" | "knock") => {}

@@ -128,6 +128,8 @@ pub struct Rooms {
     last_create_ts: AtomicI64,
     /// Told the destinations of every committed write that queued events for other servers.
     outbox_wake: OnceLock<OutboxWake>,
+    /// Countersigns invites of other servers' users (set when federation is on).
+    invite_signer: OnceLock<InviteSigner>,
     /// The next position of an outlier (an event stored without a place in the timeline),
     /// counting down from below the lowest used.
     next_outlier: AtomicI64,
@@ -135,6 +137,21 @@ pub struct Rooms {
 
 /// Wakes the federation sender's workers of the given destinations.
 pub type OutboxWake = Arc<dyn Fn(Vec<String>) + Send + Sync>;
+
+/// Has the invitee's server countersign an invite; answers the signed event's JSON.
+pub type InviteSigner = Arc<
+    dyn Fn(RemoteInvite) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String>> + Send>> + Send + Sync,
+>;
+
+/// An invite of a user of another server, to be countersigned by that server.
+pub struct RemoteInvite {
+    pub room_id: OwnedRoomId,
+    pub event_id: OwnedEventId,
+    pub version: RoomVersionId,
+    pub event: String,
+    /// The PDUs of the state that describes the room to the invitee.
+    pub stripped_state: Vec<String>,
+}
 
 /// A client send waiting for the room's writer (see [`Rooms::send_grouped`]).
 pub(crate) struct PendingSend {
@@ -258,6 +275,7 @@ impl Rooms {
             next_group: AtomicI64::new(max_group + 1),
             last_create_ts: AtomicI64::new(0),
             outbox_wake: OnceLock::new(),
+            invite_signer: OnceLock::new(),
             next_outlier: AtomicI64::new(-1),
         }
     }
@@ -897,6 +915,11 @@ impl Rooms {
         let lowest = self.store.min_stream_pos().await?;
         self.next_outlier.store(lowest.min(0) - 1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Sets who countersigns invites of other servers' users.
+    pub fn on_remote_invite(&self, signer: InviteSigner) {
+        let _ = self.invite_signer.set(signer);
     }
 
     /// Sets who is told when committed writes queue events for other servers.

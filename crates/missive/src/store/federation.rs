@@ -103,4 +103,46 @@ impl Store {
         query.execute(&self.write).await?;
         Ok(())
     }
+
+    /// Keeps the stripped state of an invite to a room this server is not in.
+    pub async fn set_invite_state(&self, room_id: &str, user_id: &str, state: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO invite_states (room_id, user_id, state) VALUES ($1, $2, $3) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET state = excluded.state",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(state)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// The stripped state of an invite to a room this server is not in.
+    pub async fn invite_state(&self, room_id: &str, user_id: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT state FROM invite_states WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(user_id)
+            .fetch_optional(&self.read)
+            .await?)
+    }
+
+    /// Forgets an invite to a room this server is not in (joined, or rejected here).
+    pub async fn drop_remote_invite(&self, room_id: &str, user_id: &str, membership_too: bool) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("DELETE FROM invite_states WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        if membership_too {
+            sqlx::query("DELETE FROM memberships WHERE room_id = $1 AND user_id = $2 AND membership = 'invite'")
+                .bind(room_id)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -587,6 +587,12 @@ impl Sync {
             }
         }
         let mut out: Vec<Value> = ids.iter().map(pdu::stripped_state).collect();
+        // A room of another server this server is not in: what its server described.
+        if ids.is_empty()
+            && let Some(state) = self.store.invite_state(&m.room_id, &m.user_id).await?
+        {
+            out = serde_json::from_str(&state).unwrap_or_default();
+        }
         if let Some(own) = self.store.event(&m.event_id).await? {
             // The invite itself, with its sender's member event so clients can show who invited.
             if let Ok(p) = pdu::Pdu::from_row(&own)

@@ -152,6 +152,9 @@ async fn join_anywhere<T>(
     if state.store.room(room_id.as_str()).await?.is_some() {
         return state.rooms.join(user_id, room_id, reason, body_fields(req)).await;
     }
+    if let Some(server) = state.rooms.inviting_server(room_id, user_id).await? {
+        via.insert(0, server);
+    }
     if let Some(server) = room_id.server_name() {
         via.push(server.to_owned());
     }

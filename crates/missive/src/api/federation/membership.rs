@@ -2,7 +2,7 @@
 //! join, answered with the room's state.
 
 use axum::{Router, response::Response};
-use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use ruma::api::federation::membership::{RawStrippedState, create_invite, create_join_event, prepare_join_event};
 use serde_json::json;
 
 use crate::{
@@ -15,6 +15,7 @@ use crate::{
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, make_join);
+    let router = route(router, invite);
     let router = route(router, send_join);
     // Version 1 takes the same request and wraps its answer as `[200, answer]`.
     router.route(
@@ -71,4 +72,44 @@ async fn join(state: &AppState, req: &Ruma<create_join_event::v2::Request>) -> R
         "members_omitted": false,
         "servers_in_room": state.rooms.resident_servers(b.room_id.as_str()).await?,
     }))
+}
+
+/// # PUT /_matrix/federation/v2/invite/{roomId}/{eventId}
+async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Result<Response> {
+    let b = &req.body;
+    let origin = req.origin();
+    if state.rooms.store.room(b.room_id.as_str()).await?.is_some() {
+        state.federation.check_room_acl(&state.rooms, &b.room_id, origin).await?;
+    }
+    let (event_id, signed, target) =
+        state.federation.sign_incoming_invite(&b.room_id, &b.room_version, &b.event, origin).await?;
+    if event_id != b.event_id {
+        return Err(Error::bad_json("the event ID does not match the event"));
+    }
+    if !state.store.user_exists(target.as_str()).await? {
+        return Err(Error::not_found("no such user here"));
+    }
+    // What the invitee's client is shown of the room: each description event stripped
+    // to its type, state key, sender and content.
+    let stripped: Vec<serde_json::Value> = b
+        .invite_room_state
+        .iter()
+        .filter_map(|state| {
+            let raw = match state {
+                RawStrippedState::Pdu(pdu) => pdu.get(),
+                #[allow(deprecated)]
+                RawStrippedState::Stripped(raw) => raw.json().get(),
+                _ => return None,
+            };
+            let event: serde_json::Value = serde_json::from_str(raw).ok()?;
+            Some(json!({
+                "type": event.get("type")?, "state_key": event.get("state_key")?,
+                "sender": event.get("sender")?, "content": event.get("content")?,
+            }))
+        })
+        .collect();
+    let answer = serde_json::to_value(&signed).map_err(|e| Error::Internal(e.to_string()))?;
+    let checked = crate::federation::pdu::CheckedPdu { event_id, object: signed };
+    state.rooms.receive_invite(&b.room_id, checked, stripped).await?;
+    Ok(json(json!({ "event": answer })))
 }
