@@ -404,7 +404,7 @@ async fn an_encrypted_room_shared_by_two_servers_decrypts_both_ways() {
     let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
     let (police, gov) = (&peers.servers[0], &peers.servers[1]);
     let (alice, alice_user) = police.client("alice").await;
-    let (bob, _) = gov.client("bob").await;
+    let (bob, bob_user) = gov.client("bob").await;
     for client in [&alice, &bob] {
         client.sync_once(Default::default()).await.expect("first sync uploads device keys");
     }
@@ -435,6 +435,22 @@ async fn an_encrypted_room_shared_by_two_servers_decrypts_both_ways() {
     let bob_room = bob.get_room(&room_id).expect("bob's room");
     bob_room.send(RoomMessageEventContent::text_plain("Bien reçu")).await.expect("reply");
     common::receive_text(&alice, &room_id, "Bien reçu").await;
+
+    // Bob signs in on a second device: police hears of it, and alice's sync says so.
+    let (_, first) = police.call("GET", "/_matrix/client/v3/sync", Some(&alice_user.access_token), None).await;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    let _second_device = gov.login(&bob_user).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let path = format!("/_matrix/client/v3/sync?timeout=1000&since={since}");
+        let (_, sync) = police.call("GET", &path, Some(&alice_user.access_token), None).await;
+        if sync["device_lists"]["changed"].as_array().is_some_and(|c| c.iter().any(|u| u == bob_user.user_id.as_str()))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "alice never heard of bob's new device");
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
 }
 
 #[tokio::test]

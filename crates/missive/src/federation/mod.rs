@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod devices;
 pub mod invite;
 pub mod join;
 pub mod keys;

@@ -1,0 +1,72 @@
+//! Device lists across servers: when a local user's devices or keys change, the servers
+//! that share a room with them are told (`m.device_list_update`), so that their clients
+//! query the keys again and encrypt to the new devices.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use serde_json::json;
+
+use super::Federation;
+use crate::sync::stream::Streams;
+
+impl Federation {
+    /// Watches the stream for device list changes of local users and tells the servers
+    /// that share a room with them. Runs for the server's lifetime.
+    pub fn spawn_device_list_updates(self: &Arc<Self>, streams: Arc<Streams>) {
+        if !self.config.federation.enabled {
+            return;
+        }
+        let federation = self.clone();
+        tokio::spawn(async move {
+            let mut wakes = streams.subscribe();
+            let mut seen = streams.current();
+            while wakes.changed().await.is_ok() {
+                // Wake-ups come with every event: changes are looked for a few times a
+                // second at most, not once per message.
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let now = streams.current();
+                if now <= seen {
+                    continue;
+                }
+                let server = federation.server_name.to_string();
+                match federation.store.local_device_list_changes(seen, now, &server).await {
+                    Ok(users) => {
+                        for user in users {
+                            federation.announce_devices(&user, now).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read device list changes"),
+                }
+                seen = now;
+            }
+        });
+    }
+
+    /// One update per current device of `user` to every other server sharing a room.
+    async fn announce_devices(&self, user: &str, stream_id: i64) {
+        let Ok(mates) = self.store.room_mates(user).await else { return };
+        let own = self.server_name.as_str();
+        let servers: BTreeSet<String> = mates
+            .iter()
+            .filter(|(_, membership, _, _)| membership == "join")
+            .filter_map(|(mate, _, _, _)| mate.split_once(':').map(|(_, server)| server.to_owned()))
+            .filter(|server| server != own)
+            .collect();
+        if servers.is_empty() {
+            return;
+        }
+        let servers: Vec<String> = servers.into_iter().collect();
+        let devices = self.store.devices(user).await.unwrap_or_default();
+        for device in devices {
+            let content = json!({
+                "user_id": user,
+                "device_id": device.device_id,
+                "device_display_name": device.display_name,
+                "stream_id": stream_id,
+                "prev_id": [],
+                "deleted": false,
+            });
+            self.queue_edu(&servers, "m.device_list_update", content);
+        }
+    }
+}
