@@ -485,6 +485,21 @@ async fn nothing_queued_for_a_stopped_server_is_lost_even_when_the_sender_is_kil
         .call("PUT", &topic, Some(&alice.access_token), Some(json!({ "topic": "Flood response" })))
         .await;
     assert_eq!(status, 200);
+    // The operator sees gov failing, and what waits for it (Synapse's admin API).
+    let admin = common::register_admin(&peers.servers[0], "operator").await;
+    let path = "/_synapse/admin/v1/federation/destinations/gov.test";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, gov_state) = peers.servers[0].call("GET", path, Some(&admin), None).await;
+        assert_eq!(status, 200, "{gov_state}");
+        if gov_state["failure_ts"].is_i64() && gov_state["queued_pdus"].as_i64() >= Some(100) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{gov_state}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, _) = peers.servers[0].call("GET", path, Some(&alice.access_token), None).await;
+    assert_eq!(status, 403, "only admins see destinations");
     peers.servers[0].kill9();
     peers.servers[1].start_again();
     peers.servers[0].start_again();

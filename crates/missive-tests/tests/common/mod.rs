@@ -348,3 +348,19 @@ pub async fn receive_text(client: &Client, room_id: &matrix_sdk::ruma::OwnedRoom
     })
     .await;
 }
+
+/// Registers a server admin through the shared-secret endpoint (HMAC computed by python3,
+/// independently of the server) and returns their access token.
+pub async fn register_admin(server: &TestServer, localpart: &str) -> String {
+    let (_, nonce) = server.call("GET", "/_synapse/admin/v1/register", None, None).await;
+    let nonce = nonce["nonce"].as_str().expect("nonce").to_owned();
+    let script = format!(
+        "import hmac,hashlib,sys; print(hmac.new(b'test-secret', sys.argv[1].encode()+b'\\x00{localpart}\\x00pw\\x00admin', hashlib.sha1).hexdigest())"
+    );
+    let mac = Command::new("python3").args(["-c", &script, &nonce]).output().expect("python3");
+    let mac = String::from_utf8(mac.stdout).unwrap().trim().to_owned();
+    let body = json!({ "nonce": nonce, "username": localpart, "password": "pw", "admin": true, "mac": mac });
+    let (status, res) = server.call("POST", "/_synapse/admin/v1/register", None, Some(body)).await;
+    assert_eq!(status, 200, "{res}");
+    res["access_token"].as_str().unwrap().to_owned()
+}

@@ -104,6 +104,11 @@ impl Federation {
         }
     }
 
+    /// The outbound queue, once set.
+    pub fn sender(&self) -> Option<&Arc<sender::Sender>> {
+        self.sender.get()
+    }
+
     /// Whether this server talks to `server` at all (the configured allow- and deny-lists).
     pub fn is_allowed(&self, server: &ServerName) -> bool {
         server == self.server_name || (self.config.federation.enabled && self.policy.is_allowed(server))

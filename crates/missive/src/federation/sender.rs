@@ -38,6 +38,24 @@ pub struct Sender {
     runtime: tokio::runtime::Handle,
     /// Makes transaction IDs unique across restarts of a worker.
     counter: std::sync::atomic::AtomicU64,
+    /// What operators see of each destination (the admin API).
+    status: Mutex<HashMap<String, DestinationStatus>>,
+    /// Wakes a destination's worker out of its backoff.
+    resets: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+/// A destination's state, in the shape of Synapse's admin API.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DestinationStatus {
+    pub destination: String,
+    /// When the current run of failures began (unset while the destination answers).
+    pub failure_ts: Option<i64>,
+    /// When the last attempt failed.
+    pub retry_last_ts: i64,
+    /// How long the worker waits before the next attempt, in milliseconds.
+    pub retry_interval: i64,
+    /// When a transaction last went through.
+    pub last_success_ts: Option<i64>,
 }
 
 impl Sender {
@@ -49,6 +67,8 @@ impl Sender {
             edus: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             counter: std::sync::atomic::AtomicU64::new(crate::store::now_ms() as u64),
+            status: Mutex::new(HashMap::new()),
+            resets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -70,6 +90,7 @@ impl Sender {
                     None => {
                         let notify = Arc::new(Notify::new());
                         workers.insert(destination.clone(), notify.clone());
+                        self.record(&destination, |_| {});
                         self.runtime.spawn(self.clone().work(destination, notify.clone()));
                         notify
                     }
@@ -77,6 +98,34 @@ impl Sender {
             };
             notify.notify_one();
         }
+    }
+
+    fn record(&self, destination: &str, change: impl FnOnce(&mut DestinationStatus)) {
+        let mut all = self.status.lock().expect("destination status poisoned");
+        let status = all
+            .entry(destination.to_owned())
+            .or_insert_with(|| DestinationStatus { destination: destination.to_owned(), ..Default::default() });
+        change(status);
+    }
+
+    /// Every destination this server has sent to since it started, with its state.
+    pub fn destinations(&self) -> Vec<DestinationStatus> {
+        let mut all: Vec<DestinationStatus> =
+            self.status.lock().expect("destination status poisoned").values().cloned().collect();
+        all.sort_by(|a, b| a.destination.cmp(&b.destination));
+        all
+    }
+
+    /// Ends a destination's backoff: its worker tries again now.
+    pub fn reset(self: &Arc<Self>, destination: &str) -> bool {
+        let known = self.workers.lock().expect("sender workers poisoned").contains_key(destination);
+        if known {
+            self.record(destination, |status| status.retry_interval = 0);
+            if let Some(notify) = self.resets.lock().expect("resets poisoned").get(destination) {
+                notify.notify_one();
+            }
+        }
+        known
     }
 
     /// Queues an EDU for a destination.
@@ -150,12 +199,27 @@ impl Sender {
                         tracing::info!(%destination, "destination reachable again");
                     }
                     backoff = FIRST_BACKOFF;
+                    self.record(&destination, |status| {
+                        status.failure_ts = None;
+                        status.retry_interval = 0;
+                        status.last_success_ts = Some(crate::store::now_ms());
+                    });
                 }
                 Err(e) => {
                     self.put_back_edus(&destination, edus);
+                    let now = crate::store::now_ms();
+                    self.record(&destination, |status| {
+                        status.failure_ts = status.failure_ts.or(Some(now));
+                        status.retry_last_ts = now;
+                        status.retry_interval = backoff.as_millis() as i64;
+                    });
                     tracing::warn!(%destination, error = %e, retry_in = ?backoff, queued = positions.len(), "transaction failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let reset =
+                        self.resets.lock().expect("resets poisoned").entry(destination.clone()).or_default().clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
+                        _ = reset.notified() => backoff = FIRST_BACKOFF,
+                    }
                 }
             }
         }

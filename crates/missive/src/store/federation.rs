@@ -160,4 +160,12 @@ impl Store {
         .await?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
+
+    /// How many PDUs wait for a server.
+    pub async fn outbox_count(&self, destination: &str) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM federation_outbox WHERE destination = $1")
+            .bind(destination)
+            .fetch_one(&self.read)
+            .await?)
+    }
 }
