@@ -730,14 +730,10 @@ async fn an_encrypted_direct_chat_invites_across_servers_and_decrypts_both_ways(
     bob.get_room(&room_id).unwrap().send(RoomMessageEventContent::text_plain("Bonjour Alice")).await.expect("reply");
     common::receive_text(&alice, &room_id, "Bonjour Alice").await;
 
-    // An invite to a room of another server can be declined here.
+    // An invite to a room of another server can be declined; the inviting server hears of it.
+    let carol = peers_token(police, "carol").await;
     let (status, body) = police
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&peers_token(police, "carol").await),
-            Some(json!({ "invite": [bob_user.user_id] })),
-        )
+        .call("POST", "/_matrix/client/v3/createRoom", Some(&carol), Some(json!({ "invite": [bob_user.user_id] })))
         .await;
     assert_eq!(status, 200, "{body}");
     let declined = body["room_id"].as_str().unwrap().to_owned();
@@ -747,6 +743,9 @@ async fn an_encrypted_direct_chat_invites_across_servers_and_decrypts_both_ways(
     assert_eq!(status, 200);
     let (_, sync) = gov.call("GET", "/_matrix/client/v3/sync", Some(&bob_user.access_token), None).await;
     assert!(sync["rooms"]["invite"].get(&declined).is_none(), "{sync}");
+    let member = format!("/_matrix/client/v3/rooms/{declined}/state/m.room.member/{}", bob_user.user_id);
+    let (status, body) = police.call("GET", &member, Some(&carol), None).await;
+    assert_eq!((status, body["membership"].as_str()), (200, Some("leave")), "{body}");
 }
 
 /// Registers a user and returns their access token.

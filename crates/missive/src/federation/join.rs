@@ -4,7 +4,7 @@
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, UserId,
-    api::federation::membership::{create_join_event, prepare_join_event},
+    api::federation::membership::{create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
     room_version_rules::EventIdFormatVersion,
 };
 use serde_json::value::RawValue;
@@ -56,52 +56,7 @@ impl Federation {
         let template = self.send(server, request).await?;
         let room_version = template.room_version.unwrap_or(RoomVersionId::V1);
         let (room_version, rules) = version::rules_for(room_version.as_str())?;
-        let mut event: CanonicalJsonObject =
-            serde_json::from_str(template.event.get()).map_err(|e| Error::Remote(format!("join template: {e}")))?;
-        for field in ["event_id", "signatures", "hashes", "unsigned"] {
-            event.remove(field);
-        }
-        // The template is the resident server's; who joins and when is ours to say.
-        let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
-        event.insert("sender".into(), string(user_id.as_str()));
-        event.insert("state_key".into(), string(user_id.as_str()));
-        event.insert("type".into(), string("m.room.member"));
-        event.insert("origin".into(), string(self.server_name.as_str()));
-        event.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(ruma::Int::new_saturating(now_ms())));
-        let mut content = match event.remove("content") {
-            Some(CanonicalJsonValue::Object(content)) => content,
-            _ => CanonicalJsonObject::new(),
-        };
-        content.insert("membership".into(), string("join"));
-        let profile = self.store.profile(user_id.as_str()).await?.unwrap_or_default();
-        if let Some(name) = profile.0 {
-            content.insert("displayname".into(), string(&name));
-        }
-        if let Some(avatar) = profile.1 {
-            content.insert("avatar_url".into(), string(&avatar));
-        }
-        event.insert("content".into(), CanonicalJsonValue::Object(content));
-        let opaque_id = (rules.event_id_format == EventIdFormatVersion::V1).then(|| {
-            let id = format!("${}:{}", crate::accounts::random_string(18), self.server_name);
-            event.insert("event_id".into(), string(&id));
-            id
-        });
-        ruma::signatures::hash_and_sign_event(
-            self.server_name.as_str(),
-            &self.keys.key_pair,
-            &mut event,
-            &rules.redaction,
-        )
-        .map_err(|e| Error::Internal(format!("cannot sign the join: {e}")))?;
-        let event_id = match opaque_id {
-            Some(id) => id,
-            None => format!(
-                "${}",
-                ruma::signatures::reference_hash(&event, &rules).map_err(|e| Error::Internal(e.to_string()))?
-            ),
-        };
-        let event_id = OwnedEventId::try_from(event_id).map_err(|e| Error::Internal(e.to_string()))?;
-        let json = serde_json::to_string(&event).map_err(|e| Error::Internal(e.to_string()))?;
+        let (event_id, json) = self.sign_membership(&template.event, &rules, user_id, "join").await?;
         let raw = RawValue::from_string(json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
         let request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw);
         let answer = self.send(server, request).await?.room_state;
@@ -132,6 +87,79 @@ impl Federation {
         }
         rooms.persist_remote_join(room_id, &room_version, chain, state, (event_id, json)).await?;
         tracing::info!(%room_id, %server, %user_id, "joined a room of another server");
+        Ok(())
+    }
+
+    /// Fills a resident server's membership template with who and when, and signs it:
+    /// the event ID and JSON of the event to send back.
+    async fn sign_membership(
+        &self,
+        template: &RawValue,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+        user_id: &UserId,
+        membership: &str,
+    ) -> Result<(OwnedEventId, String)> {
+        let mut event: CanonicalJsonObject =
+            serde_json::from_str(template.get()).map_err(|e| Error::Remote(format!("membership template: {e}")))?;
+        for field in ["event_id", "signatures", "hashes", "unsigned"] {
+            event.remove(field);
+        }
+        // The template is the resident server's; who joins and when is ours to say.
+        let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
+        event.insert("sender".into(), string(user_id.as_str()));
+        event.insert("state_key".into(), string(user_id.as_str()));
+        event.insert("type".into(), string("m.room.member"));
+        event.insert("origin".into(), string(self.server_name.as_str()));
+        event.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(ruma::Int::new_saturating(now_ms())));
+        let mut content = match event.remove("content") {
+            Some(CanonicalJsonValue::Object(content)) => content,
+            _ => CanonicalJsonObject::new(),
+        };
+        content.insert("membership".into(), string(membership));
+        if membership == "join" {
+            let profile = self.store.profile(user_id.as_str()).await?.unwrap_or_default();
+            if let Some(name) = profile.0 {
+                content.insert("displayname".into(), string(&name));
+            }
+            if let Some(avatar) = profile.1 {
+                content.insert("avatar_url".into(), string(&avatar));
+            }
+        }
+        event.insert("content".into(), CanonicalJsonValue::Object(content));
+        let opaque_id = (rules.event_id_format == EventIdFormatVersion::V1).then(|| {
+            let id = format!("${}:{}", crate::accounts::random_string(18), self.server_name);
+            event.insert("event_id".into(), string(&id));
+            id
+        });
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            &self.keys.key_pair,
+            &mut event,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::Internal(format!("cannot sign the join: {e}")))?;
+        let event_id = match opaque_id {
+            Some(id) => id,
+            None => format!(
+                "${}",
+                ruma::signatures::reference_hash(&event, &rules).map_err(|e| Error::Internal(e.to_string()))?
+            ),
+        };
+        let event_id = OwnedEventId::try_from(event_id).map_err(|e| Error::Internal(e.to_string()))?;
+        let json = serde_json::to_string(&event).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok((event_id, json))
+    }
+
+    /// Turns down an invite to a room of another server this server is not in, through
+    /// the inviting server (make_leave, sign, send_leave).
+    pub async fn reject_remote_invite(&self, user_id: &UserId, room_id: &RoomId, via: &OwnedServerName) -> Result<()> {
+        let template =
+            self.send(via, prepare_leave_event::v1::Request::new(room_id.to_owned(), user_id.to_owned())).await?;
+        let room_version = template.room_version.unwrap_or(RoomVersionId::V1);
+        let (_, rules) = version::rules_for(room_version.as_str())?;
+        let (event_id, json) = self.sign_membership(&template.event, &rules, user_id, "leave").await?;
+        let raw = RawValue::from_string(json).map_err(|e| Error::Internal(e.to_string()))?;
+        self.send(via, create_leave_event::v2::Request::new(room_id.to_owned(), event_id, raw)).await?;
         Ok(())
     }
 

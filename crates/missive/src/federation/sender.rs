@@ -17,7 +17,7 @@ use ruma::{
 use serde_json::{Value, value::RawValue};
 use tokio::sync::Notify;
 
-use super::Federation;
+use super::{Federation, FederationError};
 
 /// PDUs and EDUs per transaction (the spec's limits).
 const PDUS_PER_TRANSACTION: i64 = 50;
@@ -204,6 +204,13 @@ impl Sender {
                         status.retry_interval = 0;
                         status.last_success_ts = Some(crate::store::now_ms());
                     });
+                }
+                Err(e @ (FederationError::NotAllowed(_) | FederationError::Disabled)) => {
+                    // Policy, not an outage: what waits for this server is dropped.
+                    tracing::info!(%destination, error = %e, dropped = positions.len(), "destination not federated with");
+                    if let Err(e) = self.federation.store.outbox_delivered(&destination, &positions).await {
+                        tracing::error!(%destination, error = %e, "cannot drop queued PDUs");
+                    }
                 }
                 Err(e) => {
                     self.put_back_edus(&destination, edus);

@@ -42,7 +42,42 @@ impl Rooms {
         if !supported.contains(&head.version) {
             return Err(Error::IncompatibleRoomVersion(head.version.to_string()));
         }
-        let content = json!({ "membership": "join" });
+        // Who may not join gets no template (the join itself is checked again on send_join).
+        let join_rule = head
+            .state_pdu("m.room.join_rules", "")
+            .and_then(|p| p.content_str("join_rule"))
+            .unwrap_or_else(|| "invite".into());
+        // Memberships are read from the store: the head parses state events on demand only.
+        let membership = self.store.membership(room_id.as_str(), user_id.as_str()).await?.map(|m| m.membership);
+        if membership.as_deref() == Some("ban") {
+            return Err(Error::forbidden("user is banned from the room"));
+        }
+        if join_rule != "public" && !matches!(membership.as_deref(), Some("invite" | "join")) {
+            return Err(Error::forbidden("the room is not open to this user"));
+        }
+        self.membership_template(&head, room_id, user_id, "join")
+    }
+
+    /// A leave event for `user_id` of another server to sign (`make_leave`): how a server
+    /// that is not in the room turns down an invite.
+    pub async fn make_leave(&self, room_id: &RoomId, user_id: &UserId) -> Result<Value> {
+        let head = self.head(room_id).await?;
+        let membership = self.store.membership(room_id.as_str(), user_id.as_str()).await?.map(|m| m.membership);
+        if !matches!(membership.as_deref(), Some("invite" | "join" | "knock")) {
+            return Err(Error::forbidden("the user is not in the room"));
+        }
+        self.membership_template(&head, room_id, user_id, "leave")
+    }
+
+    /// A membership event template on the room's current head.
+    fn membership_template(
+        &self,
+        head: &super::RoomHead,
+        room_id: &RoomId,
+        user_id: &UserId,
+        membership: &str,
+    ) -> Result<Value> {
+        let content = json!({ "membership": membership });
         let raw = to_raw_value(&content).map_err(|e| Error::Internal(e.to_string()))?;
         let auth_types = state_res::auth_types_for_event(
             &TimelineEventType::RoomMember,
@@ -56,18 +91,6 @@ impl Rooms {
             auth_types.iter().filter_map(|(t, k)| head.state_id(&t.to_string(), k)).map(ToString::to_string).collect();
         auth_events.sort();
         auth_events.dedup();
-        // Who may not join gets no template (the join itself is checked again on send_join).
-        let join_rule = head
-            .state_pdu("m.room.join_rules", "")
-            .and_then(|p| p.content_str("join_rule"))
-            .unwrap_or_else(|| "invite".into());
-        let membership = head.state_pdu("m.room.member", user_id.as_str()).and_then(|p| p.content_str("membership"));
-        if membership.as_deref() == Some("ban") {
-            return Err(Error::forbidden("user is banned from the room"));
-        }
-        if join_rule != "public" && !matches!(membership.as_deref(), Some("invite" | "join")) {
-            return Err(Error::forbidden("the room is not open to this user"));
-        }
         let pairs = head.rules.events_reference_format == EventsReferenceFormatVersion::V1;
         let refs = |ids: Vec<String>| -> Value {
             Value::Array(ids.into_iter().map(|id| if pairs { json!([id, {}]) } else { json!(id) }).collect())

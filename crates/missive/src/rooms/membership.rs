@@ -178,8 +178,8 @@ impl Rooms {
         if self.store.room(room_id.as_str()).await?.is_none()
             && self.current_membership(room_id, user_id).await?.as_deref() == Some("invite")
         {
-            // An invite to a room of another server this server is not in: forgotten here.
-            // (The inviting server is not told yet: that needs make_leave/send_leave.)
+            // An invite to a room of another server this server is not in: forgotten here
+            // (the client handler has told the inviting server, when it could).
             self.store.drop_remote_invite(room_id.as_str(), user_id.as_str(), true).await?;
             return Ok(());
         }

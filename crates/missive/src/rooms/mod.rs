@@ -512,6 +512,13 @@ impl Rooms {
                 servers.insert(server);
             }
         }
+        // A server the room's ACL denies gets nothing of the room.
+        if let Some(acl) = batch.head.state_pdu("m.room.server_acl", "")
+            && let Ok(acl) =
+                serde_json::from_str::<ruma::events::room::server_acl::RoomServerAclEventContent>(acl.content.get())
+        {
+            servers.retain(|server| ruma::ServerName::parse(server).is_ok_and(|name| acl.is_allowed(&name)));
+        }
         if servers.is_empty() {
             return Vec::new();
         }

@@ -209,7 +209,16 @@ async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Result<
 /// # POST /_matrix/client/v3/rooms/{roomId}/leave
 async fn leave(state: AppState, req: Ruma<leave_room::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    state.rooms.leave(&id.user_id, &req.body.room_id, req.body.reason.as_deref()).await?;
+    let room_id = &req.body.room_id;
+    // Declining an invite to a room of another server: that server is told, if it can be
+    // reached; the invite is forgotten here either way.
+    if state.store.room(room_id.as_str()).await?.is_none()
+        && let Some(server) = state.rooms.inviting_server(room_id, &id.user_id).await?
+        && let Err(e) = state.federation.reject_remote_invite(&id.user_id, room_id, &server).await
+    {
+        tracing::info!(%room_id, %server, error = %e, "the inviting server was not told of the rejection");
+    }
+    state.rooms.leave(&id.user_id, room_id, req.body.reason.as_deref()).await?;
     Ok(json(json!({})))
 }
 

@@ -2,7 +2,9 @@
 //! join, answered with the room's state.
 
 use axum::{Router, response::Response};
-use ruma::api::federation::membership::{RawStrippedState, create_invite, create_join_event, prepare_join_event};
+use ruma::api::federation::membership::{
+    RawStrippedState, create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+};
 use serde_json::json;
 
 use crate::{
@@ -15,6 +17,8 @@ use crate::{
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, make_join);
+    let router = route(router, make_leave);
+    let router = route(router, send_leave);
     let router = route(router, invite);
     let router = route(router, send_join);
     // Version 1 takes the same request and wraps its answer as `[200, answer]`.
@@ -112,4 +116,36 @@ async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Resul
     let checked = crate::federation::pdu::CheckedPdu { event_id, object: signed };
     state.rooms.receive_invite(&b.room_id, checked, stripped).await?;
     Ok(json(json!({ "event": answer })))
+}
+
+/// # GET /_matrix/federation/v1/make_leave/{roomId}/{userId}
+async fn make_leave(state: AppState, req: Ruma<prepare_leave_event::v1::Request>) -> Result<Response> {
+    let b = &req.body;
+    if b.user_id.server_name() != req.origin() {
+        return Err(Error::forbidden("a server makes leaves for its own users only"));
+    }
+    state.federation.check_room_acl(&state.rooms, &b.room_id, req.origin()).await?;
+    Ok(json(state.rooms.make_leave(&b.room_id, &b.user_id).await?))
+}
+
+/// # PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}
+async fn send_leave(state: AppState, req: Ruma<create_leave_event::v2::Request>) -> Result<Response> {
+    let b = &req.body;
+    let origin = req.origin();
+    state.federation.check_room_acl(&state.rooms, &b.room_id, origin).await?;
+    let (version, rules) = state.rooms.version_of(&b.room_id).await?;
+    let checked = state.federation.check_pdu(&version, &rules, &b.pdu).await?;
+    if checked.event_id != b.event_id {
+        return Err(Error::bad_json("the event ID does not match the event"));
+    }
+    let event: serde_json::Value = serde_json::from_str(b.pdu.get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    let sender = event["sender"].as_str().and_then(|s| ruma::UserId::parse(s).ok());
+    if event["type"] != "m.room.member"
+        || event["content"]["membership"] != "leave"
+        || sender.as_ref().is_none_or(|s| s.server_name() != origin || event["state_key"] != s.as_str())
+    {
+        return Err(Error::bad_json("send_leave takes the leave of one of the origin's users"));
+    }
+    state.rooms.admit_remote(&b.room_id, checked, Some(origin.to_string())).await?;
+    Ok(json(json!({})))
 }
