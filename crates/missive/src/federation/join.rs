@@ -142,7 +142,7 @@ impl Federation {
             Some(id) => id,
             None => format!(
                 "${}",
-                ruma::signatures::reference_hash(&event, &rules).map_err(|e| Error::Internal(e.to_string()))?
+                ruma::signatures::reference_hash(&event, rules).map_err(|e| Error::Internal(e.to_string()))?
             ),
         };
         let event_id = OwnedEventId::try_from(event_id).map_err(|e| Error::Internal(e.to_string()))?;
