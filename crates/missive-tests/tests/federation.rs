@@ -752,3 +752,44 @@ async fn an_encrypted_direct_chat_invites_across_servers_and_decrypts_both_ways(
 async fn peers_token(server: &TestServer, localpart: &str) -> String {
     server.register(localpart).await.access_token
 }
+
+#[tokio::test]
+async fn three_sector_servers_share_an_encrypted_room_and_each_reads_the_others() {
+    use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+    let peers = Peers::start(&["police.test", "gov.test", "edu.test"], |_| Vec::new()).await;
+    let mut clients = Vec::new();
+    for (server, name) in peers.servers.iter().zip(["alice", "bob", "carol"]) {
+        let (client, user) = server.client(name).await;
+        client.sync_once(Default::default()).await.expect("first sync uploads device keys");
+        clients.push((client, user));
+    }
+    let encryption =
+        json!({ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } });
+    let (status, body) = peers.servers[0]
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&clients[0].1.access_token),
+            Some(json!({ "preset": "public_chat", "room_alias_name": "joint", "initial_state": [encryption] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(body["room_id"].as_str().unwrap()).unwrap();
+    let alias = matrix_sdk::ruma::OwnedRoomOrAliasId::try_from("#joint:police.test").unwrap();
+    for (client, _) in &clients[1..] {
+        client.join_room_by_id_or_alias(&alias, &[]).await.expect("join through police");
+    }
+    for (client, _) in &clients {
+        client.sync_once(Default::default()).await.unwrap();
+    }
+    // Each agent speaks; the two others decrypt.
+    for (i, (speaker, _)) in clients.iter().enumerate() {
+        let text = format!("Report from sector {i}");
+        speaker.get_room(&room_id).expect("room").send(RoomMessageEventContent::text_plain(&text)).await.expect("send");
+        for (j, (listener, _)) in clients.iter().enumerate() {
+            if i != j {
+                common::receive_text(listener, &room_id, &text).await;
+            }
+        }
+    }
+}
