@@ -31,7 +31,8 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
             .route(&format!("/_matrix/client/{version}/initialSync"), get(initial_sync))
             .route(&format!("/_matrix/client/{version}/rooms/{{room_id}}/initialSync"), get(room_initial_sync))
             .route(&format!("/_matrix/client/{version}/events/{{event_id}}"), get(event))
-            .route(&format!("/_matrix/client/{version}/rooms/{{room_id}}/send/{{event_type}}"), post(send));
+            .route(&format!("/_matrix/client/{version}/rooms/{{room_id}}/send/{{event_type}}"), post(send))
+            .route(&format!("/_matrix/client/{version}/rooms/{{room_id}}/redact/{{event_id}}"), post(redact));
     }
     router
 }
@@ -138,6 +139,36 @@ async fn send(
         return Err(Error::forbidden("use the redact endpoint to redact events"));
     }
     let draft = Draft::message(event_type, content);
+    let event_id = state.rooms.send(&id.user_id, id.device_id.as_str(), &room_id, draft, None).await?;
+    Ok(json(serde_json::json!({ "event_id": event_id })))
+}
+
+/// # POST /_matrix/client/v3/rooms/{roomId}/redact/{eventId}
+///
+/// The redaction of r0 clients without a transaction ID: each call is a new redaction.
+async fn redact(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    Path((room_id, event_id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    if id.is_guest {
+        return Err(Error::GuestAccessForbidden);
+    }
+    state.limits.check(Action::Message, id.user_id.as_str())?;
+    let room_id = RoomId::parse(&room_id).map_err(|e| Error::invalid_param(format!("invalid room ID: {e}")))?;
+    let event_id =
+        ruma::EventId::parse(&event_id).map_err(|e| Error::invalid_param(format!("invalid event ID: {e}")))?;
+    let body: serde_json::Value = if body.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Error::NotJson(e.to_string()))?
+    };
+    let mut content = serde_json::json!({ "redacts": event_id });
+    if let Some(reason) = body.get("reason").and_then(serde_json::Value::as_str) {
+        content["reason"] = serde_json::json!(reason);
+    }
+    let draft = Draft::message("m.room.redaction", content);
     let event_id = state.rooms.send(&id.user_id, id.device_id.as_str(), &room_id, draft, None).await?;
     Ok(json(serde_json::json!({ "event_id": event_id })))
 }
