@@ -1153,3 +1153,33 @@ async fn directory_pages_both_ways_and_unknown_push_actions_are_refused() {
         .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn older_clients_redact_without_a_transaction_id() {
+    let server = TestServer::start().await;
+    let user = server.register("rita").await;
+    let room_id = create_room(&server, &user.access_token, json!({ "preset": "private_chat" })).await;
+    let (_, sent) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t1"),
+            Some(&user.access_token),
+            Some(json!({ "msgtype": "m.text", "body": "oops" })),
+        )
+        .await;
+    let event_id = sent["event_id"].as_str().unwrap();
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/r0/rooms/{room_id}/redact/{event_id}"),
+            Some(&user.access_token),
+            Some(json!({ "reason": "typo" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["event_id"].is_string());
+    let (_, event) = server
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/event/{event_id}"), Some(&user.access_token), None)
+        .await;
+    assert_eq!(event["content"], json!({}), "{event}");
+}
