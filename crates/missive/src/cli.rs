@@ -24,6 +24,47 @@ enum Command {
     Migrate,
     /// Print the effective configuration and exit.
     CheckConfig,
+    /// Operator commands, through the running server's admin API.
+    Admin {
+        /// Base URL of the server's client API (default: the configured listener).
+        #[arg(long, env = "MISSIVE_ADMIN_URL")]
+        url: Option<String>,
+        /// Access token of a server admin.
+        #[arg(long, env = "MISSIVE_ADMIN_TOKEN")]
+        token: String,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// The servers this one sends to: failing since, retry interval, queued PDUs.
+    Federation {
+        /// End the backoff of this destination: its queue is retried now.
+        #[arg(long)]
+        reset: Option<String>,
+    },
+}
+
+/// Calls the admin API of a running server and prints the answer.
+async fn admin(config: &Config, url: Option<String>, token: &str, command: AdminCommand) -> anyhow::Result<()> {
+    let base = url.unwrap_or_else(|| format!("http://{}", config.listen));
+    let client = reqwest::Client::new();
+    let request = match command {
+        AdminCommand::Federation { reset: Some(destination) } => {
+            client.post(format!("{base}/_synapse/admin/v1/federation/destinations/{destination}/reset_connection"))
+        }
+        AdminCommand::Federation { reset: None } => {
+            client.get(format!("{base}/_synapse/admin/v1/federation/destinations"))
+        }
+    };
+    let response = request.bearer_auth(token).send().await?;
+    let status = response.status();
+    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await?).unwrap_or_default();
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    anyhow::ensure!(status.is_success(), "the server answered {status}");
+    Ok(())
 }
 
 /// Large allocations (each Argon2id hash takes `memory_kib`, 19 MiB by default) go straight
@@ -98,6 +139,7 @@ pub fn main() {
                 println!("{config:#?}");
                 Ok(())
             }
+            Command::Admin { url, token, command } => admin(&config, url, &token, command).await,
         }
     });
     if let Err(e) = result {
