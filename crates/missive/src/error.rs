@@ -61,6 +61,9 @@ pub enum Error {
     IncompatibleRoomVersion(String),
     #[error("{0}")]
     Remote(String),
+    /// Another server's refusal (a 4xx with an `errcode`), passed on to the client as it was.
+    #[error("{message}")]
+    Relayed { status: u16, errcode: String, message: String },
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -97,6 +100,8 @@ impl Error {
             Error::MalformedAuthorization(_) => (S::BAD_REQUEST, "M_UNAUTHORIZED"),
             Error::IncompatibleRoomVersion(_) => (S::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
             Error::Remote(_) => (S::BAD_GATEWAY, "M_UNKNOWN"),
+            // The body carries the other server's own errcode (see `into_response`).
+            Error::Relayed { status, .. } => (S::from_u16(*status).unwrap_or(S::BAD_REQUEST), "M_UNKNOWN"),
             Error::Store(_) | Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }
@@ -132,6 +137,21 @@ impl From<crate::federation::FederationError> for Error {
             F::UnknownKey { .. } | F::BadSignature(_) | F::BadAuthorization(_) => Error::Unauthorized(e.to_string()),
             F::Store(e) => Error::Store(e),
             F::Remote { status: 404, .. } => Error::NotFound(e.to_string()),
+            // What the other server refused for a reason the client can act on is passed on.
+            F::Remote { status: 400, errcode: Some(ref code), ref room_version, .. }
+                if code == "M_INCOMPATIBLE_ROOM_VERSION" =>
+            {
+                Error::IncompatibleRoomVersion(room_version.clone().unwrap_or_default())
+            }
+            F::Remote { status: status @ 400..=499, errcode: Some(ref code), ref message, .. }
+                if status != 401 && status != 429 && code.starts_with("M_") =>
+            {
+                Error::Relayed {
+                    status,
+                    errcode: code.clone(),
+                    message: message.clone().unwrap_or_else(|| e.to_string()),
+                }
+            }
             F::Remote { status: 403, ref message, .. } => {
                 Error::Forbidden(message.clone().unwrap_or_else(|| e.to_string()))
             }
@@ -175,6 +195,7 @@ impl IntoResponse for Error {
                 "error": self.to_string(),
                 "current_version": current_version,
             }),
+            Error::Relayed { errcode, message, .. } => json!({ "errcode": errcode, "error": message }),
             Error::IncompatibleRoomVersion(version) => json!({
                 "errcode": errcode,
                 "error": self.to_string(),

@@ -174,6 +174,7 @@ fn remote_error(server: &ServerName, status: http::StatusCode, body: &[u8]) -> F
         status: status.as_u16(),
         errcode: field("errcode"),
         message: field("error"),
+        room_version: field("room_version"),
     }
 }
 

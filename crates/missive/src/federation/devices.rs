@@ -1,5 +1,6 @@
 //! Device lists across servers: when a local user's devices or keys change, the servers
-//! that share a room with them are told (`m.device_list_update`), so that their clients
+//! that share a room with them are told (`m.device_list_update` per device, and
+//! `m.signing_key_update` with the master and self-signing keys), so that their clients
 //! query the keys again and encrypt to the new devices.
 
 use std::{collections::BTreeSet, sync::Arc};
@@ -56,6 +57,19 @@ impl Federation {
             return;
         }
         let servers: Vec<String> = servers.into_iter().collect();
+        // The cross-signing keys others verify the user with (never the user-signing key).
+        let cross_signing = self.store.cross_signing_keys(user).await.unwrap_or_default();
+        let mut signing_update = json!({ "user_id": user });
+        for (kind, key) in &cross_signing {
+            if matches!(kind.as_str(), "master" | "self_signing")
+                && let Ok(key) = serde_json::from_str::<serde_json::Value>(key)
+            {
+                signing_update[format!("{kind}_key")] = key;
+            }
+        }
+        if signing_update.as_object().is_some_and(|o| o.len() > 1) {
+            self.queue_edu(&servers, "m.signing_key_update", signing_update);
+        }
         let devices = self.store.devices(user).await.unwrap_or_default();
         for device in devices {
             let content = json!({

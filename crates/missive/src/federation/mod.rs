@@ -31,7 +31,14 @@ pub enum FederationError {
     #[error("request to {0} failed: {1}")]
     Transport(String, String),
     #[error("{server} answered {status}")]
-    Remote { server: String, status: u16, errcode: Option<String>, message: Option<String> },
+    Remote {
+        server: String,
+        status: u16,
+        errcode: Option<String>,
+        message: Option<String>,
+        /// The room version named by an `M_INCOMPATIBLE_ROOM_VERSION` answer.
+        room_version: Option<String>,
+    },
     #[error("invalid answer from {0}: {1}")]
     InvalidResponse(String, String),
     #[error("no valid verify key {key_id} of {server}")]

@@ -20,6 +20,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, make_leave);
     let router = route(router, send_leave);
     let router = route(router, invite);
+    let router = route(router, invite_v1);
     let router = route(router, send_join);
     // Version 1 takes the same request and wraps its answer as `[200, answer]`.
     router.route(
@@ -81,13 +82,57 @@ async fn join(state: &AppState, req: &Ruma<create_join_event::v2::Request>) -> R
 /// # PUT /_matrix/federation/v2/invite/{roomId}/{eventId}
 async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Result<Response> {
     let b = &req.body;
-    let origin = req.origin();
-    if state.rooms.store.room(b.room_id.as_str()).await?.is_some() {
-        state.federation.check_room_acl(&state.rooms, &b.room_id, origin).await?;
+    let stripped: Vec<&str> = b
+        .invite_room_state
+        .iter()
+        .filter_map(|state| match state {
+            RawStrippedState::Pdu(pdu) => Some(pdu.get()),
+            #[allow(deprecated)]
+            RawStrippedState::Stripped(raw) => Some(raw.json().get()),
+            _ => None,
+        })
+        .collect();
+    let signed =
+        accept_invite(&state, req.origin(), &b.room_id, &b.event_id, &b.room_version, &b.event, &stripped).await?;
+    Ok(json(json!({ "event": signed })))
+}
+
+/// # PUT /_matrix/federation/v1/invite/{roomId}/{eventId}
+///
+/// The first version of the API, for rooms of versions 1 and 2: the body is the event,
+/// the room's description in its `unsigned`, the answer `[200, {"event": …}]`.
+async fn invite_v1(state: AppState, req: Ruma<create_invite::v1::Request>) -> Result<Response> {
+    let b = &req.body;
+    let raw = std::str::from_utf8(&req.json).map_err(|e| Error::bad_json(e.to_string()))?;
+    let event = serde_json::value::RawValue::from_string(raw.to_owned()).map_err(|e| Error::bad_json(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(raw).map_err(|e| Error::bad_json(e.to_string()))?;
+    let described: Vec<String> = value["unsigned"]["invite_room_state"]
+        .as_array()
+        .map(|list| list.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    let stripped: Vec<&str> = described.iter().map(String::as_str).collect();
+    // Version 1 invites carry no room version: a `$id:server` event ID is version 1's form.
+    let version = ruma::RoomVersionId::V1;
+    let signed = accept_invite(&state, req.origin(), &b.room_id, &b.event_id, &version, &event, &stripped).await?;
+    Ok(json(json!([200, { "event": signed }])))
+}
+
+/// Checks and countersigns an invite of another server for a local user, keeps it, and
+/// answers the signed event.
+async fn accept_invite(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    room_id: &ruma::RoomId,
+    event_id: &ruma::EventId,
+    version: &ruma::RoomVersionId,
+    event: &serde_json::value::RawValue,
+    described: &[&str],
+) -> Result<serde_json::Value> {
+    if state.rooms.store.room(room_id.as_str()).await?.is_some() {
+        state.federation.check_room_acl(&state.rooms, room_id, origin).await?;
     }
-    let (event_id, signed, target) =
-        state.federation.sign_incoming_invite(&b.room_id, &b.room_version, &b.event, origin).await?;
-    if event_id != b.event_id {
+    let (checked_id, signed, target) = state.federation.sign_incoming_invite(room_id, version, event, origin).await?;
+    if checked_id != event_id {
         return Err(Error::bad_json("the event ID does not match the event"));
     }
     if !state.store.user_exists(target.as_str()).await? {
@@ -95,16 +140,9 @@ async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Resul
     }
     // What the invitee's client is shown of the room: each description event stripped
     // to its type, state key, sender and content.
-    let stripped: Vec<serde_json::Value> = b
-        .invite_room_state
+    let stripped: Vec<serde_json::Value> = described
         .iter()
-        .filter_map(|state| {
-            let raw = match state {
-                RawStrippedState::Pdu(pdu) => pdu.get(),
-                #[allow(deprecated)]
-                RawStrippedState::Stripped(raw) => raw.json().get(),
-                _ => return None,
-            };
+        .filter_map(|raw| {
             let event: serde_json::Value = serde_json::from_str(raw).ok()?;
             Some(json!({
                 "type": event.get("type")?, "state_key": event.get("state_key")?,
@@ -113,9 +151,9 @@ async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Resul
         })
         .collect();
     let answer = serde_json::to_value(&signed).map_err(|e| Error::Internal(e.to_string()))?;
-    let checked = crate::federation::pdu::CheckedPdu { event_id, object: signed };
-    state.rooms.receive_invite(&b.room_id, checked, stripped).await?;
-    Ok(json(json!({ "event": answer })))
+    let checked = crate::federation::pdu::CheckedPdu { event_id: checked_id, object: signed };
+    state.rooms.receive_invite(room_id, checked, stripped).await?;
+    Ok(answer)
 }
 
 /// # GET /_matrix/federation/v1/make_leave/{roomId}/{userId}
