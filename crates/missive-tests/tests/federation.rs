@@ -754,6 +754,15 @@ async fn an_encrypted_direct_chat_invites_across_servers_and_decrypts_both_ways(
     assert_eq!(status, 200);
     let (_, sync) = gov.call("GET", "/_matrix/client/v3/sync", Some(&bob_user.access_token), None).await;
     assert!(sync["rooms"]["invite"].get(&declined).is_none(), "{sync}");
+    let (_, sync) = gov
+        .call(
+            "GET",
+            "/_matrix/client/v3/sync?filter={\"room\":{\"include_leave\":true}}",
+            Some(&bob_user.access_token),
+            None,
+        )
+        .await;
+    assert!(sync["rooms"]["leave"].get(&declined).is_some(), "the declined room is left: {sync}");
     let member = format!("/_matrix/client/v3/rooms/{declined}/state/m.room.member/{}", bob_user.user_id);
     let (status, body) = police.call("GET", &member, Some(&carol), None).await;
     assert_eq!((status, body["membership"].as_str()), (200, Some("leave")), "{body}");

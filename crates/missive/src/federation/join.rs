@@ -152,15 +152,21 @@ impl Federation {
 
     /// Turns down an invite to a room of another server this server is not in, through
     /// the inviting server (make_leave, sign, send_leave).
-    pub async fn reject_remote_invite(&self, user_id: &UserId, room_id: &RoomId, via: &OwnedServerName) -> Result<()> {
+    pub async fn reject_remote_invite(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        via: &OwnedServerName,
+    ) -> Result<super::pdu::CheckedPdu> {
         let template =
             self.send(via, prepare_leave_event::v1::Request::new(room_id.to_owned(), user_id.to_owned())).await?;
         let room_version = template.room_version.unwrap_or(RoomVersionId::V1);
         let (_, rules) = version::rules_for(room_version.as_str())?;
         let (event_id, json) = self.sign_membership(&template.event, &rules, user_id, "leave").await?;
-        let raw = RawValue::from_string(json).map_err(|e| Error::Internal(e.to_string()))?;
-        self.send(via, create_leave_event::v2::Request::new(room_id.to_owned(), event_id, raw)).await?;
-        Ok(())
+        let raw = RawValue::from_string(json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
+        self.send(via, create_leave_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw)).await?;
+        let object = serde_json::from_str(&json).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(super::pdu::CheckedPdu { event_id, object })
     }
 
     async fn checked(

@@ -312,28 +312,22 @@ impl Rooms {
         Ok(())
     }
 
-    /// Stores an invite of another server for one of this server's users, already signed
-    /// by both servers. In a room this server is in, it is admitted like any PDU; for a
-    /// room it is not in, it is kept with the room's description for the invitee's sync.
-    pub async fn receive_invite(
+    /// Stores the membership event (an invite, or the leave that declined one) of a room
+    /// of another server this server is not in, with a stream position so that the user's
+    /// sync shows it.
+    async fn store_out_of_room_membership(
         &self,
         room_id: &RoomId,
         checked: CheckedPdu,
-        stripped_state: Vec<Value>,
+        membership: &str,
     ) -> Result<()> {
-        if self.store.room(room_id.as_str()).await?.is_some() {
-            self.admit_remote(room_id, checked, None).await?;
-            return Ok(());
-        }
         let CheckedPdu { event_id, object } = checked;
         if self.store.event(event_id.as_str()).await?.is_some() {
             return Ok(());
         }
         let json = serde_json::to_string(&object).map_err(|e| Error::Internal(e.to_string()))?;
         let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), &json)?;
-        let target = pdu.state_key.clone().ok_or_else(|| Error::bad_json("an invite has a target"))?;
-        let state = serde_json::to_string(&stripped_state).map_err(|e| Error::Internal(e.to_string()))?;
-        self.store.set_invite_state(room_id.as_str(), &target, &state).await?;
+        let target = pdu.state_key.clone().ok_or_else(|| Error::bad_json("a membership event has a target"))?;
         let guard = self.streams.allocate();
         let write = crate::store::RoomWrite {
             events: vec![crate::store::NewEvent {
@@ -342,7 +336,7 @@ impl Rooms {
                 sender: pdu.sender.to_string(),
                 event_type: pdu.kind.to_string(),
                 state_key: Some(target),
-                membership: Some("invite".into()),
+                membership: Some(membership.to_owned()),
                 depth: pdu.depth as i64,
                 origin_server_ts: i64::from(pdu.origin_server_ts.get()),
                 json,
@@ -361,6 +355,36 @@ impl Rooms {
         self.store.write_room(room_id.as_str(), &write).await?;
         drop(guard);
         Ok(())
+    }
+
+    /// Records that a local user declined an invite to a room of another server, with the
+    /// leave the inviting server accepted.
+    pub async fn record_declined_invite(&self, room_id: &RoomId, user_id: &UserId, leave: CheckedPdu) -> Result<()> {
+        self.store.drop_remote_invite(room_id.as_str(), user_id.as_str(), false).await?;
+        self.store_out_of_room_membership(room_id, leave, "leave").await
+    }
+
+    /// Stores an invite of another server for one of this server's users, already signed
+    /// by both servers. In a room this server is in, it is admitted like any PDU; for a
+    /// room it is not in, it is kept with the room's description for the invitee's sync.
+    pub async fn receive_invite(
+        &self,
+        room_id: &RoomId,
+        checked: CheckedPdu,
+        stripped_state: Vec<Value>,
+    ) -> Result<()> {
+        if self.store.room(room_id.as_str()).await?.is_some() {
+            self.admit_remote(room_id, checked, None).await?;
+            return Ok(());
+        }
+        let target = checked.object.get("state_key").and_then(|v| match v {
+            ruma::CanonicalJsonValue::String(s) => Some(s.clone()),
+            _ => None,
+        });
+        let target = target.ok_or_else(|| Error::bad_json("an invite has a target"))?;
+        let state = serde_json::to_string(&stripped_state).map_err(|e| Error::Internal(e.to_string()))?;
+        self.store.set_invite_state(room_id.as_str(), &target, &state).await?;
+        self.store_out_of_room_membership(room_id, checked, "invite").await
     }
 
     /// The server that invited `user_id` to a room, when an invite is pending.

@@ -214,9 +214,16 @@ async fn leave(state: AppState, req: Ruma<leave_room::v3::Request>) -> Result<Re
     // reached; the invite is forgotten here either way.
     if state.store.room(room_id.as_str()).await?.is_none()
         && let Some(server) = state.rooms.inviting_server(room_id, &id.user_id).await?
-        && let Err(e) = state.federation.reject_remote_invite(&id.user_id, room_id, &server).await
     {
-        tracing::info!(%room_id, %server, error = %e, "the inviting server was not told of the rejection");
+        match state.federation.reject_remote_invite(&id.user_id, room_id, &server).await {
+            Ok(leave) => {
+                state.rooms.record_declined_invite(room_id, &id.user_id, leave).await?;
+                return Ok(json(json!({})));
+            }
+            Err(e) => {
+                tracing::info!(%room_id, %server, error = %e, "the inviting server was not told of the rejection")
+            }
+        }
     }
     state.rooms.leave(&id.user_id, room_id, req.body.reason.as_deref()).await?;
     Ok(json(json!({})))

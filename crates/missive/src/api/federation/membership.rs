@@ -20,7 +20,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, make_leave);
     let router = route(router, send_leave);
     let router = route(router, invite);
-    let router = route(router, invite_v1);
+    let router = router.route("/_matrix/federation/v1/invite/{room_id}/{event_id}", axum::routing::put(invite_v1));
     let router = route(router, send_join);
     // Version 1 takes the same request and wraps its answer as `[200, answer]`.
     router.route(
@@ -100,20 +100,33 @@ async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Resul
 /// # PUT /_matrix/federation/v1/invite/{roomId}/{eventId}
 ///
 /// The first version of the API, for rooms of versions 1 and 2: the body is the event,
-/// the room's description in its `unsigned`, the answer `[200, {"event": …}]`.
-async fn invite_v1(state: AppState, req: Ruma<create_invite::v1::Request>) -> Result<Response> {
-    let b = &req.body;
-    let raw = std::str::from_utf8(&req.json).map_err(|e| Error::bad_json(e.to_string()))?;
-    let event = serde_json::value::RawValue::from_string(raw.to_owned()).map_err(|e| Error::bad_json(e.to_string()))?;
-    let value: serde_json::Value = serde_json::from_str(raw).map_err(|e| Error::bad_json(e.to_string()))?;
+/// the room's description in its `unsigned`, the answer `[200, {"event": …}]`. A plain
+/// handler: ruma's type for it wants fields older servers leave out.
+async fn invite_v1(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Result<Response> {
+    let (parts, body) = request.into_parts();
+    let bytes =
+        axum::body::to_bytes(body, crate::federation::pdu::MAX_PDU_SIZE * 4).await.map_err(|_| Error::TooLarge)?;
+    let origin = state.federation.authenticate(&parts, &bytes).await?;
+    let room_id = ruma::RoomId::parse(&room_id).map_err(|e| Error::invalid_param(e.to_string()))?;
+    let event_id = ruma::EventId::parse(&event_id).map_err(|e| Error::invalid_param(e.to_string()))?;
+    let raw = std::str::from_utf8(&bytes).map_err(|e| Error::NotJson(e.to_string()))?;
+    let mut value: serde_json::Value = serde_json::from_str(raw).map_err(|e| Error::NotJson(e.to_string()))?;
     let described: Vec<String> = value["unsigned"]["invite_room_state"]
         .as_array()
         .map(|list| list.iter().map(ToString::to_string).collect())
         .unwrap_or_default();
     let stripped: Vec<&str> = described.iter().map(String::as_str).collect();
-    // Version 1 invites carry no room version: a `$id:server` event ID is version 1's form.
+    if let Some(object) = value.as_object_mut() {
+        object.remove("unsigned");
+    }
+    let event = serde_json::value::to_raw_value(&value).map_err(|e| Error::bad_json(e.to_string()))?;
+    // Version 1 invites carry no room version; their event IDs have version 1's form.
     let version = ruma::RoomVersionId::V1;
-    let signed = accept_invite(&state, req.origin(), &b.room_id, &b.event_id, &version, &event, &stripped).await?;
+    let signed = accept_invite(&state, &origin, &room_id, &event_id, &version, &event, &stripped).await?;
     Ok(json(json!([200, { "event": signed }])))
 }
 
