@@ -131,7 +131,7 @@ impl From<crate::federation::FederationError> for Error {
     fn from(e: crate::federation::FederationError) -> Self {
         use crate::federation::FederationError as F;
         match e {
-            F::Disabled | F::NotAllowed(_) => Error::Forbidden(e.to_string()),
+            F::Disabled | F::NotAllowed(_) | F::BadEventSignature(_) => Error::Forbidden(e.to_string()),
             F::MalformedAuthorization(_) => Error::MalformedAuthorization(e.to_string()),
             F::NotCanonical => Error::BadJson(e.to_string()),
             F::UnknownKey { .. } | F::BadSignature(_) | F::BadAuthorization(_) => Error::Unauthorized(e.to_string()),

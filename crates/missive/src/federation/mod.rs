@@ -45,6 +45,9 @@ pub enum FederationError {
     UnknownKey { server: String, key_id: String },
     #[error("bad signature: {0}")]
     BadSignature(String),
+    /// An event (not the request carrying it) whose signatures do not verify.
+    #[error("event not signed as it must be: {0}")]
+    BadEventSignature(String),
     #[error("bad X-Matrix authorization: {0}")]
     BadAuthorization(String),
     #[error("malformed X-Matrix authorization: {0}")]

@@ -54,14 +54,22 @@ impl Federation {
             Some(CanonicalJsonValue::Integer(ts)) => i64::from(*ts),
             _ => return Err(bad("PDU without origin_server_ts".into())),
         };
+        let unsigned = |why: String| FederationError::BadEventSignature(why);
         let mut keys = PublicKeyMap::new();
         for server in servers {
             let key_ids = signing_key_ids(&object, &server);
+            if key_ids.is_empty() {
+                return Err(unsigned(format!("{event_id} is not signed by {server}")));
+            }
             let at = rules.enforce_key_validity.then_some(sent_at);
-            keys.extend(self.verify_keys(&server, &key_ids, at).await?);
+            let found = self.verify_keys(&server, &key_ids, at).await.map_err(|e| match e {
+                FederationError::UnknownKey { .. } => unsigned(format!("{event_id}: {e}")),
+                e => e,
+            })?;
+            keys.extend(found);
         }
         let object = match ruma::signatures::verify_event(&keys, &object, rules)
-            .map_err(|e| bad(format!("{event_id}: {e}")))?
+            .map_err(|e| unsigned(format!("{event_id}: {e}")))?
         {
             Verified::All => object,
             Verified::Signatures => {

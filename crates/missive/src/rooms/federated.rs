@@ -364,6 +364,51 @@ impl Rooms {
         self.store_out_of_room_membership(room_id, leave, "leave").await
     }
 
+    /// Declines an invite to a room of another server when that server cannot be told: a
+    /// leave of this server's own making, on top of the invite, kept here only, so that the
+    /// user's sync shows the room left.
+    pub async fn decline_invite_here(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        let Some(m) =
+            self.store.membership(room_id.as_str(), user_id.as_str()).await?.filter(|m| m.membership == "invite")
+        else {
+            return Err(Error::forbidden("no invite to decline"));
+        };
+        let invite = self.store.event(&m.event_id).await?.ok_or_else(|| Error::not_found("the invite is gone"))?;
+        let invite_pdu = Pdu::from_row(&invite)?;
+        // The invite's event ID tells its room version's family: `$id:server` before 3.
+        let opaque = m.event_id.contains(':');
+        let version = if opaque { RoomVersionId::V1 } else { RoomVersionId::V10 };
+        let (_, rules) = super::version::rules_for(version.as_str())?;
+        let refs = |id: &str| if opaque { json!([[id, {}]]) } else { json!([id]) };
+        let mut event = json!({
+            "room_id": room_id, "sender": user_id, "state_key": user_id, "type": "m.room.member",
+            "content": { "membership": "leave" }, "origin": self.server_name, "origin_server_ts": now_ms(),
+            "depth": invite_pdu.depth + 1, "prev_events": refs(&m.event_id), "auth_events": refs(&m.event_id),
+        });
+        let opaque_id = opaque.then(|| format!("${}:{}", crate::accounts::random_string(18), self.server_name));
+        if let Some(id) = &opaque_id {
+            event["event_id"] = json!(id);
+        }
+        let mut object: ruma::CanonicalJsonObject =
+            serde_json::from_value(event).map_err(|e| Error::Internal(e.to_string()))?;
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            &self.keys.key_pair,
+            &mut object,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let event_id = match opaque_id {
+            Some(id) => id,
+            None => format!(
+                "${}",
+                ruma::signatures::reference_hash(&object, &rules).map_err(|e| Error::Internal(e.to_string()))?
+            ),
+        };
+        let event_id = OwnedEventId::try_from(event_id).map_err(|e| Error::Internal(e.to_string()))?;
+        self.record_declined_invite(room_id, user_id, CheckedPdu { event_id, object }).await
+    }
+
     /// Stores an invite of another server for one of this server's users, already signed
     /// by both servers. In a room this server is in, it is admitted like any PDU; for a
     /// room it is not in, it is kept with the room's description for the invitee's sync.

@@ -221,7 +221,9 @@ async fn leave(state: AppState, req: Ruma<leave_room::v3::Request>) -> Result<Re
                 return Ok(json(json!({})));
             }
             Err(e) => {
-                tracing::info!(%room_id, %server, error = %e, "the inviting server was not told of the rejection")
+                tracing::info!(%room_id, %server, error = %e, "the inviting server was not told of the rejection");
+                state.rooms.decline_invite_here(room_id, &id.user_id).await?;
+                return Ok(json(json!({})));
             }
         }
     }
