@@ -251,8 +251,15 @@ async fn aliases_and_public_rooms_of_other_servers_are_found() {
     assert_eq!((status, body["chunk"][0]["name"].as_str()), (200, Some("Front desk")), "{body}");
 }
 
-/// Syncs `user` until some timeline event of `room_id` satisfies `found`, for at most 15 s.
-async fn wait_for_event(server: &TestServer, user: &TestUser, room_id: &str, found: impl Fn(&Value) -> bool) -> Value {
+/// Syncs `user` until some event of `room_id`'s `section` (`timeline`, `ephemeral`)
+/// satisfies `found`, for at most 15 s, and returns it.
+async fn wait_for(
+    server: &TestServer,
+    user: &TestUser,
+    room_id: &str,
+    section: &str,
+    found: impl Fn(&Value) -> bool,
+) -> Value {
     let mut since: Option<String> = None;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while std::time::Instant::now() < deadline {
@@ -262,14 +269,19 @@ async fn wait_for_event(server: &TestServer, user: &TestUser, room_id: &str, fou
         };
         let (status, body) = server.call("GET", &path, Some(&user.access_token), None).await;
         assert_eq!(status, 200, "{body}");
-        if let Some(events) = body["rooms"]["join"][room_id]["timeline"]["events"].as_array()
+        if let Some(events) = body["rooms"]["join"][room_id][section]["events"].as_array()
             && let Some(event) = events.iter().find(|e| found(e))
         {
             return event.clone();
         }
         since = body["next_batch"].as_str().map(str::to_owned);
     }
-    panic!("{} never saw the event in {room_id}; logs:\n{}", user.user_id, server.logs());
+    panic!("{} never saw the {section} event in {room_id}; logs:\n{}", user.user_id, server.logs());
+}
+
+/// [`wait_for`] in the timeline.
+async fn wait_for_event(server: &TestServer, user: &TestUser, room_id: &str, found: impl Fn(&Value) -> bool) -> Value {
+    wait_for(server, user, room_id, "timeline", found).await
 }
 
 #[tokio::test]
@@ -321,7 +333,7 @@ async fn agents_of_two_servers_join_one_room_and_talk_both_ways() {
         gov.call("PUT", &typing, Some(&bob.access_token), Some(json!({ "typing": true, "timeout": 20000 }))).await;
     assert_eq!(status, 200);
     let bob_id = bob.user_id.clone();
-    wait_for_ephemeral(police, &alice, &room_id, |e| {
+    wait_for(police, &alice, &room_id, "ephemeral", |e| {
         e["type"] == "m.typing" && e["content"]["user_ids"].as_array().is_some_and(|u| u.iter().any(|u| *u == *bob_id))
     })
     .await;
@@ -330,7 +342,7 @@ async fn agents_of_two_servers_join_one_room_and_talk_both_ways() {
     let (status, _) = police.call("POST", &receipt, Some(&alice.access_token), Some(json!({}))).await;
     assert_eq!(status, 200);
     let alice_id = alice.user_id.clone();
-    wait_for_ephemeral(gov, &bob, &room_id, |e| {
+    wait_for(gov, &bob, &room_id, "ephemeral", |e| {
         e["type"] == "m.receipt" && e["content"][event_id]["m.read"].get(alice_id.as_str()).is_some()
     })
     .await;
@@ -378,24 +390,6 @@ async fn agents_of_two_servers_join_one_room_and_talk_both_ways() {
     let private_event = messages["chunk"][0]["event_id"].as_str().unwrap();
     let (status, _) = signed_get(format!("/_matrix/federation/v1/event/{private_event}")).await;
     assert_eq!(status, 403, "gov has no user in alice's private room");
-}
-
-/// Syncs `user` until an ephemeral event of `room_id` satisfies `found`, for at most 15 s.
-async fn wait_for_ephemeral(server: &TestServer, user: &TestUser, room_id: &str, found: impl Fn(&Value) -> bool) {
-    let mut since: Option<String> = None;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while std::time::Instant::now() < deadline {
-        let path = match &since {
-            Some(since) => format!("/_matrix/client/v3/sync?timeout=1000&since={since}"),
-            None => "/_matrix/client/v3/sync".to_owned(),
-        };
-        let (_, body) = server.call("GET", &path, Some(&user.access_token), None).await;
-        if body["rooms"]["join"][room_id]["ephemeral"]["events"].as_array().is_some_and(|e| e.iter().any(&found)) {
-            return;
-        }
-        since = body["next_batch"].as_str().map(str::to_owned);
-    }
-    panic!("{} never saw the ephemeral event in {room_id}", user.user_id);
 }
 
 #[tokio::test]

@@ -52,22 +52,7 @@ async fn send_join(state: AppState, req: Ruma<create_join_event::v2::Request>) -
 /// Admits a remote user's join and answers with the room's state before it.
 async fn join(state: &AppState, req: &Ruma<create_join_event::v2::Request>) -> Result<serde_json::Value> {
     let b = &req.body;
-    let origin = req.origin();
-    state.federation.check_room_acl(&state.rooms, &b.room_id, origin).await?;
-    let (version, rules) = state.rooms.version_of(&b.room_id).await?;
-    let checked = state.federation.check_pdu(&version, &rules, &b.pdu).await?;
-    if checked.event_id != b.event_id {
-        return Err(Error::bad_json("the event ID does not match the event"));
-    }
-    let event: serde_json::Value = serde_json::from_str(b.pdu.get()).map_err(|e| Error::bad_json(e.to_string()))?;
-    let sender = event["sender"].as_str().and_then(|s| ruma::UserId::parse(s).ok());
-    if event["type"] != "m.room.member"
-        || event["content"]["membership"] != "join"
-        || sender.as_ref().is_none_or(|s| s.server_name() != origin || event["state_key"] != s.as_str())
-    {
-        return Err(Error::bad_json("send_join takes the join of one of the origin's users"));
-    }
-    state.rooms.admit_remote(&b.room_id, checked, Some(origin.to_string())).await?;
+    let event = admit_membership(state, req.origin(), &b.room_id, &b.event_id, &b.pdu, "join").await?;
     let (room_state, auth_chain) = state.rooms.state_and_auth_chain(b.event_id.as_str()).await?;
     Ok(json!({
         "origin": state.federation.server_name,
@@ -182,21 +167,34 @@ async fn make_leave(state: AppState, req: Ruma<prepare_leave_event::v1::Request>
 /// # PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}
 async fn send_leave(state: AppState, req: Ruma<create_leave_event::v2::Request>) -> Result<Response> {
     let b = &req.body;
-    let origin = req.origin();
-    state.federation.check_room_acl(&state.rooms, &b.room_id, origin).await?;
-    let (version, rules) = state.rooms.version_of(&b.room_id).await?;
-    let checked = state.federation.check_pdu(&version, &rules, &b.pdu).await?;
-    if checked.event_id != b.event_id {
+    admit_membership(&state, req.origin(), &b.room_id, &b.event_id, &b.pdu, "leave").await?;
+    Ok(json(json!({})))
+}
+
+/// Checks and admits the signed join or leave of one of `origin`'s users (`send_join`,
+/// `send_leave`); this server then sends it to the room's other servers. Returns the event.
+async fn admit_membership(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    room_id: &ruma::RoomId,
+    event_id: &ruma::EventId,
+    pdu: &serde_json::value::RawValue,
+    membership: &str,
+) -> Result<serde_json::Value> {
+    state.federation.check_room_acl(&state.rooms, room_id, origin).await?;
+    let (version, rules) = state.rooms.version_of(room_id).await?;
+    let checked = state.federation.check_pdu(&version, &rules, pdu).await?;
+    if checked.event_id != event_id {
         return Err(Error::bad_json("the event ID does not match the event"));
     }
-    let event: serde_json::Value = serde_json::from_str(b.pdu.get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    let event: serde_json::Value = serde_json::from_str(pdu.get()).map_err(|e| Error::bad_json(e.to_string()))?;
     let sender = event["sender"].as_str().and_then(|s| ruma::UserId::parse(s).ok());
     if event["type"] != "m.room.member"
-        || event["content"]["membership"] != "leave"
+        || event["content"]["membership"] != membership
         || sender.as_ref().is_none_or(|s| s.server_name() != origin || event["state_key"] != s.as_str())
     {
-        return Err(Error::bad_json("send_leave takes the leave of one of the origin's users"));
+        return Err(Error::bad_json(format!("this endpoint takes the {membership} of one of the origin's users")));
     }
-    state.rooms.admit_remote(&b.room_id, checked, Some(origin.to_string())).await?;
-    Ok(json(json!({})))
+    state.rooms.admit_remote(room_id, checked, Some(origin.to_string())).await?;
+    Ok(event)
 }
