@@ -129,7 +129,48 @@ impl Federation {
             request.try_into_http_request(&target.base_url(), input, ()).map_err(|e| {
                 FederationError::InvalidResponse(destination.to_string(), format!("cannot build request: {e}"))
             })?;
-        let (mut parts, body) = http_request.into_parts();
+        let (status, body) = self.dispatch(destination, &target, http_request).await?;
+        let response = http::Response::builder().status(status).body(body).expect("status and body make a response");
+        R::IncomingResponse::try_from_http_response(response)
+            .map_err(|e| FederationError::InvalidResponse(destination.to_string(), e.to_string()))
+    }
+
+    /// Sends a signed request that ruma has no usable type for (older API versions) and
+    /// returns the JSON answer.
+    pub async fn send_json(
+        &self,
+        destination: &ServerName,
+        method: http::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, FederationError> {
+        self.check_allowed(destination)?;
+        let target = self.client.destination(destination).await?;
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| FederationError::InvalidResponse(destination.to_string(), e.to_string()))?;
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", target.base_url()))
+            .body(bytes)
+            .map_err(|e| FederationError::Transport(destination.to_string(), e.to_string()))?;
+        let input = ServerSignaturesInput::new(self.server_name.clone(), destination.to_owned(), &self.keys.key_pair);
+        let x_matrix = ruma::api::federation::authentication::XMatrix::try_from_http_request(&request, input)
+            .map_err(|e| FederationError::Transport(destination.to_string(), e.to_string()))?;
+        request.headers_mut().insert(http::header::AUTHORIZATION, http::HeaderValue::from(&x_matrix));
+        let (_, body) = self.dispatch(destination, &target, request).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| FederationError::InvalidResponse(destination.to_string(), e.to_string()))
+    }
+
+    /// Sends a built request to its destination (`Host` and content type set) and returns
+    /// a successful answer's status and body.
+    async fn dispatch(
+        &self,
+        destination: &ServerName,
+        target: &super::resolve::Destination,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<(http::StatusCode, Bytes), FederationError> {
+        let (mut parts, body) = request.into_parts();
         parts.headers.insert(
             http::header::HOST,
             http::HeaderValue::from_str(&target.host_header)
@@ -144,9 +185,7 @@ impl Federation {
         if !status.is_success() {
             return Err(remote_error(destination, status, &body));
         }
-        let response = http::Response::builder().status(status).body(body).expect("status and body make a response");
-        R::IncomingResponse::try_from_http_response(response)
-            .map_err(|e| FederationError::InvalidResponse(destination.to_string(), e.to_string()))
+        Ok((status, body))
     }
 }
 

@@ -36,9 +36,27 @@ impl Federation {
             raw,
             stripped,
         );
-        let answer = self.send(invitee.server_name(), request).await?;
+        let signed = match self.send(invitee.server_name(), request).await {
+            Ok(answer) => answer.event,
+            // A server without the second version of the API takes the first: the event
+            // as the body, the room's description in its `unsigned`.
+            Err(super::FederationError::Remote { status: 404 | 400, errcode, .. })
+                if errcode.as_deref().is_none_or(|c| c == "M_UNRECOGNIZED") =>
+            {
+                let mut body = event.clone();
+                let described: Vec<serde_json::Value> =
+                    invite.stripped_state.iter().filter_map(|pdu| serde_json::from_str(pdu).ok()).collect();
+                body["unsigned"] = serde_json::json!({ "invite_room_state": described });
+                let path = format!("/_matrix/federation/v1/invite/{}/{}", invite.room_id, invite.event_id);
+                let encoded = path.replace('#', "%23");
+                let answer = self.send_json(invitee.server_name(), http::Method::PUT, &encoded, &body).await?;
+                let event = answer.get(1).and_then(|a| a.get("event")).cloned().unwrap_or(answer["event"].clone());
+                serde_json::value::to_raw_value(&event).map_err(|e| Error::Internal(e.to_string()))?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let (_, rules) = version::rules_for(invite.version.as_str())?;
-        let checked = self.check_pdu(&invite.version, &rules, &answer.event).await?;
+        let checked = self.check_pdu(&invite.version, &rules, &signed).await?;
         if checked.event_id != invite.event_id {
             return Err(Error::Remote("the invitee's server changed the invite".into()));
         }

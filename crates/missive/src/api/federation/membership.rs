@@ -191,9 +191,12 @@ async fn admit_membership(
     let sender = event["sender"].as_str().and_then(|s| ruma::UserId::parse(s).ok());
     if event["type"] != "m.room.member"
         || event["content"]["membership"] != membership
-        || sender.as_ref().is_none_or(|s| s.server_name() != origin || event["state_key"] != s.as_str())
+        || sender.as_ref().is_none_or(|s| event["state_key"] != s.as_str())
     {
-        return Err(Error::bad_json(format!("this endpoint takes the {membership} of one of the origin's users")));
+        return Err(Error::bad_json(format!("this endpoint takes a user's own {membership}")));
+    }
+    if sender.is_some_and(|s| s.server_name() != origin) {
+        return Err(Error::forbidden(format!("a server sends the {membership} of its own users only")));
     }
     state.rooms.admit_remote(room_id, checked, Some(origin.to_string())).await?;
     Ok(event)
