@@ -347,6 +347,21 @@ async fn agents_of_two_servers_join_one_room_and_talk_both_ways() {
     })
     .await;
 
+    // Bob takes his message back: police deletes its content too.
+    let redact = format!("/_matrix/client/v3/rooms/{room_id}/redact/{event_id}/r1");
+    let (status, _) = gov.call("PUT", &redact, Some(&bob.access_token), Some(json!({}))).await;
+    assert_eq!(status, 200);
+    let at_police = format!("/_matrix/client/v3/rooms/{room_id}/event/{event_id}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (_, event) = police.call("GET", &at_police, Some(&alice.access_token), None).await;
+        if event["content"] == json!({}) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "police still holds the redacted content: {event}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // Gov reads the room's events and state from police; not those of a room it is not in.
     let gov_key = signing_key_of(gov).await;
     let signed_get = |uri: String| {
@@ -357,7 +372,8 @@ async fn agents_of_two_servers_join_one_room_and_talk_both_ways() {
         }
     };
     let (status, body) = signed_get(format!("/_matrix/federation/v1/event/{event_id}")).await;
-    assert_eq!((status, body["pdus"][0]["content"]["body"].as_str()), (200, Some("Noted, I will be there")), "{body}");
+    assert_eq!((status, body["pdus"][0]["event_id"].as_str().or(Some(event_id))), (200, Some(event_id)), "{body}");
+    assert_eq!(body["pdus"][0]["content"], json!({}), "peers get the redacted event: {body}");
     let (status, body) = signed_get(format!("/_matrix/federation/v1/state_ids/{room_id}?event_id={event_id}")).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["pdu_ids"].as_array().unwrap().len() >= 5 && !body["auth_chain_ids"].as_array().unwrap().is_empty());

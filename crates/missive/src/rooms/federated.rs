@@ -189,8 +189,26 @@ impl Rooms {
         let prev_events = pdu.prev_events.iter().map(ToString::to_string).collect();
         let content = pdu.content_value();
         let (depth, ts) = (pdu.depth as i64, i64::from(pdu.origin_server_ts.get()));
+        // A redaction from another server really deletes here too, when it may: its sender
+        // is of the target's server, or has the power to redact others' events.
+        let mut pruned = None;
+        if pdu.kind == TimelineEventType::RoomRedaction
+            && let Some(target_id) = &pdu.redacts
+            && let Some(target) = self.store.event(target_id.as_str()).await?
+            && target.room_id == batch.head.room_id.as_str()
+        {
+            let target_sender = Pdu::from_row(&target)?.sender;
+            let same_server = target_sender.server_name() == pdu.sender.server_name();
+            if same_server || Self::power_levels(&batch.head).user_can_redact_event_of_other(&pdu.sender) {
+                pruned = super::timeline::pruned_unless_redacted(&target, &batch.head.rules)?
+                    .map(|json| (target_id.to_string(), json));
+            }
+        }
         batch.received.insert(event_id.to_string(), relay_from);
         self.record(batch, Recorded { pdu, json, depth, ts, prev_events, txn: None }, &content);
+        if let Some((target_id, json)) = pruned {
+            batch.write.redactions.push((target_id, json, event_id.to_string()));
+        }
         batch.head.extremities = extremities;
         tracing::debug!(room_id = %batch.head.room_id, %event_id, "remote event admitted");
         Ok(())

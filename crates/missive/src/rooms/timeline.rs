@@ -133,15 +133,7 @@ impl Rooms {
             return Err(Error::forbidden("you may not redact other users' events"));
         }
         // The pruned form is computed first so that nothing is appended if it fails.
-        let pruned = if target.redacted_by.is_none() {
-            let object: ruma::CanonicalJsonObject =
-                serde_json::from_str(&target.json).map_err(|e| Error::Internal(e.to_string()))?;
-            let redacted = ruma::canonical_json::redact(object, &batch.head.rules.redaction, None)
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            Some(serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))?)
-        } else {
-            None
-        };
+        let pruned = pruned_unless_redacted(&target, &batch.head.rules)?;
         let event_id = self.append(batch, sender, draft, txn).await?;
         if let Some(json) = pruned {
             batch.write.redactions.push((target_id, json, event_id.to_string()));
@@ -645,4 +637,19 @@ fn related_event(event_id: &str, pdu_json: &Value, room_id: &str) -> Value {
     }
     out.insert("room_id".into(), json!(room_id));
     Value::Object(out)
+}
+
+/// The pruned JSON that replaces an event its redaction reaches, unless it already was.
+pub(super) fn pruned_unless_redacted(
+    target: &crate::store::EventRow,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> Result<Option<String>> {
+    if target.redacted_by.is_some() {
+        return Ok(None);
+    }
+    let object: ruma::CanonicalJsonObject =
+        serde_json::from_str(&target.json).map_err(|e| Error::Internal(e.to_string()))?;
+    let redacted =
+        ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(Some(serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))?))
 }
