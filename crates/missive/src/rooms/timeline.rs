@@ -329,6 +329,8 @@ impl Rooms {
             let unsigned = event["unsigned"].as_object_mut().expect("client_event always sets unsigned");
             if let Some(by) = row.redacted_by.as_ref().and_then(|id| linked.get(id)) {
                 unsigned.insert("redacted_because".into(), pdu::client_event(by, None, now));
+                // Synapse's name for the redaction's ID, which clients and tools read too.
+                unsigned.insert("redacted_by".into(), Value::String(by.event_id.clone()));
             }
             if let Some(replaced) = &row.replaces_state {
                 unsigned.insert("replaces_state".into(), Value::String(replaced.clone()));
