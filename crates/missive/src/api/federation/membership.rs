@@ -22,14 +22,26 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, invite);
     let router = router.route("/_matrix/federation/v1/invite/{room_id}/{event_id}", axum::routing::put(invite_v1));
     let router = route(router, send_join);
-    // Version 1 takes the same request and wraps its answer as `[200, answer]`.
-    router.route(
-        "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
-        axum::routing::put(|axum::extract::State(state): axum::extract::State<AppState>, req| async move {
-            let answer = join(&state, &req).await?;
-            Ok::<_, Error>(json(json!([200, answer])))
-        }),
-    )
+    // Version 1 takes the same requests and wraps its answers as `[200, answer]`.
+    router
+        .route(
+            "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
+            axum::routing::put(|axum::extract::State(state): axum::extract::State<AppState>, req| async move {
+                let answer = join(&state, &req).await?;
+                Ok::<_, Error>(json(json!([200, answer])))
+            }),
+        )
+        .route(
+            "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
+            axum::routing::put(
+                |axum::extract::State(state): axum::extract::State<AppState>,
+                 req: Ruma<create_leave_event::v2::Request>| async move {
+                    let b = &req.body;
+                    admit_membership(&state, req.origin(), &b.room_id, &b.event_id, &b.pdu, "leave").await?;
+                    Ok::<_, Error>(json(json!([200, {}])))
+                },
+            ),
+        )
 }
 
 /// # GET /_matrix/federation/v1/make_join/{roomId}/{userId}
