@@ -452,18 +452,7 @@ impl E2ee {
             }
             for (device, content) in devices {
                 parse_object(content, "to-device content")?;
-                let targets = if device == "*" { self.store.device_ids(user).await? } else { vec![device.clone()] };
-                for target in targets {
-                    let guard = self.streams.allocate();
-                    queued.push(NewToDevice {
-                        stream_pos: guard.pos(),
-                        user_id: user.clone(),
-                        device_id: target,
-                        event_type: event_type.to_owned(),
-                        content: content.clone(),
-                    });
-                    guards.push(guard);
-                }
+                self.address_to_device(user, device, event_type, content, &mut queued, &mut guards).await?;
             }
         }
         // The client's transaction is recorded with the messages: a retry after a failure
@@ -480,6 +469,32 @@ impl E2ee {
                 });
                 self.federation.queue_edu(&[server], "m.direct_to_device", content);
             }
+        }
+        Ok(())
+    }
+
+    /// One to-device message per target device of a local user (`*`: all their devices),
+    /// each with its stream position, held until the messages are stored.
+    async fn address_to_device(
+        &self,
+        user: &str,
+        device: &str,
+        event_type: &str,
+        content: &str,
+        queued: &mut Vec<NewToDevice>,
+        guards: &mut Vec<crate::sync::stream::PositionGuard>,
+    ) -> Result<()> {
+        let targets = if device == "*" { self.store.device_ids(user).await? } else { vec![device.to_owned()] };
+        for target in targets {
+            let guard = self.streams.allocate();
+            queued.push(NewToDevice {
+                stream_pos: guard.pos(),
+                user_id: user.to_owned(),
+                device_id: target,
+                event_type: event_type.to_owned(),
+                content: content.to_owned(),
+            });
+            guards.push(guard);
         }
         Ok(())
     }
@@ -502,18 +517,8 @@ impl E2ee {
             }
             let Some(devices) = devices.as_object() else { continue };
             for (device, content) in devices {
-                let targets = if device == "*" { self.store.device_ids(user).await? } else { vec![device.clone()] };
-                for target in targets {
-                    let guard = self.streams.allocate();
-                    queued.push(NewToDevice {
-                        stream_pos: guard.pos(),
-                        user_id: user.clone(),
-                        device_id: target,
-                        event_type: event_type.to_owned(),
-                        content: content.to_string(),
-                    });
-                    guards.push(guard);
-                }
+                let content = content.to_string();
+                self.address_to_device(user, device, event_type, &content, &mut queued, &mut guards).await?;
             }
         }
         // The sender's server and message ID stand for the client's device and transaction.

@@ -232,20 +232,7 @@ impl Rooms {
             ));
         }
         let (version, rules) = super::version::rules_for(version.as_str())?;
-        let head = super::RoomHead {
-            room_id: room_id.to_owned(),
-            version: version.clone(),
-            rules: rules.clone(),
-            state: Default::default(),
-            extremities: Vec::new(),
-            depth: 0,
-            group: 0,
-            chain_len: 0,
-            pdus: Default::default(),
-            joined: Default::default(),
-            epoch: 0,
-        };
-        let mut batch = Batch::new(head);
+        let mut batch = Batch::new(super::RoomHead::empty(room_id.to_owned(), version.clone(), rules.clone()));
         let in_state: HashSet<OwnedEventId> = state.iter().map(|(id, _)| id.clone()).collect();
         // Events already here (the invite that brought the user) are not stored twice.
         let all_ids: Vec<String> = chain.iter().chain(&state).map(|(id, _)| id.to_string()).collect();
@@ -278,26 +265,8 @@ impl Rooms {
             if stored {
                 continue;
             }
-            batch.write.events.push(crate::store::NewEvent {
-                stream_pos: self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst),
-                event_id: event_id.to_string(),
-                sender: pdu.sender.to_string(),
-                event_type: pdu.kind.to_string(),
-                state_key: pdu.state_key.clone(),
-                membership,
-                depth: pdu.depth as i64,
-                origin_server_ts: i64::from(pdu.origin_server_ts.get()),
-                json,
-                prev_events: Vec::new(),
-                state_group_before: group,
-                state_group_after: group,
-                rel_type: None,
-                relates_to: None,
-                thread_root: None,
-                txn: None,
-                replaces_state: None,
-                notify: 0,
-            });
+            let pos = self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            batch.write.events.push(row_of_received(&pdu, json, pos, membership, Vec::new(), group));
         }
         let creator = creator.ok_or_else(|| Error::bad_json("the room's state has no create event"))?;
         batch.write.state_groups.push(crate::store::NewStateGroup {
@@ -345,29 +314,13 @@ impl Rooms {
         }
         let json = serde_json::to_string(&object).map_err(|e| Error::Internal(e.to_string()))?;
         let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), &json)?;
-        let target = pdu.state_key.clone().ok_or_else(|| Error::bad_json("a membership event has a target"))?;
+        if pdu.state_key.is_none() {
+            return Err(Error::bad_json("a membership event has a target"));
+        }
+        let prev_events = pdu.prev_events.iter().map(ToString::to_string).collect();
         let guard = self.streams.allocate();
         let write = crate::store::RoomWrite {
-            events: vec![crate::store::NewEvent {
-                stream_pos: guard.pos(),
-                event_id: event_id.to_string(),
-                sender: pdu.sender.to_string(),
-                event_type: pdu.kind.to_string(),
-                state_key: Some(target),
-                membership: Some(membership.to_owned()),
-                depth: pdu.depth as i64,
-                origin_server_ts: i64::from(pdu.origin_server_ts.get()),
-                json,
-                prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
-                state_group_before: 0,
-                state_group_after: 0,
-                rel_type: None,
-                relates_to: None,
-                thread_root: None,
-                txn: None,
-                replaces_state: None,
-                notify: 0,
-            }],
+            events: vec![row_of_received(&pdu, json, guard.pos(), Some(membership.to_owned()), prev_events, 0)],
             ..Default::default()
         };
         self.store.write_room(room_id.as_str(), &write).await?;
@@ -593,6 +546,39 @@ impl Rooms {
         let (version, _) =
             self.store.room(room_id.as_str()).await?.ok_or_else(|| Error::not_found("room not known here"))?;
         super::version::rules_for(&version)
+    }
+}
+
+/// The row of an event received from another server that is stored outside the room
+/// write path (outliers of a join, memberships of rooms this server is not in): no
+/// relation, transaction or notification.
+fn row_of_received(
+    pdu: &Pdu,
+    json: String,
+    stream_pos: i64,
+    membership: Option<String>,
+    prev_events: Vec<String>,
+    state_group: i64,
+) -> crate::store::NewEvent {
+    crate::store::NewEvent {
+        stream_pos,
+        event_id: pdu.event_id.to_string(),
+        sender: pdu.sender.to_string(),
+        event_type: pdu.kind.to_string(),
+        state_key: pdu.state_key.clone(),
+        membership,
+        depth: pdu.depth as i64,
+        origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+        json,
+        prev_events,
+        state_group_before: state_group,
+        state_group_after: state_group,
+        rel_type: None,
+        relates_to: None,
+        thread_root: None,
+        txn: None,
+        replaces_state: None,
+        notify: 0,
     }
 }
 

@@ -92,6 +92,23 @@ pub struct RoomHead {
 }
 
 impl RoomHead {
+    /// The head of a room this server is about to store its first events of.
+    fn empty(room_id: OwnedRoomId, version: RoomVersionId, rules: RoomVersionRules) -> Self {
+        Self {
+            room_id,
+            version,
+            rules,
+            state: Default::default(),
+            extremities: Vec::new(),
+            depth: 0,
+            group: 0,
+            chain_len: 0,
+            pdus: Default::default(),
+            joined: Default::default(),
+            epoch: 0,
+        }
+    }
+
     /// The current state event ID of a type and key.
     pub fn state_id(&self, kind: &str, state_key: &str) -> Option<&OwnedEventId> {
         self.state.get(&(kind.to_owned(), state_key.to_owned()))
@@ -640,20 +657,7 @@ impl Rooms {
         } else {
             room_id.unwrap_or_else(|| RoomId::new_v1(&self.server_name))
         };
-        let head = RoomHead {
-            room_id: provisional_id,
-            version: version.clone(),
-            rules,
-            state: Default::default(),
-            extremities: Vec::new(),
-            depth: 0,
-            group: 0,
-            chain_len: 0,
-            pdus: Default::default(),
-            joined: Default::default(),
-            epoch: 0,
-        };
-        let mut batch = Batch::new(head);
+        let mut batch = Batch::new(RoomHead::empty(provisional_id, version.clone(), rules));
         self.append(&mut batch, sender, Draft::state("m.room.create", "", create_content), None).await?;
         let room_id = batch.head.room_id.clone();
         batch.write.new_room = Some(NewRoom {
