@@ -809,6 +809,19 @@ async fn three_sector_servers_share_an_encrypted_room_and_each_reads_the_others(
     for (client, _) in &clients[1..] {
         client.join_room_by_id_or_alias(&alias, &[]).await.expect("join through police");
     }
+    // Every agent's client knows the three members before anyone encrypts to them.
+    for (i, (_, user)) in clients.iter().enumerate() {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/joined_members");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let (_, members) = peers.servers[i].call("GET", &path, Some(&user.access_token), None).await;
+            if members["joined"].as_object().is_some_and(|m| m.len() == 3) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{} sees {members}", user.user_id);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
     for (client, _) in &clients {
         client.sync_once(Default::default()).await.unwrap();
     }

@@ -47,6 +47,7 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
             let (version, rules) = state.rooms.version_of(&room_id).await?;
             let checked = state.federation.check_pdu(&version, &rules, raw).await?;
             let event_id = checked.event_id.to_string();
+            fill_gap(&state, origin, &room_id, &checked).await;
             let admitted = state.rooms.admit_remote(&room_id, checked, None).await;
             Ok::<_, Error>((event_id, admitted))
         }
@@ -69,6 +70,62 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
         }
     }
     Ok(json(json!({ "pdus": results })))
+}
+
+/// Events can arrive out of order (a join relayed by a third server, a message sent
+/// straight from its origin): when a PDU builds on events this server lacks, they are
+/// asked of the origin (`get_missing_events`, back to this server's leaves) and admitted
+/// first, oldest first. What cannot be fetched leaves the PDU to its own checks.
+async fn fill_gap(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    room_id: &ruma::RoomId,
+    checked: &crate::federation::pdu::CheckedPdu,
+) {
+    let prev: Vec<String> = match checked.object.get("prev_events") {
+        Some(ruma::CanonicalJsonValue::Array(list)) => list
+            .iter()
+            .filter_map(|p| match p {
+                ruma::CanonicalJsonValue::String(id) => Some(id.clone()),
+                ruma::CanonicalJsonValue::Array(pair) => match pair.first() {
+                    Some(ruma::CanonicalJsonValue::String(id)) => Some(id.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        _ => return,
+    };
+    let Ok(known) = state.store.events(&prev).await else { return };
+    if known.len() == prev.len() {
+        return;
+    }
+    let Ok(leaves) = state.store.extremities(room_id.as_str()).await else { return };
+    let earliest = leaves.into_iter().filter_map(|(id, _)| ruma::OwnedEventId::try_from(id).ok()).collect();
+    let mut request = ruma::api::federation::event::get_missing_events::v1::Request::new(
+        room_id.to_owned(),
+        earliest,
+        vec![checked.event_id.clone()],
+    );
+    request.limit = ruma::UInt::from(20u32);
+    let Ok(answer) = state.federation.send(origin, request).await else { return };
+    let Ok((version, rules)) = state.rooms.version_of(room_id).await else { return };
+    let mut missing = Vec::new();
+    for raw in &answer.events {
+        if let Ok(event) = state.federation.check_pdu(&version, &rules, raw).await {
+            missing.push(event);
+        }
+    }
+    missing.sort_by_key(|e| match e.object.get("depth") {
+        Some(ruma::CanonicalJsonValue::Integer(depth)) => i64::from(*depth),
+        _ => 0,
+    });
+    for event in missing {
+        let event_id = event.event_id.clone();
+        if let Err(e) = state.rooms.admit_remote(room_id, event, None).await {
+            tracing::info!(%origin, %room_id, %event_id, error = %e, "missing event refused");
+        }
+    }
 }
 
 /// Applies one EDU. What an EDU says of a user of another server than its origin, or of a
