@@ -19,15 +19,23 @@ use matrix_sdk::{
 use serde_json::{Value, json};
 
 pub mod peers;
+pub mod synapse;
 
 /// Where the PostgreSQL test databases are created, e.g. `postgres://postgres@127.0.0.1:5432`.
 const POSTGRES_ENV: &str = "MISSIVE_TEST_POSTGRES";
 
+/// A homeserver as its clients see it: where it listens and what it is called. Missive
+/// under test and Synapse alike are driven through it.
+#[derive(Clone, Debug, Default)]
+pub struct Endpoint {
+    pub base_url: String,
+    pub server_name: String,
+}
+
 /// A running server under test.
 pub struct TestServer {
     child: Option<Child>,
-    pub base_url: String,
-    pub server_name: String,
+    endpoint: Endpoint,
     data_dir: tempfile::TempDir,
     database_url: Option<String>,
     extra_env: Vec<(String, String)>,
@@ -58,8 +66,7 @@ impl TestServer {
         let server_name = env.iter().find(|(k, _)| *k == "MISSIVE_SERVER_NAME").map_or("localhost", |(_, v)| v);
         let mut server = TestServer {
             child: None,
-            base_url: String::new(),
-            server_name: server_name.into(),
+            endpoint: Endpoint { base_url: String::new(), server_name: server_name.into() },
             data_dir,
             database_url,
             extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -123,7 +130,7 @@ impl TestServer {
             .strip_prefix("missive listening on ")
             .unwrap_or_else(|| panic!("server did not start: {line:?}; log: {}", self.logs()))
             .to_owned();
-        self.base_url = url;
+        self.endpoint.base_url = url;
         self.child = Some(child);
     }
 
@@ -161,6 +168,66 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Whether the server under test runs on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.database_url().starts_with("postgres")
+    }
+
+    /// Runs SQL statements against the server's database behind its back (to provoke
+    /// failures the server must survive).
+    pub async fn execute(&self, sql: &'static str) {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.database_url()).await.expect("connect to test db");
+        sqlx::raw_sql(sql).execute(&mut conn).await.expect("execute");
+    }
+
+    /// Runs one SQL query against the server's database and returns the first column as text.
+    pub async fn query_strings(&self, sql: &'static str) -> Vec<String> {
+        use sqlx::{Connection, Row};
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.database_url()).await.expect("connect to test db");
+        let rows = sqlx::query(sql).fetch_all(&mut conn).await.expect("query");
+        rows.iter().map(|r| r.try_get::<String, _>(0).unwrap_or_default()).collect()
+    }
+}
+
+impl TestServer {
+    /// Every row of the given PostgreSQL tables, as JSON text.
+    pub async fn dump_postgres(&self, tables: &[String]) -> String {
+        use sqlx::{Connection, Row};
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.database_url()).await.expect("connect to test db");
+        let mut dump = String::new();
+        for table in tables {
+            let sql = format!("SELECT row_to_json(t)::text FROM \"{table}\" t");
+            for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await.expect("dump table") {
+                dump.push_str(&row.try_get::<String, _>(0).unwrap_or_default());
+                dump.push('\n');
+            }
+        }
+        dump
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl Endpoint {
     /// An HTTP URL on this server.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
@@ -240,56 +307,6 @@ impl TestServer {
         let status = res.status().as_u16();
         let text = res.text().await.unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    /// Whether the server under test runs on PostgreSQL.
-    pub fn is_postgres(&self) -> bool {
-        self.database_url().starts_with("postgres")
-    }
-
-    /// Runs SQL statements against the server's database behind its back (to provoke
-    /// failures the server must survive).
-    pub async fn execute(&self, sql: &'static str) {
-        use sqlx::Connection;
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&self.database_url()).await.expect("connect to test db");
-        sqlx::raw_sql(sql).execute(&mut conn).await.expect("execute");
-    }
-
-    /// Runs one SQL query against the server's database and returns the first column as text.
-    pub async fn query_strings(&self, sql: &'static str) -> Vec<String> {
-        use sqlx::{Connection, Row};
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&self.database_url()).await.expect("connect to test db");
-        let rows = sqlx::query(sql).fetch_all(&mut conn).await.expect("query");
-        rows.iter().map(|r| r.try_get::<String, _>(0).unwrap_or_default()).collect()
-    }
-}
-
-impl TestServer {
-    /// Every row of the given PostgreSQL tables, as JSON text.
-    pub async fn dump_postgres(&self, tables: &[String]) -> String {
-        use sqlx::{Connection, Row};
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&self.database_url()).await.expect("connect to test db");
-        let mut dump = String::new();
-        for table in tables {
-            let sql = format!("SELECT row_to_json(t)::text FROM \"{table}\" t");
-            for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await.expect("dump table") {
-                dump.push_str(&row.try_get::<String, _>(0).unwrap_or_default());
-                dump.push('\n');
-            }
-        }
-        dump
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

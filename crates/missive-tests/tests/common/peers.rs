@@ -22,13 +22,7 @@ impl Peers {
     /// Starts one server per name; `extra(i)` adds settings to server `i`.
     pub async fn start(names: &[&str], extra: impl Fn(usize) -> Vec<(String, String)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "Missive test state PKI");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA");
-        let ca_pem = ca.pem();
-        let ca_path = dir.path().join("ca.pem");
-        std::fs::write(&ca_path, &ca_pem).expect("write CA");
+        let ca = TestCa::new(dir.path());
         let tls_ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
         let destinations = names
             .iter()
@@ -38,13 +32,13 @@ impl Peers {
             .join(", ");
         let mut servers = Vec::new();
         for (i, name) in names.iter().enumerate() {
-            let (cert, key) = issue(&ca, name, &dir.path().join(name));
+            let (cert, key) = ca.issue(name, &dir.path().join(name));
             let mut env = vec![
                 ("MISSIVE_SERVER_NAME".to_owned(), name.to_string()),
                 ("MISSIVE_FEDERATION_LISTEN".to_owned(), format!("127.0.0.1:{}", tls_ports[i])),
                 ("MISSIVE_TLS_CERT".to_owned(), cert.display().to_string()),
                 ("MISSIVE_TLS_KEY".to_owned(), key.display().to_string()),
-                ("MISSIVE_FEDERATION__TRUSTED_CA_FILES".to_owned(), format!("[\"{}\"]", ca_path.display())),
+                ("MISSIVE_FEDERATION__TRUSTED_CA_FILES".to_owned(), format!("[\"{}\"]", ca.path.display())),
                 ("MISSIVE_FEDERATION__ALLOW_PRIVATE_DESTINATIONS".to_owned(), "true".to_owned()),
                 ("MISSIVE_FEDERATION__DESTINATIONS".to_owned(), format!("{{ {destinations} }}")),
             ];
@@ -52,7 +46,7 @@ impl Peers {
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             servers.push(TestServer::start_with(&env).await);
         }
-        Peers { servers, tls_ports, ca_pem, _dir: dir }
+        Peers { servers, tls_ports, ca_pem: ca.pem, _dir: dir }
     }
 
     /// An HTTPS client that trusts the test CA and finds each server by name.
@@ -67,17 +61,41 @@ impl Peers {
     }
 }
 
-/// A certificate for `name` signed by the CA, written as PEM files under `stem`.
-fn issue(ca: &CertifiedIssuer<'_, KeyPair>, name: &str, stem: &std::path::Path) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().expect("server key");
-    let params = CertificateParams::new(vec![name.to_owned()]).expect("server params");
-    let cert = params.signed_by(&key, ca).expect("server certificate");
-    let (cert_path, key_path) = (stem.with_extension("crt"), stem.with_extension("key"));
-    std::fs::write(&cert_path, cert.pem()).expect("write certificate");
-    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-    (cert_path, key_path)
+/// A certificate authority generated for one test: the state PKI of a closed federation.
+pub struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    /// The CA certificate, PEM.
+    pub pem: String,
+    /// Where the CA certificate is written.
+    pub path: PathBuf,
 }
 
-fn free_port() -> u16 {
+impl TestCa {
+    /// A new CA, its certificate written to `dir/ca.pem`.
+    pub fn new(dir: &std::path::Path) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "Missive test state PKI");
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA");
+        let pem = issuer.pem();
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &pem).expect("write CA");
+        TestCa { issuer, pem, path }
+    }
+
+    /// A certificate for `name` signed by the CA, written as PEM files under `stem`.
+    pub fn issue(&self, name: &str, stem: &std::path::Path) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().expect("server key");
+        let params = CertificateParams::new(vec![name.to_owned()]).expect("server params");
+        let cert = params.signed_by(&key, &self.issuer).expect("server certificate");
+        let (cert_path, key_path) = (stem.with_extension("crt"), stem.with_extension("key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (cert_path, key_path)
+    }
+}
+
+/// A port free on loopback now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("address").port()
 }

@@ -36,6 +36,17 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
     if b.pdus.len() > MAX_PDUS || b.edus.len() > MAX_EDUS {
         return Err(Error::bad_json("too many PDUs or EDUs in one transaction"));
     }
+    let edus: Vec<Value> = b.edus.iter().filter_map(|edu| serde_json::from_str(edu.json().get()).ok()).collect();
+    // Keys come before the messages they decrypt: a room key sent to-device and the
+    // ciphertext it opens often travel in one transaction, and a client syncing between the
+    // two would see the message undecryptable. Typing and receipts come after the PDUs,
+    // which may hold the join or the event they speak of.
+    let (keys, the_rest): (Vec<&Value>, Vec<&Value>) = edus.iter().partition(|edu| {
+        matches!(edu["edu_type"].as_str(), Some("m.direct_to_device" | "m.device_list_update" | "m.signing_key_update"))
+    });
+    for edu in keys {
+        receive_edu_logged(&state, origin, edu).await;
+    }
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
     for raw in &b.pdus {
         let Some(room_id) = room_of(raw) else {
@@ -63,13 +74,17 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
             Err(e) => tracing::info!(%origin, %room_id, error = %e, "PDU refused before its ID was known"),
         }
     }
-    for edu in &b.edus {
-        let Ok(edu) = serde_json::from_str::<Value>(edu.json().get()) else { continue };
-        if let Err(e) = receive_edu(&state, origin, &edu).await {
-            tracing::debug!(%origin, edu_type = %edu["edu_type"], error = %e, "EDU dropped");
-        }
+    for edu in the_rest {
+        receive_edu_logged(&state, origin, edu).await;
     }
     Ok(json(json!({ "pdus": results })))
+}
+
+/// Applies one EDU; a refused EDU is only logged, as the spec has no way to report it.
+async fn receive_edu_logged(state: &AppState, origin: &ruma::ServerName, edu: &Value) {
+    if let Err(e) = receive_edu(state, origin, edu).await {
+        tracing::debug!(%origin, edu_type = %edu["edu_type"], error = %e, "EDU dropped");
+    }
 }
 
 /// Events can arrive out of order (a join relayed by a third server, a message sent

@@ -1,0 +1,253 @@
+//! Interoperability with Synapse, the reference homeserver, installed from PyPI: rooms
+//! created on either server are joined from the other, messages, edits, redactions and
+//! state changes flow both ways, both servers agree on the state, and an encrypted direct
+//! chat decrypts both ways.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{Endpoint, TestUser, synapse::Pair};
+use serde_json::{Value, json};
+
+/// Polls `probe` until it answers, or panics after 30 s naming `what`.
+async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not reached within 30 s: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The latest events of a room as `user` reads them on `server`.
+async fn timeline(server: &Endpoint, user: &TestUser, room_id: &str) -> Vec<Value> {
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100");
+    let (status, body) = server.call("GET", &path, Some(&user.access_token), None).await;
+    if status != 200 {
+        return Vec::new();
+    }
+    body["chunk"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until `user` sees on `server` an event of `room_id` that `matches`.
+async fn see(server: &Endpoint, user: &TestUser, room_id: &str, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+    until(what, async || timeline(server, user, room_id).await.into_iter().find(|e| matches(e))).await
+}
+
+/// The room's current state as a map from (type, state key) to event ID.
+async fn state_map(server: &Endpoint, user: &TestUser, room_id: &str) -> BTreeMap<(String, String), String> {
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/state");
+    let (status, body) = server.call("GET", &path, Some(&user.access_token), None).await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array()
+        .expect("state array")
+        .iter()
+        .map(|e| {
+            let key = (e["type"].as_str().unwrap().to_owned(), e["state_key"].as_str().unwrap().to_owned());
+            (key, e["event_id"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// Waits until both servers hold the same current state of the room.
+async fn agree(pair: &Pair, alice: &TestUser, bob: &TestUser, room_id: &str) {
+    let mut last = (BTreeMap::new(), BTreeMap::new());
+    let agreed = until("the same state on both servers", async || {
+        let here = state_map(&pair.missive, alice, room_id).await;
+        let there = state_map(&pair.synapse, bob, room_id).await;
+        if here == there {
+            return Some(());
+        }
+        last = (here, there);
+        None
+    });
+    if tokio::time::timeout(Duration::from_secs(31), agreed).await.is_err() {
+        panic!("states differ: missive {:?}, synapse {:?}", last.0, last.1);
+    }
+}
+
+async fn send(server: &Endpoint, user: &TestUser, room_id: &str, content: Value) -> String {
+    let txn = rand::random::<u64>();
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}");
+    let (status, body) = server.call("PUT", &path, Some(&user.access_token), Some(content)).await;
+    assert_eq!(status, 200, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+async fn put_state(server: &Endpoint, user: &TestUser, room_id: &str, kind: &str, content: Value) -> String {
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/state/{kind}/");
+    let (status, body) = server.call("PUT", &path, Some(&user.access_token), Some(content)).await;
+    assert_eq!(status, 200, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+/// Messages, an edit, a redaction and state changes in both directions, then agreement;
+/// alice (of Missive) speaks first when `missive_first`, else bob (of Synapse).
+async fn converse(pair: &Pair, room_id: &str, alice: &TestUser, bob: &TestUser, missive_first: bool) {
+    let (missive, synapse): (&Endpoint, &Endpoint) = (&pair.missive, &pair.synapse);
+    let ((local, local_user), (remote, remote_user)) =
+        if missive_first { ((missive, alice), (synapse, bob)) } else { ((synapse, bob), (missive, alice)) };
+    let hello = send(local, local_user, room_id, json!({ "msgtype": "m.text", "body": "Bonjour" })).await;
+    see(remote, remote_user, room_id, "the first message", |e| e["event_id"] == hello.as_str()).await;
+    let reply = send(remote, remote_user, room_id, json!({ "msgtype": "m.text", "body": "Salut" })).await;
+    see(local, local_user, room_id, "the reply", |e| e["content"]["body"] == "Salut").await;
+
+    let edit = json!({
+        "msgtype": "m.text",
+        "body": "* Salut à tous",
+        "m.new_content": { "msgtype": "m.text", "body": "Salut à tous" },
+        "m.relates_to": { "rel_type": "m.replace", "event_id": reply },
+    });
+    send(remote, remote_user, room_id, edit).await;
+    see(local, local_user, room_id, "the edit", |e| {
+        e["content"]["m.relates_to"]["event_id"] == reply.as_str()
+            && e["content"]["m.new_content"]["body"] == "Salut à tous"
+    })
+    .await;
+
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/redact/{hello}/{}", rand::random::<u64>());
+    let (status, body) = local.call("PUT", &path, Some(&local_user.access_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    let redaction = body["event_id"].as_str().unwrap().to_owned();
+    see(remote, remote_user, room_id, "the redaction", |e| e["event_id"] == redaction.as_str()).await;
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/event/{hello}");
+    let redacted = until("the message redacted on the other server", async || {
+        let (_, event) = remote.call("GET", &path, Some(&remote_user.access_token), None).await;
+        event["content"].as_object().is_some_and(|c| c.is_empty()).then_some(event)
+    })
+    .await;
+    assert_eq!(redacted["sender"], local_user.user_id.as_str());
+
+    let topic = put_state(local, local_user, room_id, "m.room.topic", json!({ "topic": "Coordination" })).await;
+    see(remote, remote_user, room_id, "the topic", |e| e["event_id"] == topic.as_str()).await;
+    let name = put_state(remote, remote_user, room_id, "m.room.name", json!({ "name": "Cellule de crise" })).await;
+    see(local, local_user, room_id, "the name", |e| e["event_id"] == name.as_str()).await;
+    agree(pair, alice, bob, room_id).await;
+}
+
+#[tokio::test]
+async fn a_missive_user_and_a_synapse_user_share_rooms_created_on_either_server() {
+    let pair = Pair::start().await;
+    let alice = pair.missive.register("alice").await;
+    let bob = pair.synapse.register("bob").await;
+
+    // A room of Synapse: bob invites alice (invite v2 towards Missive), she accepts
+    // (make_join/send_join towards Synapse) and gives herself the power to name it.
+    let (status, body) = pair
+        .synapse
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&bob.access_token),
+            Some(json!({
+                "preset": "private_chat",
+                "invite": [alice.user_id],
+                "power_level_content_override": { "users": { alice.user_id.clone(): 100 } },
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let synapse_room = body["room_id"].as_str().unwrap().to_owned();
+    until("alice is invited", async || {
+        let (_, sync) = pair.missive.call("GET", "/_matrix/client/v3/sync", Some(&alice.access_token), None).await;
+        sync["rooms"]["invite"].get(&synapse_room).map(|_| ())
+    })
+    .await;
+    let path = format!("/_matrix/client/v3/rooms/{synapse_room}/join");
+    let (status, body) = pair.missive.call("POST", &path, Some(&alice.access_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "alice joins bob's room: {body}");
+    see(&pair.synapse, &bob, &synapse_room, "alice's join", |e| {
+        e["type"] == "m.room.member" && e["state_key"] == alice.user_id.as_str() && e["content"]["membership"] == "join"
+    })
+    .await;
+    converse(&pair, &synapse_room, &alice, &bob, true).await;
+
+    // A room of Missive, found by its alias: Synapse asks Missive's directory, then joins.
+    let (status, body) = pair
+        .missive
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({
+                "preset": "public_chat",
+                "room_alias_name": "crise",
+                "power_level_content_override": { "users": { bob.user_id.clone(): 50 } },
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let missive_room = body["room_id"].as_str().unwrap().to_owned();
+    let alias = format!("#crise:{}", pair.missive.server_name);
+    let path = format!("/_matrix/client/v3/join/{}", alias.replace('#', "%23"));
+    let (status, body) = pair.synapse.call("POST", &path, Some(&bob.access_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "bob joins alice's room through Synapse: {body}");
+    assert_eq!(body["room_id"], missive_room.as_str());
+    see(&pair.missive, &alice, &missive_room, "bob's join", |e| {
+        e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str() && e["content"]["membership"] == "join"
+    })
+    .await;
+    converse(&pair, &missive_room, &alice, &bob, false).await;
+
+    // Bob's leave (make_leave/send_leave towards Missive) reaches alice.
+    let path = format!("/_matrix/client/v3/rooms/{missive_room}/leave");
+    let (status, _) = pair.synapse.call("POST", &path, Some(&bob.access_token), Some(json!({}))).await;
+    assert_eq!(status, 200);
+    see(&pair.missive, &alice, &missive_room, "bob's leave", |e| {
+        e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str() && e["content"]["membership"] == "leave"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_encrypted_direct_chat_between_missive_and_synapse_decrypts_both_ways() {
+    use matrix_sdk::ruma::{
+        OwnedRoomId, OwnedUserId, api::client::room::create_room::v3::Request as CreateRoom,
+        events::room::message::RoomMessageEventContent,
+    };
+    let pair = Pair::start().await;
+    let (alice, _) = pair.missive.client("alice").await;
+    let (bob, bob_user) = pair.synapse.client("bob").await;
+    for client in [&alice, &bob] {
+        client.sync_once(Default::default()).await.expect("first sync uploads device keys");
+    }
+    let bob_id = OwnedUserId::try_from(bob_user.user_id.as_str()).unwrap();
+    let mut request = CreateRoom::new();
+    request.is_direct = true;
+    request.invite = vec![bob_id];
+    request.preset = Some(matrix_sdk::ruma::api::client::room::create_room::v3::RoomPreset::TrustedPrivateChat);
+    request.initial_state = vec![
+        matrix_sdk::ruma::serde::Raw::new(&json!({
+            "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" }
+        }))
+        .unwrap()
+        .cast_unchecked(),
+    ];
+    let room = alice.create_room(request).await.expect("alice creates the direct chat");
+    let room_id: OwnedRoomId = room.room_id().to_owned();
+    until("bob is invited", async || {
+        bob.sync_once(Default::default()).await.ok()?;
+        bob.get_room(&room_id).filter(|r| r.state() == matrix_sdk::RoomState::Invited).map(|_| ())
+    })
+    .await;
+    bob.join_room_by_id(&room_id).await.expect("bob joins through Synapse");
+    until("alice sees bob joined", async || {
+        alice.sync_once(Default::default()).await.ok()?;
+        let members = alice.get_room(&room_id)?.members(matrix_sdk::RoomMemberships::JOIN).await.ok()?;
+        (members.len() == 2).then_some(())
+    })
+    .await;
+
+    let alice_room = alice.get_room(&room_id).expect("alice's room");
+    alice_room.send(RoomMessageEventContent::text_plain("Le dossier est prêt")).await.expect("send");
+    common::receive_text(&bob, &room_id, "Le dossier est prêt").await;
+    bob.get_room(&room_id)
+        .expect("bob's room")
+        .send(RoomMessageEventContent::text_plain("Merci, je le relis"))
+        .await
+        .expect("reply");
+    common::receive_text(&alice, &room_id, "Merci, je le relis").await;
+}
