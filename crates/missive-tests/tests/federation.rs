@@ -836,3 +836,122 @@ async fn three_sector_servers_share_an_encrypted_room_and_each_reads_the_others(
         }
     }
 }
+
+#[tokio::test]
+async fn servers_cut_from_each_other_converge_on_the_state_resolution_gives() {
+    let mut peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let alice = peers.servers[0].register("alice").await;
+    let bob = peers.servers[1].register("bob").await;
+    let (status, body) = peers.servers[0]
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({
+                "preset": "public_chat",
+                "room_alias_name": "crise",
+                "topic": "Initial",
+                "power_level_content_override": { "users": { bob.user_id.clone(): 100 } },
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room_id = body["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = peers.servers[1]
+        .call("POST", "/_matrix/client/v3/join/%23crise:police.test", Some(&bob.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let before_cut = common::until("both servers agree before the cut", async || {
+        let here = common::state_map(&peers.servers[0], &alice.access_token, &room_id).await;
+        let there = common::state_map(&peers.servers[1], &bob.access_token, &room_id).await;
+        (here == there && here.contains_key(&("m.room.member".into(), bob.user_id.clone()))).then_some(here)
+    })
+    .await;
+
+    // Cut: each server finds the other at a closed port.
+    let cut = "{ \"police.test\" = \"127.0.0.1:1\", \"gov.test\" = \"127.0.0.1:1\" }";
+    let joined = format!(
+        "{{ \"police.test\" = \"127.0.0.1:{}\", \"gov.test\" = \"127.0.0.1:{}\" }}",
+        peers.tls_ports[0], peers.tls_ports[1]
+    );
+    for server in &mut peers.servers {
+        server.set_env("MISSIVE_FEDERATION__DESTINATIONS", cut);
+        server.restart();
+    }
+    // Alice (the creator) demotes bob first; then bob, still an admin on his side, closes
+    // the room and changes its topic.
+    let mut levels = peers.servers[0]
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels/"),
+            Some(&alice.access_token),
+            None,
+        )
+        .await
+        .1;
+    levels["users"][&bob.user_id] = json!(0);
+    let put = |kind: &str| format!("/_matrix/client/v3/rooms/{room_id}/state/{kind}/");
+    let (status, body) =
+        peers.servers[0].call("PUT", &put("m.room.power_levels"), Some(&alice.access_token), Some(levels)).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (status, body) = peers.servers[1]
+        .call("PUT", &put("m.room.join_rules"), Some(&bob.access_token), Some(json!({ "join_rule": "invite" })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let closed = body["event_id"].as_str().unwrap().to_owned();
+    let (status, _) = peers.servers[1]
+        .call("PUT", &put("m.room.topic"), Some(&bob.access_token), Some(json!({ "topic": "Branch" })))
+        .await;
+    assert_eq!(status, 200);
+    let (_, rule) = peers.servers[1].call("GET", &put("m.room.join_rules"), Some(&bob.access_token), None).await;
+    assert_eq!(rule["join_rule"], "invite", "gov applied bob's change while cut off");
+
+    // Reconnected, both resolve the two branches: alice's demotion sorts first (a creator
+    // outranks an admin), so bob's changes fail the rules in the resolved order.
+    for server in &mut peers.servers {
+        server.set_env("MISSIVE_FEDERATION__DESTINATIONS", &joined);
+        server.restart();
+    }
+    let content =
+        async |server: &TestServer, token: &str, kind: &str| server.call("GET", &put(kind), Some(token), None).await.1;
+    let agreed = common::until("both servers converge", async || {
+        let here = common::state_map(&peers.servers[0], &alice.access_token, &room_id).await;
+        let there = common::state_map(&peers.servers[1], &bob.access_token, &room_id).await;
+        (here == there && here != before_cut).then_some(here)
+    })
+    .await;
+    for (server, token) in [(&peers.servers[0], &alice.access_token), (&peers.servers[1], &bob.access_token)] {
+        assert_eq!(content(server, token, "m.room.join_rules").await["join_rule"], "public", "{agreed:?}");
+        assert_eq!(content(server, token, "m.room.topic").await["topic"], "Initial");
+        assert_eq!(content(server, token, "m.room.power_levels").await["users"][&bob.user_id], 0);
+    }
+    // Police never put bob's soft-failed change in its timeline.
+    let (_, page) = peers.servers[0]
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100"),
+            Some(&alice.access_token),
+            None,
+        )
+        .await;
+    let timeline = page["chunk"].as_array().unwrap();
+    assert!(!timeline.is_empty() && timeline.iter().all(|e| e["event_id"] != closed.as_str()), "{page}");
+
+    // The branches are merged: bob's next message builds on both and reaches alice.
+    let (status, body) = peers.servers[1]
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/after"),
+            Some(&bob.access_token),
+            Some(json!({ "msgtype": "m.text", "body": "Reconnecté" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let message = body["event_id"].as_str().unwrap().to_owned();
+    common::until("alice receives bob's message", async || {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/event/{message}");
+        (peers.servers[0].call("GET", &path, Some(&alice.access_token), None).await.0 == 200).then_some(())
+    })
+    .await;
+}

@@ -7,20 +7,8 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{Endpoint, TestUser, synapse::Pair};
+use common::{Endpoint, TestUser, state_map, synapse::Pair, until};
 use serde_json::{Value, json};
-
-/// Polls `probe` until it answers, or panics after 30 s naming `what`.
-async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not reached within 30 s: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The latest events of a room as `user` reads them on `server`.
 async fn timeline(server: &Endpoint, user: &TestUser, room_id: &str) -> Vec<Value> {
@@ -37,27 +25,12 @@ async fn see(server: &Endpoint, user: &TestUser, room_id: &str, what: &str, matc
     until(what, async || timeline(server, user, room_id).await.into_iter().find(|e| matches(e))).await
 }
 
-/// The room's current state as a map from (type, state key) to event ID.
-async fn state_map(server: &Endpoint, user: &TestUser, room_id: &str) -> BTreeMap<(String, String), String> {
-    let path = format!("/_matrix/client/v3/rooms/{room_id}/state");
-    let (status, body) = server.call("GET", &path, Some(&user.access_token), None).await;
-    assert_eq!(status, 200, "{body}");
-    body.as_array()
-        .expect("state array")
-        .iter()
-        .map(|e| {
-            let key = (e["type"].as_str().unwrap().to_owned(), e["state_key"].as_str().unwrap().to_owned());
-            (key, e["event_id"].as_str().unwrap().to_owned())
-        })
-        .collect()
-}
-
 /// Waits until both servers hold the same current state of the room.
 async fn agree(pair: &Pair, alice: &TestUser, bob: &TestUser, room_id: &str) {
     let mut last = (BTreeMap::new(), BTreeMap::new());
     let agreed = until("the same state on both servers", async || {
-        let here = state_map(&pair.missive, alice, room_id).await;
-        let there = state_map(&pair.synapse, bob, room_id).await;
+        let here = state_map(&pair.missive, &alice.access_token, room_id).await;
+        let there = state_map(&pair.synapse, &bob.access_token, room_id).await;
         if here == there {
             return Some(());
         }

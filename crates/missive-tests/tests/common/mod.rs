@@ -163,6 +163,12 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Changes one `MISSIVE_*` setting for the server's next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Starts again after a kill.
     pub fn start_again(&mut self) {
         self.spawn();
@@ -343,6 +349,38 @@ pub async fn sync_until<T>(
         }
         assert!(tokio::time::Instant::now() < deadline, "condition not reached by sync within 20 s");
     }
+}
+
+/// Polls `probe` until it answers, or panics after 30 s naming `what`.
+pub async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not reached within 30 s: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A room's current state as `token`'s user reads it on `server`: (type, state key) to
+/// event ID.
+pub async fn state_map(
+    server: &Endpoint,
+    token: &str,
+    room_id: &str,
+) -> std::collections::BTreeMap<(String, String), String> {
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/state");
+    let (status, body) = server.call("GET", &path, Some(token), None).await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array()
+        .expect("state array")
+        .iter()
+        .map(|e| {
+            let key = (e["type"].as_str().unwrap().to_owned(), e["state_key"].as_str().unwrap().to_owned());
+            (key, e["event_id"].as_str().unwrap().to_owned())
+        })
+        .collect()
 }
 
 /// The raw JSON of a timeline event.

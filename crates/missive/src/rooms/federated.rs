@@ -176,11 +176,37 @@ impl Rooms {
             by_key.get(&(t.to_string(), k.to_owned())).copied()
         })
         .map_err(|e| Error::forbidden(format!("event not authorised by its auth events: {e}")))?;
-        // ...and against the room's current state, on which it is recorded.
-        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
-            head.state_pdu(&t.to_string(), k).map(|p| p.as_ref())
-        })
-        .map_err(|e| Error::forbidden(format!("event not authorised by the room's state: {e}")))?;
+        // The state before it: the room's current state when it builds on this server's
+        // leaves, else the resolution of the states after its prev events (a branch).
+        let before = if same_set(&pdu.prev_events, &batch.head.extremities) {
+            None
+        } else {
+            // A branch whose state is the room's (concurrent messages) needs no resolution.
+            self.state_before(&mut batch.head, &pdu.prev_events).await?.filter(|b| *b != *batch.head.state)
+        };
+        if let Some(before) = &before {
+            let head = &batch.head;
+            state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+                before.get(&(t.to_string(), k.to_owned())).and_then(|id| head.pdus.get(id)).map(|p| p.as_ref())
+            })
+            .map_err(|e| Error::forbidden(format!("event not authorised by the state before it: {e}")))?;
+        }
+        // ...and against the room's current state: an event of a branch that fails there is
+        // soft-failed (kept, for the events that build on it, but never served nor a leaf).
+        let head = &batch.head;
+        let now_allowed =
+            state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+                head.state_pdu(&t.to_string(), k).map(|p| p.as_ref())
+            });
+        let before = match (now_allowed, before) {
+            (Ok(()), before) => before,
+            (Err(e), None) => return Err(Error::forbidden(format!("event not authorised by the room's state: {e}"))),
+            (Err(e), Some(before)) => {
+                tracing::info!(room_id = %batch.head.room_id, %event_id, error = %e, "event soft-failed");
+                self.soft_fail(batch, &pdu, json, before);
+                return Ok(());
+            }
+        };
 
         let prev: HashSet<&OwnedEventId> = pdu.prev_events.iter().collect();
         let mut extremities: Vec<OwnedEventId> =
@@ -205,13 +231,44 @@ impl Rooms {
             }
         }
         batch.received.insert(event_id.to_string(), relay_from);
+        let current_before = before.as_ref().map(|before| self.build_on_branch(batch, before));
         self.record(batch, Recorded { pdu, json, depth, ts, prev_events, txn: None }, &content);
         if let Some((target_id, json)) = pruned {
             batch.write.redactions.push((target_id, json, event_id.to_string()));
         }
+        if let Some(current_before) = current_before {
+            self.resolve_branches(batch, &extremities, current_before).await?;
+        }
         batch.head.extremities = extremities;
         tracing::debug!(room_id = %batch.head.room_id, %event_id, "remote event admitted");
         Ok(())
+    }
+
+    /// Stores an event that passes the rules against the state before it but not against
+    /// the room's current state (soft-failed, per the spec): below stream position zero,
+    /// so never served to clients nor a leaf, with the state groups of its branch so that
+    /// events building on it resolve their state.
+    fn soft_fail(&self, batch: &mut Batch, pdu: &Pdu, json: String, before: super::resolve::StateIds) {
+        let group_before = self.snapshot_group(batch, &before);
+        let mut group_after = group_before;
+        if let Some(key) = &pdu.state_key {
+            group_after = self.next_group.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            batch.write.state_groups.push(crate::store::NewStateGroup {
+                id: group_after,
+                prev_group: Some(group_before),
+                chain_len: 1,
+                delta: vec![(pdu.kind.to_string(), key.clone(), pdu.event_id.to_string())],
+            });
+        }
+        let membership = (pdu.kind == TimelineEventType::RoomMember)
+            .then(|| pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned))
+            .flatten();
+        let pos = self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let mut row = row_of_received(pdu, json, pos, membership, Vec::new(), group_before);
+        row.state_group_after = group_after;
+        // Its origin's to send; this server relays nothing of it.
+        batch.received.insert(pdu.event_id.to_string(), None);
+        batch.write.events.push(row);
     }
 
     /// Creates a room this server learns of by joining it through another server. The state
@@ -594,4 +651,9 @@ pub fn room_of(raw: &serde_json::value::RawValue) -> Option<ruma::OwnedRoomId> {
         room_id: Option<ruma::OwnedRoomId>,
     }
     serde_json::from_str::<RoomOnly>(raw.get()).ok()?.room_id
+}
+
+/// Whether two lists of event IDs hold the same events.
+fn same_set(a: &[OwnedEventId], b: &[OwnedEventId]) -> bool {
+    a.iter().collect::<HashSet<_>>() == b.iter().collect::<HashSet<_>>()
 }

@@ -17,6 +17,7 @@ pub mod ignore;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
+mod resolve;
 pub mod search;
 pub mod timeline;
 mod txns;

@@ -162,7 +162,8 @@ impl Rooms {
         let mut moved: HashMap<String, bool> = HashMap::new();
         let mut members: HashMap<String, Option<Member>> = HashMap::new();
         let is_local = |user: &str| UserId::parse(user).is_ok_and(|u| u.server_name() == self.server_name);
-        for event in events.iter_mut() {
+        // Events stored outside the timeline (soft-failed) notify no one.
+        for event in events.iter_mut().filter(|e| e.stream_pos > 0) {
             let current: Vec<&String> = joined_before
                 .iter()
                 .filter(|u| moved.get(u.as_str()).copied().unwrap_or(true))

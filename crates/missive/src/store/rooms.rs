@@ -142,6 +142,25 @@ pub struct RoomWrite {
     pub publish: Option<bool>,
     /// `(destination server, stream position)`: events to send to other servers.
     pub outbox: Vec<(String, i64)>,
+    /// Where branches of the room met: the current state replaced by their resolution.
+    pub resolutions: Vec<Resolution>,
+}
+
+/// The room's current state as state resolution gives it where branches meet, applied
+/// after one event of the write.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    /// Index in the write's events of the event after which it applies.
+    pub after_event: usize,
+    /// The state group holding the resolved state.
+    pub group: i64,
+    /// `(type, state key, event ID, membership)`: entries that differ from what the events
+    /// before it left.
+    pub set: Vec<(String, String, String, Option<String>)>,
+    /// `(type, state key)`: entries the resolution drops.
+    pub removed: Vec<(String, String)>,
+    /// The stream position at which the memberships it changes are seen.
+    pub stream_pos: i64,
 }
 
 impl RoomWrite {
@@ -155,10 +174,12 @@ impl RoomWrite {
             && self.aliases.is_empty()
             && self.publish.is_none()
             && self.outbox.is_empty()
+            && self.resolutions.is_empty()
     }
 
     /// Appends a write built on this one, so that both commit as one.
     pub fn append(&mut self, next: RoomWrite) {
+        let next_events = next.events.len();
         self.new_room = self.new_room.take().or(next.new_room);
         self.events.extend(next.events);
         self.state_groups.extend(next.state_groups);
@@ -167,6 +188,9 @@ impl RoomWrite {
         self.aliases.extend(next.aliases);
         self.publish = next.publish.or(self.publish);
         self.outbox.extend(next.outbox);
+        let offset = self.events.len() - next_events;
+        self.resolutions
+            .extend(next.resolutions.into_iter().map(|r| Resolution { after_event: r.after_event + offset, ..r }));
     }
 }
 
@@ -194,12 +218,8 @@ impl Store {
         let mut script = Script::default();
         notifications::push_statements(&mut script, room_id, &write.notifications);
         let (notify, highlight) = write.notifications.generic;
-        // Messages leave the state, and so the room's state group, as it was.
-        let state_group = write
-            .events
-            .last()
-            .filter(|_| write.events.iter().any(|e| e.state_key.is_some()))
-            .map(|e| e.state_group_after);
+        let current = CurrentState::of(write);
+        let state_group = current.group;
         if let Some(room) = &write.new_room {
             script
                 .push(
@@ -247,41 +267,32 @@ impl Store {
         for chunk in write.events.chunks(50) {
             insert_events(&mut script, room_id, chunk, now);
         }
-        let mut state: HashMap<(&str, &str), &NewEvent> = HashMap::new();
-        let mut members: HashMap<&str, (&NewEvent, &str)> = HashMap::new();
-        for event in &write.events {
-            if let Some(state_key) = &event.state_key {
-                state.insert((&event.event_type, state_key), event);
-                if let Some(membership) = &event.membership {
-                    members.insert(state_key, (event, membership));
-                }
-            }
-        }
-        if !state.is_empty() {
+        if !current.state.is_empty() {
             let statement = script.push(format!(
                 "INSERT INTO room_current_state (room_id, event_type, state_key, event_id) VALUES {} \
                  ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
-                rows(state.len(), 4)
+                rows(current.state.len(), 4)
             ));
-            for ((event_type, state_key), event) in &state {
-                statement.bind(room_id).bind(*event_type).bind(*state_key).bind(&event.event_id);
+            for ((event_type, state_key), event_id) in &current.state {
+                statement.bind(room_id).bind(*event_type).bind(*state_key).bind(*event_id);
             }
         }
-        if !members.is_empty() {
+        for (event_type, state_key) in &current.removed {
+            script
+                .push("DELETE FROM room_current_state WHERE room_id = ? AND event_type = ? AND state_key = ?")
+                .bind(room_id)
+                .bind(*event_type)
+                .bind(*state_key);
+        }
+        if !current.members.is_empty() {
             let statement = script.push(format!(
                 "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_pos, forgotten) VALUES {} \
                  ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, \
                  event_id = excluded.event_id, stream_pos = excluded.stream_pos, forgotten = 0",
-                rows(members.len(), 6)
+                rows(current.members.len(), 6)
             ));
-            for (user_id, (event, membership)) in &members {
-                statement
-                    .bind(room_id)
-                    .bind(*user_id)
-                    .bind(*membership)
-                    .bind(&event.event_id)
-                    .bind(event.stream_pos)
-                    .bind(0i64);
+            for (user_id, (event_id, membership, pos)) in &current.members {
+                statement.bind(room_id).bind(*user_id).bind(*membership).bind(*event_id).bind(*pos).bind(0i64);
             }
         }
         // The DAG's leaves change once per batch: the events it builds on stop being leaves,
@@ -856,6 +867,67 @@ fn membership_row(r: AnyRow) -> MembershipRow {
 }
 
 /// Inserts events with one multi-row statement.
+/// What a write leaves of the room's current state: each key and membership written once,
+/// with its last value.
+struct CurrentState<'w> {
+    state: HashMap<(&'w str, &'w str), &'w str>,
+    removed: HashSet<(&'w str, &'w str)>,
+    /// User ID to (event ID, membership, stream position).
+    members: HashMap<&'w str, (&'w str, &'w str, i64)>,
+    /// The room's state group after the write, when its state changed.
+    group: Option<i64>,
+}
+
+impl<'w> CurrentState<'w> {
+    fn of(write: &'w RoomWrite) -> Self {
+        let mut current =
+            CurrentState { state: HashMap::new(), removed: HashSet::new(), members: HashMap::new(), group: None };
+        let mut last_group = None;
+        let mut resolutions = write.resolutions.iter().peekable();
+        for (i, event) in write.events.iter().enumerate() {
+            // Outliers change the current state only in the write that creates the room
+            // (the state received with a remote join); soft-failed events never do.
+            if event.stream_pos > 0 || write.new_room.is_some() {
+                // Messages leave the state, and so the room's state group, as it was.
+                last_group = Some(event.state_group_after);
+                if let Some(state_key) = &event.state_key {
+                    current.set(
+                        &event.event_type,
+                        state_key,
+                        &event.event_id,
+                        event.membership.as_deref(),
+                        event.stream_pos,
+                    );
+                    current.group = Some(event.state_group_after);
+                }
+            }
+            while let Some(resolution) = resolutions.next_if(|r| r.after_event == i) {
+                for (kind, key, event_id, membership) in &resolution.set {
+                    current.set(kind, key, event_id, membership.as_deref(), resolution.stream_pos);
+                }
+                for (kind, key) in &resolution.removed {
+                    current.state.remove(&(kind.as_str(), key.as_str()));
+                    current.removed.insert((kind, key));
+                }
+                current.group = Some(resolution.group);
+                last_group = Some(resolution.group);
+            }
+        }
+        if current.group.is_some() {
+            current.group = last_group;
+        }
+        current
+    }
+
+    fn set(&mut self, kind: &'w str, key: &'w str, event_id: &'w str, membership: Option<&'w str>, pos: i64) {
+        self.state.insert((kind, key), event_id);
+        self.removed.remove(&(kind, key));
+        if let Some(membership) = membership {
+            self.members.insert(key, (event_id, membership, pos));
+        }
+    }
+}
+
 fn insert_events(script: &mut Script, room_id: &str, events: &[NewEvent], now: i64) {
     let statement = script.push(format!(
         "INSERT INTO events (stream_pos, room_id, event_id, sender, event_type, state_key, depth, origin_server_ts, \
