@@ -955,3 +955,97 @@ async fn servers_cut_from_each_other_converge_on_the_state_resolution_gives() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_late_joiner_on_another_server_backfills_the_history_it_may_see() {
+    let peers = Peers::start(&["police.test", "gov.test", "edu.test"], |_| Vec::new()).await;
+    let (police, gov, edu) = (&peers.servers[0], &peers.servers[1], &peers.servers[2]);
+    let alice = police.register("alice").await;
+    let bob = gov.register("bob").await;
+    let carol = edu.register("carol").await;
+    let create = |alias: &str, visibility: &str| {
+        json!({
+            "preset": "public_chat",
+            "room_alias_name": alias,
+            "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": visibility } }],
+        })
+    };
+    let send = async |server: &TestServer, user: &TestUser, room_id: &str, body: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{}", rand::random::<u64>());
+        let (status, answer) = server
+            .call("PUT", &path, Some(&user.access_token), Some(json!({ "msgtype": "m.text", "body": body })))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        answer["event_id"].as_str().unwrap().to_owned()
+    };
+    let seen_by = async |server: &TestServer, user: &TestUser, room_id: &str, event_id: &str| {
+        common::until("the event crosses", async || {
+            let path = format!("/_matrix/client/v3/rooms/{room_id}/event/{event_id}");
+            (server.call("GET", &path, Some(&user.access_token), None).await.0 == 200).then_some(())
+        })
+        .await
+    };
+    let messages = async |room_id: &str, from: Option<&str>| {
+        let from = from.map(|f| format!("&from={f}")).unwrap_or_default();
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100{from}");
+        let (status, page) = edu.call("GET", &path, Some(&carol.access_token), None).await;
+        assert_eq!(status, 200, "{page}");
+        page
+    };
+
+    // A room whose history is shared with members: alice and bob talk, carol joins later.
+    let (_, body) = police
+        .call("POST", "/_matrix/client/v3/createRoom", Some(&alice.access_token), Some(create("archive", "shared")))
+        .await;
+    let shared = body["room_id"].as_str().unwrap().to_owned();
+    let (status, _) = gov
+        .call("POST", "/_matrix/client/v3/join/%23archive:police.test", Some(&bob.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200);
+    let mut said = Vec::new();
+    for i in 0..6 {
+        let (server, user, peer, reader) =
+            if i % 2 == 0 { (police, &alice, gov, &bob) } else { (gov, &bob, police, &alice) };
+        let text = format!("message {i}");
+        let event_id = send(server, user, &shared, &text).await;
+        seen_by(peer, reader, &shared, &event_id).await;
+        said.push(text);
+    }
+    let (status, body) = edu
+        .call("POST", "/_matrix/client/v3/join/%23archive:police.test", Some(&carol.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let page = messages(&shared, None).await;
+    let chunk = page["chunk"].as_array().unwrap();
+    let bodies: Vec<&str> = chunk.iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    let mut expected: Vec<&str> = said.iter().map(String::as_str).collect();
+    expected.reverse();
+    assert_eq!(bodies, expected, "carol reads the history, newest first: {page}");
+    assert_eq!(chunk.first().unwrap()["type"], "m.room.member", "her join comes first");
+    assert_eq!(chunk.last().unwrap()["type"], "m.room.create", "back to the room's creation: {page}");
+    if let Some(end) = page["end"].as_str() {
+        assert_eq!(messages(&shared, Some(end)).await["chunk"], json!([]), "nothing before the creation");
+    }
+    // Asked again, the history is served from here.
+    let ids =
+        |page: &Value| page["chunk"].as_array().unwrap().iter().map(|e| e["event_id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&messages(&shared, None).await), ids(&page));
+
+    // A room whose history is for those who were joined: carol's server holds it, but she
+    // sees nothing from before she joined.
+    let (_, body) = police
+        .call("POST", "/_matrix/client/v3/createRoom", Some(&alice.access_token), Some(create("cercle", "joined")))
+        .await;
+    let closed = body["room_id"].as_str().unwrap().to_owned();
+    send(police, &alice, &closed, "avant").await;
+    let (status, _) = edu
+        .call("POST", "/_matrix/client/v3/join/%23cercle:police.test", Some(&carol.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200);
+    let after = send(police, &alice, &closed, "après").await;
+    seen_by(edu, &carol, &closed, &after).await;
+    let page = messages(&closed, None).await;
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["après"], "{page}");
+}

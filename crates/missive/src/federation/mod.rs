@@ -4,6 +4,7 @@
 //! policy of whom this server federates with.
 
 pub mod auth;
+pub mod backfill;
 pub mod client;
 pub mod devices;
 pub mod invite;
@@ -68,6 +69,8 @@ pub struct Federation {
     remote_keys: keys::KeyCache,
     policy: RoomServerAclEventContent,
     sender: std::sync::OnceLock<Arc<sender::Sender>>,
+    /// Held while history is backfilled (see `backfill`).
+    backfilling: tokio::sync::Mutex<()>,
 }
 
 impl Federation {
@@ -93,6 +96,7 @@ impl Federation {
             remote_keys: keys::KeyCache::default(),
             policy,
             sender: std::sync::OnceLock::new(),
+            backfilling: tokio::sync::Mutex::new(()),
         })
     }
 

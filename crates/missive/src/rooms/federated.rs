@@ -568,8 +568,129 @@ impl Rooms {
                 out.push(row);
             }
         }
-        out.sort_by_key(|r| std::cmp::Reverse(r.stream_pos));
+        // Newest first, by depth: positions say nothing of history backfilled here.
+        out.sort_by_key(|r| std::cmp::Reverse(Pdu::from_row(r).map(|p| p.depth).unwrap_or_default()));
         Ok(pdus(out))
+    }
+
+    /// Stores history of the room received from another server (`backfill`), older than
+    /// its earliest timeline event here (`earliest`): each event that passes the rules
+    /// against its auth events (found among `events`, `auth`, or here) goes into the
+    /// timeline below everything the room holds, newest first; `auth` events go outside it.
+    /// Events this server holds outside the timeline (a join's state) move into it. Returns
+    /// how many events entered the timeline.
+    pub async fn store_backfilled(
+        &self,
+        room_id: &RoomId,
+        earliest: &EventRow,
+        events: Vec<CheckedPdu>,
+        auth: Vec<CheckedPdu>,
+    ) -> Result<usize> {
+        let (_, rules) = self.version_of(room_id).await?;
+        let mut parsed: HashMap<OwnedEventId, (Arc<Pdu>, String, bool)> = HashMap::new();
+        for (checked, in_timeline) in events.into_iter().map(|e| (e, true)).chain(auth.into_iter().map(|e| (e, false)))
+        {
+            let json = serde_json::to_string(&checked.object).map_err(|e| Error::Internal(e.to_string()))?;
+            let Ok(pdu) = Pdu::parse(checked.event_id.as_str(), room_id.as_str(), &json) else { continue };
+            parsed.entry(checked.event_id).or_insert((Arc::new(pdu), json, in_timeline));
+        }
+        let ids: Vec<String> = parsed.keys().map(ToString::to_string).collect();
+        let held: HashMap<String, EventRow> =
+            self.store.events(&ids).await?.into_iter().map(|r| (r.event_id.clone(), r)).collect();
+        // Auth events: those received, then those held here.
+        let mut pdus: HashMap<OwnedEventId, Arc<Pdu>> =
+            parsed.iter().map(|(id, (p, _, _))| (id.clone(), p.clone())).collect();
+        let wanted: Vec<String> = parsed
+            .values()
+            .flat_map(|(p, _, _)| p.auth_events.iter())
+            .filter(|id| !pdus.contains_key(*id))
+            .map(ToString::to_string)
+            .collect();
+        for row in self.store.events(&wanted).await? {
+            let pdu = Pdu::from_row(&row)?;
+            pdus.insert(pdu.event_id.clone(), Arc::new(pdu));
+        }
+        let create = match rules.authorization.room_create_event_id_as_room_id {
+            true => {
+                self.store.current_state(room_id.as_str()).await?.into_iter().find(|(t, _, _)| t == "m.room.create")
+            }
+            false => None,
+        };
+        if let Some((_, _, id)) = &create
+            && let Ok(id) = OwnedEventId::try_from(id.as_str())
+            && !pdus.contains_key(&id)
+            && let Some(row) = self.store.event(id.as_str()).await?
+        {
+            pdus.insert(id, Arc::new(Pdu::from_row(&row)?));
+        }
+        // Oldest first, so that an event's auth events were judged before it.
+        let mut order: Vec<&OwnedEventId> = parsed.keys().collect();
+        order.sort_by_key(|id| parsed[*id].0.depth);
+        let mut refused: HashSet<OwnedEventId> = HashSet::new();
+        for id in &order {
+            let pdu = &parsed[*id].0;
+            let verdict = (|| {
+                if pdu.auth_events.iter().any(|a| refused.contains(a) || !pdus.contains_key(a)) {
+                    return Err("auth events unknown or refused".to_owned());
+                }
+                state_res::check_state_independent_auth_rules(&rules.authorization, pdu.as_ref(), |a| {
+                    pdus.get(a).map(|p| p.as_ref())
+                })
+                .map_err(|e| e.to_string())?;
+                let mut by_key: HashMap<(String, String), &Pdu> = pdu
+                    .auth_events
+                    .iter()
+                    .filter_map(|a| pdus.get(a))
+                    .filter_map(|p| Some(((p.kind.to_string(), p.state_key.clone()?), p.as_ref())))
+                    .collect();
+                if let Some((_, _, create_id)) = &create
+                    && let Some(create) = pdus.get(create_id.as_str())
+                {
+                    by_key.insert(("m.room.create".into(), String::new()), create.as_ref());
+                }
+                state_res::check_state_dependent_auth_rules(
+                    &rules.authorization,
+                    pdu.as_ref(),
+                    |t: &StateEventType, k: &str| by_key.get(&(t.to_string(), k.to_owned())).copied(),
+                )
+                .map_err(|e| e.to_string())
+            })();
+            if let Err(e) = verdict {
+                tracing::info!(%room_id, event_id = %id, error = %e, "backfilled event refused");
+                refused.insert((*id).clone());
+            }
+        }
+        // Newest first: each gets a position below the previous one, all below the room's
+        // earliest event here.
+        order.reverse();
+        let mut rows = Vec::new();
+        let mut promoted = Vec::new();
+        let mut entered = 0;
+        for id in order.into_iter().filter(|id| !refused.contains(*id)) {
+            let (pdu, json, in_timeline) = &parsed[id];
+            match held.get(id.as_str()) {
+                Some(_) => {
+                    if *in_timeline && self.store.is_outlier(id.as_str()).await? {
+                        let pos = self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        promoted.push((id.to_string(), pos));
+                        entered += 1;
+                    }
+                }
+                None => {
+                    let pos = self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    let membership = (pdu.kind == TimelineEventType::RoomMember)
+                        .then(|| pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned))
+                        .flatten();
+                    let mut row =
+                        row_of_received(pdu, json.clone(), pos, membership, Vec::new(), earliest.state_group_before);
+                    row.outlier = !in_timeline;
+                    entered += usize::from(*in_timeline);
+                    rows.push(row);
+                }
+            }
+        }
+        self.store.store_backfill(room_id.as_str(), &rows, &promoted).await?;
+        Ok(entered)
     }
 
     /// Every event the given events' authorisation rests on, transitively.
@@ -636,6 +757,7 @@ fn row_of_received(
         txn: None,
         replaces_state: None,
         notify: 0,
+        outlier: stream_pos < 0,
     }
 }
 

@@ -906,6 +906,7 @@ impl Rooms {
             thread_root,
             txn,
             notify: 0,
+            outlier: false,
             replaces_state,
         });
         batch.head.depth = batch.head.depth.max(depth as u64);

@@ -392,7 +392,7 @@ impl Rooms {
         // Pages are read in bounded batches until enough visible, filter-matching events
         // are found or the timeline is exhausted.
         let next = loop {
-            let (lo, hi) = if backwards { (end.unwrap_or(0), cursor) } else { (cursor, end.unwrap_or(current)) };
+            let (lo, hi) = if backwards { (end.unwrap_or(i64::MIN), cursor) } else { (cursor, end.unwrap_or(current)) };
             let rows = self.store.room_events(room_id.as_str(), lo, hi, backwards, (limit * 2) as i64).await?;
             let exhausted = rows.len() < limit * 2;
             let Some(last) = rows.last() else { break (!collected.is_empty()).then(|| make_token(cursor)) };

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0008_federation.sql"),
         include_str!("../../migrations/postgres/0008_federation.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_outliers.sql"),
+        include_str!("../../migrations/postgres/0009_outliers.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

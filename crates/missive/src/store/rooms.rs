@@ -118,6 +118,8 @@ pub struct NewEvent {
     pub replaces_state: Option<String>,
     /// Notification level for the room's local members but the sender and the exceptions.
     pub notify: Level,
+    /// Kept outside the room's timeline (state of a remote join, soft-failed).
+    pub outlier: bool,
 }
 
 /// A state group: a delta over `prev_group`, or a full snapshot when `prev_group` is `None`.
@@ -622,7 +624,7 @@ impl Store {
         let order = if backwards { "DESC" } else { "ASC" };
         let rows = sqlx::query(sql(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND stream_pos > $2 AND stream_pos <= $3 \
-             ORDER BY stream_pos {order} LIMIT $4"
+             AND outlier = 0 ORDER BY stream_pos {order} LIMIT $4"
         )))
         .bind(room_id)
         .bind(from)
@@ -631,6 +633,48 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         Ok(rows.into_iter().map(event_row).collect())
+    }
+
+    /// The room's earliest event in its timeline here.
+    pub async fn earliest_timeline_event(&self, room_id: &str) -> StoreResult<Option<EventRow>> {
+        let row = sqlx::query(sql(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND outlier = 0 ORDER BY stream_pos LIMIT 1"
+        )))
+        .bind(room_id)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(event_row))
+    }
+
+    /// Whether a stored event is kept outside its room's timeline.
+    pub async fn is_outlier(&self, event_id: &str) -> StoreResult<bool> {
+        let outlier: Option<i64> = sqlx::query_scalar("SELECT outlier FROM events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(outlier == Some(1))
+    }
+
+    /// Stores history backfilled from other servers: new events (in the timeline or, for
+    /// auth events, outside it), and outliers moved into the timeline at a position.
+    pub async fn store_backfill(
+        &self,
+        room_id: &str,
+        events: &[NewEvent],
+        promoted: &[(String, i64)],
+    ) -> StoreResult<()> {
+        let mut script = Script::default();
+        let now = now_ms();
+        for chunk in events.chunks(50) {
+            insert_events(&mut script, room_id, chunk, now);
+        }
+        for (event_id, pos) in promoted {
+            script
+                .push("UPDATE events SET stream_pos = ?, outlier = 0 WHERE event_id = ? AND outlier = 1")
+                .bind(*pos)
+                .bind(event_id);
+        }
+        script.run(self).await
     }
 
     /// Events relating to `event_id`, optionally of one relation type, in stream order.
@@ -932,8 +976,8 @@ fn insert_events(script: &mut Script, room_id: &str, events: &[NewEvent], now: i
     let statement = script.push(format!(
         "INSERT INTO events (stream_pos, room_id, event_id, sender, event_type, state_key, depth, origin_server_ts, \
          json, state_group_before, state_group_after, rel_type, relates_to, thread_root, txn_device_id, txn_id, \
-         received_ts, notify, replaces_state) VALUES {}",
-        rows(events.len(), 19)
+         received_ts, notify, replaces_state, outlier) VALUES {}",
+        rows(events.len(), 20)
     ));
     for e in events {
         let (txn_device, txn_id) = match &e.txn {
@@ -959,6 +1003,7 @@ fn insert_events(script: &mut Script, room_id: &str, events: &[NewEvent], now: i
             .bind(txn_id)
             .bind(now)
             .bind(e.notify)
-            .bind(e.replaces_state.as_deref());
+            .bind(e.replaces_state.as_deref())
+            .bind(i64::from(e.outlier));
     }
 }

@@ -450,15 +450,24 @@ async fn messages(state: AppState, req: Ruma<get_message_events::v3::Request>) -
     let backwards = b.dir == Direction::Backward;
     let limit = u64::from(b.limit) as usize;
     let room_filter = &b.filter;
-    let (chunk, start, end) = state
-        .rooms
-        .paginate(
-            viewer(&req),
-            &b.room_id,
-            PageRequest { from: b.from.as_deref(), to: b.to.as_deref(), backwards, limit },
-            |e| filter::event_matches(room_filter, e),
-        )
-        .await?;
+    let page = PageRequest { from: b.from.as_deref(), to: b.to.as_deref(), backwards, limit };
+    let keep = |e: &Value| filter::event_matches(room_filter, e);
+    let (mut chunk, mut start, mut end) = state.rooms.paginate(viewer(&req), &b.room_id, page, keep).await?;
+    // Past the room's earliest event here, the history is asked of the room's other servers
+    // (a few rounds: one server may hold less of it than another).
+    for _ in 0..3 {
+        if !backwards || b.to.is_some() || chunk.len() >= limit.clamp(1, 1000) {
+            break;
+        }
+        match state.federation.backfill(&state.rooms, &b.room_id, limit.clamp(1, 100)).await {
+            Ok(0) => break,
+            Ok(_) => (chunk, start, end) = state.rooms.paginate(viewer(&req), &b.room_id, page, keep).await?,
+            Err(e) => {
+                tracing::info!(room_id = %b.room_id, error = %e, "backfill failed");
+                break;
+            }
+        }
+    }
     let mut body = json!({ "chunk": chunk, "start": start });
     if let Some(end) = end {
         body["end"] = json!(end);
