@@ -55,6 +55,18 @@ pub struct Options {
     /// Users registered (and connected once each) in the many-users memory scenario.
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
+    /// Base URL of a second homeserver federating with the first (federation scenario).
+    #[arg(long)]
+    pub peer_url: Option<String>,
+    /// Shared registration secret of the second homeserver.
+    #[arg(long, default_value = "bench-secret")]
+    pub peer_secret: String,
+    /// PID of the second server's process.
+    #[arg(long)]
+    pub peer_pid: Option<u32>,
+    /// Messages sent 20 ms apart to measure remote delivery latency (federation scenario).
+    #[arg(long, default_value_t = 200)]
+    pub paced: usize,
 }
 
 /// One measured figure.
@@ -503,6 +515,148 @@ impl Bench {
         Ok(out)
     }
 
+    /// The bench of the second server (`--peer-url`).
+    fn peer(&self) -> Result<Bench> {
+        let mut opts = (*self.opts).clone();
+        opts.url = self.opts.peer_url.clone().context("the federation scenario needs --peer-url")?;
+        opts.secret = self.opts.peer_secret.clone();
+        opts.pid = self.opts.peer_pid;
+        Ok(Bench {
+            http: self.http.clone(),
+            opts: Arc::new(opts),
+            run_id: self.run_id.clone(),
+            counter: self.counter.clone(),
+        })
+    }
+
+    /// Scenario 8: two servers federating. Users of the first send in a room that a user of
+    /// the second reads through a long-polling `/sync`: remote delivery latency (send
+    /// acknowledged on the first server to the second's sync returning it) for paced
+    /// sends, then throughput for 16 senders; and a user of the second joining a room of
+    /// the first that has `--members` members.
+    pub async fn federation(&self) -> Result<Vec<Figure>> {
+        let peer = self.peer()?;
+        let senders = self.users(16).await?;
+        let room = self.room(&senders[0], true).await?;
+        for u in &senders[1..] {
+            self.join(u, &room).await?;
+        }
+        let origin = senders[0].user_id.split_once(':').context("user ID")?.1.to_owned();
+        let reader = peer.user().await?;
+        let join =
+            format!("/_matrix/client/v3/join/{}?via={}", urlencoding::encode(&room), urlencoding::encode(&origin));
+        peer.post(&join, &reader.token, json!({})).await?;
+
+        // The reader: one long-poll after another, noting when each message first shows.
+        let arrivals: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let filter = json!({ "room": { "timeline": { "limit": 1000 } }, "presence": { "not_types": ["*"] } });
+        let mut since = peer.sync(&reader, None, 0, Some(&filter), false).await?["next_batch"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let reading = {
+            let (peer, reader, room, arrivals, stop) =
+                (peer.clone(), reader.clone(), room.clone(), arrivals.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let res = peer.sync(&reader, Some(&since), 5_000, Some(&filter), false).await?;
+                    let now = Instant::now();
+                    since = res["next_batch"].as_str().unwrap_or_default().to_owned();
+                    let events =
+                        res["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+                    let mut seen = arrivals.lock().expect("arrivals");
+                    for body in events.iter().filter_map(|e| e["content"]["body"].as_str()) {
+                        seen.entry(body.to_owned()).or_insert(now);
+                    }
+                }
+                anyhow::Ok(())
+            })
+        };
+        let arrived = |wanted: &[String]| {
+            let seen = arrivals.lock().expect("arrivals");
+            wanted.iter().all(|w| seen.contains_key(w))
+        };
+        let wait_for = async |wanted: &[String]| {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !arrived(wanted) {
+                if Instant::now() > deadline {
+                    bail!("messages did not reach the other server within 300 s");
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            anyhow::Ok(())
+        };
+
+        // Latency: one message every 20 ms, as people type, not back to back.
+        let mut acked = Vec::new();
+        for i in 0..self.opts.paced {
+            let body = format!("paced {i}");
+            self.send(&senders[0], &room, &body).await?;
+            acked.push((body, Instant::now()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let bodies: Vec<String> = acked.iter().map(|(b, _)| b.clone()).collect();
+        wait_for(&bodies).await?;
+        let mut latencies: Vec<f64> = {
+            let seen = arrivals.lock().expect("arrivals");
+            acked.iter().map(|(b, t)| ms(seen[b].saturating_duration_since(*t))).collect()
+        };
+        latencies.sort_by(f64::total_cmp);
+
+        // Throughput: 16 senders back to back; the last message of each marks the end.
+        let per_sender = (self.opts.messages / senders.len()).max(1);
+        let total = per_sender * senders.len();
+        let (cpu_a, cpu_b) = (self.cpu_ms(), peer.cpu_ms());
+        let started = Instant::now();
+        try_join_all(senders.iter().enumerate().map(|(s, u)| {
+            let (this, u, room) = (self.clone(), u.clone(), room.clone());
+            async move {
+                for i in 0..per_sender {
+                    this.send(&u, &room, &format!("load {s} {i}")).await?;
+                }
+                anyhow::Ok(())
+            }
+        }))
+        .await?;
+        let lasts: Vec<String> = (0..senders.len()).map(|s| format!("load {s} {}", per_sender - 1)).collect();
+        wait_for(&lasts).await?;
+        let elapsed = {
+            let seen = arrivals.lock().expect("arrivals");
+            lasts.iter().map(|b| seen[b]).max().unwrap_or(started).saturating_duration_since(started)
+        };
+        let (cpu_a2, cpu_b2) = (self.cpu_ms(), peer.cpu_ms());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = reading.await;
+
+        let mut out = vec![
+            self.figure("federation", "remote_delivery_p50", percentile(&latencies, 0.5), "ms"),
+            self.figure("federation", "remote_delivery_p99", percentile(&latencies, 0.99), "ms"),
+            self.figure("federation", "events_per_s_16", total as f64 / elapsed.as_secs_f64(), "ev/s"),
+        ];
+        if let (Some(a), Some(b)) = (cpu_a, cpu_a2) {
+            out.push(self.figure("federation", "sender_cpu_per_event", (b - a) / total as f64, "ms"));
+        }
+        if let (Some(a), Some(b)) = (cpu_b, cpu_b2) {
+            out.push(self.figure("federation", "receiver_cpu_per_event", (b - a) / total as f64, "ms"));
+        }
+
+        // A remote join to a big room: the state of `--members` members crosses at once.
+        let owner = self.user().await?;
+        let big = self.room(&owner, true).await?;
+        let members = self.users(self.opts.members.saturating_sub(1)).await?;
+        for chunk in members.chunks(8) {
+            try_join_all(chunk.iter().map(|u| self.join(u, &big))).await?;
+        }
+        let joiner = peer.user().await?;
+        let join =
+            format!("/_matrix/client/v3/join/{}?via={}", urlencoding::encode(&big), urlencoding::encode(&origin));
+        let t = Instant::now();
+        peer.post(&join, &joiner.token, json!({})).await?;
+        out.push(self.figure("federation", "remote_join_big_room", ms(t.elapsed()), "ms"));
+        Ok(out)
+    }
+
     /// Runs the selected scenarios and returns every figure.
     pub async fn run(&self) -> Result<Vec<Figure>> {
         let mut out = Vec::new();
@@ -523,6 +677,7 @@ impl Bench {
                 "members" => self.members().await?,
                 "e2ee" => self.e2ee().await?,
                 "many_users" => self.many_users().await?,
+                "federation" => self.federation().await?,
                 "" => Vec::new(),
                 other => bail!("unknown scenario {other}"),
             };

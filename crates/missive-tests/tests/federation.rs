@@ -1003,6 +1003,7 @@ async fn a_late_joiner_on_another_server_backfills_the_history_it_may_see() {
         .await;
     assert_eq!(status, 200);
     let mut said = Vec::new();
+    let mut ids = Vec::new();
     for i in 0..6 {
         let (server, user, peer, reader) =
             if i % 2 == 0 { (police, &alice, gov, &bob) } else { (gov, &bob, police, &alice) };
@@ -1010,11 +1011,27 @@ async fn a_late_joiner_on_another_server_backfills_the_history_it_may_see() {
         let event_id = send(server, user, &shared, &text).await;
         seen_by(peer, reader, &shared, &event_id).await;
         said.push(text);
+        ids.push(event_id);
     }
     let (status, body) = edu
         .call("POST", "/_matrix/client/v3/join/%23archive:police.test", Some(&carol.access_token), Some(json!({})))
         .await;
     assert_eq!(status, 200, "{body}");
+
+    // Jumping to a date before she joined: her server holds nothing that old yet and asks.
+    let (_, second) = police
+        .call("GET", &format!("/_matrix/client/v3/rooms/{shared}/event/{}", ids[2]), Some(&alice.access_token), None)
+        .await;
+    let ts = second["origin_server_ts"].as_i64().unwrap();
+    let path = format!("/_matrix/client/v1/rooms/{shared}/timestamp_to_event?ts={ts}&dir=b");
+    let (status, found) = edu.call("GET", &path, Some(&carol.access_token), None).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["event_id"], ids[2].as_str(), "{found}");
+    assert_eq!(found["origin_server_ts"], ts);
+    let path = format!("/_matrix/client/v1/rooms/{shared}/timestamp_to_event?ts={}&dir=f", ts + 1);
+    let (_, next) = police.call("GET", &path, Some(&alice.access_token), None).await;
+    assert_eq!(next["event_id"], ids[3].as_str(), "{next}");
+
     let page = messages(&shared, None).await;
     let chunk = page["chunk"].as_array().unwrap();
     let bodies: Vec<&str> = chunk.iter().filter_map(|e| e["content"]["body"].as_str()).collect();

@@ -420,6 +420,24 @@ impl Rooms {
         Ok((collected, make_token(start), next))
     }
 
+    /// The event of the room closest to `ts` in the given direction that the viewer may
+    /// see (`timestamp_to_event`): its ID and timestamp.
+    pub async fn event_near_ts(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        ts: i64,
+        forward: bool,
+    ) -> Result<Option<(String, i64)>> {
+        self.require_member(viewer.user_id, room_id).await?;
+        let rows = self.store.events_near_ts(room_id.as_str(), ts, forward, 50).await?;
+        let visible = self.filter_visible(viewer.user_id, rows).await?;
+        Ok(visible
+            .into_iter()
+            .next()
+            .and_then(|row| Some((row.event_id.clone(), pdu::Pdu::from_row(&row).ok()?.origin_server_ts.get().into()))))
+    }
+
     /// Events around one event: `(before, event, after, start, end)`.
     pub async fn context(
         &self,

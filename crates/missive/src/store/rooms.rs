@@ -635,6 +635,27 @@ impl Store {
         Ok(rows.into_iter().map(event_row).collect())
     }
 
+    /// Timeline events of a room from `ts` on (`forward`) or up to it, closest first.
+    pub async fn events_near_ts(
+        &self,
+        room_id: &str,
+        ts: i64,
+        forward: bool,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRow>> {
+        let (cmp, order) = if forward { (">=", "ASC") } else { ("<=", "DESC") };
+        let rows = sqlx::query(sql(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = $1 AND outlier = 0 AND origin_server_ts {cmp} $2 \
+             ORDER BY origin_server_ts {order}, stream_pos {order} LIMIT $3"
+        )))
+        .bind(room_id)
+        .bind(ts)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(event_row).collect())
+    }
+
     /// The room's earliest event in its timeline here.
     pub async fn earliest_timeline_event(&self, room_id: &str) -> StoreResult<Option<EventRow>> {
         let row = sqlx::query(sql(format!(

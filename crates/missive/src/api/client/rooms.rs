@@ -18,7 +18,7 @@ use ruma::{
                 get_relating_events, get_relating_events_with_rel_type,
                 get_relating_events_with_rel_type_and_event_type,
             },
-            room::{create_room, get_room_event},
+            room::{create_room, get_event_by_timestamp, get_room_event},
             state::{get_state_event_for_key, get_state_events, send_state_event},
             threads::get_threads,
         },
@@ -46,6 +46,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, join_by_id);
     let router = route(router, join);
     let router = route(router, knock);
+    let router = route(router, timestamp_to_event);
     let router = route(router, invite);
     let router = route(router, leave);
     let router = route(router, forget);
@@ -486,6 +487,31 @@ async fn members_of_senders<T>(state: &AppState, req: &Ruma<T>, room_id: &RoomId
         .into_iter()
         .filter(|e| e["type"] == "m.room.member" && e["state_key"].as_str().is_some_and(|k| senders.contains(k)))
         .collect())
+}
+
+/// # GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event
+///
+/// The closest event here; when this server holds none on that side, the room's other
+/// servers are asked.
+async fn timestamp_to_event(state: AppState, req: Ruma<get_event_by_timestamp::v1::Request>) -> Result<Response> {
+    let b = &req.body;
+    let forward = b.dir == Direction::Forward;
+    let ts = i64::from(b.ts.get());
+    if let Some((event_id, ts)) = state.rooms.event_near_ts(viewer(&req), &b.room_id, ts, forward).await? {
+        return Ok(json(json!({ "event_id": event_id, "origin_server_ts": ts })));
+    }
+    for server in state.rooms.resident_servers(b.room_id.as_str()).await? {
+        let Ok(server) = ruma::OwnedServerName::try_from(server) else { continue };
+        if server == state.federation.server_name {
+            continue;
+        }
+        let request =
+            ruma::api::federation::event::get_event_by_timestamp::v1::Request::new(b.room_id.clone(), b.ts, b.dir);
+        if let Ok(answer) = state.federation.send(&server, request).await {
+            return Ok(json(json!({ "event_id": answer.event_id, "origin_server_ts": answer.origin_server_ts })));
+        }
+    }
+    Err(Error::not_found("no event on that side of the timestamp"))
 }
 
 /// # GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}

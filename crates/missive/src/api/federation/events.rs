@@ -5,7 +5,7 @@ use axum::{Router, response::Response};
 use ruma::api::federation::{
     authorization::get_event_authorization,
     backfill::get_backfill,
-    event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+    event::{get_event, get_event_by_timestamp, get_missing_events, get_room_state, get_room_state_ids},
 };
 use serde_json::{Value, json};
 
@@ -24,6 +24,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, state_ids);
     let router = route(router, event_auth);
     let router = route(router, missing_events);
+    let router = route(router, timestamp_to_event);
     route(router, backfill)
 }
 
@@ -88,4 +89,15 @@ async fn backfill(state: AppState, req: Ruma<get_backfill::v1::Request>) -> Resu
     let from: Vec<String> = b.v.iter().map(ToString::to_string).collect();
     let pdus = state.rooms.backfill(&b.room_id, &from, u64::from(b.limit).min(100) as usize).await?;
     Ok(json(json!({ "origin": state.federation.server_name, "origin_server_ts": now_ms(), "pdus": pdus })))
+}
+
+/// # GET /_matrix/federation/v1/timestamp_to_event/{roomId}
+async fn timestamp_to_event(state: AppState, req: Ruma<get_event_by_timestamp::v1::Request>) -> Result<Response> {
+    let b = &req.body;
+    allowed(&state, &b.room_id, req.origin()).await?;
+    let forward = b.dir == ruma::api::Direction::Forward;
+    let rows = state.store.events_near_ts(b.room_id.as_str(), i64::from(b.ts.get()), forward, 1).await?;
+    let row = rows.into_iter().next().ok_or_else(|| Error::not_found("no event on that side of the timestamp"))?;
+    let pdu: Value = serde_json::from_str(&row.json).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(json(json!({ "event_id": row.event_id, "origin_server_ts": pdu["origin_server_ts"] })))
 }
