@@ -1066,3 +1066,64 @@ async fn a_late_joiner_on_another_server_backfills_the_history_it_may_see() {
         page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert_eq!(bodies, ["après"], "{page}");
 }
+
+#[tokio::test]
+async fn a_space_lists_its_rooms_on_other_servers_that_its_members_may_see() {
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let alice = police.register("alice").await;
+    let bob = gov.register("bob").await;
+    let create = async |server: &TestServer, user: &TestUser, body: Value| {
+        let (status, answer) =
+            server.call("POST", "/_matrix/client/v3/createRoom", Some(&user.access_token), Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        answer["room_id"].as_str().unwrap().to_owned()
+    };
+    let space = create(
+        gov,
+        &bob,
+        json!({ "preset": "public_chat", "name": "Ministère", "creation_content": { "type": "m.space" } }),
+    )
+    .await;
+    let gov_room = create(gov, &bob, json!({ "preset": "public_chat", "name": "Cabinet" })).await;
+    let police_room = create(police, &alice, json!({ "preset": "public_chat", "name": "Police" })).await;
+    let secret = create(police, &alice, json!({ "preset": "private_chat", "name": "Secret" })).await;
+    for (child, server, extra) in [
+        (gov_room.as_str(), "gov.test", json!({ "suggested": true })),
+        (police_room.as_str(), "police.test", json!({ "order": "a" })),
+        (&secret, "police.test", json!({})),
+    ] {
+        let mut content = json!({ "via": [server] });
+        content.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let path = format!("/_matrix/client/v3/rooms/{space}/state/m.space.child/{child}");
+        let (status, body) = gov.call("PUT", &path, Some(&bob.access_token), Some(content)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let hierarchy = async |query: &str| {
+        let path = format!("/_matrix/client/v1/rooms/{space}/hierarchy{query}");
+        let (status, body) = gov.call("GET", &path, Some(&bob.access_token), None).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let ids = |body: &Value| {
+        body["rooms"].as_array().unwrap().iter().map(|r| r["room_id"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+
+    // The room of police is described by police; its private room is not shown to gov.
+    let all = hierarchy("").await;
+    assert_eq!(ids(&all), [space.as_str(), police_room.as_str(), gov_room.as_str()], "{all}");
+    let rooms = all["rooms"].as_array().unwrap();
+    assert_eq!(rooms[0]["room_type"], "m.space");
+    assert_eq!(rooms[0]["children_state"].as_array().unwrap().len(), 3);
+    assert_eq!(rooms[1]["name"], "Police");
+    assert_eq!(rooms[1]["num_joined_members"], 1);
+    assert_eq!(rooms[1]["join_rule"], "public");
+    assert_eq!(ids(&hierarchy("?suggested_only=true").await), [space.as_str(), gov_room.as_str()]);
+    assert_eq!(ids(&hierarchy("?max_depth=0").await), [space.as_str()]);
+    let first = hierarchy("?limit=2").await;
+    assert_eq!(ids(&first), [space.as_str(), police_room.as_str()]);
+    let next = first["next_batch"].as_str().expect("a next page");
+    let second = hierarchy(&format!("?limit=2&from={next}")).await;
+    assert_eq!(ids(&second), [gov_room.as_str()]);
+    assert!(second.get("next_batch").is_none(), "{second}");
+}

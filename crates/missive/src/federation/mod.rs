@@ -13,6 +13,7 @@ pub mod keys;
 pub mod pdu;
 pub mod resolve;
 pub mod sender;
+pub mod spaces;
 
 use std::sync::Arc;
 

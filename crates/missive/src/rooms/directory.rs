@@ -21,36 +21,7 @@ impl Rooms {
         let rooms = self.store.published_rooms().await?;
         let mut chunk = Vec::new();
         for (room_id, joined) in &rooms {
-            let mut entry = json!({
-                "room_id": room_id,
-                "num_joined_members": joined,
-                "world_readable": false,
-                "guest_can_join": false,
-            });
-            for (kind, field, key) in [
-                ("m.room.name", "name", "name"),
-                ("m.room.topic", "topic", "topic"),
-                ("m.room.canonical_alias", "alias", "canonical_alias"),
-                ("m.room.avatar", "url", "avatar_url"),
-                ("m.room.join_rules", "join_rule", "join_rule"),
-            ] {
-                if let Some(row) = self.store.current_state_event(room_id, kind, "").await?
-                    && let Ok(content) = serde_json::from_str::<Value>(&row.json)
-                    && let Some(v) = content["content"].get(field)
-                {
-                    entry[key] = v.clone();
-                }
-            }
-            for (kind, field, value, key) in [
-                ("m.room.history_visibility", "history_visibility", "world_readable", "world_readable"),
-                ("m.room.guest_access", "guest_access", "can_join", "guest_can_join"),
-            ] {
-                if let Some(row) = self.store.current_state_event(room_id, kind, "").await?
-                    && let Ok(content) = serde_json::from_str::<Value>(&row.json)
-                {
-                    entry[key] = json!(content["content"].get(field).and_then(Value::as_str) == Some(value));
-                }
-            }
+            let entry = self.room_summary(room_id, *joined).await?;
             if let Some(term) = term.map(str::to_lowercase).filter(|t| !t.is_empty()) {
                 let haystack =
                     format!("{} {} {}", entry["name"], entry["topic"], entry["canonical_alias"]).to_lowercase();
@@ -70,6 +41,45 @@ impl Rooms {
             body["prev_batch"] = json!(page_token(offset.saturating_sub(limit)));
         }
         Ok(body)
+    }
+}
+
+impl Rooms {
+    /// A room as the directory and the space hierarchy describe it: name, topic, canonical
+    /// alias, avatar, join rule, room type, members, world-readable and guest access.
+    pub async fn room_summary(&self, room_id: &str, joined: i64) -> Result<Value> {
+        let mut entry = json!({
+            "room_id": room_id,
+            "num_joined_members": joined,
+            "world_readable": false,
+            "guest_can_join": false,
+        });
+        for (kind, field, key) in [
+            ("m.room.name", "name", "name"),
+            ("m.room.topic", "topic", "topic"),
+            ("m.room.canonical_alias", "alias", "canonical_alias"),
+            ("m.room.avatar", "url", "avatar_url"),
+            ("m.room.join_rules", "join_rule", "join_rule"),
+            ("m.room.create", "type", "room_type"),
+        ] {
+            if let Some(row) = self.store.current_state_event(room_id, kind, "").await?
+                && let Ok(content) = serde_json::from_str::<Value>(&row.json)
+                && let Some(v) = content["content"].get(field)
+            {
+                entry[key] = v.clone();
+            }
+        }
+        for (kind, field, value, key) in [
+            ("m.room.history_visibility", "history_visibility", "world_readable", "world_readable"),
+            ("m.room.guest_access", "guest_access", "can_join", "guest_can_join"),
+        ] {
+            if let Some(row) = self.store.current_state_event(room_id, kind, "").await?
+                && let Ok(content) = serde_json::from_str::<Value>(&row.json)
+            {
+                entry[key] = json!(content["content"].get(field).and_then(Value::as_str) == Some(value));
+            }
+        }
+        Ok(entry)
     }
 }
 

@@ -13,6 +13,7 @@ mod aliases;
 pub mod create;
 mod directory;
 pub mod federated;
+pub mod hierarchy;
 pub mod ignore;
 pub mod membership;
 pub mod notify;

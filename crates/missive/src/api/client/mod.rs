@@ -10,6 +10,7 @@ pub mod presence;
 pub mod profile;
 pub mod reporting;
 pub mod rooms;
+pub mod spaces;
 pub mod sync;
 pub mod user_data;
 
@@ -24,6 +25,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = profile::routes(router);
     let router = user_data::routes(router);
     let router = rooms::routes(router);
+    let router = spaces::routes(router);
     let router = directory::routes(router);
     let router = keys::routes(router);
     let router = backup::routes(router);

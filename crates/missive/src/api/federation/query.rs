@@ -5,6 +5,7 @@ use ruma::api::federation::{
     directory::{get_public_rooms, get_public_rooms_filtered},
     discovery::get_server_version,
     query::{get_profile_information, get_room_information},
+    space::get_hierarchy,
 };
 use serde_json::{Value, json};
 
@@ -21,7 +22,41 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, profile);
     let router = route(router, public_rooms);
     let router = route(router, public_rooms_filtered);
+    let router = route(router, hierarchy);
     route(router, directory)
+}
+
+/// # GET /_matrix/federation/v1/hierarchy/{roomId}
+///
+/// A room of a space and its children, as far as the asking server may see them.
+async fn hierarchy(state: AppState, req: Ruma<get_hierarchy::v1::Request>) -> Result<Response> {
+    use crate::rooms::hierarchy::Asker;
+    let origin = req.origin();
+    let b = &req.body;
+    state.federation.check_room_acl(&state.rooms, &b.room_id, origin).await?;
+    let room = match state.rooms.space_room(&b.room_id).await? {
+        Some(room) if state.rooms.may_preview(&room, Asker::Server(origin)).await? => room,
+        _ => return Err(Error::not_found("unknown room")),
+    };
+    let mut children = Vec::new();
+    let mut inaccessible = Vec::new();
+    for (child_id, _, suggested) in room.children() {
+        if b.suggested_only && !suggested {
+            continue;
+        }
+        let Ok(child_id) = ruma::OwnedRoomId::try_from(child_id) else { continue };
+        let Some(child) = state.rooms.space_room(&child_id).await? else { continue };
+        if state.rooms.may_preview(&child, Asker::Server(origin)).await? {
+            children.push(child.federation_summary(false));
+        } else {
+            inaccessible.push(child_id);
+        }
+    }
+    Ok(json(json!({
+        "room": room.federation_summary(true),
+        "children": children,
+        "inaccessible_children": inaccessible,
+    })))
 }
 
 /// # GET /_matrix/federation/v1/version
