@@ -1127,3 +1127,69 @@ async fn a_space_lists_its_rooms_on_other_servers_that_its_members_may_see() {
     assert_eq!(ids(&second), [gov_room.as_str()]);
     assert!(second.get("next_batch").is_none(), "{second}");
 }
+
+#[tokio::test]
+async fn a_user_of_another_server_knocks_and_is_let_in() {
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let alice = police.register("alice").await;
+    let bob = gov.register("bob").await;
+    let (status, body) = police
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({
+                "preset": "private_chat",
+                "name": "Salle fermée",
+                "room_alias_name": "fermee",
+                "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room_id = body["room_id"].as_str().unwrap().to_owned();
+
+    // Joining is refused; knocking (through the alias's server) is taken.
+    let (status, _) = gov
+        .call("POST", "/_matrix/client/v3/join/%23fermee:police.test", Some(&bob.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 403);
+    let (status, body) = gov
+        .call(
+            "POST",
+            "/_matrix/client/v3/knock/%23fermee:police.test",
+            Some(&bob.access_token),
+            Some(json!({ "reason": "Je remplace Paul" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], room_id.as_str());
+
+    // Bob's sync shows the knock with the room's description; alice sees the knock.
+    let (_, sync) = gov.call("GET", "/_matrix/client/v3/sync", Some(&bob.access_token), None).await;
+    let described = sync["rooms"]["knock"][&room_id]["knock_state"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(described.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Salle fermée"), "{sync}");
+    let member = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{}", bob.user_id);
+    let (status, knock) = police.call("GET", &member, Some(&alice.access_token), None).await;
+    assert_eq!(status, 200, "{knock}");
+    assert_eq!(knock["membership"], "knock");
+    assert_eq!(knock["reason"], "Je remplace Paul");
+
+    // Alice lets him in: the invite crosses, and bob joins.
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/invite");
+    let (status, body) =
+        police.call("POST", &path, Some(&alice.access_token), Some(json!({ "user_id": bob.user_id }))).await;
+    assert_eq!(status, 200, "{body}");
+    common::until("bob is invited", async || {
+        let (_, sync) = gov.call("GET", "/_matrix/client/v3/sync", Some(&bob.access_token), None).await;
+        sync["rooms"]["invite"].get(&room_id).map(|_| ())
+    })
+    .await;
+    let (status, body) = gov
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&bob.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, joined) = police.call("GET", &member, Some(&alice.access_token), None).await;
+    assert_eq!(joined["membership"], "join");
+}

@@ -4,7 +4,10 @@
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, UserId,
-    api::federation::membership::{create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+    api::federation::membership::{
+        RawStrippedState, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+        prepare_knock_event, prepare_leave_event,
+    },
     room_version_rules::EventIdFormatVersion,
 };
 use serde_json::value::RawValue;
@@ -148,6 +151,67 @@ impl Federation {
         let event_id = OwnedEventId::try_from(event_id).map_err(|e| Error::Internal(e.to_string()))?;
         let json = serde_json::to_string(&event).map_err(|e| Error::Internal(e.to_string()))?;
         Ok((event_id, json))
+    }
+
+    /// Knocks on a room of another server for `user_id`, through the first of `via` that
+    /// takes the knock (make_knock, sign, send_knock); the knock and the room's description
+    /// are kept for the user's sync.
+    pub async fn knock_remote(
+        &self,
+        rooms: &Rooms,
+        user_id: &UserId,
+        room_id: &RoomId,
+        via: &[OwnedServerName],
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let mut last_error = Error::not_found("no server to knock through");
+        for server in via.iter().filter(|s| **s != self.server_name) {
+            match self.knock_through(rooms, user_id, room_id, server, reason).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(%room_id, %server, error = %e, "cannot knock through this server");
+                    last_error = e;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn knock_through(
+        &self,
+        rooms: &Rooms,
+        user_id: &UserId,
+        room_id: &RoomId,
+        server: &OwnedServerName,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let mut request = prepare_knock_event::v1::Request::new(room_id.to_owned(), user_id.to_owned());
+        request.ver = version::SUPPORTED.iter().filter_map(|v| RoomVersionId::try_from(*v).ok()).collect();
+        let template = self.send(server, request).await?;
+        let (room_version, rules) = version::rules_for(template.room_version.as_str())?;
+        let mut event: serde_json::Value =
+            serde_json::from_str(template.event.get()).map_err(|e| Error::Remote(format!("knock template: {e}")))?;
+        if let Some(reason) = reason {
+            event["content"]["reason"] = serde_json::Value::from(reason);
+        }
+        let template = serde_json::value::to_raw_value(&event).map_err(|e| Error::Internal(e.to_string()))?;
+        let (event_id, json) = self.sign_membership(&template, &rules, user_id, "knock").await?;
+        let raw = RawValue::from_string(json).map_err(|e| Error::Internal(e.to_string()))?;
+        let answer = self
+            .send(server, create_knock_event::v1::Request::new(room_id.to_owned(), event_id.clone(), raw.clone()))
+            .await?;
+        let described = answer
+            .knock_room_state
+            .iter()
+            .filter_map(|state| match state {
+                RawStrippedState::Pdu(pdu) => crate::rooms::pdu::stripped_of_json(pdu.get()),
+                #[allow(deprecated)]
+                RawStrippedState::Stripped(raw) => crate::rooms::pdu::stripped_of_json(raw.json().get()),
+                _ => None,
+            })
+            .collect();
+        let checked = self.check_pdu(&room_version, &rules, &raw).await?;
+        rooms.record_remote_knock(room_id, checked, described).await
     }
 
     /// Turns down an invite to a room of another server this server is not in, through

@@ -58,6 +58,35 @@ impl Rooms {
         self.membership_template(&head, room_id, user_id, "join")
     }
 
+    /// A knock event for `user_id` of another server to sign (`make_knock`), in a room
+    /// whose version knows knocking and whose join rule lets one knock.
+    pub async fn make_knock(&self, room_id: &RoomId, user_id: &UserId, supported: &[RoomVersionId]) -> Result<Value> {
+        let head = self.head(room_id).await?;
+        let own = format!(":{}", self.server_name);
+        if !head.joined.iter().any(|user| user.ends_with(&own)) {
+            return Err(Error::not_found("no user of this server is in the room"));
+        }
+        if !supported.contains(&head.version) || !head.rules.authorization.knocking {
+            return Err(Error::IncompatibleRoomVersion(head.version.to_string()));
+        }
+        let join_rule = head.state_pdu("m.room.join_rules", "").and_then(|p| p.content_str("join_rule"));
+        let knockable = match join_rule.as_deref() {
+            Some("knock") => true,
+            Some("knock_restricted") => head.rules.authorization.knock_restricted_join_rule,
+            _ => false,
+        };
+        if !knockable {
+            return Err(Error::forbidden("the room does not take knocks"));
+        }
+        let membership = self.store.membership(room_id.as_str(), user_id.as_str()).await?.map(|m| m.membership);
+        match membership.as_deref() {
+            Some("ban") => return Err(Error::forbidden("user is banned from the room")),
+            Some("join") => return Err(Error::forbidden("user is already in the room")),
+            _ => {}
+        }
+        self.membership_template(&head, room_id, user_id, "knock")
+    }
+
     /// A leave event for `user_id` of another server to sign (`make_leave`): how a server
     /// that is not in the room turns down an invite.
     pub async fn make_leave(&self, room_id: &RoomId, user_id: &UserId) -> Result<Value> {
@@ -458,6 +487,18 @@ impl Rooms {
         let state = serde_json::to_string(&stripped_state).map_err(|e| Error::Internal(e.to_string()))?;
         self.store.set_invite_state(room_id.as_str(), &target, &state).await?;
         self.store_out_of_room_membership(room_id, checked, "invite").await
+    }
+
+    /// Keeps a local user's knock on a room of another server this server is not in, with
+    /// the room's description as the resident server gave it (for the knock's sync).
+    pub async fn record_remote_knock(&self, room_id: &RoomId, knock: CheckedPdu, described: Vec<Value>) -> Result<()> {
+        let target = match knock.object.get("state_key") {
+            Some(ruma::CanonicalJsonValue::String(s)) => s.clone(),
+            _ => return Err(Error::bad_json("a knock has a target")),
+        };
+        let state = serde_json::to_string(&described).map_err(|e| Error::Internal(e.to_string()))?;
+        self.store.set_invite_state(room_id.as_str(), &target, &state).await?;
+        self.store_out_of_room_membership(room_id, knock, "knock").await
     }
 
     /// The server that invited `user_id` to a room, when an invite is pending.

@@ -150,10 +150,8 @@ impl Rooms {
     async fn countersign_invite(&self, batch: &mut super::Batch, event_id: ruma::OwnedEventId) -> Result<()> {
         let signer = self.invite_signer.get().cloned().ok_or_else(|| Error::forbidden("federation is off"))?;
         // The room's description, as full PDUs (the spec's form since v1.16).
-        let kinds = ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias"];
-        let ids: Vec<String> = kinds
+        let ids: Vec<String> = super::DESCRIBING_STATE
             .iter()
-            .chain(&["m.room.encryption"])
             .filter_map(|kind| batch.head.state_id(kind, "").map(ToString::to_string))
             .collect();
         let stripped = self.store.events(&ids).await?.into_iter().map(|row| row.json).collect();

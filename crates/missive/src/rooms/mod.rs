@@ -50,6 +50,17 @@ use crate::{
     sync::stream::{PositionGuard, Streams},
 };
 
+/// The state events that describe a room to someone outside it (an invitee, a knocker).
+pub const DESCRIBING_STATE: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
 /// State groups are stored as deltas; after this many a full snapshot keeps lookups short.
 const MAX_STATE_CHAIN: i64 = 50;
 
@@ -922,6 +933,17 @@ impl Rooms {
     ) -> Result<Option<Value>> {
         let row = self.store.current_state_event(room_id.as_str(), kind, state_key).await?;
         Ok(row.and_then(|row| Pdu::from_row(&row).ok()).map(|pdu| pdu.content_value()))
+    }
+
+    /// The room's current describing state events ([`DESCRIBING_STATE`]).
+    pub async fn describing_state(&self, room_id: &RoomId) -> Result<Vec<crate::store::EventRow>> {
+        let mut rows = Vec::new();
+        for kind in DESCRIBING_STATE {
+            if let Some(row) = self.store.current_state_event(room_id.as_str(), kind, "").await? {
+                rows.push(row);
+            }
+        }
+        Ok(rows)
     }
 
     /// Continues outlier positions below those stored.

@@ -231,6 +231,16 @@ pub fn sync_event(mut event: Value) -> Value {
 }
 
 /// The stripped form of a state event (invites, knocks).
+/// A room-describing event received from another server (a full PDU or already
+/// stripped) as clients are shown it: type, state key, sender and content.
+pub fn stripped_of_json(raw: &str) -> Option<Value> {
+    let event: Value = serde_json::from_str(raw).ok()?;
+    Some(serde_json::json!({
+        "type": event.get("type")?, "state_key": event.get("state_key")?,
+        "sender": event.get("sender")?, "content": event.get("content")?,
+    }))
+}
+
 pub fn stripped_state(row: &EventRow) -> Value {
     let pdu: Map<String, Value> = serde_json::from_str(&row.json).unwrap_or_default();
     let mut out = Map::new();

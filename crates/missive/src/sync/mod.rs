@@ -572,20 +572,8 @@ impl Sync {
     }
 
     async fn stripped_state(&self, m: &MembershipRow) -> Result<Vec<Value>> {
-        let mut ids = Vec::new();
-        for kind in [
-            "m.room.create",
-            "m.room.join_rules",
-            "m.room.name",
-            "m.room.avatar",
-            "m.room.canonical_alias",
-            "m.room.encryption",
-            "m.room.topic",
-        ] {
-            if let Some(row) = self.store.current_state_event(&m.room_id, kind, "").await? {
-                ids.push(row);
-            }
-        }
+        let room_id = ruma::RoomId::parse(&m.room_id).map_err(|e| Error::Internal(e.to_string()))?;
+        let ids = self.rooms.describing_state(&room_id).await?;
         let mut out: Vec<Value> = ids.iter().map(pdu::stripped_state).collect();
         // A room of another server this server is not in: what its server described.
         if ids.is_empty()

@@ -167,16 +167,7 @@ async fn join_anywhere<T>(
 async fn join(state: AppState, req: Ruma<join_room_by_id_or_alias::v3::Request>) -> Result<Response> {
     let id = req.identity();
     state.limits.check(Action::RoomJoin, id.user_id.as_str())?;
-    let (room_id, mut via) = match <&ruma::RoomId>::try_from(&*req.body.room_id_or_alias) {
-        Ok(room_id) => (room_id.to_owned(), Vec::new()),
-        Err(alias) if alias.server_name() != state.federation.server_name => {
-            let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.to_owned());
-            let answer = state.federation.send(alias.server_name(), request).await?;
-            let servers = answer.servers.iter().filter_map(|s| ruma::OwnedServerName::try_from(s.as_str()).ok());
-            (answer.room_id, servers.collect())
-        }
-        Err(_) => (state.rooms.resolve_room(&req.body.room_id_or_alias).await?, Vec::new()),
-    };
+    let (room_id, mut via) = room_and_servers(&state, &req.body.room_id_or_alias).await?;
     via.extend(req.body.via.iter().cloned());
     if id.is_guest {
         state.rooms.require_guest_access(&room_id).await?;
@@ -187,11 +178,41 @@ async fn join(state: AppState, req: Ruma<join_room_by_id_or_alias::v3::Request>)
 }
 
 /// # POST /_matrix/client/v3/knock/{roomIdOrAlias}
+///
+/// A room this server is not in is knocked on through the servers the alias names, the
+/// `via` servers, or the room ID's server.
 async fn knock(state: AppState, req: Ruma<knock_room::v3::Request>) -> Result<Response> {
     let id = req.identity();
-    let room_id = state.rooms.resolve_room(&req.body.room_id_or_alias).await?;
-    let room_id = state.rooms.knock(&id.user_id, &room_id, req.body.reason.as_deref()).await?;
+    let (room_id, mut via) = room_and_servers(&state, &req.body.room_id_or_alias).await?;
+    let reason = req.body.reason.as_deref();
+    if state.store.room(room_id.as_str()).await?.is_some() {
+        let room_id = state.rooms.knock(&id.user_id, &room_id, reason).await?;
+        return Ok(json(json!({ "room_id": room_id })));
+    }
+    via.extend(req.body.via.iter().cloned());
+    if let Some(server) = room_id.server_name() {
+        via.push(server.to_owned());
+    }
+    state.federation.knock_remote(&state.rooms, &id.user_id, &room_id, &via, reason).await?;
     Ok(json(json!({ "room_id": room_id })))
+}
+
+/// A room ID or alias as a room ID, with the servers to reach it through when the alias
+/// is another server's (its directory names them).
+async fn room_and_servers(
+    state: &AppState,
+    room_id_or_alias: &ruma::RoomOrAliasId,
+) -> Result<(ruma::OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    Ok(match <&ruma::RoomId>::try_from(room_id_or_alias) {
+        Ok(room_id) => (room_id.to_owned(), Vec::new()),
+        Err(alias) if alias.server_name() != state.federation.server_name => {
+            let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.to_owned());
+            let answer = state.federation.send(alias.server_name(), request).await?;
+            let servers = answer.servers.iter().filter_map(|s| ruma::OwnedServerName::try_from(s.as_str()).ok());
+            (answer.room_id, servers.collect())
+        }
+        Err(_) => (state.rooms.resolve_room(room_id_or_alias).await?, Vec::new()),
+    })
 }
 
 /// # POST /_matrix/client/v3/rooms/{roomId}/invite

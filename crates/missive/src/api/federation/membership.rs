@@ -1,9 +1,11 @@
-//! Joining this server's rooms from another server: the join template, then the signed
-//! join, answered with the room's state.
+//! Memberships of this server's rooms from another server: the join, knock and leave
+//! templates, then the signed events (a join answered with the room's state, a knock with
+//! its description), and invites of this server's users.
 
 use axum::{Router, response::Response};
 use ruma::api::federation::membership::{
-    RawStrippedState, create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    RawStrippedState, create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+    prepare_knock_event, prepare_leave_event,
 };
 use serde_json::json;
 
@@ -22,6 +24,8 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, invite);
     let router = router.route("/_matrix/federation/v1/invite/{room_id}/{event_id}", axum::routing::put(invite_v1));
     let router = route(router, send_join);
+    let router = route(router, make_knock);
+    let router = route(router, send_knock);
     // Version 1 takes the same requests and wraps its answers as `[200, answer]`.
     router
         .route(
@@ -150,20 +154,40 @@ async fn accept_invite(
     }
     // What the invitee's client is shown of the room: each description event stripped
     // to its type, state key, sender and content.
-    let stripped: Vec<serde_json::Value> = described
-        .iter()
-        .filter_map(|raw| {
-            let event: serde_json::Value = serde_json::from_str(raw).ok()?;
-            Some(json!({
-                "type": event.get("type")?, "state_key": event.get("state_key")?,
-                "sender": event.get("sender")?, "content": event.get("content")?,
-            }))
-        })
-        .collect();
+    let stripped: Vec<serde_json::Value> =
+        described.iter().filter_map(|raw| crate::rooms::pdu::stripped_of_json(raw)).collect();
     let answer = serde_json::to_value(&signed).map_err(|e| Error::Internal(e.to_string()))?;
     let checked = crate::federation::pdu::CheckedPdu { event_id: checked_id, object: signed };
     state.rooms.receive_invite(room_id, checked, stripped).await?;
     Ok(answer)
+}
+
+/// # GET /_matrix/federation/v1/make_knock/{roomId}/{userId}
+async fn make_knock(state: AppState, req: Ruma<prepare_knock_event::v1::Request>) -> Result<Response> {
+    let b = &req.body;
+    if b.user_id.server_name() != req.origin() {
+        return Err(Error::forbidden("a server makes knocks for its own users only"));
+    }
+    state.federation.check_room_acl(&state.rooms, &b.room_id, req.origin()).await?;
+    let supported = if b.ver.is_empty() { vec![ruma::RoomVersionId::V1] } else { b.ver.clone() };
+    Ok(json(state.rooms.make_knock(&b.room_id, &b.user_id, &supported).await?))
+}
+
+/// # PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}
+///
+/// Admits the knock (sent on to the room's other servers) and answers with the events
+/// that describe the room, as full PDUs.
+async fn send_knock(state: AppState, req: Ruma<create_knock_event::v1::Request>) -> Result<Response> {
+    let b = &req.body;
+    admit_membership(&state, req.origin(), &b.room_id, &b.event_id, &b.pdu, "knock").await?;
+    let described: Vec<serde_json::Value> = state
+        .rooms
+        .describing_state(&b.room_id)
+        .await?
+        .iter()
+        .filter_map(|row| serde_json::from_str(&row.json).ok())
+        .collect();
+    Ok(json(json!({ "knock_room_state": described })))
 }
 
 /// # GET /_matrix/federation/v1/make_leave/{roomId}/{userId}
