@@ -26,7 +26,9 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
 /// # PUT /_matrix/federation/v1/send/{txnId}
 ///
 /// Each PDU is checked and admitted on its own, in order; its result is reported under its
-/// event ID. A PDU of a room this server is not in, or that fails a check, changes nothing.
+/// event ID (an error when it could not be processed, nothing when it was admitted or
+/// rejected by the authorisation rules). A PDU of a room this server is not in, or that
+/// fails a check, changes nothing.
 async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>) -> Result<Response> {
     let b = &req.body;
     let origin = req.origin();
@@ -65,6 +67,12 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
         .await;
         match outcome {
             Ok((event_id, Ok(_))) => {
+                results.insert(event_id, json!({}));
+            }
+            // An event the authorisation rules reject is handled: rejected (as Synapse
+            // answers, and SyTest expects); only what could not be processed is an error.
+            Ok((event_id, Err(Error::Forbidden(reason)))) => {
+                tracing::info!(%origin, %room_id, %event_id, %reason, "PDU rejected");
                 results.insert(event_id, json!({}));
             }
             Ok((event_id, Err(e))) => {
