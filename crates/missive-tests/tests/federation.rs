@@ -1198,3 +1198,66 @@ async fn a_user_of_another_server_knocks_and_is_let_in() {
     let (_, joined) = police.call("GET", &member, Some(&alice.access_token), None).await;
     assert_eq!(joined["membership"], "join");
 }
+
+#[tokio::test]
+async fn a_server_that_left_a_room_joins_it_again_with_what_changed_meanwhile() {
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let alice = police.register("alice").await;
+    let bob = gov.register("bob").await;
+    let (_, body) = police
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({ "preset": "public_chat", "room_alias_name": "retour", "topic": "Avant" })),
+        )
+        .await;
+    let room_id = body["room_id"].as_str().unwrap().to_owned();
+    let (status, _) = gov
+        .call("POST", "/_matrix/client/v3/join/%23retour:police.test", Some(&bob.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = gov
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&bob.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200);
+    let member = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{}", bob.user_id);
+    common::until("police sees bob leave", async || {
+        (police.call("GET", &member, Some(&alice.access_token), None).await.1["membership"] == "leave").then_some(())
+    })
+    .await;
+
+    // While gov is out of the room, it changes.
+    let topic = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic/");
+    let (status, _) = police.call("PUT", &topic, Some(&alice.access_token), Some(json!({ "topic": "Après" }))).await;
+    assert_eq!(status, 200);
+
+    // Bob joins again: through police, with the room's state as it is now.
+    let (status, body) = gov
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/join"), Some(&bob.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, now) = gov.call("GET", &topic, Some(&bob.access_token), None).await;
+    assert_eq!(now["topic"], "Après", "gov holds the room's current state");
+    common::until("police sees bob back", async || {
+        (police.call("GET", &member, Some(&alice.access_token), None).await.1["membership"] == "join").then_some(())
+    })
+    .await;
+    let here = common::state_map(police, &alice.access_token, &room_id).await;
+    let there = common::state_map(gov, &bob.access_token, &room_id).await;
+    assert_eq!(here, there);
+
+    // And the conversation goes on both ways.
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/back");
+    let (status, body) = gov
+        .call("PUT", &path, Some(&bob.access_token), Some(json!({ "msgtype": "m.text", "body": "Me revoilà" })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let event_id = body["event_id"].as_str().unwrap().to_owned();
+    common::until("alice reads bob", async || {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/event/{event_id}");
+        (police.call("GET", &path, Some(&alice.access_token), None).await.0 == 200).then_some(())
+    })
+    .await;
+}

@@ -313,9 +313,7 @@ impl Rooms {
         join: (OwnedEventId, String),
     ) -> Result<()> {
         if self.store.room(room_id.as_str()).await?.is_some() {
-            return Err(Error::forbidden(
-                "this server already knows the room; rejoining through another is not supported yet",
-            ));
+            return self.rejoin_remote(room_id, chain, state, join).await;
         }
         let (version, rules) = super::version::rules_for(version.as_str())?;
         let mut batch = Batch::new(super::RoomHead::empty(room_id.to_owned(), version.clone(), rules.clone()));
@@ -382,6 +380,79 @@ impl Rooms {
         let joiner = batch.write.events.last().and_then(|e| e.state_key.clone()).unwrap_or_default();
         self.commit_new_room(batch).await?;
         self.store.drop_remote_invite(room_id.as_str(), &joiner, false).await?;
+        Ok(())
+    }
+
+    /// A room this server knows but had left, joined again through another server: what
+    /// it missed meanwhile is the resident server's answer. Unknown events are stored as
+    /// outliers, the room's state becomes the answered state (a `Resolution` after the
+    /// join, which is checked against it), and the join is the room's only leaf here.
+    async fn rejoin_remote(
+        &self,
+        room_id: &RoomId,
+        chain: Vec<(OwnedEventId, String)>,
+        state: Vec<(OwnedEventId, String)>,
+        join: (OwnedEventId, String),
+    ) -> Result<()> {
+        let all_ids: Vec<String> = chain.iter().chain(&state).map(|(id, _)| id.to_string()).collect();
+        let known: HashSet<String> = self.store.events(&all_ids).await?.into_iter().map(|r| r.event_id).collect();
+        self.write(room_id, async |rooms: &Self, batch: &mut Batch| {
+            let mut new_state = super::resolve::StateIds::new();
+            let in_state: HashSet<&OwnedEventId> = state.iter().map(|(id, _)| id).collect();
+            let mut stored = HashSet::new();
+            for (event_id, json) in chain.iter().chain(&state) {
+                let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), json)?;
+                if in_state.contains(event_id)
+                    && let Some(key) = &pdu.state_key
+                {
+                    new_state.insert((pdu.kind.to_string(), key.clone()), event_id.clone());
+                }
+                batch.head.depth = batch.head.depth.max(pdu.depth);
+                if known.contains(event_id.as_str()) || !stored.insert(event_id.clone()) {
+                    continue;
+                }
+                let membership = (pdu.kind == TimelineEventType::RoomMember)
+                    .then(|| pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned))
+                    .flatten();
+                let pos = rooms.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                batch.write.events.push(row_of_received(&pdu, json.clone(), pos, membership, Vec::new(), 0));
+                Arc::make_mut(&mut batch.head.pdus).insert(event_id.clone(), Arc::new(pdu));
+            }
+            if !new_state.contains_key(&("m.room.create".to_owned(), String::new())) {
+                return Err(Error::bad_json("the room's state has no create event"));
+            }
+            let ids: Vec<OwnedEventId> = new_state.values().cloned().collect();
+            rooms.load_pdus(&mut batch.head, &ids).await?;
+            let current_before = rooms.build_on_branch(batch, &new_state);
+            let (event_id, json) = &join;
+            let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), json)?;
+            let rules = batch.head.rules.clone();
+            let head = &batch.head;
+            state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+                head.state_pdu(&t.to_string(), k).map(|p| p.as_ref())
+            })
+            .map_err(|e| Error::forbidden(format!("the join does not pass the room's rules: {e}")))?;
+            let prev_events = pdu.prev_events.iter().map(ToString::to_string).collect();
+            let content = pdu.content_value();
+            let (depth, ts) = (pdu.depth as i64, i64::from(pdu.origin_server_ts.get()));
+            batch.received.insert(event_id.to_string(), None);
+            rooms.record(batch, Recorded { pdu, json: json.clone(), depth, ts, prev_events, txn: None }, &content);
+            let rejoined = (*batch.head.state).clone();
+            rooms.set_current_state(batch, current_before, rejoined).await?;
+            batch.head.extremities = vec![event_id.clone()];
+            batch.write.reset_extremities = true;
+            Ok(())
+        })
+        .await?;
+        let joiner = ruma::UserId::parse(
+            serde_json::from_str::<Value>(&join.1)
+                .ok()
+                .and_then(|v| v["state_key"].as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        );
+        if let Ok(joiner) = joiner {
+            self.store.drop_remote_invite(room_id.as_str(), joiner.as_str(), false).await?;
+        }
         Ok(())
     }
 

@@ -67,8 +67,7 @@ impl Rooms {
         current_before: Arc<StateIds>,
     ) -> Result<()> {
         let Some(event) = batch.write.events.last() else { return Ok(()) };
-        let (event_id, pos) = (event.event_id.clone(), event.stream_pos);
-        let event_key = event.state_key.clone().map(|key| (event.event_type.clone(), key));
+        let event_id = event.event_id.clone();
         let mut states = vec![(*batch.head.state).clone()];
         for leaf in extremities.iter().filter(|id| id.as_str() != event_id) {
             if let Some(state) = self.state_after(leaf).await? {
@@ -80,6 +79,22 @@ impl Rooms {
         } else {
             self.resolve_states(&batch.head.rules, &batch.head.pdus, &states).await?
         };
+        self.set_current_state(batch, current_before, resolved).await?;
+        tracing::info!(room_id = %batch.head.room_id, %event_id, "branches resolved");
+        Ok(())
+    }
+
+    /// Makes `resolved` the room's current state after the batch's last event, whatever
+    /// the events before it left (`current_before`, then that event).
+    pub(super) async fn set_current_state(
+        &self,
+        batch: &mut Batch,
+        current_before: Arc<StateIds>,
+        resolved: StateIds,
+    ) -> Result<()> {
+        let Some(event) = batch.write.events.last() else { return Ok(()) };
+        let (event_id, pos) = (event.event_id.clone(), event.stream_pos);
+        let event_key = event.state_key.clone().map(|key| (event.event_type.clone(), key));
         let ids: Vec<OwnedEventId> = resolved.values().cloned().collect();
         self.load_pdus(&mut batch.head, &ids).await?;
         // What the write's events leave as the current state, which the resolution replaces.
@@ -111,7 +126,6 @@ impl Rooms {
             removed,
             stream_pos: pos,
         });
-        tracing::info!(room_id = %batch.head.room_id, %event_id, "branches resolved");
         batch.head.joined = Arc::new(joined);
         batch.head.state = Arc::new(resolved);
         batch.head.group = group;

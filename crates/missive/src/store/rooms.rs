@@ -146,6 +146,8 @@ pub struct RoomWrite {
     pub outbox: Vec<(String, i64)>,
     /// Where branches of the room met: the current state replaced by their resolution.
     pub resolutions: Vec<Resolution>,
+    /// The room's leaves are only this write's (a room joined again after a while away).
+    pub reset_extremities: bool,
 }
 
 /// The room's current state as state resolution gives it where branches meet, applied
@@ -177,6 +179,7 @@ impl RoomWrite {
             && self.publish.is_none()
             && self.outbox.is_empty()
             && self.resolutions.is_empty()
+            && !self.reset_extremities
     }
 
     /// Appends a write built on this one, so that both commit as one.
@@ -191,6 +194,7 @@ impl RoomWrite {
         self.publish = next.publish.or(self.publish);
         self.outbox.extend(next.outbox);
         let offset = self.events.len() - next_events;
+        self.reset_extremities |= next.reset_extremities;
         self.resolutions
             .extend(next.resolutions.into_iter().map(|r| Resolution { after_event: r.after_event + offset, ..r }));
     }
@@ -305,7 +309,9 @@ impl Store {
         let referenced: HashSet<&str> =
             write.events.iter().flat_map(|e| e.prev_events.iter().map(String::as_str)).collect();
         let gone: Vec<&str> = referenced.difference(&in_batch).copied().collect();
-        if !gone.is_empty() {
+        if write.reset_extremities {
+            script.push("DELETE FROM room_extremities WHERE room_id = ?").bind(room_id);
+        } else if !gone.is_empty() {
             let statement = script
                 .push(format!("DELETE FROM room_extremities WHERE room_id = ? AND event_id IN ({})", list(gone.len())));
             statement.bind(room_id);

@@ -150,8 +150,15 @@ async fn join_anywhere<T>(
     reason: Option<&str>,
 ) -> Result<ruma::OwnedRoomId> {
     let user_id = &req.identity().user_id;
+    // A room this server is in is joined here; one it has left (its state may be stale) is
+    // joined again through the servers it last knew in it, unless none is left.
     if state.store.room(room_id.as_str()).await?.is_some() {
-        return state.rooms.join(user_id, room_id, reason, body_fields(req)).await;
+        let residents = state.rooms.resident_servers(room_id.as_str()).await?;
+        let own = state.federation.server_name.as_str();
+        if residents.is_empty() || residents.iter().any(|s| s == own) {
+            return state.rooms.join(user_id, room_id, reason, body_fields(req)).await;
+        }
+        via.extend(residents.iter().filter_map(|s| ruma::OwnedServerName::try_from(s.as_str()).ok()));
     }
     if let Some(server) = state.rooms.inviting_server(room_id, user_id).await? {
         via.insert(0, server);
