@@ -82,11 +82,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ => None,
     };
     let services = build(config).await?;
-    // Bound only now: start-up (migrations, keys) is complete.
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let local = listener.local_addr()?;
-    tracing::info!(address = %local, server_name = %services.config.server_name, "listening");
-    println!("missive listening on http://{local}");
+    // Bound only now: start-up (migrations, keys) is complete. Both listeners are bound
+    // before the start-up line, so that the line means the server is reachable on both.
     let tls_listener = match tls {
         Some((addr, config)) => {
             let listener = TlsListener::bind(addr, config).await.with_context(|| format!("cannot listen on {addr}"))?;
@@ -97,6 +94,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, server_name = %services.config.server_name, "listening");
+    println!("missive listening on http://{local}");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -161,6 +161,50 @@ impl Rooms {
         Ok(Admitted::Stored)
     }
 
+    /// Admits PDUs of one room received together (a transaction), in order, in one write
+    /// (one commit for them all): each gets its own result, and one refused changes
+    /// nothing of the others.
+    pub async fn admit_remote_many(
+        &self,
+        room_id: &RoomId,
+        pdus: Vec<CheckedPdu>,
+    ) -> Result<Vec<(OwnedEventId, Result<Admitted>)>> {
+        let ids: Vec<String> = pdus.iter().map(|p| p.event_id.to_string()).collect();
+        let known: HashSet<String> = self.store.events(&ids).await?.into_iter().map(|r| r.event_id).collect();
+        let mut results = Vec::with_capacity(pdus.len());
+        let mut fresh = Vec::new();
+        for checked in pdus {
+            if known.contains(checked.event_id.as_str()) {
+                results.push((checked.event_id, Ok(Admitted::AlreadyKnown)));
+            } else if !matches!(checked.object.get("room_id"), Some(CanonicalJsonValue::String(id)) if id == room_id.as_str())
+            {
+                results.push((checked.event_id, Err(Error::bad_json("PDU of another room"))));
+            } else {
+                fresh.push(checked);
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(results);
+        }
+        let admitted = self
+            .write(room_id, async |rooms: &Self, batch: &mut Batch| {
+                let mut out = Vec::with_capacity(fresh.len());
+                for checked in fresh {
+                    let event_id = checked.event_id.clone();
+                    match rooms.admit(batch, checked, None).await {
+                        Ok(()) => out.push((event_id, Ok(Admitted::Stored))),
+                        // Refused before anything was recorded: the others go on.
+                        Err(e @ (Error::Forbidden(_) | Error::BadJson(_))) => out.push((event_id, Err(e))),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        results.extend(admitted);
+        Ok(results)
+    }
+
     async fn admit(&self, batch: &mut Batch, checked: CheckedPdu, relay_from: Option<String>) -> Result<()> {
         let CheckedPdu { event_id, object } = checked;
         if batch.write.events.iter().any(|e| e.event_id == event_id.as_str()) {

@@ -1,6 +1,6 @@
 //! Transactions: the PDUs and EDUs other servers push to this one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::{Router, response::Response};
 use ruma::api::federation::transactions::send_transaction_message;
@@ -12,6 +12,7 @@ use crate::{
         ruma::{Ruma, json, route},
     },
     error::{Error, Result},
+    federation::pdu::CheckedPdu,
     rooms::federated::room_of,
 };
 
@@ -50,36 +51,72 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
         receive_edu_logged(&state, origin, edu).await;
     }
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
+    // Checked one by one (and their gaps filled), then admitted per room in one write.
+    let mut checked: Vec<(ruma::OwnedRoomId, CheckedPdu)> = Vec::new();
+    let mut rooms: HashMap<
+        ruma::OwnedRoomId,
+        Result<(ruma::RoomVersionId, ruma::room_version_rules::RoomVersionRules)>,
+    > = HashMap::new();
     for raw in &b.pdus {
         let Some(room_id) = room_of(raw) else {
             tracing::debug!(%origin, "PDU without a room ID dropped");
             continue;
         };
-        let outcome = async {
-            state.federation.check_room_acl(&state.rooms, &room_id, origin).await?;
-            let (version, rules) = state.rooms.version_of(&room_id).await?;
-            let checked = state.federation.check_pdu(&version, &rules, raw).await?;
-            let event_id = checked.event_id.to_string();
-            fill_gap(&state, origin, &room_id, &checked).await;
-            let admitted = state.rooms.admit_remote(&room_id, checked, None).await;
-            Ok::<_, Error>((event_id, admitted))
-        }
-        .await;
-        match outcome {
-            Ok((event_id, Ok(_))) => {
-                results.insert(event_id, json!({}));
+        let room = match rooms.get(&room_id) {
+            Some(room) => room,
+            None => {
+                let room = async {
+                    state.federation.check_room_acl(&state.rooms, &room_id, origin).await?;
+                    state.rooms.version_of(&room_id).await
+                }
+                .await;
+                rooms.entry(room_id.clone()).or_insert(room)
             }
-            // An event the authorisation rules reject is handled: rejected (as Synapse
-            // answers, and SyTest expects); only what could not be processed is an error.
-            Ok((event_id, Err(Error::Forbidden(reason)))) => {
-                tracing::info!(%origin, %room_id, %event_id, %reason, "PDU rejected");
-                results.insert(event_id, json!({}));
+        };
+        let (version, rules) = match room {
+            Ok(room) => room,
+            Err(e) => {
+                tracing::info!(%origin, %room_id, error = %e, "PDU refused before its ID was known");
+                continue;
             }
-            Ok((event_id, Err(e))) => {
-                tracing::info!(%origin, %room_id, %event_id, error = %e, "PDU refused");
-                results.insert(event_id, json!({ "error": e.to_string() }));
+        };
+        match state.federation.check_pdu(version, rules, raw).await {
+            Ok(pdu) => {
+                let in_txn: HashSet<&str> = checked.iter().map(|(_, p)| p.event_id.as_str()).collect();
+                fill_gap(&state, origin, &room_id, &pdu, &in_txn).await;
+                checked.push((room_id, pdu));
             }
             Err(e) => tracing::info!(%origin, %room_id, error = %e, "PDU refused before its ID was known"),
+        }
+    }
+    let mut pending = checked.into_iter().peekable();
+    while let Some((room_id, first)) = pending.next() {
+        let mut group = vec![first];
+        while let Some((_, pdu)) = pending.next_if(|(r, _)| *r == room_id) {
+            group.push(pdu);
+        }
+        let admitted = match state.rooms.admit_remote_many(&room_id, group).await {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                tracing::warn!(%origin, %room_id, error = %e, "PDUs not admitted");
+                continue;
+            }
+        };
+        for (event_id, outcome) in admitted {
+            let result = match outcome {
+                Ok(_) => json!({}),
+                // An event the authorisation rules reject is handled: rejected (as Synapse
+                // answers, and SyTest expects); only what could not be processed is an error.
+                Err(Error::Forbidden(reason)) => {
+                    tracing::info!(%origin, %room_id, %event_id, %reason, "PDU rejected");
+                    json!({})
+                }
+                Err(e) => {
+                    tracing::info!(%origin, %room_id, %event_id, error = %e, "PDU refused");
+                    json!({ "error": e.to_string() })
+                }
+            };
+            results.insert(event_id.to_string(), result);
         }
     }
     for edu in the_rest {
@@ -103,7 +140,8 @@ async fn fill_gap(
     state: &AppState,
     origin: &ruma::ServerName,
     room_id: &ruma::RoomId,
-    checked: &crate::federation::pdu::CheckedPdu,
+    checked: &CheckedPdu,
+    in_txn: &HashSet<&str>,
 ) {
     let prev: Vec<String> = match checked.object.get("prev_events") {
         Some(ruma::CanonicalJsonValue::Array(list)) => list
@@ -119,6 +157,8 @@ async fn fill_gap(
             .collect(),
         _ => return,
     };
+    // Prev events earlier in the same transaction are admitted before this one.
+    let prev: Vec<String> = prev.into_iter().filter(|p| !in_txn.contains(p.as_str())).collect();
     let Ok(known) = state.store.events(&prev).await else { return };
     if known.len() == prev.len() {
         return;
