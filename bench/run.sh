@@ -115,3 +115,7 @@ fi
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); Synapse $synapse_version; $(date -u +%Y-%m-%d)"
 python3 "$root/bench/report.py" "$results"
+
+# Two servers of each kind federating: its own table.
+echo
+"$root/bench/federation.sh" "$@"

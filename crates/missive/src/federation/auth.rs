@@ -41,6 +41,9 @@ impl Federation {
             tracing::debug!(origin = %x_matrix.origin, error = %e, "X-Matrix signature does not verify");
             FederationError::BadSignature(format!("X-Matrix signature of {}: {e}", x_matrix.origin))
         })?;
+        if let Some(sender) = self.sender() {
+            sender.heard_from(x_matrix.origin.as_str());
+        }
         Ok(x_matrix.origin)
     }
 }

@@ -71,13 +71,19 @@ impl Federation {
             self.queue_edu(&servers, "m.signing_key_update", signing_update);
         }
         let devices = self.store.devices(user).await.unwrap_or_default();
+        // Each update names the previous one sent for the user, so that a receiver that
+        // missed one knows to resync (none known since start: empty, a resync).
+        let prev_id: Vec<i64> = {
+            let mut last = self.device_list_ids.lock().expect("device list ids poisoned");
+            last.insert(user.to_owned(), stream_id).into_iter().collect()
+        };
         for device in devices {
             let content = json!({
                 "user_id": user,
                 "device_id": device.device_id,
                 "device_display_name": device.display_name,
                 "stream_id": stream_id,
-                "prev_id": [],
+                "prev_id": prev_id,
                 "deleted": false,
             });
             self.queue_edu(&servers, "m.device_list_update", content);

@@ -72,6 +72,8 @@ pub struct Federation {
     sender: std::sync::OnceLock<Arc<sender::Sender>>,
     /// Held while history is backfilled (see `backfill`).
     backfilling: tokio::sync::Mutex<()>,
+    /// The last `m.device_list_update` stream ID sent per local user (see `devices`).
+    device_list_ids: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl Federation {
@@ -98,6 +100,7 @@ impl Federation {
             policy,
             sender: std::sync::OnceLock::new(),
             backfilling: tokio::sync::Mutex::new(()),
+            device_list_ids: Default::default(),
         })
     }
 

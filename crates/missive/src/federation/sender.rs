@@ -128,6 +128,20 @@ impl Sender {
         known
     }
 
+    /// A destination was heard from (it signed a request to this server): it is up, so a
+    /// backoff on it ends now rather than at its next retry, as Synapse does.
+    pub fn heard_from(self: &Arc<Self>, destination: &str) {
+        let backing_off = self
+            .status
+            .lock()
+            .expect("destination status poisoned")
+            .get(destination)
+            .is_some_and(|status| status.retry_interval > 0);
+        if backing_off {
+            self.reset(destination);
+        }
+    }
+
     /// Queues an EDU for a destination.
     pub fn queue_edu(self: &Arc<Self>, destination: &str, edu: Value) {
         self.edus.lock().expect("edu queue poisoned").entry(destination.to_owned()).or_default().push(edu);
