@@ -62,7 +62,9 @@ impl Federation {
         let (event_id, json) = self.sign_membership(&template.event, &rules, user_id, "join").await?;
         let raw = RawValue::from_string(json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
         let request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw);
+        let started = std::time::Instant::now();
         let answer = self.send(server, request).await?.room_state;
+        let answered = started.elapsed();
 
         // Every event is checked as any received PDU; a bad one is left out, as long as the
         // state still has what the room needs (its create event, of this version).
@@ -88,8 +90,16 @@ impl Federation {
             Some(v) => return Err(Error::Remote(format!("the room's create event says version {v}"))),
             None => return Err(Error::Remote("the join answer has no create event".into())),
         }
+        let checked = started.elapsed();
+        let events = state.len() + chain.len();
         rooms.persist_remote_join(room_id, &room_version, chain, state, (event_id, json)).await?;
-        tracing::info!(%room_id, %server, %user_id, "joined a room of another server");
+        tracing::info!(
+            %room_id, %server, %user_id, events,
+            send_join_ms = answered.as_millis() as u64,
+            check_ms = (checked - answered).as_millis() as u64,
+            store_ms = (started.elapsed() - checked).as_millis() as u64,
+            "joined a room of another server"
+        );
         Ok(())
     }
 
