@@ -95,21 +95,8 @@ impl Federation {
         let received: std::collections::HashSet<String> = events.iter().map(|e| e.event_id.to_string()).collect();
         let mut lacking = Vec::new();
         for event in events {
-            let auth: Vec<String> = match event.object.get("auth_events") {
-                Some(ruma::CanonicalJsonValue::Array(list)) => list
-                    .iter()
-                    .filter_map(|a| match a {
-                        ruma::CanonicalJsonValue::String(id) => Some(id.clone()),
-                        ruma::CanonicalJsonValue::Array(pair) => match pair.first() {
-                            Some(ruma::CanonicalJsonValue::String(id)) => Some(id.clone()),
-                            _ => None,
-                        },
-                        _ => None,
-                    })
-                    .filter(|id| !received.contains(id))
-                    .collect(),
-                _ => continue,
-            };
+            let auth: Vec<String> =
+                event.references("auth_events").into_iter().filter(|id| !received.contains(id)).collect();
             let Ok(held) = rooms.store.events(&auth).await else { continue };
             if held.len() < auth.len() {
                 lacking.push(event.event_id.clone());

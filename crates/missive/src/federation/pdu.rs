@@ -21,6 +21,24 @@ pub struct CheckedPdu {
     pub object: CanonicalJsonObject,
 }
 
+impl CheckedPdu {
+    /// The event IDs a reference field (`prev_events`, `auth_events`) names, in either
+    /// format (IDs from room version 3 on, `[ID, hashes]` pairs before).
+    pub fn references(&self, field: &str) -> Vec<String> {
+        let Some(ruma::CanonicalJsonValue::Array(list)) = self.object.get(field) else { return Vec::new() };
+        list.iter()
+            .filter_map(|r| match r {
+                ruma::CanonicalJsonValue::String(id) => Some(id.clone()),
+                ruma::CanonicalJsonValue::Array(pair) => match pair.first() {
+                    Some(ruma::CanonicalJsonValue::String(id)) => Some(id.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 impl Federation {
     /// Verifies a received PDU of a room of `version`.
     pub async fn check_pdu(

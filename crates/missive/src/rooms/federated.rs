@@ -407,23 +407,28 @@ impl Rooms {
         batch.write.new_room =
             Some(crate::store::NewRoom { room_id: room_id.to_string(), room_version: version.to_string(), creator });
 
-        let (event_id, json) = join;
-        let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), &json)?;
+        self.record_join(&mut batch, &join)?;
+        batch.head.extremities = vec![join.0];
+        let joiner = batch.write.events.last().and_then(|e| e.state_key.clone()).unwrap_or_default();
+        self.commit_new_room(batch).await?;
+        self.store.drop_remote_invite(room_id.as_str(), &joiner, false).await?;
+        Ok(())
+    }
+
+    /// Records a local user's join made through a resident server, checked against the
+    /// state the batch's head holds; the resident server sends it to the room's others.
+    fn record_join(&self, batch: &mut Batch, (event_id, json): &(OwnedEventId, String)) -> Result<()> {
+        let pdu = Pdu::parse(event_id.as_str(), batch.head.room_id.as_str(), json)?;
         let head = &batch.head;
-        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+        state_res::check_state_dependent_auth_rules(&head.rules.authorization, &pdu, |t: &StateEventType, k: &str| {
             head.state_pdu(&t.to_string(), k).map(|p| p.as_ref())
         })
         .map_err(|e| Error::forbidden(format!("the join does not pass the room's rules: {e}")))?;
         let prev_events = pdu.prev_events.iter().map(ToString::to_string).collect();
         let content = pdu.content_value();
         let (depth, ts) = (pdu.depth as i64, i64::from(pdu.origin_server_ts.get()));
-        // The resident server sends the join to the room's other servers.
         batch.received.insert(event_id.to_string(), None);
-        self.record(&mut batch, Recorded { pdu, json, depth, ts, prev_events, txn: None }, &content);
-        batch.head.extremities = vec![event_id];
-        let joiner = batch.write.events.last().and_then(|e| e.state_key.clone()).unwrap_or_default();
-        self.commit_new_room(batch).await?;
-        self.store.drop_remote_invite(room_id.as_str(), &joiner, false).await?;
+        self.record(batch, Recorded { pdu, json: json.clone(), depth, ts, prev_events, txn: None }, &content);
         Ok(())
     }
 
@@ -468,22 +473,10 @@ impl Rooms {
             let ids: Vec<OwnedEventId> = new_state.values().cloned().collect();
             rooms.load_pdus(&mut batch.head, &ids).await?;
             let current_before = rooms.build_on_branch(batch, &new_state);
-            let (event_id, json) = &join;
-            let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), json)?;
-            let rules = batch.head.rules.clone();
-            let head = &batch.head;
-            state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
-                head.state_pdu(&t.to_string(), k).map(|p| p.as_ref())
-            })
-            .map_err(|e| Error::forbidden(format!("the join does not pass the room's rules: {e}")))?;
-            let prev_events = pdu.prev_events.iter().map(ToString::to_string).collect();
-            let content = pdu.content_value();
-            let (depth, ts) = (pdu.depth as i64, i64::from(pdu.origin_server_ts.get()));
-            batch.received.insert(event_id.to_string(), None);
-            rooms.record(batch, Recorded { pdu, json: json.clone(), depth, ts, prev_events, txn: None }, &content);
+            rooms.record_join(batch, &join)?;
             let rejoined = (*batch.head.state).clone();
             rooms.set_current_state(batch, current_before, rejoined).await?;
-            batch.head.extremities = vec![event_id.clone()];
+            batch.head.extremities = vec![join.0.clone()];
             batch.write.reset_extremities = true;
             Ok(())
         })

@@ -143,20 +143,10 @@ async fn fill_gap(
     checked: &CheckedPdu,
     in_txn: &HashSet<&str>,
 ) {
-    let prev: Vec<String> = match checked.object.get("prev_events") {
-        Some(ruma::CanonicalJsonValue::Array(list)) => list
-            .iter()
-            .filter_map(|p| match p {
-                ruma::CanonicalJsonValue::String(id) => Some(id.clone()),
-                ruma::CanonicalJsonValue::Array(pair) => match pair.first() {
-                    Some(ruma::CanonicalJsonValue::String(id)) => Some(id.clone()),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect(),
-        _ => return,
-    };
+    let prev = checked.references("prev_events");
+    if prev.is_empty() {
+        return;
+    }
     // Prev events earlier in the same transaction are admitted before this one.
     let prev: Vec<String> = prev.into_iter().filter(|p| !in_txn.contains(p.as_str())).collect();
     let Ok(known) = state.store.events(&prev).await else { return };
