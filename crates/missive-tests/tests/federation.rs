@@ -715,8 +715,9 @@ async fn a_hostile_peer_gets_each_pdu_and_edu_refused_and_nothing_is_stored() {
         &good,
         &auth,
     );
-    let (status, _) = send("t6", vec![json!(object)], vec![]).await;
+    let (status, body) = send("t6", vec![json!(object)], vec![]).await;
     assert_eq!(status, 200);
+    assert!(body["pdus"][&denied]["error"].is_string(), "the denied server is told: {body}");
     assert_eq!(stored(denied).await.0, 404, "an ACL-denied server's event is not stored");
 }
 

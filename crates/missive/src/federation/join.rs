@@ -63,7 +63,22 @@ impl Federation {
         let raw = RawValue::from_string(json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
         let request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw);
         let started = std::time::Instant::now();
-        let answer = self.send(server, request).await?.room_state;
+        let answer = match self.send(server, request).await {
+            Ok(answer) => answer.room_state,
+            // A server without the second version takes the first: `[200, {…}]`.
+            Err(super::FederationError::Remote { status: 404 | 400, errcode, .. })
+                if errcode.as_deref().is_none_or(|c| c == "M_UNRECOGNIZED") =>
+            {
+                let path = format!("/_matrix/federation/v1/send_join/{room_id}/{event_id}");
+                let event: serde_json::Value =
+                    serde_json::from_str(&json).map_err(|e| Error::Internal(e.to_string()))?;
+                let answer = self.send_json(server, http::Method::PUT, &path, &event).await?;
+                let body = answer.get(1).cloned().unwrap_or(answer);
+                serde_json::from_value::<create_join_event::v2::RoomState>(body)
+                    .map_err(|e| Error::Remote(format!("send_join answer: {e}")))?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let answered = started.elapsed();
 
         // Every event is checked as any received PDU; a bad one is left out, as long as the

@@ -36,6 +36,22 @@ async fn allowed(state: &AppState, room_id: &ruma::RoomId, origin: &ruma::Server
     Ok(())
 }
 
+/// Refuses a state request at an event the server may not read, or one it holds outside
+/// the timeline (a join's state, a soft-failed event), whose state it does not know.
+async fn state_known_at(
+    state: &AppState,
+    room_id: &ruma::RoomId,
+    origin: &ruma::ServerName,
+    event_id: &str,
+) -> Result<()> {
+    allowed(state, room_id, origin).await?;
+    state.rooms.pdu_of_room(room_id, event_id).await?;
+    if state.store.is_outlier(event_id).await? {
+        return Err(Error::not_found("this server does not know the state at that event"));
+    }
+    Ok(())
+}
+
 /// # GET /_matrix/federation/v1/event/{eventId}
 async fn event(state: AppState, req: Ruma<get_event::v1::Request>) -> Result<Response> {
     let row = state.store.event(req.body.event_id.as_str()).await?.ok_or_else(|| Error::not_found("unknown event"))?;
@@ -47,16 +63,14 @@ async fn event(state: AppState, req: Ruma<get_event::v1::Request>) -> Result<Res
 
 /// # GET /_matrix/federation/v1/state/{roomId}
 async fn state(state: AppState, req: Ruma<get_room_state::v1::Request>) -> Result<Response> {
-    allowed(&state, &req.body.room_id, req.origin()).await?;
-    state.rooms.pdu_of_room(&req.body.room_id, req.body.event_id.as_str()).await?;
+    state_known_at(&state, &req.body.room_id, req.origin(), req.body.event_id.as_str()).await?;
     let (pdus, auth_chain) = state.rooms.state_and_auth_chain(req.body.event_id.as_str()).await?;
     Ok(json(json!({ "pdus": pdus, "auth_chain": auth_chain })))
 }
 
 /// # GET /_matrix/federation/v1/state_ids/{roomId}
 async fn state_ids(state: AppState, req: Ruma<get_room_state_ids::v1::Request>) -> Result<Response> {
-    allowed(&state, &req.body.room_id, req.origin()).await?;
-    state.rooms.pdu_of_room(&req.body.room_id, req.body.event_id.as_str()).await?;
+    state_known_at(&state, &req.body.room_id, req.origin(), req.body.event_id.as_str()).await?;
     let (pdus, chain) = state.rooms.state_rows_and_auth_chain(req.body.event_id.as_str()).await?;
     let ids = |rows: Vec<crate::store::EventRow>| rows.into_iter().map(|r| r.event_id).collect::<Vec<_>>();
     Ok(json(json!({ "pdu_ids": ids(pdus), "auth_chain_ids": ids(chain) })))

@@ -53,10 +53,9 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
     // Checked one by one (and their gaps filled), then admitted per room in one write.
     let mut checked: Vec<(ruma::OwnedRoomId, CheckedPdu)> = Vec::new();
-    let mut rooms: HashMap<
-        ruma::OwnedRoomId,
-        Result<(ruma::RoomVersionId, ruma::room_version_rules::RoomVersionRules)>,
-    > = HashMap::new();
+    // Per room: its version, and whether the room's ACL lets the origin in.
+    type RoomCheck = Result<(ruma::RoomVersionId, ruma::room_version_rules::RoomVersionRules, Option<Error>)>;
+    let mut rooms: HashMap<ruma::OwnedRoomId, RoomCheck> = HashMap::new();
     for raw in &b.pdus {
         let Some(room_id) = room_of(raw) else {
             tracing::debug!(%origin, "PDU without a room ID dropped");
@@ -66,14 +65,15 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
             Some(room) => room,
             None => {
                 let room = async {
-                    state.federation.check_room_acl(&state.rooms, &room_id, origin).await?;
-                    state.rooms.version_of(&room_id).await
+                    let denied = state.federation.check_room_acl(&state.rooms, &room_id, origin).await.err();
+                    let (version, rules) = state.rooms.version_of(&room_id).await?;
+                    Ok((version, rules, denied))
                 }
                 .await;
                 rooms.entry(room_id.clone()).or_insert(room)
             }
         };
-        let (version, rules) = match room {
+        let (version, rules, denied) = match room {
             Ok(room) => room,
             Err(e) => {
                 tracing::info!(%origin, %room_id, error = %e, "PDU refused before its ID was known");
@@ -81,6 +81,12 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
             }
         };
         match state.federation.check_pdu(version, rules, raw).await {
+            // A server the room's ACL denies is told so, event by event.
+            Ok(pdu) if denied.is_some() => {
+                let error = denied.as_ref().map(ToString::to_string).unwrap_or_default();
+                tracing::info!(%origin, %room_id, event_id = %pdu.event_id, %error, "PDU refused");
+                results.insert(pdu.event_id.to_string(), json!({ "error": error }));
+            }
             Ok(pdu) => {
                 let in_txn: HashSet<&str> = checked.iter().map(|(_, p)| p.event_id.as_str()).collect();
                 fill_gap(&state, origin, &room_id, &pdu, &in_txn).await;
