@@ -1182,6 +1182,20 @@ async fn a_user_of_another_server_knocks_and_is_let_in() {
     assert_eq!(knock["membership"], "knock");
     assert_eq!(knock["reason"], "Je remplace Paul");
 
+    // He withdraws the knock (police is told), then knocks again.
+    let (status, body) = gov
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&bob.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, withdrawn) = police.call("GET", &member, Some(&alice.access_token), None).await;
+    assert_eq!(withdrawn["membership"], "leave", "{withdrawn}");
+    let (status, body) = gov
+        .call("POST", "/_matrix/client/v3/knock/%23fermee:police.test", Some(&bob.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, knock) = police.call("GET", &member, Some(&alice.access_token), None).await;
+    assert_eq!(knock["membership"], "knock");
+
     // Alice lets him in: the invite crosses, and bob joins.
     let path = format!("/_matrix/client/v3/rooms/{room_id}/invite");
     let (status, body) =

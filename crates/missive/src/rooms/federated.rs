@@ -609,15 +609,35 @@ impl Rooms {
         self.store_out_of_room_membership(room_id, knock, "knock").await
     }
 
-    /// The server that invited `user_id` to a room, when an invite is pending.
-    pub async fn inviting_server(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<ruma::OwnedServerName>> {
-        let Some(m) =
-            self.store.membership(room_id.as_str(), user_id.as_str()).await?.filter(|m| m.membership == "invite")
-        else {
-            return Ok(None);
-        };
-        let Some(row) = self.store.event(&m.event_id).await? else { return Ok(None) };
-        Ok(Some(Pdu::from_row(&row)?.sender.server_name().to_owned()))
+    /// The server to reach about a room of another server `user_id` has a pending invite
+    /// to (the inviter's) or knock on (the room creator's, as the room's description says,
+    /// else the room ID's).
+    pub async fn pending_membership_server(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<ruma::OwnedServerName>> {
+        let Some(m) = self.store.membership(room_id.as_str(), user_id.as_str()).await? else { return Ok(None) };
+        match m.membership.as_str() {
+            "invite" => {
+                let Some(row) = self.store.event(&m.event_id).await? else { return Ok(None) };
+                Ok(Some(Pdu::from_row(&row)?.sender.server_name().to_owned()))
+            }
+            "knock" => {
+                let described: Vec<Value> = match self.store.invite_state(room_id.as_str(), user_id.as_str()).await? {
+                    Some(state) => serde_json::from_str(&state).unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                let creator = described
+                    .iter()
+                    .find(|e| e["type"] == "m.room.create")
+                    .and_then(|e| e["sender"].as_str())
+                    .and_then(|s| ruma::UserId::parse(s).ok())
+                    .map(|u| u.server_name().to_owned());
+                Ok(creator.or_else(|| room_id.server_name().map(ToOwned::to_owned)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The room's state before an event and the auth chain of that state, as PDUs (the

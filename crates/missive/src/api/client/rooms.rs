@@ -160,7 +160,7 @@ async fn join_anywhere<T>(
         }
         via.extend(residents.iter().filter_map(|s| ruma::OwnedServerName::try_from(s.as_str()).ok()));
     }
-    if let Some(server) = state.rooms.inviting_server(room_id, user_id).await? {
+    if let Some(server) = state.rooms.pending_membership_server(room_id, user_id).await? {
         via.insert(0, server);
     }
     if let Some(server) = room_id.server_name() {
@@ -239,10 +239,10 @@ async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Result<
 async fn leave(state: AppState, req: Ruma<leave_room::v3::Request>) -> Result<Response> {
     let id = req.identity();
     let room_id = &req.body.room_id;
-    // Declining an invite to a room of another server: that server is told, if it can be
-    // reached; the invite is forgotten here either way.
+    // Declining an invite to (or withdrawing a knock on) a room of another server: that
+    // server is told, if it can be reached; the invite or knock is forgotten here either way.
     if state.store.room(room_id.as_str()).await?.is_none()
-        && let Some(server) = state.rooms.inviting_server(room_id, &id.user_id).await?
+        && let Some(server) = state.rooms.pending_membership_server(room_id, &id.user_id).await?
     {
         match state.federation.reject_remote_invite(&id.user_id, room_id, &server).await {
             Ok(leave) => {
