@@ -224,3 +224,47 @@ async fn an_encrypted_direct_chat_between_missive_and_synapse_decrypts_both_ways
         .expect("reply");
     common::receive_text(&alice, &room_id, "Merci, je le relis").await;
 }
+
+#[tokio::test]
+async fn after_an_outage_everything_synapse_sent_meanwhile_reaches_missive() {
+    let mut pair = Pair::start().await;
+    let alice = pair.missive.register("alice").await;
+    let bob = pair.synapse.register("bob").await;
+    let (status, body) = pair
+        .synapse
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&bob.access_token),
+            Some(json!({ "preset": "public_chat", "room_alias_name": "veille", "topic": "Avant" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room_id = body["room_id"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/join/%23veille:{}", pair.synapse.server_name);
+    let (status, body) = pair.missive.call("POST", &path, Some(&alice.access_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    let hello = send(&pair.synapse, &bob, &room_id, json!({ "msgtype": "m.text", "body": "Bonjour" })).await;
+    see(&pair.missive, &alice, &room_id, "the first message", |e| e["event_id"] == hello.as_str()).await;
+
+    // Missive is down while the topic changes and 30 messages follow; back up, it gets
+    // them all from Synapse's retries and both servers agree on the room's state.
+    pair.missive.stop();
+    put_state(&pair.synapse, &bob, &room_id, "m.room.topic", json!({ "topic": "Pendant la coupure" })).await;
+    let mut last = String::new();
+    for i in 0..30 {
+        last =
+            send(&pair.synapse, &bob, &room_id, json!({ "msgtype": "m.text", "body": format!("message {i}") })).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pair.missive.start_again();
+
+    see(&pair.missive, &alice, &room_id, "the latest message", |e| e["event_id"] == last.as_str()).await;
+    let topic = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic/");
+    until("the topic set during the outage", async || {
+        let (_, content) = pair.missive.call("GET", &topic, Some(&alice.access_token), None).await;
+        (content["topic"] == "Pendant la coupure").then_some(())
+    })
+    .await;
+    agree(&pair, &alice, &bob, &room_id).await;
+}

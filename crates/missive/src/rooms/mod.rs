@@ -553,7 +553,8 @@ impl Rooms {
             return Vec::new();
         }
         let mut out = Vec::new();
-        for event in &batch.write.events {
+        // Events stored outside the timeline (a rejoin's state, soft-failed) are not sent.
+        for event in batch.write.events.iter().filter(|e| e.stream_pos > 0) {
             let except = match batch.received.get(&event.event_id) {
                 Some(None) => continue,
                 Some(Some(origin)) => Some(origin.as_str()),
