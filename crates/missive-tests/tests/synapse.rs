@@ -268,3 +268,59 @@ async fn after_an_outage_everything_synapse_sent_meanwhile_reaches_missive() {
     .await;
     agree(&pair, &alice, &bob, &room_id).await;
 }
+
+#[tokio::test]
+async fn synapse_follows_the_devices_a_missive_user_adds_and_removes() {
+    let pair = Pair::start().await;
+    let alice = pair.synapse.register("alice").await;
+    let (first, bob) = pair.missive.client("bob").await;
+    first.sync_once(Default::default()).await.expect("the first device uploads its keys");
+    let (status, body) = pair
+        .synapse
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.access_token),
+            Some(json!({ "preset": "public_chat", "room_alias_name": "appareils" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!("/_matrix/client/v3/join/%23appareils:{}", pair.synapse.server_name);
+    let (status, body) = pair.missive.call("POST", &path, Some(&bob.access_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    // The devices of bob that alice's server gives her, each with its identity keys.
+    let devices = async || {
+        let query = json!({ "device_keys": { bob.user_id.clone(): [] } });
+        let (_, answer) =
+            pair.synapse.call("POST", "/_matrix/client/v3/keys/query", Some(&alice.access_token), Some(query)).await;
+        let mut ids: Vec<String> = answer["device_keys"][&bob.user_id]
+            .as_object()
+            .map(|m| m.iter().filter(|(_, d)| d["keys"].is_object()).map(|(id, _)| id.clone()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    let first_id = first.device_id().unwrap().to_string();
+    until("alice's server knows bob's device", async || (devices().await == [first_id.clone()]).then_some(())).await;
+
+    // A second device: Synapse, which now follows bob's list, learns of it with its keys.
+    let second = pair.missive.login(&bob).await;
+    second.sync_once(Default::default()).await.expect("the second device uploads its keys");
+    let second_id = second.device_id().unwrap().to_string();
+    let mut both = vec![first_id.clone(), second_id.clone()];
+    both.sort();
+    until("alice's server knows both devices", async || (devices().await == both).then_some(())).await;
+
+    // Bob removes it: Synapse forgets it.
+    let path = format!("/_matrix/client/v3/devices/{second_id}");
+    let (status, challenge) = pair.missive.call("DELETE", &path, Some(&bob.access_token), Some(json!({}))).await;
+    assert_eq!(status, 401, "{challenge}");
+    let auth = json!({ "auth": {
+        "type": "m.login.password", "session": challenge["session"],
+        "identifier": { "type": "m.id.user", "user": bob.user_id }, "password": bob.password,
+    } });
+    let (status, body) = pair.missive.call("DELETE", &path, Some(&bob.access_token), Some(auth)).await;
+    assert_eq!(status, 200, "{body}");
+    until("alice's server forgets the removed device", async || (devices().await == [first_id.clone()]).then_some(()))
+        .await;
+}

@@ -71,14 +71,39 @@ impl Federation {
             self.queue_edu(&servers, "m.signing_key_update", signing_update);
         }
         let devices = self.store.devices(user).await.unwrap_or_default();
+        let keys: std::collections::HashMap<String, serde_json::Value> = self
+            .store
+            .device_keys(user)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(device, json)| Some((device, serde_json::from_str(&json).ok()?)))
+            .collect();
+        let current: BTreeSet<String> = devices.iter().map(|d| d.device_id.clone()).collect();
         // Each update names the previous one sent for the user, so that a receiver that
-        // missed one knows to resync (none known since start: empty, a resync).
-        let prev_id: Vec<i64> = {
+        // missed one knows to resync (none known since start: empty, a resync); devices
+        // announced before and gone now are announced deleted.
+        let (prev_id, gone): (Vec<i64>, Vec<String>) = {
             let mut last = self.device_list_ids.lock().expect("device list ids poisoned");
-            last.insert(user.to_owned(), stream_id).into_iter().collect()
+            match last.insert(user.to_owned(), (stream_id, current.clone())) {
+                Some((prev, before)) => (vec![prev], before.difference(&current).cloned().collect()),
+                None => (Vec::new(), Vec::new()),
+            }
         };
-        for device in devices {
+        for device_id in gone {
             let content = json!({
+                "user_id": user,
+                "device_id": device_id,
+                "stream_id": stream_id,
+                "prev_id": prev_id,
+                "deleted": true,
+            });
+            self.queue_edu(&servers, "m.device_list_update", content);
+        }
+        for device in devices {
+            // The device's keys travel with it: a receiver that applies the update as a
+            // delta (Synapse) keeps what the update says.
+            let mut content = json!({
                 "user_id": user,
                 "device_id": device.device_id,
                 "device_display_name": device.display_name,
@@ -86,6 +111,9 @@ impl Federation {
                 "prev_id": prev_id,
                 "deleted": false,
             });
+            if let Some(device_keys) = keys.get(&device.device_id) {
+                content["keys"] = device_keys.clone();
+            }
             self.queue_edu(&servers, "m.device_list_update", content);
         }
     }

@@ -72,8 +72,9 @@ pub struct Federation {
     sender: std::sync::OnceLock<Arc<sender::Sender>>,
     /// Held while history is backfilled (see `backfill`).
     backfilling: tokio::sync::Mutex<()>,
-    /// The last `m.device_list_update` stream ID sent per local user (see `devices`).
-    device_list_ids: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// Per local user, the last `m.device_list_update` stream ID sent and the devices it
+    /// named (see `devices`).
+    device_list_ids: std::sync::Mutex<std::collections::HashMap<String, (i64, std::collections::BTreeSet<String>)>>,
 }
 
 impl Federation {
