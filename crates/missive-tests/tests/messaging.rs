@@ -356,6 +356,16 @@ async fn leave_kick_and_ban_respect_power_levels() {
         )
         .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    // The kicked user still reads the room as it was when he left; the banned one reads
+    // nothing of it.
+    let messages = format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=5");
+    let (status, _) = server.call("GET", &messages, Some(&bob_token), None).await;
+    assert_eq!(status, 200);
+    let (status, body) = server.call("GET", &messages, Some(&carol_token), None).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let state = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{}", carol_user.user_id);
+    let (status, _) = server.call("GET", &state, Some(&carol_token), None).await;
+    assert_eq!(status, 403);
 
     // Unbanned and re-invited, carol can come back; bob leaves by himself after re-joining.
     alice_room.unban_user(&carol_id, None).await.expect("unban");

@@ -145,7 +145,10 @@ impl Rooms {
     pub async fn require_member(&self, user_id: &UserId, room_id: &RoomId) -> Result<String> {
         match self.store.membership(room_id.as_str(), user_id.as_str()).await? {
             Some(m) if m.membership == "join" => Ok(m.membership),
-            Some(m) if m.membership == "leave" || m.membership == "ban" => Ok(m.membership),
+            // A user who left reads the room as it was when they left; a banned user is
+            // out of it (as Synapse answers): nothing more of the room is served to them.
+            Some(m) if m.membership == "leave" => Ok(m.membership),
+            Some(m) if m.membership == "ban" => Err(Error::forbidden("you are banned from this room")),
             _ => {
                 if self.store.room(room_id.as_str()).await?.is_none() {
                     return Err(Error::not_found("room not found"));
