@@ -29,17 +29,33 @@ impl Federation {
         room_id: &RoomId,
         via: &[OwnedServerName],
     ) -> Result<()> {
-        let mut last_error = Error::not_found("no server to join the room through");
+        self.through_first(room_id, via, "join", |server| self.join_through(rooms, user_id, room_id, server)).await
+    }
+
+    /// Tries `attempt` through each of `via` in turn (never this server, each once) until
+    /// one succeeds; the last error when none does.
+    async fn through_first<'a, F, Fut>(
+        &self,
+        room_id: &RoomId,
+        via: &'a [OwnedServerName],
+        what: &str,
+        mut attempt: F,
+    ) -> Result<()>
+    where
+        F: FnMut(&'a OwnedServerName) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let mut last_error = Error::not_found(format!("no server to {what} through"));
         let mut tried = Vec::new();
         for server in via.iter().filter(|s| **s != self.server_name) {
             if tried.contains(&server) {
                 continue;
             }
             tried.push(server);
-            match self.join_through(rooms, user_id, room_id, server).await {
+            match attempt(server).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    tracing::info!(%room_id, %server, error = %e, "cannot join through this server");
+                    tracing::info!(%room_id, %server, error = %e, "cannot {what} through this server");
                     last_error = e;
                 }
             }
@@ -189,17 +205,8 @@ impl Federation {
         via: &[OwnedServerName],
         reason: Option<&str>,
     ) -> Result<()> {
-        let mut last_error = Error::not_found("no server to knock through");
-        for server in via.iter().filter(|s| **s != self.server_name) {
-            match self.knock_through(rooms, user_id, room_id, server, reason).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::info!(%room_id, %server, error = %e, "cannot knock through this server");
-                    last_error = e;
-                }
-            }
-        }
-        Err(last_error)
+        self.through_first(room_id, via, "knock", |server| self.knock_through(rooms, user_id, room_id, server, reason))
+            .await
     }
 
     async fn knock_through(

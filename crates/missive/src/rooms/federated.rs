@@ -33,15 +33,7 @@ impl Rooms {
     /// A join event for `user_id` of another server to sign (`make_join`), with the room
     /// version, if that server supports it.
     pub async fn make_join(&self, room_id: &RoomId, user_id: &UserId, supported: &[RoomVersionId]) -> Result<Value> {
-        let head = self.head(room_id).await?;
-        // A server whose users all left is no longer in the room: it cannot vouch for it.
-        let own = format!(":{}", self.server_name);
-        if !head.joined.iter().any(|user| user.ends_with(&own)) {
-            return Err(Error::not_found("no user of this server is in the room"));
-        }
-        if !supported.contains(&head.version) {
-            return Err(Error::IncompatibleRoomVersion(head.version.to_string()));
-        }
+        let head = self.resident_head(room_id, supported).await?;
         // Who may not join gets no template (the join itself is checked again on send_join).
         let join_rule = head
             .state_pdu("m.room.join_rules", "")
@@ -58,15 +50,26 @@ impl Rooms {
         self.membership_template(&head, room_id, user_id, "join")
     }
 
-    /// A knock event for `user_id` of another server to sign (`make_knock`), in a room
-    /// whose version knows knocking and whose join rule lets one knock.
-    pub async fn make_knock(&self, room_id: &RoomId, user_id: &UserId, supported: &[RoomVersionId]) -> Result<Value> {
+    /// The head of a room this server may make membership templates for: one of its users
+    /// is in it (a server whose users all left cannot vouch for it), and the asking server
+    /// supports its version.
+    async fn resident_head(&self, room_id: &RoomId, supported: &[RoomVersionId]) -> Result<super::RoomHead> {
         let head = self.head(room_id).await?;
         let own = format!(":{}", self.server_name);
         if !head.joined.iter().any(|user| user.ends_with(&own)) {
             return Err(Error::not_found("no user of this server is in the room"));
         }
-        if !supported.contains(&head.version) || !head.rules.authorization.knocking {
+        if !supported.contains(&head.version) {
+            return Err(Error::IncompatibleRoomVersion(head.version.to_string()));
+        }
+        Ok(head)
+    }
+
+    /// A knock event for `user_id` of another server to sign (`make_knock`), in a room
+    /// whose version knows knocking and whose join rule lets one knock.
+    pub async fn make_knock(&self, room_id: &RoomId, user_id: &UserId, supported: &[RoomVersionId]) -> Result<Value> {
+        let head = self.resident_head(room_id, supported).await?;
+        if !head.rules.authorization.knocking {
             return Err(Error::IncompatibleRoomVersion(head.version.to_string()));
         }
         let join_rule = head.state_pdu("m.room.join_rules", "").and_then(|p| p.content_str("join_rule"));
@@ -229,26 +232,8 @@ impl Rooms {
         }
         let rules = batch.head.rules.clone();
         let head = &batch.head;
-        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
-            head.pdus.get(id).map(|p| p.as_ref())
-        })
-        .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
-        // Against the state its auth events give...
-        let mut by_key: HashMap<(String, String), &Pdu> = pdu
-            .auth_events
-            .iter()
-            .filter_map(|id| head.pdus.get(id))
-            .filter_map(|p| Some(((p.kind.to_string(), p.state_key.clone()?), p.as_ref())))
-            .collect();
-        if rules.authorization.room_create_event_id_as_room_id
-            && let Some(create) = head.state_pdu("m.room.create", "")
-        {
-            by_key.insert(("m.room.create".into(), String::new()), create.as_ref());
-        }
-        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
-            by_key.get(&(t.to_string(), k.to_owned())).copied()
-        })
-        .map_err(|e| Error::forbidden(format!("event not authorised by its auth events: {e}")))?;
+        let create = head.state_pdu("m.room.create", "").map(|p| p.as_ref());
+        check_against_auth_events(&rules.authorization, &pdu, create, |id| head.pdus.get(id).map(|p| p.as_ref()))?;
         // The state before it: the room's current state when it builds on this server's
         // leaves, else the resolution of the states after its prev events (a branch).
         let before = if same_set(&pdu.prev_events, &batch.head.extremities) {
@@ -333,11 +318,8 @@ impl Rooms {
                 delta: vec![(pdu.kind.to_string(), key.clone(), pdu.event_id.to_string())],
             });
         }
-        let membership = (pdu.kind == TimelineEventType::RoomMember)
-            .then(|| pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned))
-            .flatten();
         let pos = self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        let mut row = row_of_received(pdu, json, pos, membership, Vec::new(), group_before);
+        let mut row = row_of_received(pdu, json, pos, Vec::new(), group_before);
         row.state_group_after = group_after;
         // Its origin's to send; this server relays nothing of it.
         batch.received.insert(pdu.event_id.to_string(), None);
@@ -374,11 +356,8 @@ impl Rooms {
                 continue;
             }
             let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), &json)?;
-            let content = pdu.content_value();
             let stored = known.contains(event_id.as_str());
-            let membership = (pdu.kind == TimelineEventType::RoomMember)
-                .then(|| content.get("membership").and_then(Value::as_str).map(str::to_owned))
-                .flatten();
+            let membership = pdu.membership();
             if pdu.kind == TimelineEventType::RoomCreate {
                 creator = Some(pdu.sender.to_string());
             }
@@ -394,7 +373,7 @@ impl Rooms {
                 continue;
             }
             let pos = self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            batch.write.events.push(row_of_received(&pdu, json, pos, membership, Vec::new(), group));
+            batch.write.events.push(row_of_received(&pdu, json, pos, Vec::new(), group));
         }
         let creator = creator.ok_or_else(|| Error::bad_json("the room's state has no create event"))?;
         batch.write.state_groups.push(crate::store::NewStateGroup {
@@ -460,11 +439,8 @@ impl Rooms {
                 if known.contains(event_id.as_str()) || !stored.insert(event_id.clone()) {
                     continue;
                 }
-                let membership = (pdu.kind == TimelineEventType::RoomMember)
-                    .then(|| pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned))
-                    .flatten();
                 let pos = rooms.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                batch.write.events.push(row_of_received(&pdu, json.clone(), pos, membership, Vec::new(), 0));
+                batch.write.events.push(row_of_received(&pdu, json.clone(), pos, Vec::new(), 0));
                 Arc::make_mut(&mut batch.head.pdus).insert(event_id.clone(), Arc::new(pdu));
             }
             if !new_state.contains_key(&("m.room.create".to_owned(), String::new())) {
@@ -496,12 +472,7 @@ impl Rooms {
     /// Stores the membership event (an invite, or the leave that declined one) of a room
     /// of another server this server is not in, with a stream position so that the user's
     /// sync shows it.
-    async fn store_out_of_room_membership(
-        &self,
-        room_id: &RoomId,
-        checked: CheckedPdu,
-        membership: &str,
-    ) -> Result<()> {
+    async fn store_out_of_room_membership(&self, room_id: &RoomId, checked: CheckedPdu) -> Result<()> {
         let CheckedPdu { event_id, object } = checked;
         if self.store.event(event_id.as_str()).await?.is_some() {
             return Ok(());
@@ -514,7 +485,7 @@ impl Rooms {
         let prev_events = pdu.prev_events.iter().map(ToString::to_string).collect();
         let guard = self.streams.allocate();
         let write = crate::store::RoomWrite {
-            events: vec![row_of_received(&pdu, json, guard.pos(), Some(membership.to_owned()), prev_events, 0)],
+            events: vec![row_of_received(&pdu, json, guard.pos(), prev_events, 0)],
             ..Default::default()
         };
         self.store.write_room(room_id.as_str(), &write).await?;
@@ -526,7 +497,7 @@ impl Rooms {
     /// leave the inviting server accepted.
     pub async fn record_declined_invite(&self, room_id: &RoomId, user_id: &UserId, leave: CheckedPdu) -> Result<()> {
         self.store.drop_remote_invite(room_id.as_str(), user_id.as_str(), false).await?;
-        self.store_out_of_room_membership(room_id, leave, "leave").await
+        self.store_out_of_room_membership(room_id, leave).await
     }
 
     /// Declines an invite to a room of another server when that server cannot be told: a
@@ -587,26 +558,30 @@ impl Rooms {
             self.admit_remote(room_id, checked, None).await?;
             return Ok(());
         }
-        let target = checked.object.get("state_key").and_then(|v| match v {
-            ruma::CanonicalJsonValue::String(s) => Some(s.clone()),
-            _ => None,
-        });
-        let target = target.ok_or_else(|| Error::bad_json("an invite has a target"))?;
-        let state = serde_json::to_string(&stripped_state).map_err(|e| Error::Internal(e.to_string()))?;
-        self.store.set_invite_state(room_id.as_str(), &target, &state).await?;
-        self.store_out_of_room_membership(room_id, checked, "invite").await
+        self.keep_described_membership(room_id, checked, stripped_state).await
     }
 
     /// Keeps a local user's knock on a room of another server this server is not in, with
     /// the room's description as the resident server gave it (for the knock's sync).
     pub async fn record_remote_knock(&self, room_id: &RoomId, knock: CheckedPdu, described: Vec<Value>) -> Result<()> {
-        let target = match knock.object.get("state_key") {
+        self.keep_described_membership(room_id, knock, described).await
+    }
+
+    /// Keeps a membership (invite, knock) of a local user in a room this server is not in,
+    /// with the room's description for the user's sync.
+    async fn keep_described_membership(
+        &self,
+        room_id: &RoomId,
+        checked: CheckedPdu,
+        described: Vec<Value>,
+    ) -> Result<()> {
+        let target = match checked.object.get("state_key") {
             Some(ruma::CanonicalJsonValue::String(s)) => s.clone(),
-            _ => return Err(Error::bad_json("a knock has a target")),
+            _ => return Err(Error::bad_json("a membership event has a target")),
         };
         let state = serde_json::to_string(&described).map_err(|e| Error::Internal(e.to_string()))?;
         self.store.set_invite_state(room_id.as_str(), &target, &state).await?;
-        self.store_out_of_room_membership(room_id, knock, "knock").await
+        self.store_out_of_room_membership(room_id, checked).await
     }
 
     /// The server to reach about a room of another server `user_id` has a pending invite
@@ -798,32 +773,12 @@ impl Rooms {
         let mut refused: HashSet<OwnedEventId> = HashSet::new();
         for id in &order {
             let pdu = &parsed[*id].0;
-            let verdict = (|| {
-                if pdu.auth_events.iter().any(|a| refused.contains(a) || !pdus.contains_key(a)) {
-                    return Err("auth events unknown or refused".to_owned());
-                }
-                state_res::check_state_independent_auth_rules(&rules.authorization, pdu.as_ref(), |a| {
-                    pdus.get(a).map(|p| p.as_ref())
-                })
-                .map_err(|e| e.to_string())?;
-                let mut by_key: HashMap<(String, String), &Pdu> = pdu
-                    .auth_events
-                    .iter()
-                    .filter_map(|a| pdus.get(a))
-                    .filter_map(|p| Some(((p.kind.to_string(), p.state_key.clone()?), p.as_ref())))
-                    .collect();
-                if let Some((_, _, create_id)) = &create
-                    && let Some(create) = pdus.get(create_id.as_str())
-                {
-                    by_key.insert(("m.room.create".into(), String::new()), create.as_ref());
-                }
-                state_res::check_state_dependent_auth_rules(
-                    &rules.authorization,
-                    pdu.as_ref(),
-                    |t: &StateEventType, k: &str| by_key.get(&(t.to_string(), k.to_owned())).copied(),
-                )
-                .map_err(|e| e.to_string())
-            })();
+            let verdict = if pdu.auth_events.iter().any(|a| refused.contains(a) || !pdus.contains_key(a)) {
+                Err(Error::forbidden("auth events unknown or refused"))
+            } else {
+                let create = create.as_ref().and_then(|(_, _, id)| pdus.get(id.as_str())).map(|p| p.as_ref());
+                check_against_auth_events(&rules.authorization, pdu, create, |a| pdus.get(a).map(|p| p.as_ref()))
+            };
             if let Err(e) = verdict {
                 tracing::info!(%room_id, event_id = %id, error = %e, "backfilled event refused");
                 refused.insert((*id).clone());
@@ -847,11 +802,7 @@ impl Rooms {
                 }
                 None => {
                     let pos = self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    let membership = (pdu.kind == TimelineEventType::RoomMember)
-                        .then(|| pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned))
-                        .flatten();
-                    let mut row =
-                        row_of_received(pdu, json.clone(), pos, membership, Vec::new(), earliest.state_group_before);
+                    let mut row = row_of_received(pdu, json.clone(), pos, Vec::new(), earliest.state_group_before);
                     row.outlier = !in_timeline;
                     entered += usize::from(*in_timeline);
                     rows.push(row);
@@ -896,6 +847,34 @@ impl Rooms {
     }
 }
 
+/// Checks a received event against the authorisation rules that need no room state, then
+/// against the state its own auth events give (found by `events`), with the room's create
+/// event, which from room version 12 on the event does not list.
+fn check_against_auth_events<'e>(
+    rules: &ruma::room_version_rules::AuthorizationRules,
+    pdu: &Pdu,
+    create: Option<&'e Pdu>,
+    events: impl Fn(&ruma::EventId) -> Option<&'e Pdu>,
+) -> Result<()> {
+    state_res::check_state_independent_auth_rules(rules, pdu, &events)
+        .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
+    let mut by_key: HashMap<(String, String), &Pdu> = pdu
+        .auth_events
+        .iter()
+        .filter_map(|id| events(id))
+        .filter_map(|p| Some(((p.kind.to_string(), p.state_key.clone()?), p)))
+        .collect();
+    if rules.room_create_event_id_as_room_id
+        && let Some(create) = create
+    {
+        by_key.insert(("m.room.create".into(), String::new()), create);
+    }
+    state_res::check_state_dependent_auth_rules(rules, pdu, |t: &StateEventType, k: &str| {
+        by_key.get(&(t.to_string(), k.to_owned())).copied()
+    })
+    .map_err(|e| Error::forbidden(format!("event not authorised by its auth events: {e}")))
+}
+
 /// The row of an event received from another server that is stored outside the room
 /// write path (outliers of a join, memberships of rooms this server is not in): no
 /// relation, transaction or notification.
@@ -903,7 +882,6 @@ fn row_of_received(
     pdu: &Pdu,
     json: String,
     stream_pos: i64,
-    membership: Option<String>,
     prev_events: Vec<String>,
     state_group: i64,
 ) -> crate::store::NewEvent {
@@ -913,7 +891,7 @@ fn row_of_received(
         sender: pdu.sender.to_string(),
         event_type: pdu.kind.to_string(),
         state_key: pdu.state_key.clone(),
-        membership,
+        membership: pdu.membership(),
         depth: pdu.depth as i64,
         origin_server_ts: i64::from(pdu.origin_server_ts.get()),
         json,

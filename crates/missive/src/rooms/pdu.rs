@@ -113,6 +113,11 @@ impl Pdu {
     pub fn content_str(&self, field: &str) -> Option<String> {
         self.content_value().get(field).and_then(Value::as_str).map(str::to_owned)
     }
+
+    /// For a member event, the membership it sets.
+    pub fn membership(&self) -> Option<String> {
+        (self.kind == TimelineEventType::RoomMember).then(|| self.content_str("membership")).flatten()
+    }
 }
 
 impl ruma::state_res::Event for Pdu {

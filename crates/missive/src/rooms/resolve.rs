@@ -102,11 +102,7 @@ impl Rooms {
         if let Some(key) = event_key {
             left.insert(key, OwnedEventId::try_from(event_id.as_str()).map_err(|e| Error::Internal(e.to_string()))?);
         }
-        let membership = |id: &OwnedEventId| {
-            let pdu = batch.head.pdus.get(id)?;
-            let content: serde_json::Value = serde_json::from_str(pdu.content.get()).ok()?;
-            (pdu.kind.to_string() == "m.room.member").then(|| content["membership"].as_str().map(str::to_owned))?
-        };
+        let membership = |id: &OwnedEventId| batch.head.pdus.get(id).and_then(|pdu| pdu.membership());
         let set = resolved
             .iter()
             .filter(|(key, id)| left.get(*key) != Some(*id))

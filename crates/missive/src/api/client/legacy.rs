@@ -13,6 +13,7 @@ use ruma::{EventId, RoomId};
 use serde::Deserialize;
 
 use crate::{
+    accounts::Identity,
     api::{
         AppState,
         ruma::{Authenticated, json},
@@ -117,6 +118,16 @@ async fn event(
     Ok(json(state.rooms.event_by_id(viewer, &event_id).await?))
 }
 
+/// What the r0 sends without a transaction ID ask first: a registered user within the
+/// message rate, in a room named by a valid ID.
+fn sending_in(state: &AppState, id: &Identity, room_id: &str) -> Result<ruma::OwnedRoomId> {
+    if id.is_guest {
+        return Err(Error::GuestAccessForbidden);
+    }
+    state.limits.check(Action::Message, id.user_id.as_str())?;
+    RoomId::parse(room_id).map_err(|e| Error::invalid_param(format!("invalid room ID: {e}")))
+}
+
 /// # POST /_matrix/client/v3/rooms/{roomId}/send/{eventType}
 ///
 /// The send of r0 clients without a transaction ID: each call is a new event.
@@ -126,11 +137,7 @@ async fn send(
     Path((room_id, event_type)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    if id.is_guest {
-        return Err(Error::GuestAccessForbidden);
-    }
-    state.limits.check(Action::Message, id.user_id.as_str())?;
-    let room_id = RoomId::parse(&room_id).map_err(|e| Error::invalid_param(format!("invalid room ID: {e}")))?;
+    let room_id = sending_in(&state, &id, &room_id)?;
     let content: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::NotJson(e.to_string()))?;
     if !content.is_object() {
         return Err(Error::bad_json("content must be a JSON object"));
@@ -152,11 +159,7 @@ async fn redact(
     Path((room_id, event_id)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    if id.is_guest {
-        return Err(Error::GuestAccessForbidden);
-    }
-    state.limits.check(Action::Message, id.user_id.as_str())?;
-    let room_id = RoomId::parse(&room_id).map_err(|e| Error::invalid_param(format!("invalid room ID: {e}")))?;
+    let room_id = sending_in(&state, &id, &room_id)?;
     let event_id =
         ruma::EventId::parse(&event_id).map_err(|e| Error::invalid_param(format!("invalid event ID: {e}")))?;
     let body: serde_json::Value = if body.is_empty() {

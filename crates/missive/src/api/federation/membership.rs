@@ -48,16 +48,30 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
         )
 }
 
+/// A server asks membership templates for its own users only, in rooms whose ACL lets it in.
+async fn may_ask_template(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    room_id: &ruma::RoomId,
+    user_id: &ruma::UserId,
+) -> Result<()> {
+    if user_id.server_name() != origin {
+        return Err(Error::forbidden("a server makes membership events for its own users only"));
+    }
+    state.federation.check_room_acl(&state.rooms, room_id, origin).await
+}
+
+/// The room versions the asking server supports: a server that names none supports
+/// version 1 only.
+fn supported(ver: &[ruma::RoomVersionId]) -> Vec<ruma::RoomVersionId> {
+    if ver.is_empty() { vec![ruma::RoomVersionId::V1] } else { ver.to_vec() }
+}
+
 /// # GET /_matrix/federation/v1/make_join/{roomId}/{userId}
 async fn make_join(state: AppState, req: Ruma<prepare_join_event::v1::Request>) -> Result<Response> {
     let b = &req.body;
-    if b.user_id.server_name() != req.origin() {
-        return Err(Error::forbidden("a server makes joins for its own users only"));
-    }
-    state.federation.check_room_acl(&state.rooms, &b.room_id, req.origin()).await?;
-    // A server that names no version supports version 1 only.
-    let supported = if b.ver.is_empty() { vec![ruma::RoomVersionId::V1] } else { b.ver.clone() };
-    Ok(json(state.rooms.make_join(&b.room_id, &b.user_id, &supported).await?))
+    may_ask_template(&state, req.origin(), &b.room_id, &b.user_id).await?;
+    Ok(json(state.rooms.make_join(&b.room_id, &b.user_id, &supported(&b.ver)).await?))
 }
 
 /// # PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}
@@ -165,12 +179,8 @@ async fn accept_invite(
 /// # GET /_matrix/federation/v1/make_knock/{roomId}/{userId}
 async fn make_knock(state: AppState, req: Ruma<prepare_knock_event::v1::Request>) -> Result<Response> {
     let b = &req.body;
-    if b.user_id.server_name() != req.origin() {
-        return Err(Error::forbidden("a server makes knocks for its own users only"));
-    }
-    state.federation.check_room_acl(&state.rooms, &b.room_id, req.origin()).await?;
-    let supported = if b.ver.is_empty() { vec![ruma::RoomVersionId::V1] } else { b.ver.clone() };
-    Ok(json(state.rooms.make_knock(&b.room_id, &b.user_id, &supported).await?))
+    may_ask_template(&state, req.origin(), &b.room_id, &b.user_id).await?;
+    Ok(json(state.rooms.make_knock(&b.room_id, &b.user_id, &supported(&b.ver)).await?))
 }
 
 /// # PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}
@@ -193,10 +203,7 @@ async fn send_knock(state: AppState, req: Ruma<create_knock_event::v1::Request>)
 /// # GET /_matrix/federation/v1/make_leave/{roomId}/{userId}
 async fn make_leave(state: AppState, req: Ruma<prepare_leave_event::v1::Request>) -> Result<Response> {
     let b = &req.body;
-    if b.user_id.server_name() != req.origin() {
-        return Err(Error::forbidden("a server makes leaves for its own users only"));
-    }
-    state.federation.check_room_acl(&state.rooms, &b.room_id, req.origin()).await?;
+    may_ask_template(&state, req.origin(), &b.room_id, &b.user_id).await?;
     Ok(json(state.rooms.make_leave(&b.room_id, &b.user_id).await?))
 }
 
