@@ -222,13 +222,6 @@ async fn state_events_carry_what_they_replaced() {
     assert_eq!(event["unsigned"]["prev_content"], json!({}), "{event}");
 }
 
-/// Creates a room for `user` with the given createRoom body and returns its ID.
-async fn create_room(server: &TestServer, token: &str, body: serde_json::Value) -> String {
-    let (status, body) = server.call("POST", "/_matrix/client/v3/createRoom", Some(token), Some(body)).await;
-    assert_eq!(status, 200, "{body}");
-    body["room_id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn uia_sessions_authorise_one_operation_and_registration_is_idempotent() {
     let server = TestServer::start().await;
@@ -282,7 +275,7 @@ async fn tags_openid_reports_and_typing_without_timeout() {
     let user = server.register("tina").await;
     let other = server.register("otto").await;
     let token = Some(user.access_token.as_str());
-    let room_id = create_room(&server, &user.access_token, json!({ "preset": "public_chat" })).await;
+    let room_id = server.create_room(&user.access_token, json!({ "preset": "public_chat" })).await;
     let tags = format!("/_matrix/client/v3/user/{}/rooms/{room_id}/tags", user.user_id);
     let (status, _) = server.call("PUT", &format!("{tags}/m.favourite"), token, Some(json!({ "order": 0.5 }))).await;
     assert_eq!(status, 200);
@@ -341,7 +334,7 @@ async fn presence_is_shared_with_room_mates_only_when_enabled() {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let carol = server.register("carol").await;
-    let room_id = create_room(&server, &alice.access_token, json!({ "preset": "public_chat" })).await;
+    let room_id = server.create_room(&alice.access_token, json!({ "preset": "public_chat" })).await;
     server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&bob.access_token), None).await;
     let status_path = |user: &str| format!("/_matrix/client/v3/presence/{user}/status");
     let (status, _) = server
@@ -387,7 +380,7 @@ async fn legacy_event_stream_and_initial_syncs() {
     let token = Some(user.access_token.as_str());
     let (status, first) = server.call("GET", "/_matrix/client/r0/events?timeout=0", token, None).await;
     assert_eq!(status, 200, "{first}");
-    let room_id = create_room(&server, &user.access_token, json!({ "preset": "public_chat", "name": "Old" })).await;
+    let room_id = server.create_room(&user.access_token, json!({ "preset": "public_chat", "name": "Old" })).await;
     let (status, _) = server
         .call(
             "POST",
@@ -433,12 +426,12 @@ async fn room_upgrade_moves_settings_aliases_and_closes_the_old_room() {
     let owner = server.register("owen").await;
     let member = server.register("mia").await;
     let token = Some(owner.access_token.as_str());
-    let room_id = create_room(
-        &server,
-        &owner.access_token,
-        json!({ "preset": "public_chat", "name": "Team", "room_alias_name": "team", "room_version": "10" }),
-    )
-    .await;
+    let room_id = server
+        .create_room(
+            &owner.access_token,
+            json!({ "preset": "public_chat", "name": "Team", "room_alias_name": "team", "room_version": "10" }),
+        )
+        .await;
     server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&member.access_token), None).await;
     let upgrade = format!("/_matrix/client/v3/rooms/{room_id}/upgrade");
     let (status, _) =
@@ -511,9 +504,9 @@ async fn canonical_aliases_must_point_to_the_room_and_guests_are_confined() {
     let owner = server.register("cara").await;
     let token = Some(owner.access_token.as_str());
     let room_id =
-        create_room(&server, &owner.access_token, json!({ "preset": "public_chat", "room_alias_name": "cc" })).await;
+        server.create_room(&owner.access_token, json!({ "preset": "public_chat", "room_alias_name": "cc" })).await;
     let other =
-        create_room(&server, &owner.access_token, json!({ "preset": "public_chat", "room_alias_name": "dd" })).await;
+        server.create_room(&owner.access_token, json!({ "preset": "public_chat", "room_alias_name": "dd" })).await;
     let canonical = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.canonical_alias");
     let name = |local: &str| format!("#{local}:{}", server.server_name);
     let (status, _) = server.call("PUT", &canonical, token, Some(json!({ "alias": name("cc") }))).await;
@@ -558,7 +551,7 @@ async fn ignored_users_messages_and_invites_are_hidden() {
     let ivy = server.register("ivy").await;
     let troll = server.register("troll").await;
     let friend = server.register("friend").await;
-    let room_id = create_room(&server, &ivy.access_token, json!({ "preset": "public_chat" })).await;
+    let room_id = server.create_room(&ivy.access_token, json!({ "preset": "public_chat" })).await;
     for user in [&troll, &friend] {
         server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&user.access_token), None).await;
     }
@@ -593,7 +586,7 @@ async fn ignored_users_messages_and_invites_are_hidden() {
     assert!(members["joined"].get(&troll.user_id).is_some());
 
     // Invites from an ignored user do not reach the invitee.
-    let trap = create_room(&server, &troll.access_token, json!({})).await;
+    let trap = server.create_room(&troll.access_token, json!({})).await;
     let (status, _) = server
         .call(
             "POST",
@@ -613,7 +606,7 @@ async fn lazy_loaded_members_follow_incremental_timelines_without_repeating() {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let carol = server.register("carol").await;
-    let room_id = create_room(&server, &alice.access_token, json!({ "preset": "public_chat" })).await;
+    let room_id = server.create_room(&alice.access_token, json!({ "preset": "public_chat" })).await;
     for user in [&bob, &carol] {
         server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&user.access_token), None).await;
     }
@@ -718,14 +711,14 @@ async fn erased_users_messages_are_redacted_for_later_members_only() {
     let eric = server.register("eric").await;
     let early = server.register("early").await;
     let late = server.register("late").await;
-    let room_id = create_room(
-        &server,
-        &eric.access_token,
-        json!({ "preset": "public_chat", "initial_state": [
+    let room_id = server
+        .create_room(
+            &eric.access_token,
+            json!({ "preset": "public_chat", "initial_state": [
             { "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "shared" } }
         ] }),
-    )
-    .await;
+        )
+        .await;
     server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&early.access_token), None).await;
     let (_, sent) = server
         .call(
@@ -768,8 +761,8 @@ async fn search_finds_readable_messages_of_the_users_rooms() {
     let sara = server.register("sara").await;
     let outsider = server.register("outsider").await;
     let token = Some(sara.access_token.as_str());
-    let room_id = create_room(&server, &sara.access_token, json!({ "preset": "public_chat", "name": "Budget" })).await;
-    let other = create_room(&server, &outsider.access_token, json!({ "preset": "public_chat" })).await;
+    let room_id = server.create_room(&sara.access_token, json!({ "preset": "public_chat", "name": "Budget" })).await;
+    let other = server.create_room(&outsider.access_token, json!({ "preset": "public_chat" })).await;
     let send =
         |room: String, user: common::TestUser, txn: &'static str, kind: &'static str, content: serde_json::Value| {
             let server = &server;
@@ -862,7 +855,7 @@ async fn a_room_joined_since_the_token_is_sent_once_with_state_outside_its_timel
     let filter = r#"{"room":{"timeline":{"limit":10}}}"#;
     let (_, first) = server.call("GET", &format!("/_matrix/client/v3/sync?filter={filter}"), token, None).await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
-    let room_id = create_room(&server, &user.access_token, json!({ "preset": "public_chat" })).await;
+    let room_id = server.create_room(&user.access_token, json!({ "preset": "public_chat" })).await;
     server
         .call(
             "PUT",
@@ -889,7 +882,7 @@ async fn sync_reports_profile_changes_incrementally_and_names_rooms_without_hero
     let user = server.register("pia").await;
     let friend = server.register("friend").await;
     let token = Some(user.access_token.as_str());
-    let room_id = create_room(&server, &user.access_token, json!({ "preset": "public_chat", "name": "Named" })).await;
+    let room_id = server.create_room(&user.access_token, json!({ "preset": "public_chat", "name": "Named" })).await;
     server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&friend.access_token), None).await;
     let (_, first) = server.call("GET", "/_matrix/client/v3/sync", token, None).await;
     let summary = &first["rooms"]["join"][&room_id]["summary"];
@@ -916,7 +909,7 @@ async fn outsiders_are_refused_context_and_oversized_events_are_too_large() {
     let server = TestServer::start().await;
     let owner = server.register("owner").await;
     let outsider = server.register("outsider").await;
-    let room_id = create_room(&server, &owner.access_token, json!({})).await;
+    let room_id = server.create_room(&owner.access_token, json!({})).await;
     let (_, sent) = server
         .call(
             "PUT",
@@ -944,7 +937,7 @@ async fn device_lists_report_who_left_and_keep_user_signing_keys_private() {
     let server = TestServer::start().await;
     let ann = server.register("ann").await;
     let ben = server.register("ben").await;
-    let room_id = create_room(&server, &ann.access_token, json!({ "preset": "public_chat" })).await;
+    let room_id = server.create_room(&ann.access_token, json!({ "preset": "public_chat" })).await;
     server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&ben.access_token), None).await;
     let sync = |user: &common::TestUser, since: Option<String>| {
         let path = match since {
@@ -1057,7 +1050,7 @@ async fn current_state_shows_in_the_timeline_whatever_the_history_visibility() {
     let creator = server.register("cleo").await;
     let syncer = server.register("sid").await;
     let invitee = server.register("ivo").await;
-    let room_id = create_room(&server, &creator.access_token, json!({ "preset": "public_chat" })).await;
+    let room_id = server.create_room(&creator.access_token, json!({ "preset": "public_chat" })).await;
     let join = format!("/_matrix/client/v3/join/{room_id}");
     server.call("POST", &join, Some(&syncer.access_token), None).await;
     server
@@ -1102,7 +1095,7 @@ async fn directory_pages_both_ways_and_unknown_push_actions_are_refused() {
     let server = TestServer::start().await;
     let owner = server.register("pia").await;
     for _ in 0..7 {
-        create_room(&server, &owner.access_token, json!({ "preset": "public_chat", "visibility": "public" })).await;
+        server.create_room(&owner.access_token, json!({ "preset": "public_chat", "visibility": "public" })).await;
     }
     let (_, all) = server.call("GET", "/_matrix/client/v3/publicRooms", Some(&owner.access_token), None).await;
     assert_eq!(all["chunk"].as_array().unwrap().len(), 7, "no limit: one page: {all}");
@@ -1158,7 +1151,7 @@ async fn directory_pages_both_ways_and_unknown_push_actions_are_refused() {
 async fn older_clients_redact_without_a_transaction_id() {
     let server = TestServer::start().await;
     let user = server.register("rita").await;
-    let room_id = create_room(&server, &user.access_token, json!({ "preset": "private_chat" })).await;
+    let room_id = server.create_room(&user.access_token, json!({ "preset": "private_chat" })).await;
     let (_, sent) = server
         .call(
             "PUT",

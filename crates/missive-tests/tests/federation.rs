@@ -215,16 +215,12 @@ async fn aliases_and_public_rooms_of_other_servers_are_found() {
     let (police, gov) = (&peers.servers[0], &peers.servers[1]);
     let alice = police.register("alice").await;
     let bob = gov.register("bob").await;
-    let (status, body) = police
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({ "preset": "public_chat", "visibility": "public", "room_alias_name": "desk", "name": "Front desk" })),
+    let room_id = police
+        .create_room(
+            &alice.access_token,
+            json!({ "preset": "public_chat", "visibility": "public", "room_alias_name": "desk", "name": "Front desk" }),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
-    let room_id = body["room_id"].as_str().unwrap().to_owned();
 
     let (status, body) =
         gov.call("GET", "/_matrix/client/v3/directory/room/%23desk:police.test", Some(&bob.access_token), None).await;
@@ -290,16 +286,12 @@ async fn agents_of_two_servers_join_one_room_and_talk_both_ways() {
     let (police, gov) = (&peers.servers[0], &peers.servers[1]);
     let alice = police.register("alice").await;
     let bob = gov.register("bob").await;
-    let (status, body) = police
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({ "preset": "public_chat", "room_alias_name": "crisis", "name": "Crisis cell" })),
+    let room_id = police
+        .create_room(
+            &alice.access_token,
+            json!({ "preset": "public_chat", "room_alias_name": "crisis", "name": "Crisis cell" }),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
-    let room_id = body["room_id"].as_str().unwrap().to_owned();
 
     // Bob joins through the alias: gov asks police for the room, then joins through it.
     let (status, body) =
@@ -314,16 +306,17 @@ async fn agents_of_two_servers_join_one_room_and_talk_both_ways() {
         .await;
     assert!(members["joined"].get(&bob.user_id).is_some(), "police admitted bob's join: {members}");
 
-    async fn send(server: &TestServer, user: &TestUser, room_id: &str, txn: &str, text: &str) {
-        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}");
-        let body = json!({ "msgtype": "m.text", "body": text });
-        let (status, body) = server.call("PUT", &path, Some(&user.access_token), Some(body)).await;
-        assert_eq!(status, 200, "{body}");
-    }
-    send(police, &alice, &room_id, "a1", "Bob, the briefing is at ten").await;
+    police
+        .send_message(
+            &alice.access_token,
+            &room_id,
+            json!({ "msgtype": "m.text", "body": "Bob, the briefing is at ten" }),
+        )
+        .await;
     let seen = wait_for_event(gov, &bob, &room_id, |e| e["content"]["body"] == "Bob, the briefing is at ten").await;
     assert_eq!(seen["sender"], alice.user_id.as_str());
-    send(gov, &bob, &room_id, "b1", "Noted, I will be there").await;
+    gov.send_message(&bob.access_token, &room_id, json!({ "msgtype": "m.text", "body": "Noted, I will be there" }))
+        .await;
     let seen = wait_for_event(police, &alice, &room_id, |e| e["content"]["body"] == "Noted, I will be there").await;
     assert_eq!(seen["sender"], bob.user_id.as_str());
 
@@ -377,15 +370,7 @@ async fn agents_of_two_servers_join_one_room_and_talk_both_ways() {
     let (status, body) = signed_get(format!("/_matrix/federation/v1/state_ids/{room_id}?event_id={event_id}")).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["pdu_ids"].as_array().unwrap().len() >= 5 && !body["auth_chain_ids"].as_array().unwrap().is_empty());
-    let (_, private) = police
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({ "preset": "private_chat" })),
-        )
-        .await;
-    let private_room = private["room_id"].as_str().unwrap();
+    let private_room = police.create_room(&alice.access_token, json!({ "preset": "private_chat" })).await;
     let (_, private_state) = police
         .call(
             "GET",
@@ -420,16 +405,15 @@ async fn an_encrypted_room_shared_by_two_servers_decrypts_both_ways() {
     }
     let encryption =
         json!({ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } });
-    let (status, body) = police
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice_user.access_token),
-            Some(json!({ "preset": "public_chat", "room_alias_name": "cell", "initial_state": [encryption] })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(body["room_id"].as_str().unwrap()).unwrap();
+    let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(
+        police
+            .create_room(
+                &alice_user.access_token,
+                json!({ "preset": "public_chat", "room_alias_name": "cell", "initial_state": [encryption] }),
+            )
+            .await,
+    )
+    .unwrap();
     let alias = matrix_sdk::ruma::OwnedRoomOrAliasId::try_from("#cell:police.test").unwrap();
     bob.join_room_by_id_or_alias(&alias, &[]).await.expect("bob joins through gov");
     for client in [&alice, &bob] {
@@ -468,15 +452,9 @@ async fn nothing_queued_for_a_stopped_server_is_lost_even_when_the_sender_is_kil
     let mut peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
     let alice = peers.servers[0].register("alice").await;
     let bob = peers.servers[1].register("bob").await;
-    let (_, body) = peers.servers[0]
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({ "preset": "public_chat", "room_alias_name": "ops" })),
-        )
+    let room_id = peers.servers[0]
+        .create_room(&alice.access_token, json!({ "preset": "public_chat", "room_alias_name": "ops" }))
         .await;
-    let room_id = body["room_id"].as_str().unwrap().to_owned();
     let (status, _) = peers.servers[1]
         .call("POST", "/_matrix/client/v3/join/%23ops:police.test", Some(&bob.access_token), None)
         .await;
@@ -589,15 +567,8 @@ async fn a_hostile_peer_gets_each_pdu_and_edu_refused_and_nothing_is_stored() {
     let (police, gov) = (&peers.servers[0], &peers.servers[1]);
     let alice = police.register("alice").await;
     let bob = gov.register("bob").await;
-    let (_, body) = police
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({ "preset": "public_chat", "room_alias_name": "front" })),
-        )
-        .await;
-    let room_id = body["room_id"].as_str().unwrap().to_owned();
+    let room_id =
+        police.create_room(&alice.access_token, json!({ "preset": "public_chat", "room_alias_name": "front" })).await;
     let (status, _) =
         gov.call("POST", "/_matrix/client/v3/join/%23front:police.test", Some(&bob.access_token), None).await;
     assert_eq!(status, 200);
@@ -759,11 +730,7 @@ async fn an_encrypted_direct_chat_invites_across_servers_and_decrypts_both_ways(
 
     // An invite to a room of another server can be declined; the inviting server hears of it.
     let carol = peers_token(police, "carol").await;
-    let (status, body) = police
-        .call("POST", "/_matrix/client/v3/createRoom", Some(&carol), Some(json!({ "invite": [bob_user.user_id] })))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let declined = body["room_id"].as_str().unwrap().to_owned();
+    let declined = police.create_room(&carol, json!({ "invite": [bob_user.user_id] })).await;
     let (status, _) = gov
         .call("POST", &format!("/_matrix/client/v3/rooms/{declined}/leave"), Some(&bob_user.access_token), None)
         .await;
@@ -801,16 +768,15 @@ async fn three_sector_servers_share_an_encrypted_room_and_each_reads_the_others(
     }
     let encryption =
         json!({ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } });
-    let (status, body) = peers.servers[0]
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&clients[0].1.access_token),
-            Some(json!({ "preset": "public_chat", "room_alias_name": "joint", "initial_state": [encryption] })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(body["room_id"].as_str().unwrap()).unwrap();
+    let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(
+        peers.servers[0]
+            .create_room(
+                &clients[0].1.access_token,
+                json!({ "preset": "public_chat", "room_alias_name": "joint", "initial_state": [encryption] }),
+            )
+            .await,
+    )
+    .unwrap();
     let alias = matrix_sdk::ruma::OwnedRoomOrAliasId::try_from("#joint:police.test").unwrap();
     for (client, _) in &clients[1..] {
         client.join_room_by_id_or_alias(&alias, &[]).await.expect("join through police");
@@ -848,21 +814,17 @@ async fn servers_cut_from_each_other_converge_on_the_state_resolution_gives() {
     let mut peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
     let alice = peers.servers[0].register("alice").await;
     let bob = peers.servers[1].register("bob").await;
-    let (status, body) = peers.servers[0]
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({
+    let room_id = peers.servers[0]
+        .create_room(
+            &alice.access_token,
+            json!({
                 "preset": "public_chat",
                 "room_alias_name": "crise",
                 "topic": "Initial",
                 "power_level_content_override": { "users": { bob.user_id.clone(): 100 } },
-            })),
+            }),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
-    let room_id = body["room_id"].as_str().unwrap().to_owned();
     let (status, body) = peers.servers[1]
         .call("POST", "/_matrix/client/v3/join/%23crise:police.test", Some(&bob.access_token), Some(json!({})))
         .await;
@@ -977,12 +939,7 @@ async fn a_late_joiner_on_another_server_backfills_the_history_it_may_see() {
         })
     };
     let send = async |server: &TestServer, user: &TestUser, room_id: &str, body: &str| {
-        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{}", rand::random::<u64>());
-        let (status, answer) = server
-            .call("PUT", &path, Some(&user.access_token), Some(json!({ "msgtype": "m.text", "body": body })))
-            .await;
-        assert_eq!(status, 200, "{answer}");
-        answer["event_id"].as_str().unwrap().to_owned()
+        server.send_message(&user.access_token, room_id, json!({ "msgtype": "m.text", "body": body })).await
     };
     let seen_by = async |server: &TestServer, user: &TestUser, room_id: &str, event_id: &str| {
         common::until("the event crosses", async || {
@@ -1000,10 +957,7 @@ async fn a_late_joiner_on_another_server_backfills_the_history_it_may_see() {
     };
 
     // A room whose history is shared with members: alice and bob talk, carol joins later.
-    let (_, body) = police
-        .call("POST", "/_matrix/client/v3/createRoom", Some(&alice.access_token), Some(create("archive", "shared")))
-        .await;
-    let shared = body["room_id"].as_str().unwrap().to_owned();
+    let shared = police.create_room(&alice.access_token, create("archive", "shared")).await;
     let (status, _) = gov
         .call("POST", "/_matrix/client/v3/join/%23archive:police.test", Some(&bob.access_token), Some(json!({})))
         .await;
@@ -1056,10 +1010,7 @@ async fn a_late_joiner_on_another_server_backfills_the_history_it_may_see() {
 
     // A room whose history is for those who were joined: carol's server holds it, but she
     // sees nothing from before she joined.
-    let (_, body) = police
-        .call("POST", "/_matrix/client/v3/createRoom", Some(&alice.access_token), Some(create("cercle", "joined")))
-        .await;
-    let closed = body["room_id"].as_str().unwrap().to_owned();
+    let closed = police.create_room(&alice.access_token, create("cercle", "joined")).await;
     send(police, &alice, &closed, "avant").await;
     let (status, _) = edu
         .call("POST", "/_matrix/client/v3/join/%23cercle:police.test", Some(&carol.access_token), Some(json!({})))
@@ -1079,21 +1030,16 @@ async fn a_space_lists_its_rooms_on_other_servers_that_its_members_may_see() {
     let (police, gov) = (&peers.servers[0], &peers.servers[1]);
     let alice = police.register("alice").await;
     let bob = gov.register("bob").await;
-    let create = async |server: &TestServer, user: &TestUser, body: Value| {
-        let (status, answer) =
-            server.call("POST", "/_matrix/client/v3/createRoom", Some(&user.access_token), Some(body)).await;
-        assert_eq!(status, 200, "{answer}");
-        answer["room_id"].as_str().unwrap().to_owned()
-    };
-    let space = create(
-        gov,
-        &bob,
-        json!({ "preset": "public_chat", "name": "Ministère", "creation_content": { "type": "m.space" } }),
-    )
-    .await;
-    let gov_room = create(gov, &bob, json!({ "preset": "public_chat", "name": "Cabinet" })).await;
-    let police_room = create(police, &alice, json!({ "preset": "public_chat", "name": "Police" })).await;
-    let secret = create(police, &alice, json!({ "preset": "private_chat", "name": "Secret" })).await;
+    let space = gov
+        .create_room(
+            &bob.access_token,
+            json!({ "preset": "public_chat", "name": "Ministère", "creation_content": { "type": "m.space" } }),
+        )
+        .await;
+    let gov_room = gov.create_room(&bob.access_token, json!({ "preset": "public_chat", "name": "Cabinet" })).await;
+    let police_room =
+        police.create_room(&alice.access_token, json!({ "preset": "public_chat", "name": "Police" })).await;
+    let secret = police.create_room(&alice.access_token, json!({ "preset": "private_chat", "name": "Secret" })).await;
     for (child, server, extra) in [
         (gov_room.as_str(), "gov.test", json!({ "suggested": true })),
         (police_room.as_str(), "police.test", json!({ "order": "a" })),
@@ -1140,21 +1086,12 @@ async fn a_user_of_another_server_knocks_and_is_let_in() {
     let (police, gov) = (&peers.servers[0], &peers.servers[1]);
     let alice = police.register("alice").await;
     let bob = gov.register("bob").await;
-    let (status, body) = police
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({
+    let room_id = police.create_room(&alice.access_token, json!({
                 "preset": "private_chat",
                 "name": "Salle fermée",
                 "room_alias_name": "fermee",
                 "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
-            })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let room_id = body["room_id"].as_str().unwrap().to_owned();
+            })).await;
 
     // Joining is refused; knocking (through the alias's server) is taken.
     let (status, _) = gov
@@ -1220,15 +1157,12 @@ async fn a_server_that_left_a_room_joins_it_again_with_what_changed_meanwhile() 
     let (police, gov) = (&peers.servers[0], &peers.servers[1]);
     let alice = police.register("alice").await;
     let bob = gov.register("bob").await;
-    let (_, body) = police
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({ "preset": "public_chat", "room_alias_name": "retour", "topic": "Avant" })),
+    let room_id = police
+        .create_room(
+            &alice.access_token,
+            json!({ "preset": "public_chat", "room_alias_name": "retour", "topic": "Avant" }),
         )
         .await;
-    let room_id = body["room_id"].as_str().unwrap().to_owned();
     let (status, _) = gov
         .call("POST", "/_matrix/client/v3/join/%23retour:police.test", Some(&bob.access_token), Some(json!({})))
         .await;

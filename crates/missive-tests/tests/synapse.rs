@@ -42,30 +42,17 @@ async fn agree(pair: &Pair, alice: &TestUser, bob: &TestUser, room_id: &str) {
     }
 }
 
-async fn send(server: &Endpoint, user: &TestUser, room_id: &str, content: Value) -> String {
-    let txn = rand::random::<u64>();
-    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}");
-    let (status, body) = server.call("PUT", &path, Some(&user.access_token), Some(content)).await;
-    assert_eq!(status, 200, "{body}");
-    body["event_id"].as_str().unwrap().to_owned()
-}
-
-async fn put_state(server: &Endpoint, user: &TestUser, room_id: &str, kind: &str, content: Value) -> String {
-    let path = format!("/_matrix/client/v3/rooms/{room_id}/state/{kind}/");
-    let (status, body) = server.call("PUT", &path, Some(&user.access_token), Some(content)).await;
-    assert_eq!(status, 200, "{body}");
-    body["event_id"].as_str().unwrap().to_owned()
-}
-
 /// Messages, an edit, a redaction and state changes in both directions, then agreement;
 /// alice (of Missive) speaks first when `missive_first`, else bob (of Synapse).
 async fn converse(pair: &Pair, room_id: &str, alice: &TestUser, bob: &TestUser, missive_first: bool) {
     let (missive, synapse): (&Endpoint, &Endpoint) = (&pair.missive, &pair.synapse);
     let ((local, local_user), (remote, remote_user)) =
         if missive_first { ((missive, alice), (synapse, bob)) } else { ((synapse, bob), (missive, alice)) };
-    let hello = send(local, local_user, room_id, json!({ "msgtype": "m.text", "body": "Bonjour" })).await;
+    let hello =
+        local.send_message(&local_user.access_token, room_id, json!({ "msgtype": "m.text", "body": "Bonjour" })).await;
     see(remote, remote_user, room_id, "the first message", |e| e["event_id"] == hello.as_str()).await;
-    let reply = send(remote, remote_user, room_id, json!({ "msgtype": "m.text", "body": "Salut" })).await;
+    let reply =
+        remote.send_message(&remote_user.access_token, room_id, json!({ "msgtype": "m.text", "body": "Salut" })).await;
     see(local, local_user, room_id, "the reply", |e| e["content"]["body"] == "Salut").await;
 
     let edit = json!({
@@ -74,7 +61,7 @@ async fn converse(pair: &Pair, room_id: &str, alice: &TestUser, bob: &TestUser, 
         "m.new_content": { "msgtype": "m.text", "body": "Salut à tous" },
         "m.relates_to": { "rel_type": "m.replace", "event_id": reply },
     });
-    send(remote, remote_user, room_id, edit).await;
+    remote.send_message(&remote_user.access_token, room_id, edit).await;
     see(local, local_user, room_id, "the edit", |e| {
         e["content"]["m.relates_to"]["event_id"] == reply.as_str()
             && e["content"]["m.new_content"]["body"] == "Salut à tous"
@@ -94,9 +81,12 @@ async fn converse(pair: &Pair, room_id: &str, alice: &TestUser, bob: &TestUser, 
     .await;
     assert_eq!(redacted["sender"], local_user.user_id.as_str());
 
-    let topic = put_state(local, local_user, room_id, "m.room.topic", json!({ "topic": "Coordination" })).await;
+    let topic =
+        local.put_state(&local_user.access_token, room_id, "m.room.topic", json!({ "topic": "Coordination" })).await;
     see(remote, remote_user, room_id, "the topic", |e| e["event_id"] == topic.as_str()).await;
-    let name = put_state(remote, remote_user, room_id, "m.room.name", json!({ "name": "Cellule de crise" })).await;
+    let name = remote
+        .put_state(&remote_user.access_token, room_id, "m.room.name", json!({ "name": "Cellule de crise" }))
+        .await;
     see(local, local_user, room_id, "the name", |e| e["event_id"] == name.as_str()).await;
     agree(pair, alice, bob, room_id).await;
 }
@@ -109,21 +99,17 @@ async fn a_missive_user_and_a_synapse_user_share_rooms_created_on_either_server(
 
     // A room of Synapse: bob invites alice (invite v2 towards Missive), she accepts
     // (make_join/send_join towards Synapse) and gives herself the power to name it.
-    let (status, body) = pair
+    let synapse_room = pair
         .synapse
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&bob.access_token),
-            Some(json!({
+        .create_room(
+            &bob.access_token,
+            json!({
                 "preset": "private_chat",
                 "invite": [alice.user_id],
                 "power_level_content_override": { "users": { alice.user_id.clone(): 100 } },
-            })),
+            }),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
-    let synapse_room = body["room_id"].as_str().unwrap().to_owned();
     until("alice is invited", async || {
         let (_, sync) = pair.missive.call("GET", "/_matrix/client/v3/sync", Some(&alice.access_token), None).await;
         sync["rooms"]["invite"].get(&synapse_room).map(|_| ())
@@ -139,21 +125,17 @@ async fn a_missive_user_and_a_synapse_user_share_rooms_created_on_either_server(
     converse(&pair, &synapse_room, &alice, &bob, true).await;
 
     // A room of Missive, found by its alias: Synapse asks Missive's directory, then joins.
-    let (status, body) = pair
+    let missive_room = pair
         .missive
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({
+        .create_room(
+            &alice.access_token,
+            json!({
                 "preset": "public_chat",
                 "room_alias_name": "crise",
                 "power_level_content_override": { "users": { bob.user_id.clone(): 50 } },
-            })),
+            }),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
-    let missive_room = body["room_id"].as_str().unwrap().to_owned();
     let alias = format!("#crise:{}", pair.missive.server_name);
     let path = format!("/_matrix/client/v3/join/{}", alias.replace('#', "%23"));
     let (status, body) = pair.synapse.call("POST", &path, Some(&bob.access_token), Some(json!({}))).await;
@@ -230,31 +212,30 @@ async fn after_an_outage_everything_synapse_sent_meanwhile_reaches_missive() {
     let mut pair = Pair::start().await;
     let alice = pair.missive.register("alice").await;
     let bob = pair.synapse.register("bob").await;
-    let (status, body) = pair
+    let room_id = pair
         .synapse
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&bob.access_token),
-            Some(json!({ "preset": "public_chat", "room_alias_name": "veille", "topic": "Avant" })),
+        .create_room(
+            &bob.access_token,
+            json!({ "preset": "public_chat", "room_alias_name": "veille", "topic": "Avant" }),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
-    let room_id = body["room_id"].as_str().unwrap().to_owned();
     let path = format!("/_matrix/client/v3/join/%23veille:{}", pair.synapse.server_name);
     let (status, body) = pair.missive.call("POST", &path, Some(&alice.access_token), Some(json!({}))).await;
     assert_eq!(status, 200, "{body}");
-    let hello = send(&pair.synapse, &bob, &room_id, json!({ "msgtype": "m.text", "body": "Bonjour" })).await;
+    let hello =
+        pair.synapse.send_message(&bob.access_token, &room_id, json!({ "msgtype": "m.text", "body": "Bonjour" })).await;
     see(&pair.missive, &alice, &room_id, "the first message", |e| e["event_id"] == hello.as_str()).await;
 
     // Missive is down while the topic changes and 30 messages follow; back up, it gets
     // them all from Synapse's retries and both servers agree on the room's state.
     pair.missive.stop();
-    put_state(&pair.synapse, &bob, &room_id, "m.room.topic", json!({ "topic": "Pendant la coupure" })).await;
+    pair.synapse.put_state(&bob.access_token, &room_id, "m.room.topic", json!({ "topic": "Pendant la coupure" })).await;
     let mut last = String::new();
     for i in 0..30 {
-        last =
-            send(&pair.synapse, &bob, &room_id, json!({ "msgtype": "m.text", "body": format!("message {i}") })).await;
+        last = pair
+            .synapse
+            .send_message(&bob.access_token, &room_id, json!({ "msgtype": "m.text", "body": format!("message {i}") }))
+            .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     pair.missive.start_again();
@@ -275,16 +256,9 @@ async fn synapse_follows_the_devices_a_missive_user_adds_and_removes() {
     let alice = pair.synapse.register("alice").await;
     let (first, bob) = pair.missive.client("bob").await;
     first.sync_once(Default::default()).await.expect("the first device uploads its keys");
-    let (status, body) = pair
-        .synapse
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            Some(json!({ "preset": "public_chat", "room_alias_name": "appareils" })),
-        )
+    pair.synapse
+        .create_room(&alice.access_token, json!({ "preset": "public_chat", "room_alias_name": "appareils" }))
         .await;
-    assert_eq!(status, 200, "{body}");
     let path = format!("/_matrix/client/v3/join/%23appareils:{}", pair.synapse.server_name);
     let (status, body) = pair.missive.call("POST", &path, Some(&bob.access_token), Some(json!({}))).await;
     assert_eq!(status, 200, "{body}");

@@ -302,6 +302,29 @@ impl Endpoint {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// Creates a room with the given createRoom body as `token`'s user; returns its ID.
+    pub async fn create_room(&self, token: &str, body: Value) -> String {
+        let (status, body) = self.call("POST", "/_matrix/client/v3/createRoom", Some(token), Some(body)).await;
+        assert_eq!(status, 200, "{body}");
+        body["room_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends a message event as `token`'s user; returns its event ID.
+    pub async fn send_message(&self, token: &str, room_id: &str, content: Value) -> String {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{}", rand::random::<u64>());
+        let (status, body) = self.call("PUT", &path, Some(token), Some(content)).await;
+        assert_eq!(status, 200, "{body}");
+        body["event_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sets a state event with an empty state key as `token`'s user; returns its event ID.
+    pub async fn put_state(&self, token: &str, room_id: &str, kind: &str, content: Value) -> String {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/state/{kind}/");
+        let (status, body) = self.call("PUT", &path, Some(token), Some(content)).await;
+        assert_eq!(status, 200, "{body}");
+        body["event_id"].as_str().unwrap().to_owned()
+    }
+
     /// A raw request with a raw body.
     pub async fn call_raw(&self, method: &str, path: &str, token: Option<&str>, body: &'static str) -> (u16, Value) {
         let http = reqwest::Client::new();
