@@ -5,38 +5,7 @@
 # Usage: bench/federation.sh [extra missive-bench flags, e.g. --members 200]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/missive-target}"
-venv="${MISSIVE_BENCH_VENV:-$HOME/.cache/missive-bench-venv}"
-work=$(mktemp -d)
-results="$work/results.jsonl"
-pg_base="${MISSIVE_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
-secret=bench-secret
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_up() {
-    for _ in $(seq 1 120); do
-        curl -sf "$1/_matrix/client/versions" >/dev/null && return 0
-        sleep 0.5
-    done
-    echo "bench: server at $1 did not come up" >&2
-    exit 1
-}
-
-echo "bench: installing Synapse into $venv"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q --upgrade matrix-synapse >/dev/null
-synapse_version=$("$venv/bin/python" -c 'import synapse; print(synapse.__version__)')
-
-echo "bench: building Missive (release)"
-cargo build --release --locked -p missive -p missive-bench >/dev/null
-bench="$CARGO_TARGET_DIR/release/missive-bench"
-missive="$CARGO_TARGET_DIR/release/missive"
+source bench/common.sh
 
 # A state PKI of one CA; every server gets a certificate for localhost from it.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -133,6 +102,4 @@ else
     echo "bench: no PostgreSQL at $pg_base, skipping missive-postgres" >&2
 fi
 
-echo
-echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); Synapse $synapse_version; $(date -u +%Y-%m-%d)"
-python3 "$root/bench/report.py" "$results"
+report
