@@ -24,19 +24,20 @@ impl Federation {
             return Ok(0);
         }
         let (version, rules) = rooms.version_of(room_id).await?;
-        let create_id = rooms
-            .store
-            .current_state_event(room_id.as_str(), "m.room.create", "")
-            .await?
+        let create = match rooms.store.current_state_event(room_id.as_str(), "m.room.create", "").await? {
+            Some(row) => Some(crate::rooms::pdu::Pdu::from_row(&row)?),
+            None => None,
+        };
+        let create_id = create
+            .as_ref()
             .filter(|_| rules.authorization.room_create_event_id_as_room_id)
-            .map(|row| row.event_id);
+            .map(|create| create.event_id.to_string());
         let from = ruma::OwnedEventId::try_from(earliest.event_id.as_str())
             .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         // The creator's server first: it holds the room's whole history, where a server
         // that joined later holds only what came after (and the state before) its join.
         let mut servers = rooms.resident_servers(room_id.as_str()).await?;
-        if let Some(create) = rooms.store.current_state_event(room_id.as_str(), "m.room.create", "").await?
-            && let Ok(create) = crate::rooms::pdu::Pdu::from_row(&create)
+        if let Some(create) = &create
             && let Some(i) = servers.iter().position(|s| s == create.sender.server_name().as_str())
         {
             let origin = servers.remove(i);

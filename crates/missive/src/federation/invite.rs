@@ -40,9 +40,7 @@ impl Federation {
             Ok(answer) => answer.event,
             // A server without the second version of the API takes the first: the event
             // as the body, the room's description in its `unsigned`.
-            Err(super::FederationError::Remote { status: 404 | 400, errcode, .. })
-                if errcode.as_deref().is_none_or(|c| c == "M_UNRECOGNIZED") =>
-            {
+            Err(e) if e.is_unrecognized() => {
                 let mut body = event.clone();
                 let described: Vec<serde_json::Value> =
                     invite.stripped_state.iter().filter_map(|pdu| serde_json::from_str(pdu).ok()).collect();

@@ -82,9 +82,7 @@ impl Federation {
         let answer = match self.send(server, request).await {
             Ok(answer) => answer.room_state,
             // A server without the second version takes the first: `[200, {…}]`.
-            Err(super::FederationError::Remote { status: 404 | 400, errcode, .. })
-                if errcode.as_deref().is_none_or(|c| c == "M_UNRECOGNIZED") =>
-            {
+            Err(e) if e.is_unrecognized() => {
                 let path = format!("/_matrix/federation/v1/send_join/{room_id}/{event_id}");
                 let event: serde_json::Value =
                     serde_json::from_str(&json).map_err(|e| Error::Internal(e.to_string()))?;

@@ -60,6 +60,15 @@ pub enum FederationError {
     Store(#[from] crate::store::StoreError),
 }
 
+impl FederationError {
+    /// Whether the peer does not know the endpoint asked (a 404 or 400 without an errcode,
+    /// or `M_UNRECOGNIZED`): an older version of it may be asked instead.
+    pub fn is_unrecognized(&self) -> bool {
+        matches!(self, FederationError::Remote { status: 404 | 400, errcode, .. }
+            if errcode.as_deref().is_none_or(|c| c == "M_UNRECOGNIZED"))
+    }
+}
+
 /// The federation service: who this server is, whom it talks to, and how.
 pub struct Federation {
     pub server_name: OwnedServerName,

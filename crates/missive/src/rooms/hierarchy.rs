@@ -17,17 +17,27 @@ pub struct SpaceRoom {
 }
 
 impl SpaceRoom {
-    /// The room's children: (room ID, servers to reach it through, suggested).
-    pub fn children(&self) -> Vec<(String, Vec<String>, bool)> {
-        self.children_state
+    /// The room's children in the spec's order (`order`, then timestamp, then room ID),
+    /// only the suggested ones if asked; an entry without `via` is not a child.
+    pub fn children(&self, suggested_only: bool) -> Vec<SpaceChild> {
+        let mut children: Vec<(String, i64, SpaceChild)> = self
+            .children_state
             .iter()
             .filter_map(|e| {
+                let content = &e["content"];
                 let via: Vec<String> =
-                    e["content"]["via"].as_array()?.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
-                let room_id = e["state_key"].as_str()?.to_owned();
-                Some((room_id, via, e["content"]["suggested"] == true))
+                    content["via"].as_array()?.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+                let room_id = ruma::OwnedRoomId::try_from(e["state_key"].as_str()?).ok()?;
+                if via.is_empty() || (suggested_only && content["suggested"] != true) {
+                    return None;
+                }
+                let order = content["order"].as_str().filter(|o| o.len() <= 50).unwrap_or("~").to_owned();
+                let ts = e["origin_server_ts"].as_i64().unwrap_or(i64::MAX);
+                Some((order, ts, SpaceChild { room_id, via }))
             })
-            .collect()
+            .collect();
+        children.sort_by(|a, b| (&a.0, a.1, &a.2.room_id).cmp(&(&b.0, b.1, &b.2.room_id)));
+        children.into_iter().map(|(_, _, child)| child).collect()
     }
 
     /// The chunk of the client's `/hierarchy` answer.
@@ -48,6 +58,14 @@ impl SpaceRoom {
         }
         summary
     }
+}
+
+/// A child of a space, as its `m.space.child` event names it.
+#[derive(Debug, Clone)]
+pub struct SpaceChild {
+    pub room_id: ruma::OwnedRoomId,
+    /// Servers to reach it through.
+    pub via: Vec<String>,
 }
 
 /// Who asks about a room: a local user or another server.

@@ -80,21 +80,9 @@ async fn hierarchy(state: AppState, req: Ruma<get_hierarchy::v1::Request>) -> Re
             continue;
         };
         if depth < max_depth {
-            let mut children: Vec<(String, Vec<String>, bool, String, i64)> = room
-                .children_state
-                .iter()
-                .zip(room.children())
-                .map(|(event, (id, via, suggested))| {
-                    let order = event["content"]["order"].as_str().filter(|o| o.len() <= 50).unwrap_or("~").to_owned();
-                    (id, via, suggested, order, event["origin_server_ts"].as_i64().unwrap_or(i64::MAX))
-                })
-                .filter(|(_, _, suggested, _, _)| !b.suggested_only || *suggested)
-                .collect();
-            children.sort_by(|a, b| (&a.3, a.4, &a.0).cmp(&(&b.3, b.4, &b.0)));
-            for (id, via, _, _, _) in children.into_iter().rev() {
-                if let Ok(id) = ruma::OwnedRoomId::try_from(id) {
-                    stack.push((id, depth + 1, via));
-                }
+            // Pushed last first, so that the first child is walked next.
+            for child in room.children(b.suggested_only).into_iter().rev() {
+                stack.push((child.room_id, depth + 1, child.via));
             }
         }
         rooms.push(room.client_chunk());

@@ -40,11 +40,7 @@ async fn hierarchy(state: AppState, req: Ruma<get_hierarchy::v1::Request>) -> Re
     };
     let mut children = Vec::new();
     let mut inaccessible = Vec::new();
-    for (child_id, _, suggested) in room.children() {
-        if b.suggested_only && !suggested {
-            continue;
-        }
-        let Ok(child_id) = ruma::OwnedRoomId::try_from(child_id) else { continue };
+    for child_id in room.children(b.suggested_only).into_iter().map(|c| c.room_id) {
         let Some(child) = state.rooms.space_room(&child_id).await? else { continue };
         if state.rooms.may_preview(&child, Asker::Server(origin)).await? {
             children.push(child.federation_summary(false));
