@@ -18,7 +18,22 @@ fn canonical(value: &Value) -> String {
 /// An X-Matrix `Authorization` header for a request, signed with `key`, written out from
 /// the spec rather than with the server's own code.
 fn x_matrix(method: &str, uri: &str, origin: &str, destination: &str, key: &Ed25519KeyPair) -> String {
-    let signed = json!({ "method": method, "uri": uri, "origin": origin, "destination": destination });
+    x_matrix_of(method, uri, origin, destination, key, None)
+}
+
+/// [`x_matrix`] for a request with a body, which the signature covers.
+fn x_matrix_of(
+    method: &str,
+    uri: &str,
+    origin: &str,
+    destination: &str,
+    key: &Ed25519KeyPair,
+    content: Option<&Value>,
+) -> String {
+    let mut signed = json!({ "method": method, "uri": uri, "origin": origin, "destination": destination });
+    if let Some(content) = content {
+        signed["content"] = content.clone();
+    }
     let signature = key.sign(canonical(&signed).as_bytes());
     format!(
         "X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"ed25519:{}\",sig=\"{}\"",
@@ -40,6 +55,25 @@ async fn signing_key_of(server: &TestServer) -> Ed25519KeyPair {
             .expect("signing key");
     let der = base64::engine::general_purpose::STANDARD.decode(pkcs8).expect("base64");
     Ed25519KeyPair::from_der(&der, key_id.trim_start_matches("ed25519:").to_owned()).expect("key pair")
+}
+
+/// A request to `server` signed as `origin` with `key`, and its answer.
+async fn signed_call(
+    server: &TestServer,
+    (origin, key): (&str, &Ed25519KeyPair),
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let auth = x_matrix_of(method, uri, origin, &server.server_name, key, body.as_ref());
+    let request =
+        reqwest::Client::new().request(method.parse().unwrap(), server.url(uri)).header("Authorization", auth);
+    let request = match body {
+        Some(body) => request.json(&body),
+        None => request,
+    };
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json::<Value>().await.unwrap_or_default())
 }
 
 async fn set_name(server: &TestServer, user: &TestUser, name: &str) {
@@ -586,14 +620,7 @@ async fn a_hostile_peer_gets_each_pdu_and_edu_refused_and_nothing_is_stored() {
     let send = |txn: &str, pdus: Vec<Value>, edus: Vec<Value>| {
         let uri = format!("/_matrix/federation/v1/send/{txn}");
         let body = json!({ "origin": "gov.test", "origin_server_ts": 1, "pdus": pdus, "edus": edus });
-        let signed =
-            json!({ "method": "PUT", "uri": uri, "origin": "gov.test", "destination": "police.test", "content": body });
-        let signature = gov_key.sign(canonical(&signed).as_bytes());
-        let auth = format!(
-            "X-Matrix origin=\"gov.test\",destination=\"police.test\",key=\"ed25519:{}\",sig=\"{}\"",
-            gov_key.version(),
-            signature.base64()
-        );
+        let auth = x_matrix_of("PUT", &uri, "gov.test", "police.test", &gov_key, Some(&body));
         let url = police.url(&uri);
         async move {
             let response =
@@ -1209,4 +1236,100 @@ async fn a_server_that_left_a_room_joins_it_again_with_what_changed_meanwhile() 
         (police.call("GET", &path, Some(&alice.access_token), None).await.0 == 200).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_join_returns_before_the_members_arrive_and_they_follow() {
+    let peers = Peers::start(&["police.test", "gov.test", "edu.test"], |_| Vec::new()).await;
+    let (police, gov, edu) = (&peers.servers[0], &peers.servers[1], &peers.servers[2]);
+    let alice = police.register("alice").await;
+    let room_id = police
+        .create_room(
+            &alice.access_token,
+            json!({ "preset": "public_chat", "room_alias_name": "all-hands", "name": "All hands" }),
+        )
+        .await;
+    let join = "/_matrix/client/v3/join/%23all-hands:police.test";
+    for i in 0..10 {
+        let officer = police.register(&format!("officer{i}")).await;
+        let (status, _) = police.call("POST", join, Some(&officer.access_token), None).await;
+        assert_eq!(status, 200);
+    }
+    let carol = edu.register("carol").await;
+    let (status, _) = edu.call("POST", join, Some(&carol.access_token), None).await;
+    assert_eq!(status, 200);
+
+    // What police answers a server that takes the members later: the state without them,
+    // the servers in the room, and an auth chain without the state's own events.
+    let gov_key = signing_key_of(gov).await;
+    let as_gov = ("gov.test", &gov_key);
+    let dave = "@dave:gov.test";
+    let (status, template) =
+        signed_call(police, as_gov, "GET", &format!("/_matrix/federation/v1/make_join/{room_id}/{dave}?ver=12"), None)
+            .await;
+    assert_eq!(status, 200, "{template}");
+    let mut event = template["event"].clone();
+    event["origin_server_ts"] = json!(now_ms());
+    let mut object = match CanonicalJsonValue::try_from(event).unwrap() {
+        CanonicalJsonValue::Object(object) => object,
+        _ => unreachable!(),
+    };
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    ruma::signatures::hash_and_sign_event("gov.test", &gov_key, &mut object, &rules.redaction).unwrap();
+    let event_id = format!("${}", ruma::signatures::reference_hash(&object, &rules).unwrap());
+    let body = serde_json::to_value(&object).unwrap();
+    let send_join = format!("/_matrix/federation/v2/send_join/{room_id}/{event_id}?omit_members=true");
+    let (status, answer) = signed_call(police, as_gov, "PUT", &send_join, Some(body)).await;
+    assert_eq!((status, answer["members_omitted"].as_bool()), (200, Some(true)), "{answer}");
+    let state = answer["state"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["type"] == "m.room.name"), "{answer}");
+    assert!(!state.iter().any(|e| e["type"] == "m.room.member"), "a named room needs no heroes: {answer}");
+    let mut servers: Vec<&str> =
+        answer["servers_in_room"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    servers.sort();
+    assert_eq!(servers, ["edu.test", "police.test"]);
+    let chain = answer["auth_chain"].as_array().unwrap();
+    assert!(chain.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == alice.user_id.as_str()));
+    assert!(chain.iter().all(|e| !state.contains(e)), "{answer}");
+    // Dave leaves again, so that gov's own join below is its first.
+    let leave_path = format!("/_matrix/federation/v1/make_leave/{room_id}/{dave}");
+    let (status, template) = signed_call(police, as_gov, "GET", &leave_path, None).await;
+    assert_eq!(status, 200, "{template}");
+    let mut event = template["event"].clone();
+    event["origin_server_ts"] = json!(now_ms());
+    let mut object = match CanonicalJsonValue::try_from(event).unwrap() {
+        CanonicalJsonValue::Object(object) => object,
+        _ => unreachable!(),
+    };
+    ruma::signatures::hash_and_sign_event("gov.test", &gov_key, &mut object, &rules.redaction).unwrap();
+    let event_id = format!("${}", ruma::signatures::reference_hash(&object, &rules).unwrap());
+    let send_leave = format!("/_matrix/federation/v2/send_leave/{room_id}/{event_id}");
+    let (status, answer) =
+        signed_call(police, as_gov, "PUT", &send_leave, Some(serde_json::to_value(&object).unwrap())).await;
+    assert_eq!(status, 200, "{answer}");
+
+    // Bob of gov joins: the join returns before gov has the members, and carol (whose
+    // membership police left out) and bob talk at once.
+    let bob = gov.register("bob").await;
+    let (status, body) = gov.call("POST", join, Some(&bob.access_token), None).await;
+    assert_eq!((status, body["room_id"].as_str()), (200, Some(room_id.as_str())), "{body}");
+    edu.send_message(&carol.access_token, &room_id, json!({ "msgtype": "m.text", "body": "Welcome, Bob" })).await;
+    gov.send_message(&bob.access_token, &room_id, json!({ "msgtype": "m.text", "body": "Thanks, Carol" })).await;
+    let seen = wait_for_event(gov, &bob, &room_id, |e| e["content"]["body"] == "Welcome, Bob").await;
+    assert_eq!(seen["sender"], carol.user_id.as_str());
+    wait_for_event(edu, &carol, &room_id, |e| e["content"]["body"] == "Thanks, Carol").await;
+    wait_for_event(police, &alice, &room_id, |e| e["content"]["body"] == "Thanks, Carol").await;
+
+    // Bob's member list is the whole room's, and both servers hold the same state.
+    let (status, members) = gov
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/joined_members"), Some(&bob.access_token), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(members["joined"].as_object().unwrap().len(), 13, "{members}");
+    let logs = gov.logs();
+    assert!(logs.lines().any(|l| l.contains("joined a room of another server") && l.contains("partial_state=true")));
+    assert!(logs.contains("completed the state of a room joined partially"), "{logs}");
+    let at_police = common::state_map(police, &alice.access_token, &room_id).await;
+    let at_gov = common::state_map(gov, &bob.access_token, &room_id).await;
+    assert_eq!(at_police, at_gov, "both servers hold the same state");
 }

@@ -123,6 +123,20 @@ async fn a_missive_user_and_a_synapse_user_share_rooms_created_on_either_server(
     })
     .await;
     converse(&pair, &synapse_room, &alice, &bob, true).await;
+    // Missive joined with the members left out, then fetched them from Synapse.
+    let (status, members) = pair
+        .missive
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{synapse_room}/joined_members"),
+            Some(&alice.access_token),
+            None,
+        )
+        .await;
+    assert_eq!((status, members["joined"].as_object().map(|m| m.len())), (200, Some(2)), "{members}");
+    let logs = pair.missive.logs();
+    assert!(logs.lines().any(|l| l.contains("joined a room of another server") && l.contains("partial_state=true")));
+    assert!(logs.contains("completed the state of a room joined partially"), "{logs}");
 
     // A room of Missive, found by its alias: Synapse asks Missive's directory, then joins.
     let missive_room = pair

@@ -113,6 +113,8 @@ pub fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,

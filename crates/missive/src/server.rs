@@ -56,6 +56,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     rooms.on_outbox(Arc::new(move |destinations| waker.wake(destinations)));
     sender.resume().await;
     federation.spawn_device_list_updates(streams.clone());
+    federation.resume_state_completions(&rooms).await.context("cannot resume partial-state joins")?;
     let typing = Typing::new(streams.clone());
     let presence = Presence::new(config.presence, streams.clone());
     let e2ee = Arc::new(E2ee::new(store.clone(), streams.clone(), federation.clone()));

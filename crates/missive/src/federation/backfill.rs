@@ -75,7 +75,7 @@ impl Federation {
                 }
             }
             let auth = self.missing_auth_events(rooms, room_id, &server, &events).await;
-            let entered = rooms.store_backfilled(room_id, &earliest, events, auth).await?;
+            let entered = rooms.store_backfilled(room_id, Some(&earliest), events, auth).await?;
             tracing::debug!(%room_id, %server, entered, "history backfilled");
             if entered > 0 {
                 return Ok(entered);
@@ -86,7 +86,7 @@ impl Federation {
 
     /// The auth events of `events` that neither they nor this server hold, asked of
     /// `server` (`event_auth` of the events that lack them) and checked.
-    async fn missing_auth_events(
+    pub(crate) async fn missing_auth_events(
         &self,
         rooms: &Rooms,
         room_id: &RoomId,

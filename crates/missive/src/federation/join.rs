@@ -12,6 +12,8 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
 use super::Federation;
 use crate::{
     error::{Error, Result},
@@ -23,8 +25,8 @@ impl Federation {
     /// Joins `user_id` to a room this server is not in, through the first of `via` that
     /// lets it in.
     pub async fn join_remote(
-        &self,
-        rooms: &Rooms,
+        self: &Arc<Self>,
+        rooms: &Arc<Rooms>,
         user_id: &UserId,
         room_id: &RoomId,
         via: &[OwnedServerName],
@@ -64,8 +66,8 @@ impl Federation {
     }
 
     async fn join_through(
-        &self,
-        rooms: &Rooms,
+        self: &Arc<Self>,
+        rooms: &Arc<Rooms>,
         user_id: &UserId,
         room_id: &RoomId,
         server: &OwnedServerName,
@@ -77,7 +79,10 @@ impl Federation {
         let (room_version, rules) = version::rules_for(room_version.as_str())?;
         let (event_id, json) = self.sign_membership(&template.event, &rules, user_id, "join").await?;
         let raw = RawValue::from_string(json.clone()).map_err(|e| Error::Internal(e.to_string()))?;
-        let request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw);
+        let mut request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw);
+        // The members are fetched after the join, unless the room is known here: joining
+        // again replaces its state with the answer's, which must then be whole.
+        request.omit_members = rooms.store.room(room_id.as_str()).await?.is_none();
         let started = std::time::Instant::now();
         let answer = match self.send(server, request).await {
             Ok(answer) => answer.room_state,
@@ -95,41 +100,61 @@ impl Federation {
         };
         let answered = started.elapsed();
 
-        // Every event is checked as any received PDU; a bad one is left out, as long as the
-        // state still has what the room needs (its create event, of this version).
-        let mut state = Vec::new();
-        for pdu in &answer.state {
-            if let Some(event) = self.checked(&room_version, &rules, pdu).await {
-                state.push(event);
-            }
-        }
-        let mut chain = Vec::new();
-        for pdu in &answer.auth_chain {
-            if let Some(event) = self.checked(&room_version, &rules, pdu).await {
-                chain.push(event);
-            }
-        }
-        let create_version = state.iter().find_map(|(_, json)| {
-            let value: serde_json::Value = serde_json::from_str(json).ok()?;
-            (value["type"] == "m.room.create")
-                .then(|| value["content"]["room_version"].as_str().unwrap_or("1").to_owned())
-        });
-        match create_version {
-            Some(v) if v == room_version.as_str() => {}
-            Some(v) => return Err(Error::Remote(format!("the room's create event says version {v}"))),
-            None => return Err(Error::Remote("the join answer has no create event".into())),
-        }
+        let (state, chain) = self.checked_state(&room_version, &rules, &answer.state, &answer.auth_chain).await?;
         let checked = started.elapsed();
         let events = state.len() + chain.len();
-        rooms.persist_remote_join(room_id, &room_version, chain, state, (event_id, json)).await?;
+        let partial = answer.members_omitted.then(|| {
+            let mut servers = answer.servers_in_room.unwrap_or_default();
+            servers.retain(|s| ruma::ServerName::parse(s).is_ok());
+            servers
+        });
+        let partial_state = partial.is_some();
+        rooms.persist_remote_join(room_id, &room_version, chain, state, (event_id, json), partial).await?;
         tracing::info!(
-            %room_id, %server, %user_id, events,
+            %room_id, %server, %user_id, events, partial_state,
             send_join_ms = answered.as_millis() as u64,
             check_ms = (checked - answered).as_millis() as u64,
             store_ms = (started.elapsed() - checked).as_millis() as u64,
             "joined a room of another server"
         );
+        if partial_state {
+            self.spawn_state_completion(rooms.clone(), room_id.to_owned(), Some(server.clone()));
+        }
         Ok(())
+    }
+
+    /// Checks a room's state and auth chain as another server answered them: every event
+    /// as any received PDU, a bad one left out, as long as the state still has what the
+    /// room needs (its create event, of this version). The checked state and chain.
+    pub(super) async fn checked_state(
+        &self,
+        room_version: &RoomVersionId,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+        state: &[Box<RawValue>],
+        auth_chain: &[Box<RawValue>],
+    ) -> Result<(Vec<(OwnedEventId, String)>, Vec<(OwnedEventId, String)>)> {
+        let mut checked_state = Vec::new();
+        for pdu in state {
+            if let Some(event) = self.checked(room_version, rules, pdu).await {
+                checked_state.push(event);
+            }
+        }
+        let mut chain = Vec::new();
+        for pdu in auth_chain {
+            if let Some(event) = self.checked(room_version, rules, pdu).await {
+                chain.push(event);
+            }
+        }
+        let create_version = checked_state.iter().find_map(|(_, json)| {
+            let value: serde_json::Value = serde_json::from_str(json).ok()?;
+            (value["type"] == "m.room.create")
+                .then(|| value["content"]["room_version"].as_str().unwrap_or("1").to_owned())
+        });
+        match create_version {
+            Some(v) if v == room_version.as_str() => Ok((checked_state, chain)),
+            Some(v) => Err(Error::Remote(format!("the room's create event says version {v}"))),
+            None => Err(Error::Remote("the room's state has no create event".into())),
+        }
     }
 
     /// Fills a resident server's membership template with who and when, and signs it:
@@ -272,7 +297,7 @@ impl Federation {
         match self.check_pdu(room_version, rules, pdu).await {
             Ok(checked) => Some((checked.event_id, serde_json::to_string(&checked.object).ok()?)),
             Err(e) => {
-                tracing::warn!(error = %e, "event of a join answer left out");
+                tracing::warn!(error = %e, "event of a state answer left out");
                 None
             }
         }

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -28,6 +28,14 @@ const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct KeyCache {
     servers: Mutex<HashMap<String, CachedServer>>,
+    /// One fetch per server at a time: who asks meanwhile waits for its keys.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyCache {
+    fn fetch_lock(&self, server: &ServerName) -> Arc<tokio::sync::Mutex<()>> {
+        self.fetching.lock().expect("key fetch locks poisoned").entry(server.to_string()).or_default().clone()
+    }
 }
 
 #[derive(Default, Clone)]
@@ -92,8 +100,16 @@ impl Federation {
             if !found.is_empty() {
                 return Ok(PublicKeyMap::from([(server.to_string(), found)]));
             }
+            if attempt == 1 {
+                break;
+            }
+            let lock = self.remote_keys.fetch_lock(server);
+            let _fetching = lock.lock().await;
+            // A fetch that finished while this one waited may have brought the key.
+            let cached = self.cached_keys(server).await?;
+            let held = cached.keys.iter().any(|k| key_ids.contains(&k.key_id) && usable(k, at));
             let recently = cached.last_fetch.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL);
-            if attempt == 0
+            if !held
                 && !recently
                 && let Err(e) = self.fetch_keys(server).await
             {

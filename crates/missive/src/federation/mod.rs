@@ -10,6 +10,7 @@ pub mod devices;
 pub mod invite;
 pub mod join;
 pub mod keys;
+pub mod partial_state;
 pub mod pdu;
 pub mod resolve;
 pub mod sender;

@@ -236,7 +236,10 @@ impl Rooms {
         check_against_auth_events(&rules.authorization, &pdu, create, |id| head.pdus.get(id).map(|p| p.as_ref()))?;
         // The state before it: the room's current state when it builds on this server's
         // leaves, else the resolution of the states after its prev events (a branch).
-        let before = if same_set(&pdu.prev_events, &batch.head.extremities) {
+        // While the room's state lacks its members, neither that state nor the current one
+        // can judge an event: its auth events alone do, as for a room's history.
+        let partial = batch.head.partial_servers.is_some();
+        let before = if partial || same_set(&pdu.prev_events, &batch.head.extremities) {
             None
         } else {
             // A branch whose state is the room's (concurrent messages) needs no resolution.
@@ -252,10 +255,13 @@ impl Rooms {
         // ...and against the room's current state: an event of a branch that fails there is
         // soft-failed (kept, for the events that build on it, but never served nor a leaf).
         let head = &batch.head;
-        let now_allowed =
+        let now_allowed = if partial {
+            Ok(())
+        } else {
             state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
                 head.state_pdu(&t.to_string(), k).map(|p| p.as_ref())
-            });
+            })
+        };
         let before = match (now_allowed, before) {
             (Ok(()), before) => before,
             (Err(e), None) => return Err(Error::forbidden(format!("event not authorised by the room's state: {e}"))),
@@ -329,7 +335,9 @@ impl Rooms {
     /// Creates a room this server learns of by joining it through another server. The state
     /// and auth chain the resident server sent are stored as outliers (below stream position
     /// zero: never in a timeline), the state as the room's state before the join, and the
-    /// join, checked against it, as the room's first event here.
+    /// join, checked against it, as the room's first event here. With `partial_servers`
+    /// (the resident left the members out), the room is of partial state until
+    /// [`Self::complete_partial_state`].
     pub async fn persist_remote_join(
         &self,
         room_id: &RoomId,
@@ -337,6 +345,7 @@ impl Rooms {
         chain: Vec<(OwnedEventId, String)>,
         state: Vec<(OwnedEventId, String)>,
         join: (OwnedEventId, String),
+        partial_servers: Option<Vec<String>>,
     ) -> Result<()> {
         if self.store.room(room_id.as_str()).await?.is_some() {
             return self.rejoin_remote(room_id, chain, state, join).await;
@@ -387,6 +396,13 @@ impl Rooms {
             Some(crate::store::NewRoom { room_id: room_id.to_string(), room_version: version.to_string(), creator });
 
         self.record_join(&mut batch, &join)?;
+        if let Some(servers) = partial_servers {
+            batch.write.partial_state = Some(crate::store::PartialStateChange::Begin {
+                join_event_id: join.0.to_string(),
+                servers: servers.clone(),
+            });
+            batch.head.partial_servers = Some(servers.into());
+        }
         batch.head.extremities = vec![join.0];
         let joiner = batch.write.events.last().and_then(|e| e.state_key.clone()).unwrap_or_default();
         self.commit_new_room(batch).await?;
@@ -467,6 +483,112 @@ impl Rooms {
             self.store.drop_remote_invite(room_id.as_str(), joiner.as_str(), false).await?;
         }
         Ok(())
+    }
+
+    /// Completes a room of partial state with the full state before the join, fetched from
+    /// a resident server (`state`, with its auth chain): each entry the room's state lacks
+    /// is added (those it has came with the join or changed since), and the events not held
+    /// are stored as outliers. Memberships so learnt take stream position zero: they were
+    /// in the room before this server. Returns how many entries were added (none when the
+    /// room was no longer partial).
+    pub async fn complete_partial_state(
+        &self,
+        room_id: &RoomId,
+        chain: Vec<(OwnedEventId, String)>,
+        state: Vec<(OwnedEventId, String)>,
+    ) -> Result<usize> {
+        let all_ids: Vec<String> = chain.iter().chain(&state).map(|(id, _)| id.to_string()).collect();
+        let known: HashSet<String> = self.store.events(&all_ids).await?.into_iter().map(|r| r.event_id).collect();
+        let completed = self
+            .write_alone(room_id, async |rooms: &Self, batch: &mut Batch| {
+                if batch.head.partial_servers.is_none() {
+                    return Ok(0);
+                }
+                let in_state: HashSet<&OwnedEventId> = state.iter().map(|(id, _)| id).collect();
+                let mut fetched = super::resolve::StateIds::new();
+                let mut stored = HashSet::new();
+                for (event_id, json) in chain.iter().chain(&state) {
+                    let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), json)?;
+                    if in_state.contains(event_id)
+                        && let Some(key) = &pdu.state_key
+                    {
+                        fetched.insert((pdu.kind.to_string(), key.clone()), event_id.clone());
+                    }
+                    if known.contains(event_id.as_str()) || !stored.insert(event_id.clone()) {
+                        continue;
+                    }
+                    let pos = rooms.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    batch.write.events.push(row_of_received(&pdu, json.clone(), pos, Vec::new(), 0));
+                    Arc::make_mut(&mut batch.head.pdus).insert(event_id.clone(), Arc::new(pdu));
+                }
+                let added: super::resolve::StateIds = fetched
+                    .iter()
+                    .filter(|(key, _)| !batch.head.state.contains_key(*key))
+                    .map(|(key, id)| (key.clone(), id.clone()))
+                    .collect();
+                // The states of the events received meanwhile lack the same entries: the
+                // snapshots they build on get them too (those stored as deltas follow).
+                let completed_groups = rooms.complete_snapshots(room_id, &fetched).await?;
+                let ids: Vec<OwnedEventId> = added.values().cloned().collect();
+                let count = ids.len();
+                rooms.load_pdus(&mut batch.head, &ids).await?;
+                let mut full = (*batch.head.state).clone();
+                let mut joined = (*batch.head.joined).clone();
+                let mut set = Vec::with_capacity(added.len());
+                for ((kind, key), id) in added {
+                    let membership = batch.head.pdus.get(&id).and_then(|pdu| pdu.membership());
+                    if membership.as_deref() == Some("join") {
+                        joined.insert(key.clone());
+                    }
+                    set.push((kind.clone(), key.clone(), id.to_string(), membership));
+                    full.insert((kind, key), id);
+                }
+                let group = rooms.snapshot_group(batch, &full);
+                batch.write.resolutions.push(crate::store::Resolution {
+                    // After every event of the write: they are outliers, and the write
+                    // is committed alone.
+                    after_event: batch.write.events.len(),
+                    group,
+                    set,
+                    removed: Vec::new(),
+                    stream_pos: 0,
+                });
+                batch.write.partial_state = Some(crate::store::PartialStateChange::End { completed_groups });
+                batch.head.state = Arc::new(full);
+                batch.head.joined = Arc::new(joined);
+                batch.head.group = group;
+                batch.head.chain_len = 0;
+                batch.head.partial_servers = None;
+                Ok(count)
+            })
+            .await?;
+        self.states_completed.send_modify(|n| *n += 1);
+        Ok(completed)
+    }
+
+    /// The snapshot state groups of a room of partial state made since its join, each
+    /// with the entries of `full` (the state before the join) it lacks.
+    async fn complete_snapshots(
+        &self,
+        room_id: &RoomId,
+        full: &super::resolve::StateIds,
+    ) -> Result<Vec<(i64, Vec<crate::store::StateEntry>)>> {
+        let Some(partial) = self.store.partial_state(room_id.as_str()).await? else { return Ok(Vec::new()) };
+        let Some(join) = self.store.event(&partial.join_event_id).await? else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for (group, mut entries) in self.store.snapshot_groups_since(room_id.as_str(), join.state_group_before).await? {
+            let held: HashSet<(String, String)> = entries.iter().map(|(t, k, _)| (t.clone(), k.clone())).collect();
+            let before = entries.len();
+            entries.extend(
+                full.iter()
+                    .filter(|(key, _)| !held.contains(*key))
+                    .map(|((kind, key), id)| (kind.clone(), key.clone(), id.to_string())),
+            );
+            if entries.len() > before {
+                out.push((group, entries));
+            }
+        }
+        Ok(out)
     }
 
     /// Stores the membership event (an invite, or the leave that declined one) of a room
@@ -622,6 +744,55 @@ impl Rooms {
         Ok((pdus(state), pdus(chain)))
     }
 
+    /// [`Self::state_and_auth_chain`] for a joining server that takes the members later
+    /// (`omit_members`): the state before the join without its memberships, but for the
+    /// joiner's own and, when the room has neither name nor canonical alias, those of the
+    /// members its clients name it after (the heroes of `/sync`); the auth chain of the join
+    /// and of that state, without the events of the state.
+    pub async fn state_and_auth_chain_without_members(&self, event_id: &str) -> Result<(Vec<Value>, Vec<Value>)> {
+        let event = self.store.event(event_id).await?.ok_or_else(|| Error::not_found("unknown event"))?;
+        let entries = self.store.state_group(event.state_group_before).await?;
+        let joiner = Pdu::from_row(&event)?.state_key.unwrap_or_default();
+        let mut ids: HashSet<String> = entries
+            .iter()
+            .filter(|(kind, key, _)| kind != "m.room.member" || *key == joiner)
+            .map(|(_, _, id)| id.clone())
+            .collect();
+        let named = entries.iter().any(|(kind, _, _)| kind == "m.room.name" || kind == "m.room.canonical_alias");
+        if !named {
+            let in_state: HashSet<&str> = entries.iter().map(|(_, _, id)| id.as_str()).collect();
+            let mut members = self.store.room_members(&event.room_id, None).await?;
+            members.retain(|m| {
+                m.user_id != joiner
+                    && matches!(m.membership.as_str(), "join" | "invite")
+                    && in_state.contains(m.event_id.as_str())
+            });
+            members.sort_by_key(|m| m.stream_pos);
+            ids.extend(members.into_iter().take(5).map(|m| m.event_id));
+        }
+        let ids: Vec<String> = ids.into_iter().collect();
+        let state = self.store.events(&ids).await?;
+        let mut with_join = state.clone();
+        with_join.push(event);
+        let in_state: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let chain: Vec<EventRow> = self
+            .auth_chain(&with_join)
+            .await?
+            .into_iter()
+            .filter(|row| !in_state.contains(row.event_id.as_str()))
+            .collect();
+        Ok((pdus(state), pdus(chain)))
+    }
+
+    /// Refuses what needs the room's whole state (a join template for another server) while
+    /// this server holds only part of it.
+    pub async fn require_full_state(&self, room_id: &RoomId) -> Result<()> {
+        match self.store.partial_state(room_id.as_str()).await? {
+            Some(_) => Err(Error::not_found("this server is not fully joined to the room yet")),
+            None => Ok(()),
+        }
+    }
+
     /// [`Self::state_and_auth_chain`] as rows.
     pub async fn state_rows_and_auth_chain(&self, event_id: &str) -> Result<(Vec<EventRow>, Vec<EventRow>)> {
         let event = self.store.event(event_id).await?.ok_or_else(|| Error::not_found("unknown event"))?;
@@ -717,6 +888,13 @@ impl Rooms {
         Ok(pdus(out))
     }
 
+    /// Stores the auth events of received events that this server lacked, fetched from
+    /// another server: those that pass the rules against their own auth events, outside
+    /// the timeline.
+    pub async fn store_auth_events(&self, room_id: &RoomId, auth: Vec<CheckedPdu>) -> Result<()> {
+        self.store_backfilled(room_id, None, Vec::new(), auth).await.map(|_| ())
+    }
+
     /// Stores history of the room received from another server (`backfill`), older than
     /// its earliest timeline event here (`earliest`): each event that passes the rules
     /// against its auth events (found among `events`, `auth`, or here) goes into the
@@ -726,7 +904,7 @@ impl Rooms {
     pub async fn store_backfilled(
         &self,
         room_id: &RoomId,
-        earliest: &EventRow,
+        earliest: Option<&EventRow>,
         events: Vec<CheckedPdu>,
         auth: Vec<CheckedPdu>,
     ) -> Result<usize> {
@@ -802,7 +980,8 @@ impl Rooms {
                 }
                 None => {
                     let pos = self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    let mut row = row_of_received(pdu, json.clone(), pos, Vec::new(), earliest.state_group_before);
+                    let group = earliest.map_or(0, |e| e.state_group_before);
+                    let mut row = row_of_received(pdu, json.clone(), pos, Vec::new(), group);
                     row.outlier = !in_timeline;
                     entered += usize::from(*in_timeline);
                     rows.push(row);

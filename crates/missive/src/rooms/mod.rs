@@ -100,6 +100,9 @@ pub struct RoomHead {
     pub pdus: Arc<HashMap<OwnedEventId, Arc<Pdu>>>,
     /// Users whose membership is `join`, for notifications without a read per message.
     pub joined: Arc<HashSet<String>>,
+    /// While the room's state lacks the members a resident server left out of its join
+    /// answer: the servers it named as in the room (see `federated::complete_partial_state`).
+    pub partial_servers: Option<Arc<[String]>>,
     /// The room slot's epoch this head was loaded in (see `RoomSlot`).
     epoch: u64,
 }
@@ -118,6 +121,7 @@ impl RoomHead {
             chain_len: 0,
             pdus: Default::default(),
             joined: Default::default(),
+            partial_servers: None,
             epoch: 0,
         }
     }
@@ -163,6 +167,8 @@ pub struct Rooms {
     /// The next position of an outlier (an event stored without a place in the timeline),
     /// counting down from below the lowest used.
     next_outlier: AtomicI64,
+    /// Counts rooms whose partial state was completed, for those waiting on one.
+    states_completed: tokio::sync::watch::Sender<u64>,
 }
 
 /// Wakes the federation sender's workers of the given destinations.
@@ -307,6 +313,7 @@ impl Rooms {
             outbox_wake: OnceLock::new(),
             invite_signer: OnceLock::new(),
             next_outlier: AtomicI64::new(-1),
+            states_completed: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -542,6 +549,12 @@ impl Rooms {
                 servers.insert(server);
             }
         }
+        // Until its state is complete, the room's servers are also those its resident named.
+        for server in batch.head.partial_servers.iter().flat_map(|s| s.iter()) {
+            if server != own {
+                servers.insert(server);
+            }
+        }
         // A server the room's ACL denies gets nothing of the room.
         if let Some(acl) = batch.head.state_pdu("m.room.server_acl", "")
             && let Ok(acl) =
@@ -606,6 +619,7 @@ impl Rooms {
         let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) as u64;
         let chain_len = self.store.state_group_chain_len(group).await?;
         let joined = self.store.room_members(room_id.as_str(), Some("join")).await?.into_iter().map(|m| m.user_id);
+        let partial_servers = self.store.partial_state(room_id.as_str()).await?.map(|p| p.servers.into());
         Ok(RoomHead {
             room_id: room_id.to_owned(),
             version,
@@ -617,6 +631,7 @@ impl Rooms {
             chain_len,
             pdus: Default::default(),
             joined: Arc::new(joined.collect()),
+            partial_servers,
             epoch,
         })
     }
@@ -636,6 +651,37 @@ impl Rooms {
         drop(guard);
         drop(batch.guards);
         Ok(out)
+    }
+
+    /// [`Self::write`] for a write whose last part must follow every event it holds: it is
+    /// committed alone, under the room's lock, never merged with other writes.
+    async fn write_alone<T>(&self, room_id: &RoomId, f: impl AsyncFnOnce(&Self, &mut Batch) -> Result<T>) -> Result<T> {
+        let slot = self.slot(room_id);
+        let mut guard = slot.head.lock().await;
+        let head = self.ensure_head(room_id, &slot, &mut guard).await?.clone();
+        let mut batch = Batch::new(head);
+        let out = f(self, &mut batch).await?;
+        self.store.write_room(room_id.as_str(), &batch.write).await?;
+        *guard = Some(batch.head);
+        drop(guard);
+        drop(batch.guards);
+        Ok(out)
+    }
+
+    /// Waits, for at most `FULL_STATE_WAIT`, until the room's state is complete: what lists
+    /// its members must not answer with the few a partial-state join brought (a client
+    /// would share its room keys with them only).
+    pub async fn wait_full_state(&self, room_id: &RoomId) -> Result<()> {
+        const FULL_STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+        let mut completed = self.states_completed.subscribe();
+        let deadline = tokio::time::Instant::now() + FULL_STATE_WAIT;
+        while self.store.partial_state(room_id.as_str()).await?.is_some() {
+            if tokio::time::timeout_at(deadline, completed.changed()).await.is_err() {
+                tracing::warn!(%room_id, "the room's state is still partial: answering with what is held");
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Creates a new room from its create event draft and the drafts that follow, atomically.
@@ -964,7 +1010,8 @@ impl Rooms {
         let _ = self.outbox_wake.set(wake);
     }
 
-    /// The servers with joined members in a room, this server first if it has any.
+    /// The servers with joined members in a room (with, while its state is partial, those
+    /// its resident server named), this server first if it has any.
     pub async fn resident_servers(&self, room_id: &str) -> Result<Vec<String>> {
         let mut servers: Vec<String> = self
             .store
@@ -973,6 +1020,9 @@ impl Rooms {
             .into_iter()
             .filter_map(|m| m.user_id.split_once(':').map(|(_, server)| server.to_owned()))
             .collect();
+        if let Some(partial) = self.store.partial_state(room_id).await? {
+            servers.extend(partial.servers);
+        }
         servers.sort();
         servers.dedup();
         if let Some(own) = servers.iter().position(|s| *s == self.server_name.as_str()) {

@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0009_outliers.sql"),
         include_str!("../../migrations/postgres/0009_outliers.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_partial_state.sql"),
+        include_str!("../../migrations/postgres/0010_partial_state.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

@@ -148,6 +148,26 @@ pub struct RoomWrite {
     pub resolutions: Vec<Resolution>,
     /// The room's leaves are only this write's (a room joined again after a while away).
     pub reset_extremities: bool,
+    /// A partial-state join begins or ends with this write.
+    pub partial_state: Option<PartialStateChange>,
+}
+
+/// The start or the end of a room's partial state (see `partial_state_rooms`).
+#[derive(Debug, Clone)]
+pub enum PartialStateChange {
+    /// Joined with the members left out: the join, and the servers named as in the room.
+    Begin { join_event_id: String, servers: Vec<String> },
+    /// The full state has been fetched: the room's snapshot state groups made since the
+    /// join, completed with it (`(group, whole delta)`), replace theirs.
+    End { completed_groups: Vec<(i64, Vec<StateEntry>)> },
+}
+
+/// A room of partial state: the join whose state is still to fetch, and the servers the
+/// resident server named as in the room.
+#[derive(Debug, Clone)]
+pub struct PartialState {
+    pub join_event_id: String,
+    pub servers: Vec<String>,
 }
 
 /// The room's current state as state resolution gives it where branches meet, applied
@@ -180,6 +200,7 @@ impl RoomWrite {
             && self.outbox.is_empty()
             && self.resolutions.is_empty()
             && !self.reset_extremities
+            && self.partial_state.is_none()
     }
 
     /// Appends a write built on this one, so that both commit as one.
@@ -195,6 +216,7 @@ impl RoomWrite {
         self.outbox.extend(next.outbox);
         let offset = self.events.len() - next_events;
         self.reset_extremities |= next.reset_extremities;
+        self.partial_state = next.partial_state.or(self.partial_state.take());
         self.resolutions
             .extend(next.resolutions.into_iter().map(|r| Resolution { after_event: r.after_event + offset, ..r }));
     }
@@ -348,6 +370,28 @@ impl Store {
                 statement.bind(destination).bind(*pos);
             }
         }
+        match &write.partial_state {
+            Some(PartialStateChange::Begin { join_event_id, servers }) => {
+                script
+                    .push(
+                        "INSERT INTO partial_state_rooms (room_id, join_event_id, servers) VALUES (?, ?, ?) \
+                         ON CONFLICT (room_id) DO UPDATE SET join_event_id = excluded.join_event_id, \
+                         servers = excluded.servers",
+                    )
+                    .bind(room_id)
+                    .bind(join_event_id)
+                    .bind(servers.join(" "));
+            }
+            Some(PartialStateChange::End { completed_groups }) => {
+                script.push("DELETE FROM partial_state_rooms WHERE room_id = ?").bind(room_id);
+                for (group, delta) in completed_groups {
+                    // A list of string triples always serialises.
+                    let delta = serde_json::to_string(delta).unwrap_or_default();
+                    script.push("UPDATE state_groups SET delta = ? WHERE id = ?").bind(delta).bind(*group);
+                }
+            }
+            None => {}
+        }
         if !write.aliases.is_empty() {
             let statement = script.push(format!(
                 "INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES {}",
@@ -358,6 +402,45 @@ impl Store {
             }
         }
         script
+    }
+
+    /// The partial state of a room, when it has one.
+    pub async fn partial_state(&self, room_id: &str) -> StoreResult<Option<PartialState>> {
+        let row = sqlx::query("SELECT join_event_id, servers FROM partial_state_rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| partial_state_of(r.get(0), r.get(1))))
+    }
+
+    /// The snapshot state groups (those stored whole) of a room from `from_group` on, with
+    /// their state.
+    pub async fn snapshot_groups_since(
+        &self,
+        room_id: &str,
+        from_group: i64,
+    ) -> StoreResult<Vec<(i64, Vec<StateEntry>)>> {
+        let rows =
+            sqlx::query("SELECT id, delta FROM state_groups WHERE room_id = $1 AND id >= $2 AND prev_group IS NULL")
+                .bind(room_id)
+                .bind(from_group)
+                .fetch_all(&self.read)
+                .await?;
+        rows.into_iter()
+            .map(|r| {
+                let delta: String = r.get(1);
+                let entries = serde_json::from_str(&delta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((r.get(0), entries))
+            })
+            .collect()
+    }
+
+    /// Every room of partial state, with its partial state.
+    pub async fn partial_state_rooms(&self) -> StoreResult<Vec<(String, PartialState)>> {
+        let rows = sqlx::query("SELECT room_id, join_event_id, servers FROM partial_state_rooms")
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), partial_state_of(r.get(1), r.get(2)))).collect())
     }
 
     /// The lowest stream position used (outliers take positions below zero).
@@ -938,6 +1021,11 @@ fn membership_row(r: AnyRow) -> MembershipRow {
 }
 
 /// Inserts events with one multi-row statement.
+/// Server names are stored space-separated: none contains a space.
+fn partial_state_of(join_event_id: String, servers: String) -> PartialState {
+    PartialState { join_event_id, servers: servers.split_whitespace().map(str::to_owned).collect() }
+}
+
 /// What a write leaves of the room's current state: each key and membership written once,
 /// with its last value.
 struct CurrentState<'w> {
@@ -973,21 +1061,31 @@ impl<'w> CurrentState<'w> {
                 }
             }
             while let Some(resolution) = resolutions.next_if(|r| r.after_event == i) {
-                for (kind, key, event_id, membership) in &resolution.set {
-                    current.set(kind, key, event_id, membership.as_deref(), resolution.stream_pos);
-                }
-                for (kind, key) in &resolution.removed {
-                    current.state.remove(&(kind.as_str(), key.as_str()));
-                    current.removed.insert((kind, key));
-                }
-                current.group = Some(resolution.group);
+                current.apply(resolution);
                 last_group = Some(resolution.group);
             }
+        }
+        // One that follows every event of the write (or a write of none: a partial state
+        // completed with events already held).
+        for resolution in resolutions {
+            current.apply(resolution);
+            last_group = Some(resolution.group);
         }
         if current.group.is_some() {
             current.group = last_group;
         }
         current
+    }
+
+    fn apply(&mut self, resolution: &'w Resolution) {
+        for (kind, key, event_id, membership) in &resolution.set {
+            self.set(kind, key, event_id, membership.as_deref(), resolution.stream_pos);
+        }
+        for (kind, key) in &resolution.removed {
+            self.state.remove(&(kind.as_str(), key.as_str()));
+            self.removed.insert((kind, key));
+        }
+        self.group = Some(resolution.group);
     }
 
     fn set(&mut self, kind: &'w str, key: &'w str, event_id: &'w str, membership: Option<&'w str>, pos: i64) {

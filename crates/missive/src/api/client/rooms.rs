@@ -305,6 +305,7 @@ async fn joined_rooms(state: AppState, req: Ruma<joined_rooms::v3::Request>) -> 
 
 /// # GET /_matrix/client/v3/rooms/{roomId}/members
 async fn members(state: AppState, req: Ruma<get_member_events::v3::Request>) -> Result<Response> {
+    state.rooms.wait_full_state(&req.body.room_id).await?;
     let events = state.rooms.state_events(viewer(&req), &req.body.room_id).await?;
     let want = req.body.membership.as_ref().map(ToString::to_string);
     let not = req.body.not_membership.as_ref().map(ToString::to_string);
@@ -321,6 +322,7 @@ async fn members(state: AppState, req: Ruma<get_member_events::v3::Request>) -> 
 
 /// # GET /_matrix/client/v3/rooms/{roomId}/joined_members
 async fn joined_members(state: AppState, req: Ruma<joined_members::v3::Request>) -> Result<Response> {
+    state.rooms.wait_full_state(&req.body.room_id).await?;
     let events = state.rooms.state_events(viewer(&req), &req.body.room_id).await?;
     let mut joined = Map::new();
     for e in events.iter().filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join") {
@@ -336,6 +338,7 @@ async fn joined_members(state: AppState, req: Ruma<joined_members::v3::Request>)
 
 /// # GET /_matrix/client/v3/rooms/{roomId}/state
 async fn state(state: AppState, req: Ruma<get_state_events::v3::Request>) -> Result<Response> {
+    state.rooms.wait_full_state(&req.body.room_id).await?;
     Ok(json(Value::Array(state.rooms.state_events(viewer(&req), &req.body.room_id).await?)))
 }
 

@@ -71,6 +71,7 @@ fn supported(ver: &[ruma::RoomVersionId]) -> Vec<ruma::RoomVersionId> {
 async fn make_join(state: AppState, req: Ruma<prepare_join_event::v1::Request>) -> Result<Response> {
     let b = &req.body;
     may_ask_template(&state, req.origin(), &b.room_id, &b.user_id).await?;
+    state.rooms.require_full_state(&b.room_id).await?;
     Ok(json(state.rooms.make_join(&b.room_id, &b.user_id, &supported(&b.ver)).await?))
 }
 
@@ -82,15 +83,22 @@ async fn send_join(state: AppState, req: Ruma<create_join_event::v2::Request>) -
 /// Admits a remote user's join and answers with the room's state before it.
 async fn join(state: &AppState, req: &Ruma<create_join_event::v2::Request>) -> Result<serde_json::Value> {
     let b = &req.body;
+    state.rooms.require_full_state(&b.room_id).await?;
+    // Before the join, as the spec has it.
+    let servers_in_room = state.rooms.resident_servers(b.room_id.as_str()).await?;
     let event = admit_membership(state, req.origin(), &b.room_id, &b.event_id, &b.pdu, "join").await?;
-    let (room_state, auth_chain) = state.rooms.state_and_auth_chain(b.event_id.as_str()).await?;
+    let (room_state, auth_chain) = if b.omit_members {
+        state.rooms.state_and_auth_chain_without_members(b.event_id.as_str()).await?
+    } else {
+        state.rooms.state_and_auth_chain(b.event_id.as_str()).await?
+    };
     Ok(json!({
         "origin": state.federation.server_name,
         "state": room_state,
         "auth_chain": auth_chain,
         "event": event,
-        "members_omitted": false,
-        "servers_in_room": state.rooms.resident_servers(b.room_id.as_str()).await?,
+        "members_omitted": b.omit_members,
+        "servers_in_room": servers_in_room,
     }))
 }
 
@@ -180,6 +188,7 @@ async fn accept_invite(
 async fn make_knock(state: AppState, req: Ruma<prepare_knock_event::v1::Request>) -> Result<Response> {
     let b = &req.body;
     may_ask_template(&state, req.origin(), &b.room_id, &b.user_id).await?;
+    state.rooms.require_full_state(&b.room_id).await?;
     Ok(json(state.rooms.make_knock(&b.room_id, &b.user_id, &supported(&b.ver)).await?))
 }
 

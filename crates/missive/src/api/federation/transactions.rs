@@ -90,6 +90,7 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
             Ok(pdu) => {
                 let in_txn: HashSet<&str> = checked.iter().map(|(_, p)| p.event_id.as_str()).collect();
                 fill_gap(&state, origin, &room_id, &pdu, &in_txn).await;
+                fill_auth(&state, origin, &room_id, &pdu).await;
                 checked.push((room_id, pdu));
             }
             Err(e) => tracing::info!(%origin, %room_id, error = %e, "PDU refused before its ID was known"),
@@ -184,6 +185,19 @@ async fn fill_gap(
         if let Err(e) = state.rooms.admit_remote(room_id, event, None).await {
             tracing::info!(%origin, %room_id, %event_id, error = %e, "missing event refused");
         }
+    }
+}
+
+/// A PDU whose auth events this server lacks (a member's join that a partial-state join
+/// left out, say) has them asked of the origin (`event_auth`) and stored, once checked,
+/// outside the timeline, so that the PDU can be judged.
+async fn fill_auth(state: &AppState, origin: &ruma::ServerName, room_id: &ruma::RoomId, checked: &CheckedPdu) {
+    let auth = state.federation.missing_auth_events(&state.rooms, room_id, origin, std::slice::from_ref(checked)).await;
+    if auth.is_empty() {
+        return;
+    }
+    if let Err(e) = state.rooms.store_auth_events(room_id, auth).await {
+        tracing::info!(%origin, %room_id, event_id = %checked.event_id, error = %e, "auth events not stored");
     }
 }
 
