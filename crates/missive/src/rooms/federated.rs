@@ -152,16 +152,35 @@ impl Rooms {
         checked: CheckedPdu,
         relay_from: Option<String>,
     ) -> Result<Admitted> {
+        Ok(self.admit_remote_with_state(room_id, checked, relay_from).await?.0)
+    }
+
+    /// [`Self::admit_remote`], with the room's state before the event when it was stored
+    /// building on the room's leaves (the state a joining server is answered with, at
+    /// hand instead of read back).
+    pub async fn admit_remote_with_state(
+        &self,
+        room_id: &RoomId,
+        checked: CheckedPdu,
+        relay_from: Option<String>,
+    ) -> Result<(Admitted, Option<Arc<super::resolve::StateIds>>)> {
         if self.store.event(checked.event_id.as_str()).await?.is_some() {
-            return Ok(Admitted::AlreadyKnown);
+            return Ok((Admitted::AlreadyKnown, None));
         }
         match checked.object.get("room_id") {
             Some(CanonicalJsonValue::String(id)) if id == room_id.as_str() => {}
             _ => return Err(Error::bad_json("PDU of another room")),
         }
-        self.write(room_id, async |rooms: &Self, batch: &mut Batch| rooms.admit(batch, checked, relay_from).await)
+        let prev_events: Vec<OwnedEventId> =
+            checked.references("prev_events").into_iter().filter_map(|id| OwnedEventId::try_from(id).ok()).collect();
+        let before = self
+            .write(room_id, async |rooms: &Self, batch: &mut Batch| {
+                let before = same_set(&prev_events, &batch.head.extremities).then(|| batch.head.state.clone());
+                rooms.admit(batch, checked, relay_from).await?;
+                Ok(before)
+            })
             .await?;
-        Ok(Admitted::Stored)
+        Ok((Admitted::Stored, before))
     }
 
     /// Admits PDUs of one room received together (a transaction), in order, in one write
@@ -749,9 +768,17 @@ impl Rooms {
     /// joiner's own and, when the room has neither name nor canonical alias, those of the
     /// members its clients name it after (the heroes of `/sync`); the auth chain of the join
     /// and of that state, without the events of the state.
-    pub async fn state_and_auth_chain_without_members(&self, event_id: &str) -> Result<(Vec<Value>, Vec<Value>)> {
+    /// `before` is the state before the join when at hand.
+    pub async fn state_and_auth_chain_without_members(
+        &self,
+        event_id: &str,
+        before: Option<&super::resolve::StateIds>,
+    ) -> Result<(Vec<Value>, Vec<Value>)> {
         let event = self.store.event(event_id).await?.ok_or_else(|| Error::not_found("unknown event"))?;
-        let entries = self.store.state_group(event.state_group_before).await?;
+        let entries = match before {
+            Some(before) => before.iter().map(|((t, k), id)| (t.clone(), k.clone(), id.to_string())).collect(),
+            None => self.store.state_group(event.state_group_before).await?,
+        };
         let joiner = Pdu::from_row(&event)?.state_key.unwrap_or_default();
         let mut ids: HashSet<String> = entries
             .iter()
@@ -760,15 +787,13 @@ impl Rooms {
             .collect();
         let named = entries.iter().any(|(kind, _, _)| kind == "m.room.name" || kind == "m.room.canonical_alias");
         if !named {
-            let in_state: HashSet<&str> = entries.iter().map(|(_, _, id)| id.as_str()).collect();
-            let mut members = self.store.room_members(&event.room_id, None).await?;
-            members.retain(|m| {
-                m.user_id != joiner
-                    && matches!(m.membership.as_str(), "join" | "invite")
-                    && in_state.contains(m.event_id.as_str())
-            });
-            members.sort_by_key(|m| m.stream_pos);
-            ids.extend(members.into_iter().take(5).map(|m| m.event_id));
+            let heroes = self.store.heroes(&event.room_id, &joiner).await?;
+            ids.extend(
+                entries
+                    .iter()
+                    .filter(|(kind, key, _)| kind == "m.room.member" && heroes.contains(key))
+                    .map(|(_, _, id)| id.clone()),
+            );
         }
         let ids: Vec<String> = ids.into_iter().collect();
         let state = self.store.events(&ids).await?;

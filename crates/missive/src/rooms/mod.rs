@@ -19,6 +19,7 @@ pub mod membership;
 pub mod notify;
 pub mod pdu;
 mod resolve;
+pub use resolve::StateIds;
 pub mod search;
 pub mod timeline;
 mod txns;
@@ -1013,16 +1014,16 @@ impl Rooms {
     /// The servers with joined members in a room (with, while its state is partial, those
     /// its resident server named), this server first if it has any.
     pub async fn resident_servers(&self, room_id: &str) -> Result<Vec<String>> {
-        let mut servers: Vec<String> = self
-            .store
-            .room_members(room_id, Some("join"))
-            .await?
-            .into_iter()
-            .filter_map(|m| m.user_id.split_once(':').map(|(_, server)| server.to_owned()))
-            .collect();
-        if let Some(partial) = self.store.partial_state(room_id).await? {
-            servers.extend(partial.servers);
-        }
+        // From the room's head: a large room's memberships are costly to read.
+        let Ok(room_id) = RoomId::parse(room_id) else { return Ok(Vec::new()) };
+        let head = match self.head(&room_id).await {
+            Ok(head) => head,
+            Err(Error::NotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut servers: Vec<String> =
+            head.joined.iter().filter_map(|user| user.split_once(':').map(|(_, server)| server.to_owned())).collect();
+        servers.extend(head.partial_servers.iter().flat_map(|s| s.iter()).cloned());
         servers.sort();
         servers.dedup();
         if let Some(own) = servers.iter().position(|s| *s == self.server_name.as_str()) {

@@ -200,6 +200,19 @@ impl Store {
         Ok(out)
     }
 
+    /// The heroes of one room for `user_id` (see [`Self::summaries`]), whatever its name.
+    pub async fn heroes(&self, room_id: &str, user_id: &str) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT user_id FROM memberships WHERE room_id = $1 AND user_id <> $2 \
+             AND membership IN ('join', 'invite') ORDER BY stream_pos LIMIT 5",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
     /// Joined and invited member counts, and up to five heroes other than `user_id`, per room.
     pub async fn summaries(
         &self,

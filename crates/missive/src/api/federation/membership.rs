@@ -86,9 +86,9 @@ async fn join(state: &AppState, req: &Ruma<create_join_event::v2::Request>) -> R
     state.rooms.require_full_state(&b.room_id).await?;
     // Before the join, as the spec has it.
     let servers_in_room = state.rooms.resident_servers(b.room_id.as_str()).await?;
-    let event = admit_membership(state, req.origin(), &b.room_id, &b.event_id, &b.pdu, "join").await?;
+    let (event, before) = admit_membership(state, req.origin(), &b.room_id, &b.event_id, &b.pdu, "join").await?;
     let (room_state, auth_chain) = if b.omit_members {
-        state.rooms.state_and_auth_chain_without_members(b.event_id.as_str()).await?
+        state.rooms.state_and_auth_chain_without_members(b.event_id.as_str(), before.as_deref()).await?
     } else {
         state.rooms.state_and_auth_chain(b.event_id.as_str()).await?
     };
@@ -224,7 +224,8 @@ async fn send_leave(state: AppState, req: Ruma<create_leave_event::v2::Request>)
 }
 
 /// Checks and admits the signed join or leave of one of `origin`'s users (`send_join`,
-/// `send_leave`); this server then sends it to the room's other servers. Returns the event.
+/// `send_leave`); this server then sends it to the room's other servers. Returns the event,
+/// and the room's state before it when at hand.
 async fn admit_membership(
     state: &AppState,
     origin: &ruma::ServerName,
@@ -232,7 +233,7 @@ async fn admit_membership(
     event_id: &ruma::EventId,
     pdu: &serde_json::value::RawValue,
     membership: &str,
-) -> Result<serde_json::Value> {
+) -> Result<(serde_json::Value, Option<std::sync::Arc<crate::rooms::StateIds>>)> {
     state.federation.check_room_acl(&state.rooms, room_id, origin).await?;
     let (version, rules) = state.rooms.version_of(room_id).await?;
     let checked = state.federation.check_pdu(&version, &rules, pdu).await?;
@@ -250,6 +251,6 @@ async fn admit_membership(
     if sender.is_some_and(|s| s.server_name() != origin) {
         return Err(Error::forbidden(format!("a server sends the {membership} of its own users only")));
     }
-    state.rooms.admit_remote(room_id, checked, Some(origin.to_string())).await?;
-    Ok(event)
+    let (_, before) = state.rooms.admit_remote_with_state(room_id, checked, Some(origin.to_string())).await?;
+    Ok((event, before))
 }
