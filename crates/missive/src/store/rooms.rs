@@ -487,6 +487,23 @@ impl Store {
         Ok(row.map(event_row))
     }
 
+    /// Which of the given event IDs this server holds (IDs only: a cheap presence check).
+    pub async fn held_event_ids(&self, event_ids: &[String]) -> StoreResult<HashSet<String>> {
+        let mut out = HashSet::with_capacity(event_ids.len());
+        for chunk in event_ids.chunks(200) {
+            let text = format!(
+                "SELECT event_id FROM events WHERE event_id IN ({})",
+                Params::new(self.backend).list(chunk.len())
+            );
+            let mut query = sqlx::query(sql(text));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            out.extend(query.fetch_all(&self.read).await?.into_iter().map(|r| r.get::<String, _>(0)));
+        }
+        Ok(out)
+    }
+
     /// Events by ID (those that exist), in no particular order.
     pub async fn events(&self, event_ids: &[String]) -> StoreResult<Vec<EventRow>> {
         let mut out = Vec::with_capacity(event_ids.len());

@@ -90,12 +90,12 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
             Ok(pdu) => {
                 let in_txn: HashSet<&str> = checked.iter().map(|(_, p)| p.event_id.as_str()).collect();
                 fill_gap(&state, origin, &room_id, &pdu, &in_txn).await;
-                fill_auth(&state, origin, &room_id, &pdu).await;
                 checked.push((room_id, pdu));
             }
             Err(e) => tracing::info!(%origin, %room_id, error = %e, "PDU refused before its ID was known"),
         }
     }
+    fill_auth(&state, origin, &checked).await;
     let mut pending = checked.into_iter().peekable();
     while let Some((room_id, first)) = pending.next() {
         let mut group = vec![first];
@@ -188,16 +188,34 @@ async fn fill_gap(
     }
 }
 
-/// A PDU whose auth events this server lacks (a member's join that a partial-state join
-/// left out, say) has them asked of the origin (`event_auth`) and stored, once checked,
-/// outside the timeline, so that the PDU can be judged.
-async fn fill_auth(state: &AppState, origin: &ruma::ServerName, room_id: &ruma::RoomId, checked: &CheckedPdu) {
-    let auth = state.federation.missing_auth_events(&state.rooms, room_id, origin, std::slice::from_ref(checked)).await;
-    if auth.is_empty() {
+/// PDUs whose auth events this server lacks (a member's join that a partial-state join
+/// left out, say) have them asked of the origin (`event_auth`) and stored, once checked,
+/// outside the timeline, so that the PDUs can be judged. One presence check for the whole
+/// transaction: the common case lacks nothing.
+async fn fill_auth(state: &AppState, origin: &ruma::ServerName, checked: &[(ruma::OwnedRoomId, CheckedPdu)]) {
+    let in_txn: HashSet<String> = checked.iter().map(|(_, p)| p.event_id.to_string()).collect();
+    let wanted: Vec<String> = checked
+        .iter()
+        .flat_map(|(_, p)| p.references("auth_events"))
+        .filter(|id| !in_txn.contains(id))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let Ok(held) = state.store.held_event_ids(&wanted).await else { return };
+    if held.len() == wanted.len() {
         return;
     }
-    if let Err(e) = state.rooms.store_auth_events(room_id, auth).await {
-        tracing::info!(%origin, %room_id, event_id = %checked.event_id, error = %e, "auth events not stored");
+    for (room_id, pdu) in checked {
+        if pdu.references("auth_events").iter().all(|id| in_txn.contains(id) || held.contains(id)) {
+            continue;
+        }
+        let auth = state.federation.missing_auth_events(&state.rooms, room_id, origin, std::slice::from_ref(pdu)).await;
+        if auth.is_empty() {
+            continue;
+        }
+        if let Err(e) = state.rooms.store_auth_events(room_id, auth).await {
+            tracing::info!(%origin, %room_id, event_id = %pdu.event_id, error = %e, "auth events not stored");
+        }
     }
 }
 
