@@ -155,7 +155,7 @@ impl From<crate::federation::FederationError> for Error {
             F::Remote { status: 403, ref message, .. } => {
                 Error::Forbidden(message.clone().unwrap_or_else(|| e.to_string()))
             }
-            F::Resolve(..) | F::Transport(..) | F::Remote { .. } | F::InvalidResponse(..) => {
+            F::Resolve(..) | F::Transport(..) | F::Remote { .. } | F::InvalidResponse(..) | F::UnreadableAnswer(..) => {
                 tracing::warn!(error = %e, "federation request failed");
                 Error::Remote(e.to_string())
             }

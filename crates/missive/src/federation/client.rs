@@ -132,7 +132,7 @@ impl Federation {
         let (status, body) = self.dispatch(destination, &target, http_request).await?;
         let response = http::Response::builder().status(status).body(body).expect("status and body make a response");
         R::IncomingResponse::try_from_http_response(response)
-            .map_err(|e| FederationError::InvalidResponse(destination.to_string(), e.to_string()))
+            .map_err(|e| FederationError::UnreadableAnswer(destination.to_string(), e.to_string()))
     }
 
     /// Sends a signed request that ruma has no usable type for (older API versions) and
@@ -159,7 +159,7 @@ impl Federation {
         request.headers_mut().insert(http::header::AUTHORIZATION, http::HeaderValue::from(&x_matrix));
         let (_, body) = self.dispatch(destination, &target, request).await?;
         serde_json::from_slice(&body)
-            .map_err(|e| FederationError::InvalidResponse(destination.to_string(), e.to_string()))
+            .map_err(|e| FederationError::UnreadableAnswer(destination.to_string(), e.to_string()))
     }
 
     /// Sends a built request to its destination (`Host` and content type set) and returns

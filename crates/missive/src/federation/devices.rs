@@ -32,8 +32,8 @@ impl Federation {
                 let server = federation.server_name.to_string();
                 match federation.store.local_device_list_changes(seen, now, &server).await {
                     Ok(users) => {
-                        for user in users {
-                            federation.announce_devices(&user, now).await;
+                        for (user, changed_at) in users {
+                            federation.announce_devices(&user, changed_at, now).await;
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot read device list changes"),
@@ -43,13 +43,17 @@ impl Federation {
         });
     }
 
-    /// One update per current device of `user` to every other server sharing a room.
-    async fn announce_devices(&self, user: &str, stream_id: i64) {
+    /// One update per current device of `user` to every other server that shared a room
+    /// with them when their devices last changed (`changed_at`): a server the user meets
+    /// later asks for the devices itself, and would take a late update for a new change.
+    async fn announce_devices(&self, user: &str, changed_at: i64, stream_id: i64) {
         let Ok(mates) = self.store.room_mates(user).await else { return };
         let own = self.server_name.as_str();
         let servers: BTreeSet<String> = mates
             .iter()
-            .filter(|(_, membership, _, _)| membership == "join")
+            .filter(|(_, membership, since, joined)| {
+                membership == "join" && *since < changed_at && *joined < changed_at
+            })
             .filter_map(|(mate, _, _, _)| mate.split_once(':').map(|(_, server)| server.to_owned()))
             .filter(|server| server != own)
             .collect();

@@ -44,6 +44,9 @@ pub enum FederationError {
     },
     #[error("invalid answer from {0}: {1}")]
     InvalidResponse(String, String),
+    /// A success whose body does not read as the endpoint's answer: the request was taken.
+    #[error("unreadable answer from {0}: {1}")]
+    UnreadableAnswer(String, String),
     #[error("no valid verify key {key_id} of {server}")]
     UnknownKey { server: String, key_id: String },
     #[error("bad signature: {0}")]

@@ -199,9 +199,18 @@ impl Sender {
             );
             request.pdus = pdus;
             request.edus = raw_edus;
-            match self.federation.send(&server, request).await {
+            let sent = match self.federation.send(&server, request).await {
+                Ok(response) => Ok(Some(response)),
+                // Taken (a success), though its answer lacks the per-PDU results.
+                Err(FederationError::UnreadableAnswer(_, why)) => {
+                    tracing::debug!(%destination, %why, "transaction taken with an unreadable answer");
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
                 Ok(response) => {
-                    for (event_id, result) in &response.pdus {
+                    for (event_id, result) in response.iter().flat_map(|r| &r.pdus) {
                         if let Err(e) = result {
                             tracing::info!(%destination, %event_id, error = %e, "destination refused a PDU");
                         }

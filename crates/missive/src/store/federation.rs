@@ -147,18 +147,18 @@ impl Store {
     }
 
     /// The users of this server whose device list others may see changed in `(from, to]`.
-    pub async fn local_device_list_changes(&self, from: i64, to: i64, server: &str) -> StoreResult<Vec<String>> {
+    pub async fn local_device_list_changes(&self, from: i64, to: i64, server: &str) -> StoreResult<Vec<(String, i64)>> {
         let suffix = format!("%:{server}");
         let rows = sqlx::query(
-            "SELECT DISTINCT user_id FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2 \
-             AND self_only = 0 AND user_id LIKE $3",
+            "SELECT user_id, MAX(stream_pos) FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2 \
+             AND self_only = 0 AND user_id LIKE $3 GROUP BY user_id",
         )
         .bind(from)
         .bind(to)
         .bind(suffix)
         .fetch_all(&self.read)
         .await?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// How many PDUs wait for a server.
