@@ -678,6 +678,25 @@ async fn a_hostile_peer_gets_each_pdu_and_edu_refused_and_nothing_is_stored() {
         assert_eq!(stored(id.clone()).await.0, 404, "{name} is not stored");
     }
 
+    // A redaction aimed at an event of another room (one gov is not even in).
+    let elsewhere = police.create_room(&alice.access_token, json!({ "preset": "private_chat" })).await;
+    let target = police.send_message(&alice.access_token, &elsewhere, message("not yours")).await;
+    let (cross, object) = pdu(
+        &gov_key,
+        "gov.test",
+        &room_id,
+        ("m.room.redaction", None, &bob.user_id),
+        json!({ "redacts": target }),
+        &good,
+        &auth,
+    );
+    let (status, body) = send("t2b", vec![json!(object)], vec![]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stored(cross).await.0, 404, "a redaction of another room's event is not stored");
+    let path = format!("/_matrix/client/v3/rooms/{elsewhere}/event/{target}");
+    let (_, event) = police.call("GET", &path, Some(&alice.access_token), None).await;
+    assert_eq!(event["content"]["body"], "not yours", "{event}");
+
     // A tampered content keeps only the redacted event.
     let (tampered, mut object) =
         pdu(&gov_key, "gov.test", &room_id, ("m.room.message", None, &bob.user_id), message("original"), &good, &auth);

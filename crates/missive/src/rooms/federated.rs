@@ -301,10 +301,17 @@ impl Rooms {
         // A redaction from another server really deletes here too, when it may: its sender
         // is of the target's server, or has the power to redact others' events.
         let mut pruned = None;
-        if pdu.kind == TimelineEventType::RoomRedaction
-            && let Some(target_id) = &pdu.redacts
-            && let Some(target) = self.store.event(target_id.as_str()).await?
-            && target.room_id == batch.head.room_id.as_str()
+        let target = match (&pdu.kind, &pdu.redacts) {
+            (TimelineEventType::RoomRedaction, Some(target_id)) => self.store.event(target_id.as_str()).await?,
+            _ => None,
+        };
+        // A redaction names an event of its own room: one aimed at another room's event is
+        // refused, not kept as a redaction of nothing (as Synapse does).
+        if target.as_ref().is_some_and(|t| t.room_id != batch.head.room_id.as_str()) {
+            return Err(Error::forbidden("the redaction names an event of another room"));
+        }
+        if let Some(target_id) = &pdu.redacts
+            && let Some(target) = target
         {
             let target_sender = Pdu::from_row(&target)?.sender;
             let same_server = target_sender.server_name() == pdu.sender.server_name();
