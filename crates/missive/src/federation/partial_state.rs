@@ -45,9 +45,6 @@ impl Federation {
     /// round after round (backing off) until one answers with a state that checks.
     async fn complete_state(&self, rooms: &Rooms, room_id: &RoomId, first: Option<OwnedServerName>) {
         let mut delay = Duration::from_secs(1);
-        // The first round takes only a whole state; later ones, what checks of it (an event
-        // no server can answer with valid signatures would otherwise keep the room partial).
-        let mut whole = true;
         loop {
             let partial = match self.store.partial_state(room_id.as_str()).await {
                 Ok(Some(partial)) => partial,
@@ -65,7 +62,7 @@ impl Federation {
             }
             for server in &servers {
                 let started = std::time::Instant::now();
-                match self.fetch_full_state(rooms, room_id, &partial.join_event_id, server, whole).await {
+                match self.fetch_full_state(rooms, room_id, &partial.join_event_id, server).await {
                     Ok(added) => {
                         tracing::info!(
                             %room_id, %server, added, ms = started.elapsed().as_millis() as u64,
@@ -79,26 +76,26 @@ impl Federation {
             tracing::warn!(%room_id, retry_in_s = delay.as_secs(), "the room's state is still partial");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(MAX_RETRY_DELAY);
-            whole = false;
         }
     }
 
     /// Fetches the state before the join from `server`, checks it and completes the room
-    /// with it (when `whole`, only if every event of it checks): how many state entries the
-    /// room lacked.
+    /// with it, only if every event of it checks: a state with a hole (a member event whose
+    /// server's key cannot be had now, say) would leave that member's events refused for
+    /// good, where a room kept partial a while longer still works. How many state entries
+    /// the room lacked.
     async fn fetch_full_state(
         &self,
         rooms: &Rooms,
         room_id: &RoomId,
         join_event_id: &str,
         server: &OwnedServerName,
-        whole: bool,
     ) -> Result<usize> {
         let (room_version, rules) = rooms.version_of(room_id).await?;
         let event_id = ruma::OwnedEventId::try_from(join_event_id).map_err(|e| Error::Internal(e.to_string()))?;
         let answer = self.send(server, get_room_state::v1::Request::new(event_id, room_id.to_owned())).await?;
         let (state, chain) = self.checked_state(&room_version, &rules, &answer.pdus, &answer.auth_chain).await?;
-        if whole && state.len() < answer.pdus.len() {
+        if state.len() < answer.pdus.len() {
             let left_out = answer.pdus.len() - state.len();
             return Err(Error::Remote(format!("{left_out} events of the state do not check")));
         }
