@@ -100,7 +100,8 @@ impl Federation {
         };
         let answered = started.elapsed();
 
-        let (state, chain) = self.checked_state(&room_version, &rules, &answer.state, &answer.auth_chain).await?;
+        let (state, chain) =
+            self.checked_state(room_id, &room_version, &rules, &answer.state, &answer.auth_chain).await?;
         let checked = started.elapsed();
         let events = state.len() + chain.len();
         let partial = answer.members_omitted.then(|| {
@@ -128,6 +129,7 @@ impl Federation {
     /// room needs (its create event, of this version). The checked state and chain.
     pub(super) async fn checked_state(
         &self,
+        room_id: &RoomId,
         room_version: &RoomVersionId,
         rules: &ruma::room_version_rules::RoomVersionRules,
         state: &[Box<RawValue>],
@@ -135,13 +137,13 @@ impl Federation {
     ) -> Result<(Vec<(OwnedEventId, String)>, Vec<(OwnedEventId, String)>)> {
         let mut checked_state = Vec::new();
         for pdu in state {
-            if let Some(event) = self.checked(room_version, rules, pdu).await {
+            if let Some(event) = self.checked(room_id, room_version, rules, pdu).await {
                 checked_state.push(event);
             }
         }
         let mut chain = Vec::new();
         for pdu in auth_chain {
-            if let Some(event) = self.checked(room_version, rules, pdu).await {
+            if let Some(event) = self.checked(room_id, room_version, rules, pdu).await {
                 chain.push(event);
             }
         }
@@ -290,11 +292,17 @@ impl Federation {
 
     async fn checked(
         &self,
+        room_id: &RoomId,
         room_version: &RoomVersionId,
         rules: &ruma::room_version_rules::RoomVersionRules,
         pdu: &RawValue,
     ) -> Option<(OwnedEventId, String)> {
         match self.check_pdu(room_version, rules, pdu).await {
+            Ok(checked) if matches!(checked.object.get("room_id"), Some(CanonicalJsonValue::String(id)) if id != room_id.as_str()) =>
+            {
+                tracing::warn!(%room_id, event_id = %checked.event_id, "event of another room in a state answer left out");
+                None
+            }
             Ok(checked) => Some((checked.event_id, serde_json::to_string(&checked.object).ok()?)),
             Err(e) => {
                 tracing::warn!(error = %e, "event of a state answer left out");

@@ -94,7 +94,8 @@ impl Federation {
         let (room_version, rules) = rooms.version_of(room_id).await?;
         let event_id = ruma::OwnedEventId::try_from(join_event_id).map_err(|e| Error::Internal(e.to_string()))?;
         let answer = self.send(server, get_room_state::v1::Request::new(event_id, room_id.to_owned())).await?;
-        let (state, chain) = self.checked_state(&room_version, &rules, &answer.pdus, &answer.auth_chain).await?;
+        let (state, chain) =
+            self.checked_state(room_id, &room_version, &rules, &answer.pdus, &answer.auth_chain).await?;
         if state.len() < answer.pdus.len() {
             let left_out = answer.pdus.len() - state.len();
             return Err(Error::Remote(format!("{left_out} events of the state do not check")));

@@ -76,6 +76,11 @@ impl Pdu {
     pub fn parse(event_id: &str, room_id: &str, json: &str) -> Result<Self> {
         let fields: PduFields =
             serde_json::from_str(json).map_err(|e| Error::Internal(format!("stored PDU does not parse: {e}")))?;
+        // An event is only ever taken as one of the room it names: an auth event of another
+        // room passed off as this one's would authorise what that room allows.
+        if fields.room_id.as_ref().is_some_and(|named| named.as_str() != room_id) {
+            return Err(Error::bad_json(format!("{event_id} is an event of another room")));
+        }
         let redacts = fields.redacts.or_else(|| {
             if fields.kind == TimelineEventType::RoomRedaction {
                 serde_json::from_str::<RedactsInContent>(fields.content.get()).ok().and_then(|c| c.redacts)
@@ -255,4 +260,24 @@ pub fn stripped_state(row: &EventRow) -> Value {
         }
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member_of(room_id: &str) -> String {
+        serde_json::json!({
+            "room_id": room_id, "sender": "@a:x", "type": "m.room.member", "state_key": "@a:x",
+            "content": { "membership": "join" }, "origin_server_ts": 1, "depth": 2,
+            "prev_events": [], "auth_events": [],
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn an_event_is_taken_only_as_one_of_the_room_it_names() {
+        assert!(Pdu::parse("$e", "!a:x", &member_of("!a:x")).is_ok());
+        assert!(matches!(Pdu::parse("$e", "!a:x", &member_of("!b:x")), Err(Error::BadJson(_))));
+    }
 }
