@@ -1257,6 +1257,21 @@ async fn a_server_that_left_a_room_joins_it_again_with_what_changed_meanwhile() 
     .await;
 }
 
+/// A membership template of a resident server (room version 12), dated now and signed as
+/// gov.test: its event ID and the event.
+fn signed_template(template: &Value, key: &Ed25519KeyPair) -> (String, Value) {
+    let mut event = template["event"].clone();
+    event["origin_server_ts"] = json!(now_ms());
+    let mut object = match CanonicalJsonValue::try_from(event).unwrap() {
+        CanonicalJsonValue::Object(object) => object,
+        _ => unreachable!(),
+    };
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    ruma::signatures::hash_and_sign_event("gov.test", key, &mut object, &rules.redaction).unwrap();
+    let event_id = format!("${}", ruma::signatures::reference_hash(&object, &rules).unwrap());
+    (event_id, serde_json::to_value(&object).unwrap())
+}
+
 #[tokio::test]
 async fn a_join_returns_before_the_members_arrive_and_they_follow() {
     let peers = Peers::start(&["police.test", "gov.test", "edu.test"], |_| Vec::new()).await;
@@ -1287,16 +1302,7 @@ async fn a_join_returns_before_the_members_arrive_and_they_follow() {
         signed_call(police, as_gov, "GET", &format!("/_matrix/federation/v1/make_join/{room_id}/{dave}?ver=12"), None)
             .await;
     assert_eq!(status, 200, "{template}");
-    let mut event = template["event"].clone();
-    event["origin_server_ts"] = json!(now_ms());
-    let mut object = match CanonicalJsonValue::try_from(event).unwrap() {
-        CanonicalJsonValue::Object(object) => object,
-        _ => unreachable!(),
-    };
-    let rules = ruma::RoomVersionId::V12.rules().unwrap();
-    ruma::signatures::hash_and_sign_event("gov.test", &gov_key, &mut object, &rules.redaction).unwrap();
-    let event_id = format!("${}", ruma::signatures::reference_hash(&object, &rules).unwrap());
-    let body = serde_json::to_value(&object).unwrap();
+    let (event_id, body) = signed_template(&template, &gov_key);
     let send_join = format!("/_matrix/federation/v2/send_join/{room_id}/{event_id}?omit_members=true");
     let (status, answer) = signed_call(police, as_gov, "PUT", &send_join, Some(body)).await;
     assert_eq!((status, answer["members_omitted"].as_bool()), (200, Some(true)), "{answer}");
@@ -1314,17 +1320,9 @@ async fn a_join_returns_before_the_members_arrive_and_they_follow() {
     let leave_path = format!("/_matrix/federation/v1/make_leave/{room_id}/{dave}");
     let (status, template) = signed_call(police, as_gov, "GET", &leave_path, None).await;
     assert_eq!(status, 200, "{template}");
-    let mut event = template["event"].clone();
-    event["origin_server_ts"] = json!(now_ms());
-    let mut object = match CanonicalJsonValue::try_from(event).unwrap() {
-        CanonicalJsonValue::Object(object) => object,
-        _ => unreachable!(),
-    };
-    ruma::signatures::hash_and_sign_event("gov.test", &gov_key, &mut object, &rules.redaction).unwrap();
-    let event_id = format!("${}", ruma::signatures::reference_hash(&object, &rules).unwrap());
+    let (event_id, body) = signed_template(&template, &gov_key);
     let send_leave = format!("/_matrix/federation/v2/send_leave/{room_id}/{event_id}");
-    let (status, answer) =
-        signed_call(police, as_gov, "PUT", &send_leave, Some(serde_json::to_value(&object).unwrap())).await;
+    let (status, answer) = signed_call(police, as_gov, "PUT", &send_leave, Some(body)).await;
     assert_eq!(status, 200, "{answer}");
 
     // Bob of gov joins: the join returns before gov has the members, and bob and carol

@@ -464,27 +464,9 @@ impl Rooms {
         state: Vec<(OwnedEventId, String)>,
         join: (OwnedEventId, String),
     ) -> Result<()> {
-        let all_ids: Vec<String> = chain.iter().chain(&state).map(|(id, _)| id.to_string()).collect();
-        let known: HashSet<String> = self.store.events(&all_ids).await?.into_iter().map(|r| r.event_id).collect();
+        let held = self.held_of(&chain, &state).await?;
         self.write(room_id, async |rooms: &Self, batch: &mut Batch| {
-            let mut new_state = super::resolve::StateIds::new();
-            let in_state: HashSet<&OwnedEventId> = state.iter().map(|(id, _)| id).collect();
-            let mut stored = HashSet::new();
-            for (event_id, json) in chain.iter().chain(&state) {
-                let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), json)?;
-                if in_state.contains(event_id)
-                    && let Some(key) = &pdu.state_key
-                {
-                    new_state.insert((pdu.kind.to_string(), key.clone()), event_id.clone());
-                }
-                batch.head.depth = batch.head.depth.max(pdu.depth);
-                if known.contains(event_id.as_str()) || !stored.insert(event_id.clone()) {
-                    continue;
-                }
-                let pos = rooms.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                batch.write.events.push(row_of_received(&pdu, json.clone(), pos, Vec::new(), 0));
-                Arc::make_mut(&mut batch.head.pdus).insert(event_id.clone(), Arc::new(pdu));
-            }
+            let new_state = rooms.take_remote_state(batch, &chain, &state, &held)?;
             if !new_state.contains_key(&("m.room.create".to_owned(), String::new())) {
                 return Err(Error::bad_json("the room's state has no create event"));
             }
@@ -523,30 +505,13 @@ impl Rooms {
         chain: Vec<(OwnedEventId, String)>,
         state: Vec<(OwnedEventId, String)>,
     ) -> Result<usize> {
-        let all_ids: Vec<String> = chain.iter().chain(&state).map(|(id, _)| id.to_string()).collect();
-        let known: HashSet<String> = self.store.events(&all_ids).await?.into_iter().map(|r| r.event_id).collect();
+        let held = self.held_of(&chain, &state).await?;
         let completed = self
             .write_alone(room_id, async |rooms: &Self, batch: &mut Batch| {
                 if batch.head.partial_servers.is_none() {
                     return Ok(0);
                 }
-                let in_state: HashSet<&OwnedEventId> = state.iter().map(|(id, _)| id).collect();
-                let mut fetched = super::resolve::StateIds::new();
-                let mut stored = HashSet::new();
-                for (event_id, json) in chain.iter().chain(&state) {
-                    let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), json)?;
-                    if in_state.contains(event_id)
-                        && let Some(key) = &pdu.state_key
-                    {
-                        fetched.insert((pdu.kind.to_string(), key.clone()), event_id.clone());
-                    }
-                    if known.contains(event_id.as_str()) || !stored.insert(event_id.clone()) {
-                        continue;
-                    }
-                    let pos = rooms.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    batch.write.events.push(row_of_received(&pdu, json.clone(), pos, Vec::new(), 0));
-                    Arc::make_mut(&mut batch.head.pdus).insert(event_id.clone(), Arc::new(pdu));
-                }
+                let fetched = rooms.take_remote_state(batch, &chain, &state, &held)?;
                 let added: super::resolve::StateIds = fetched
                     .iter()
                     .filter(|(key, _)| !batch.head.state.contains_key(*key))
@@ -590,6 +555,48 @@ impl Rooms {
             .await?;
         self.states_completed.send_modify(|n| *n += 1);
         Ok(completed)
+    }
+
+    /// Which events of a state answered by another server (and its auth chain) are held.
+    async fn held_of(
+        &self,
+        chain: &[(OwnedEventId, String)],
+        state: &[(OwnedEventId, String)],
+    ) -> Result<HashSet<String>> {
+        let ids: Vec<String> = chain.iter().chain(state).map(|(id, _)| id.to_string()).collect();
+        Ok(self.store.held_event_ids(&ids).await?)
+    }
+
+    /// Takes a state answered by another server (`state`, with its auth chain) into a
+    /// write: the events not `held` here as outliers, all of them into the head's parsed
+    /// events; returns the state they make.
+    fn take_remote_state(
+        &self,
+        batch: &mut Batch,
+        chain: &[(OwnedEventId, String)],
+        state: &[(OwnedEventId, String)],
+        held: &HashSet<String>,
+    ) -> Result<super::resolve::StateIds> {
+        let room_id = batch.head.room_id.clone();
+        let in_state: HashSet<&OwnedEventId> = state.iter().map(|(id, _)| id).collect();
+        let mut taken = super::resolve::StateIds::new();
+        let mut stored = HashSet::new();
+        for (event_id, json) in chain.iter().chain(state) {
+            let pdu = Pdu::parse(event_id.as_str(), room_id.as_str(), json)?;
+            if in_state.contains(event_id)
+                && let Some(key) = &pdu.state_key
+            {
+                taken.insert((pdu.kind.to_string(), key.clone()), event_id.clone());
+            }
+            batch.head.depth = batch.head.depth.max(pdu.depth);
+            if held.contains(event_id.as_str()) || !stored.insert(event_id.clone()) {
+                continue;
+            }
+            let pos = self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            batch.write.events.push(row_of_received(&pdu, json.clone(), pos, Vec::new(), 0));
+            Arc::make_mut(&mut batch.head.pdus).insert(event_id.clone(), Arc::new(pdu));
+        }
+        Ok(taken)
     }
 
     /// The snapshot state groups of a room of partial state made since its join, each
