@@ -109,8 +109,11 @@ pub fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MISSIVE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn")),
+            // ruma's state resolution logs every authorised event at INFO: a line per
+            // message is noise at the default level, and costs CPU on every send.
+            tracing_subscriber::EnvFilter::try_from_env("MISSIVE_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn,ruma_state_res=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: a log file or journal gets plain text.
