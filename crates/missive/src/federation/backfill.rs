@@ -98,7 +98,7 @@ impl Federation {
         for event in events {
             let auth: Vec<String> =
                 event.references("auth_events").into_iter().filter(|id| !received.contains(id)).collect();
-            let Ok(held) = rooms.store.events(&auth).await else { continue };
+            let Ok(held) = rooms.store.held_event_ids(&auth).await else { continue };
             if held.len() < auth.len() {
                 lacking.push(event.event_id.clone());
             }

@@ -89,12 +89,13 @@ impl Federation {
             return Ok(PublicKeyMap::from([(server.to_string(), set)]));
         }
         self.check_allowed(server)?;
+        let wanted = |k: &&RemoteKey| key_ids.contains(&k.key_id) && usable(k, at);
         for attempt in 0..2 {
             let cached = self.cached_keys(server).await?;
             let found: PublicKeySet = cached
                 .keys
                 .iter()
-                .filter(|k| key_ids.contains(&k.key_id) && usable(k, at))
+                .filter(wanted)
                 .filter_map(|k| Some((k.key_id.clone(), Base64::parse(&k.public_key).ok()?)))
                 .collect();
             if !found.is_empty() {
@@ -107,7 +108,7 @@ impl Federation {
             let _fetching = lock.lock().await;
             // A fetch that finished while this one waited may have brought the key.
             let cached = self.cached_keys(server).await?;
-            let held = cached.keys.iter().any(|k| key_ids.contains(&k.key_id) && usable(k, at));
+            let held = cached.keys.iter().any(|k| wanted(&k));
             let recently = cached.last_fetch.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL);
             if !held
                 && !recently

@@ -192,7 +192,7 @@ impl Rooms {
         pdus: Vec<CheckedPdu>,
     ) -> Result<Vec<(OwnedEventId, Result<Admitted>)>> {
         let ids: Vec<String> = pdus.iter().map(|p| p.event_id.to_string()).collect();
-        let known: HashSet<String> = self.store.events(&ids).await?.into_iter().map(|r| r.event_id).collect();
+        let known = self.store.held_event_ids(&ids).await?;
         let mut results = Vec::with_capacity(pdus.len());
         let mut fresh = Vec::new();
         for checked in pdus {
@@ -380,8 +380,7 @@ impl Rooms {
         let mut batch = Batch::new(super::RoomHead::empty(room_id.to_owned(), version.clone(), rules.clone()));
         let in_state: HashSet<OwnedEventId> = state.iter().map(|(id, _)| id.clone()).collect();
         // Events already here (the invite that brought the user) are not stored twice.
-        let all_ids: Vec<String> = chain.iter().chain(&state).map(|(id, _)| id.to_string()).collect();
-        let known: HashSet<String> = self.store.events(&all_ids).await?.into_iter().map(|r| r.event_id).collect();
+        let known = self.held_of(&chain, &state).await?;
         let group = self.next_group.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut creator = None;
         // The auth chain's superseded events first: the state written after them is current.

@@ -1037,7 +1037,6 @@ fn membership_row(r: AnyRow) -> MembershipRow {
     }
 }
 
-/// Inserts events with one multi-row statement.
 /// Server names are stored space-separated: none contains a space.
 fn partial_state_of(join_event_id: String, servers: String) -> PartialState {
     PartialState { join_event_id, servers: servers.split_whitespace().map(str::to_owned).collect() }
@@ -1114,6 +1113,7 @@ impl<'w> CurrentState<'w> {
     }
 }
 
+/// Inserts events with one multi-row statement.
 fn insert_events(script: &mut Script, room_id: &str, events: &[NewEvent], now: i64) {
     let statement = script.push(format!(
         "INSERT INTO events (stream_pos, room_id, event_id, sender, event_type, state_key, depth, origin_server_ts, \

@@ -156,7 +156,7 @@ async fn fill_gap(
     }
     // Prev events earlier in the same transaction are admitted before this one.
     let prev: Vec<String> = prev.into_iter().filter(|p| !in_txn.contains(p.as_str())).collect();
-    let Ok(known) = state.store.events(&prev).await else { return };
+    let Ok(known) = state.store.held_event_ids(&prev).await else { return };
     if known.len() == prev.len() {
         return;
     }
