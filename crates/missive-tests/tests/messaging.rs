@@ -501,3 +501,109 @@ async fn a_members_own_rules_set_their_count_apart() {
     assert_eq!(unread(&server, &bob, &room_id).await, (2, 1));
     assert_eq!(unread(&server, &carol, &room_id).await, (3, 0));
 }
+
+#[tokio::test]
+async fn room_rules_keep_any_id_their_owner_gives_and_still_mute_rooms() {
+    let server = TestServer::start().await;
+    let (alice, bob, _carol, room_id) = three_in_a_room(&server).await;
+    let token = Some(bob.access_token.as_str());
+    let rules = "/_matrix/client/v3/pushrules/global/room";
+    let notify = json!({ "actions": ["notify"] });
+    // Clients (and the spec's test suite) name room rules by alias; the spec's API takes any
+    // string but a dot-prefixed, slashed or backslashed one.
+    for (id, query) in
+        [("%23a:example.com", ""), ("%23b:example.com", ""), ("%23c:example.com", "?before=%23a:example.com")]
+    {
+        let (status, body) = server.call("PUT", &format!("{rules}/{id}{query}"), token, Some(notify.clone())).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) =
+        server.call("PUT", &format!("{rules}/%23f%5Co:example.com"), token, Some(notify.clone())).await;
+    assert_eq!(status, 400, "{body}");
+    let (_, listed) = server.call("GET", &format!("{rules}/"), token, None).await;
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|r| r["rule_id"].as_str()).collect();
+    assert_eq!(ids, ["#b:example.com", "#c:example.com", "#a:example.com"], "{listed}");
+    let (status, _) = server
+        .call("PUT", &format!("{rules}/%23a:example.com/enabled"), token, Some(json!({ "enabled": false })))
+        .await;
+    assert_eq!(status, 200);
+    let (_, rule) = server.call("GET", &format!("{rules}/%23a:example.com"), token, None).await;
+    assert_eq!((rule["rule_id"].as_str(), rule["enabled"].as_bool()), (Some("#a:example.com"), Some(false)), "{rule}");
+    let (status, _) = server.call("DELETE", &format!("{rules}/%23b:example.com"), token, None).await;
+    assert_eq!(status, 200);
+    let (status, _) = server.call("GET", &format!("{rules}/%23b:example.com"), token, None).await;
+    assert_eq!(status, 404);
+    // Sync's account data shows the IDs as given.
+    let (_, sync) = server.call("GET", "/_matrix/client/v3/sync", token, None).await;
+    let push_rules = sync["account_data"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.push_rules");
+    let room_rules = &push_rules.expect("m.push_rules in sync")["content"]["global"]["room"];
+    assert_eq!(room_rules[0]["rule_id"], "#c:example.com", "{room_rules}");
+
+    // Beside them, a rule on the room's real ID still mutes it for Bob.
+    let (status, body) =
+        server.call("PUT", &format!("{rules}/{room_id}"), token, Some(json!({ "actions": ["dont_notify"] }))).await;
+    assert_eq!(status, 200, "{body}");
+    let before = unread(&server, &bob, &room_id).await;
+    server.send_message(&alice.access_token, &room_id, json!({ "msgtype": "m.text", "body": "muted" })).await;
+    assert_eq!(unread(&server, &bob, &room_id).await, before, "the room is muted for bob");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test]
+async fn a_message_disappears_when_its_sender_asked_even_across_a_restart() {
+    let mut server = TestServer::start().await;
+    let (alice, bob, room_id) = room_with_bob_preset(&server, Some(RoomPreset::PublicChat)).await;
+    let alice_room = room(&alice, &room_id);
+    let send = async |body: &str, after: Option<i64>| -> OwnedEventId {
+        let mut content = json!({ "msgtype": "m.text", "body": body });
+        if let Some(after) = after {
+            content["org.matrix.self_destruct_after"] = json!(now_ms() + after);
+        }
+        alice_room.send_raw("m.room.message", content).await.expect("send").response.event_id
+    };
+    let soon = send("EPHEMERAL-MARKER-1 soon gone", Some(1_500)).await;
+    let after_restart = send("EPHEMERAL-MARKER-2 gone while down", Some(4_000)).await;
+    let kept = send("kept", None).await;
+    // A state event is never made to disappear: the room's authorisation rests on it.
+    let topic = server
+        .put_state(
+            alice.access_token().as_deref().unwrap(),
+            room_id.as_str(),
+            "m.room.topic",
+            json!({ "topic": "ordre du jour", "org.matrix.self_destruct_after": now_ms() + 1_000 }),
+        )
+        .await;
+
+    let bob_token = bob.access_token().unwrap();
+    let content = async |server: &TestServer, id: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/event/{id}");
+        let (status, event) = server.call("GET", &path, Some(&bob_token), None).await;
+        assert_eq!(status, 200, "{event}");
+        event["content"].clone()
+    };
+    assert_eq!(content(&server, soon.as_str()).await["body"], "EPHEMERAL-MARKER-1 soon gone");
+    common::until("the first message disappears", async || {
+        content(&server, soon.as_str()).await.as_object().is_some_and(|c| c.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(content(&server, after_restart.as_str()).await["body"], "EPHEMERAL-MARKER-2 gone while down");
+
+    // Down when the second one is due: it disappears once the server is back.
+    server.stop();
+    tokio::time::sleep(Duration::from_millis((4_000 + 500) as u64)).await;
+    server.start_again();
+    common::until("the second message disappears after the restart", async || {
+        content(&server, after_restart.as_str()).await.as_object().is_some_and(|c| c.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(content(&server, kept.as_str()).await["body"], "kept");
+    assert_eq!(content(&server, topic.as_str()).await["topic"], "ordre du jour");
+
+    // Gone from storage, not only from answers; nothing is left to expire.
+    let stored = server.query_strings("SELECT json FROM events").await;
+    assert!(!stored.iter().any(|j| j.contains("EPHEMERAL-MARKER")), "expired content must be deleted from storage");
+    assert!(server.query_strings("SELECT event_id FROM event_expiry").await.is_empty());
+}

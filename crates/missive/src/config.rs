@@ -75,6 +75,9 @@ pub struct Config {
     /// Whether users' presence (online, idle, offline) is shared with the users they share
     /// a room with. Off by default: the endpoints answer, nobody's status is kept or shared.
     pub presence: bool,
+    /// Whether a message whose sender set `org.matrix.self_destruct_after` (MSC2228) loses
+    /// its content at that time, as if redacted. On by default: the sender asked for it.
+    pub ephemeral_messages: bool,
     /// Address of the TLS listener (federation's port, 8448 by convention). It serves every
     /// route, as the plain listener does.
     pub federation_listen: Option<SocketAddr>,
@@ -212,6 +215,7 @@ impl Default for Config {
             max_request_size: 50 * 1024 * 1024,
             encryption_mandatory: false,
             presence: false,
+            ephemeral_messages: true,
             federation_listen: None,
             tls_cert: None,
             tls_key: None,

@@ -37,6 +37,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         server_name,
         default_version: config.default_room_version.clone(),
         encryption_mandatory: config.encryption_mandatory,
+        ephemeral_messages: config.ephemeral_messages,
     };
     let federation = Arc::new(
         crate::federation::Federation::new(settings.server_name.clone(), keys.clone(), config.clone(), store.clone())
@@ -45,6 +46,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let rooms = Arc::new(Rooms::new(store.clone(), streams.clone(), keys, push_rules.clone(), settings, max_group));
     rooms.load_erased().await.context("cannot load erased users")?;
     rooms.load_outlier_floor().await.context("cannot read stream positions")?;
+    rooms.spawn_expiry();
     let sender = crate::federation::sender::Sender::new(federation.clone());
     federation.set_sender(sender.clone());
     let signer = federation.clone();

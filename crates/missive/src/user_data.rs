@@ -13,7 +13,7 @@ use crate::{
     error::{Error, Result},
     rooms::{
         ignore::{IGNORED_USERS_TYPE, IgnoredUsers},
-        notify::{PUSH_RULES_TYPE, PushRulesCache, load_ruleset},
+        notify::{PUSH_RULES_TYPE, PushRulesCache, load_ruleset, ruleset_json, show_room_rule_ids},
     },
     store::Store,
     sync::stream::Streams,
@@ -211,7 +211,7 @@ impl UserData {
     ) -> Result<()> {
         let mut ruleset = Ruleset::clone(&*self.push_rules(user_id).await?);
         edit(&mut ruleset)?;
-        self.put(user_id, None, PUSH_RULES_TYPE, &json!({ "global": ruleset })).await?;
+        self.put(user_id, None, PUSH_RULES_TYPE, &json!({ "global": ruleset_json(&ruleset) })).await?;
         self.push_rules.invalidate(user_id);
         Ok(())
     }
@@ -241,5 +241,7 @@ pub fn push_rule_json(rule: AnyPushRule) -> Value {
         AnyPushRule::Sender(r) => serde_json::to_value(r),
         _ => Ok(Value::Null),
     };
-    value.unwrap_or(Value::Null)
+    let mut json = value.unwrap_or(Value::Null);
+    show_room_rule_ids(&mut json);
+    json
 }

@@ -24,6 +24,7 @@ use super::AppState;
 use crate::{
     accounts::{Identity, UiaRequest},
     error::Error,
+    rooms::notify::held_room_rule_id,
 };
 
 /// How an endpoint authenticates, as ruma declares it.
@@ -130,7 +131,7 @@ where
         };
         // `…/state/{type}/` and `…/state/{type}` address the empty state key: their routes
         // lack the `{state_key}` segment that ruma's path has (see `route`).
-        let matched = parts.extensions.get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+        let matched = matched_path(&parts);
         if let Some(matched) = matched
             && !matched.ends_with("{state_key}")
             && T::PATH_BUILDER.all_paths().any(|p| p.ends_with("{state_key}"))
@@ -177,6 +178,7 @@ where
             }
         }
         let bytes = legacy_password_auth(bytes);
+        hold_room_rule_ids(matched_path(&parts).as_deref(), &mut path_args, &mut parts.uri);
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
         let http_req = http::Request::from_parts(parts, bytes.clone());
@@ -189,6 +191,35 @@ where
 }
 
 use axum::extract::FromRequestParts;
+
+fn matched_path(parts: &http::request::Parts) -> Option<String> {
+    parts.extensions.get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned())
+}
+
+/// Renames a room push rule's ID that is not a room ID, in the path and in `before` and
+/// `after`, to the ID ruma's ruleset holds it under (see `held_room_rule_id`).
+fn hold_room_rule_ids(matched: Option<&str>, path_args: &mut [String], uri: &mut http::Uri) {
+    if !matched.is_some_and(|m| m.contains("/pushrules/")) || path_args.first().map(String::as_str) != Some("room") {
+        return;
+    }
+    if let Some(id) = path_args.get_mut(1) {
+        *id = held_room_rule_id(id).into_owned();
+    }
+    let Some(query) = uri.query() else { return };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key @ ("before" | "after"), value)) => {
+                let held = held_room_rule_id(&percent_decode(value)).into_owned();
+                format!("{key}={}", percent_encoding::utf8_percent_encode(&held, percent_encoding::NON_ALPHANUMERIC))
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    if let Ok(rewritten) = format!("{}?{}", uri.path(), query.join("&")).parse() {
+        *uri = rewritten;
+    }
+}
 
 /// Rewrites the `m.login.password` UIA stage of older clients (`"user": "…"`) into the
 /// identifier form ruma reads (`"identifier": {"type": "m.id.user", …}`).

@@ -1122,6 +1122,7 @@ fn row_of_received(
         replaces_state: None,
         notify: 0,
         outlier: stream_pos < 0,
+        expires_ts: None,
     }
 }
 

@@ -12,6 +12,7 @@
 mod aliases;
 pub mod create;
 mod directory;
+mod expiry;
 pub mod federated;
 pub mod hierarchy;
 pub mod ignore;
@@ -170,6 +171,8 @@ pub struct Rooms {
     next_outlier: AtomicI64,
     /// Counts rooms whose partial state was completed, for those waiting on one.
     states_completed: tokio::sync::watch::Sender<u64>,
+    /// Disappearing messages: whether they are honoured, and the job's wake-up.
+    expiry: expiry::Expiry,
 }
 
 /// Wakes the federation sender's workers of the given destinations.
@@ -285,6 +288,8 @@ pub struct RoomSettings {
     pub server_name: OwnedServerName,
     pub default_version: String,
     pub encryption_mandatory: bool,
+    /// See `Config::ephemeral_messages`.
+    pub ephemeral_messages: bool,
 }
 
 impl Rooms {
@@ -304,6 +309,7 @@ impl Rooms {
             server_name: settings.server_name,
             default_version: settings.default_version,
             encryption_mandatory: settings.encryption_mandatory,
+            expiry: expiry::Expiry::new(settings.ephemeral_messages),
             push_rules,
             ignored: Default::default(),
             erased: Default::default(),
@@ -968,6 +974,7 @@ impl Rooms {
             notify: 0,
             outlier: false,
             replaces_state,
+            expires_ts: self.expiry.requested(&pdu, content),
         });
         batch.head.depth = batch.head.depth.max(depth as u64);
     }

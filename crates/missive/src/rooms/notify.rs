@@ -76,7 +76,11 @@ async fn load_rules(store: &Store, cache: &PushRulesCache, user_id: &UserId, rem
         .account_data(user_id.as_str(), "", PUSH_RULES_TYPE)
         .await?
         .and_then(|json| serde_json::from_str::<Value>(&json).ok())
-        .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok());
+        .and_then(|mut v| {
+            let global = v.get_mut("global")?;
+            hold_room_rule_ids(global);
+            serde_json::from_value::<Ruleset>(global.take()).ok()
+        });
     let rules = match stored {
         Some(rules) => UserRules { rules: Arc::new(rules), default: false },
         None => UserRules { rules: Arc::new(Ruleset::server_default(user_id)), default: true },
@@ -85,6 +89,49 @@ async fn load_rules(store: &Store, cache: &PushRulesCache, user_id: &UserId, rem
         cache.0.lock().expect("push rules cache poisoned").insert(user_id.to_owned(), rules.clone());
     }
     Ok(rules)
+}
+
+/// ruma types the ID of a room rule as a room ID, where the spec's API takes any string
+/// (Synapse keeps what it is given; clients and SyTest name such rules by alias). A room
+/// rule whose ID is not a room ID can match no room; ruma's ruleset holds it under this
+/// prefix, which no room ID carries (U+0001 is in no identifier's grammar).
+const HELD_ROOM_RULE: &str = "!\u{1}";
+
+/// The ID under which ruma's ruleset holds the room rule named `rule_id`.
+pub fn held_room_rule_id(rule_id: &str) -> std::borrow::Cow<'_, str> {
+    if rule_id.starts_with('!') { rule_id.into() } else { format!("{HELD_ROOM_RULE}{rule_id}").into() }
+}
+
+/// Renames the room rules of a ruleset's JSON to the IDs ruma's ruleset holds them under.
+fn hold_room_rule_ids(ruleset: &mut Value) {
+    for rule in ruleset.get_mut("room").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(id) = rule.get("rule_id").and_then(Value::as_str)
+            && let std::borrow::Cow::Owned(held) = held_room_rule_id(id)
+        {
+            rule["rule_id"] = Value::String(held);
+        }
+    }
+}
+
+/// Gives the room rules of a rule's or ruleset's JSON back the IDs their owner chose.
+pub fn show_room_rule_ids(json: &mut Value) {
+    let show = |rule: &mut Value| {
+        if let Some(id) = rule.get("rule_id").and_then(Value::as_str).and_then(|id| id.strip_prefix(HELD_ROOM_RULE)) {
+            rule["rule_id"] = Value::String(id.to_owned());
+        }
+    };
+    match json.get_mut("room").and_then(Value::as_array_mut) {
+        Some(rules) => rules.iter_mut().for_each(show),
+        None => show(json),
+    }
+}
+
+/// A ruleset's JSON as clients are shown it.
+pub fn ruleset_json(ruleset: &Ruleset) -> Value {
+    // A ruleset of strings, booleans and lists always serialises.
+    let mut json = serde_json::to_value(ruleset).unwrap_or_default();
+    show_room_rule_ids(&mut json);
+    json
 }
 
 /// What the evaluation of a batch needs of one local member.

@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0010_partial_state.sql"),
         include_str!("../../migrations/postgres/0010_partial_state.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/sqlite/0011_event_expiry.sql"),
+        include_str!("../../migrations/postgres/0011_event_expiry.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

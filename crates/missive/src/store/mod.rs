@@ -8,6 +8,7 @@
 
 mod accounts;
 mod e2ee;
+mod expiry;
 mod federation;
 mod migrate;
 mod notifications;

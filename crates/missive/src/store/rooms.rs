@@ -120,6 +120,8 @@ pub struct NewEvent {
     pub notify: Level,
     /// Kept outside the room's timeline (state of a remote join, soft-failed).
     pub outlier: bool,
+    /// When the sender asked for the message to disappear (see `rooms/expiry.rs`).
+    pub expires_ts: Option<i64>,
 }
 
 /// A state group: a delta over `prev_group`, or a full snapshot when `prev_group` is `None`.
@@ -294,6 +296,16 @@ impl Store {
         // One multi-row insert per chunk: a group-committed batch is one statement.
         for chunk in write.events.chunks(50) {
             insert_events(&mut script, room_id, chunk, now);
+        }
+        for event in write.events.iter().filter(|e| e.expires_ts.is_some()) {
+            script
+                .push(
+                    "INSERT INTO event_expiry (event_id, room_id, expires_ts) VALUES (?, ?, ?) \
+                     ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(&event.event_id)
+                .bind(room_id)
+                .bind(event.expires_ts);
         }
         if !current.state.is_empty() {
             let statement = script.push(format!(

@@ -25,7 +25,7 @@ use crate::{
     filter,
     rooms::{
         Rooms,
-        notify::PUSH_RULES_TYPE,
+        notify::{self, PUSH_RULES_TYPE},
         pdu,
         timeline::{Viewer, make_token},
     },
@@ -311,7 +311,7 @@ impl Sync {
         }
         if since.pos.is_none() && !account_data.iter().any(|r| r.data_type == PUSH_RULES_TYPE) {
             let ruleset = self.rooms.push_ruleset_once(user_id).await?;
-            global.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": &*ruleset } }));
+            global.push(json!({ "type": PUSH_RULES_TYPE, "content": { "global": notify::ruleset_json(&ruleset) } }));
         }
         global.retain(|e| filter::event_allowed(&req.filter.account_data, e));
         let (changed, left) = device_lists;
@@ -896,7 +896,13 @@ impl Sync {
             let limited = kept.len() > limit || (thinned && !kept.is_empty()) || (!selective && !p.exhausted);
             kept.truncate(limit);
             kept.reverse();
-            let prev_batch = kept.first().map(|r| r.stream_pos).or(p.oldest).map_or(p.to, |pos| pos - 1);
+            // An initial sync's whole timeline names, as Synapse's does, the range's end: a
+            // client paginating back from it reads the same events first (clients and the
+            // spec's test suite expect a page there, not an empty one).
+            let prev_batch = match kept.first() {
+                _ if req.since.is_none() && !limited => p.to,
+                first => first.map(|r| r.stream_pos).or(p.oldest).map_or(p.to, |pos| pos - 1),
+            };
             let timeline = Timeline {
                 events: Vec::new(),
                 limited,

@@ -16,6 +16,8 @@ use ruma::api::client::{
     typing::create_typing_event,
 };
 use ruma::push::NewPushRule;
+
+use crate::rooms::notify::ruleset_json;
 use serde_json::{Value, json};
 
 use crate::{
@@ -167,13 +169,13 @@ async fn get_filter(state: AppState, req: Ruma<get_filter::v3::Request>) -> Resu
 /// # GET /_matrix/client/v3/pushrules/
 async fn push_rules(state: AppState, req: Ruma<get_pushrules_all::v3::Request>) -> Result<Response> {
     let ruleset = state.user_data.push_rules(&req.identity().user_id).await?;
-    Ok(json(json!({ "global": &*ruleset })))
+    Ok(json(json!({ "global": ruleset_json(&ruleset) })))
 }
 
 /// # GET /_matrix/client/v3/pushrules/global/
 async fn push_rules_global(state: AppState, req: Ruma<get_pushrules_global_scope::v3::Request>) -> Result<Response> {
     let ruleset = state.user_data.push_rules(&req.identity().user_id).await?;
-    Ok(json(serde_json::to_value(&*ruleset).map_err(|e| Error::Internal(e.to_string()))?))
+    Ok(json(ruleset_json(&ruleset)))
 }
 
 /// # GET /_matrix/client/v3/pushrules/global/{kind}/
@@ -188,8 +190,7 @@ async fn push_rules_of_kind(
         return Err(Error::Unknown(format!("unknown push rule kind {kind}")));
     }
     let ruleset = state.user_data.push_rules(&id.user_id).await?;
-    let all = serde_json::to_value(&*ruleset).map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(json(all.get(&kind).cloned().unwrap_or_else(|| json!([]))))
+    Ok(json(ruleset_json(&ruleset).get(&kind).cloned().unwrap_or_else(|| json!([]))))
 }
 
 async fn find_rule(
