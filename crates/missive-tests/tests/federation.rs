@@ -243,6 +243,76 @@ async fn device_keys_and_one_time_keys_are_queried_and_claimed_across_servers() 
     assert_eq!(devices["devices"][0]["keys"]["keys"], device_keys["keys"]);
 }
 
+/// The device IDs gov's bob is shown for `user` by `keys/query`, and its `failures`.
+async fn devices_seen(gov: &TestServer, bob: &TestUser, user: &str) -> (Vec<String>, Value) {
+    let query = json!({ "device_keys": { user: [] } });
+    let (status, body) = gov.call("POST", "/_matrix/client/v3/keys/query", Some(&bob.access_token), Some(query)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut devices: Vec<String> =
+        body["device_keys"][user].as_object().map(|d| d.keys().cloned().collect()).unwrap_or_default();
+    devices.sort();
+    (devices, body["failures"].clone())
+}
+
+#[tokio::test]
+async fn a_remote_users_devices_are_cached_while_a_room_is_shared_and_follow_their_updates() {
+    let mut peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (alice_client, alice) = peers.servers[0].client("alice").await;
+    alice_client.sync_once(Default::default()).await.expect("alice's first device uploads its keys");
+    // Her devices with keys: the registration's has none.
+    let first_id = alice_client.device_id().unwrap().to_string();
+    let bob = peers.servers[1].register("bob").await;
+    let room_id = peers.servers[1].create_room(&bob.access_token, json!({ "preset": "public_chat" })).await;
+    let (status, body) = peers.servers[0]
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/join/{room_id}?server_name=gov.test"),
+            Some(&alice.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Asked once of police, then kept by gov while the room is shared.
+    let gov = &peers.servers[1];
+    let (devices, failures) = devices_seen(gov, &bob, &alice.user_id).await;
+    assert_eq!(devices, std::slice::from_ref(&first_id), "{failures}");
+    assert_eq!(
+        gov.query_strings("SELECT user_id FROM remote_device_lists").await,
+        std::slice::from_ref(&alice.user_id)
+    );
+
+    // A second device: police tells gov, whose clients are told the list changed.
+    let second = peers.servers[0].login(&alice).await;
+    second.sync_once(Default::default()).await.expect("the second device uploads its keys");
+    let second_id = second.device_id().unwrap().to_string();
+    let mut expected = vec![first_id, second_id];
+    expected.sort();
+    common::until("gov learns of alice's second device", async || {
+        (devices_seen(gov, &bob, &alice.user_id).await.0 == expected).then_some(())
+    })
+    .await;
+
+    // Police down: gov still answers for alice's devices, from what it holds.
+    peers.servers[0].stop();
+    let gov = &peers.servers[1];
+    let (devices, failures) = devices_seen(gov, &bob, &alice.user_id).await;
+    assert_eq!((devices, failures.as_object().map_or(0, |f| f.len())), (expected.clone(), 0), "{failures}");
+
+    // Once alice has left the only room they shared, gov keeps nothing of her devices.
+    peers.servers[0].start_again();
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let (status, _) = police
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room_id}/leave"), Some(&alice.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200);
+    wait_for_event(gov, &bob, &room_id, |e| {
+        e["state_key"] == alice.user_id.as_str() && e["content"]["membership"] == "leave"
+    })
+    .await;
+    assert!(gov.query_strings("SELECT user_id FROM remote_device_lists").await.is_empty());
+}
+
 #[tokio::test]
 async fn aliases_and_public_rooms_of_other_servers_are_found() {
     let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;

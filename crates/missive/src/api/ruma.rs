@@ -178,7 +178,7 @@ where
             }
         }
         let bytes = legacy_password_auth(bytes);
-        hold_room_rule_ids(matched_path(&parts).as_deref(), &mut path_args, &mut parts.uri);
+        push_rule_args(matched_path(&parts).as_deref(), &mut path_args, &mut parts.uri);
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
         let http_req = http::Request::from_parts(parts, bytes.clone());
@@ -196,10 +196,20 @@ fn matched_path(parts: &http::request::Parts) -> Option<String> {
     parts.extensions.get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned())
 }
 
-/// Renames a room push rule's ID that is not a room ID, in the path and in `before` and
-/// `after`, to the ID ruma's ruleset holds it under (see `held_room_rule_id`).
-fn hold_room_rule_ids(matched: Option<&str>, path_args: &mut [String], uri: &mut http::Uri) {
-    if !matched.is_some_and(|m| m.contains("/pushrules/")) || path_args.first().map(String::as_str) != Some("room") {
+/// Reads push rule paths as ruma's ruleset holds the rules: a room rule's ID that is not a
+/// room ID, in the path and in `before` and `after`, becomes the ID it is held under (see
+/// `held_room_rule_id`); the kind of MSC4306's rules, `postcontent` in the ruleset and in
+/// clients' paths, is `post_content` to ruma's path parser.
+fn push_rule_args(matched: Option<&str>, path_args: &mut [String], uri: &mut http::Uri) {
+    if !matched.is_some_and(|m| m.contains("/pushrules/")) {
+        return;
+    }
+    match path_args.first().map(String::as_str) {
+        Some("postcontent") => path_args[0] = "post_content".to_owned(),
+        Some("room") => {}
+        _ => return,
+    }
+    if path_args[0] != "room" {
         return;
     }
     if let Some(id) = path_args.get_mut(1) {

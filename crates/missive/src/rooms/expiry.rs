@@ -62,7 +62,12 @@ impl Rooms {
         tokio::spawn(async move {
             loop {
                 let now = now_ms();
-                rooms.expiry.soonest.store(i64::MAX, Ordering::Release);
+                // Recorded before its write commits: a message due by now may not be
+                // readable yet, and is looked for again shortly.
+                let recorded = match rooms.expiry.soonest.swap(i64::MAX, Ordering::AcqRel) {
+                    at if at <= now => now + 100,
+                    at => at,
+                };
                 let next = match rooms.expire_due(now).await {
                     Ok(next) => next,
                     Err(e) => {
@@ -70,7 +75,7 @@ impl Rooms {
                         Some(now + MAX_SLEEP.as_millis() as i64)
                     }
                 };
-                let next = next.unwrap_or(i64::MAX).min(rooms.expiry.soonest.load(Ordering::Acquire));
+                let next = next.unwrap_or(i64::MAX).min(recorded).min(rooms.expiry.soonest.load(Ordering::Acquire));
                 let wait = Duration::from_millis(next.saturating_sub(now_ms()).max(0) as u64).min(MAX_SLEEP);
                 if !wait.is_zero() {
                     let _ = tokio::time::timeout(wait, rooms.expiry.wake.notified()).await;

@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0011_event_expiry.sql"),
         include_str!("../../migrations/postgres/0011_event_expiry.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/sqlite/0012_remote_device_lists.sql"),
+        include_str!("../../migrations/postgres/0012_remote_device_lists.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

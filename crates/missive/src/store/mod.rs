@@ -12,6 +12,7 @@ mod expiry;
 mod federation;
 mod migrate;
 mod notifications;
+mod remote_devices;
 mod reports;
 mod rooms;
 mod script;
@@ -30,6 +31,7 @@ pub use self::{
     accounts::*,
     e2ee::*,
     notifications::{Level, Notifications, OffsetChange},
+    remote_devices::RemoteDeviceList,
     reports::NewReport,
     rooms::*,
     sync::*,

@@ -335,6 +335,17 @@ impl Store {
                 statement.bind(room_id).bind(*user_id).bind(*membership).bind(*event_id).bind(*pos).bind(0i64);
             }
         }
+        // A remote user's cached device list is kept only while a local user shares a room
+        // with them: a membership that ends one may end the last.
+        if current.members.values().any(|(_, membership, _)| *membership != "join") {
+            script
+                .push(format!(
+                    "DELETE FROM remote_device_lists WHERE user_id IN (SELECT user_id FROM memberships \
+                     WHERE room_id = ?) AND NOT EXISTS (SELECT 1 FROM {})",
+                    super::remote_devices::rooms_shared_with("remote_device_lists.user_id")
+                ))
+                .bind(room_id);
+        }
         // The DAG's leaves change once per batch: the events it builds on stop being leaves,
         // and its events that nothing in it builds on become leaves.
         // Outliers (negative positions: state received with a remote join) are never leaves.

@@ -186,7 +186,7 @@ async fn push_rules_of_kind(
     Authenticated(id): Authenticated,
     axum::extract::Path(kind): axum::extract::Path<String>,
 ) -> Result<Response> {
-    if !matches!(kind.as_str(), "override" | "content" | "room" | "sender" | "underride") {
+    if !matches!(kind.as_str(), "override" | "content" | "room" | "sender" | "underride" | "postcontent") {
         return Err(Error::Unknown(format!("unknown push rule kind {kind}")));
     }
     let ruleset = state.user_data.push_rules(&id.user_id).await?;

@@ -259,10 +259,13 @@ async fn receive_edu(state: &AppState, origin: &ruma::ServerName, edu: &Value) -
                 }
             }
         }
-        Some("m.device_list_update" | "m.signing_key_update") => {
-            // The user's clients elsewhere query the keys again; this server keeps none.
+        Some("m.device_list_update") => {
             let user_id = user_of_origin(&content["user_id"])?;
-            state.e2ee.device_list_changed(&user_id).await?;
+            state.e2ee.receive_device_list_update(&user_id, content).await?;
+        }
+        Some("m.signing_key_update") => {
+            let user_id = user_of_origin(&content["user_id"])?;
+            state.e2ee.receive_signing_key_update(&user_id, content).await?;
         }
         Some("m.direct_to_device") => {
             let sender = user_of_origin(&content["sender"])?;

@@ -16,6 +16,8 @@ use crate::{
     sync::stream::Streams,
 };
 
+mod remote_devices;
+
 /// At most this many to-device messages go in one sync response.
 pub const TO_DEVICE_LIMIT: i64 = 100;
 
@@ -24,6 +26,8 @@ pub struct E2ee {
     store: Store,
     streams: Arc<Streams>,
     federation: Arc<Federation>,
+    /// Serialises the read-modify-writes of cached remote device lists.
+    remote_lists: tokio::sync::Mutex<()>,
 }
 
 fn parse_object(raw: &str, what: &str) -> Result<Map<String, Value>> {
@@ -60,7 +64,7 @@ fn merge_signatures(stored: &mut Map<String, Value>, incoming: &Map<String, Valu
 impl E2ee {
     /// Creates the service.
     pub fn new(store: Store, streams: Arc<Streams>, federation: Arc<Federation>) -> Self {
-        Self { store, streams, federation }
+        Self { store, streams, federation, remote_lists: tokio::sync::Mutex::new(()) }
     }
 
     /// Splits a request per user into this server's users and the others, by server.
@@ -83,9 +87,9 @@ impl E2ee {
         (local, remote)
     }
 
-    /// `keys/query` of a local user: this server's users from the store, the others asked
-    /// of their servers, all servers at once. A server that cannot answer is listed in
-    /// `failures`; what a server says of users of another server is ignored.
+    /// `keys/query` of a local user: this server's users from the store, the others from
+    /// the cache of remote device lists or asked of their servers, all at once (see
+    /// `remote_devices.rs`). A server that cannot answer is listed in `failures`.
     pub async fn query_keys_everywhere(
         &self,
         requester: &UserId,
@@ -93,43 +97,7 @@ impl E2ee {
     ) -> Result<Value> {
         let (local, remote) = self.split_by_server(wanted);
         let mut out = self.query_keys(Some(requester), &local).await?;
-        let asks = remote.into_iter().map(|(server, users)| async move {
-            let device_keys = users
-                .into_iter()
-                .map(|(user, devices)| (user, devices.iter().map(|d| OwnedDeviceId::from(d.as_str())).collect()))
-                .collect();
-            let request = ruma::api::federation::keys::get_keys::v1::Request::new(device_keys);
-            let result = self.federation.send(&server, request).await;
-            (server, result)
-        });
-        for (server, result) in futures_util::future::join_all(asks).await {
-            let response = match result {
-                Ok(response) => response,
-                Err(e) => {
-                    out["failures"][server.as_str()] = json!({ "status": 503, "message": e.to_string() });
-                    continue;
-                }
-            };
-            let ours = |user: &UserId| user.server_name() == server;
-            for (user, devices) in response.device_keys.iter().filter(|(u, _)| ours(u)) {
-                let devices: Map<String, Value> = devices
-                    .iter()
-                    .filter_map(|(device, keys)| {
-                        Some((device.to_string(), serde_json::from_str(keys.json().get()).ok()?))
-                    })
-                    .collect();
-                out["device_keys"][user.as_str()] = Value::Object(devices);
-            }
-            for (field, keys) in
-                [("master_keys", &response.master_keys), ("self_signing_keys", &response.self_signing_keys)]
-            {
-                for (user, key) in keys.iter().filter(|(u, _)| ours(u)) {
-                    if let Ok(key) = serde_json::from_str::<Value>(key.json().get()) {
-                        out[field][user.as_str()] = key;
-                    }
-                }
-            }
-        }
+        self.query_remote_users(remote.into_values().flatten(), &mut out).await;
         Ok(out)
     }
 
