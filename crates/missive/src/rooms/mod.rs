@@ -949,8 +949,9 @@ impl Rooms {
             let joined = Arc::make_mut(&mut batch.head.joined);
             if membership == "join" {
                 joined.insert(user.clone());
-            } else {
-                joined.remove(user);
+            } else if joined.remove(user) {
+                let unshared = unshared_by_leave(joined, user, self.server_name.as_str());
+                batch.write.unshared.extend(unshared);
             }
         }
 
@@ -1089,6 +1090,19 @@ impl Rooms {
 }
 
 /// Waits for a queued write's commit.
+/// The remote users who stop sharing a room with a local user when `left` leaves it:
+/// `left` if remote and local users remain, every remote member if `left` was the last
+/// local one.
+fn unshared_by_leave(joined: &HashSet<String>, left: &str, server_name: &str) -> Vec<String> {
+    let is_local = |user: &str| user.split_once(':').is_some_and(|(_, server)| server == server_name);
+    let local_remains = joined.iter().any(|u| is_local(u));
+    match (is_local(left), local_remains) {
+        (false, _) => vec![left.to_owned()],
+        (true, false) => joined.iter().filter(|u| !is_local(u)).cloned().collect(),
+        (true, true) => Vec::new(),
+    }
+}
+
 async fn commit_outcome(outcome: tokio::sync::oneshot::Receiver<Result<()>>) -> Result<()> {
     outcome.await.map_err(|_| Error::Internal("room writer went away".into()))?
 }
@@ -1148,5 +1162,26 @@ async fn run_commits(store: Store, room_id: String, slot: Arc<RoomSlot>, wake: O
         for job in stale {
             let _ = job.done.send(Err(Error::Internal("built on a commit that failed".into())));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::unshared_by_leave;
+
+    #[test]
+    fn a_leave_unshares_the_leaver_or_every_remote_member_with_the_last_local_one() {
+        let joined = |users: &[&str]| users.iter().map(|u| u.to_string()).collect::<HashSet<_>>();
+        let here = "gov.test:8448";
+        // A remote member leaves: they alone stop sharing the room.
+        let after = joined(&["@bob:gov.test:8448", "@carol:edu.test"]);
+        assert_eq!(unshared_by_leave(&after, "@alice:police.test", here), ["@alice:police.test"]);
+        // A local member leaves while another stays: nothing changes.
+        assert!(unshared_by_leave(&after, "@dan:gov.test:8448", here).is_empty());
+        // The last local member leaves: every remote member stops sharing it.
+        let after = joined(&["@carol:edu.test"]);
+        assert_eq!(unshared_by_leave(&after, "@bob:gov.test:8448", here), ["@carol:edu.test"]);
     }
 }

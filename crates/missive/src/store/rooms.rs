@@ -152,6 +152,9 @@ pub struct RoomWrite {
     pub reset_extremities: bool,
     /// A partial-state join begins or ends with this write.
     pub partial_state: Option<PartialStateChange>,
+    /// Remote users who, after this write, no longer share this room with a local user:
+    /// their cached device lists go unless another room is shared.
+    pub unshared: Vec<String>,
 }
 
 /// The start or the end of a room's partial state (see `partial_state_rooms`).
@@ -203,6 +206,7 @@ impl RoomWrite {
             && self.resolutions.is_empty()
             && !self.reset_extremities
             && self.partial_state.is_none()
+            && self.unshared.is_empty()
     }
 
     /// Appends a write built on this one, so that both commit as one.
@@ -216,6 +220,7 @@ impl RoomWrite {
         self.aliases.extend(next.aliases);
         self.publish = next.publish.or(self.publish);
         self.outbox.extend(next.outbox);
+        self.unshared.extend(next.unshared);
         let offset = self.events.len() - next_events;
         self.reset_extremities |= next.reset_extremities;
         self.partial_state = next.partial_state.or(self.partial_state.take());
@@ -336,15 +341,20 @@ impl Store {
             }
         }
         // A remote user's cached device list is kept only while a local user shares a room
-        // with them: a membership that ends one may end the last.
-        if current.members.values().any(|(_, membership, _)| *membership != "join") {
-            script
-                .push(format!(
-                    "DELETE FROM remote_device_lists WHERE user_id IN (SELECT user_id FROM memberships \
-                     WHERE room_id = ?) AND NOT EXISTS (SELECT 1 FROM {})",
-                    super::remote_devices::rooms_shared_with("remote_device_lists.user_id")
-                ))
-                .bind(room_id);
+        // with them. The script's statements all read the database as it was before it, so
+        // this room's part comes from the write (`unshared`) and the table speaks only for
+        // the other rooms.
+        for chunk in write.unshared.chunks(500) {
+            let statement = script.push(format!(
+                "DELETE FROM remote_device_lists WHERE user_id IN ({}) AND NOT EXISTS (SELECT 1 FROM {} \
+                 AND theirs.room_id <> ?)",
+                list(chunk.len()),
+                super::remote_devices::rooms_shared_with("remote_device_lists.user_id")
+            ));
+            for user in chunk {
+                statement.bind(user);
+            }
+            statement.bind(room_id);
         }
         // The DAG's leaves change once per batch: the events it builds on stop being leaves,
         // and its events that nothing in it builds on become leaves.
