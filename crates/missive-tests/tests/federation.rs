@@ -1386,6 +1386,10 @@ async fn a_join_returns_before_the_members_arrive_and_they_follow() {
     let chain = answer["auth_chain"].as_array().unwrap();
     assert!(chain.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == alice.user_id.as_str()));
     assert!(chain.iter().all(|e| !state.contains(e)), "{answer}");
+    // A get_missing_events without its lists (as some servers send it) asks for nothing.
+    let missing = format!("/_matrix/federation/v1/get_missing_events/{room_id}");
+    let (status, answer) = signed_call(police, as_gov, "POST", &missing, Some(json!({}))).await;
+    assert_eq!((status, &answer["events"]), (200, &json!([])), "{answer}");
     // Dave leaves again, so that gov's own join below is its first.
     let leave_path = format!("/_matrix/federation/v1/make_leave/{room_id}/{dave}");
     let (status, template) = signed_call(police, as_gov, "GET", &leave_path, None).await;

@@ -178,6 +178,7 @@ where
             }
         }
         let bytes = legacy_password_auth(bytes);
+        let bytes = missing_events_defaults(matched_path(&parts).as_deref(), bytes);
         push_rule_args(matched_path(&parts).as_deref(), &mut path_args, &mut parts.uri);
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
@@ -246,6 +247,22 @@ fn legacy_password_auth(bytes: Bytes) -> Bytes {
     }
     let Some(user) = auth.remove("user") else { return bytes };
     auth.insert("identifier".into(), serde_json::json!({ "type": "m.id.user", "user": user }));
+    serde_json::to_vec(&body).map(Bytes::from).unwrap_or(bytes)
+}
+
+/// A `get_missing_events` body without `earliest_events` or `latest_events` (Synapse
+/// takes it, and servers send it) reads them as empty, which asks for nothing. Applied after
+/// the request's signature was checked on the body as sent.
+fn missing_events_defaults(matched: Option<&str>, bytes: Bytes) -> Bytes {
+    if !matched.is_some_and(|m| m.contains("/get_missing_events/")) {
+        return bytes;
+    }
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return bytes;
+    };
+    for field in ["earliest_events", "latest_events"] {
+        body.entry(field).or_insert_with(|| serde_json::json!([]));
+    }
     serde_json::to_vec(&body).map(Bytes::from).unwrap_or(bytes)
 }
 
