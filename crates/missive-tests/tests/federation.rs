@@ -666,6 +666,59 @@ fn pdu(
 }
 
 #[tokio::test]
+async fn events_beyond_a_gap_too_wide_to_pull_are_judged_by_the_state_their_origin_gives() {
+    let mut peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let alice = peers.servers[0].register("alice").await;
+    let bob = peers.servers[1].register("bob").await;
+    let body = json!({ "preset": "public_chat", "topic": "Before", "power_level_content_override": {
+        "users": { bob.user_id.clone(): 100 } } });
+    let room_id = peers.servers[0].create_room(&alice.access_token, body).await;
+    let (status, body) = peers.servers[1]
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/join/{room_id}?server_name=police.test"),
+            Some(&bob.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_event(&peers.servers[0], &alice, &room_id, |e| e["state_key"] == bob.user_id.as_str()).await;
+
+    // Gov cannot reach police: bob changes the topic, then writes 30 messages police
+    // does not get.
+    peers.servers[1].set_env("MISSIVE_FEDERATION__DESTINATIONS", "{ \"police.test\" = \"127.0.0.1:1\" }");
+    peers.servers[1].restart();
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    gov.put_state(&bob.access_token, &room_id, "m.room.topic", json!({ "topic": "After" })).await;
+    let mut last = String::new();
+    for i in 0..30 {
+        last = gov
+            .send_message(&bob.access_token, &room_id, json!({ "msgtype": "m.text", "body": format!("m{i}") }))
+            .await;
+    }
+    // Then police gets the last one alone (as a server catching up sends the newest): it
+    // pulls 20 with get_missing_events, and the state beyond them from gov.
+    let police_key = signing_key_of(police).await;
+    let (status, answer) =
+        signed_call(gov, ("police.test", &police_key), "GET", &format!("/_matrix/federation/v1/event/{last}"), None)
+            .await;
+    assert_eq!(status, 200, "{answer}");
+    let gov_key = signing_key_of(gov).await;
+    let uri = "/_matrix/federation/v1/send/catch-up-1";
+    let txn = json!({ "origin": "gov.test", "origin_server_ts": 1, "pdus": answer["pdus"], "edus": [] });
+    let (status, result) = signed_call(police, ("gov.test", &gov_key), "PUT", uri, Some(txn)).await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["pdus"][last.as_str()], json!({}), "{result}");
+    let seen = wait_for_event(police, &alice, &room_id, |e| e["content"]["body"] == "m29").await;
+    assert_eq!(seen["sender"], bob.user_id.as_str());
+    // The topic came with the state beyond the gap (the pulled events alone lack it).
+    let (_, topic) = police
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic"), Some(&alice.access_token), None)
+        .await;
+    assert_eq!(topic["topic"], "After", "police's topic: {topic}");
+}
+
+#[tokio::test]
 async fn a_hostile_peer_gets_each_pdu_and_edu_refused_and_nothing_is_stored() {
     let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
     let (police, gov) = (&peers.servers[0], &peers.servers[1]);

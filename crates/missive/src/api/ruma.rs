@@ -200,13 +200,13 @@ fn matched_path(parts: &http::request::Parts) -> Option<String> {
 /// Reads push rule paths as ruma's ruleset holds the rules: a room rule's ID that is not a
 /// room ID, in the path and in `before` and `after`, becomes the ID it is held under (see
 /// `held_room_rule_id`); the kind of MSC4306's rules, `postcontent` in the ruleset and in
-/// clients' paths, is `post_content` to ruma's path parser.
+/// clients' paths, is `io.element.msc4306.postcontent` to ruma's path parser.
 fn push_rule_args(matched: Option<&str>, path_args: &mut [String], uri: &mut http::Uri) {
     if !matched.is_some_and(|m| m.contains("/pushrules/")) {
         return;
     }
     match path_args.first().map(String::as_str) {
-        Some("postcontent") => path_args[0] = "post_content".to_owned(),
+        Some("postcontent") => path_args[0] = "io.element.msc4306.postcontent".to_owned(),
         Some("room") => {}
         _ => return,
     }

@@ -15,6 +15,7 @@ pub mod pdu;
 pub mod resolve;
 pub mod sender;
 pub mod spaces;
+pub mod state_at;
 
 use std::sync::Arc;
 

@@ -556,6 +556,42 @@ impl Rooms {
         Ok(completed)
     }
 
+    /// Stores an event this server could not pull in order (a prev event of one it pulled)
+    /// outside the timeline, with the state before it as another server answered it
+    /// (`state` and its auth chain, whose events not held here go outside the timeline
+    /// too): the events that build on it are then judged by the state of their branch. The
+    /// event must pass the rules against its auth events.
+    pub async fn take_state_at(
+        &self,
+        room_id: &RoomId,
+        event: CheckedPdu,
+        chain: Vec<(OwnedEventId, String)>,
+        state: Vec<(OwnedEventId, String)>,
+    ) -> Result<()> {
+        let json = serde_json::to_string(&event.object).map_err(|e| Error::Internal(e.to_string()))?;
+        let pdu = Pdu::parse(event.event_id.as_str(), room_id.as_str(), &json)?;
+        if !self.store.held_event_ids(&[pdu.event_id.to_string()]).await?.is_empty() {
+            return Ok(());
+        }
+        let held = self.held_of(&chain, &state).await?;
+        self.write_alone(room_id, async |rooms: &Self, batch: &mut Batch| {
+            let before = rooms.take_remote_state(batch, &chain, &state, &held)?;
+            rooms.load_pdus(&mut batch.head, &pdu.auth_events).await?;
+            let rules = batch.head.rules.clone();
+            let head = &batch.head;
+            let create = head.state_pdu("m.room.create", "").map(|p| p.as_ref());
+            check_against_auth_events(&rules.authorization, &pdu, create, |id| head.pdus.get(id).map(|p| p.as_ref()))?;
+            let group = rooms.snapshot_group(batch, &before);
+            let pos = rooms.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            let prev_events = pdu.prev_events.iter().map(ToString::to_string).collect();
+            batch.write.events.push(row_of_received(&pdu, json.clone(), pos, prev_events, group));
+            Ok(())
+        })
+        .await?;
+        tracing::debug!(%room_id, event_id = %pdu.event_id, "event beyond a gap stored with its state");
+        Ok(())
+    }
+
     /// Which events of a state answered by another server (and its auth chain) are held.
     async fn held_of(
         &self,

@@ -139,6 +139,9 @@ async fn receive_edu_logged(state: &AppState, origin: &ruma::ServerName, edu: &V
     }
 }
 
+/// At most this many events beyond a gap have their state asked of the origin per PDU.
+const MAX_STATE_FETCHES: usize = 3;
+
 /// Events can arrive out of order (a join relayed by a third server, a message sent
 /// straight from its origin): when a PDU builds on events this server lacks, they are
 /// asked of the origin (`get_missing_events`, back to this server's leaves) and admitted
@@ -180,6 +183,25 @@ async fn fill_gap(
         Some(ruma::CanonicalJsonValue::Integer(depth)) => i64::from(*depth),
         _ => 0,
     });
+    // A pulled event whose own prev events stay unknown (the gap was wider than what was
+    // asked): the state before each is asked of the origin and stored with it, so that
+    // the pulled event is judged by the state of its branch. A few at most per PDU.
+    let pulled: HashSet<String> = missing.iter().map(|e| e.event_id.to_string()).collect();
+    let beyond: Vec<String> = missing
+        .iter()
+        .flat_map(|e| e.references("prev_events"))
+        .filter(|p| !pulled.contains(p))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if let Ok(held) = state.store.held_event_ids(&beyond).await {
+        for prev in beyond.iter().filter(|p| !held.contains(*p)).take(MAX_STATE_FETCHES) {
+            let Ok(prev_id) = ruma::OwnedEventId::try_from(prev.as_str()) else { continue };
+            if let Err(e) = state.federation.fetch_state_at(&state.rooms, room_id, origin, &prev_id).await {
+                tracing::info!(%origin, %room_id, event_id = %prev, error = %e, "state at an unknown event not had");
+            }
+        }
+    }
     for event in missing {
         let event_id = event.event_id.clone();
         if let Err(e) = state.rooms.admit_remote(room_id, event, None).await {
