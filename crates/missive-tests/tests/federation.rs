@@ -719,6 +719,41 @@ async fn events_beyond_a_gap_too_wide_to_pull_are_judged_by_the_state_their_orig
 }
 
 #[tokio::test]
+async fn an_erased_users_messages_leave_for_other_servers_pruned() {
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let alice = police.register("alice").await;
+    let dan = police.register("dan").await;
+    let bob = gov.register("bob").await;
+    let room_id = police.create_room(&alice.access_token, json!({ "preset": "public_chat" })).await;
+    for (server, user) in [(police, &dan), (gov, &bob)] {
+        let path = format!("/_matrix/client/v3/join/{room_id}?server_name=police.test");
+        let (status, body) = server.call("POST", &path, Some(&user.access_token), None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let said =
+        police.send_message(&alice.access_token, &room_id, json!({ "msgtype": "m.text", "body": "my words" })).await;
+    let gov_key = signing_key_of(gov).await;
+    let as_gov = ("gov.test", &gov_key);
+    let fetch = format!("/_matrix/federation/v1/event/{said}");
+    let (status, answer) = signed_call(police, as_gov, "GET", &fetch, None).await;
+    assert_eq!((status, &answer["pdus"][0]["content"]["body"]), (200, &json!("my words")), "{answer}");
+
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" },
+                       "password": alice.password });
+    let body = json!({ "auth": auth, "erase": true });
+    let (status, body) =
+        police.call("POST", "/_matrix/client/v3/account/deactivate", Some(&alice.access_token), Some(body)).await;
+    assert_eq!(status, 200, "{body}");
+    // The event, as `/event` and `/backfill` serve it, has lost its content.
+    let (status, answer) = signed_call(police, as_gov, "GET", &fetch, None).await;
+    assert_eq!((status, &answer["pdus"][0]["content"]), (200, &json!({})), "{answer}");
+    let backfill = format!("/_matrix/federation/v1/backfill/{room_id}?v={said}&limit=1");
+    let (status, answer) = signed_call(police, as_gov, "GET", &backfill, None).await;
+    assert_eq!((status, &answer["pdus"][0]["content"]), (200, &json!({})), "{answer}");
+}
+
+#[tokio::test]
 async fn a_hostile_peer_gets_each_pdu_and_edu_refused_and_nothing_is_stored() {
     let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
     let (police, gov) = (&peers.servers[0], &peers.servers[1]);

@@ -592,6 +592,16 @@ impl Rooms {
         Ok(())
     }
 
+    /// Timeline events as other servers receive them (`/event`, `/backfill`,
+    /// `get_missing_events`): the messages of users erased here go out pruned, their
+    /// content is not to leave the server any more (still signed: a pruned event checks).
+    pub async fn history_pdus(&self, mut rows: Vec<EventRow>) -> Result<Vec<Value>> {
+        for row in &mut rows {
+            self.prune_if_erased(row).await?;
+        }
+        Ok(pdus(rows))
+    }
+
     /// Which events of a state answered by another server (and its auth chain) are held.
     async fn held_of(
         &self,
@@ -937,7 +947,7 @@ impl Rooms {
             }
         }
         out.sort_by_key(|r| r.stream_pos);
-        Ok(pdus(out))
+        self.history_pdus(out).await
     }
 
     /// The events from `from` backwards through `prev_events`, at most `limit` (`backfill`).
@@ -959,7 +969,7 @@ impl Rooms {
         }
         // Newest first, by depth: positions say nothing of history backfilled here.
         out.sort_by_key(|r| std::cmp::Reverse(Pdu::from_row(r).map(|p| p.depth).unwrap_or_default()));
-        Ok(pdus(out))
+        self.history_pdus(out).await
     }
 
     /// Stores the auth events of received events that this server lacked, fetched from

@@ -277,8 +277,8 @@ impl Rooms {
     }
 
     /// Serves the message of an erased sender in its redacted form (for a viewer who was
-    /// not in the room when it was sent).
-    async fn prune_if_erased(&self, row: &mut EventRow) -> Result<()> {
+    /// not in the room when it was sent, and for other servers).
+    pub(super) async fn prune_if_erased(&self, row: &mut EventRow) -> Result<()> {
         if !self.any_erased() {
             return Ok(());
         }

@@ -57,8 +57,8 @@ async fn event(state: AppState, req: Ruma<get_event::v1::Request>) -> Result<Res
     let row = state.store.event(req.body.event_id.as_str()).await?.ok_or_else(|| Error::not_found("unknown event"))?;
     let room_id = ruma::RoomId::parse(&row.room_id).map_err(|e| Error::Internal(e.to_string()))?;
     allowed(&state, &room_id, req.origin()).await?;
-    let pdu: Value = serde_json::from_str(&row.json).map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(json(json!({ "origin": state.federation.server_name, "origin_server_ts": now_ms(), "pdus": [pdu] })))
+    let pdus = state.rooms.history_pdus(vec![row]).await?;
+    Ok(json(json!({ "origin": state.federation.server_name, "origin_server_ts": now_ms(), "pdus": pdus })))
 }
 
 /// # GET /_matrix/federation/v1/state/{roomId}
