@@ -105,11 +105,13 @@ impl E2ee {
     }
 
     /// Takes an `m.device_list_update` EDU of a remote user (checked to be of the origin):
-    /// applied to the cache when it follows it, else a resync; ignored for a user no local
-    /// user shares a room with. Local clients are told the list changed.
+    /// applied to the cache when it follows it, else a resync; nothing is kept for a user no
+    /// local user shares a room with. Local clients are told the list changed.
     pub async fn receive_device_list_update(&self, user_id: &UserId, content: &Value) -> Result<()> {
+        // Nothing is kept of a user who shares no room here; their list is still marked
+        // changed (a sync shows it only to those who share a room with them by then).
         if !self.store.shares_room_with_local(user_id.as_str()).await? {
-            return Ok(());
+            return self.device_list_changed(user_id).await;
         }
         let stream_id = content["stream_id"].as_i64().ok_or_else(|| Error::bad_json("stream_id missing"))?;
         let device_id = content["device_id"].as_str().ok_or_else(|| Error::bad_json("device_id missing"))?;
@@ -161,7 +163,7 @@ impl E2ee {
     /// the cached master and self-signing keys are replaced. Local clients are told.
     pub async fn receive_signing_key_update(&self, user_id: &UserId, content: &Value) -> Result<()> {
         if !self.store.shares_room_with_local(user_id.as_str()).await? {
-            return Ok(());
+            return self.device_list_changed(user_id).await;
         }
         {
             let _writing = self.remote_lists.lock().await;

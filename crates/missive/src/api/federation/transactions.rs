@@ -42,11 +42,11 @@ async fn send(state: AppState, req: Ruma<send_transaction_message::v1::Request>)
     let edus: Vec<Value> = b.edus.iter().filter_map(|edu| serde_json::from_str(edu.json().get()).ok()).collect();
     // Keys come before the messages they decrypt: a room key sent to-device and the
     // ciphertext it opens often travel in one transaction, and a client syncing between the
-    // two would see the message undecryptable. Typing and receipts come after the PDUs,
-    // which may hold the join or the event they speak of.
-    let (keys, the_rest): (Vec<&Value>, Vec<&Value>) = edus.iter().partition(|edu| {
-        matches!(edu["edu_type"].as_str(), Some("m.direct_to_device" | "m.device_list_update" | "m.signing_key_update"))
-    });
+    // two would see the message undecryptable. Typing, receipts and device list updates
+    // come after the PDUs, which may hold the join or the event they speak of (a device
+    // list is kept only for a user who shares a room here).
+    let (keys, the_rest): (Vec<&Value>, Vec<&Value>) =
+        edus.iter().partition(|edu| edu["edu_type"].as_str() == Some("m.direct_to_device"));
     for edu in keys {
         receive_edu_logged(&state, origin, edu).await;
     }
