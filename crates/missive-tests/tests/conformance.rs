@@ -658,6 +658,23 @@ async fn lazy_loaded_members_follow_incremental_timelines_without_repeating() {
 }
 
 #[tokio::test]
+async fn an_invitee_is_a_device_list_change_for_the_inviter() {
+    let server = TestServer::start().await;
+    let (ann, eve) = (server.register("ann").await, server.register("eve").await);
+    let token = Some(ann.access_token.as_str());
+    let room_id = server.create_room(&ann.access_token, json!({ "preset": "private_chat" })).await;
+    let (_, first) = server.call("GET", "/_matrix/client/v3/sync", token, None).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/invite");
+    let (status, _) = server.call("POST", &path, token, Some(json!({ "user_id": eve.user_id }))).await;
+    assert_eq!(status, 200);
+    // Ann's client must learn eve's devices to encrypt for her before she joins.
+    let (_, sync) = server.call("GET", &format!("/_matrix/client/v3/sync?since={since}"), token, None).await;
+    let changed = sync["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+    assert!(changed.iter().any(|u| u == eve.user_id.as_str()), "{sync}");
+}
+
+#[tokio::test]
 async fn device_changes_reach_the_users_own_sync_and_whois() {
     let server = TestServer::start().await;
     let dan = server.register("dan").await;

@@ -136,8 +136,9 @@ impl Sync {
             .cloned()
             .collect();
         for (other, membership, pos, my_join) in &mates {
-            let newly_shared =
-                (*pos > since && *pos <= to && membership == "join") || (*my_join > since && *my_join <= to);
+            // An invitee counts as met, as with Synapse: clients encrypt to invited members.
+            let newly_shared = (*pos > since && *pos <= to && (membership == "join" || membership == "invite"))
+                || (*my_join > since && *my_join <= to);
             if newly_shared && (membership == "join" || membership == "invite") && other != user_id.as_str() {
                 changed.insert(other.clone());
             }
