@@ -51,8 +51,9 @@ impl Federation {
         if raw.get().len() > MAX_PDU_SIZE {
             return Err(bad("PDU larger than 65536 bytes".into()));
         }
+        // Not canonical JSON (floats, integers out of range): malformed, whoever signed it.
         let mut object: CanonicalJsonObject =
-            serde_json::from_str(raw.get()).map_err(|e| bad(format!("PDU is not canonical JSON: {e}")))?;
+            serde_json::from_str(raw.get()).map_err(|_| FederationError::NotCanonical)?;
         // What other servers add outside the signed content is not ours to keep.
         object.remove("unsigned");
         let event_id = match rules.event_id_format {
