@@ -115,6 +115,13 @@ async fn servers_publish_signed_keys_over_both_listeners_and_notaries_vouch_for_
     assert!(vouched["signatures"]["police.test"].is_object() && vouched["signatures"]["gov.test"].is_object());
     let (_, again) = gov.call("GET", "/_matrix/key/v2/query/police.test", None, None).await;
     assert_eq!(again["server_keys"][0]["verify_keys"], document["verify_keys"], "served from the store: {again}");
+    // Asked for keys by ID: the documents holding them; a key police never had, none.
+    let key_id = document["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
+    let ask = |key: &str| json!({ "server_keys": { "police.test": { key: {} } } });
+    let (_, named) = gov.call("POST", "/_matrix/key/v2/query", None, Some(ask(&key_id))).await;
+    assert_eq!(named["server_keys"][0]["verify_keys"], document["verify_keys"], "{named}");
+    let (status, unknown) = gov.call("POST", "/_matrix/key/v2/query", None, Some(ask("ed25519:never"))).await;
+    assert_eq!((status, &unknown["server_keys"]), (200, &json!([])), "{unknown}");
 }
 
 #[tokio::test]

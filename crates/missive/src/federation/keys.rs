@@ -202,11 +202,14 @@ impl Federation {
     }
 
     /// The notary's answer for one server (`/_matrix/key/v2/query`): its key documents as
-    /// fetched, each countersigned by this server. Keys are fetched again when none stored
-    /// is valid until `minimum_valid_until_ts`.
+    /// fetched, each countersigned by this server; only those holding `wanted` keys when
+    /// the request names some. Keys are fetched again when a wanted key is not stored, or
+    /// none stored (of the wanted) is valid until `minimum_valid_until_ts`. A key stored
+    /// stays: an origin that stopped publishing it cannot make the notary forget it.
     pub async fn notary_documents(
         &self,
         server: &ServerName,
+        wanted: &[String],
         minimum_valid_until_ts: i64,
     ) -> Result<Vec<CanonicalJsonObject>, FederationError> {
         if server == self.server_name {
@@ -214,10 +217,16 @@ impl Federation {
         }
         self.check_allowed(server)?;
         let mut keys = self.cached_keys(server).await?.keys;
-        let fresh_enough = keys.iter().any(|k| k.expired_ts.is_none() && k.valid_until_ts >= minimum_valid_until_ts);
-        if !fresh_enough && self.fetch_keys(server).await.is_ok() {
+        let is_wanted = |k: &RemoteKey| wanted.is_empty() || wanted.contains(&k.key_id);
+        let lacking = wanted.iter().any(|id| !keys.iter().any(|k| k.key_id == *id));
+        let fresh_enough = keys
+            .iter()
+            .filter(|k| is_wanted(k))
+            .any(|k| k.expired_ts.is_none() && k.valid_until_ts >= minimum_valid_until_ts);
+        if (lacking || !fresh_enough) && self.fetch_keys(server).await.is_ok() {
             keys = self.cached_keys(server).await?.keys;
         }
+        keys.retain(|k| is_wanted(k));
         let mut documents: Vec<String> = keys.into_iter().map(|k| k.document).collect();
         documents.sort();
         documents.dedup();

@@ -35,9 +35,9 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
         )
         .route(
             "/_matrix/key/v2/query/{server_name}/{key_id}",
-            get(|State(state): State<AppState>, Path((server, _key)): Path<(String, String)>| async move {
+            get(|State(state): State<AppState>, Path((server, key)): Path<(String, String)>| async move {
                 let server = ruma::ServerName::parse(&server).map_err(|e| Error::invalid_param(e.to_string()))?;
-                let documents = state.federation.notary_documents(&server, 0).await.unwrap_or_default();
+                let documents = state.federation.notary_documents(&server, &[key], 0).await.unwrap_or_default();
                 Ok::<_, Error>(json(json!({ "server_keys": documents })))
             }),
         )
@@ -51,7 +51,7 @@ async fn server_keys(state: AppState, _req: Ruma<get_server_keys::v2::Request>) 
 /// # GET /_matrix/key/v2/query/{serverName}
 async fn notary_query(state: AppState, req: Ruma<get_remote_server_keys::v2::Request>) -> Result<Response> {
     let minimum = i64::from(req.body.minimum_valid_until_ts.get());
-    let documents = state.federation.notary_documents(&req.body.server_name, minimum).await.unwrap_or_default();
+    let documents = state.federation.notary_documents(&req.body.server_name, &[], minimum).await.unwrap_or_default();
     Ok(json(json!({ "server_keys": documents })))
 }
 
@@ -66,7 +66,8 @@ async fn notary_batch(state: AppState, req: Ruma<get_remote_server_keys_batch::v
             .max()
             .unwrap_or_else(|| i64::from(MilliSecondsSinceUnixEpoch::now().get()));
         // A server that cannot be reached is left out, as the spec says.
-        documents.extend(state.federation.notary_documents(server, minimum).await.unwrap_or_default());
+        let wanted: Vec<String> = keys.keys().map(ToString::to_string).collect();
+        documents.extend(state.federation.notary_documents(server, &wanted, minimum).await.unwrap_or_default());
     }
     Ok(json(json!({ "server_keys": documents })))
 }
