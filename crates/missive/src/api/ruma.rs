@@ -132,7 +132,7 @@ where
         // `…/state/{type}/` and `…/state/{type}` address the empty state key: their routes
         // lack the `{state_key}` segment that ruma's path has (see `route`).
         let matched = matched_path(&parts);
-        if let Some(matched) = matched
+        if let Some(matched) = &matched
             && !matched.ends_with("{state_key}")
             && T::PATH_BUILDER.all_paths().any(|p| p.ends_with("{state_key}"))
         {
@@ -155,8 +155,8 @@ where
             state.accounts.device_seen(identity, client_ip.as_deref(), user_agent);
         }
         if identity.as_ref().is_some_and(|id| id.is_guest)
-            && let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>()
-            && !guest_allowed(&parts.method, matched.as_str())
+            && let Some(matched) = &matched
+            && !guest_allowed(&parts.method, matched)
         {
             return Err(Error::GuestAccessForbidden);
         }
@@ -178,8 +178,8 @@ where
             }
         }
         let bytes = legacy_password_auth(bytes);
-        let bytes = missing_events_defaults(matched_path(&parts).as_deref(), bytes);
-        push_rule_args(matched_path(&parts).as_deref(), &mut path_args, &mut parts.uri);
+        let bytes = missing_events_defaults(matched.as_deref(), bytes);
+        push_rule_args(matched.as_deref(), &mut path_args, &mut parts.uri);
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
         let http_req = http::Request::from_parts(parts, bytes.clone());
@@ -206,12 +206,12 @@ fn push_rule_args(matched: Option<&str>, path_args: &mut [String], uri: &mut htt
         return;
     }
     match path_args.first().map(String::as_str) {
-        Some("postcontent") => path_args[0] = "io.element.msc4306.postcontent".to_owned(),
+        Some("postcontent") => {
+            path_args[0] = "io.element.msc4306.postcontent".to_owned();
+            return;
+        }
         Some("room") => {}
         _ => return,
-    }
-    if path_args[0] != "room" {
-        return;
     }
     if let Some(id) = path_args.get_mut(1) {
         *id = held_room_rule_id(id).into_owned();

@@ -92,8 +92,9 @@ impl E2ee {
             let held = self.store.remote_device_list(user_id.as_str()).await?;
             let newer = held.as_ref().is_none_or(|l| l.stale || l.stream_id <= list.stream_id);
             let differs = held.is_none_or(|l| {
-                (l.devices, l.master_key, l.self_signing_key)
-                    != (list.devices.clone(), list.master_key.clone(), list.self_signing_key.clone())
+                l.devices != list.devices
+                    || l.master_key != list.master_key
+                    || l.self_signing_key != list.self_signing_key
             });
             newer && self.store.put_remote_device_list(&list).await? && differs
         };
@@ -162,9 +163,8 @@ impl E2ee {
     /// Takes an `m.signing_key_update` EDU of a remote user (checked to be of the origin):
     /// the cached master and self-signing keys are replaced. Local clients are told.
     pub async fn receive_signing_key_update(&self, user_id: &UserId, content: &Value) -> Result<()> {
-        if !self.store.shares_room_with_local(user_id.as_str()).await? {
-            return self.device_list_changed(user_id).await;
-        }
+        // A cache is held only while a room is shared (see the store): without one, there
+        // is nothing to update.
         {
             let _writing = self.remote_lists.lock().await;
             if let Some(mut list) = self.store.remote_device_list(user_id.as_str()).await? {

@@ -900,9 +900,10 @@ impl Sync {
             // An initial sync's whole timeline names, as Synapse's does, the range's end: a
             // client paginating back from it reads the same events first (clients and the
             // spec's test suite expect a page there, not an empty one).
-            let prev_batch = match kept.first() {
-                _ if req.since.is_none() && !limited => p.to,
-                first => first.map(|r| r.stream_pos).or(p.oldest).map_or(p.to, |pos| pos - 1),
+            let prev_batch = if req.since.is_none() && !limited {
+                p.to
+            } else {
+                kept.first().map(|r| r.stream_pos).or(p.oldest).map_or(p.to, |pos| pos - 1)
             };
             let timeline = Timeline {
                 events: Vec::new(),

@@ -16,8 +16,6 @@ use ruma::api::client::{
     typing::create_typing_event,
 };
 use ruma::push::NewPushRule;
-
-use crate::rooms::notify::ruleset_json;
 use serde_json::{Value, json};
 
 use crate::{
@@ -26,6 +24,7 @@ use crate::{
         ruma::{Authenticated, Ruma, json, route},
     },
     error::{Error, Result},
+    rooms::notify::ruleset_json,
 };
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
