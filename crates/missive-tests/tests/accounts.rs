@@ -170,6 +170,44 @@ async fn push_rules_are_served_editable_and_evaluated() {
     server.call("PUT", &path, Some(&alice.access_token), Some(json!({ "msgtype": "m.text", "body": "quiet" }))).await;
     let (_, sync) = server.call("GET", "/_matrix/client/v3/sync", Some(&bob.access_token), None).await;
     assert_eq!(sync["rooms"]["join"][room_id]["unread_notifications"]["notification_count"], 2);
+
+    // Two members keep the default rules through a message; one of them then edits hers,
+    // the room's state unchanged: the next message follows each member's rules.
+    let ulla = server.register("ulla").await;
+    let vera = server.register("vera").await;
+    for member in [&ulla, &vera] {
+        let invite = json!({ "user_id": member.user_id });
+        server
+            .call(
+                "POST",
+                &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
+                Some(&alice.access_token),
+                Some(invite),
+            )
+            .await;
+        server
+            .call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&member.access_token), Some(json!({})))
+            .await;
+    }
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/p10");
+    server.call("PUT", &path, Some(&alice.access_token), Some(json!({ "msgtype": "m.text", "body": "plain" }))).await;
+    let rule = json!({ "pattern": "deadline", "actions": ["notify", { "set_tweak": "highlight" }] });
+    let path = "/_matrix/client/v3/pushrules/global/content/deadline";
+    let (status, _) = server.call("PUT", path, Some(&ulla.access_token), Some(rule)).await;
+    assert_eq!(status, 200);
+    let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/p11");
+    let body = json!({ "msgtype": "m.text", "body": "the deadline" });
+    server.call("PUT", &path, Some(&alice.access_token), Some(body)).await;
+    for (member, highlights) in [(&ulla, 1), (&vera, 0)] {
+        let (_, sync) = server.call("GET", "/_matrix/client/v3/sync", Some(&member.access_token), None).await;
+        let counts = &sync["rooms"]["join"][room_id]["unread_notifications"];
+        assert_eq!(
+            (counts["notification_count"].as_i64(), counts["highlight_count"].as_i64()),
+            (Some(2), Some(highlights)),
+            "{}: {counts}",
+            member.user_id
+        );
+    }
     let (status, body) = server
         .call("DELETE", "/_matrix/client/v3/pushrules/global/override/.m.rule.master", Some(&bob.access_token), None)
         .await;

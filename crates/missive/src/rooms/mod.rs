@@ -105,6 +105,8 @@ pub struct RoomHead {
     /// While the room's state lacks the members a resident server left out of its join
     /// answer: the servers it named as in the room (see `federated::complete_partial_state`).
     pub partial_servers: Option<Arc<[String]>>,
+    /// The local members as the last batch's notification pass saw them.
+    audience: Option<Arc<notify::Audience>>,
     /// The room slot's epoch this head was loaded in (see `RoomSlot`).
     epoch: u64,
 }
@@ -124,6 +126,7 @@ impl RoomHead {
             pdus: Default::default(),
             joined: Default::default(),
             partial_servers: None,
+            audience: None,
             epoch: 0,
         }
     }
@@ -533,7 +536,7 @@ impl Rooms {
     async fn prepare(&self, batch: &mut Batch) -> Result<()> {
         if !batch.write.events.is_empty() {
             batch.write.notifications =
-                self.compute_notifications(&batch.head, &batch.joined_before, &mut batch.write.events).await?;
+                self.compute_notifications(&mut batch.head, &batch.joined_before, &mut batch.write.events).await?;
             batch.write.outbox = self.outbox(batch);
         }
         Ok(())
@@ -639,6 +642,7 @@ impl Rooms {
             pdus: Default::default(),
             joined: Arc::new(joined.collect()),
             partial_servers,
+            audience: None,
             epoch,
         })
     }

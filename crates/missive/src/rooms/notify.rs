@@ -1,14 +1,14 @@
 //! Push rule evaluation when an event is stored: who gets a notification, who a highlight.
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex, Weak},
 };
 
 use hashlink::LruCache;
 
 use ruma::{
-    OwnedUserId, UInt, UserId,
+    OwnedEventId, OwnedUserId, RoomId, UInt, UserId,
     push::{
         Action, FlattenedJson, HighlightTweakValue, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset, Tweak,
     },
@@ -16,7 +16,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::{RoomHead, Rooms};
+use super::{RoomHead, Rooms, pdu::Pdu};
 use crate::{
     error::Result,
     store::{Level, NewEvent, Notifications, Store},
@@ -32,7 +32,21 @@ pub const PUSH_RULES_TYPE: &str = "m.push_rules";
 /// Bounded: a parsed rule set weighs about 6 KiB (even the default one names its user), so
 /// an unbounded map would hold 60 MiB for 10,000 accounts. The bound covers the members of
 /// a big room; beyond it, rule sets are read again.
-pub struct PushRulesCache(Mutex<LruCache<OwnedUserId, UserRules>>);
+pub struct PushRulesCache {
+    rules: Mutex<LruCache<OwnedUserId, UserRules>>,
+    changes: Mutex<RuleChanges>,
+}
+
+/// The users whose rules changed lately, numbered by a generation that counts every change,
+/// for the [`Audience`]s built before them.
+#[derive(Default)]
+struct RuleChanges {
+    generation: u64,
+    recent: VecDeque<(u64, OwnedUserId)>,
+}
+
+/// Changes of rules remembered: an audience older than these reads all its members again.
+const RULE_CHANGES_KEPT: usize = 1024;
 
 /// A user's rule set, and whether it is the server's default one (nothing stored).
 #[derive(Clone)]
@@ -46,14 +60,39 @@ const PUSH_RULES_CACHED: usize = 2048;
 
 impl Default for PushRulesCache {
     fn default() -> Self {
-        Self(Mutex::new(LruCache::new(PUSH_RULES_CACHED)))
+        Self { rules: Mutex::new(LruCache::new(PUSH_RULES_CACHED)), changes: Default::default() }
     }
 }
 
 impl PushRulesCache {
-    /// Drops a user's cached rules.
+    /// Drops a user's cached rules, and records the change for the audiences that hold
+    /// whether they keep the default rules.
     pub fn invalidate(&self, user_id: &UserId) {
-        self.0.lock().expect("push rules cache poisoned").remove(user_id);
+        self.rules.lock().expect("push rules cache poisoned").remove(user_id);
+        let mut changes = self.changes.lock().expect("push rule changes poisoned");
+        changes.generation += 1;
+        let generation = changes.generation;
+        changes.recent.push_back((generation, user_id.to_owned()));
+        if changes.recent.len() > RULE_CHANGES_KEPT {
+            changes.recent.pop_front();
+        }
+    }
+
+    /// The number of changes of rules so far.
+    fn generation(&self) -> u64 {
+        self.changes.lock().expect("push rule changes poisoned").generation
+    }
+
+    /// The users whose rules changed after `generation`, or `None` when the changes
+    /// remembered no longer reach back that far.
+    fn changed_since(&self, generation: u64) -> Option<HashSet<OwnedUserId>> {
+        let changes = self.changes.lock().expect("push rule changes poisoned");
+        if changes.generation == generation {
+            return Some(HashSet::new());
+        }
+        let oldest = changes.recent.front().map(|(g, _)| *g)?;
+        (oldest <= generation + 1)
+            .then(|| changes.recent.iter().filter(|(g, _)| *g > generation).map(|(_, u)| u.clone()).collect())
     }
 }
 
@@ -69,7 +108,7 @@ pub async fn load_ruleset(
 }
 
 async fn load_rules(store: &Store, cache: &PushRulesCache, user_id: &UserId, remember: bool) -> Result<UserRules> {
-    if let Some(rules) = cache.0.lock().expect("push rules cache poisoned").get(user_id) {
+    if let Some(rules) = cache.rules.lock().expect("push rules cache poisoned").get(user_id) {
         return Ok(rules.clone());
     }
     let stored = store
@@ -86,7 +125,7 @@ async fn load_rules(store: &Store, cache: &PushRulesCache, user_id: &UserId, rem
         None => UserRules { rules: Arc::new(Ruleset::server_default(user_id)), default: true },
     };
     if remember {
-        cache.0.lock().expect("push rules cache poisoned").insert(user_id.to_owned(), rules.clone());
+        cache.rules.lock().expect("push rules cache poisoned").insert(user_id.to_owned(), rules.clone());
     }
     Ok(rules)
 }
@@ -134,21 +173,41 @@ pub fn ruleset_json(ruleset: &Ruleset) -> Value {
     json
 }
 
-/// What the evaluation of a batch needs of one local member.
-struct Member {
-    rules: UserRules,
-    ctx: PushConditionRoomCtx,
+/// A local member as the notification pass sees them, kept in the room's [`Audience`]
+/// while their member event and rules stay the same.
+#[derive(Debug)]
+struct Listener {
+    user_id: OwnedUserId,
+    /// The member event of the state the listener was read from.
+    member_event: Option<OwnedEventId>,
+    display_name: String,
     /// The member's localpart and display name, lowercased as the push conditions compare
     /// them; `None` when an event could name them without containing these strings.
     names: Option<[String; 2]>,
+    /// Whether they keep the server's default rules. Their rule set itself stays in the
+    /// bounded [`PushRulesCache`]: held here, a big room's would weigh megabytes.
+    default: bool,
 }
 
-impl Member {
+impl Listener {
     /// Whether `event` (its JSON, lowercased) may mention the member: by user ID, localpart
     /// or display name, the only ways in which the default rules tell members apart.
     fn may_be_named(&self, lowered: &str) -> bool {
         self.names.as_ref().is_none_or(|names| names.iter().any(|n| lowered.contains(n.as_str())))
     }
+}
+
+/// The local members of a room (joined before or after the batch it was built for) as the
+/// notification pass sees them. Kept in the room's head so that a message to a big room
+/// visits no member's state, rules or names again; rebuilt when the state or someone's
+/// rules change, reusing every member whose member event and rules did not.
+#[derive(Debug)]
+pub struct Audience {
+    /// The state it was read from; weak, so that it keeps no old state alive, yet keeps
+    /// the address from being reused by another.
+    state: Weak<HashMap<(String, String), OwnedEventId>>,
+    rules_generation: u64,
+    listeners: HashMap<String, Arc<Listener>>,
 }
 
 /// A name as the conditions compare it (`str::to_lowercase`), or `None` when containment in
@@ -168,14 +227,12 @@ fn level(actions: &[Action]) -> Level {
     if highlight { 2 } else { 1 }
 }
 
-/// The first matching rule decides, as in `Ruleset::get_actions`.
-async fn evaluate(member: &Member, event: &FlattenedJson) -> Level {
-    for rule in member.rules.rules.iter() {
-        if rule.applies(event, &member.ctx).await {
-            return level(rule.actions());
-        }
-    }
-    0
+/// What the evaluation of one event needs besides the member.
+struct EventCtx<'a> {
+    room_id: &'a RoomId,
+    member_count: UInt,
+    power_levels: &'a PushConditionPowerLevelsCtx,
+    event: &'a FlattenedJson,
 }
 
 impl Rooms {
@@ -191,31 +248,34 @@ impl Rooms {
 
     /// Evaluates the push rules of the room's joined local members (but the sender) for the
     /// events of a batch, sets each event's level and returns the changes to the counts.
-    /// `joined_before` is who was joined before the batch; its membership events move
-    /// members in and out as they come.
+    /// `head` is the batch's (after its events), `joined_before` who was joined before the
+    /// batch; its membership events move members in and out as they come.
     ///
     /// Members with the default rules whom an event does not name all get the same answer,
     /// so it is evaluated once per event for all of them; the others are evaluated alone
     /// and become exceptions where their answer differs.
     pub async fn compute_notifications(
         &self,
-        head: &RoomHead,
+        head: &mut RoomHead,
         joined_before: &HashSet<String>,
         events: &mut [NewEvent],
     ) -> Result<Notifications> {
+        let audience = self.audience(head, joined_before, events).await?;
+        head.audience = Some(audience.clone());
         let member_count = UInt::try_from(head.joined.len() as u64).unwrap_or_default();
         let power_levels = PushConditionPowerLevelsCtx::from(Self::power_levels(head));
         let mut out = Notifications::default();
         let mut moved: HashMap<String, bool> = HashMap::new();
-        let mut members: HashMap<String, Option<Member>> = HashMap::new();
         let is_local = |user: &str| UserId::parse(user).is_ok_and(|u| u.server_name() == self.server_name);
         // Events stored outside the timeline (soft-failed) notify no one.
         for event in events.iter_mut().filter(|e| e.stream_pos > 0) {
-            let current: Vec<&String> = joined_before
+            let current: Vec<(&String, &Arc<Listener>)> = audience
+                .listeners
                 .iter()
-                .filter(|u| moved.get(u.as_str()).copied().unwrap_or(true))
-                .chain(moved.iter().filter(|(u, j)| **j && !joined_before.contains(u.as_str())).map(|(u, _)| u))
-                .filter(|u| **u != event.sender)
+                .filter(|(user, _)| {
+                    **user != event.sender
+                        && moved.get(user.as_str()).copied().unwrap_or_else(|| joined_before.contains(user.as_str()))
+                })
                 .collect();
             // The answers of the members evaluated alone; the others all get `shared`.
             let mut answers: Vec<(&String, Level)> = Vec::new();
@@ -225,22 +285,16 @@ impl Rooms {
                     Raw::from_json(serde_json::value::RawValue::from_string("{}".into()).expect("valid JSON"))
                 });
                 let flat = FlattenedJson::from_raw(&raw);
+                let ctx = EventCtx { room_id: &head.room_id, member_count, power_levels: &power_levels, event: &flat };
                 let lowered = event.json.to_lowercase();
                 let mut shared: Option<Level> = None;
-                for user in current {
-                    if !members.contains_key(user.as_str()) {
-                        let member = self.member(head, user, member_count, &power_levels).await?;
-                        members.insert(user.clone(), member);
-                    }
-                    let Some(member) = members[user.as_str()].as_ref() else {
-                        continue;
-                    };
-                    if member.rules.default && !member.may_be_named(&lowered) {
+                for (user, listener) in current {
+                    if listener.default && !listener.may_be_named(&lowered) {
                         if shared.is_none() {
-                            shared = Some(evaluate(member, &flat).await);
+                            shared = Some(self.evaluate(listener, &ctx).await?);
                         }
                     } else {
-                        answers.push((user, evaluate(member, &flat).await));
+                        answers.push((user, self.evaluate(listener, &ctx).await?));
                     }
                 }
                 // Any member's answer would do as the event's; the shared one spares rows.
@@ -275,29 +329,98 @@ impl Rooms {
         Ok(out)
     }
 
-    /// A local member's rules and context for a batch; `None` for a remote user.
-    async fn member(
+    /// The first matching rule of the member's set decides, as in `Ruleset::get_actions`.
+    async fn evaluate(&self, listener: &Listener, ctx: &EventCtx<'_>) -> Result<Level> {
+        let rules = load_rules(&self.store, &self.push_rules, &listener.user_id, true).await?;
+        let room = PushConditionRoomCtx::new(
+            ctx.room_id.to_owned(),
+            ctx.member_count,
+            listener.user_id.clone(),
+            listener.display_name.clone(),
+        )
+        .with_power_levels(ctx.power_levels.clone());
+        for rule in rules.rules.iter() {
+            if rule.applies(ctx.event, &room).await {
+                return Ok(level(rule.actions()));
+            }
+        }
+        Ok(0)
+    }
+
+    /// The audience of a batch: the head's own when neither its state nor anyone's rules
+    /// changed since it was built, else a new one reusing the members that did not change.
+    async fn audience(
         &self,
         head: &RoomHead,
-        user: &str,
-        member_count: UInt,
-        power_levels: &PushConditionPowerLevelsCtx,
-    ) -> Result<Option<Member>> {
-        let Ok(user_id) = UserId::parse(user) else {
-            return Ok(None);
-        };
-        if user_id.server_name() != self.server_name {
-            return Ok(None);
+        joined_before: &HashSet<String>,
+        events: &[NewEvent],
+    ) -> Result<Arc<Audience>> {
+        // Read first: a change of rules during the build shows as a newer generation.
+        let generation = self.push_rules.generation();
+        let old = head.audience.as_ref();
+        if let Some(audience) = old
+            && audience.rules_generation == generation
+            && std::ptr::eq(audience.state.as_ptr(), Arc::as_ptr(&head.state))
+        {
+            return Ok(audience.clone());
         }
-        let rules = load_rules(&self.store, &self.push_rules, &user_id, true).await?;
-        let display_name = head
-            .state_pdu("m.room.member", user_id.as_str())
-            .and_then(|p| p.content_str("displayname"))
-            .unwrap_or_else(|| user_id.localpart().to_owned());
-        let names = searchable(user_id.localpart()).zip(searchable(&display_name)).map(|(a, b)| [a, b]);
-        let ctx = PushConditionRoomCtx::new(head.room_id.clone(), member_count, user_id, display_name)
-            .with_power_levels(power_levels.clone());
-        Ok(Some(Member { rules, ctx, names }))
+        // `None` when more rules changed than the cache remembers: every member is read again.
+        let changed = old.and_then(|a| self.push_rules.changed_since(a.rules_generation));
+        let joins =
+            events.iter().filter(|e| e.membership.as_deref() == Some("join")).filter_map(|e| e.state_key.as_ref());
+        let mut listeners: HashMap<String, Arc<Listener>> = HashMap::with_capacity(head.joined.len());
+        let mut fresh: Vec<(OwnedUserId, Option<OwnedEventId>)> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(head.joined.len());
+        for user in head.joined.iter().chain(joined_before.iter()).chain(joins) {
+            if !seen.insert(user) {
+                continue;
+            }
+            let Ok(user_id) = UserId::parse(user) else {
+                continue;
+            };
+            if user_id.server_name() != self.server_name {
+                continue;
+            }
+            let member_event = head.state_id("m.room.member", user).cloned();
+            let kept = old
+                .and_then(|a| a.listeners.get(user))
+                .filter(|l| l.member_event == member_event && changed.as_ref().is_some_and(|c| !c.contains(&user_id)));
+            match kept {
+                Some(listener) => {
+                    listeners.insert(user.clone(), listener.clone());
+                }
+                None => fresh.push((user_id, member_event)),
+            }
+        }
+        // Display names from the member events: those the head has parsed, the others read
+        // together (a head loaded after a restart has parsed none).
+        let unparsed: Vec<String> = fresh
+            .iter()
+            .filter_map(|(_, e)| e.as_ref())
+            .filter(|e| !head.pdus.contains_key(*e))
+            .map(|e| e.to_string())
+            .collect();
+        let mut names: HashMap<String, Option<String>> = HashMap::new();
+        if !unparsed.is_empty() {
+            for row in self.store.events(&unparsed).await? {
+                let pdu = Pdu::from_row(&row)?;
+                names.insert(row.event_id, pdu.content_str("displayname"));
+            }
+        }
+        for (user_id, member_event) in fresh {
+            let display_name = member_event
+                .as_ref()
+                .and_then(|id| match head.pdus.get(id) {
+                    Some(pdu) => pdu.content_str("displayname"),
+                    None => names.get(id.as_str()).cloned().flatten(),
+                })
+                .unwrap_or_else(|| user_id.localpart().to_owned());
+            let rules = load_rules(&self.store, &self.push_rules, &user_id, true).await?;
+            let names = searchable(user_id.localpart()).zip(searchable(&display_name)).map(|(a, b)| [a, b]);
+            let listener = Listener { member_event, display_name, names, default: rules.default, user_id };
+            listeners.insert(listener.user_id.to_string(), Arc::new(listener));
+        }
+        Ok(Arc::new(Audience { state: Arc::downgrade(&head.state), rules_generation: generation, listeners }))
     }
 }
 
