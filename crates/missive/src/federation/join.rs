@@ -72,9 +72,11 @@ impl Federation {
         room_id: &RoomId,
         server: &OwnedServerName,
     ) -> Result<()> {
+        let asked = std::time::Instant::now();
         let mut request = prepare_join_event::v1::Request::new(room_id.to_owned(), user_id.to_owned());
         request.ver = version::SUPPORTED.iter().filter_map(|v| RoomVersionId::try_from(*v).ok()).collect();
         let template = self.send(server, request).await?;
+        let make_join = asked.elapsed();
         let room_version = template.room_version.unwrap_or(RoomVersionId::V1);
         let (room_version, rules) = version::rules_for(room_version.as_str())?;
         let (event_id, json) = self.sign_membership(&template.event, &rules, user_id, "join").await?;
@@ -113,6 +115,7 @@ impl Federation {
         rooms.persist_remote_join(room_id, &room_version, chain, state, (event_id, json), partial).await?;
         tracing::info!(
             %room_id, %server, %user_id, events, partial_state,
+            make_join_ms = make_join.as_millis() as u64,
             send_join_ms = answered.as_millis() as u64,
             check_ms = (checked - answered).as_millis() as u64,
             store_ms = (started.elapsed() - checked).as_millis() as u64,
