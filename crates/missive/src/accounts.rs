@@ -616,6 +616,24 @@ impl Accounts {
         Ok(session)
     }
 
+    /// Opens a session for a user whose identity was proven elsewhere (a login token of
+    /// single sign-on), if their account is active.
+    pub async fn login_as(
+        &self,
+        user_id: &UserId,
+        device_id: Option<&str>,
+        device_name: Option<&str>,
+        refresh: bool,
+    ) -> Result<IssuedSession> {
+        let account = self.store.user(user_id.as_str()).await?.ok_or_else(|| Error::forbidden("unknown account"))?;
+        if account.deactivated {
+            return Err(Error::UserDeactivated);
+        }
+        let session = self.open_session(user_id, device_id, device_name, refresh).await?;
+        tracing::info!(%user_id, device_id = %session.device_id, "logged in with a login token");
+        Ok(session)
+    }
+
     /// Resolves an access token to an identity.
     pub async fn authenticate(&self, token: &str) -> Result<Identity> {
         let digest = hash_token(token);

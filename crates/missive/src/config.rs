@@ -87,6 +87,74 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Who this server federates with, and how it reaches them.
     pub federation: Federation,
+    /// Whether `m.login.password` is offered. Off where accounts come from the IAM alone.
+    pub password_login: bool,
+    /// Single sign-on through the administration's identity providers.
+    pub sso: Sso,
+}
+
+/// The `[sso]` table: OpenID Connect providers and how their identities become accounts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sso {
+    /// The identity providers offered by `m.login.sso`; none turns single sign-on off.
+    pub providers: Vec<OidcProvider>,
+    /// How a new account's localpart is made.
+    pub localpart: LocalpartStyle,
+    /// Key of the pseudonyms (`localpart = "pseudonym"`). Unset: a key generated at first
+    /// start and kept in the database, so that an identity always maps to the same ID.
+    pub pseudonym_secret: Option<Secret>,
+    /// Characters of a pseudonym (base32, 5 bits each); 12 give 60 bits.
+    pub pseudonym_length: usize,
+    /// Client redirect URLs (prefixes) sent the login token at once; any other client's
+    /// user is asked to confirm first, so that a link cannot log them in elsewhere.
+    pub client_whitelist: Vec<String>,
+    /// Lifetime of the `m.login.token` handed to the client, in seconds.
+    pub login_token_lifetime_secs: u64,
+}
+
+impl Default for Sso {
+    fn default() -> Self {
+        Self {
+            providers: Vec::new(),
+            localpart: LocalpartStyle::Pseudonym,
+            pseudonym_secret: None,
+            pseudonym_length: 12,
+            client_whitelist: Vec::new(),
+            login_token_lifetime_secs: 120,
+        }
+    }
+}
+
+/// How the localpart of an account created at first sign-on is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalpartStyle {
+    /// A keyed hash of the provider's issuer and subject (Luxchat4Gov).
+    Pseudonym,
+    /// The e-mail address, `@` as `-` (Tchap): `jean.dupont-interieur.gouv.fr`.
+    Email,
+}
+
+/// One OpenID Connect provider (`[[sso.providers]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProvider {
+    /// Stable identifier, shown to clients as the `idp_id` and kept with each identity.
+    pub id: String,
+    /// Name shown to users.
+    pub name: String,
+    /// Issuer URL; the provider's configuration is discovered from it.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    /// Scopes asked for besides `openid`.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["profile".to_owned(), "email".to_owned()]
 }
 
 /// The `[federation]` table.
@@ -220,6 +288,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             federation: Federation::default(),
+            password_login: true,
+            sso: Sso::default(),
         }
     }
 }
@@ -301,6 +371,29 @@ impl Config {
         for name in &self.federation.trusted_key_servers {
             ruma::ServerName::parse(name)
                 .map_err(|e| ConfigError::Invalid(format!("federation.trusted_key_servers: {name:?}: {e}")))?;
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for provider in &self.sso.providers {
+            let valid = !provider.id.is_empty()
+                && provider.id.len() <= 255
+                && provider.id.chars().all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c));
+            if !valid || !ids.insert(provider.id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "sso.providers: id {:?} must be unique, of letters, digits and -._~",
+                    provider.id
+                )));
+            }
+            if !(provider.issuer.starts_with("https://") || provider.issuer.starts_with("http://")) {
+                return Err(ConfigError::Invalid(format!("sso.providers: issuer {:?} is not a URL", provider.issuer)));
+            }
+        }
+        if !self.sso.providers.is_empty() && self.public_baseurl.is_none() {
+            return Err(ConfigError::Invalid(
+                "sso.providers needs public_baseurl: the providers send users back to it".into(),
+            ));
+        }
+        if !(8..=52).contains(&self.sso.pseudonym_length) {
+            return Err(ConfigError::Invalid("sso.pseudonym_length must be between 8 and 52".into()));
         }
         let hashing = &self.password_hashing;
         argon2::Params::new(hashing.memory_kib, hashing.iterations, hashing.parallelism, None)

@@ -12,6 +12,7 @@ pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod filter;
+pub mod identity;
 pub mod ratelimit;
 pub mod reports;
 pub mod rooms;

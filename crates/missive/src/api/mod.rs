@@ -25,6 +25,7 @@ pub struct Services {
     pub backups: crate::backup::Backups,
     pub reports: crate::reports::Reports,
     pub federation: Arc<crate::federation::Federation>,
+    pub sso: Arc<crate::identity::Sso>,
 }
 
 /// The axum state: a handle on the services.

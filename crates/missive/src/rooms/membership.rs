@@ -31,6 +31,33 @@ pub fn member_content(
 }
 
 impl Rooms {
+    /// Changes a field of a user's profile and carries it into the member event of every
+    /// room they are joined to, as clients expect.
+    pub async fn set_profile_field(
+        &self,
+        user_id: &UserId,
+        device_id: Option<&str>,
+        field: crate::store::ProfileField,
+        value: Option<&str>,
+    ) -> Result<()> {
+        self.store.set_profile_field(user_id.as_str(), field, value).await?;
+        let profile = self.store.profile(user_id.as_str()).await?.unwrap_or_default();
+        for m in self.store.memberships_of_user(user_id.as_str(), None).await? {
+            if m.membership != "join" {
+                continue;
+            }
+            let Ok(room_id) = RoomId::parse(&m.room_id) else {
+                continue;
+            };
+            let content = member_content("join", &profile, None, false);
+            let draft = Draft::state("m.room.member", user_id.as_str(), content);
+            if let Err(e) = self.send(user_id, device_id.unwrap_or_default(), &room_id, draft, None).await {
+                tracing::warn!(%room_id, error = %e, "profile change not propagated to room");
+            }
+        }
+        Ok(())
+    }
+
     async fn require_room(&self, room_id: &RoomId) -> Result<()> {
         match self.store.room(room_id.as_str()).await? {
             Some(_) => Ok(()),

@@ -56,6 +56,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0012_remote_device_lists.sql"),
         include_str!("../../migrations/postgres/0012_remote_device_lists.sql"),
     ),
+    (
+        13,
+        include_str!("../../migrations/sqlite/0013_identity.sql"),
+        include_str!("../../migrations/postgres/0013_identity.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

@@ -10,6 +10,7 @@ mod accounts;
 mod e2ee;
 mod expiry;
 mod federation;
+mod identity;
 mod migrate;
 mod notifications;
 mod remote_devices;
@@ -30,6 +31,7 @@ use self::rooms::{EVENT_COLUMNS, EVENT_COLUMNS_E, event_row};
 pub use self::{
     accounts::*,
     e2ee::*,
+    identity::ThreepidRow,
     notifications::{Level, Notifications, OffsetChange},
     remote_devices::RemoteDeviceList,
     reports::NewReport,

@@ -2,7 +2,9 @@
 
 use axum::{Router, response::Response};
 use ruma::api::client::{
-    account::{change_password, deactivate, get_username_availability, register, request_openid_token, whoami},
+    account::{
+        change_password, deactivate, get_3pids, get_username_availability, register, request_openid_token, whoami,
+    },
     device::{delete_device, delete_devices, get_device, get_devices, update_device},
     session::{get_login_types, login, logout, logout_all, refresh_token},
     uiaa::UserIdentifier,
@@ -37,6 +39,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, change_password);
     let router = route(router, openid_token);
     let router = route(router, whois);
+    let router = route(router, threepids);
     route(router, deactivate)
 }
 
@@ -100,9 +103,28 @@ async fn available(state: AppState, req: Ruma<get_username_availability::v3::Req
     Ok(json(json!({ "available": true })))
 }
 
+/// # GET /_matrix/client/v3/account/3pid
+async fn threepids(state: AppState, req: Ruma<get_3pids::v3::Request>) -> Result<Response> {
+    let rows = state.store.threepids(req.identity().user_id.as_str()).await?;
+    let threepids: Vec<Value> = rows
+        .into_iter()
+        .map(|t| json!({ "medium": t.medium, "address": t.address, "validated_at": t.validated_ts, "added_at": t.added_ts }))
+        .collect();
+    Ok(json(json!({ "threepids": threepids })))
+}
+
 /// # GET /_matrix/client/v3/login
-async fn login_types(_: AppState, _: Ruma<get_login_types::v3::Request>) -> Result<Response> {
-    Ok(json(json!({ "flows": [{ "type": "m.login.password" }] })))
+async fn login_types(state: AppState, _: Ruma<get_login_types::v3::Request>) -> Result<Response> {
+    let mut flows = Vec::new();
+    if state.config.password_login {
+        flows.push(json!({ "type": "m.login.password" }));
+    }
+    if state.sso.enabled() {
+        let providers: Vec<Value> = state.sso.providers().map(|(id, name)| json!({ "id": id, "name": name })).collect();
+        flows.push(json!({ "type": "m.login.sso", "identity_providers": providers }));
+        flows.push(json!({ "type": "m.login.token" }));
+    }
+    Ok(json(json!({ "flows": flows })))
 }
 
 /// # POST /_matrix/client/v3/login
@@ -110,8 +132,18 @@ async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<Respons
     let ip = req.client_ip.clone().unwrap_or_default();
     state.limits.check(Action::Login, &ip)?;
     let body = req.body;
-    let login::v3::LoginInfo::Password(password) = &body.login_info else {
-        return Err(Error::Unknown("unsupported login type".into()));
+    let device_id = body.device_id.as_ref().map(|d| d.as_str());
+    let password = match &body.login_info {
+        login::v3::LoginInfo::Password(password) if state.config.password_login => password,
+        login::v3::LoginInfo::Token(token) if state.sso.enabled() => {
+            let user_id = state.sso.redeem_login_token(&token.token).await?;
+            let session = state
+                .accounts
+                .login_as(&user_id, device_id, body.initial_device_display_name.as_deref(), body.refresh_token)
+                .await?;
+            return Ok(json(session_json(&state, &session)));
+        }
+        _ => return Err(Error::Unknown("unsupported login type".into())),
     };
     #[allow(deprecated)]
     let user = match (&password.identifier, &password.user) {
@@ -124,7 +156,7 @@ async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<Respons
         .login_password(
             &user,
             &password.password,
-            body.device_id.as_ref().map(|d| d.as_str()),
+            device_id,
             body.initial_device_display_name.as_deref(),
             body.refresh_token,
         )

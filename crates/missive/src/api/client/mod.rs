@@ -11,6 +11,7 @@ pub mod profile;
 pub mod reporting;
 pub mod rooms;
 pub mod spaces;
+pub mod sso;
 pub mod sync;
 pub mod user_data;
 
@@ -32,5 +33,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = reporting::routes(router);
     let router = presence::routes(router);
     let router = legacy::routes(router);
+    let router = sso::routes(router);
     sync::routes(router)
 }

@@ -10,7 +10,6 @@ use crate::{
         ruma::{Ruma, json, route},
     },
     error::{Error, Result},
-    rooms::Draft,
     store::ProfileField,
 };
 
@@ -79,21 +78,6 @@ async fn set_field(state: AppState, req: Ruma<set_profile_field::v3::Request>) -
         Value::Null => None,
         _ => return Err(Error::bad_json(format!("{key} must be a string"))),
     };
-    state.store.set_profile_field(id.user_id.as_str(), field, value.as_deref()).await?;
-    // Propagate to every joined room's member event, as clients expect.
-    let profile = state.store.profile(id.user_id.as_str()).await?.unwrap_or_default();
-    for m in state.store.memberships_of_user(id.user_id.as_str(), None).await? {
-        if m.membership != "join" {
-            continue;
-        }
-        let Ok(room_id) = ruma::RoomId::parse(&m.room_id) else {
-            continue;
-        };
-        let content = crate::rooms::membership::member_content("join", &profile, None, false);
-        let draft = Draft::state("m.room.member", id.user_id.as_str(), content);
-        if let Err(e) = state.rooms.send(&id.user_id, id.device_id.as_str(), &room_id, draft, None).await {
-            tracing::warn!(%room_id, error = %e, "profile change not propagated to room");
-        }
-    }
+    state.rooms.set_profile_field(&id.user_id, Some(id.device_id.as_str()), field, value.as_deref()).await?;
     Ok(json(json!({})))
 }

@@ -1,0 +1,37 @@
+// A real OpenID provider for the integration tests: oidc-provider with its development
+// login and consent pages. Configured by the environment:
+//   OIDC_PORT      port to listen on (loopback); the issuer is http://127.0.0.1:<port>
+//   OIDC_CLIENTS   JSON array of client metadata (client_id, client_secret, redirect_uris)
+//   OIDC_ACCOUNTS  JSON object: login name -> claims (sub, email, given_name, ...)
+// Prints "oidc provider listening on <issuer>" once it accepts connections.
+import Provider from 'oidc-provider';
+
+const port = Number(process.env.OIDC_PORT);
+const issuer = `http://127.0.0.1:${port}`;
+const clients = JSON.parse(process.env.OIDC_CLIENTS);
+const accounts = JSON.parse(process.env.OIDC_ACCOUNTS || '{}');
+
+const provider = new Provider(issuer, {
+  clients,
+  async findAccount(ctx, id) {
+    const claims = accounts[id];
+    if (!claims) return undefined;
+    return { accountId: id, async claims() { return { sub: id, ...claims }; } };
+  },
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name', 'given_name', 'family_name'],
+  },
+  // Claims of the scopes asked for go into the ID token, as most IAMs do.
+  conformIdTokenClaims: false,
+  features: { devInteractions: { enabled: true } },
+  cookies: { keys: ['missive-test-provider'] },
+  pkce: { required: () => true },
+});
+// The development pages are served over plain HTTP on loopback.
+provider.proxy = false;
+
+provider.listen(port, '127.0.0.1', () => {
+  console.log(`oidc provider listening on ${issuer}`);
+});

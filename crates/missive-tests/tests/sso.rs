@@ -1,0 +1,177 @@
+//! Single sign-on through a real OpenID provider (`oidc-provider` from npm): the spec's
+//! `m.login.sso` redirect flow, then `m.login.token`; pseudonymous IDs that stay with their
+//! identity; the profile from the claims.
+
+mod common;
+
+use common::{
+    TestServer,
+    oidc::{Browser, OidcProvider, Outcome},
+    peers::free_port,
+};
+use serde_json::{Value, json};
+
+/// Where the test's "application" wants its users back.
+const CLIENT: &str = "http://client.test/";
+
+/// A provider with three agents, and a Missive server that signs in through it only.
+async fn setup() -> (OidcProvider, TestServer) {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let clients = json!([{
+        "client_id": "missive",
+        "client_secret": "missive-secret",
+        "redirect_uris": [format!("{base}/_synapse/client/oidc/callback")],
+    }]);
+    let accounts = json!({
+        "anne": { "email": "Anne.Weber@police.example", "email_verified": true, "given_name": "Anne", "family_name": "Weber" },
+        "bruno": { "email": "bruno@police.example", "email_verified": true, "name": "Bruno K." },
+        "carla": { "email": "carla@police.example", "email_verified": true },
+    });
+    let provider = OidcProvider::start(&clients, &accounts);
+    let providers = format!(
+        "[{{ id = \"iam\", name = \"State IAM\", issuer = \"{}\", client_id = \"missive\", client_secret = \"missive-secret\" }}]",
+        provider.issuer
+    );
+    let whitelist = format!("[\"{CLIENT}\"]");
+    let server = TestServer::start_with(&[
+        ("MISSIVE_LISTEN", &format!("127.0.0.1:{port}")),
+        ("MISSIVE_PUBLIC_BASEURL", &base),
+        ("MISSIVE_PASSWORD_LOGIN", "false"),
+        ("MISSIVE_SSO__PROVIDERS", &providers),
+        ("MISSIVE_SSO__CLIENT_WHITELIST", &whitelist),
+    ])
+    .await;
+    (provider, server)
+}
+
+/// Signs `login` in with a fresh browser; the login token the application receives.
+async fn login_token(server: &TestServer, login: &str) -> String {
+    let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect?redirectUrl={CLIENT}done"));
+    match Browser::default().sign_in(&start, login, CLIENT).await {
+        Outcome::Redirected(url) => {
+            let url = reqwest::Url::parse(&url).unwrap();
+            url.query_pairs().find(|(k, _)| k == "loginToken").map(|(_, v)| v.into_owned()).expect("loginToken")
+        }
+        Outcome::Page(status, body) => panic!("sign-in stopped on a page ({status}): {body}"),
+    }
+}
+
+async fn redeem(server: &TestServer, token: &str) -> (u16, Value) {
+    server
+        .call("POST", "/_matrix/client/v3/login", None, Some(json!({ "type": "m.login.token", "token": token })))
+        .await
+}
+
+#[tokio::test]
+async fn an_agent_signs_in_through_the_iam_and_keeps_a_pseudonymous_id() {
+    let (_provider, server) = setup().await;
+    let (_, flows) = server.call("GET", "/_matrix/client/v3/login", None, None).await;
+    let types: Vec<&str> = flows["flows"].as_array().unwrap().iter().filter_map(|f| f["type"].as_str()).collect();
+    assert_eq!(types, ["m.login.sso", "m.login.token"], "password login is off: {flows}");
+    assert_eq!(flows["flows"][0]["identity_providers"], json!([{ "id": "iam", "name": "State IAM" }]));
+
+    let token = login_token(&server, "anne").await;
+    let (status, session) = redeem(&server, &token).await;
+    assert_eq!(status, 200, "{session}");
+    let user_id = session["user_id"].as_str().unwrap().to_owned();
+    let localpart = user_id.strip_prefix('@').and_then(|u| u.split_once(':')).unwrap().0;
+    assert_eq!(localpart.len(), 12, "a pseudonym, not the login or the e-mail: {user_id}");
+    assert!(localpart.chars().all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)), "{user_id}");
+    let access = session["access_token"].as_str().unwrap();
+
+    // The profile comes from the claims; the e-mail is a verified 3PID.
+    let (_, profile) = server.call("GET", &format!("/_matrix/client/v3/profile/{user_id}"), Some(access), None).await;
+    assert_eq!(profile["displayname"], "Anne Weber");
+    let (_, threepids) = server.call("GET", "/_matrix/client/v3/account/3pid", Some(access), None).await;
+    assert_eq!(threepids["threepids"][0]["medium"], "email");
+    assert_eq!(threepids["threepids"][0]["address"], "anne.weber@police.example", "{threepids}");
+
+    // A login token is used once.
+    let (status, body) = redeem(&server, &token).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let (status, body) = redeem(&server, "not-a-token").await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    // Password login is off.
+    let password =
+        json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": user_id }, "password": "x" });
+    let (status, body) = server.call("POST", "/_matrix/client/v3/login", None, Some(password)).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNKNOWN")), "{body}");
+
+    // Signing in again gives the same account; another agent gets another one.
+    let (_, again) = redeem(&server, &login_token(&server, "anne").await).await;
+    assert_eq!(again["user_id"], user_id.as_str());
+    assert_ne!(again["device_id"], session["device_id"], "a new session");
+    let (_, bruno) = redeem(&server, &login_token(&server, "bruno").await).await;
+    assert_ne!(bruno["user_id"], user_id.as_str());
+    let bruno_id = bruno["user_id"].as_str().unwrap();
+    let (_, profile) = server.call("GET", &format!("/_matrix/client/v3/profile/{bruno_id}"), Some(access), None).await;
+    assert_eq!(profile["displayname"], "Bruno K.", "the full name when given and family names are missing");
+}
+
+#[tokio::test]
+async fn matrix_sdk_logs_in_with_the_login_token_of_single_sign_on() {
+    let (_provider, server) = setup().await;
+    let client = matrix_sdk::Client::builder().homeserver_url(&server.base_url).build().await.unwrap();
+    let auth = client.matrix_auth();
+    let types = auth.get_login_types().await.unwrap();
+    assert!(
+        types
+            .flows
+            .iter()
+            .any(|f| matches!(f, matrix_sdk::ruma::api::client::session::get_login_types::v3::LoginType::Sso(_)))
+    );
+    let url = auth.get_sso_login_url(&format!("{CLIENT}sdk"), Some("iam")).await.unwrap();
+    let token = match Browser::default().sign_in(&url, "carla", CLIENT).await {
+        Outcome::Redirected(url) => reqwest::Url::parse(&url)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "loginToken")
+            .map(|(_, v)| v.into_owned())
+            .unwrap(),
+        Outcome::Page(status, body) => panic!("sign-in stopped on a page ({status}): {body}"),
+    };
+    let response = auth.login_token(&token).initial_device_display_name("sdk").send().await.unwrap();
+    assert_eq!(client.user_id(), Some(response.user_id.as_ref()));
+    let whoami = client.whoami().await.unwrap();
+    assert_eq!(whoami.user_id, response.user_id);
+    let profile = client.account().get_display_name().await.unwrap();
+    assert_eq!(profile.as_deref(), Some("carla"), "without name claims, the e-mail's local part names the agent");
+}
+
+#[tokio::test]
+async fn a_sign_in_returns_only_to_its_own_browser_and_asks_before_unknown_applications() {
+    let (_provider, server) = setup().await;
+    // A state the server never issued, or none.
+    let (status, _) = server.call("GET", "/_synapse/client/oidc/callback?code=x&state=forged", None, None).await;
+    assert_eq!(status, 400);
+    // The provider's answer brought to another browser (a link sent to a victim) is refused.
+    let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect?redirectUrl={CLIENT}x"));
+    let first = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let to_provider = first.get(&start).send().await.unwrap();
+    assert_eq!(to_provider.status(), 302);
+    let provider_url = to_provider.headers()["location"].to_str().unwrap().to_owned();
+    match Browser::default().sign_in(&provider_url, "anne", CLIENT).await {
+        Outcome::Page(status, body) => {
+            assert_eq!(status, 400, "{body}");
+            assert!(body.contains("unknown or has expired"), "{body}");
+        }
+        other => panic!("another browser signed in: {other:?}"),
+    }
+    // An application not in the whitelist gets its token only once the user confirms.
+    let start = server.url("/_matrix/client/v3/login/sso/redirect?redirectUrl=https://elsewhere.example/cb");
+    match Browser::default().sign_in(&start, "anne", "https://elsewhere.example/").await {
+        Outcome::Page(200, body) => {
+            assert!(body.contains("Continue to your application"), "{body}");
+            assert!(body.contains("https://elsewhere.example/cb?loginToken="), "{body}");
+        }
+        other => panic!("no confirmation: {other:?}"),
+    }
+    // A redirect URL that would run in the browser is refused before any sign-in.
+    let (status, _) =
+        server.call("GET", "/_matrix/client/v3/login/sso/redirect?redirectUrl=javascript:alert(1)", None, None).await;
+    assert_eq!(status, 403);
+    let (status, _) =
+        server.call("GET", "/_matrix/client/v3/login/sso/redirect/unknown?redirectUrl=http://a/", None, None).await;
+    assert_eq!(status, 404);
+}

@@ -1,0 +1,189 @@
+//! Single sign-on, the browser's side: `GET /login/sso/redirect[/{idpId}]` sends the user
+//! to the identity provider, which sends them back to the callback; the callback sends them
+//! on to their application with a login token (`m.login.token`, redeemed at `/login`).
+//! These answer HTML and redirects, not JSON: a browser reads them.
+
+use std::collections::HashMap;
+
+use axum::{
+    Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+
+use crate::{
+    api::AppState,
+    identity::{BROWSER_COOKIE, CALLBACK_PATH, SsoError},
+};
+
+pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    let mut router = router.route(CALLBACK_PATH, get(callback));
+    for version in ["r0", "v3"] {
+        router = router
+            .route(&format!("/_matrix/client/{version}/login/sso/redirect"), get(redirect))
+            .route(&format!("/_matrix/client/{version}/login/sso/redirect/{{idp_id}}"), get(redirect_to));
+    }
+    router
+}
+
+/// # GET /_matrix/client/v3/login/sso/redirect
+async fn redirect(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let providers: Vec<(&str, &str)> = state.sso.providers().collect();
+    if providers.len() > 1 {
+        // The user picks their provider.
+        let redirect_url = query.get("redirectUrl").map(String::as_str).unwrap_or_default();
+        let links: String = providers
+            .iter()
+            .map(|(id, name)| {
+                let href = format!(
+                    "redirect/{}?redirectUrl={}",
+                    urlencoding_component(id),
+                    urlencoding_component(redirect_url)
+                );
+                format!("<li><a href=\"{}\">{}</a></li>", escape(&href), escape(name))
+            })
+            .collect();
+        return page(StatusCode::OK, "Sign in", &format!("<p>Sign in with:</p><ul>{links}</ul>"));
+    }
+    start(&state, None, &query).await
+}
+
+/// # GET /_matrix/client/v3/login/sso/redirect/{idpId}
+async fn redirect_to(
+    State(state): State<AppState>,
+    Path(idp_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    start(&state, Some(&idp_id), &query).await
+}
+
+async fn start(state: &AppState, idp: Option<&str>, query: &HashMap<String, String>) -> Response {
+    if !state.sso.enabled() {
+        return failure(StatusCode::NOT_FOUND, &SsoError::UnknownProvider);
+    }
+    let Some(redirect_url) = query.get("redirectUrl") else {
+        return failure(StatusCode::BAD_REQUEST, &SsoError::Refused("the application gave no redirectUrl".into()));
+    };
+    match state.sso.start(idp, redirect_url).await {
+        Ok((url, browser)) => {
+            let secure =
+                if state.config.public_baseurl().is_some_and(|b| b.starts_with("https://")) { "; Secure" } else { "" };
+            let cookie = format!(
+                "{BROWSER_COOKIE}={browser}; Path={CALLBACK_PATH}; Max-Age=900; HttpOnly; SameSite=Lax{secure}"
+            );
+            let mut response = StatusCode::FOUND.into_response();
+            let headers = response.headers_mut();
+            if let (Ok(location), Ok(cookie)) = (HeaderValue::from_str(&url), HeaderValue::from_str(&cookie)) {
+                headers.insert(header::LOCATION, location);
+                headers.insert(header::SET_COOKIE, cookie);
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            response
+        }
+        Err(e) => failure(status_of(&e), &e),
+    }
+}
+
+/// # GET /_synapse/client/oidc/callback
+async fn callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(error) = query.get("error") {
+        // The provider refused (the user cancelled, say); its words, not ours.
+        let detail = query.get("error_description").unwrap_or(error);
+        return failure(StatusCode::FORBIDDEN, &SsoError::Provider(detail.clone()));
+    }
+    let (Some(code), Some(sign_in)) = (query.get("code"), query.get("state")) else {
+        return failure(StatusCode::BAD_REQUEST, &SsoError::Session);
+    };
+    let browser = cookie(&headers, BROWSER_COOKIE);
+    match state.sso.complete(&state.accounts, &state.rooms, sign_in, code, browser.as_deref()).await {
+        Ok(done) if done.trusted => {
+            let mut response = StatusCode::FOUND.into_response();
+            if let Ok(location) = HeaderValue::from_str(&done.redirect_url) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Ok(done) => {
+            let host = url::Url::parse(&done.redirect_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            page(
+                StatusCode::OK,
+                "Continue to your application",
+                &format!(
+                    "<p>You are signed in as {}.</p><p><a href=\"{}\">Continue to your application</a> {}</p>\
+                     <p>If you did not ask to sign in, close this page.</p>",
+                    escape(done.user_id.as_str()),
+                    escape(&done.redirect_url),
+                    if host.is_empty() { String::new() } else { format!("at {}", escape(&host)) },
+                ),
+            )
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "sign-in through the identity provider failed");
+            failure(status_of(&e), &e)
+        }
+    }
+}
+
+fn status_of(error: &SsoError) -> StatusCode {
+    match error {
+        SsoError::UnknownProvider => StatusCode::NOT_FOUND,
+        SsoError::Session => StatusCode::BAD_REQUEST,
+        SsoError::Refused(_) | SsoError::IdToken(_) => StatusCode::FORBIDDEN,
+        SsoError::Provider(_) => StatusCode::BAD_GATEWAY,
+        SsoError::Config(_) | SsoError::Server(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn failure(status: StatusCode, error: &SsoError) -> Response {
+    let shown = match error {
+        // Details of a server fault are for the log, not the browser.
+        SsoError::Server(_) | SsoError::Config(_) => "the server could not complete the sign-in".to_owned(),
+        other => other.to_string(),
+    };
+    page(status, "Sign-in failed", &format!("<p>{}</p>", escape(&shown)))
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{0}</title></head>\
+         <body><h1>{0}</h1>{body}</body></html>",
+        escape(title)
+    );
+    let mut response = (status, Html(html)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    response
+}
+
+/// A cookie of the request.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+fn urlencoding_component(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

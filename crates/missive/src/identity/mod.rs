@@ -1,0 +1,354 @@
+//! Single sign-on through the administration's IAM: the `m.login.sso` redirect flow with
+//! OpenID Connect providers, the account each identity signs in to (a pseudonym derived
+//! from the identity, or Tchap's e-mail style), its profile from the claims, and the
+//! single-use `m.login.token` that completes the client's login.
+
+pub mod oidc;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use hmac::{Hmac, Mac};
+use ruma::{OwnedUserId, UserId};
+use sha2::Sha256;
+
+use self::oidc::{Claims, Provider};
+use crate::{
+    accounts::{Accounts, hash_token, random_string},
+    config::{Config, LocalpartStyle},
+    error::Error,
+    rooms::Rooms,
+    store::{ProfileField, Store, now_ms},
+};
+
+/// Why a sign-in failed; shown to the user in their browser.
+#[derive(Debug, thiserror::Error)]
+pub enum SsoError {
+    #[error("single sign-on is misconfigured: {0}")]
+    Config(String),
+    #[error("unknown identity provider")]
+    UnknownProvider,
+    #[error("the identity provider could not be reached or refused: {0}")]
+    Provider(String),
+    #[error("the identity provider's answer is not valid: {0}")]
+    IdToken(String),
+    #[error("this sign-in is unknown or has expired; start again from your application")]
+    Session,
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Server(#[from] Error),
+}
+
+/// A sign-in between the redirect to the provider and the browser's return.
+struct Pending {
+    provider: usize,
+    redirect_url: String,
+    nonce: String,
+    pkce_verifier: String,
+    /// Hash of the cookie set in the browser that started it: the return must come from
+    /// the same browser, or a link could sign someone in as another.
+    browser: String,
+    started: Instant,
+}
+
+/// How long a user may take at the provider.
+const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
+/// Sign-ins waiting at most: beyond, the oldest are dropped (a flood cannot grow memory).
+const PENDING_MAX: usize = 10_000;
+
+/// The name of the cookie that binds a sign-in to its browser.
+pub const BROWSER_COOKIE: &str = "missive_sso_session";
+/// Where providers send users back (Synapse's path, so that an IdP's client registration
+/// carries over).
+pub const CALLBACK_PATH: &str = "/_synapse/client/oidc/callback";
+
+/// A completed sign-in.
+pub struct SignedIn {
+    pub user_id: OwnedUserId,
+    /// The client's URL with the login token added.
+    pub redirect_url: String,
+    /// Whether the client's URL is trusted to receive the token without asking the user.
+    pub trusted: bool,
+}
+
+/// The single sign-on service.
+pub struct Sso {
+    config: Arc<Config>,
+    store: Store,
+    providers: Vec<Provider>,
+    pending: Mutex<HashMap<String, Pending>>,
+    pseudonym_key: Vec<u8>,
+}
+
+impl Sso {
+    /// Sets up the configured providers (discovered at first use, so that a provider down
+    /// at start-up does not keep the server from starting).
+    pub async fn new(config: Arc<Config>, store: Store) -> Result<Self, SsoError> {
+        let base = config.public_baseurl().unwrap_or_default().trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| SsoError::Config(e.to_string()))?;
+        let providers = config
+            .sso
+            .providers
+            .iter()
+            .map(|p| Provider::new(p.clone(), &format!("{base}{CALLBACK_PATH}"), http.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pseudonym_key = match &config.sso.pseudonym_secret {
+            Some(secret) => secret.expose().as_bytes().to_vec(),
+            None => store.server_secret("pseudonym_key", &random_string(43)).await.map_err(Error::from)?.into_bytes(),
+        };
+        Ok(Self { config, store, providers, pending: Default::default(), pseudonym_key })
+    }
+
+    /// Whether any provider is configured.
+    pub fn enabled(&self) -> bool {
+        !self.providers.is_empty()
+    }
+
+    /// The providers as `/login` lists them: ID and name.
+    pub fn providers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.providers.iter().map(|p| (p.config.id.as_str(), p.config.name.as_str()))
+    }
+
+    /// Starts a sign-in with a provider (the only one when `idp` is `None`) for a client
+    /// that wants to be sent back to `redirect_url`. Answers the provider's URL and the
+    /// value of the browser cookie.
+    pub async fn start(&self, idp: Option<&str>, redirect_url: &str) -> Result<(String, String), SsoError> {
+        let index = match idp {
+            Some(id) => self.providers.iter().position(|p| p.config.id == id).ok_or(SsoError::UnknownProvider)?,
+            None if self.providers.len() == 1 => 0,
+            None => return Err(SsoError::UnknownProvider),
+        };
+        let url = url::Url::parse(redirect_url)
+            .map_err(|_| SsoError::Refused("the application's redirect URL is not a URL".into()))?;
+        // Mobile applications come back through their own schemes; these run or read
+        // things in the browser instead.
+        if matches!(url.scheme(), "javascript" | "data" | "vbscript" | "file" | "blob") {
+            return Err(SsoError::Refused("the application's redirect URL is not allowed".into()));
+        }
+        let authorization = self.providers[index].authorize().await?;
+        let browser = random_string(32);
+        let pending = Pending {
+            provider: index,
+            redirect_url: redirect_url.to_owned(),
+            nonce: authorization.nonce,
+            pkce_verifier: authorization.pkce_verifier,
+            browser: hash_token(&browser),
+            started: Instant::now(),
+        };
+        let mut waiting = self.pending.lock().expect("sso sessions poisoned");
+        waiting.retain(|_, p| p.started.elapsed() < PENDING_TTL);
+        if waiting.len() >= PENDING_MAX
+            && let Some(oldest) = waiting.iter().min_by_key(|(_, p)| p.started).map(|(k, _)| k.clone())
+        {
+            waiting.remove(&oldest);
+        }
+        waiting.insert(authorization.state, pending);
+        Ok((authorization.url, browser))
+    }
+
+    /// Completes a sign-in when the provider sends the browser back with `code` for
+    /// `state`: validates the identity, finds or creates its account, brings the profile
+    /// up to date and issues the login token the client will redeem.
+    pub async fn complete(
+        &self,
+        accounts: &Accounts,
+        rooms: &Rooms,
+        state: &str,
+        code: &str,
+        browser: Option<&str>,
+    ) -> Result<SignedIn, SsoError> {
+        let pending = {
+            let mut waiting = self.pending.lock().expect("sso sessions poisoned");
+            let known = waiting.get(state).is_some_and(|p| {
+                p.started.elapsed() < PENDING_TTL && browser.is_some_and(|b| hash_token(b) == p.browser)
+            });
+            // A state is used once, whether or not its browser matched.
+            let pending = waiting.remove(state);
+            pending.filter(|_| known).ok_or(SsoError::Session)?
+        };
+        let provider = &self.providers[pending.provider];
+        let claims = provider.exchange(code, &pending.pkce_verifier, &pending.nonce).await?;
+        let user_id = self.account_for(accounts, provider, &claims).await?;
+        self.update_profile(rooms, &user_id, &claims).await?;
+        let token = random_string(32);
+        let lifetime = Duration::from_secs(self.config.sso.login_token_lifetime_secs);
+        self.store
+            .insert_login_token(&hash_token(&token), user_id.as_str(), now_ms() + lifetime.as_millis() as i64)
+            .await
+            .map_err(Error::from)?;
+        let mut url = url::Url::parse(&pending.redirect_url).map_err(|_| SsoError::Session)?;
+        url.query_pairs_mut().append_pair("loginToken", &token);
+        let trusted = self.config.sso.client_whitelist.iter().any(|prefix| pending.redirect_url.starts_with(prefix));
+        tracing::info!(%user_id, provider = %provider.config.id, "signed in through the identity provider");
+        Ok(SignedIn { user_id, redirect_url: url.to_string(), trusted })
+    }
+
+    /// Redeems an `m.login.token`: the user it was issued to, once.
+    pub async fn redeem_login_token(&self, token: &str) -> Result<OwnedUserId, Error> {
+        let user = self.store.take_login_token(&hash_token(token)).await?;
+        let user = user.ok_or_else(|| Error::forbidden("invalid or expired login token"))?;
+        UserId::parse(user).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// The account an identity signs in to: the one linked to it, or a new one.
+    async fn account_for(
+        &self,
+        accounts: &Accounts,
+        provider: &Provider,
+        claims: &Claims,
+    ) -> Result<OwnedUserId, SsoError> {
+        let issuer = provider.config.issuer.as_str();
+        loop {
+            if let Some(user) = self.store.external_user(issuer, &claims.subject).await.map_err(Error::from)? {
+                let user_id = UserId::parse(user).map_err(|e| Error::Internal(e.to_string()))?;
+                let account = self.store.user(user_id.as_str()).await.map_err(Error::from)?;
+                if account.is_none_or(|a| a.deactivated) {
+                    return Err(SsoError::Refused("this account has been deactivated".into()));
+                }
+                return Ok(user_id);
+            }
+            let localpart = self.new_localpart(issuer, claims).await?;
+            let user_id = accounts.local_user_id(&localpart)?;
+            // The link reserves the ID first: of two first sign-ins of one identity at once,
+            // the second finds the first's account.
+            if !self.store.link_external(issuer, &claims.subject, user_id.as_str()).await.map_err(Error::from)? {
+                continue;
+            }
+            accounts.create_user(&localpart, None, false, Some(&display_name(claims, &localpart))).await?;
+            tracing::info!(%user_id, provider = %provider.config.id, "account created at first sign-in");
+            return Ok(user_id);
+        }
+    }
+
+    /// A localpart no one ever had, for a new identity.
+    async fn new_localpart(&self, issuer: &str, claims: &Claims) -> Result<String, SsoError> {
+        let candidates: Vec<String> = match self.config.sso.localpart {
+            LocalpartStyle::Pseudonym => {
+                let full = pseudonym(&self.pseudonym_key, issuer, &claims.subject);
+                // Longer prefixes of the same hash, should a shorter one be taken.
+                (self.config.sso.pseudonym_length..=full.len()).step_by(4).map(|n| full[..n].to_owned()).collect()
+            }
+            LocalpartStyle::Email => {
+                let email = claims.email.as_deref().ok_or_else(|| {
+                    SsoError::Refused("the identity provider gave no e-mail address for this account".into())
+                })?;
+                let base = email_localpart(email);
+                std::iter::once(base.clone()).chain((2..100).map(|n| format!("{base}-{n}"))).collect()
+            }
+        };
+        for candidate in candidates {
+            let user_id = format!("@{candidate}:{}", self.config.server_name);
+            if !self.store.user_id_taken(&user_id).await.map_err(Error::from)? {
+                return Ok(candidate);
+            }
+        }
+        Err(SsoError::Refused("no user ID is left for this identity".into()))
+    }
+
+    /// Brings the profile in line with the claims of this sign-in: the display name (only
+    /// where it changed: a change reaches every room) and the professional e-mail.
+    async fn update_profile(&self, rooms: &Rooms, user_id: &UserId, claims: &Claims) -> Result<(), SsoError> {
+        let wanted = display_name(claims, user_id.localpart());
+        let (displayname, _) = self.store.profile(user_id.as_str()).await.map_err(Error::from)?.unwrap_or_default();
+        if displayname.as_deref() != Some(wanted.as_str()) {
+            rooms.set_profile_field(user_id, None, ProfileField::DisplayName, Some(&wanted)).await?;
+        }
+        if let Some(email) = &claims.email {
+            self.store.set_threepid(user_id.as_str(), "email", email).await.map_err(Error::from)?;
+        }
+        Ok(())
+    }
+}
+
+/// The display name the claims give: given and family name, else the full name, else the
+/// e-mail address's local part, else the localpart.
+fn display_name(claims: &Claims, localpart: &str) -> String {
+    let parts: Vec<&str> = [&claims.given_name, &claims.family_name]
+        .into_iter()
+        .flatten()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !parts.is_empty() {
+        return parts.join(" ");
+    }
+    let from_email = claims.email.as_deref().and_then(|e| e.split_once('@')).map(|(local, _)| local);
+    [claims.name.as_deref().map(str::trim), from_email]
+        .into_iter()
+        .flatten()
+        .find(|n| !n.is_empty())
+        .unwrap_or(localpart)
+        .to_owned()
+}
+
+/// The pseudonym of an identity: a keyed hash of the issuer and the subject, in lowercase
+/// base32 (valid localpart characters, no confusable case), 52 characters long; a prefix
+/// of it is the localpart.
+fn pseudonym(key: &[u8], issuer: &str, subject: &str) -> String {
+    // HMAC takes keys of any length.
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(issuer.as_bytes());
+    mac.update(&[0]);
+    mac.update(subject.as_bytes());
+    data_encoding::BASE32_NOPAD.encode(&mac.finalize().into_bytes()).to_lowercase()
+}
+
+/// Tchap's readable localpart: the address in lowercase, `@` as `-`, characters outside
+/// the localpart grammar dropped.
+fn email_localpart(email: &str) -> String {
+    email
+        .to_lowercase()
+        .replace('@', "-")
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._=-/".contains(*c))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudonyms_are_stable_keyed_and_valid_localparts() {
+        let a = pseudonym(b"key", "https://iam.example", "agent-1");
+        assert_eq!(a, pseudonym(b"key", "https://iam.example", "agent-1"), "stable");
+        assert_ne!(a, pseudonym(b"other key", "https://iam.example", "agent-1"), "keyed");
+        assert_ne!(a, pseudonym(b"key", "https://iam.example", "agent-2"), "per subject");
+        assert_ne!(a, pseudonym(b"key", "https://iam.exampl", "eagent-1"), "issuer and subject kept apart");
+        assert_eq!(a.len(), 52);
+        assert!(a.chars().all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)), "{a}");
+    }
+
+    #[test]
+    fn email_localparts_follow_tchap() {
+        assert_eq!(email_localpart("Jean.Dupont@Interieur.gouv.fr"), "jean.dupont-interieur.gouv.fr");
+        assert_eq!(email_localpart("a+b@x.fr"), "ab-x.fr");
+    }
+
+    #[test]
+    fn display_names_come_from_the_claims() {
+        let mut claims = Claims {
+            subject: "s".into(),
+            email: None,
+            given_name: Some("Anne".into()),
+            family_name: Some("Weber".into()),
+            name: Some("A. Weber".into()),
+        };
+        assert_eq!(display_name(&claims, "x"), "Anne Weber");
+        claims.given_name = None;
+        claims.family_name = None;
+        assert_eq!(display_name(&claims, "x"), "A. Weber");
+        claims.name = None;
+        assert_eq!(display_name(&claims, "x"), "x");
+        claims.email = Some("carla@police.example".into());
+        assert_eq!(display_name(&claims, "x"), "carla");
+    }
+}

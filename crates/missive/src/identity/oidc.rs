@@ -1,0 +1,197 @@
+//! One OpenID Connect provider: discovery, the authorization request (PKCE, state, nonce),
+//! the code exchange and the ID token's validation, through the `openidconnect` crate.
+
+use std::time::{Duration, Instant};
+
+use openidconnect::{
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, Scope, TokenResponse,
+    core::{CoreAuthenticationFlow, CoreClient, CoreIdTokenClaims, CoreProviderMetadata},
+};
+
+use super::SsoError;
+use crate::config::OidcProvider;
+
+/// How long a discovered configuration (endpoints and signing keys) is used before it is
+/// fetched again; a token signed by an unknown key fetches it at once.
+const METADATA_TTL: Duration = Duration::from_secs(3600);
+
+/// A provider of the config and what was discovered of it.
+pub struct Provider {
+    pub config: OidcProvider,
+    redirect_uri: RedirectUrl,
+    http: reqwest::Client,
+    metadata: tokio::sync::Mutex<Option<(CoreProviderMetadata, Instant)>>,
+}
+
+/// What the browser's return must match: kept by the server between the redirect to the
+/// provider and the callback.
+pub struct Authorization {
+    pub url: String,
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+}
+
+/// The claims of a validated ID token that accounts are made of.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    pub subject: String,
+    pub email: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Provider {
+    /// A provider whose users come back to `redirect_uri`.
+    pub fn new(config: OidcProvider, redirect_uri: &str, http: reqwest::Client) -> Result<Self, SsoError> {
+        let redirect_uri =
+            RedirectUrl::new(redirect_uri.to_owned()).map_err(|e| SsoError::Config(format!("redirect URI: {e}")))?;
+        Ok(Self { config, redirect_uri, http, metadata: Default::default() })
+    }
+
+    /// The provider's configuration, discovered again when older than [`METADATA_TTL`] or
+    /// when `refresh` says its keys are not those the provider signs with now.
+    async fn metadata(&self, refresh: bool) -> Result<CoreProviderMetadata, SsoError> {
+        let mut cached = self.metadata.lock().await;
+        if let Some((metadata, at)) = cached.as_ref()
+            && !refresh
+            && at.elapsed() < METADATA_TTL
+        {
+            return Ok(metadata.clone());
+        }
+        let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| SsoError::Config(e.to_string()))?;
+        let http = self.http_client();
+        let metadata = CoreProviderMetadata::discover_async(issuer, &http)
+            .await
+            .map_err(|e| SsoError::Provider(format!("discovery of {}: {}", self.config.issuer, error_chain(&e))))?;
+        *cached = Some((metadata.clone(), Instant::now()));
+        Ok(metadata)
+    }
+
+    fn client(
+        &self,
+        metadata: CoreProviderMetadata,
+    ) -> openidconnect::core::CoreClient<
+        openidconnect::EndpointSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointMaybeSet,
+        openidconnect::EndpointMaybeSet,
+    > {
+        CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(self.config.client_id.clone()),
+            self.config.client_secret.as_ref().map(|s| ClientSecret::new(s.expose().to_owned())),
+        )
+        .set_redirect_uri(self.redirect_uri.clone())
+    }
+
+    /// The provider's authorization URL for a new sign-in, with a fresh state, nonce and
+    /// PKCE (S256) challenge.
+    pub async fn authorize(&self) -> Result<Authorization, SsoError> {
+        let client = self.client(self.metadata(false).await?);
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request =
+            client.authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random);
+        for scope in &self.config.scopes {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
+        Ok(Authorization {
+            url: url.to_string(),
+            state: state.secret().clone(),
+            nonce: nonce.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+        })
+    }
+
+    /// Exchanges the code the browser brought back and validates the ID token: signature
+    /// against the provider's keys (fetched again once if the key is unknown, as after a
+    /// rotation), issuer, audience, expiry and nonce.
+    pub async fn exchange(&self, code: &str, pkce_verifier: &str, nonce: &str) -> Result<Claims, SsoError> {
+        let client = self.client(self.metadata(false).await?);
+        let http = self.http_client();
+        let response = client
+            .exchange_code(AuthorizationCode::new(code.to_owned()))
+            .map_err(|e| SsoError::Provider(format!("no token endpoint: {e}")))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
+            .request_async(&http)
+            .await
+            .map_err(|e| SsoError::Provider(format!("code exchange: {}", error_chain(&e))))?;
+        let id_token = response.id_token().ok_or_else(|| SsoError::IdToken("the provider sent no ID token".into()))?;
+        let nonce = Nonce::new(nonce.to_owned());
+        let claims = match id_token.claims(&client.id_token_verifier(), &nonce) {
+            Ok(claims) => claims.clone(),
+            Err(openidconnect::ClaimsVerificationError::SignatureVerification(_)) => {
+                let client = self.client(self.metadata(true).await?);
+                id_token
+                    .claims(&client.id_token_verifier(), &nonce)
+                    .map_err(|e| SsoError::IdToken(e.to_string()))?
+                    .clone()
+            }
+            Err(e) => return Err(SsoError::IdToken(e.to_string())),
+        };
+        Ok(claims_of(&claims))
+    }
+}
+
+fn claims_of(claims: &CoreIdTokenClaims) -> Claims {
+    Claims {
+        subject: claims.subject().as_str().to_owned(),
+        // An address the provider does not vouch for is no professional address.
+        email: claims.email().filter(|_| claims.email_verified().unwrap_or(true)).map(|e| e.as_str().to_lowercase()),
+        given_name: claims.given_name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned()),
+        family_name: claims.family_name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned()),
+        name: claims.name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned()),
+    }
+}
+
+impl Provider {
+    /// The crate's HTTP client: a function whose futures own what they use (a borrowed
+    /// client would make them unfit for the server's multi-threaded tasks).
+    fn http_client(
+        &self,
+    ) -> impl Fn(
+        openidconnect::HttpRequest,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<openidconnect::HttpResponse, reqwest::Error>> + Send>,
+    > + use<> {
+        let http = self.http.clone();
+        move |request| {
+            let http = http.clone();
+            Box::pin(async move { send(&http, request).await })
+        }
+    }
+}
+
+/// Sends one of the crate's requests with the server's HTTP client, which follows no
+/// redirects (a provider's answer is never elsewhere).
+async fn send(
+    http: &reqwest::Client,
+    request: openidconnect::HttpRequest,
+) -> Result<openidconnect::HttpResponse, reqwest::Error> {
+    let (parts, body) = request.into_parts();
+    let response = http.request(parts.method, parts.uri.to_string()).headers(parts.headers).body(body).send().await?;
+    let mut answer = http::Response::builder().status(response.status());
+    if let Some(headers) = answer.headers_mut() {
+        *headers = response.headers().clone();
+    }
+    let body = response.bytes().await?.to_vec();
+    // A status and headers taken from a response always build one.
+    Ok(answer.body(body).unwrap_or_default())
+}
+
+/// An error and its causes, for the log and the operator.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,131 @@
+//! Identities at the IAM, third-party identifiers and single-use login tokens.
+
+use sqlx::Row;
+
+use super::{Store, StoreResult, now_ms};
+
+/// A third-party identifier of an account, as `GET /account/3pid` lists it.
+#[derive(Debug, Clone)]
+pub struct ThreepidRow {
+    pub medium: String,
+    pub address: String,
+    pub validated_ts: i64,
+    pub added_ts: i64,
+}
+
+impl Store {
+    /// The account an identity of a provider signs in to.
+    pub async fn external_user(&self, provider: &str, subject: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT user_id FROM user_external_ids WHERE auth_provider = $1 AND external_id = $2")
+            .bind(provider)
+            .bind(subject)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Whether a user ID was ever given: to an account (deleted ones keep their row) or to
+    /// an identity of the IAM.
+    pub async fn user_id_taken(&self, user_id: &str) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM users WHERE user_id = $1 UNION ALL SELECT 1 FROM user_external_ids WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Links an identity of a provider to an account; `false` when the identity is linked
+    /// already (to whichever account).
+    pub async fn link_external(&self, provider: &str, subject: &str, user_id: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO user_external_ids (auth_provider, external_id, user_id, created_ts) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(provider)
+        .bind(subject)
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a verified third-party identifier of an account, replacing the user's
+    /// previous one of the same medium (the IAM says which address is current).
+    pub async fn set_threepid(&self, user_id: &str, medium: &str, address: &str) -> StoreResult<()> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "DELETE FROM user_threepids WHERE (user_id = $1 AND medium = $2) OR (medium = $2 AND address = $3)",
+        )
+        .bind(user_id)
+        .bind(medium)
+        .bind(address)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO user_threepids (medium, address, user_id, validated_ts, added_ts) VALUES ($1, $2, $3, $4, $4)",
+        )
+        .bind(medium)
+        .bind(address)
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An account's third-party identifiers.
+    pub async fn threepids(&self, user_id: &str) -> StoreResult<Vec<ThreepidRow>> {
+        let rows = sqlx::query(
+            "SELECT medium, address, validated_ts, added_ts FROM user_threepids WHERE user_id = $1 ORDER BY medium",
+        )
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ThreepidRow { medium: r.get(0), address: r.get(1), validated_ts: r.get(2), added_ts: r.get(3) })
+            .collect())
+    }
+
+    /// Stores a login token by its hash.
+    pub async fn insert_login_token(&self, token_hash: &str, user_id: &str, expires_ts: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO login_tokens (token_hash, user_id, expires_ts) VALUES ($1, $2, $3)")
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(expires_ts)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Consumes a login token: the user it names if it has not expired. A token is used
+    /// once, whatever the outcome; expired ones are swept on the way.
+    pub async fn take_login_token(&self, token_hash: &str) -> StoreResult<Option<String>> {
+        let now = now_ms();
+        let row = sqlx::query("DELETE FROM login_tokens WHERE token_hash = $1 RETURNING user_id, expires_ts")
+            .bind(token_hash)
+            .fetch_optional(&self.write)
+            .await?;
+        sqlx::query("DELETE FROM login_tokens WHERE expires_ts <= $1").bind(now).execute(&self.write).await?;
+        Ok(row.filter(|r| r.get::<i64, _>(1) > now).map(|r| r.get(0)))
+    }
+
+    /// The secret kept under `name`, stored first as `fresh` if there is none (the first of
+    /// two concurrent starts wins).
+    pub async fn server_secret(&self, name: &str, fresh: &str) -> StoreResult<String> {
+        sqlx::query("INSERT INTO server_secrets (name, value, created_ts) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(fresh)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        let row =
+            sqlx::query("SELECT value FROM server_secrets WHERE name = $1").bind(name).fetch_one(&self.write).await?;
+        Ok(row.get(0))
+    }
+}
