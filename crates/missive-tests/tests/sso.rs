@@ -14,40 +14,56 @@ use serde_json::{Value, json};
 /// Where the test's "application" wants its users back.
 const CLIENT: &str = "http://client.test/";
 
-/// A provider with three agents, and a Missive server that signs in through it only.
+/// A provider with a few agents, and a Missive server that signs in through it only.
 async fn setup() -> (OidcProvider, TestServer) {
+    setup_with(&[]).await
+}
+
+/// The same, with extra settings; the provider also knows a second client, `partners`,
+/// which the server may name as a provider of external users.
+async fn setup_with(extra: &[(&str, &str)]) -> (OidcProvider, TestServer) {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let clients = json!([{
-        "client_id": "missive",
-        "client_secret": "missive-secret",
-        "redirect_uris": [format!("{base}/_synapse/client/oidc/callback")],
-    }]);
+    let callback = format!("{base}/_synapse/client/oidc/callback");
+    let clients = json!([
+        { "client_id": "missive", "client_secret": "missive-secret", "redirect_uris": [callback] },
+        { "client_id": "partners", "client_secret": "partners-secret", "redirect_uris": [callback] },
+    ]);
     let accounts = json!({
         "anne": { "email": "Anne.Weber@police.example", "email_verified": true, "given_name": "Anne", "family_name": "Weber" },
         "bruno": { "email": "bruno@police.example", "email_verified": true, "name": "Bruno K." },
         "carla": { "email": "carla@police.example", "email_verified": true },
+        "dora": { "email": "dora@interior.gov.example", "email_verified": true },
+        "eve": { "email": "eve@mail.example", "email_verified": true },
     });
     let provider = OidcProvider::start(&clients, &accounts);
     let providers = format!(
-        "[{{ id = \"iam\", name = \"State IAM\", issuer = \"{}\", client_id = \"missive\", client_secret = \"missive-secret\" }}]",
+        "[{{ id = \"iam\", name = \"State IAM\", issuer = \"{0}\", client_id = \"missive\", client_secret = \"missive-secret\" }}, \
+         {{ id = \"partners\", name = \"Partners\", issuer = \"{0}\", client_id = \"partners\", client_secret = \"partners-secret\", external = true }}]",
         provider.issuer
     );
     let whitelist = format!("[\"{CLIENT}\"]");
-    let server = TestServer::start_with(&[
-        ("MISSIVE_LISTEN", &format!("127.0.0.1:{port}")),
-        ("MISSIVE_PUBLIC_BASEURL", &base),
+    let listen = format!("127.0.0.1:{port}");
+    let mut env = vec![
+        ("MISSIVE_LISTEN", listen.as_str()),
+        ("MISSIVE_PUBLIC_BASEURL", base.as_str()),
         ("MISSIVE_PASSWORD_LOGIN", "false"),
-        ("MISSIVE_SSO__PROVIDERS", &providers),
-        ("MISSIVE_SSO__CLIENT_WHITELIST", &whitelist),
-    ])
-    .await;
+        ("MISSIVE_SSO__PROVIDERS", providers.as_str()),
+        ("MISSIVE_SSO__CLIENT_WHITELIST", whitelist.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let server = TestServer::start_with(&env).await;
     (provider, server)
 }
 
 /// Signs `login` in with a fresh browser; the login token the application receives.
 async fn login_token(server: &TestServer, login: &str) -> String {
-    let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect?redirectUrl={CLIENT}done"));
+    login_token_with(server, "iam", login).await
+}
+
+/// Signs `login` in through the provider `idp`.
+async fn login_token_with(server: &TestServer, idp: &str, login: &str) -> String {
+    let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect/{idp}?redirectUrl={CLIENT}done"));
     match Browser::default().sign_in(&start, login, CLIENT).await {
         Outcome::Redirected(url) => {
             let url = reqwest::Url::parse(&url).unwrap();
@@ -69,7 +85,10 @@ async fn an_agent_signs_in_through_the_iam_and_keeps_a_pseudonymous_id() {
     let (_, flows) = server.call("GET", "/_matrix/client/v3/login", None, None).await;
     let types: Vec<&str> = flows["flows"].as_array().unwrap().iter().filter_map(|f| f["type"].as_str()).collect();
     assert_eq!(types, ["m.login.sso", "m.login.token"], "password login is off: {flows}");
-    assert_eq!(flows["flows"][0]["identity_providers"], json!([{ "id": "iam", "name": "State IAM" }]));
+    assert_eq!(
+        flows["flows"][0]["identity_providers"],
+        json!([{ "id": "iam", "name": "State IAM" }, { "id": "partners", "name": "Partners" }])
+    );
 
     let token = login_token(&server, "anne").await;
     let (status, session) = redeem(&server, &token).await;
@@ -146,7 +165,7 @@ async fn a_sign_in_returns_only_to_its_own_browser_and_asks_before_unknown_appli
     let (status, _) = server.call("GET", "/_synapse/client/oidc/callback?code=x&state=forged", None, None).await;
     assert_eq!(status, 400);
     // The provider's answer brought to another browser (a link sent to a victim) is refused.
-    let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect?redirectUrl={CLIENT}x"));
+    let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect/iam?redirectUrl={CLIENT}x"));
     let first = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let to_provider = first.get(&start).send().await.unwrap();
     assert_eq!(to_provider.status(), 302);
@@ -159,7 +178,7 @@ async fn a_sign_in_returns_only_to_its_own_browser_and_asks_before_unknown_appli
         other => panic!("another browser signed in: {other:?}"),
     }
     // An application not in the whitelist gets its token only once the user confirms.
-    let start = server.url("/_matrix/client/v3/login/sso/redirect?redirectUrl=https://elsewhere.example/cb");
+    let start = server.url("/_matrix/client/v3/login/sso/redirect/iam?redirectUrl=https://elsewhere.example/cb");
     match Browser::default().sign_in(&start, "anne", "https://elsewhere.example/").await {
         Outcome::Page(200, body) => {
             assert!(body.contains("Continue to your application"), "{body}");
@@ -167,11 +186,55 @@ async fn a_sign_in_returns_only_to_its_own_browser_and_asks_before_unknown_appli
         }
         other => panic!("no confirmation: {other:?}"),
     }
+    // With two providers, the user picks one.
+    let picker = reqwest::get(server.url(&format!("/_matrix/client/v3/login/sso/redirect?redirectUrl={CLIENT}x")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(picker.contains("href=\"redirect/iam?redirectUrl=http%3A%2F%2Fclient%2Etest%2Fx\""), "{picker}");
+    assert!(picker.contains(">Partners</a>"), "{picker}");
     // A redirect URL that would run in the browser is refused before any sign-in.
-    let (status, _) =
-        server.call("GET", "/_matrix/client/v3/login/sso/redirect?redirectUrl=javascript:alert(1)", None, None).await;
+    let (status, _) = server
+        .call("GET", "/_matrix/client/v3/login/sso/redirect/iam?redirectUrl=javascript:alert(1)", None, None)
+        .await;
     assert_eq!(status, 403);
     let (status, _) =
         server.call("GET", "/_matrix/client/v3/login/sso/redirect/unknown?redirectUrl=http://a/", None, None).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn domains_send_agents_to_their_server_and_external_users_are_restricted() {
+    let domains = r#"{ "police.example" = { server = "localhost", organisation = "Police" }, "gov.example" = { server = "gov.example" } }"#;
+    let (_provider, server) = setup_with(&[("MISSIVE_SSO__DOMAINS", domains)]).await;
+    let refused = |login: &'static str, idp: &'static str| {
+        let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect/{idp}?redirectUrl={CLIENT}done"));
+        async move {
+            match Browser::default().sign_in(&start, login, CLIENT).await {
+                Outcome::Page(status, body) => (status, body),
+                other => panic!("{login} signed in: {other:?}"),
+            }
+        }
+    };
+    // An agent of another server's administration is sent there, by name.
+    let (status, body) = refused("dora", "iam").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("on the server gov.example"), "{body}");
+    // A domain that is no administration of the server is refused.
+    let (status, body) = refused("eve", "iam").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("mail.example is not an administration of this server"), "{body}");
+    let (_, anne) = redeem(&server, &login_token(&server, "anne").await).await;
+    let anne_token = anne["access_token"].as_str().unwrap();
+    let (status, _) = server.call("POST", "/_matrix/client/v3/createRoom", Some(anne_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "an agent of the administration creates rooms");
+
+    // The same person through the provider of external users is welcome, and restricted.
+    let (status, eve) = redeem(&server, &login_token_with(&server, "partners", "eve").await).await;
+    assert_eq!(status, 200, "{eve}");
+    let eve_token = eve["access_token"].as_str().unwrap();
+    let (status, body) = server.call("POST", "/_matrix/client/v3/createRoom", Some(eve_token), Some(json!({}))).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
 }

@@ -111,6 +111,24 @@ pub struct Sso {
     pub client_whitelist: Vec<String>,
     /// Lifetime of the `m.login.token` handed to the client, in seconds.
     pub login_token_lifetime_secs: u64,
+    /// E-mail domains of the administrations (a domain covers its subdomains): which
+    /// server each belongs to and the organisation it names. Empty: every identity of the
+    /// providers is welcome here. Otherwise an agent whose domain belongs to another server
+    /// is sent there, and one whose domain is not listed is refused, unless external.
+    pub domains: BTreeMap<String, Domain>,
+}
+
+/// An entry of `[sso.domains]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Domain {
+    /// The server name whose accounts the domain's agents get.
+    pub server: String,
+    /// The organisation, as shown to others.
+    pub organisation: Option<String>,
+    /// Whether the domain's users are external (partners outside the administration).
+    #[serde(default)]
+    pub external: bool,
 }
 
 impl Default for Sso {
@@ -122,6 +140,7 @@ impl Default for Sso {
             pseudonym_length: 12,
             client_whitelist: Vec::new(),
             login_token_lifetime_secs: 120,
+            domains: BTreeMap::new(),
         }
     }
 }
@@ -151,6 +170,10 @@ pub struct OidcProvider {
     /// Scopes asked for besides `openid`.
     #[serde(default = "default_scopes")]
     pub scopes: Vec<String>,
+    /// Whether the provider's users are external (partners outside the administration):
+    /// welcome whatever their domain, and restricted as such.
+    #[serde(default)]
+    pub external: bool,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -391,6 +414,10 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "sso.providers needs public_baseurl: the providers send users back to it".into(),
             ));
+        }
+        for (domain, entry) in &self.sso.domains {
+            ruma::ServerName::parse(&entry.server)
+                .map_err(|e| ConfigError::Invalid(format!("sso.domains: {domain:?}: server: {e}")))?;
         }
         if !(8..=52).contains(&self.sso.pseudonym_length) {
             return Err(ConfigError::Invalid("sso.pseudonym_length must be between 8 and 52".into()));

@@ -35,3 +35,8 @@ CREATE TABLE server_secrets (
     value TEXT NOT NULL,
     created_ts BIGINT NOT NULL
 );
+
+-- What the IAM says of an account: the organisation its e-mail domain names, and whether
+-- it is an external user (a partner outside the administration, restricted).
+ALTER TABLE users ADD COLUMN organisation TEXT;
+ALTER TABLE users ADD COLUMN external INTEGER NOT NULL DEFAULT 0;

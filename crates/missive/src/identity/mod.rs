@@ -18,7 +18,7 @@ use sha2::Sha256;
 use self::oidc::{Claims, Provider};
 use crate::{
     accounts::{Accounts, hash_token, random_string},
-    config::{Config, LocalpartStyle},
+    config::{Config, Domain, LocalpartStyle},
     error::Error,
     rooms::Rooms,
     store::{ProfileField, Store, now_ms},
@@ -176,8 +176,13 @@ impl Sso {
         };
         let provider = &self.providers[pending.provider];
         let claims = provider.exchange(code, &pending.pkce_verifier, &pending.nonce).await?;
+        let admission = self.admission(provider, &claims)?;
         let user_id = self.account_for(accounts, provider, &claims).await?;
         self.update_profile(rooms, &user_id, &claims).await?;
+        self.store
+            .set_account_attributes(user_id.as_str(), admission.organisation.as_deref(), admission.external)
+            .await
+            .map_err(Error::from)?;
         let token = random_string(32);
         let lifetime = Duration::from_secs(self.config.sso.login_token_lifetime_secs);
         self.store
@@ -196,6 +201,30 @@ impl Sso {
         let user = self.store.take_login_token(&hash_token(token)).await?;
         let user = user.ok_or_else(|| Error::forbidden("invalid or expired login token"))?;
         UserId::parse(user).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Whether an identity may have an account here, by its e-mail domain: refused when
+    /// the domain belongs to another server (named, so that the agent goes there) or is not
+    /// listed (unless the provider is one of external users, or no domain is listed).
+    fn admission(&self, provider: &Provider, claims: &Claims) -> Result<Admission, SsoError> {
+        let domains = &self.config.sso.domains;
+        let domain = claims.email.as_deref().and_then(|e| e.rsplit_once('@')).map(|(_, d)| d);
+        let external = provider.config.external;
+        match domain.and_then(|d| domain_entry(domains, d)) {
+            Some(entry) if entry.server != self.config.server_name => Err(SsoError::Refused(format!(
+                "accounts of {} are on the server {}: sign in there",
+                domain.unwrap_or_default(),
+                entry.server
+            ))),
+            Some(entry) => {
+                Ok(Admission { organisation: entry.organisation.clone(), external: entry.external || external })
+            }
+            None if external || domains.is_empty() => Ok(Admission { organisation: None, external }),
+            None => Err(SsoError::Refused(match domain {
+                Some(domain) => format!("{domain} is not an administration of this server"),
+                None => "the identity provider gave no e-mail address for this account".into(),
+            })),
+        }
     }
 
     /// The account an identity signs in to: the one linked to it, or a new one.
@@ -268,6 +297,23 @@ impl Sso {
     }
 }
 
+/// What the domain table grants an identity.
+struct Admission {
+    organisation: Option<String>,
+    external: bool,
+}
+
+/// The most specific entry of the domain table for a domain: its own, else its parent's.
+fn domain_entry<'a>(domains: &'a std::collections::BTreeMap<String, Domain>, domain: &str) -> Option<&'a Domain> {
+    let mut domain = domain;
+    loop {
+        if let Some((_, entry)) = domains.iter().find(|(name, _)| name.eq_ignore_ascii_case(domain)) {
+            return Some(entry);
+        }
+        domain = domain.split_once('.')?.1;
+    }
+}
+
 /// The display name the claims give: given and family name, else the full name, else the
 /// e-mail address's local part, else the localpart.
 fn display_name(claims: &Claims, localpart: &str) -> String {
@@ -325,6 +371,19 @@ mod tests {
         assert_ne!(a, pseudonym(b"key", "https://iam.exampl", "eagent-1"), "issuer and subject kept apart");
         assert_eq!(a.len(), 52);
         assert!(a.chars().all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)), "{a}");
+    }
+
+    #[test]
+    fn a_domain_is_covered_by_its_own_entry_or_its_parents() {
+        let entry = |server: &str| Domain { server: server.into(), organisation: None, external: false };
+        let domains = [("police.example".to_owned(), entry("police")), ("Sub.Police.example".to_owned(), entry("sub"))]
+            .into_iter()
+            .collect();
+        assert_eq!(domain_entry(&domains, "police.example").map(|e| e.server.as_str()), Some("police"));
+        assert_eq!(domain_entry(&domains, "a.police.example").map(|e| e.server.as_str()), Some("police"));
+        assert_eq!(domain_entry(&domains, "x.sub.police.example").map(|e| e.server.as_str()), Some("sub"));
+        assert!(domain_entry(&domains, "notpolice.example").is_none());
+        assert!(domain_entry(&domains, "example").is_none());
     }
 
     #[test]

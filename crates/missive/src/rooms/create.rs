@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 impl Rooms {
     /// Creates a room as the spec's `createRoom` describes, for a local user.
     pub async fn create_room(&self, sender: &UserId, req: Request) -> Result<OwnedRoomId> {
+        if self.store.user(sender.as_str()).await?.is_some_and(|u| u.external) {
+            return Err(Error::forbidden("external users cannot create rooms"));
+        }
         let version = match &req.room_version {
             Some(v) => v.to_string(),
             None => self.default_version.clone(),

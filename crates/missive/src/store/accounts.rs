@@ -12,6 +12,8 @@ pub struct UserRow {
     pub is_admin: bool,
     pub is_guest: bool,
     pub deactivated: bool,
+    /// An external user (a partner outside the administration), restricted.
+    pub external: bool,
 }
 
 /// A device row.
@@ -111,17 +113,19 @@ impl Store {
 
     /// Looks a user up by ID.
     pub async fn user(&self, user_id: &str) -> StoreResult<Option<UserRow>> {
-        let row =
-            sqlx::query("SELECT user_id, password_hash, is_admin, is_guest, deactivated FROM users WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_optional(&self.read)
-                .await?;
+        let row = sqlx::query(
+            "SELECT user_id, password_hash, is_admin, is_guest, deactivated, external FROM users WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.read)
+        .await?;
         Ok(row.map(|r| UserRow {
             user_id: r.get(0),
             password_hash: r.get(1),
             is_admin: r.get::<i64, _>(2) != 0,
             is_guest: r.get::<i64, _>(3) != 0,
             deactivated: r.get::<i64, _>(4) != 0,
+            external: r.get::<i64, _>(5) != 0,
         }))
     }
 

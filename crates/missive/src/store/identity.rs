@@ -128,4 +128,21 @@ impl Store {
             sqlx::query("SELECT value FROM server_secrets WHERE name = $1").bind(name).fetch_one(&self.write).await?;
         Ok(row.get(0))
     }
+
+    /// Records what the IAM says of an account: its organisation and whether it is external.
+    pub async fn set_account_attributes(
+        &self,
+        user_id: &str,
+        organisation: Option<&str>,
+        external: bool,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET organisation = $2, external = $3, updated_ts = $4 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(organisation)
+            .bind(external as i64)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
 }
