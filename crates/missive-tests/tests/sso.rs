@@ -238,3 +238,95 @@ async fn domains_send_agents_to_their_server_and_external_users_are_restricted()
     let (status, body) = server.call("POST", "/_matrix/client/v3/createRoom", Some(eve_token), Some(json!({}))).await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
 }
+
+#[tokio::test]
+async fn operators_suspend_deactivate_and_restore_accounts_through_the_admin_api_and_cli() {
+    let (_provider, server) = setup().await;
+    let admin = common::register_admin(&server, "operator").await;
+    let (_, anne) = redeem(&server, &login_token(&server, "anne").await).await;
+    let anne_id = anne["user_id"].as_str().unwrap().to_owned();
+    let anne_token = anne["access_token"].as_str().unwrap().to_owned();
+    let (_, bruno) = redeem(&server, &login_token(&server, "bruno").await).await;
+    let bruno_token = bruno["access_token"].as_str().unwrap().to_owned();
+    let (_, room) = server
+        .call("POST", "/_matrix/client/v3/createRoom", Some(&bruno_token), Some(json!({ "invite": [anne_id] })))
+        .await;
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(&anne_token), Some(json!({}))).await;
+
+    // Only server admins use the admin API.
+    let user_path = format!("/_synapse/admin/v2/users/{anne_id}");
+    let (status, _) = server.call("GET", &user_path, Some(&bruno_token), None).await;
+    assert_eq!(status, 403);
+    // The CLI calls the running server's admin API.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"))
+            .args(["admin", "--url", &server.base_url, "--token", &admin, "user"])
+            .args(args)
+            .output()
+            .expect("missive admin");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<Value>(&output.stdout).expect("JSON")
+    };
+    let shown = cli(&["show", &anne_id]);
+    assert_eq!(shown["name"], anne_id.as_str());
+    assert_eq!(shown["displayname"], "Anne Weber");
+    assert_eq!(shown["threepids"][0]["address"], "anne.weber@police.example");
+    assert_eq!(shown["external_ids"][0]["external_id"], "anne");
+    assert_eq!((shown["locked"].as_bool(), shown["deactivated"].as_bool()), (Some(false), Some(false)));
+
+    // Suspended: every request of every session is refused at once, and so is signing in.
+    let shown = cli(&["suspend", &anne_id]);
+    assert_eq!(shown["locked"], true);
+    let (status, body) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(&anne_token), None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str(), body["soft_logout"].as_bool()),
+        (401, Some("M_USER_LOCKED"), Some(false))
+    );
+    let (status, body) = redeem(&server, &login_token(&server, "anne").await).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_USER_LOCKED")), "{body}");
+    // Reactivated: the same session works again, in the same rooms.
+    cli(&["reactivate", &anne_id]);
+    let (status, body) = server.call("GET", "/_matrix/client/v3/joined_rooms", Some(&anne_token), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["joined_rooms"], json!([room_id]));
+    // Synapse's suspension path does the same.
+    let (status, body) = server
+        .call("PUT", &format!("/_synapse/admin/v1/suspend/{anne_id}"), Some(&admin), Some(json!({ "suspend": true })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(&anne_token), None).await;
+    assert_eq!(status, 401);
+    server
+        .call("PUT", &format!("/_synapse/admin/v1/suspend/{anne_id}"), Some(&admin), Some(json!({ "suspend": false })))
+        .await;
+
+    // Deactivated: sessions gone, rooms left, signing in refused; restored: signing in
+    // gives the same account back.
+    cli(&["deactivate", &anne_id]);
+    let (status, body) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(&anne_token), None).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
+    let (_, members) = server
+        .call("GET", &format!("/_matrix/client/v3/rooms/{room_id}/joined_members"), Some(&bruno_token), None)
+        .await;
+    assert!(members["joined"].get(&anne_id).is_none(), "{members}");
+    let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect/iam?redirectUrl={CLIENT}done"));
+    match Browser::default().sign_in(&start, "anne", CLIENT).await {
+        Outcome::Page(status, body) => assert!(status == 403 && body.contains("deactivated"), "{status} {body}"),
+        other => panic!("a deactivated account signed in: {other:?}"),
+    }
+    let shown = cli(&["restore", &anne_id]);
+    assert_eq!(shown["deactivated"], false);
+    let (status, again) = redeem(&server, &login_token(&server, "anne").await).await;
+    assert_eq!((status, again["user_id"].as_str()), (200, Some(anne_id.as_str())), "{again}");
+
+    // Bad input changes nothing.
+    let (status, _) = server.call("GET", "/_synapse/admin/v2/users/@nobody:localhost", Some(&admin), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = server.call("GET", "/_synapse/admin/v2/users/@x:elsewhere.example", Some(&admin), None).await;
+    assert_eq!(status, 400);
+    let (status, body) = server
+        .call("PUT", &format!("/_synapse/admin/v1/suspend/{anne_id}"), Some(&admin), Some(json!({ "suspend": "yes" })))
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")));
+}

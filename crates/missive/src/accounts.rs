@@ -611,6 +611,10 @@ impl Accounts {
         if !ok {
             return Err(Error::forbidden("invalid username or password"));
         }
+        // Told only to who knows the password.
+        if account.locked {
+            return Err(Error::UserLocked);
+        }
         let session = self.open_session(&user_id, device_id, device_name, refresh).await?;
         tracing::info!(%user_id, device_id = %session.device_id, "logged in");
         Ok(session)
@@ -628,6 +632,9 @@ impl Accounts {
         let account = self.store.user(user_id.as_str()).await?.ok_or_else(|| Error::forbidden("unknown account"))?;
         if account.deactivated {
             return Err(Error::UserDeactivated);
+        }
+        if account.locked {
+            return Err(Error::UserLocked);
         }
         let session = self.open_session(user_id, device_id, device_name, refresh).await?;
         tracing::info!(%user_id, device_id = %session.device_id, "logged in with a login token");
@@ -652,6 +659,9 @@ impl Accounts {
         let user = self.store.user(user_id.as_str()).await?.ok_or(Error::UnknownToken { soft_logout: false })?;
         if user.deactivated {
             return Err(Error::UnknownToken { soft_logout: false });
+        }
+        if user.locked {
+            return Err(Error::UserLocked);
         }
         let identity =
             Identity { user_id, device_id: row.device_id.into(), is_admin: user.is_admin, is_guest: user.is_guest };
@@ -786,11 +796,32 @@ impl Accounts {
         Ok(self.store.openid_token_user(&hash_token(token)).await?)
     }
 
+    /// Locks (suspends) or unlocks an account; its sessions are refused or accepted again
+    /// at once.
+    pub async fn set_locked(&self, user_id: &UserId, locked: bool) -> Result<()> {
+        self.store.set_locked(user_id.as_str(), locked).await?;
+        self.forget_tokens();
+        tracing::info!(%user_id, locked, "account lock changed");
+        Ok(())
+    }
+
     /// Deactivates an account; its ID is never handed out again.
     pub async fn deactivate(&self, user_id: &UserId) -> Result<()> {
         self.store.deactivate_user(user_id.as_str()).await?;
         self.forget_tokens();
         tracing::info!(%user_id, "account deactivated");
+        Ok(())
+    }
+
+    /// An account's row, if it exists.
+    pub async fn account(&self, user_id: &UserId) -> Result<Option<crate::store::UserRow>> {
+        Ok(self.store.user(user_id.as_str()).await?)
+    }
+
+    /// Brings a deactivated account back; its owner signs in again.
+    pub async fn reactivate(&self, user_id: &UserId) -> Result<()> {
+        self.store.reactivate_user(user_id.as_str()).await?;
+        tracing::info!(%user_id, "account restored");
         Ok(())
     }
 }

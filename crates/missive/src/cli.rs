@@ -45,6 +45,30 @@ enum AdminCommand {
         #[arg(long)]
         reset: Option<String>,
     },
+    /// An account's lifecycle.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Show the account: flags, identities at the IAM, e-mail, organisation.
+    Show { user_id: String },
+    /// Suspend the account: its sessions and logins are refused until it is reactivated.
+    Suspend { user_id: String },
+    /// End a suspension: the sessions work again as they were.
+    Reactivate { user_id: String },
+    /// Deactivate the account: sessions and keys removed, rooms left.
+    Deactivate {
+        user_id: String,
+        /// Also hide its messages from those who join rooms later.
+        #[arg(long)]
+        erase: bool,
+    },
+    /// Bring a deactivated account back before its deletion.
+    Restore { user_id: String },
 }
 
 /// Calls the admin API of a running server and prints the answer.
@@ -58,6 +82,28 @@ async fn admin(config: &Config, url: Option<String>, token: &str, command: Admin
         AdminCommand::Federation { reset: None } => {
             client.get(format!("{base}/_synapse/admin/v1/federation/destinations"))
         }
+        AdminCommand::User { action } => {
+            let user_path = |id: &str| format!("{base}/_synapse/admin/v2/users/{}", urlencode(id));
+            match action {
+                UserAction::Show { user_id } => client.get(user_path(&user_id)),
+                UserAction::Suspend { user_id } => client
+                    .put(user_path(&user_id))
+                    .header("content-type", "application/json")
+                    .body(serde_json::json!({ "locked": true }).to_string()),
+                UserAction::Reactivate { user_id } => client
+                    .put(user_path(&user_id))
+                    .header("content-type", "application/json")
+                    .body(serde_json::json!({ "locked": false }).to_string()),
+                UserAction::Deactivate { user_id, erase } => client
+                    .post(format!("{base}/_synapse/admin/v1/deactivate/{}", urlencode(&user_id)))
+                    .header("content-type", "application/json")
+                    .body(serde_json::json!({ "erase": erase }).to_string()),
+                UserAction::Restore { user_id } => client
+                    .put(user_path(&user_id))
+                    .header("content-type", "application/json")
+                    .body(serde_json::json!({ "deactivated": false }).to_string()),
+            }
+        }
     };
     let response = request.bearer_auth(token).send().await?;
     let status = response.status();
@@ -65,6 +111,11 @@ async fn admin(config: &Config, url: Option<String>, token: &str, command: Admin
     println!("{}", serde_json::to_string_pretty(&body)?);
     anyhow::ensure!(status.is_success(), "the server answered {status}");
     Ok(())
+}
+
+/// A path segment, percent-encoded.
+fn urlencode(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// Large allocations (each Argon2id hash takes `memory_kib`, 19 MiB by default) go straight

@@ -47,6 +47,8 @@ pub enum Error {
     TooLarge,
     #[error("this account has been deactivated")]
     UserDeactivated,
+    #[error("this account has been suspended by the server's administrators")]
+    UserLocked,
     #[error("guest accounts cannot use this endpoint")]
     GuestAccessForbidden,
     #[error("{0}")]
@@ -93,6 +95,7 @@ impl Error {
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::TooLarge => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
             Error::UserDeactivated => (S::FORBIDDEN, "M_USER_DEACTIVATED"),
+            Error::UserLocked => (S::UNAUTHORIZED, "M_USER_LOCKED"),
             Error::GuestAccessForbidden => (S::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
             Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
@@ -206,6 +209,8 @@ impl IntoResponse for Error {
                 "error": self.to_string(),
                 "soft_logout": soft_logout,
             }),
+            // The spec's locked account: the client logs out for good.
+            Error::UserLocked => json!({ "errcode": errcode, "error": self.to_string(), "soft_logout": false }),
             _ => json!({ "errcode": errcode, "error": self.to_string() }),
         };
         let mut response = (status, axum::Json(body)).into_response();

@@ -40,3 +40,8 @@ CREATE TABLE server_secrets (
 -- it is an external user (a partner outside the administration, restricted).
 ALTER TABLE users ADD COLUMN organisation TEXT;
 ALTER TABLE users ADD COLUMN external INTEGER NOT NULL DEFAULT 0;
+
+-- Lifecycle: a locked (suspended) account keeps everything but may do nothing; a
+-- deactivated one records when, for its deletion after the grace period.
+ALTER TABLE users ADD COLUMN locked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN deactivated_ts BIGINT;

@@ -1,6 +1,7 @@
 //! Administration endpoints, on Synapse's paths and shapes so existing tools work:
-//! shared-secret registration (`/_synapse/admin/v1/register`) and the federation
-//! destinations (state, backoff, queue; resetting a backoff).
+//! shared-secret registration (`/_synapse/admin/v1/register`), accounts (show, suspend,
+//! deactivate, restore) and the federation destinations (state, backoff, queue; resetting
+//! a backoff).
 
 use axum::{
     Router,
@@ -17,7 +18,10 @@ use super::{
     AppState,
     ruma::{Authenticated, json},
 };
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    identity::lifecycle,
+};
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     router
@@ -28,6 +32,145 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
             "/_synapse/admin/v1/federation/destinations/{destination}/reset_connection",
             axum::routing::post(reset_connection),
         )
+        .route("/_synapse/admin/v2/users/{user_id}", get(user).put(modify_user))
+        .route("/_synapse/admin/v1/deactivate/{user_id}", axum::routing::post(deactivate))
+        .route("/_synapse/admin/v1/suspend/{user_id}", axum::routing::put(suspend))
+}
+
+/// A local user named in an admin path.
+fn local_user(state: &AppState, user_id: &str) -> Result<ruma::OwnedUserId> {
+    let user_id = ruma::UserId::parse(user_id).map_err(|e| Error::invalid_param(e.to_string()))?;
+    if user_id.server_name() != state.federation.server_name {
+        return Err(Error::invalid_param("only local users can be administered here"));
+    }
+    Ok(user_id)
+}
+
+/// # GET /_synapse/admin/v2/users/{userId}
+async fn user(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    Path(user_id): Path<String>,
+) -> Result<Response> {
+    require_admin(&id)?;
+    let user_id = local_user(&state, &user_id)?;
+    Ok(json(user_json(&state, &user_id).await?))
+}
+
+async fn user_json(state: &AppState, user_id: &ruma::UserId) -> Result<serde_json::Value> {
+    let account = state.accounts.account(user_id).await?.ok_or_else(|| Error::not_found("no such account"))?;
+    let details =
+        state.store.account_details(user_id.as_str()).await?.ok_or_else(|| Error::not_found("no such account"))?;
+    let (displayname, avatar_url) = state.store.profile(user_id.as_str()).await?.unwrap_or_default();
+    let threepids: Vec<serde_json::Value> = state
+        .store
+        .threepids(user_id.as_str())
+        .await?
+        .into_iter()
+        .map(|t| json!({ "medium": t.medium, "address": t.address, "added_at": t.added_ts, "validated_at": t.validated_ts }))
+        .collect();
+    let external_ids: Vec<serde_json::Value> = details
+        .external_ids
+        .iter()
+        .map(|(provider, subject)| json!({ "auth_provider": provider, "external_id": subject }))
+        .collect();
+    Ok(json!({
+        "name": user_id,
+        "displayname": displayname,
+        "avatar_url": avatar_url,
+        "threepids": threepids,
+        "admin": account.is_admin,
+        "is_guest": account.is_guest,
+        "deactivated": account.deactivated,
+        "locked": account.locked,
+        "suspended": account.locked,
+        "shadow_banned": false,
+        "creation_ts": details.creation_ts,
+        "user_type": serde_json::Value::Null,
+        "external_ids": external_ids,
+        "organisation": details.organisation,
+        "external": account.external,
+        "deactivated_ts": details.deactivated_ts,
+    }))
+}
+
+#[derive(Deserialize)]
+struct UserChanges {
+    locked: Option<bool>,
+    deactivated: Option<bool>,
+}
+
+/// # PUT /_synapse/admin/v2/users/{userId}
+///
+/// Changes an existing account: `locked` suspends or reinstates it, `deactivated`
+/// deactivates or restores it. Accounts are created by the IAM, not here.
+async fn modify_user(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    Path(user_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    require_admin(&id)?;
+    let user_id = local_user(&state, &user_id)?;
+    let changes: UserChanges = serde_json::from_slice(&body).map_err(|e| Error::bad_json(e.to_string()))?;
+    let account = state.accounts.account(&user_id).await?.ok_or_else(|| Error::not_found("no such account"))?;
+    if let Some(locked) = changes.locked {
+        lifecycle::suspend(&state.accounts, &user_id, locked).await?;
+    }
+    match changes.deactivated {
+        Some(true) if !account.deactivated => {
+            lifecycle::deactivate(&state.accounts, &state.rooms, &user_id, false).await?
+        }
+        Some(false) if account.deactivated => lifecycle::restore(&state.accounts, &user_id).await?,
+        _ => {}
+    }
+    Ok(json(user_json(&state, &user_id).await?))
+}
+
+#[derive(Deserialize)]
+struct Deactivation {
+    #[serde(default)]
+    erase: bool,
+}
+
+/// # POST /_synapse/admin/v1/deactivate/{userId}
+async fn deactivate(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    Path(user_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    require_admin(&id)?;
+    let user_id = local_user(&state, &user_id)?;
+    let request: Deactivation = if body.is_empty() {
+        Deactivation { erase: false }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Error::bad_json(e.to_string()))?
+    };
+    if state.accounts.account(&user_id).await?.is_none() {
+        return Err(Error::not_found("no such account"));
+    }
+    lifecycle::deactivate(&state.accounts, &state.rooms, &user_id, request.erase).await?;
+    Ok(json(json!({ "id_server_unbind_result": "success" })))
+}
+
+#[derive(Deserialize)]
+struct Suspension {
+    suspend: bool,
+}
+
+/// # PUT /_synapse/admin/v1/suspend/{userId}
+async fn suspend(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    Path(user_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    require_admin(&id)?;
+    let user_id = local_user(&state, &user_id)?;
+    let request: Suspension = serde_json::from_slice(&body).map_err(|e| Error::bad_json(e.to_string()))?;
+    lifecycle::suspend(&state.accounts, &user_id, request.suspend).await?;
+    Ok(json(json!({ format!("user_{}_suspended", user_id): request.suspend })))
 }
 
 fn require_admin(identity: &crate::accounts::Identity) -> Result<()> {

@@ -3,6 +3,7 @@
 //! from the identity, or Tchap's e-mail style), its profile from the claims, and the
 //! single-use `m.login.token` that completes the client's login.
 
+pub mod lifecycle;
 pub mod oidc;
 
 use std::{

@@ -14,6 +14,8 @@ pub struct UserRow {
     pub deactivated: bool,
     /// An external user (a partner outside the administration), restricted.
     pub external: bool,
+    /// Suspended by an operator: refused everywhere until unlocked.
+    pub locked: bool,
 }
 
 /// A device row.
@@ -114,7 +116,8 @@ impl Store {
     /// Looks a user up by ID.
     pub async fn user(&self, user_id: &str) -> StoreResult<Option<UserRow>> {
         let row = sqlx::query(
-            "SELECT user_id, password_hash, is_admin, is_guest, deactivated, external FROM users WHERE user_id = $1",
+            "SELECT user_id, password_hash, is_admin, is_guest, deactivated, external, locked FROM users \
+                 WHERE user_id = $1",
         )
         .bind(user_id)
         .fetch_optional(&self.read)
@@ -126,6 +129,7 @@ impl Store {
             is_guest: r.get::<i64, _>(3) != 0,
             deactivated: r.get::<i64, _>(4) != 0,
             external: r.get::<i64, _>(5) != 0,
+            locked: r.get::<i64, _>(6) != 0,
         }))
     }
 
@@ -172,11 +176,14 @@ impl Store {
     /// Marks an account deactivated and removes its sessions; the ID stays reserved.
     pub async fn deactivate_user(&self, user_id: &str) -> StoreResult<()> {
         let mut tx = self.write.begin().await?;
-        sqlx::query("UPDATE users SET deactivated = 1, password_hash = NULL, updated_ts = $2 WHERE user_id = $1")
-            .bind(user_id)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE users SET deactivated = 1, deactivated_ts = $2, password_hash = NULL, updated_ts = $2 \
+             WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         // Which events notified the account is theirs alone, and of no use once it is closed.
         for table in
             DEVICE_TABLES.iter().chain(&["access_tokens", "openid_tokens", "push_exceptions", "notification_offsets"])

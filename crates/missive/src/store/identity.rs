@@ -4,6 +4,16 @@ use sqlx::Row;
 
 use super::{Store, StoreResult, now_ms};
 
+/// What the admin API shows of an account.
+#[derive(Debug, Clone)]
+pub struct AccountDetails {
+    pub creation_ts: i64,
+    pub organisation: Option<String>,
+    pub deactivated_ts: Option<i64>,
+    /// The account's identities at the IAM: issuer and subject.
+    pub external_ids: Vec<(String, String)>,
+}
+
 /// A third-party identifier of an account, as `GET /account/3pid` lists it.
 #[derive(Debug, Clone)]
 pub struct ThreepidRow {
@@ -144,5 +154,49 @@ impl Store {
             .execute(&self.write)
             .await?;
         Ok(())
+    }
+
+    /// Locks or unlocks an account.
+    pub async fn set_locked(&self, user_id: &str, locked: bool) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET locked = $2, updated_ts = $3 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(locked as i64)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Brings a deactivated account back (before its deletion): it may sign in again.
+    pub async fn reactivate_user(&self, user_id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET deactivated = 0, deactivated_ts = NULL, updated_ts = $2 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// The details of an account the admin API shows besides its flags.
+    pub async fn account_details(&self, user_id: &str) -> StoreResult<Option<AccountDetails>> {
+        let Some(row) = sqlx::query("SELECT created_ts, organisation, deactivated_ts FROM users WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.read)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let ids = sqlx::query(
+            "SELECT auth_provider, external_id FROM user_external_ids WHERE user_id = $1 ORDER BY auth_provider",
+        )
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(Some(AccountDetails {
+            creation_ts: row.get(0),
+            organisation: row.get(1),
+            deactivated_ts: row.get(2),
+            external_ids: ids.into_iter().map(|r| (r.get(0), r.get(1))).collect(),
+        }))
     }
 }

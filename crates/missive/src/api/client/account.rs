@@ -259,11 +259,6 @@ async fn change_password(state: AppState, req: Ruma<change_password::v3::Request
 async fn deactivate(state: AppState, req: Ruma<deactivate::v3::Request>) -> Result<Response> {
     let id = req.identity();
     state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref(), &req.uia_request()).await?;
-    state.accounts.deactivate(&id.user_id).await?;
-    if req.body.erase {
-        state.rooms.erase_user(&id.user_id).await?;
-    }
-    // Deactivated first, so the account can no longer join anything while it leaves.
-    state.rooms.leave_all(&id.user_id).await?;
+    crate::identity::lifecycle::deactivate(&state.accounts, &state.rooms, &id.user_id, req.body.erase).await?;
     Ok(json(json!({ "id_server_unbind_result": "no-support" })))
 }
