@@ -260,7 +260,12 @@ async fn operators_suspend_deactivate_and_restore_accounts_through_the_admin_api
     assert_eq!(status, 403);
     // The CLI calls the running server's admin API.
     let cli = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
+        // The test's own settings (MISSIVE_TEST_*) are no config keys of the CLI's.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MISSIVE_")) {
+            command.env_remove(key);
+        }
+        let output = command
             .args(["admin", "--url", &server.base_url, "--token", &admin, "user"])
             .args(args)
             .output()
@@ -329,4 +334,76 @@ async fn operators_suspend_deactivate_and_restore_accounts_through_the_admin_api
         .call("PUT", &format!("/_synapse/admin/v1/suspend/{anne_id}"), Some(&admin), Some(json!({ "suspend": "yes" })))
         .await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")));
+}
+
+#[tokio::test]
+async fn idle_accounts_are_deactivated_and_active_ones_spared() {
+    let (_provider, server) = setup_with(&[
+        ("MISSIVE_LIFECYCLE__DEACTIVATE_INACTIVE_AFTER_SECS", "4"),
+        ("MISSIVE_LIFECYCLE__CHECK_INTERVAL_SECS", "1"),
+    ])
+    .await;
+    let admin = common::register_admin(&server, "operator").await;
+    let (_, anne) = redeem(&server, &login_token(&server, "anne").await).await;
+    let anne_id = anne["user_id"].as_str().unwrap().to_owned();
+    let (_, bruno) = redeem(&server, &login_token(&server, "bruno").await).await;
+    let bruno_id = bruno["user_id"].as_str().unwrap().to_owned();
+    let anne_token = anne["access_token"].as_str().unwrap();
+    server.call("GET", "/_matrix/client/v3/account/whoami", Some(anne_token), None).await;
+    // Bruno comes back later, on a new device: that is activity.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (_, again) = redeem(&server, &login_token(&server, "bruno").await).await;
+    server.call("GET", "/_matrix/client/v3/account/whoami", Some(again["access_token"].as_str().unwrap()), None).await;
+    let deactivated = |user: String| {
+        let server = &server;
+        let admin = admin.clone();
+        async move {
+            let (_, shown) = server.call("GET", &format!("/_synapse/admin/v2/users/{user}"), Some(&admin), None).await;
+            shown["deactivated"].as_bool().unwrap()
+        }
+    };
+    common::until("the idle account is deactivated", async || deactivated(anne_id.clone()).await.then_some(())).await;
+    assert!(!deactivated(bruno_id.clone()).await, "an account used since is spared");
+    assert!(!deactivated("@operator:localhost".into()).await, "administrators' accounts are not deactivated");
+    let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(anne_token), None).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_deactivated_account_is_deleted_after_its_grace_period_and_its_id_never_reissued() {
+    let (_provider, server) =
+        setup_with(&[("MISSIVE_LIFECYCLE__DELETION_AFTER_SECS", "2"), ("MISSIVE_LIFECYCLE__CHECK_INTERVAL_SECS", "1")])
+            .await;
+    let admin = common::register_admin(&server, "operator").await;
+    let (_, anne) = redeem(&server, &login_token(&server, "anne").await).await;
+    let anne_id = anne["user_id"].as_str().unwrap().to_owned();
+    let (status, _) =
+        server.call("POST", &format!("/_synapse/admin/v1/deactivate/{anne_id}"), Some(&admin), Some(json!({}))).await;
+    assert_eq!(status, 200);
+    common::until("the account is deleted", async || {
+        server
+            .query_strings("SELECT user_id FROM users WHERE deleted_ts IS NOT NULL")
+            .await
+            .contains(&anne_id)
+            .then_some(())
+    })
+    .await;
+    // What the account held is gone; its row stays, empty, and reserves the ID.
+    for (table, sql) in [
+        ("profiles", "SELECT user_id FROM profiles"),
+        ("user_threepids", "SELECT user_id FROM user_threepids"),
+        ("devices", "SELECT user_id FROM devices"),
+        ("access_tokens", "SELECT user_id FROM access_tokens"),
+    ] {
+        assert!(!server.query_strings(sql).await.contains(&anne_id), "{table} still holds the deleted account");
+    }
+    assert!(server.query_strings("SELECT user_id FROM users").await.contains(&anne_id));
+    // The same agent, hired again: a new account under another ID.
+    let (status, again) = redeem(&server, &login_token(&server, "anne").await).await;
+    assert_eq!(status, 200, "{again}");
+    let new_id = again["user_id"].as_str().unwrap();
+    assert_ne!(new_id, anne_id, "a deleted account's ID is never given again");
+    let (_, shown) = server.call("GET", &format!("/_synapse/admin/v2/users/{new_id}"), Some(&admin), None).await;
+    assert_eq!(shown["displayname"], "Anne Weber");
+    assert_eq!(shown["external_ids"][0]["external_id"], "anne");
 }

@@ -91,6 +91,27 @@ pub struct Config {
     pub password_login: bool,
     /// Single sign-on through the administration's identity providers.
     pub sso: Sso,
+    /// When accounts are deactivated and deleted without anyone asking.
+    pub lifecycle: Lifecycle,
+}
+
+/// The `[lifecycle]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lifecycle {
+    /// Seconds a deactivated account waits, restorable, before it is deleted (6 weeks).
+    pub deletion_after_secs: u64,
+    /// Seconds without activity after which an account is deactivated; unset: never
+    /// (Tchap: 6 months).
+    pub deactivate_inactive_after_secs: Option<u64>,
+    /// Seconds between two runs of the lifecycle job.
+    pub check_interval_secs: u64,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self { deletion_after_secs: 42 * 86_400, deactivate_inactive_after_secs: None, check_interval_secs: 3600 }
+    }
 }
 
 /// The `[sso]` table: OpenID Connect providers and how their identities become accounts.
@@ -313,6 +334,7 @@ impl Default for Config {
             federation: Federation::default(),
             password_login: true,
             sso: Sso::default(),
+            lifecycle: Lifecycle::default(),
         }
     }
 }
@@ -418,6 +440,9 @@ impl Config {
         for (domain, entry) in &self.sso.domains {
             ruma::ServerName::parse(&entry.server)
                 .map_err(|e| ConfigError::Invalid(format!("sso.domains: {domain:?}: server: {e}")))?;
+        }
+        if self.lifecycle.check_interval_secs == 0 {
+            return Err(ConfigError::Invalid("lifecycle.check_interval_secs must be at least 1".into()));
         }
         if !(8..=52).contains(&self.sso.pseudonym_length) {
             return Err(ConfigError::Invalid("sso.pseudonym_length must be between 8 and 52".into()));

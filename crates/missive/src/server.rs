@@ -62,12 +62,14 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let typing = Typing::new(streams.clone());
     let presence = Presence::new(config.presence, streams.clone());
     let e2ee = Arc::new(E2ee::new(store.clone(), streams.clone(), federation.clone()));
+    let accounts = Arc::new(Accounts::new(store.clone(), streams.clone(), config.clone()));
+    crate::identity::lifecycle::spawn_job(config.lifecycle.clone(), store.clone(), accounts.clone(), rooms.clone());
     let sso = Arc::new(
         crate::identity::Sso::new(config.clone(), store.clone()).await.context("cannot set up single sign-on")?,
     );
     Ok(Arc::new(Services {
         sso,
-        accounts: Accounts::new(store.clone(), streams.clone(), config.clone()),
+        accounts,
         sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing, presence, e2ee.clone()),
         user_data: UserData::new(store.clone(), streams.clone(), push_rules, rooms.ignored.clone()),
         e2ee,

@@ -45,3 +45,5 @@ ALTER TABLE users ADD COLUMN external INTEGER NOT NULL DEFAULT 0;
 -- deactivated one records when, for its deletion after the grace period.
 ALTER TABLE users ADD COLUMN locked INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN deactivated_ts BIGINT;
+-- Deleted after the grace period: the row stays, empty, so that the ID is never reissued.
+ALTER TABLE users ADD COLUMN deleted_ts BIGINT;

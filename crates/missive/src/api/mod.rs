@@ -16,7 +16,7 @@ use crate::{accounts::Accounts, config::Config, ratelimit::RateLimiter, rooms::R
 pub struct Services {
     pub config: Arc<Config>,
     pub store: Store,
-    pub accounts: Accounts,
+    pub accounts: Arc<Accounts>,
     pub rooms: Arc<Rooms>,
     pub sync: Sync,
     pub limits: RateLimiter,

@@ -1,12 +1,17 @@
 //! An account's life as the operator (through the admin API) or the IAM drives it:
-//! suspension (the spec's account locking), deactivation, restoration.
+//! suspension (the spec's account locking), deactivation, restoration; and the job that
+//! deactivates idle accounts and deletes deactivated ones after their grace period.
+
+use std::{sync::Arc, time::Duration};
 
 use ruma::UserId;
 
 use crate::{
     accounts::Accounts,
+    config::Lifecycle,
     error::{Error, Result},
     rooms::Rooms,
+    store::{Store, now_ms},
 };
 
 /// Deactivates an account: its sessions, devices and keys go, it leaves every room (after
@@ -40,4 +45,39 @@ async fn require_account(accounts: &Accounts, user_id: &UserId) -> Result<()> {
         Some(_) => Ok(()),
         None => Err(Error::not_found("no such account")),
     }
+}
+
+/// Runs the lifecycle job every `check_interval_secs`, for as long as the server runs.
+pub fn spawn_job(config: Lifecycle, store: Store, accounts: Arc<Accounts>, rooms: Arc<Rooms>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(config.check_interval_secs));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = run_job(&config, &store, &accounts, &rooms).await {
+                tracing::warn!(error = %e, "the account lifecycle job failed; it runs again later");
+            }
+        }
+    });
+}
+
+/// One run: idle accounts deactivated, then deactivated accounts past their grace period
+/// deleted. Each account is handled whole or not at all: a crash leaves the rest for the
+/// next run.
+pub async fn run_job(config: &Lifecycle, store: &Store, accounts: &Accounts, rooms: &Rooms) -> Result<()> {
+    let now = now_ms();
+    if let Some(after) = config.deactivate_inactive_after_secs {
+        let cutoff = now - (after as i64).saturating_mul(1000);
+        for user in store.inactive_accounts(cutoff).await? {
+            let Ok(user_id) = UserId::parse(user) else { continue };
+            deactivate(accounts, rooms, &user_id, false).await?;
+            tracing::info!(%user_id, "idle account deactivated");
+        }
+    }
+    let cutoff = now - (config.deletion_after_secs as i64).saturating_mul(1000);
+    for user in store.accounts_to_delete(cutoff).await? {
+        store.delete_account(&user).await?;
+        tracing::info!(user_id = %user, "deactivated account deleted after its grace period");
+    }
+    Ok(())
 }

@@ -239,6 +239,16 @@ impl Sso {
         loop {
             if let Some(user) = self.store.external_user(issuer, &claims.subject).await.map_err(Error::from)? {
                 let user_id = UserId::parse(user).map_err(|e| Error::Internal(e.to_string()))?;
+                if self.store.account_deleted(user_id.as_str()).await.map_err(Error::from)? {
+                    // Back after the deletion of their account: a new account, under a
+                    // new ID (the old one stays reserved).
+                    let localpart = self.new_localpart(issuer, claims).await?;
+                    let user_id =
+                        accounts.create_user(&localpart, None, false, Some(&display_name(claims, &localpart))).await?;
+                    self.store.relink_external(issuer, &claims.subject, user_id.as_str()).await.map_err(Error::from)?;
+                    tracing::info!(%user_id, provider = %provider.config.id, "account created again after a deletion");
+                    return Ok(user_id);
+                }
                 let account = self.store.user(user_id.as_str()).await.map_err(Error::from)?;
                 if account.is_none_or(|a| a.deactivated) {
                     return Err(SsoError::Refused("this account has been deactivated".into()));

@@ -199,4 +199,87 @@ impl Store {
             external_ids: ids.into_iter().map(|r| (r.get(0), r.get(1))).collect(),
         }))
     }
+
+    /// Active accounts (not admins, guests or deactivated) created before `cutoff` whose
+    /// devices were all last seen before it (or never).
+    pub async fn inactive_accounts(&self, cutoff: i64) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT user_id FROM users u WHERE deactivated = 0 AND is_admin = 0 AND is_guest = 0 \
+             AND created_ts < $1 AND NOT EXISTS \
+             (SELECT 1 FROM devices d WHERE d.user_id = u.user_id AND d.last_seen_ts >= $1)",
+        )
+        .bind(cutoff)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Deactivated accounts not yet deleted whose deactivation is older than `cutoff`.
+    pub async fn accounts_to_delete(&self, cutoff: i64) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT user_id FROM users WHERE deactivated = 1 AND deleted_ts IS NULL AND deactivated_ts < $1",
+        )
+        .bind(cutoff)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Deletes what a deactivated account still holds: profile, e-mail, account data,
+    /// filters, keys and backups, pending tokens. The row stays, empty, so that the ID is
+    /// never reissued; what it said in rooms follows the rooms' retention.
+    pub async fn delete_account(&self, user_id: &str) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        for table in [
+            "profiles",
+            "account_data",
+            "filters",
+            "cross_signing_keys",
+            "backup_keys",
+            "backup_versions",
+            "dehydrated_devices",
+            "to_device_txns",
+            "user_threepids",
+            "login_tokens",
+            "openid_tokens",
+        ] {
+            sqlx::query(super::sql(format!("DELETE FROM {table} WHERE user_id = $1")))
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE users SET deleted_ts = $2, password_hash = NULL, organisation = NULL, locked = 0, updated_ts = $2 \
+             WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether an account was deleted.
+    pub async fn account_deleted(&self, user_id: &str) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT deleted_ts FROM users WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.is_some_and(|r| r.get::<Option<i64>, _>(0).is_some()))
+    }
+
+    /// Points an identity at a new account (its previous one was deleted).
+    pub async fn relink_external(&self, provider: &str, subject: &str, user_id: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE user_external_ids SET user_id = $3, created_ts = $4 WHERE auth_provider = $1 AND external_id = $2",
+        )
+        .bind(provider)
+        .bind(subject)
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
 }
