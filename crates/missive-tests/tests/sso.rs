@@ -407,3 +407,45 @@ async fn a_deactivated_account_is_deleted_after_its_grace_period_and_its_id_neve
     assert_eq!(shown["displayname"], "Anne Weber");
     assert_eq!(shown["external_ids"][0]["external_id"], "anne");
 }
+
+#[tokio::test]
+async fn sensitive_actions_are_confirmed_at_the_identity_provider_when_password_login_is_off() {
+    let (_provider, server) = setup().await;
+    let (_, first) = redeem(&server, &login_token(&server, "anne").await).await;
+    let (_, second) = redeem(&server, &login_token(&server, "anne").await).await;
+    let token = second["access_token"].as_str().unwrap();
+    let doomed = first["device_id"].as_str().unwrap();
+    let body = json!({ "devices": [doomed] });
+    let (status, challenge) =
+        server.call("POST", "/_matrix/client/v3/delete_devices", Some(token), Some(body.clone())).await;
+    assert_eq!(status, 401);
+    assert_eq!(challenge["flows"], json!([{ "stages": ["m.login.sso"] }]), "{challenge}");
+    let session = challenge["session"].as_str().unwrap();
+    let fallback =
+        |session: &str| server.url(&format!("/_matrix/client/v3/auth/m.login.sso/fallback/web?session={session}"));
+
+    // Someone else signing in at the provider confirms nothing.
+    match Browser::default().sign_in(&fallback(session), "bruno", CLIENT).await {
+        Outcome::Page(status, page) => assert!(status == 403 && page.contains("someone else"), "{status} {page}"),
+        other => panic!("{other:?}"),
+    }
+    let retry = json!({ "devices": [doomed], "auth": { "session": session } });
+    let (status, _) = server.call("POST", "/_matrix/client/v3/delete_devices", Some(token), Some(retry.clone())).await;
+    assert_eq!(status, 401, "not confirmed yet");
+
+    // The owner confirms; the application's retry with the session goes through.
+    match Browser::default().sign_in(&fallback(session), "anne", CLIENT).await {
+        Outcome::Page(200, page) => assert!(page.contains("window.onAuthDone"), "{page}"),
+        other => panic!("{other:?}"),
+    }
+    let (status, body) = server.call("POST", "/_matrix/client/v3/delete_devices", Some(token), Some(retry)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, devices) = server.call("GET", "/_matrix/client/v3/devices", Some(token), None).await;
+    let ids: Vec<&str> =
+        devices["devices"].as_array().unwrap().iter().filter_map(|d| d["device_id"].as_str()).collect();
+    assert!(!ids.contains(&doomed), "{devices}");
+    // An unknown session is refused before any redirect.
+    let (status, _) =
+        server.call("GET", "/_matrix/client/v3/auth/m.login.sso/fallback/web?session=nope", None, None).await;
+    assert_eq!(status, 400);
+}

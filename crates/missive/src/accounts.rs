@@ -293,6 +293,10 @@ impl Accounts {
         if flows.iter().any(|f| f.stages.iter().all(|s| state.completed.contains(s))) {
             return Ok((session, request));
         }
+        if let AuthData::FallbackAcknowledgement(_) = auth {
+            // The session alone, once a fallback page was shown: what is left, if anything.
+            return Err(self.uia_challenge(flows, session, state.completed, None));
+        }
         let stage_error = match auth {
             AuthData::Dummy(_) => None,
             AuthData::RegistrationToken(t) => {
@@ -347,15 +351,42 @@ impl Accounts {
         if done { Ok((session, request)) } else { Err(self.uia_challenge(flows, session, state.completed, None)) }
     }
 
-    /// Confirms the identity of a logged-in user for a sensitive action (password stage).
+    /// Confirms the identity of a logged-in user for a sensitive action: by password where
+    /// password login is on, through their identity provider where single sign-on is
+    /// (`m.login.sso`, completed by the fallback page, see `identity`).
     pub async fn confirm_identity(
         &self,
         user_id: &UserId,
         auth: Option<&AuthData>,
         request: &UiaRequest,
     ) -> Result<()> {
-        let flows = vec![AuthFlow::new(vec![AuthType::Password])];
+        let mut flows = Vec::new();
+        if self.config.password_login {
+            flows.push(AuthFlow::new(vec![AuthType::Password]));
+        }
+        if !self.config.sso.providers.is_empty() {
+            flows.push(AuthFlow::new(vec![AuthType::Sso]));
+        }
         self.check_uia(flows, auth, Some(user_id), request).await.map(|_| ())
+    }
+
+    /// The user an authentication session was opened for, while it lasts.
+    pub fn uia_session_user(&self, session: &str) -> Option<String> {
+        self.uia.lock().expect("uia lock poisoned").get(session).and_then(|s| s.user_id.clone())
+    }
+
+    /// Marks a stage of a user's authentication session complete, once proven elsewhere
+    /// (the identity provider's confirmation of `m.login.sso`).
+    pub fn complete_uia_stage(&self, session: &str, user_id: &UserId, stage: AuthType) -> Result<()> {
+        let mut sessions = self.uia.lock().expect("uia lock poisoned");
+        let state = sessions.get_mut(session).ok_or_else(|| Error::forbidden("unknown authentication session"))?;
+        if state.user_id.as_deref() != Some(user_id.as_str()) {
+            return Err(Error::forbidden("authentication session belongs to another user"));
+        }
+        if !state.completed.contains(&stage) {
+            state.completed.push(stage);
+        }
+        Ok(())
     }
 
     /// `/register`; returns the account's session unless login is inhibited. A completed

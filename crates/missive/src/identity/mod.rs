@@ -44,10 +44,19 @@ pub enum SsoError {
     Server(#[from] Error),
 }
 
+/// What a sign-in is for.
+enum Purpose {
+    /// Logging a client in: the browser goes back to the client's URL with a login token.
+    Login { redirect_url: String },
+    /// Confirming a signed-in user's identity for a sensitive action: the `m.login.sso`
+    /// stage of a user-interactive authentication session.
+    Confirm { uia_session: String, user_id: OwnedUserId },
+}
+
 /// A sign-in between the redirect to the provider and the browser's return.
 struct Pending {
     provider: usize,
-    redirect_url: String,
+    purpose: Purpose,
     nonce: String,
     pkce_verifier: String,
     /// Hash of the cookie set in the browser that started it: the return must come from
@@ -68,12 +77,12 @@ pub const BROWSER_COOKIE: &str = "missive_sso_session";
 pub const CALLBACK_PATH: &str = "/_synapse/client/oidc/callback";
 
 /// A completed sign-in.
-pub struct SignedIn {
-    pub user_id: OwnedUserId,
-    /// The client's URL with the login token added.
-    pub redirect_url: String,
-    /// Whether the client's URL is trusted to receive the token without asking the user.
-    pub trusted: bool,
+pub enum SignedIn {
+    /// A login: the client's URL with the login token added, and whether that URL is
+    /// trusted to receive it without asking the user.
+    Login { user_id: OwnedUserId, redirect_url: String, trusted: bool },
+    /// A confirmation of identity: the authentication session's stage is complete.
+    Confirmed,
 }
 
 /// The single sign-on service.
@@ -134,11 +143,35 @@ impl Sso {
         if matches!(url.scheme(), "javascript" | "data" | "vbscript" | "file" | "blob") {
             return Err(SsoError::Refused("the application's redirect URL is not allowed".into()));
         }
-        let authorization = self.providers[index].authorize().await?;
+        self.begin(index, Purpose::Login { redirect_url: redirect_url.to_owned() }).await
+    }
+
+    /// Starts the confirmation of a signed-in user's identity for the user-interactive
+    /// authentication session `uia_session`, with the provider of their identity, which is
+    /// asked to check who they are again.
+    pub async fn start_confirmation(
+        &self,
+        accounts: &Accounts,
+        uia_session: &str,
+    ) -> Result<(String, String), SsoError> {
+        let user = accounts.uia_session_user(uia_session).ok_or(SsoError::Session)?;
+        let user_id = UserId::parse(user).map_err(|_| SsoError::Session)?;
+        let issuers = self.store.external_ids_of(user_id.as_str()).await.map_err(Error::from)?;
+        let index = self
+            .providers
+            .iter()
+            .position(|p| issuers.contains(&p.config.issuer))
+            .ok_or_else(|| SsoError::Refused("this account does not sign in with an identity provider".into()))?;
+        self.begin(index, Purpose::Confirm { uia_session: uia_session.to_owned(), user_id }).await
+    }
+
+    async fn begin(&self, index: usize, purpose: Purpose) -> Result<(String, String), SsoError> {
+        let reauthenticate = matches!(purpose, Purpose::Confirm { .. });
+        let authorization = self.providers[index].authorize(reauthenticate).await?;
         let browser = random_string(32);
         let pending = Pending {
             provider: index,
-            redirect_url: redirect_url.to_owned(),
+            purpose,
             nonce: authorization.nonce,
             pkce_verifier: authorization.pkce_verifier,
             browser: hash_token(&browser),
@@ -177,6 +210,19 @@ impl Sso {
         };
         let provider = &self.providers[pending.provider];
         let claims = provider.exchange(code, &pending.pkce_verifier, &pending.nonce).await?;
+        let redirect_url = match pending.purpose {
+            Purpose::Login { redirect_url } => redirect_url,
+            Purpose::Confirm { uia_session, user_id } => {
+                let linked =
+                    self.store.external_user(&provider.config.issuer, &claims.subject).await.map_err(Error::from)?;
+                if linked.as_deref() != Some(user_id.as_str()) {
+                    return Err(SsoError::Refused("you signed in as someone else than the account's owner".into()));
+                }
+                accounts.complete_uia_stage(&uia_session, &user_id, ruma::api::client::uiaa::AuthType::Sso)?;
+                tracing::info!(%user_id, provider = %provider.config.id, "identity confirmed for a sensitive action");
+                return Ok(SignedIn::Confirmed);
+            }
+        };
         let admission = self.admission(provider, &claims)?;
         let user_id = self.account_for(accounts, provider, &claims).await?;
         self.update_profile(rooms, &user_id, &claims).await?;
@@ -190,11 +236,11 @@ impl Sso {
             .insert_login_token(&hash_token(&token), user_id.as_str(), now_ms() + lifetime.as_millis() as i64)
             .await
             .map_err(Error::from)?;
-        let mut url = url::Url::parse(&pending.redirect_url).map_err(|_| SsoError::Session)?;
+        let mut url = url::Url::parse(&redirect_url).map_err(|_| SsoError::Session)?;
         url.query_pairs_mut().append_pair("loginToken", &token);
-        let trusted = self.config.sso.client_whitelist.iter().any(|prefix| pending.redirect_url.starts_with(prefix));
+        let trusted = self.config.sso.client_whitelist.iter().any(|prefix| redirect_url.starts_with(prefix));
         tracing::info!(%user_id, provider = %provider.config.id, "signed in through the identity provider");
-        Ok(SignedIn { user_id, redirect_url: url.to_string(), trusted })
+        Ok(SignedIn::Login { user_id, redirect_url: url.to_string(), trusted })
     }
 
     /// Redeems an `m.login.token`: the user it was issued to, once.

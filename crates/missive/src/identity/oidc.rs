@@ -91,11 +91,16 @@ impl Provider {
 
     /// The provider's authorization URL for a new sign-in, with a fresh state, nonce and
     /// PKCE (S256) challenge.
-    pub async fn authorize(&self) -> Result<Authorization, SsoError> {
+    /// `reauthenticate` asks the provider to check who the user is again, even within its
+    /// own session (`prompt=login`): for a sensitive action, not a sign-in.
+    pub async fn authorize(&self, reauthenticate: bool) -> Result<Authorization, SsoError> {
         let client = self.client(self.metadata(false).await?);
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request =
             client.authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random);
+        if reauthenticate {
+            request = request.add_prompt(openidconnect::core::CoreAuthPrompt::Login);
+        }
         for scope in &self.config.scopes {
             request = request.add_scope(Scope::new(scope.clone()));
         }

@@ -282,4 +282,13 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// The issuers of an account's identities.
+    pub async fn external_ids_of(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query("SELECT auth_provider FROM user_external_ids WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
 }

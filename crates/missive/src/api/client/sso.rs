@@ -15,7 +15,7 @@ use axum::{
 
 use crate::{
     api::AppState,
-    identity::{BROWSER_COOKIE, CALLBACK_PATH, SsoError},
+    identity::{BROWSER_COOKIE, CALLBACK_PATH, SignedIn, SsoError},
 };
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
@@ -23,7 +23,8 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     for version in ["r0", "v3"] {
         router = router
             .route(&format!("/_matrix/client/{version}/login/sso/redirect"), get(redirect))
-            .route(&format!("/_matrix/client/{version}/login/sso/redirect/{{idp_id}}"), get(redirect_to));
+            .route(&format!("/_matrix/client/{version}/login/sso/redirect/{{idp_id}}"), get(redirect_to))
+            .route(&format!("/_matrix/client/{version}/auth/m.login.sso/fallback/web"), get(confirm));
     }
     router
 }
@@ -59,6 +60,20 @@ async fn redirect_to(
     start(&state, Some(&idp_id), &query).await
 }
 
+/// # GET /_matrix/client/v3/auth/m.login.sso/fallback/web
+///
+/// The `m.login.sso` stage of user-interactive authentication: the user confirms who they
+/// are at their identity provider, then goes back to their application.
+async fn confirm(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Response {
+    if !state.sso.enabled() {
+        return failure(StatusCode::NOT_FOUND, &SsoError::UnknownProvider);
+    }
+    let Some(session) = query.get("session") else {
+        return failure(StatusCode::BAD_REQUEST, &SsoError::Session);
+    };
+    to_provider(&state, state.sso.start_confirmation(&state.accounts, session).await)
+}
+
 async fn start(state: &AppState, idp: Option<&str>, query: &HashMap<String, String>) -> Response {
     if !state.sso.enabled() {
         return failure(StatusCode::NOT_FOUND, &SsoError::UnknownProvider);
@@ -66,7 +81,12 @@ async fn start(state: &AppState, idp: Option<&str>, query: &HashMap<String, Stri
     let Some(redirect_url) = query.get("redirectUrl") else {
         return failure(StatusCode::BAD_REQUEST, &SsoError::Refused("the application gave no redirectUrl".into()));
     };
-    match state.sso.start(idp, redirect_url).await {
+    to_provider(state, state.sso.start(idp, redirect_url).await)
+}
+
+/// Sends the browser to the provider, with the cookie that binds the sign-in to it.
+fn to_provider(state: &AppState, started: Result<(String, String), SsoError>) -> Response {
+    match started {
         Ok((url, browser)) => {
             let secure =
                 if state.config.public_baseurl().is_some_and(|b| b.starts_with("https://")) { "; Secure" } else { "" };
@@ -102,26 +122,39 @@ async fn callback(
     };
     let browser = cookie(&headers, BROWSER_COOKIE);
     match state.sso.complete(&state.accounts, &state.rooms, sign_in, code, browser.as_deref()).await {
-        Ok(done) if done.trusted => {
+        Ok(SignedIn::Confirmed) => {
+            // The spec's fallback contract: tell the application, which retries its request.
+            let mut response = page(
+                StatusCode::OK,
+                "Identity confirmed",
+                "<p>You may go back to your application.</p>\
+                 <script>if (window.onAuthDone) { window.onAuthDone(); } \
+                 else if (window.opener && window.opener.postMessage) { window.opener.postMessage(\"authDone\", \"*\"); }</script>",
+            );
+            response.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; script-src 'unsafe-inline'; frame-ancestors 'none'"),
+            );
+            response
+        }
+        Ok(SignedIn::Login { redirect_url, trusted: true, .. }) => {
             let mut response = StatusCode::FOUND.into_response();
-            if let Ok(location) = HeaderValue::from_str(&done.redirect_url) {
+            if let Ok(location) = HeaderValue::from_str(&redirect_url) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
             response
         }
-        Ok(done) => {
-            let host = url::Url::parse(&done.redirect_url)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_owned))
-                .unwrap_or_default();
+        Ok(SignedIn::Login { user_id, redirect_url, .. }) => {
+            let host =
+                url::Url::parse(&redirect_url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
             page(
                 StatusCode::OK,
                 "Continue to your application",
                 &format!(
                     "<p>You are signed in as {}.</p><p><a href=\"{}\">Continue to your application</a> {}</p>\
                      <p>If you did not ask to sign in, close this page.</p>",
-                    escape(done.user_id.as_str()),
-                    escape(&done.redirect_url),
+                    escape(user_id.as_str()),
+                    escape(&redirect_url),
                     if host.is_empty() { String::new() } else { format!("at {}", escape(&host)) },
                 ),
             )
