@@ -449,3 +449,89 @@ async fn sensitive_actions_are_confirmed_at_the_identity_provider_when_password_
         server.call("GET", "/_matrix/client/v3/auth/m.login.sso/fallback/web?session=nope", None, None).await;
     assert_eq!(status, 400);
 }
+
+/// A SCIM request of the IAM, with its bearer token (or another).
+async fn scim(server: &TestServer, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().request(method.parse().unwrap(), server.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.header("content-type", "application/scim+json").body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_iam_provisions_suspends_and_deletes_accounts_through_scim() {
+    let (_provider, server) =
+        setup_with(&[("MISSIVE_SCIM__TOKEN", "scim-secret"), ("MISSIVE_SCIM__PROVIDER", "iam")]).await;
+    let token = Some("scim-secret");
+    let users = "/_missive/scim/v2/Users";
+    let anne = json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "externalId": "anne",
+        "userName": "Anne.Weber@police.example",
+        "name": { "givenName": "Anne", "familyName": "Weber" },
+        "emails": [{ "value": "anne.weber@police.example", "primary": true }],
+        "active": true,
+    });
+    // Without the IAM's token, nothing happens.
+    for bad in [None, Some("wrong")] {
+        let (status, body) = scim(&server, "POST", users, bad, Some(anne.clone())).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error");
+    }
+    let by_subject = format!("{users}?filter=externalId%20eq%20%22anne%22");
+    let (_, found) = scim(&server, "GET", &by_subject, token, None).await;
+    assert_eq!(found["totalResults"], 0, "{found}");
+
+    // Created before any sign-in, with the ID and profile a sign-in would give.
+    let (status, created) = scim(&server, "POST", users, token, Some(anne.clone())).await;
+    assert_eq!(status, 201, "{created}");
+    let user_id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["displayName"], "Anne Weber");
+    assert_eq!(created["externalId"], "anne");
+    assert_eq!(created["active"], true);
+    let (status, body) = scim(&server, "POST", users, token, Some(anne.clone())).await;
+    assert_eq!((status, body["scimType"].as_str()), (409, Some("uniqueness")), "{body}");
+    let (status, body) = scim(&server, "POST", users, token, Some(json!({ "userName": "x@police.example" }))).await;
+    assert_eq!((status, body["scimType"].as_str()), (400, Some("invalidValue")), "{body}");
+    let (status, _) = scim(&server, "POST", users, token, Some(json!("not a user"))).await;
+    assert_eq!(status, 400);
+    let (_, found) =
+        scim(&server, "GET", &format!("{users}?filter=userName%20eq%20%22anne.weber@police.example%22"), token, None)
+            .await;
+    assert_eq!(found["Resources"][0]["id"], user_id.as_str(), "{found}");
+
+    // The agent's first sign-in finds the account.
+    let (_, session) = redeem(&server, &login_token(&server, "anne").await).await;
+    assert_eq!(session["user_id"], user_id.as_str());
+    let access = session["access_token"].as_str().unwrap();
+
+    // Suspended the way Entra ID says it, reinstated the way Keycloak does.
+    let resource = format!("{users}/{user_id}");
+    let suspend = json!({ "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{ "op": "Replace", "path": "active", "value": "False" }] });
+    let (status, body) = scim(&server, "PATCH", &resource, token, Some(suspend)).await;
+    assert_eq!((status, body["active"].as_bool()), (200, Some(false)), "{body}");
+    let (status, body) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(access), None).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_USER_LOCKED")));
+    let reinstate = json!({ "Operations": [{ "op": "replace", "value": { "active": true } }] });
+    let (status, _) = scim(&server, "PATCH", &resource, token, Some(reinstate)).await;
+    assert_eq!(status, 200);
+    let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(access), None).await;
+    assert_eq!(status, 200);
+
+    // Deleted at the IAM: deactivated here at once (deleted after the grace period).
+    let (status, _) = scim(&server, "DELETE", &resource, token, None).await;
+    assert_eq!(status, 204);
+    let (status, body) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(access), None).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
+    let (_, shown) = scim(&server, "GET", &resource, token, None).await;
+    assert_eq!(shown["active"], false);
+    let (status, _) = scim(&server, "GET", &format!("{users}/@nobody:localhost"), token, None).await;
+    assert_eq!(status, 404);
+}

@@ -93,6 +93,20 @@ pub struct Config {
     pub sso: Sso,
     /// When accounts are deactivated and deleted without anyone asking.
     pub lifecycle: Lifecycle,
+    /// Provisioning of accounts by the IAM (SCIM 2.0).
+    pub scim: Scim,
+}
+
+/// The `[scim]` table: the IAM creates, suspends and deletes accounts through
+/// `/_missive/scim/v2/Users`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scim {
+    /// The bearer token the IAM presents; unset turns the endpoint off.
+    pub token: Option<Secret>,
+    /// The `[[sso.providers]]` ID whose identities the IAM provisions (`externalId` is the
+    /// subject); unset: the only provider.
+    pub provider: Option<String>,
 }
 
 /// The `[lifecycle]` table.
@@ -335,6 +349,7 @@ impl Default for Config {
             password_login: true,
             sso: Sso::default(),
             lifecycle: Lifecycle::default(),
+            scim: Scim::default(),
         }
     }
 }
@@ -440,6 +455,14 @@ impl Config {
         for (domain, entry) in &self.sso.domains {
             ruma::ServerName::parse(&entry.server)
                 .map_err(|e| ConfigError::Invalid(format!("sso.domains: {domain:?}: server: {e}")))?;
+        }
+        if self.scim.token.is_some() && self.sso.providers.is_empty() {
+            return Err(ConfigError::Invalid("scim.token needs an identity provider in sso.providers".into()));
+        }
+        if let Some(id) = &self.scim.provider
+            && !self.sso.providers.iter().any(|p| &p.id == id)
+        {
+            return Err(ConfigError::Invalid(format!("scim.provider {id:?} is not in sso.providers")));
         }
         if self.lifecycle.check_interval_secs == 0 {
             return Err(ConfigError::Invalid("lifecycle.check_interval_secs must be at least 1".into()));

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod client;
 pub mod federation;
 pub mod ruma;
+pub mod scim;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
     let router = client::routes(router);
     let router = admin::routes(router);
     let router = federation::routes(router);
+    let router = scim::routes(router);
     router
         .route("/.well-known/matrix/client", get(client::discovery::well_known))
         .fallback(self::ruma::unrecognized)

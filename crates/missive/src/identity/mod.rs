@@ -5,6 +5,7 @@
 
 pub mod lifecycle;
 pub mod oidc;
+pub mod scim;
 
 use std::{
     collections::HashMap,
@@ -241,6 +242,44 @@ impl Sso {
         let trusted = self.config.sso.client_whitelist.iter().any(|prefix| redirect_url.starts_with(prefix));
         tracing::info!(%user_id, provider = %provider.config.id, "signed in through the identity provider");
         Ok(SignedIn::Login { user_id, redirect_url: url.to_string(), trusted })
+    }
+
+    /// Provisions the account of an identity of `provider` before its first sign-in (the
+    /// IAM's SCIM client): the same admission, ID and profile as a sign-in would give.
+    /// Answers the account and whether it was created now.
+    pub async fn provision(
+        &self,
+        accounts: &Accounts,
+        rooms: &Rooms,
+        provider_id: Option<&str>,
+        claims: &Claims,
+    ) -> Result<(OwnedUserId, bool), SsoError> {
+        let provider = self.provider(provider_id)?;
+        let existed = self.store.external_user(&provider.config.issuer, &claims.subject).await.map_err(Error::from)?;
+        let admission = self.admission(provider, claims)?;
+        let user_id = self.account_for(accounts, provider, claims).await?;
+        self.update_profile(rooms, &user_id, claims).await?;
+        self.store
+            .set_account_attributes(user_id.as_str(), admission.organisation.as_deref(), admission.external)
+            .await
+            .map_err(Error::from)?;
+        Ok((user_id, existed.is_none()))
+    }
+
+    /// The account of an identity of `provider`, if it has one.
+    pub async fn account_of(&self, provider_id: Option<&str>, subject: &str) -> Result<Option<OwnedUserId>, SsoError> {
+        let provider = self.provider(provider_id)?;
+        let user = self.store.external_user(&provider.config.issuer, subject).await.map_err(Error::from)?;
+        Ok(user.and_then(|u| UserId::parse(u).ok()))
+    }
+
+    /// A provider by ID, or the only one.
+    fn provider(&self, id: Option<&str>) -> Result<&Provider, SsoError> {
+        match id {
+            Some(id) => self.providers.iter().find(|p| p.config.id == id).ok_or(SsoError::UnknownProvider),
+            None if self.providers.len() == 1 => Ok(&self.providers[0]),
+            None => Err(SsoError::UnknownProvider),
+        }
     }
 
     /// Redeems an `m.login.token`: the user it was issued to, once.

@@ -291,4 +291,14 @@ impl Store {
             .await?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
+
+    /// The account a third-party identifier belongs to.
+    pub async fn threepid_user(&self, medium: &str, address: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT user_id FROM user_threepids WHERE medium = $1 AND address = $2")
+            .bind(medium)
+            .bind(address)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
 }
