@@ -25,9 +25,25 @@ const provider = new Provider(issuer, {
   },
   // Claims of the scopes asked for go into the ID token, as most IAMs do.
   conformIdTokenClaims: false,
-  features: { devInteractions: { enabled: true } },
+  features: {
+    devInteractions: { enabled: true },
+    backchannelLogout: { enabled: true },
+    rpInitiatedLogout: {
+      enabled: true,
+      // The confirmation form says yes by itself, so that a test's browser signs out.
+      async logoutSource(ctx, form) {
+        ctx.body = `<!DOCTYPE html><html><body>${form.replace('</form>', '<input type="hidden" name="logout" value="yes"/></form>')}</body></html>`;
+      },
+    },
+  },
   cookies: { keys: ['missive-test-provider'] },
   pkce: { required: () => true },
+  // Everything runs on loopback, which the provider's SSRF protection refuses to call
+  // (back-channel logout): the test drops it.
+  fetch(url, options) {
+    delete options.dispatcher;
+    return globalThis.fetch(url, options);
+  },
 });
 // The development pages are served over plain HTTP on loopback.
 provider.proxy = false;

@@ -26,7 +26,12 @@ async fn setup_with(extra: &[(&str, &str)]) -> (OidcProvider, TestServer) {
     let base = format!("http://127.0.0.1:{port}");
     let callback = format!("{base}/_synapse/client/oidc/callback");
     let clients = json!([
-        { "client_id": "missive", "client_secret": "missive-secret", "redirect_uris": [callback] },
+        {
+            "client_id": "missive",
+            "client_secret": "missive-secret",
+            "redirect_uris": [callback],
+            "backchannel_logout_uri": format!("{base}/_synapse/client/oidc/backchannel_logout"),
+        },
         { "client_id": "partners", "client_secret": "partners-secret", "redirect_uris": [callback] },
     ]);
     let accounts = json!({
@@ -534,4 +539,45 @@ async fn the_iam_provisions_suspends_and_deletes_accounts_through_scim() {
     assert_eq!(shown["active"], false);
     let (status, _) = scim(&server, "GET", &format!("{users}/@nobody:localhost"), token, None).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn signing_out_at_the_identity_provider_ends_the_matrix_sessions() {
+    let (provider, server) = setup().await;
+    // Signed in twice (two devices) in one browser, which keeps the provider's session.
+    let browser = Browser::default();
+    let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect/iam?redirectUrl={CLIENT}done"));
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let Outcome::Redirected(url) = browser.sign_in(&start, "anne", CLIENT).await else { panic!("no sign-in") };
+        let token =
+            reqwest::Url::parse(&url).unwrap().query_pairs().find(|(k, _)| k == "loginToken").unwrap().1.into_owned();
+        let (_, session) = redeem(&server, &token).await;
+        tokens.push(session["access_token"].as_str().unwrap().to_owned());
+    }
+    let (_, bruno) = redeem(&server, &login_token(&server, "bruno").await).await;
+    let bruno_token = bruno["access_token"].as_str().unwrap();
+
+    // A forged or replayed logout token changes nothing.
+    let forged = reqwest::Client::new()
+        .post(server.url("/_synapse/client/oidc/backchannel_logout"))
+        .form(&[("logout_token", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbm5lIn0.")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(&tokens[0]), None).await;
+    assert_eq!(status, 200);
+
+    // Anne signs out at the provider: it tells Missive, which ends her sessions, not Bruno's.
+    match browser.sign_in(&format!("{}/session/end", provider.issuer), "anne", "http://never.example/").await {
+        Outcome::Page(status, page) => assert_eq!(status, 200, "{page}"),
+        other => panic!("{other:?}"),
+    }
+    for token in &tokens {
+        let (status, body) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(token), None).await;
+        assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{body}");
+    }
+    let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(bruno_token), None).await;
+    assert_eq!(status, 200);
 }

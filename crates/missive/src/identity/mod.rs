@@ -76,6 +76,8 @@ pub const BROWSER_COOKIE: &str = "missive_sso_session";
 /// Where providers send users back (Synapse's path, so that an IdP's client registration
 /// carries over).
 pub const CALLBACK_PATH: &str = "/_synapse/client/oidc/callback";
+/// Where providers send back-channel logout tokens (Synapse's path).
+pub const BACKCHANNEL_LOGOUT_PATH: &str = "/_synapse/client/oidc/backchannel_logout";
 
 /// A completed sign-in.
 pub enum SignedIn {
@@ -93,6 +95,8 @@ pub struct Sso {
     providers: Vec<Provider>,
     pending: Mutex<HashMap<String, Pending>>,
     pseudonym_key: Vec<u8>,
+    /// IDs of the logout tokens taken (a replay is refused).
+    logout_ids: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Sso {
@@ -115,7 +119,14 @@ impl Sso {
             Some(secret) => secret.expose().as_bytes().to_vec(),
             None => store.server_secret("pseudonym_key", &random_string(43)).await.map_err(Error::from)?.into_bytes(),
         };
-        Ok(Self { config, store, providers, pending: Default::default(), pseudonym_key })
+        Ok(Self {
+            config,
+            store,
+            providers,
+            pending: Default::default(),
+            pseudonym_key,
+            logout_ids: Default::default(),
+        })
     }
 
     /// Whether any provider is configured.
@@ -280,6 +291,41 @@ impl Sso {
             None if self.providers.len() == 1 => Ok(&self.providers[0]),
             None => Err(SsoError::UnknownProvider),
         }
+    }
+
+    /// Ends the sessions of the account whose identity a provider logged out (back-channel
+    /// logout): every session of the account, since the provider's session ID is not kept.
+    /// A token is taken once.
+    pub async fn backchannel_logout(&self, accounts: &Accounts, token: &str) -> Result<(), SsoError> {
+        let mut last = SsoError::IdToken("no identity provider is configured".into());
+        for provider in &self.providers {
+            let (subject, jti) = match provider.verify_logout(token).await {
+                Ok(verified) => verified,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            if let Some(jti) = jti {
+                let mut seen = self.logout_ids.lock().expect("logout ids poisoned");
+                if seen.contains(&jti) {
+                    return Err(SsoError::IdToken("this logout token was used already".into()));
+                }
+                if seen.len() >= PENDING_MAX {
+                    seen.clear();
+                }
+                seen.insert(jti);
+            }
+            if let Some(user) =
+                self.store.external_user(&provider.config.issuer, &subject).await.map_err(Error::from)?
+            {
+                let user_id = UserId::parse(user).map_err(|e| Error::Internal(e.to_string()))?;
+                accounts.logout_all(&user_id).await?;
+                tracing::info!(%user_id, provider = %provider.config.id, "sessions ended by the identity provider");
+            }
+            return Ok(());
+        }
+        Err(last)
     }
 
     /// Redeems an `m.login.token`: the user it was issued to, once.

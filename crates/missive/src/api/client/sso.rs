@@ -15,11 +15,13 @@ use axum::{
 
 use crate::{
     api::AppState,
-    identity::{BROWSER_COOKIE, CALLBACK_PATH, SignedIn, SsoError},
+    identity::{BACKCHANNEL_LOGOUT_PATH, BROWSER_COOKIE, CALLBACK_PATH, SignedIn, SsoError},
 };
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
-    let mut router = router.route(CALLBACK_PATH, get(callback));
+    let mut router = router
+        .route(CALLBACK_PATH, get(callback))
+        .route(BACKCHANNEL_LOGOUT_PATH, axum::routing::post(backchannel_logout));
     for version in ["r0", "v3"] {
         router = router
             .route(&format!("/_matrix/client/{version}/login/sso/redirect"), get(redirect))
@@ -164,6 +166,33 @@ async fn callback(
             failure(status_of(&e), &e)
         }
     }
+}
+
+/// # POST /_synapse/client/oidc/backchannel_logout
+///
+/// The provider ends an identity's sessions (OpenID Connect Back-Channel Logout 1.0): a
+/// form with the signed `logout_token`; 200 when done, 400 with an OAuth error otherwise.
+async fn backchannel_logout(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let token = url::form_urlencoded::parse(&body).find(|(k, _)| k == "logout_token").map(|(_, v)| v.into_owned());
+    let outcome = match token {
+        Some(token) => state.sso.backchannel_logout(&state.accounts, &token).await,
+        None => Err(SsoError::IdToken("no logout_token".into())),
+    };
+    let mut response = match outcome {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => {
+            tracing::info!(error = %e, "back-channel logout refused");
+            let status = if matches!(e, SsoError::Server(_)) {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let body = serde_json::json!({ "error": "invalid_request", "error_description": e.to_string() });
+            (status, axum::Json(body)).into_response()
+        }
+    };
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn status_of(error: &SsoError) -> StatusCode {
