@@ -242,6 +242,33 @@ async fn domains_send_agents_to_their_server_and_external_users_are_restricted()
     let eve_token = eve["access_token"].as_str().unwrap();
     let (status, body) = server.call("POST", "/_matrix/client/v3/createRoom", Some(eve_token), Some(json!({}))).await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+
+    // An external user joins only rooms that admit external users, and gets no power.
+    let eve_id = eve["user_id"].as_str().unwrap();
+    let mut rooms = Vec::new();
+    for rule in [None, Some("restricted"), Some("unrestricted")] {
+        let mut request = json!({ "invite": [eve_id] });
+        if let Some(rule) = rule {
+            request["initial_state"] =
+                json!([{ "type": "im.vector.room.access_rules", "state_key": "", "content": { "rule": rule } }]);
+        }
+        let (_, room) = server.call("POST", "/_matrix/client/v3/createRoom", Some(anne_token), Some(request)).await;
+        let room_id = room["room_id"].as_str().unwrap().to_owned();
+        let (status, body) =
+            server.call("POST", &format!("/_matrix/client/v3/join/{room_id}"), Some(eve_token), Some(json!({}))).await;
+        let expected = if rule == Some("unrestricted") { 200 } else { 403 };
+        assert_eq!(status, expected, "{rule:?}: {body}");
+        rooms.push(room_id);
+    }
+    let open = &rooms[2];
+    let path = format!("/_matrix/client/v3/rooms/{open}/state/m.room.power_levels/");
+    let (_, mut levels) = server.call("GET", &path, Some(anne_token), None).await;
+    levels["users"][eve_id] = json!(50);
+    let (status, body) = server.call("PUT", &path, Some(anne_token), Some(levels.clone())).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    levels["users"][eve_id] = json!(0);
+    let (status, body) = server.call("PUT", &path, Some(anne_token), Some(levels)).await;
+    assert_eq!(status, 200, "the default level is no power: {body}");
 }
 
 #[tokio::test]

@@ -30,7 +30,47 @@ pub fn member_content(
     Value::Object(content)
 }
 
+/// The state event saying whether external users may be in a room (Tchap's: `rule` is
+/// `restricted`, `unrestricted` or `direct`).
+pub const ACCESS_RULES_TYPE: &str = "im.vector.room.access_rules";
+
 impl Rooms {
+    /// Refuses an external user a room whose access rules do not admit them: only rooms
+    /// marked `unrestricted` and direct chats (`direct`) do, as in Tchap.
+    async fn require_external_access(&self, room_id: &RoomId) -> Result<()> {
+        let rule = self
+            .current_state_content(room_id, ACCESS_RULES_TYPE, "")
+            .await?
+            .and_then(|c| c.get("rule").and_then(Value::as_str).map(str::to_owned));
+        match rule.as_deref() {
+            Some("unrestricted" | "direct") => Ok(()),
+            _ => Err(Error::forbidden("this room does not admit external users")),
+        }
+    }
+
+    /// Refuses power levels that raise a local external user above the room's default.
+    pub(super) async fn check_external_power(&self, content: &Value) -> Result<()> {
+        let level = |v: &Value| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()));
+        let default = content.get("users_default").and_then(level).unwrap_or(0);
+        let Some(users) = content.get("users").and_then(Value::as_object) else {
+            return Ok(());
+        };
+        for (user, value) in users {
+            if level(value).is_none_or(|l| l <= default) {
+                continue;
+            }
+            let Ok(user_id) = UserId::parse(user) else {
+                continue;
+            };
+            if user_id.server_name() == self.server_name
+                && self.store.user(user_id.as_str()).await?.is_some_and(|u| u.external)
+            {
+                return Err(Error::forbidden(format!("{user_id} is an external user and cannot be given power")));
+            }
+        }
+        Ok(())
+    }
+
     /// Changes a field of a user's profile and carries it into the member event of every
     /// room they are joined to, as clients expect.
     pub async fn set_profile_field(
@@ -82,6 +122,9 @@ impl Rooms {
         self.require_room(room_id).await?;
         if self.current_membership(room_id, user_id).await?.as_deref() == Some("join") {
             return Ok(room_id.to_owned());
+        }
+        if self.store.user(user_id.as_str()).await?.is_some_and(|u| u.external) {
+            self.require_external_access(room_id).await?;
         }
         let profile = self.store.profile(user_id.as_str()).await?.unwrap_or_default();
         let mut content = extra;

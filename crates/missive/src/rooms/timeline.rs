@@ -87,6 +87,9 @@ impl Rooms {
     /// Server policy on state changes beyond the auth rules: canonical aliases that point to
     /// the room, mandatory encryption.
     async fn check_state_policy(&self, room_id: &RoomId, draft: &Draft) -> Result<()> {
+        if draft.kind == "m.room.power_levels" && draft.state_key.as_deref() == Some("") {
+            self.check_external_power(&draft.content).await?;
+        }
         if draft.state_key.as_deref() == Some("") && draft.kind == "m.room.canonical_alias" {
             self.check_canonical_alias(room_id, &draft.content).await?;
         }
