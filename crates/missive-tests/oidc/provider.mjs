@@ -3,16 +3,25 @@
 //   OIDC_PORT      port to listen on (loopback); the issuer is http://127.0.0.1:<port>
 //   OIDC_CLIENTS   JSON array of client metadata (client_id, client_secret, redirect_uris)
 //   OIDC_ACCOUNTS  JSON object: login name -> claims (sub, email, given_name, ...)
+//   OIDC_TAMPER    unset, or how to spoil every ID token the token endpoint hands out:
+//                  bad-signature, wrong-issuer, wrong-audience, expired
 // Prints "oidc provider listening on <issuer>" once it accepts connections.
+import * as jose from 'jose';
 import Provider from 'oidc-provider';
 
 const port = Number(process.env.OIDC_PORT);
 const issuer = `http://127.0.0.1:${port}`;
 const clients = JSON.parse(process.env.OIDC_CLIENTS);
 const accounts = JSON.parse(process.env.OIDC_ACCOUNTS || '{}');
+const tamper = process.env.OIDC_TAMPER;
+
+// The provider's own signing key, so that a tampering test can sign what it changed.
+const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
+const signingKey = { ...(await jose.exportJWK(privateKey)), kid: 'test-key', use: 'sig', alg: 'RS256' };
 
 const provider = new Provider(issuer, {
   clients,
+  jwks: { keys: [signingKey] },
   async findAccount(ctx, id) {
     const claims = accounts[id];
     if (!claims) return undefined;
@@ -47,6 +56,23 @@ const provider = new Provider(issuer, {
 });
 // The development pages are served over plain HTTP on loopback.
 provider.proxy = false;
+
+if (tamper) {
+  const { privateKey: otherKey } = await jose.generateKeyPair('RS256');
+  provider.use(async (ctx, next) => {
+    await next();
+    if (!ctx.path.endsWith('/token') || !ctx.body || !ctx.body.id_token) return;
+    const claims = jose.decodeJwt(ctx.body.id_token);
+    const now = Math.floor(Date.now() / 1000);
+    let key = privateKey;
+    if (tamper === 'bad-signature') key = otherKey;
+    if (tamper === 'wrong-issuer') claims.iss = 'http://impostor.example';
+    if (tamper === 'wrong-audience') claims.aud = 'another-client';
+    if (tamper === 'expired') { claims.iat = now - 7200; claims.exp = now - 3600; }
+    const idToken = await new jose.SignJWT(claims).setProtectedHeader({ alg: 'RS256', kid: 'test-key' }).sign(key);
+    ctx.body = { ...ctx.body, id_token: idToken };
+  });
+}
 
 provider.listen(port, '127.0.0.1', () => {
   console.log(`oidc provider listening on ${issuer}`);

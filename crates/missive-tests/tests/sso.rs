@@ -22,6 +22,11 @@ async fn setup() -> (OidcProvider, TestServer) {
 /// The same, with extra settings; the provider also knows a second client, `partners`,
 /// which the server may name as a provider of external users.
 async fn setup_with(extra: &[(&str, &str)]) -> (OidcProvider, TestServer) {
+    setup_full(&[], extra).await
+}
+
+/// The same, with settings of the provider too.
+async fn setup_full(provider_env: &[(&str, &str)], extra: &[(&str, &str)]) -> (OidcProvider, TestServer) {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let callback = format!("{base}/_synapse/client/oidc/callback");
@@ -41,7 +46,7 @@ async fn setup_with(extra: &[(&str, &str)]) -> (OidcProvider, TestServer) {
         "dora": { "email": "dora@interior.gov.example", "email_verified": true },
         "eve": { "email": "eve@mail.example", "email_verified": true },
     });
-    let provider = OidcProvider::start(&clients, &accounts);
+    let provider = OidcProvider::start_with(&clients, &accounts, provider_env);
     let providers = format!(
         "[{{ id = \"iam\", name = \"State IAM\", issuer = \"{0}\", client_id = \"missive\", client_secret = \"missive-secret\" }}, \
          {{ id = \"partners\", name = \"Partners\", issuer = \"{0}\", client_id = \"partners\", client_secret = \"partners-secret\", external = true }}]",
@@ -607,4 +612,27 @@ async fn signing_out_at_the_identity_provider_ends_the_matrix_sessions() {
     }
     let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(bruno_token), None).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn spoilt_id_tokens_are_refused_and_create_nothing() {
+    let reasons = [
+        ("bad-signature", "Signature verification failed"),
+        ("wrong-issuer", "Invalid issuer"),
+        ("wrong-audience", "Invalid audiences"),
+        ("expired", "ID token expired"),
+    ];
+    for (tamper, reason) in reasons {
+        let (_provider, server) = setup_full(&[("OIDC_TAMPER", tamper)], &[]).await;
+        let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect/iam?redirectUrl={CLIENT}done"));
+        match Browser::default().sign_in(&start, "anne", CLIENT).await {
+            Outcome::Page(status, body) => {
+                assert_eq!(status, 403, "{tamper}: {body}");
+                assert!(body.contains("answer is not valid") && body.contains(reason), "{tamper}: {body}");
+            }
+            other => panic!("{tamper}: signed in: {other:?}"),
+        }
+        assert!(server.query_strings("SELECT user_id FROM user_external_ids").await.is_empty(), "{tamper}");
+        assert!(server.query_strings("SELECT token_hash FROM login_tokens").await.is_empty(), "{tamper}");
+    }
 }

@@ -28,6 +28,11 @@ impl OidcProvider {
     /// Starts a provider with these clients (client metadata) and accounts (login name to
     /// claims).
     pub fn start(clients: &Value, accounts: &Value) -> Self {
+        Self::start_with(clients, accounts, &[])
+    }
+
+    /// The same, with extra settings of `provider.mjs` (`OIDC_TAMPER`).
+    pub fn start_with(clients: &Value, accounts: &Value, env: &[(&str, &str)]) -> Self {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/oidc");
         assert!(
             std::path::Path::new(dir).join("node_modules/oidc-provider").is_dir(),
@@ -40,6 +45,7 @@ impl OidcProvider {
             .env("OIDC_PORT", port.to_string())
             .env("OIDC_CLIENTS", clients.to_string())
             .env("OIDC_ACCOUNTS", accounts.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
