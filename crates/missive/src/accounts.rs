@@ -642,16 +642,11 @@ impl Accounts {
         if !ok {
             return Err(Error::forbidden("invalid username or password"));
         }
-        // Told only to who knows the password.
-        if account.locked {
-            return Err(Error::UserLocked);
-        }
-        let session = self.open_session(&user_id, device_id, device_name, refresh).await?;
-        tracing::info!(%user_id, device_id = %session.device_id, "logged in");
-        Ok(session)
+        // A suspension is told only to who knows the password.
+        self.login_as(&user_id, device_id, device_name, refresh).await
     }
 
-    /// Opens a session for a user whose identity was proven elsewhere (a login token of
+    /// Opens a session for a user whose identity was proven (a password, a login token of
     /// single sign-on), if their account is active.
     pub async fn login_as(
         &self,
@@ -668,7 +663,7 @@ impl Accounts {
             return Err(Error::UserLocked);
         }
         let session = self.open_session(user_id, device_id, device_name, refresh).await?;
-        tracing::info!(%user_id, device_id = %session.device_id, "logged in with a login token");
+        tracing::info!(%user_id, device_id = %session.device_id, "logged in");
         Ok(session)
     }
 

@@ -37,6 +37,21 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/_synapse/admin/v1/suspend/{user_id}", axum::routing::put(suspend))
 }
 
+/// What an admin request about a user carries once checked: the requester is a server
+/// admin, the user is local, and the body (an empty one read as `{}`) parses.
+fn user_request<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    requester: &crate::accounts::Identity,
+    user_id: &str,
+    body: &[u8],
+) -> Result<(ruma::OwnedUserId, T)> {
+    require_admin(requester)?;
+    let user_id = local_user(state, user_id)?;
+    let body = if body.is_empty() { b"{}" as &[u8] } else { body };
+    let request = serde_json::from_slice(body).map_err(|e| Error::bad_json(e.to_string()))?;
+    Ok((user_id, request))
+}
+
 /// A local user named in an admin path.
 fn local_user(state: &AppState, user_id: &str) -> Result<ruma::OwnedUserId> {
     let user_id = ruma::UserId::parse(user_id).map_err(|e| Error::invalid_param(e.to_string()))?;
@@ -110,9 +125,7 @@ async fn modify_user(
     Path(user_id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    require_admin(&id)?;
-    let user_id = local_user(&state, &user_id)?;
-    let changes: UserChanges = serde_json::from_slice(&body).map_err(|e| Error::bad_json(e.to_string()))?;
+    let (user_id, changes): (_, UserChanges) = user_request(&state, &id, &user_id, &body)?;
     let account = state.accounts.account(&user_id).await?.ok_or_else(|| Error::not_found("no such account"))?;
     if let Some(locked) = changes.locked {
         lifecycle::suspend(&state.accounts, &user_id, locked).await?;
@@ -140,13 +153,7 @@ async fn deactivate(
     Path(user_id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    require_admin(&id)?;
-    let user_id = local_user(&state, &user_id)?;
-    let request: Deactivation = if body.is_empty() {
-        Deactivation { erase: false }
-    } else {
-        serde_json::from_slice(&body).map_err(|e| Error::bad_json(e.to_string()))?
-    };
+    let (user_id, request): (_, Deactivation) = user_request(&state, &id, &user_id, &body)?;
     if state.accounts.account(&user_id).await?.is_none() {
         return Err(Error::not_found("no such account"));
     }
@@ -166,9 +173,7 @@ async fn suspend(
     Path(user_id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    require_admin(&id)?;
-    let user_id = local_user(&state, &user_id)?;
-    let request: Suspension = serde_json::from_slice(&body).map_err(|e| Error::bad_json(e.to_string()))?;
+    let (user_id, request): (_, Suspension) = user_request(&state, &id, &user_id, &body)?;
     lifecycle::suspend(&state.accounts, &user_id, request.suspend).await?;
     Ok(json(json!({ format!("user_{}_suspended", user_id): request.suspend })))
 }

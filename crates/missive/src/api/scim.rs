@@ -195,39 +195,28 @@ async fn search(
 }
 
 /// # PUT /_missive/scim/v2/Users/{id}
-async fn replace(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    answer(
-        async {
-            authorize(&state, &headers)?;
-            let user_id = account(&state, &id).await?;
-            let user: UserResource = body_of(&body)?;
-            if let Some(active) = user.active()? {
-                set_active(&state, &user_id, active).await?;
-            }
-            Ok(scim_json(StatusCode::OK, resource(&state, &user_id).await?))
-        }
-        .await,
-    )
+async fn replace(state: State<AppState>, headers: HeaderMap, id: Path<String>, body: axum::body::Bytes) -> Response {
+    change(state, headers, id, || body_of::<UserResource>(&body)?.active()).await
 }
 
 /// # PATCH /_missive/scim/v2/Users/{id}
-async fn patch(
+async fn patch(state: State<AppState>, headers: HeaderMap, id: Path<String>, body: axum::body::Bytes) -> Response {
+    change(state, headers, id, || body_of::<Patch>(&body)?.active()).await
+}
+
+/// A change of a user: the `active` value its message sets, if any, is applied; other
+/// attributes follow the IAM's claims at each sign-in.
+async fn change(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    active: impl FnOnce() -> Result<Option<bool>, ScimError>,
 ) -> Response {
     answer(
         async {
             authorize(&state, &headers)?;
             let user_id = account(&state, &id).await?;
-            let patch: Patch = body_of(&body)?;
-            if let Some(active) = patch.active()? {
+            if let Some(active) = active()? {
                 set_active(&state, &user_id, active).await?;
             }
             Ok(scim_json(StatusCode::OK, resource(&state, &user_id).await?))
