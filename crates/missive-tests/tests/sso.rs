@@ -232,6 +232,31 @@ async fn domains_send_agents_to_their_server_and_external_users_are_restricted()
     let (status, body) = refused("dora", "iam").await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("on the server gov.example"), "{body}");
+    // Told before any sign-in when the application passes the address as a hint.
+    let hinted = "/_matrix/client/v3/login/sso/redirect/iam?redirectUrl=http://client.test/x&login_hint=dora@interior.gov.example";
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(server.url(hinted))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "no redirect to the provider");
+    assert!(response.text().await.unwrap().contains("on the server gov.example"));
+    let hinted =
+        "/_matrix/client/v3/login/sso/redirect/iam?redirectUrl=http://client.test/x&login_hint=anne@police.example";
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(server.url(hinted))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(location.contains("login_hint=anne%40police.example"), "the hint goes on to the provider: {location}");
     // A domain that is no administration of the server is refused.
     let (status, body) = refused("eve", "iam").await;
     assert_eq!(status, 403, "{body}");

@@ -142,7 +142,15 @@ impl Sso {
     /// Starts a sign-in with a provider (the only one when `idp` is `None`) for a client
     /// that wants to be sent back to `redirect_url`. Answers the provider's URL and the
     /// value of the browser cookie.
-    pub async fn start(&self, idp: Option<&str>, redirect_url: &str) -> Result<(String, String), SsoError> {
+    /// A `login_hint` naming an e-mail address is checked against the domain table first,
+    /// so that an agent of another server's administration is told where to go before any
+    /// sign-in, and is passed on to the provider.
+    pub async fn start(
+        &self,
+        idp: Option<&str>,
+        redirect_url: &str,
+        login_hint: Option<&str>,
+    ) -> Result<(String, String), SsoError> {
         let index = match idp {
             Some(id) => self.providers.iter().position(|p| p.config.id == id).ok_or(SsoError::UnknownProvider)?,
             None if self.providers.len() == 1 => 0,
@@ -155,7 +163,11 @@ impl Sso {
         if matches!(url.scheme(), "javascript" | "data" | "vbscript" | "file" | "blob") {
             return Err(SsoError::Refused("the application's redirect URL is not allowed".into()));
         }
-        self.begin(index, Purpose::Login { redirect_url: redirect_url.to_owned() }).await
+        let email = login_hint.map(|h| h.trim_start_matches("mailto:")).filter(|h| !h.starts_with('@'));
+        if let Some((_, domain)) = email.and_then(|e| e.rsplit_once('@')) {
+            self.admit_domain(&self.providers[index], Some(&domain.to_lowercase()))?;
+        }
+        self.begin(index, Purpose::Login { redirect_url: redirect_url.to_owned() }, login_hint).await
     }
 
     /// Starts the confirmation of a signed-in user's identity for the user-interactive
@@ -174,12 +186,17 @@ impl Sso {
             .iter()
             .position(|p| issuers.contains(&p.config.issuer))
             .ok_or_else(|| SsoError::Refused("this account does not sign in with an identity provider".into()))?;
-        self.begin(index, Purpose::Confirm { uia_session: uia_session.to_owned(), user_id }).await
+        self.begin(index, Purpose::Confirm { uia_session: uia_session.to_owned(), user_id }, None).await
     }
 
-    async fn begin(&self, index: usize, purpose: Purpose) -> Result<(String, String), SsoError> {
+    async fn begin(
+        &self,
+        index: usize,
+        purpose: Purpose,
+        login_hint: Option<&str>,
+    ) -> Result<(String, String), SsoError> {
         let reauthenticate = matches!(purpose, Purpose::Confirm { .. });
-        let authorization = self.providers[index].authorize(reauthenticate).await?;
+        let authorization = self.providers[index].authorize(reauthenticate, login_hint).await?;
         let browser = random_string(32);
         let pending = Pending {
             provider: index,
@@ -339,8 +356,12 @@ impl Sso {
     /// the domain belongs to another server (named, so that the agent goes there) or is not
     /// listed (unless the provider is one of external users, or no domain is listed).
     fn admission(&self, provider: &Provider, claims: &Claims) -> Result<Admission, SsoError> {
+        self.admit_domain(provider, claims.email.as_deref().and_then(|e| e.rsplit_once('@')).map(|(_, d)| d))
+    }
+
+    /// What the domain table says of an e-mail domain (none: no address) at a provider.
+    fn admit_domain(&self, provider: &Provider, domain: Option<&str>) -> Result<Admission, SsoError> {
         let domains = &self.config.sso.domains;
-        let domain = claims.email.as_deref().and_then(|e| e.rsplit_once('@')).map(|(_, d)| d);
         let external = provider.config.external;
         match domain.and_then(|d| domain_entry(domains, d)) {
             Some(entry) if entry.server != self.config.server_name => Err(SsoError::Refused(format!(

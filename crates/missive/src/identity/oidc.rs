@@ -93,13 +93,16 @@ impl Provider {
     /// PKCE (S256) challenge.
     /// `reauthenticate` asks the provider to check who the user is again, even within its
     /// own session (`prompt=login`): for a sensitive action, not a sign-in.
-    pub async fn authorize(&self, reauthenticate: bool) -> Result<Authorization, SsoError> {
+    pub async fn authorize(&self, reauthenticate: bool, login_hint: Option<&str>) -> Result<Authorization, SsoError> {
         let client = self.client(self.metadata(false).await?);
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request =
             client.authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random);
         if reauthenticate {
             request = request.add_prompt(openidconnect::core::CoreAuthPrompt::Login);
+        }
+        if let Some(hint) = login_hint {
+            request = request.set_login_hint(openidconnect::LoginHint::new(hint.to_owned()));
         }
         for scope in &self.config.scopes {
             request = request.add_scope(Scope::new(scope.clone()));

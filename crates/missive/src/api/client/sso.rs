@@ -83,7 +83,8 @@ async fn start(state: &AppState, idp: Option<&str>, query: &HashMap<String, Stri
     let Some(redirect_url) = query.get("redirectUrl") else {
         return failure(StatusCode::BAD_REQUEST, &SsoError::Refused("the application gave no redirectUrl".into()));
     };
-    to_provider(state, state.sso.start(idp, redirect_url).await)
+    let login_hint = query.get("login_hint").map(String::as_str);
+    to_provider(state, state.sso.start(idp, redirect_url, login_hint).await)
 }
 
 /// Sends the browser to the provider, with the cookie that binds the sign-in to it.
