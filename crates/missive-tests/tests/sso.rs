@@ -83,6 +83,12 @@ async fn login_token_with(server: &TestServer, idp: &str, login: &str) -> String
     }
 }
 
+/// A GET whose redirect, if any, is answered rather than followed.
+async fn get_unfollowed(url: &str) -> reqwest::Response {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    client.get(url).send().await.unwrap()
+}
+
 async fn redeem(server: &TestServer, token: &str) -> (u16, Value) {
     server
         .call("POST", "/_matrix/client/v3/login", None, Some(json!({ "type": "m.login.token", "token": token })))
@@ -176,8 +182,7 @@ async fn a_sign_in_returns_only_to_its_own_browser_and_asks_before_unknown_appli
     assert_eq!(status, 400);
     // The provider's answer brought to another browser (a link sent to a victim) is refused.
     let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect/iam?redirectUrl={CLIENT}x"));
-    let first = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let to_provider = first.get(&start).send().await.unwrap();
+    let to_provider = get_unfollowed(&start).await;
     assert_eq!(to_provider.status(), 302);
     let provider_url = to_provider.headers()["location"].to_str().unwrap().to_owned();
     match Browser::default().sign_in(&provider_url, "anne", CLIENT).await {
@@ -234,26 +239,12 @@ async fn domains_send_agents_to_their_server_and_external_users_are_restricted()
     assert!(body.contains("on the server gov.example"), "{body}");
     // Told before any sign-in when the application passes the address as a hint.
     let hinted = "/_matrix/client/v3/login/sso/redirect/iam?redirectUrl=http://client.test/x&login_hint=dora@interior.gov.example";
-    let response = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(server.url(hinted))
-        .send()
-        .await
-        .unwrap();
+    let response = get_unfollowed(&server.url(hinted)).await;
     assert_eq!(response.status(), 403, "no redirect to the provider");
     assert!(response.text().await.unwrap().contains("on the server gov.example"));
     let hinted =
         "/_matrix/client/v3/login/sso/redirect/iam?redirectUrl=http://client.test/x&login_hint=anne@police.example";
-    let response = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(server.url(hinted))
-        .send()
-        .await
-        .unwrap();
+    let response = get_unfollowed(&server.url(hinted)).await;
     assert_eq!(response.status(), 302);
     let location = response.headers()["location"].to_str().unwrap();
     assert!(location.contains("login_hint=anne%40police.example"), "the hint goes on to the provider: {location}");

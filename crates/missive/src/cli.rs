@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::{api::ruma::percent_encode, config::Config};
 
 #[derive(Parser)]
 #[command(name = "missive", version, about = "A Matrix homeserver for public administrations")]
@@ -83,7 +83,7 @@ async fn admin(config: &Config, url: Option<String>, token: &str, command: Admin
             client.get(format!("{base}/_synapse/admin/v1/federation/destinations"))
         }
         AdminCommand::User { action } => {
-            let user_path = |id: &str| format!("{base}/_synapse/admin/v2/users/{}", urlencode(id));
+            let user_path = |id: &str| format!("{base}/_synapse/admin/v2/users/{}", percent_encode(id));
             match action {
                 UserAction::Show { user_id } => client.get(user_path(&user_id)),
                 UserAction::Suspend { user_id } => client
@@ -95,7 +95,7 @@ async fn admin(config: &Config, url: Option<String>, token: &str, command: Admin
                     .header("content-type", "application/json")
                     .body(serde_json::json!({ "locked": false }).to_string()),
                 UserAction::Deactivate { user_id, erase } => client
-                    .post(format!("{base}/_synapse/admin/v1/deactivate/{}", urlencode(&user_id)))
+                    .post(format!("{base}/_synapse/admin/v1/deactivate/{}", percent_encode(&user_id)))
                     .header("content-type", "application/json")
                     .body(serde_json::json!({ "erase": erase }).to_string()),
                 UserAction::Restore { user_id } => client
@@ -111,11 +111,6 @@ async fn admin(config: &Config, url: Option<String>, token: &str, command: Admin
     println!("{}", serde_json::to_string_pretty(&body)?);
     anyhow::ensure!(status.is_success(), "the server answered {status}");
     Ok(())
-}
-
-/// A path segment, percent-encoded.
-fn urlencode(segment: &str) -> String {
-    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// Large allocations (each Argon2id hash takes `memory_kib`, 19 MiB by default) go straight

@@ -116,6 +116,12 @@ fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
+/// Text as a URL path segment or query value: everything but ASCII letters and digits
+/// percent-encoded.
+pub fn percent_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 impl<T> FromRequest<AppState> for Ruma<T>
 where
     T: IncomingRequest + Send,
@@ -222,7 +228,7 @@ fn push_rule_args(matched: Option<&str>, path_args: &mut [String], uri: &mut htt
         .map(|pair| match pair.split_once('=') {
             Some((key @ ("before" | "after"), value)) => {
                 let held = held_room_rule_id(&percent_decode(value)).into_owned();
-                format!("{key}={}", percent_encoding::utf8_percent_encode(&held, percent_encoding::NON_ALPHANUMERIC))
+                format!("{key}={}", percent_encode(&held))
             }
             _ => pair.to_owned(),
         })

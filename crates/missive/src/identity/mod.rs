@@ -45,6 +45,12 @@ pub enum SsoError {
     Server(#[from] Error),
 }
 
+impl From<crate::store::StoreError> for SsoError {
+    fn from(e: crate::store::StoreError) -> Self {
+        SsoError::Server(e.into())
+    }
+}
+
 /// What a sign-in is for.
 enum Purpose {
     /// Logging a client in: the browser goes back to the client's URL with a login token.
@@ -117,7 +123,7 @@ impl Sso {
             .collect::<Result<Vec<_>, _>>()?;
         let pseudonym_key = match &config.sso.pseudonym_secret {
             Some(secret) => secret.expose().as_bytes().to_vec(),
-            None => store.server_secret("pseudonym_key", &random_string(43)).await.map_err(Error::from)?.into_bytes(),
+            None => store.server_secret("pseudonym_key", &random_string(43)).await?.into_bytes(),
         };
         Ok(Self {
             config,
@@ -151,11 +157,7 @@ impl Sso {
         redirect_url: &str,
         login_hint: Option<&str>,
     ) -> Result<(String, String), SsoError> {
-        let index = match idp {
-            Some(id) => self.providers.iter().position(|p| p.config.id == id).ok_or(SsoError::UnknownProvider)?,
-            None if self.providers.len() == 1 => 0,
-            None => return Err(SsoError::UnknownProvider),
-        };
+        let index = self.provider_index(idp)?;
         let url = url::Url::parse(redirect_url)
             .map_err(|_| SsoError::Refused("the application's redirect URL is not a URL".into()))?;
         // Mobile applications come back through their own schemes; these run or read
@@ -180,11 +182,11 @@ impl Sso {
     ) -> Result<(String, String), SsoError> {
         let user = accounts.uia_session_user(uia_session).ok_or(SsoError::Session)?;
         let user_id = UserId::parse(user).map_err(|_| SsoError::Session)?;
-        let issuers = self.store.external_ids_of(user_id.as_str()).await.map_err(Error::from)?;
+        let details = self.store.account_details(user_id.as_str()).await?.ok_or(SsoError::Session)?;
         let index = self
             .providers
             .iter()
-            .position(|p| issuers.contains(&p.config.issuer))
+            .position(|p| details.external_ids.iter().any(|(issuer, _)| *issuer == p.config.issuer))
             .ok_or_else(|| SsoError::Refused("this account does not sign in with an identity provider".into()))?;
         self.begin(index, Purpose::Confirm { uia_session: uia_session.to_owned(), user_id }, None).await
     }
@@ -242,8 +244,7 @@ impl Sso {
         let redirect_url = match pending.purpose {
             Purpose::Login { redirect_url } => redirect_url,
             Purpose::Confirm { uia_session, user_id } => {
-                let linked =
-                    self.store.external_user(&provider.config.issuer, &claims.subject).await.map_err(Error::from)?;
+                let linked = self.store.external_user(&provider.config.issuer, &claims.subject).await?;
                 if linked.as_deref() != Some(user_id.as_str()) {
                     return Err(SsoError::Refused("you signed in as someone else than the account's owner".into()));
                 }
@@ -252,19 +253,12 @@ impl Sso {
                 return Ok(SignedIn::Confirmed);
             }
         };
-        let admission = self.admission(provider, &claims)?;
-        let user_id = self.account_for(accounts, provider, &claims).await?;
-        self.update_profile(rooms, &user_id, &claims).await?;
-        self.store
-            .set_account_attributes(user_id.as_str(), admission.organisation.as_deref(), admission.external)
-            .await
-            .map_err(Error::from)?;
+        let user_id = self.enrol(accounts, rooms, provider, &claims).await?;
         let token = random_string(32);
         let lifetime = Duration::from_secs(self.config.sso.login_token_lifetime_secs);
         self.store
             .insert_login_token(&hash_token(&token), user_id.as_str(), now_ms() + lifetime.as_millis() as i64)
-            .await
-            .map_err(Error::from)?;
+            .await?;
         let mut url = url::Url::parse(&redirect_url).map_err(|_| SsoError::Session)?;
         url.query_pairs_mut().append_pair("loginToken", &token);
         let trusted = self.config.sso.client_whitelist.iter().any(|prefix| redirect_url.starts_with(prefix));
@@ -283,29 +277,46 @@ impl Sso {
         claims: &Claims,
     ) -> Result<(OwnedUserId, bool), SsoError> {
         let provider = self.provider(provider_id)?;
-        let existed = self.store.external_user(&provider.config.issuer, &claims.subject).await.map_err(Error::from)?;
+        let existed = self.store.external_user(&provider.config.issuer, &claims.subject).await?;
+        let user_id = self.enrol(accounts, rooms, provider, claims).await?;
+        Ok((user_id, existed.is_none()))
+    }
+
+    /// What a sign-in (or its provisioning) does with an identity: admits it by its
+    /// domain, finds or creates its account, brings the profile and what the IAM says of
+    /// the account up to date.
+    async fn enrol(
+        &self,
+        accounts: &Accounts,
+        rooms: &Rooms,
+        provider: &Provider,
+        claims: &Claims,
+    ) -> Result<OwnedUserId, SsoError> {
         let admission = self.admission(provider, claims)?;
         let user_id = self.account_for(accounts, provider, claims).await?;
         self.update_profile(rooms, &user_id, claims).await?;
-        self.store
-            .set_account_attributes(user_id.as_str(), admission.organisation.as_deref(), admission.external)
-            .await
-            .map_err(Error::from)?;
-        Ok((user_id, existed.is_none()))
+        let organisation = admission.organisation.as_deref();
+        self.store.set_account_attributes(user_id.as_str(), organisation, admission.external).await?;
+        Ok(user_id)
     }
 
     /// The account of an identity of `provider`, if it has one.
     pub async fn account_of(&self, provider_id: Option<&str>, subject: &str) -> Result<Option<OwnedUserId>, SsoError> {
         let provider = self.provider(provider_id)?;
-        let user = self.store.external_user(&provider.config.issuer, subject).await.map_err(Error::from)?;
+        let user = self.store.external_user(&provider.config.issuer, subject).await?;
         Ok(user.and_then(|u| UserId::parse(u).ok()))
     }
 
     /// A provider by ID, or the only one.
     fn provider(&self, id: Option<&str>) -> Result<&Provider, SsoError> {
+        Ok(&self.providers[self.provider_index(id)?])
+    }
+
+    /// Where a provider (by ID, or the only one) is in the list.
+    fn provider_index(&self, id: Option<&str>) -> Result<usize, SsoError> {
         match id {
-            Some(id) => self.providers.iter().find(|p| p.config.id == id).ok_or(SsoError::UnknownProvider),
-            None if self.providers.len() == 1 => Ok(&self.providers[0]),
+            Some(id) => self.providers.iter().position(|p| p.config.id == id).ok_or(SsoError::UnknownProvider),
+            None if self.providers.len() == 1 => Ok(0),
             None => Err(SsoError::UnknownProvider),
         }
     }
@@ -333,9 +344,7 @@ impl Sso {
                 }
                 seen.insert(jti);
             }
-            if let Some(user) =
-                self.store.external_user(&provider.config.issuer, &subject).await.map_err(Error::from)?
-            {
+            if let Some(user) = self.store.external_user(&provider.config.issuer, &subject).await? {
                 let user_id = UserId::parse(user).map_err(|e| Error::Internal(e.to_string()))?;
                 accounts.logout_all(&user_id).await?;
                 tracing::info!(%user_id, provider = %provider.config.id, "sessions ended by the identity provider");
@@ -389,19 +398,19 @@ impl Sso {
     ) -> Result<OwnedUserId, SsoError> {
         let issuer = provider.config.issuer.as_str();
         loop {
-            if let Some(user) = self.store.external_user(issuer, &claims.subject).await.map_err(Error::from)? {
+            if let Some(user) = self.store.external_user(issuer, &claims.subject).await? {
                 let user_id = UserId::parse(user).map_err(|e| Error::Internal(e.to_string()))?;
-                if self.store.account_deleted(user_id.as_str()).await.map_err(Error::from)? {
+                let account = self.store.user(user_id.as_str()).await?;
+                if account.as_ref().is_some_and(|a| a.deleted) {
                     // Back after the deletion of their account: a new account, under a
                     // new ID (the old one stays reserved).
                     let localpart = self.new_localpart(issuer, claims).await?;
                     let user_id =
                         accounts.create_user(&localpart, None, false, Some(&display_name(claims, &localpart))).await?;
-                    self.store.relink_external(issuer, &claims.subject, user_id.as_str()).await.map_err(Error::from)?;
+                    self.store.relink_external(issuer, &claims.subject, user_id.as_str()).await?;
                     tracing::info!(%user_id, provider = %provider.config.id, "account created again after a deletion");
                     return Ok(user_id);
                 }
-                let account = self.store.user(user_id.as_str()).await.map_err(Error::from)?;
                 if account.is_none_or(|a| a.deactivated) {
                     return Err(SsoError::Refused("this account has been deactivated".into()));
                 }
@@ -411,7 +420,7 @@ impl Sso {
             let user_id = accounts.local_user_id(&localpart)?;
             // The link reserves the ID first: of two first sign-ins of one identity at once,
             // the second finds the first's account.
-            if !self.store.link_external(issuer, &claims.subject, user_id.as_str()).await.map_err(Error::from)? {
+            if !self.store.link_external(issuer, &claims.subject, user_id.as_str()).await? {
                 continue;
             }
             accounts.create_user(&localpart, None, false, Some(&display_name(claims, &localpart))).await?;
@@ -438,7 +447,7 @@ impl Sso {
         };
         for candidate in candidates {
             let user_id = format!("@{candidate}:{}", self.config.server_name);
-            if !self.store.user_id_taken(&user_id).await.map_err(Error::from)? {
+            if !self.store.user_id_taken(&user_id).await? {
                 return Ok(candidate);
             }
         }
@@ -449,12 +458,12 @@ impl Sso {
     /// where it changed: a change reaches every room) and the professional e-mail.
     async fn update_profile(&self, rooms: &Rooms, user_id: &UserId, claims: &Claims) -> Result<(), SsoError> {
         let wanted = display_name(claims, user_id.localpart());
-        let (displayname, _) = self.store.profile(user_id.as_str()).await.map_err(Error::from)?.unwrap_or_default();
+        let (displayname, _) = self.store.profile(user_id.as_str()).await?.unwrap_or_default();
         if displayname.as_deref() != Some(wanted.as_str()) {
             rooms.set_profile_field(user_id, None, ProfileField::DisplayName, Some(&wanted)).await?;
         }
         if let Some(email) = &claims.email {
-            self.store.set_threepid(user_id.as_str(), "email", email).await.map_err(Error::from)?;
+            self.store.set_threepid(user_id.as_str(), "email", email).await?;
         }
         Ok(())
     }

@@ -16,6 +16,8 @@ pub struct UserRow {
     pub external: bool,
     /// Suspended by an operator: refused everywhere until unlocked.
     pub locked: bool,
+    /// Deleted after its deactivation's grace period: the row only reserves the ID.
+    pub deleted: bool,
 }
 
 /// A device row.
@@ -116,7 +118,7 @@ impl Store {
     /// Looks a user up by ID.
     pub async fn user(&self, user_id: &str) -> StoreResult<Option<UserRow>> {
         let row = sqlx::query(
-            "SELECT user_id, password_hash, is_admin, is_guest, deactivated, external, locked FROM users \
+            "SELECT user_id, password_hash, is_admin, is_guest, deactivated, external, locked, deleted_ts FROM users \
                  WHERE user_id = $1",
         )
         .bind(user_id)
@@ -130,6 +132,7 @@ impl Store {
             deactivated: r.get::<i64, _>(4) != 0,
             external: r.get::<i64, _>(5) != 0,
             locked: r.get::<i64, _>(6) != 0,
+            deleted: r.get::<Option<i64>, _>(7).is_some(),
         }))
     }
 

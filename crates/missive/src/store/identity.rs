@@ -260,15 +260,6 @@ impl Store {
         Ok(())
     }
 
-    /// Whether an account was deleted.
-    pub async fn account_deleted(&self, user_id: &str) -> StoreResult<bool> {
-        let row = sqlx::query("SELECT deleted_ts FROM users WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(&self.read)
-            .await?;
-        Ok(row.is_some_and(|r| r.get::<Option<i64>, _>(0).is_some()))
-    }
-
     /// Points an identity at a new account (its previous one was deleted).
     pub async fn relink_external(&self, provider: &str, subject: &str, user_id: &str) -> StoreResult<()> {
         sqlx::query(
@@ -281,15 +272,6 @@ impl Store {
         .execute(&self.write)
         .await?;
         Ok(())
-    }
-
-    /// The issuers of an account's identities.
-    pub async fn external_ids_of(&self, user_id: &str) -> StoreResult<Vec<String>> {
-        let rows = sqlx::query("SELECT auth_provider FROM user_external_ids WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_all(&self.read)
-            .await?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
     /// The account a third-party identifier belongs to.

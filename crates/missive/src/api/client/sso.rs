@@ -14,7 +14,7 @@ use axum::{
 };
 
 use crate::{
-    api::AppState,
+    api::{AppState, ruma::percent_encode},
     identity::{BACKCHANNEL_LOGOUT_PATH, BROWSER_COOKIE, CALLBACK_PATH, SignedIn, SsoError},
 };
 
@@ -40,11 +40,7 @@ async fn redirect(State(state): State<AppState>, Query(query): Query<HashMap<Str
         let links: String = providers
             .iter()
             .map(|(id, name)| {
-                let href = format!(
-                    "redirect/{}?redirectUrl={}",
-                    urlencoding_component(id),
-                    urlencoding_component(redirect_url)
-                );
+                let href = format!("redirect/{}?redirectUrl={}", percent_encode(id), percent_encode(redirect_url));
                 format!("<li><a href=\"{}\">{}</a></li>", escape(&href), escape(name))
             })
             .collect();
@@ -245,8 +241,4 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
-}
-
-fn urlencoding_component(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
