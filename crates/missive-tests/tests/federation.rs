@@ -1520,3 +1520,50 @@ async fn a_join_returns_before_the_members_arrive_and_they_follow() {
     let at_gov = common::state_map(gov, &bob.access_token, &room_id).await;
     assert_eq!(at_police, at_gov, "both servers hold the same state");
 }
+
+#[tokio::test]
+async fn partners_here_and_on_other_servers_see_a_suspended_account_as_deactivated() {
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let anne = police.register("anne").await;
+    let bruno = police.register("bruno").await;
+    let gabriel = gov.register("gabriel").await;
+    let admin = common::register_admin(police, "root").await;
+    let (_, capabilities) = gov.call("GET", "/_matrix/client/v3/capabilities", Some(&gabriel.access_token), None).await;
+    assert_eq!(capabilities["capabilities"]["org.matrix.msc3720.account_status"]["enabled"], true);
+
+    // Gov asks police (and a server that does not answer) in one request.
+    let path = "/_matrix/client/unstable/org.matrix.msc3720/account_status";
+    let unreachable = "@x:127.0.0.1:1";
+    let ask = json!({ "user_ids": [anne.user_id, "@ghost:police.test", unreachable] });
+    let (status, body) = gov.call("POST", path, Some(&gabriel.access_token), Some(ask.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["account_statuses"][&anne.user_id], json!({ "exists": true, "deactivated": false }));
+    assert_eq!(body["account_statuses"]["@ghost:police.test"], json!({ "exists": false }));
+    assert_eq!(body["failures"], json!([unreachable]));
+
+    // Suspended: shown as deactivated to partners on both servers, then active again.
+    let suspend_path = format!("/_synapse/admin/v1/suspend/{}", anne.user_id);
+    let suspend = |on: bool| police.call("PUT", &suspend_path, Some(&admin), Some(json!({ "suspend": on })));
+    assert_eq!(suspend(true).await.0, 200);
+    let (_, body) = gov.call("POST", path, Some(&gabriel.access_token), Some(ask.clone())).await;
+    assert_eq!(body["account_statuses"][&anne.user_id]["deactivated"], true, "{body}");
+    let local = format!("{path}?user_id={}", anne.user_id.replace('@', "%40").replace(':', "%3A"));
+    let (status, body) = police.call("GET", &local, Some(&bruno.access_token), None).await;
+    assert_eq!((status, &body["account_statuses"][&anne.user_id]["deactivated"]), (200, &json!(true)), "{body}");
+    assert_eq!(suspend(false).await.0, 200);
+    let (_, body) = gov.call("POST", path, Some(&gabriel.access_token), Some(ask)).await;
+    assert_eq!(body["account_statuses"][&anne.user_id]["deactivated"], false, "{body}");
+
+    // Bad input gets the MSC's errors.
+    for (body, errcode) in [
+        (json!({ "user_ids": [] }), "M_MISSING_PARAM"),
+        (json!({}), "M_MISSING_PARAM"),
+        (json!({ "user_ids": ["not a user"] }), "M_INVALID_PARAM"),
+    ] {
+        let (status, answer) = gov.call("POST", path, Some(&gabriel.access_token), Some(body)).await;
+        assert_eq!((status, answer["errcode"].as_str()), (400, Some(errcode)), "{answer}");
+    }
+    let (status, _) = gov.call("POST", path, None, Some(json!({ "user_ids": [anne.user_id] }))).await;
+    assert_eq!(status, 401);
+}

@@ -36,6 +36,7 @@ async fn setup_full(provider_env: &[(&str, &str)], extra: &[(&str, &str)]) -> (O
             "client_secret": "missive-secret",
             "redirect_uris": [callback],
             "backchannel_logout_uri": format!("{base}/_synapse/client/oidc/backchannel_logout"),
+            "backchannel_logout_session_required": true,
         },
         { "client_id": "partners", "client_secret": "partners-secret", "redirect_uris": [callback] },
     ]);
@@ -572,11 +573,21 @@ async fn the_iam_provisions_suspends_and_deletes_accounts_through_scim() {
     assert_eq!((status, body["active"].as_bool()), (200, Some(false)), "{body}");
     let (status, body) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(access), None).await;
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_USER_LOCKED")));
+    // A colleague sees the account as deactivated meanwhile.
+    let (_, colleague) = redeem(&server, &login_token(&server, "bruno").await).await;
+    let status_of_anne = async || {
+        let ask = json!({ "user_ids": [user_id] });
+        let path = "/_matrix/client/unstable/org.matrix.msc3720/account_status";
+        let (_, body) = server.call("POST", path, colleague["access_token"].as_str(), Some(ask)).await;
+        body["account_statuses"][&user_id].clone()
+    };
+    assert_eq!(status_of_anne().await, json!({ "exists": true, "deactivated": true }));
     let reinstate = json!({ "Operations": [{ "op": "replace", "value": { "active": true } }] });
     let (status, _) = scim(&server, "PATCH", &resource, token, Some(reinstate)).await;
     assert_eq!(status, 200);
     let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(access), None).await;
     assert_eq!(status, 200);
+    assert_eq!(status_of_anne().await, json!({ "exists": true, "deactivated": false }));
 
     // Deleted at the IAM: deactivated here at once (deleted after the grace period).
     let (status, _) = scim(&server, "DELETE", &resource, token, None).await;
@@ -605,6 +616,9 @@ async fn signing_out_at_the_identity_provider_ends_the_matrix_sessions() {
     }
     let (_, bruno) = redeem(&server, &login_token(&server, "bruno").await).await;
     let bruno_token = bruno["access_token"].as_str().unwrap();
+    // Anne on another device, through another session at the provider (another browser).
+    let (_, phone) = redeem(&server, &login_token(&server, "anne").await).await;
+    let phone_token = phone["access_token"].as_str().unwrap();
 
     // A forged or replayed logout token changes nothing.
     let forged = reqwest::Client::new()
@@ -617,7 +631,8 @@ async fn signing_out_at_the_identity_provider_ends_the_matrix_sessions() {
     let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(&tokens[0]), None).await;
     assert_eq!(status, 200);
 
-    // Anne signs out at the provider: it tells Missive, which ends her sessions, not Bruno's.
+    // Anne signs out at the provider in the first browser: it tells Missive, which ends the
+    // sessions that browser's provider session signed in, not her phone's nor Bruno's.
     match browser.sign_in(&format!("{}/session/end", provider.issuer), "anne", "http://never.example/").await {
         Outcome::Page(status, page) => assert_eq!(status, 200, "{page}"),
         other => panic!("{other:?}"),
@@ -626,8 +641,69 @@ async fn signing_out_at_the_identity_provider_ends_the_matrix_sessions() {
         let (status, body) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(token), None).await;
         assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{body}");
     }
-    let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(bruno_token), None).await;
-    assert_eq!(status, 200);
+    for token in [bruno_token, phone_token] {
+        let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(token), None).await;
+        assert_eq!(status, 200);
+    }
+}
+
+/// A P-256 key pair: the private key in PEM (PKCS#8) and the public key as a JWK.
+fn client_key() -> (String, Value) {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let point = key.public_key_raw();
+    assert_eq!((point.len(), point[0]), (65, 4), "an uncompressed P-256 point");
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let jwk = json!({ "kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..]), "kid": "missive-1", "use": "sig" });
+    (key.serialize_pem(), jwk)
+}
+
+#[tokio::test]
+async fn the_server_authenticates_to_the_provider_with_a_private_key() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let (private_pem, public_jwk) = client_key();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("client-key.pem");
+    std::fs::write(&key_file, private_pem).unwrap();
+    // The provider knows the client by its public key only: no shared secret.
+    let clients = json!([{
+        "client_id": "keyed",
+        "token_endpoint_auth_method": "private_key_jwt",
+        "token_endpoint_auth_signing_alg": "ES256",
+        "jwks": { "keys": [public_jwk] },
+        "redirect_uris": [format!("{base}/_synapse/client/oidc/callback")],
+    }]);
+    let accounts = json!({ "anne": { "email": "anne@police.example", "email_verified": true, "name": "Anne" } });
+    let provider = OidcProvider::start(&clients, &accounts);
+    let providers = format!(
+        "[{{ id = \"iam\", name = \"State IAM\", issuer = \"{}\", client_id = \"keyed\", private_key_file = \"{}\", private_key_id = \"missive-1\" }}]",
+        provider.issuer,
+        key_file.display()
+    );
+    let listen = format!("127.0.0.1:{port}");
+    let whitelist = format!("[\"{CLIENT}\"]");
+    let server = TestServer::start_with(&[
+        ("MISSIVE_LISTEN", listen.as_str()),
+        ("MISSIVE_PUBLIC_BASEURL", base.as_str()),
+        ("MISSIVE_SSO__PROVIDERS", providers.as_str()),
+        ("MISSIVE_SSO__CLIENT_WHITELIST", whitelist.as_str()),
+    ])
+    .await;
+    let (status, session) = redeem(&server, &login_token(&server, "anne").await).await;
+    assert_eq!(status, 200, "{session}");
+    assert!(session["user_id"].as_str().unwrap().ends_with(":localhost"));
+
+    // A key the provider does not hold is refused at the token endpoint: no account.
+    let (other_pem, _) = client_key();
+    std::fs::write(&key_file, other_pem).unwrap();
+    let mut server = server;
+    server.restart();
+    let start = server.url(&format!("/_matrix/client/v3/login/sso/redirect/iam?redirectUrl={CLIENT}done"));
+    match Browser::default().sign_in(&start, "anne", CLIENT).await {
+        Outcome::Page(status, page) => assert!(status >= 400 && page.contains("code exchange"), "{status}: {page}"),
+        other => panic!("signed in with a key the provider does not hold: {other:?}"),
+    }
 }
 
 #[tokio::test]

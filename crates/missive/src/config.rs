@@ -202,6 +202,12 @@ pub struct OidcProvider {
     pub issuer: String,
     pub client_id: String,
     pub client_secret: Option<Secret>,
+    /// PEM private key (PKCS#8 RSA or P-256, or their legacy forms) of `private_key_jwt`
+    /// client authentication, instead of a client secret: the key never leaves the server,
+    /// the provider holds its public half.
+    pub private_key_file: Option<PathBuf>,
+    /// The key's ID (`kid`) at the provider, when it holds several.
+    pub private_key_id: Option<String>,
     /// Scopes asked for besides `openid`.
     #[serde(default = "default_scopes")]
     pub scopes: Vec<String>,
@@ -445,6 +451,12 @@ impl Config {
             }
             if !(provider.issuer.starts_with("https://") || provider.issuer.starts_with("http://")) {
                 return Err(ConfigError::Invalid(format!("sso.providers: issuer {:?} is not a URL", provider.issuer)));
+            }
+            if provider.client_secret.is_some() && provider.private_key_file.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "sso.providers: {:?} sets both client_secret and private_key_file; a client authenticates one way",
+                    provider.id
+                )));
             }
         }
         if !self.sso.providers.is_empty() && self.public_baseurl.is_none() {

@@ -27,6 +27,8 @@ pub enum Error {
     NotJson(String),
     #[error("{0}")]
     InvalidParam(String),
+    #[error("{0}")]
+    MissingParam(String),
     #[error("unrecognized request")]
     Unrecognized { method_not_allowed: bool },
     #[error("user ID already taken")]
@@ -84,6 +86,7 @@ impl Error {
             Error::BadJson(_) => (S::BAD_REQUEST, "M_BAD_JSON"),
             Error::NotJson(_) => (S::BAD_REQUEST, "M_NOT_JSON"),
             Error::InvalidParam(_) => (S::BAD_REQUEST, "M_INVALID_PARAM"),
+            Error::MissingParam(_) => (S::BAD_REQUEST, "M_MISSING_PARAM"),
             Error::Unrecognized { method_not_allowed: true } => (S::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
             Error::Unrecognized { .. } => (S::NOT_FOUND, "M_UNRECOGNIZED"),
             Error::UserInUse => (S::BAD_REQUEST, "M_USER_IN_USE"),

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod e2ee;
+pub mod endpoints;
 pub mod error;
 pub mod federation;
 pub mod filter;

@@ -6,6 +6,7 @@
 pub mod lifecycle;
 pub mod oidc;
 pub mod scim;
+pub mod status;
 
 use std::{
     collections::HashMap,
@@ -23,7 +24,7 @@ use crate::{
     config::{Config, Domain, LocalpartStyle},
     error::Error,
     rooms::Rooms,
-    store::{ProfileField, Store, now_ms},
+    store::{ProfileField, SsoSession, Store, now_ms},
 };
 
 /// Why a sign-in failed; shown to the user in their browser.
@@ -256,9 +257,12 @@ impl Sso {
         let user_id = self.enrol(accounts, rooms, provider, &claims).await?;
         let token = random_string(32);
         let lifetime = Duration::from_secs(self.config.sso.login_token_lifetime_secs);
-        self.store
-            .insert_login_token(&hash_token(&token), user_id.as_str(), now_ms() + lifetime.as_millis() as i64)
-            .await?;
+        let session = claims
+            .session_id
+            .clone()
+            .map(|session_id| SsoSession { provider: provider.config.issuer.clone(), session_id });
+        let expires_ts = now_ms() + lifetime.as_millis() as i64;
+        self.store.insert_login_token(&hash_token(&token), user_id.as_str(), expires_ts, session.as_ref()).await?;
         let mut url = url::Url::parse(&redirect_url).map_err(|_| SsoError::Session)?;
         url.query_pairs_mut().append_pair("loginToken", &token);
         let trusted = self.config.sso.client_whitelist.iter().any(|prefix| redirect_url.starts_with(prefix));
@@ -322,43 +326,64 @@ impl Sso {
     }
 
     /// Ends the sessions of the account whose identity a provider logged out (back-channel
-    /// logout): every session of the account, since the provider's session ID is not kept.
-    /// A token is taken once.
+    /// logout): the devices the named provider session (`sid`) signed in, or every session
+    /// of the account when the token names no session. A token is taken once.
     pub async fn backchannel_logout(&self, accounts: &Accounts, token: &str) -> Result<(), SsoError> {
         let mut last = SsoError::IdToken("no identity provider is configured".into());
         for provider in &self.providers {
-            let (subject, jti) = match provider.verify_logout(token).await {
+            let logout = match provider.verify_logout(token).await {
                 Ok(verified) => verified,
                 Err(e) => {
                     last = e;
                     continue;
                 }
             };
-            if let Some(jti) = jti {
+            if let Some(jti) = &logout.token_id {
                 let mut seen = self.logout_ids.lock().expect("logout ids poisoned");
-                if seen.contains(&jti) {
+                if seen.contains(jti) {
                     return Err(SsoError::IdToken("this logout token was used already".into()));
                 }
                 if seen.len() >= PENDING_MAX {
                     seen.clear();
                 }
-                seen.insert(jti);
+                seen.insert(jti.clone());
             }
-            if let Some(user) = self.store.external_user(&provider.config.issuer, &subject).await? {
+            let issuer = &provider.config.issuer;
+            if let Some(user) = self.store.external_user(issuer, &logout.subject).await? {
                 let user_id = UserId::parse(user).map_err(|e| Error::Internal(e.to_string()))?;
-                accounts.logout_all(&user_id).await?;
-                tracing::info!(%user_id, provider = %provider.config.id, "sessions ended by the identity provider");
+                match logout.session_id {
+                    Some(session_id) => {
+                        let session = SsoSession { provider: issuer.clone(), session_id };
+                        let devices = self.store.sso_session_devices(&session, user_id.as_str()).await?;
+                        accounts.delete_devices(&user_id, &devices).await?;
+                        tracing::info!(%user_id, provider = %provider.config.id, devices = devices.len(),
+                            "provider session ended its devices");
+                    }
+                    None => {
+                        accounts.logout_all(&user_id).await?;
+                        tracing::info!(%user_id, provider = %provider.config.id, "sessions ended by the identity provider");
+                    }
+                }
             }
             return Ok(());
         }
         Err(last)
     }
 
-    /// Redeems an `m.login.token`: the user it was issued to, once.
-    pub async fn redeem_login_token(&self, token: &str) -> Result<OwnedUserId, Error> {
-        let user = self.store.take_login_token(&hash_token(token)).await?;
-        let user = user.ok_or_else(|| Error::forbidden("invalid or expired login token"))?;
-        UserId::parse(user).map_err(|e| Error::Internal(e.to_string()))
+    /// Redeems an `m.login.token`: the user it was issued to, once, and the provider
+    /// session it came from (to be noted with the device it signs in).
+    pub async fn redeem_login_token(&self, token: &str) -> Result<(OwnedUserId, Option<SsoSession>), Error> {
+        let (user, session) = self
+            .store
+            .take_login_token(&hash_token(token))
+            .await?
+            .ok_or_else(|| Error::forbidden("invalid or expired login token"))?;
+        Ok((UserId::parse(user).map_err(|e| Error::Internal(e.to_string()))?, session))
+    }
+
+    /// Notes the device a login token signed in, with the provider session it came from.
+    pub async fn note_session(&self, session: &SsoSession, user_id: &UserId, device_id: &str) -> Result<(), Error> {
+        Ok(self.store.add_sso_session(session, user_id.as_str(), device_id).await?)
     }
 
     /// Whether an identity may have an account here, by its e-mail domain: refused when
@@ -572,6 +597,7 @@ mod tests {
             given_name: Some("Anne".into()),
             family_name: Some("Weber".into()),
             name: Some("A. Weber".into()),
+            session_id: None,
         };
         assert_eq!(display_name(&claims, "x"), "Anne Weber");
         claims.given_name = None;

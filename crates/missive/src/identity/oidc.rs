@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier,
     RedirectUrl, Scope, TokenResponse,
-    core::{CoreAuthenticationFlow, CoreClient, CoreIdTokenClaims, CoreProviderMetadata},
+    core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata},
 };
 
 use super::SsoError;
@@ -16,12 +16,51 @@ use crate::config::OidcProvider;
 /// fetched again; a token signed by an unknown key fetches it at once.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
 
+/// How long a client assertion of `private_key_jwt` is valid: long enough for one request.
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(120);
+
+/// A client made from discovered metadata: its authorization endpoint is known, its token
+/// and user info endpoints may be.
+type DiscoveredClient = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
 /// A provider of the config and what was discovered of it.
 pub struct Provider {
     pub config: OidcProvider,
     redirect_uri: RedirectUrl,
     http: reqwest::Client,
     metadata: tokio::sync::Mutex<Option<(CoreProviderMetadata, Instant)>>,
+    /// The key that signs client assertions (`private_key_jwt`), when the config names one.
+    assertion_key: Option<(jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm)>,
+}
+
+/// The claims of a client assertion (RFC 7523, as OpenID Connect's `private_key_jwt` uses it).
+#[derive(serde::Serialize)]
+struct Assertion<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    jti: String,
+    iat: u64,
+    exp: u64,
+}
+
+/// The key of `private_key_jwt` in a PEM file, and the algorithm it signs with.
+fn assertion_key(path: &std::path::Path) -> Result<(jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm), SsoError> {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let pem = std::fs::read(path).map_err(|e| SsoError::Config(format!("{}: {e}", path.display())))?;
+    if let Ok(key) = EncodingKey::from_ec_pem(&pem) {
+        return Ok((key, Algorithm::ES256));
+    }
+    EncodingKey::from_rsa_pem(&pem)
+        .map(|key| (key, Algorithm::RS256))
+        .map_err(|e| SsoError::Config(format!("{}: neither an RSA nor a P-256 private key: {e}", path.display())))
 }
 
 /// What the browser's return must match: kept by the server between the redirect to the
@@ -41,6 +80,8 @@ pub struct Claims {
     pub given_name: Option<String>,
     pub family_name: Option<String>,
     pub name: Option<String>,
+    /// The provider's session (`sid`), which its back-channel logout names.
+    pub session_id: Option<String>,
 }
 
 impl Provider {
@@ -48,7 +89,8 @@ impl Provider {
     pub fn new(config: OidcProvider, redirect_uri: &str, http: reqwest::Client) -> Result<Self, SsoError> {
         let redirect_uri =
             RedirectUrl::new(redirect_uri.to_owned()).map_err(|e| SsoError::Config(format!("redirect URI: {e}")))?;
-        Ok(Self { config, redirect_uri, http, metadata: Default::default() })
+        let assertion_key = config.private_key_file.as_deref().map(assertion_key).transpose()?;
+        Ok(Self { config, redirect_uri, http, metadata: Default::default(), assertion_key })
     }
 
     /// The provider's configuration, discovered again when older than [`METADATA_TTL`] or
@@ -70,17 +112,7 @@ impl Provider {
         Ok(metadata)
     }
 
-    fn client(
-        &self,
-        metadata: CoreProviderMetadata,
-    ) -> openidconnect::core::CoreClient<
-        openidconnect::EndpointSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointMaybeSet,
-        openidconnect::EndpointMaybeSet,
-    > {
+    fn client(&self, metadata: CoreProviderMetadata) -> DiscoveredClient {
         CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.config.client_id.clone()),
@@ -122,14 +154,22 @@ impl Provider {
     pub async fn exchange(&self, code: &str, pkce_verifier: &str, nonce: &str) -> Result<Claims, SsoError> {
         let client = self.client(self.metadata(false).await?);
         let http = self.http_client();
-        let response = client
+        let mut request = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|e| SsoError::Provider(format!("no token endpoint: {e}")))?
-            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()));
+        if let Some(assertion) = self.client_assertion(&client)? {
+            request = request
+                .add_extra_param("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                .add_extra_param("client_assertion", assertion);
+        }
+        let response = request
             .request_async(&http)
             .await
             .map_err(|e| SsoError::Provider(format!("code exchange: {}", error_chain(&e))))?;
         let id_token = response.id_token().ok_or_else(|| SsoError::IdToken("the provider sent no ID token".into()))?;
+        // Read again as a token with the claims the crate's core type leaves out (`sid`).
+        let id_token: Token = id_token.to_string().parse().map_err(|e| SsoError::IdToken(format!("ID token: {e}")))?;
         let nonce = Nonce::new(nonce.to_owned());
         let claims = match id_token.claims(&client.id_token_verifier(), &nonce) {
             Ok(claims) => claims.clone(),
@@ -146,24 +186,59 @@ impl Provider {
     }
 }
 
-/// The claims of a back-channel logout token beyond the ID token's.
+impl Provider {
+    /// A fresh client assertion for the token endpoint, when the client authenticates with
+    /// a private key (no secret is then set, so the client ID goes in the request body).
+    fn client_assertion(&self, client: &DiscoveredClient) -> Result<Option<String>, SsoError> {
+        let Some((key, algorithm)) = &self.assertion_key else { return Ok(None) };
+        let audience = client.token_uri().ok_or_else(|| SsoError::Provider("no token endpoint".into()))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let claims = Assertion {
+            iss: &self.config.client_id,
+            sub: &self.config.client_id,
+            aud: audience.as_str(),
+            jti: CsrfToken::new_random().secret().clone(),
+            iat: now,
+            exp: now + ASSERTION_LIFETIME.as_secs(),
+        };
+        let mut header = jsonwebtoken::Header::new(*algorithm);
+        header.kid = self.config.private_key_id.clone();
+        jsonwebtoken::encode(&header, &claims, key)
+            .map(Some)
+            .map_err(|e| SsoError::Config(format!("client assertion: {e}")))
+    }
+}
+
+/// The claims of ID and logout tokens beyond the crate's core ones.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-struct LogoutClaims {
+struct ExtraClaims {
+    /// The provider's session, in ID tokens and logout tokens alike.
+    sid: Option<String>,
+    /// A logout token's events.
     #[serde(default)]
     events: serde_json::Map<String, serde_json::Value>,
     jti: Option<String>,
 }
 
-impl openidconnect::AdditionalClaims for LogoutClaims {}
+impl openidconnect::AdditionalClaims for ExtraClaims {}
 
-/// A logout token: a JWT of the ID token's form (OpenID Connect Back-Channel Logout 1.0),
-/// checked by the same verifier.
-type LogoutToken = openidconnect::IdToken<
-    LogoutClaims,
+/// An ID token or a logout token (a JWT of the ID token's form, OpenID Connect
+/// Back-Channel Logout 1.0), checked by the same verifier.
+type Token = openidconnect::IdToken<
+    ExtraClaims,
     openidconnect::core::CoreGenderClaim,
     openidconnect::core::CoreJweContentEncryptionAlgorithm,
     openidconnect::core::CoreJwsSigningAlgorithm,
 >;
+
+/// What a valid logout token ends: the subject's sessions, only the one named if `sid` is.
+#[derive(Debug, Clone)]
+pub struct Logout {
+    pub subject: String,
+    pub session_id: Option<String>,
+    /// The token's ID, so that it is taken once.
+    pub token_id: Option<String>,
+}
 
 /// The event a logout token must carry.
 const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -171,9 +246,9 @@ const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 impl Provider {
     /// Validates a back-channel logout token of this provider: signature (keys fetched
     /// again once, as after a rotation), issuer, audience, expiry, the logout event, and no
-    /// nonce. Answers the subject whose sessions end and the token's ID (`jti`).
-    pub async fn verify_logout(&self, token: &str) -> Result<(String, Option<String>), SsoError> {
-        let token: LogoutToken = token.parse().map_err(|e| SsoError::IdToken(format!("logout token: {e}")))?;
+    /// nonce. Answers whose sessions end.
+    pub async fn verify_logout(&self, token: &str) -> Result<Logout, SsoError> {
+        let token: Token = token.parse().map_err(|e| SsoError::IdToken(format!("logout token: {e}")))?;
         let no_nonce = |nonce: Option<&Nonce>| match nonce {
             Some(_) => Err("a logout token carries no nonce".to_owned()),
             None => Ok(()),
@@ -197,11 +272,15 @@ impl Provider {
         if !claims.additional_claims().events.contains_key(LOGOUT_EVENT) {
             return Err(SsoError::IdToken("not a logout token".into()));
         }
-        Ok((claims.subject().as_str().to_owned(), claims.additional_claims().jti.clone()))
+        Ok(Logout {
+            subject: claims.subject().as_str().to_owned(),
+            session_id: claims.additional_claims().sid.clone(),
+            token_id: claims.additional_claims().jti.clone(),
+        })
     }
 }
 
-fn claims_of(claims: &CoreIdTokenClaims) -> Claims {
+fn claims_of(claims: &openidconnect::IdTokenClaims<ExtraClaims, openidconnect::core::CoreGenderClaim>) -> Claims {
     Claims {
         subject: claims.subject().as_str().to_owned(),
         // An address the provider does not vouch for is no professional address.
@@ -209,6 +288,7 @@ fn claims_of(claims: &CoreIdTokenClaims) -> Claims {
         given_name: claims.given_name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned()),
         family_name: claims.family_name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned()),
         name: claims.name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned()),
+        session_id: claims.additional_claims().sid.clone(),
     }
 }
 

@@ -129,6 +129,7 @@ impl UserResource {
             given_name: name.and_then(|n| n.given_name.clone()),
             family_name: name.and_then(|n| n.family_name.clone()),
             name: self.display_name.clone().or_else(|| name.and_then(|n| n.formatted.clone())),
+            session_id: None,
         })
     }
 

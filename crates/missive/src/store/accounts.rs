@@ -437,7 +437,8 @@ impl Store {
 }
 
 /// Tables whose rows belong to one device of a user.
-const DEVICE_TABLES: [&str; 5] = ["devices", "device_keys", "one_time_keys", "fallback_keys", "to_device"];
+const DEVICE_TABLES: [&str; 6] =
+    ["devices", "device_keys", "one_time_keys", "fallback_keys", "to_device", "sso_sessions"];
 
 /// Which profile field to set.
 #[derive(Debug, Clone, Copy)]

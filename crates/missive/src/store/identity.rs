@@ -4,6 +4,13 @@ use sqlx::Row;
 
 use super::{Store, StoreResult, now_ms};
 
+/// A session at an identity provider (its issuer and `sid`), which signed devices in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsoSession {
+    pub provider: String,
+    pub session_id: String,
+}
+
 /// What the admin API shows of an account.
 #[derive(Debug, Clone)]
 pub struct AccountDetails {
@@ -103,26 +110,74 @@ impl Store {
     }
 
     /// Stores a login token by its hash.
-    pub async fn insert_login_token(&self, token_hash: &str, user_id: &str, expires_ts: i64) -> StoreResult<()> {
-        sqlx::query("INSERT INTO login_tokens (token_hash, user_id, expires_ts) VALUES ($1, $2, $3)")
-            .bind(token_hash)
-            .bind(user_id)
-            .bind(expires_ts)
-            .execute(&self.write)
-            .await?;
+    pub async fn insert_login_token(
+        &self,
+        token_hash: &str,
+        user_id: &str,
+        expires_ts: i64,
+        session: Option<&SsoSession>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO login_tokens (token_hash, user_id, expires_ts, auth_provider, session_id) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(expires_ts)
+        .bind(session.map(|s| s.provider.as_str()))
+        .bind(session.map(|s| s.session_id.as_str()))
+        .execute(&self.write)
+        .await?;
         Ok(())
     }
 
-    /// Consumes a login token: the user it names if it has not expired. A token is used
-    /// once, whatever the outcome; expired ones are swept on the way.
-    pub async fn take_login_token(&self, token_hash: &str) -> StoreResult<Option<String>> {
+    /// Consumes a login token: the user it names and the provider's session it came from,
+    /// if it has not expired. A token is used once, whatever the outcome; expired ones are
+    /// swept on the way.
+    pub async fn take_login_token(&self, token_hash: &str) -> StoreResult<Option<(String, Option<SsoSession>)>> {
         let now = now_ms();
-        let row = sqlx::query("DELETE FROM login_tokens WHERE token_hash = $1 RETURNING user_id, expires_ts")
-            .bind(token_hash)
-            .fetch_optional(&self.write)
-            .await?;
+        let row = sqlx::query(
+            "DELETE FROM login_tokens WHERE token_hash = $1 RETURNING user_id, expires_ts, auth_provider, session_id",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.write)
+        .await?;
         sqlx::query("DELETE FROM login_tokens WHERE expires_ts <= $1").bind(now).execute(&self.write).await?;
-        Ok(row.filter(|r| r.get::<i64, _>(1) > now).map(|r| r.get(0)))
+        Ok(row.filter(|r| r.get::<i64, _>(1) > now).map(|r| {
+            let session = match (r.get::<Option<String>, _>(2), r.get::<Option<String>, _>(3)) {
+                (Some(provider), Some(session_id)) => Some(SsoSession { provider, session_id }),
+                _ => None,
+            };
+            (r.get(0), session)
+        }))
+    }
+
+    /// Notes that a provider's session signed a device in.
+    pub async fn add_sso_session(&self, session: &SsoSession, user_id: &str, device_id: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO sso_sessions (auth_provider, session_id, user_id, device_id, created_ts) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(&session.provider)
+        .bind(&session.session_id)
+        .bind(user_id)
+        .bind(device_id)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// The devices of a user that a provider's session signed in.
+    pub async fn sso_session_devices(&self, session: &SsoSession, user_id: &str) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT device_id FROM sso_sessions WHERE auth_provider = $1 AND session_id = $2 AND user_id = $3",
+        )
+        .bind(&session.provider)
+        .bind(&session.session_id)
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?)
     }
 
     /// The secret kept under `name`, stored first as `fresh` if there is none (the first of

@@ -61,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0013_identity.sql"),
         include_str!("../../migrations/postgres/0013_identity.sql"),
     ),
+    (
+        14,
+        include_str!("../../migrations/sqlite/0014_sso_sessions.sql"),
+        include_str!("../../migrations/postgres/0014_sso_sessions.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

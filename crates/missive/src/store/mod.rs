@@ -31,7 +31,7 @@ use self::rooms::{EVENT_COLUMNS, EVENT_COLUMNS_E, event_row};
 pub use self::{
     accounts::*,
     e2ee::*,
-    identity::{AccountDetails, ThreepidRow},
+    identity::{AccountDetails, SsoSession, ThreepidRow},
     notifications::{Level, Notifications, OffsetChange},
     remote_devices::RemoteDeviceList,
     reports::NewReport,

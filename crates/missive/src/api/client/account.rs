@@ -136,11 +136,14 @@ async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<Respons
     let password = match &body.login_info {
         login::v3::LoginInfo::Password(password) if state.config.password_login => password,
         login::v3::LoginInfo::Token(token) if state.sso.enabled() => {
-            let user_id = state.sso.redeem_login_token(&token.token).await?;
+            let (user_id, provider_session) = state.sso.redeem_login_token(&token.token).await?;
             let session = state
                 .accounts
                 .login_as(&user_id, device_id, body.initial_device_display_name.as_deref(), body.refresh_token)
                 .await?;
+            if let Some(provider_session) = provider_session {
+                state.sso.note_session(&provider_session, &user_id, session.device_id.as_str()).await?;
+            }
             return Ok(json(session_json(&state, &session)));
         }
         _ => return Err(Error::Unknown("unsupported login type".into())),

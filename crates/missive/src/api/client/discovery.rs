@@ -50,6 +50,7 @@ async fn capabilities(state: AppState, _: Ruma<get_capabilities::v3::Request>) -
             "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
             "m.get_login_token": { "enabled": false },
+            "org.matrix.msc3720.account_status": { "enabled": true },
         }
     })))
 }

@@ -1,4 +1,5 @@
-//! Profiles: display name and avatar.
+//! Profiles: display name and avatar; and whether an account exists and is active
+//! (MSC3720 account status).
 
 use axum::{Router, response::Response};
 use ruma::api::client::profile::{get_profile, get_profile_field, set_profile_field};
@@ -9,6 +10,7 @@ use crate::{
         AppState,
         ruma::{Ruma, json, route},
     },
+    endpoints::account_status,
     error::{Error, Result},
     store::ProfileField,
 };
@@ -16,7 +18,24 @@ use crate::{
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, get_profile);
     let router = route(router, get_field);
+    let router = route(router, account_status_post);
+    let router = route(router, account_status_get);
     route(router, set_field)
+}
+
+/// # POST /_matrix/client/unstable/org.matrix.msc3720/account_status
+async fn account_status_post(state: AppState, req: Ruma<account_status::client_post::Request>) -> Result<Response> {
+    account_status(&state, &req.body.user_ids).await
+}
+
+/// # GET /_matrix/client/unstable/org.matrix.msc3720/account_status
+async fn account_status_get(state: AppState, req: Ruma<account_status::client_get::Request>) -> Result<Response> {
+    account_status(&state, &req.body.user_id).await
+}
+
+async fn account_status(state: &AppState, user_ids: &[String]) -> Result<Response> {
+    let statuses = crate::identity::status::statuses(&state.accounts, &state.federation, user_ids).await?;
+    Ok(json(json!({ "account_statuses": statuses.found, "failures": statuses.failures })))
 }
 
 async fn profile_of(state: &AppState, user_id: &str) -> Result<Map<String, Value>> {

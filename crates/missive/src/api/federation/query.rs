@@ -20,6 +20,7 @@ use crate::{
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, version);
     let router = route(router, profile);
+    let router = route(router, account_status);
     let router = route(router, public_rooms);
     let router = route(router, public_rooms_filtered);
     let router = route(router, hierarchy);
@@ -58,6 +59,16 @@ async fn hierarchy(state: AppState, req: Ruma<get_hierarchy::v1::Request>) -> Re
 /// # GET /_matrix/federation/v1/version
 async fn version(_state: AppState, _req: Ruma<get_server_version::v1::Request>) -> Result<Response> {
     Ok(json(json!({ "server": { "name": "Missive", "version": env!("CARGO_PKG_VERSION") } })))
+}
+
+/// # POST /_matrix/federation/unstable/org.matrix.msc3720/query/account_status
+async fn account_status(
+    state: AppState,
+    req: Ruma<crate::endpoints::account_status::federation::Request>,
+) -> Result<Response> {
+    let statuses =
+        crate::identity::status::local_statuses(&state.accounts, &state.federation, &req.body.user_ids).await?;
+    Ok(json(json!({ "account_statuses": statuses.found, "failures": statuses.failures })))
 }
 
 /// # GET /_matrix/federation/v1/query/profile
