@@ -312,3 +312,32 @@ async fn synapse_follows_the_devices_a_missive_user_adds_and_removes() {
     until("alice's server forgets the removed device", async || (devices().await == [first_id.clone()]).then_some(()))
         .await;
 }
+
+#[tokio::test]
+async fn synapse_users_see_which_missive_accounts_are_deactivated() {
+    let pair = Pair::start().await;
+    let alice = pair.missive.register("alice").await;
+    let bob = pair.synapse.register("bob").await;
+    let admin = common::register_admin(&pair.missive, "root").await;
+    let path = "/_matrix/client/unstable/org.matrix.msc3720/account_status";
+    let ghost = format!("@ghost:{}", pair.synapse.server_name);
+
+    // Missive asks Synapse: Synapse 1.163's federation handler of MSC3720 fails (its
+    // `on_POST` lacks an argument, a 500), so its users are listed as failures, the request
+    // itself answered.
+    let ask = json!({ "user_ids": [bob.user_id, ghost] });
+    let (status, body) = pair.missive.call("POST", path, Some(&alice.access_token), Some(ask)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["failures"], json!([bob.user_id, ghost]), "{body}");
+
+    // Synapse asks Missive, before and while alice is suspended.
+    let ask = json!({ "user_ids": [alice.user_id] });
+    let (status, body) = pair.synapse.call("POST", path, Some(&bob.access_token), Some(ask.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["account_statuses"][&alice.user_id], json!({ "exists": true, "deactivated": false }), "{body}");
+    let suspend = format!("/_synapse/admin/v1/suspend/{}", alice.user_id);
+    let (status, _) = pair.missive.call("PUT", &suspend, Some(&admin), Some(json!({ "suspend": true }))).await;
+    assert_eq!(status, 200);
+    let (_, body) = pair.synapse.call("POST", path, Some(&bob.access_token), Some(ask)).await;
+    assert_eq!(body["account_statuses"][&alice.user_id]["deactivated"], true, "{body}");
+}

@@ -136,6 +136,41 @@ pub mod account_status {
         }
     }
 
+    /// The path Synapse's own federation client asks (its server serves the one above), so
+    /// that a Synapse peer's question is answered too; the same shapes.
+    pub mod federation_synapse {
+        use ruma::{
+            api::{federation::authentication::ServerSignatures, request, response},
+            metadata,
+        };
+
+        use super::AccountStatus;
+
+        metadata! {
+            method: POST,
+            rate_limited: false,
+            authentication: ServerSignatures,
+            path: "/_matrix/federation/unstable/org.matrix.msc3720/account_status",
+        }
+
+        /// The accounts asked about, all of the answering server.
+        #[request]
+        pub struct Request {
+            /// User IDs.
+            #[serde(default)]
+            pub user_ids: Vec<String>,
+        }
+
+        /// The statuses, by user ID.
+        #[response]
+        pub struct Response {
+            /// The statuses found, by user ID.
+            pub account_statuses: std::collections::BTreeMap<String, AccountStatus>,
+            /// The users the server could not answer for.
+            pub failures: Vec<String>,
+        }
+    }
+
     /// Statuses found and users whose status could not be found, as every form answers.
     #[derive(Debug, Default)]
     pub struct Statuses {

@@ -136,6 +136,8 @@ rc_login: {{ address: {limit}, account: {limit}, failed_attempts: {limit} }}
 rc_key_requests: {limit}
 rc_admin_redaction: {limit}
 rc_federation: {{ window_size: 1000, sleep_limit: 10000, sleep_delay: 0, reject_limit: 10000, concurrent: 1000 }}
+experimental_features:
+  msc3720_enabled: true
 federation:
   destination_min_retry_interval: 500
   destination_max_retry_interval: 1000

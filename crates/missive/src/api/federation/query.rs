@@ -21,6 +21,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, version);
     let router = route(router, profile);
     let router = route(router, account_status);
+    let router = route(router, account_status_synapse);
     let router = route(router, public_rooms);
     let router = route(router, public_rooms_filtered);
     let router = route(router, hierarchy);
@@ -66,8 +67,21 @@ async fn account_status(
     state: AppState,
     req: Ruma<crate::endpoints::account_status::federation::Request>,
 ) -> Result<Response> {
-    let statuses =
-        crate::identity::status::local_statuses(&state.accounts, &state.federation, &req.body.user_ids).await?;
+    local_account_status(&state, &req.body.user_ids).await
+}
+
+/// # POST /_matrix/federation/unstable/org.matrix.msc3720/account_status
+///
+/// Where Synapse's federation client asks.
+async fn account_status_synapse(
+    state: AppState,
+    req: Ruma<crate::endpoints::account_status::federation_synapse::Request>,
+) -> Result<Response> {
+    local_account_status(&state, &req.body.user_ids).await
+}
+
+async fn local_account_status(state: &AppState, user_ids: &[String]) -> Result<Response> {
+    let statuses = crate::identity::status::local_statuses(&state.accounts, &state.federation, user_ids).await?;
     Ok(json(json!({ "account_statuses": statuses.found, "failures": statuses.failures })))
 }
 
