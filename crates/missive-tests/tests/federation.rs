@@ -1567,3 +1567,56 @@ async fn partners_here_and_on_other_servers_see_a_suspended_account_as_deactivat
     let (status, _) = gov.call("POST", path, None, Some(json!({ "user_ids": [anne.user_id] }))).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn an_external_user_joins_only_the_rooms_of_other_servers_that_admit_externals() {
+    let peers = Peers::start(&["police.test", "gov.test"], |_| Vec::new()).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let anne = police.register("anne").await;
+    let eve = gov.register("eve").await;
+    let gabriel = gov.register("gabriel").await;
+    let admin = common::register_admin(gov, "root").await;
+    let path = format!("/_synapse/admin/v2/users/{}", eve.user_id);
+    let (status, body) = gov.call("PUT", &path, Some(&admin), Some(json!({ "external": true }))).await;
+    assert_eq!((status, &body["external"]), (200, &json!(true)), "{body}");
+
+    // Police's rooms: one that admits externals, one restricted, one public without rules.
+    let rules =
+        |rule: &str| json!({ "type": "im.vector.room.access_rules", "state_key": "", "content": { "rule": rule } });
+    let invited = |rule: &str| json!({ "invite": [eve.user_id], "initial_state": [rules(rule)] });
+    let open = police.create_room(&anne.access_token, invited("unrestricted")).await;
+    let closed = police.create_room(&anne.access_token, invited("restricted")).await;
+    let public = police.create_room(&anne.access_token, json!({ "preset": "public_chat" })).await;
+    common::until("eve is invited twice", async || {
+        let (_, sync) = gov.call("GET", "/_matrix/client/v3/sync", Some(&eve.access_token), None).await;
+        let invites = &sync["rooms"]["invite"];
+        (invites.get(&open).is_some() && invites.get(&closed).is_some()).then_some(())
+    })
+    .await;
+    let join = async |room: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{room}/join");
+        gov.call("POST", &path, Some(&eve.access_token), Some(json!({}))).await
+    };
+    let (status, body) = join(&open).await;
+    assert_eq!(status, 200, "{body}");
+    for room in [&closed, &public] {
+        let (status, body) = join(room).await;
+        assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{room}: {body}");
+    }
+    // A colleague who is no external joins the public room as usual.
+    let (status, body) = gov
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/join/{public}?via=police.test"),
+            Some(&gabriel.access_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Nor can a room created here raise her above the default.
+    let raise = json!({ "power_level_content_override": { "users": { gabriel.user_id.clone(): 100, eve.user_id.clone(): 50 } } });
+    let (status, body) =
+        gov.call("POST", "/_matrix/client/v3/createRoom", Some(&gabriel.access_token), Some(raise)).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+}

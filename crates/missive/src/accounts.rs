@@ -839,6 +839,14 @@ impl Accounts {
         Ok(())
     }
 
+    /// Marks an account as external or not (an operator's say; a sign-in through the IAM
+    /// sets it again from the domain table).
+    pub async fn set_external(&self, user_id: &UserId, external: bool) -> Result<()> {
+        self.store.set_external(user_id.as_str(), external).await?;
+        tracing::info!(%user_id, external, "account's external flag changed");
+        Ok(())
+    }
+
     /// An account's row, if it exists.
     pub async fn account(&self, user_id: &UserId) -> Result<Option<crate::store::UserRow>> {
         Ok(self.store.user(user_id.as_str()).await?)

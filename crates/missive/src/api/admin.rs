@@ -113,12 +113,15 @@ async fn user_json(state: &AppState, user_id: &ruma::UserId) -> Result<serde_jso
 struct UserChanges {
     locked: Option<bool>,
     deactivated: Option<bool>,
+    /// Missive's own: marks a partner outside the administration, restricted as such.
+    external: Option<bool>,
 }
 
 /// # PUT /_synapse/admin/v2/users/{userId}
 ///
 /// Changes an existing account: `locked` suspends or reinstates it, `deactivated`
-/// deactivates or restores it. Accounts are created by the IAM, not here.
+/// deactivates or restores it, `external` marks a partner outside the administration.
+/// Accounts are created by the IAM, not here.
 async fn modify_user(
     State(state): State<AppState>,
     Authenticated(id): Authenticated,
@@ -129,6 +132,9 @@ async fn modify_user(
     let account = state.accounts.account(&user_id).await?.ok_or_else(|| Error::not_found("no such account"))?;
     if let Some(locked) = changes.locked {
         lifecycle::suspend(&state.accounts, &user_id, locked).await?;
+    }
+    if let Some(external) = changes.external {
+        state.accounts.set_external(&user_id, external).await?;
     }
     match changes.deactivated {
         Some(true) if !account.deactivated => {

@@ -99,6 +99,7 @@ impl Rooms {
             for (k, v) in over {
                 power_levels[k] = v;
             }
+            self.check_external_power(&power_levels).await?;
         }
 
         let profile = self.store.profile(sender.as_str()).await?.unwrap_or_default();

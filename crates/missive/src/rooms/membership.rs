@@ -34,18 +34,37 @@ pub fn member_content(
 /// `restricted`, `unrestricted` or `direct`).
 pub const ACCESS_RULES_TYPE: &str = "im.vector.room.access_rules";
 
+/// Whether access rules' content admits external users: only rooms marked `unrestricted`
+/// and direct chats (`direct`) do, as in Tchap.
+fn admits_externals(content: Option<&Value>) -> Result<()> {
+    match content.and_then(|c| c.get("rule")).and_then(Value::as_str) {
+        Some("unrestricted" | "direct") => Ok(()),
+        _ => Err(Error::forbidden("this room does not admit external users")),
+    }
+}
+
 impl Rooms {
     /// Refuses an external user a room whose access rules do not admit them: only rooms
     /// marked `unrestricted` and direct chats (`direct`) do, as in Tchap.
     async fn require_external_access(&self, room_id: &RoomId) -> Result<()> {
-        let rule = self
-            .current_state_content(room_id, ACCESS_RULES_TYPE, "")
-            .await?
-            .and_then(|c| c.get("rule").and_then(Value::as_str).map(str::to_owned));
-        match rule.as_deref() {
-            Some("unrestricted" | "direct") => Ok(()),
-            _ => Err(Error::forbidden("this room does not admit external users")),
+        let content = self.current_state_content(room_id, ACCESS_RULES_TYPE, "").await?;
+        admits_externals(content.as_ref())
+    }
+
+    /// Refuses a local external user a room of another server unless the description its
+    /// invite carried (stripped state) shows access rules that admit them: this server
+    /// cannot see the room's state before joining, and the room's server does not know who
+    /// is external here.
+    pub async fn check_remote_join(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        if !self.store.user(user_id.as_str()).await?.is_some_and(|u| u.external) {
+            return Ok(());
         }
+        let described: Vec<Value> = match self.store.invite_state(room_id.as_str(), user_id.as_str()).await? {
+            Some(state) => serde_json::from_str(&state).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let rules = described.iter().find(|e| e["type"] == ACCESS_RULES_TYPE && e["state_key"] == "");
+        admits_externals(rules.map(|e| &e["content"]))
     }
 
     /// Refuses power levels that raise a local external user above the room's default.

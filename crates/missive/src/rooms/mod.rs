@@ -53,7 +53,7 @@ use crate::{
 };
 
 /// The state events that describe a room to someone outside it (an invitee, a knocker).
-pub const DESCRIBING_STATE: [&str; 7] = [
+pub const DESCRIBING_STATE: [&str; 8] = [
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",
@@ -61,6 +61,8 @@ pub const DESCRIBING_STATE: [&str; 7] = [
     "m.room.canonical_alias",
     "m.room.encryption",
     "m.room.topic",
+    // Whether the room admits external users, which their server checks before joining.
+    membership::ACCESS_RULES_TYPE,
 ];
 
 /// State groups are stored as deltas; after this many a full snapshot keeps lookups short.

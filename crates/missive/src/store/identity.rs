@@ -194,6 +194,17 @@ impl Store {
         Ok(row.get(0))
     }
 
+    /// Marks an account as external (a partner outside the administration) or not.
+    pub async fn set_external(&self, user_id: &str, external: bool) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET external = $2, updated_ts = $3 WHERE user_id = $1")
+            .bind(user_id)
+            .bind(external as i64)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
     /// Records what the IAM says of an account: its organisation and whether it is external.
     pub async fn set_account_attributes(
         &self,

@@ -166,6 +166,7 @@ async fn join_anywhere<T>(
     if let Some(server) = room_id.server_name() {
         via.push(server.to_owned());
     }
+    state.rooms.check_remote_join(user_id, room_id).await?;
     state.federation.join_remote(&state.rooms, user_id, room_id, &via).await?;
     Ok(room_id.to_owned())
 }
