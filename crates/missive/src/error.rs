@@ -29,6 +29,8 @@ pub enum Error {
     InvalidParam(String),
     #[error("{0}")]
     MissingParam(String),
+    #[error("unknown sliding sync position: start the connection again")]
+    UnknownPos,
     #[error("unrecognized request")]
     Unrecognized { method_not_allowed: bool },
     #[error("user ID already taken")]
@@ -87,6 +89,7 @@ impl Error {
             Error::NotJson(_) => (S::BAD_REQUEST, "M_NOT_JSON"),
             Error::InvalidParam(_) => (S::BAD_REQUEST, "M_INVALID_PARAM"),
             Error::MissingParam(_) => (S::BAD_REQUEST, "M_MISSING_PARAM"),
+            Error::UnknownPos => (S::BAD_REQUEST, "M_UNKNOWN_POS"),
             Error::Unrecognized { method_not_allowed: true } => (S::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
             Error::Unrecognized { .. } => (S::NOT_FOUND, "M_UNRECOGNIZED"),
             Error::UserInUse => (S::BAD_REQUEST, "M_USER_IN_USE"),

@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0014_sso_sessions.sql"),
         include_str!("../../migrations/postgres/0014_sso_sessions.sql"),
     ),
+    (
+        15,
+        include_str!("../../migrations/sqlite/0015_bump_events.sql"),
+        include_str!("../../migrations/postgres/0015_bump_events.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

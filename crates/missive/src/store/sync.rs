@@ -406,4 +406,75 @@ impl Store {
         }
         Ok(out)
     }
+
+    /// Every room a user has a membership in, with what sliding sync sorts and filters
+    /// them by: the latest bump event's position, whether the room is encrypted, and its
+    /// create event (for the room type).
+    pub async fn sliding_rooms(&self, user_id: &str) -> StoreResult<Vec<SlidingRoom>> {
+        let rows = sqlx::query(sql(format!(
+            "SELECT m.room_id, m.membership, m.stream_pos, \
+             (SELECT MAX(e.stream_pos) FROM events e WHERE e.room_id = m.room_id AND e.event_type IN ({BUMP_TYPES})), \
+             (SELECT COUNT(*) FROM room_current_state s WHERE s.room_id = m.room_id \
+                AND s.event_type = 'm.room.encryption' AND s.state_key = ''), \
+             (SELECT e.json FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
+                WHERE s.room_id = m.room_id AND s.event_type = 'm.room.create' AND s.state_key = '') \
+             FROM memberships m WHERE m.user_id = $1 AND m.forgotten = 0"
+        )))
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SlidingRoom {
+                room_id: r.get(0),
+                membership: r.get(1),
+                membership_pos: r.get(2),
+                bump_pos: r.get(3),
+                encrypted: r.get::<i64, _>(4) > 0,
+                create_json: r.get(5),
+            })
+            .collect())
+    }
+
+    /// The current state events of the given types in many rooms.
+    pub async fn current_state_of_types(&self, rooms: &[String], types: &[String]) -> StoreResult<Vec<EventRow>> {
+        let mut out = Vec::new();
+        if types.is_empty() {
+            return Ok(out);
+        }
+        for chunk in rooms.chunks(CHUNK) {
+            let mut p = Params::new(self.backend);
+            let text = format!(
+                "SELECT {EVENT_COLUMNS_E} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
+                 WHERE s.room_id IN ({}) AND s.event_type IN ({})",
+                p.list(chunk.len()),
+                p.list(types.len())
+            );
+            let mut query = sqlx::query(sql(text));
+            for room in chunk {
+                query = query.bind(room);
+            }
+            for kind in types {
+                query = query.bind(kind);
+            }
+            out.extend(query.fetch_all(&self.read).await?.into_iter().map(event_row));
+        }
+        Ok(out)
+    }
+}
+
+/// The event types that move a room up a sliding sync list, as in the partial index
+/// `events_bump` (migration 0015), which must list the same.
+const BUMP_TYPES: &str = "'m.room.create', 'm.room.message', 'm.room.encrypted', 'm.sticker', 'm.call.invite', \
+                          'm.poll.start', 'm.beacon_info'";
+
+/// A room of a user as sliding sync sees it (see [`Store::sliding_rooms`]).
+#[derive(Debug, Clone)]
+pub struct SlidingRoom {
+    pub room_id: String,
+    pub membership: String,
+    pub membership_pos: i64,
+    pub bump_pos: Option<i64>,
+    pub encrypted: bool,
+    pub create_json: Option<String>,
 }

@@ -5,6 +5,7 @@
 
 pub mod legacy;
 pub mod presence;
+pub mod sliding;
 pub mod stream;
 pub mod typing;
 
@@ -68,6 +69,8 @@ pub struct Sync {
     pub presence: Arc<Presence>,
     e2ee: Arc<E2ee>,
     lazy: LazyMembers,
+    /// Sliding sync connections and what each was sent.
+    connections: sliding::Connections,
 }
 
 pub(super) struct Since {
@@ -99,7 +102,16 @@ impl Sync {
         presence: Arc<Presence>,
         e2ee: Arc<E2ee>,
     ) -> Self {
-        Self { store, rooms, streams, typing, presence, e2ee, lazy: LazyMembers::default() }
+        Self {
+            store,
+            rooms,
+            streams,
+            typing,
+            presence,
+            e2ee,
+            lazy: LazyMembers::default(),
+            connections: Default::default(),
+        }
     }
 
     /// Users whose devices the user must (re)fetch (`changed`) or may forget (`left`) for

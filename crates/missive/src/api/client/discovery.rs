@@ -25,6 +25,7 @@ async fn versions(_: AppState, _: Ruma<get_supported_versions::Request>) -> Resu
                      "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19"],
         "unstable_features": {
             "org.matrix.msc3575": false,
+            "org.matrix.simplified_msc3575": true,
         },
     })))
 }

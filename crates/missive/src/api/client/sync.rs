@@ -1,4 +1,4 @@
-//! `/sync`.
+//! `/sync`, and simplified sliding sync (MSC4186).
 
 use std::time::Duration;
 
@@ -15,7 +15,14 @@ use crate::{
 };
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = route(router, sliding);
     route(router, sync)
+}
+
+/// # POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync
+async fn sliding(state: AppState, req: Ruma<sync_events::v5::Request>) -> Result<Response> {
+    let id = req.identity().clone();
+    Ok(json(state.sync.sliding(&id, req.body).await?))
 }
 
 /// # GET /_matrix/client/v3/sync

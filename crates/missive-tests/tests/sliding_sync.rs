@@ -1,0 +1,269 @@
+//! Simplified sliding sync (MSC4186), what Element X syncs with, driven by matrix-sdk's
+//! own sliding sync (the code Element X runs) and checked on the wire.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, TestUser, until};
+use matrix_sdk::{
+    Client,
+    ruma::{
+        UserId,
+        api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset},
+        events::{StateEventType, room::message::RoomMessageEventContent},
+    },
+    sliding_sync::{SlidingSync, SlidingSyncList, SlidingSyncMode, Version},
+};
+use serde_json::{Value, json};
+
+/// A sliding sync of every room of the client, with every extension.
+async fn sliding(client: &Client) -> SlidingSync {
+    client
+        .sliding_sync("main")
+        .unwrap()
+        .version(Version::Native)
+        .with_all_extensions()
+        .poll_timeout(Duration::ZERO)
+        .add_list(
+            SlidingSyncList::builder("all")
+                .sync_mode(SlidingSyncMode::new_selective().add_range(0..=19))
+                .timeline_limit(5)
+                .required_state(vec![
+                    (StateEventType::RoomName, "".to_owned()),
+                    (StateEventType::RoomEncryption, "".to_owned()),
+                    (StateEventType::RoomMember, "$LAZY".to_owned()),
+                    (StateEventType::RoomMember, "$ME".to_owned()),
+                ]),
+        )
+        .build()
+        .await
+        .unwrap()
+}
+
+/// A raw sliding sync request; `pos` and `timeout` go in the query, as the MSC has it.
+async fn raw(server: &TestServer, user: &TestUser, pos: Option<&str>, body: Value) -> (u16, Value) {
+    let path = match pos {
+        Some(pos) => format!("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos={pos}&timeout=300"),
+        None => "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync".to_owned(),
+    };
+    server.call("POST", &path, Some(&user.access_token), Some(body)).await
+}
+
+#[tokio::test]
+async fn matrix_sdk_lists_rooms_and_receives_messages_through_sliding_sync() {
+    let server = TestServer::start().await;
+    let (alice, alice_user) = server.client("alice").await;
+    let (bob, _) = server.client("bob").await;
+    bob.sync_once(Default::default()).await.unwrap();
+    let alice_id = UserId::parse(&alice_user.user_id).unwrap();
+
+    // Bob's rooms: one alice is in, an encrypted direct chat, and one she is only invited to.
+    let mut named = CreateRoom::new();
+    named.name = Some("Cellule de crise".into());
+    named.invite = vec![alice_id.clone()];
+    let crisis = bob.create_room(named).await.unwrap().room_id().to_owned();
+    let mut direct = CreateRoom::new();
+    direct.is_direct = true;
+    direct.preset = Some(RoomPreset::TrustedPrivateChat);
+    direct.invite = vec![alice_id.clone()];
+    let dm = bob.create_room(direct).await.unwrap().room_id().to_owned();
+    let mut later = CreateRoom::new();
+    later.invite = vec![alice_id.clone()];
+    let invited = bob.create_room(later).await.unwrap().room_id().to_owned();
+    for room in [&crisis, &dm] {
+        alice.join_room_by_id(room).await.unwrap();
+    }
+    bob.get_room(&crisis).unwrap().send(RoomMessageEventContent::text_plain("point de situation à 9h")).await.unwrap();
+
+    // Alice's phone starts sliding sync: her rooms, named, the invite, the last messages.
+    let sync = sliding(&alice).await;
+    sync.sync_once().await.unwrap();
+    let room = alice.get_room(&crisis).expect("the room is listed");
+    assert_eq!(room.name().as_deref(), Some("Cellule de crise"));
+    assert_eq!(alice.get_room(&invited).expect("the invite is listed").state(), matrix_sdk::RoomState::Invited);
+    assert!(alice.get_room(&dm).is_some());
+
+    // A message from bob reaches her through the next request, with its unread count.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = received.clone();
+    alice.add_event_handler(move |ev: matrix_sdk::ruma::events::room::message::OriginalSyncRoomMessageEvent| {
+        let seen = seen.clone();
+        async move { seen.lock().unwrap().push(ev.content.body().to_owned()) }
+    });
+    bob.get_room(&crisis).unwrap().send(RoomMessageEventContent::text_plain("RAS")).await.unwrap();
+    until("alice receives the message", async || {
+        sync.sync_once().await.unwrap();
+        received.lock().unwrap().iter().any(|b| b == "RAS").then_some(())
+    })
+    .await;
+    assert!(alice.get_room(&crisis).unwrap().unread_notification_counts().notification_count >= 1);
+}
+
+#[tokio::test]
+async fn a_resumed_connection_gets_only_what_changed_and_a_stale_position_is_refused() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let mut rooms = Vec::new();
+    for name in ["un", "deux", "trois"] {
+        let room = server.create_room(&bob.access_token, json!({ "name": name, "invite": [alice.user_id] })).await;
+        server
+            .call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&alice.access_token), Some(json!({})))
+            .await;
+        rooms.push(room);
+    }
+    server.send_message(&bob.access_token, &rooms[0], json!({ "msgtype": "m.text", "body": "premier" })).await;
+    let request = |conn: &str| {
+        json!({
+            "conn_id": conn,
+            "lists": { "all": { "ranges": [[0, 1]], "timeline_limit": 3, "required_state": [["m.room.name", ""]] } },
+            "extensions": { "e2ee": { "enabled": true }, "to_device": { "enabled": true } },
+        })
+    };
+
+    // The first answer: two of three rooms (the window), the most recent ones: "un",
+    // where bob wrote, and "trois", the last created.
+    let (status, first) = raw(&server, &alice, None, request("phone")).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["lists"]["all"]["count"], 3, "{first}");
+    let mut sent: Vec<&String> = first["rooms"].as_object().unwrap().keys().collect();
+    sent.sort();
+    let mut expected = vec![&rooms[0], &rooms[2]];
+    expected.sort();
+    assert_eq!(sent, expected, "{first}");
+    let trois = &first["rooms"][&rooms[2]];
+    assert_eq!(trois["initial"], true, "{first}");
+    assert_eq!(trois["name"], "trois");
+    assert!(trois["required_state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name"));
+    assert!(first["rooms"][&rooms[0]]["bump_stamp"].as_i64() > trois["bump_stamp"].as_i64());
+    let pos = first["pos"].as_str().unwrap().to_owned();
+
+    // Nothing changed: an empty answer after the timeout, with a new position.
+    let (status, idle) = raw(&server, &alice, Some(&pos), request("phone")).await;
+    assert_eq!(status, 200, "{idle}");
+    assert_eq!(idle["rooms"], json!({}), "{idle}");
+    let pos = idle["pos"].as_str().unwrap().to_owned();
+
+    // A message in "deux" moves it into the window: sent whole, as new, its timeline cut
+    // to the limit; "trois" leaves the window (the client keeps what it has).
+    server.send_message(&bob.access_token, &rooms[1], json!({ "msgtype": "m.text", "body": "deuxième" })).await;
+    let (_, moved) = raw(&server, &alice, Some(&pos), request("phone")).await;
+    let deux = &moved["rooms"][&rooms[1]];
+    assert_eq!(deux["initial"], true, "{moved}");
+    assert_eq!(deux["limited"], true, "{moved}");
+    assert_eq!(deux["timeline"].as_array().unwrap().len(), 3, "{moved}");
+    assert_eq!(deux["timeline"][2]["content"]["body"], "deuxième", "{moved}");
+    assert_eq!(moved["rooms"].as_object().unwrap().len(), 1, "{moved}");
+    let pos = moved["pos"].as_str().unwrap().to_owned();
+
+    // A room the connection has gets only what is new.
+    server.send_message(&bob.access_token, &rooms[0], json!({ "msgtype": "m.text", "body": "second" })).await;
+    let (_, update) = raw(&server, &alice, Some(&pos), request("phone")).await;
+    let un = &update["rooms"][&rooms[0]];
+    assert!(un.get("initial").is_none(), "{update}");
+    assert_eq!((&un["num_live"], &un["limited"]), (&json!(1), &json!(false)), "{update}");
+    let bodies: Vec<&str> =
+        un["timeline"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["second"], "{update}");
+    assert_eq!(un["notification_count"], 2, "{update}");
+    let pos = update["pos"].as_str().unwrap().to_owned();
+
+    // A position another connection never had, or made up, is refused.
+    for (pos, conn) in [(pos.as_str(), "laptop"), ("999999", "phone"), ("nonsense", "phone")] {
+        let (status, body) = raw(&server, &alice, Some(pos), request(conn)).await;
+        assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNKNOWN_POS")), "{pos} on {conn}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_request_wakes_when_a_message_arrives() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server.create_room(&bob.access_token, json!({ "invite": [alice.user_id] })).await;
+    server
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&alice.access_token), Some(json!({})))
+        .await;
+    let body = json!({ "lists": { "all": { "ranges": [[0, 9]], "timeline_limit": 1 } } });
+    let (_, first) = raw(&server, &alice, None, body.clone()).await;
+    let next = body.clone();
+    let waiting = {
+        let pos = first["pos"].as_str().unwrap();
+        let url =
+            server.url(&format!("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos={pos}&timeout=20000"));
+        let token = alice.access_token.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let answer: Value = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&next)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (started.elapsed(), answer)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.send_message(&bob.access_token, &room, json!({ "msgtype": "m.text", "body": "réveil" })).await;
+    let (waited, answer) = waiting.await.unwrap();
+    assert!(waited < Duration::from_secs(10), "woke after {waited:?}");
+    assert_eq!(answer["rooms"][&room]["timeline"][0]["content"]["body"], "réveil", "{answer}");
+}
+
+#[tokio::test]
+async fn an_encrypted_direct_chat_decrypts_and_typing_shows_through_sliding_sync() {
+    let server = TestServer::start().await;
+    let (alice, alice_user) = server.client("alice").await;
+    let (bob, _) = server.client("bob").await;
+    // Alice's phone syncs only by sliding sync: its keys go up through it too.
+    let sync = sliding(&alice).await;
+    sync.sync_once().await.unwrap();
+    bob.sync_once(Default::default()).await.unwrap();
+
+    let mut direct = CreateRoom::new();
+    direct.is_direct = true;
+    direct.preset = Some(RoomPreset::TrustedPrivateChat);
+    direct.invite = vec![UserId::parse(&alice_user.user_id).unwrap()];
+    let room_id = bob.create_room(direct).await.unwrap().room_id().to_owned();
+    until("alice sees the invite", async || {
+        sync.sync_once().await.unwrap();
+        alice.get_room(&room_id).filter(|r| r.state() == matrix_sdk::RoomState::Invited).map(|_| ())
+    })
+    .await;
+    alice.join_room_by_id(&room_id).await.unwrap();
+    sync.sync_once().await.unwrap();
+    bob.sync_once(Default::default()).await.unwrap();
+
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = received.clone();
+    alice.add_event_handler(move |ev: matrix_sdk::ruma::events::room::message::OriginalSyncRoomMessageEvent| {
+        let seen = seen.clone();
+        async move { seen.lock().unwrap().push(ev.content.body().to_owned()) }
+    });
+    let typing = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen_typing = typing.clone();
+    alice.add_event_handler(move |ev: matrix_sdk::ruma::events::typing::SyncTypingEvent| {
+        let seen = seen_typing.clone();
+        async move { seen.lock().unwrap().extend(ev.content.user_ids.iter().map(|u| u.to_string())) }
+    });
+    let bob_room = bob.get_room(&room_id).unwrap();
+    assert!(bob_room.latest_encryption_state().await.unwrap().is_encrypted());
+    bob_room.send(RoomMessageEventContent::text_plain("message chiffré")).await.unwrap();
+    until("alice decrypts bob's message", async || {
+        sync.sync_once().await.unwrap();
+        received.lock().unwrap().iter().any(|b| b == "message chiffré").then_some(())
+    })
+    .await;
+
+    bob_room.typing_notice(true).await.unwrap();
+    until("alice sees bob typing", async || {
+        sync.sync_once().await.unwrap();
+        typing.lock().unwrap().iter().any(|u| u.starts_with("@bob")).then_some(())
+    })
+    .await;
+}
