@@ -267,3 +267,71 @@ async fn an_encrypted_direct_chat_decrypts_and_typing_shows_through_sliding_sync
     })
     .await;
 }
+
+#[tokio::test]
+async fn element_x_sync_service_lists_rooms_and_its_timeline_decrypts() {
+    use matrix_sdk_ui::{
+        room_list_service::RoomListLoadingState, sync_service::SyncService, timeline::TimelineBuilder,
+    };
+    let server = TestServer::start().await;
+    let (alice, alice_user) = server.client("alice").await;
+    let (bob, _) = server.client("bob").await;
+    bob.sync_once(Default::default()).await.unwrap();
+    let alice_id = UserId::parse(&alice_user.user_id).unwrap();
+
+    // Element X's services: the encryption sync and the room list, each its own connection.
+    let service = SyncService::builder(alice.clone()).build().await.unwrap();
+    service.start().await;
+    let rooms = service.room_list_service();
+    let all = rooms.all_rooms().await.unwrap();
+    let loading = all.loading_state();
+    until("the room list loads", async || match loading.get() {
+        RoomListLoadingState::Loaded { .. } => Some(()),
+        RoomListLoadingState::NotLoaded => None,
+    })
+    .await;
+
+    // Bob opens an encrypted direct chat and invites her to a named room: both listed.
+    let mut direct = CreateRoom::new();
+    direct.is_direct = true;
+    direct.preset = Some(RoomPreset::TrustedPrivateChat);
+    direct.invite = vec![alice_id.clone()];
+    let dm = bob.create_room(direct).await.unwrap().room_id().to_owned();
+    let mut named = CreateRoom::new();
+    named.name = Some("Préfecture".into());
+    named.invite = vec![alice_id.clone()];
+    let prefecture = bob.create_room(named).await.unwrap().room_id().to_owned();
+    until("both invites are listed", async || {
+        let listed = |id| alice.get_room(id).is_some_and(|r| r.state() == matrix_sdk::RoomState::Invited);
+        (listed(&dm)
+            && listed(&prefecture)
+            && matches!(loading.get(), RoomListLoadingState::Loaded { maximum_number_of_rooms: Some(n) } if n >= 2))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(rooms.room(&prefecture).unwrap().name().as_deref(), Some("Préfecture"));
+    alice.join_room_by_id(&dm).await.unwrap();
+    until("alice is in the chat", async || {
+        alice.get_room(&dm).filter(|r| r.state() == matrix_sdk::RoomState::Joined).map(|_| ())
+    })
+    .await;
+    bob.sync_once(Default::default()).await.unwrap();
+
+    // Bob's encrypted message shows decrypted in her timeline, and counts as unread.
+    let timeline = TimelineBuilder::new(&alice.get_room(&dm).unwrap()).build().await.unwrap();
+    bob.get_room(&dm).unwrap().send(RoomMessageEventContent::text_plain("à déchiffrer")).await.unwrap();
+    until("the timeline shows the message decrypted", async || {
+        let items = timeline.items().await;
+        items
+            .iter()
+            .filter_map(|i| i.as_event())
+            .any(|e| e.content().as_message().is_some_and(|m| m.body() == "à déchiffrer"))
+            .then_some(())
+    })
+    .await;
+    until("the message counts as unread", async || {
+        (alice.get_room(&dm).unwrap().num_unread_notifications() >= 1).then_some(())
+    })
+    .await;
+    service.stop().await;
+}
