@@ -728,3 +728,170 @@ async fn spoilt_id_tokens_are_refused_and_create_nothing() {
         assert!(server.query_strings("SELECT token_hash FROM login_tokens").await.is_empty(), "{tamper}");
     }
 }
+
+/// Where the test's native application is sent back to after an OAuth sign-in.
+const APP_REDIRECT: &str = "http://127.0.0.1/callback";
+
+#[tokio::test]
+async fn element_x_signs_in_through_the_oauth_api_refreshes_and_signs_out() {
+    use matrix_sdk::{
+        Client,
+        authentication::oauth::{
+            ClientRegistrationData,
+            registration::{ApplicationType, ClientMetadata, Localized, OAuthGrantType},
+        },
+        config::RequestConfig,
+        ruma::serde::Raw,
+        utils::UrlOrQuery,
+    };
+    let (_provider, server) = setup().await;
+    let (_, login) = server.call("GET", "/_matrix/client/v3/login", None, None).await;
+    let sso = login["flows"].as_array().unwrap().iter().find(|f| f["type"] == "m.login.sso").unwrap();
+    assert_eq!(sso["oauth_aware_preferred"], true, "{login}");
+
+    let client = Client::builder()
+        .homeserver_url(&server.base_url)
+        .handle_refresh_tokens()
+        .request_config(RequestConfig::new().disable_retry())
+        .build()
+        .await
+        .unwrap();
+    let oauth = client.oauth();
+    let redirect = reqwest::Url::parse(APP_REDIRECT).unwrap();
+    let metadata = ClientMetadata::new(
+        ApplicationType::Native,
+        vec![OAuthGrantType::AuthorizationCode { redirect_uris: vec![redirect.clone()] }],
+        Localized::new(reqwest::Url::parse("https://element.example.org").unwrap(), []),
+    );
+    let registration = ClientRegistrationData::new(Raw::new(&metadata).unwrap());
+    let authorization = oauth.login(redirect, None, Some(registration), None).build().await.expect("authorization URL");
+    // The agent signs in at the IAM in the browser; the application gets the code back.
+    let back = match Browser::default().sign_in(authorization.url.as_str(), "anne", APP_REDIRECT).await {
+        Outcome::Redirected(url) => url,
+        Outcome::Page(status, page) => panic!("stopped on a page ({status}): {page}"),
+    };
+    oauth.finish_login(UrlOrQuery::Url(reqwest::Url::parse(&back).unwrap())).await.expect("token exchange");
+    let whoami = client.whoami().await.unwrap();
+    assert!(whoami.user_id.as_str().ends_with(":localhost"));
+    assert_eq!(whoami.device_id.as_ref().map(|d| d.as_str()), client.device_id().map(|d| d.as_str()));
+
+    // The same account as a sign-in through /login would give, and its tokens work as any.
+    let (_, legacy) = redeem(&server, &login_token(&server, "anne").await).await;
+    assert_eq!(legacy["user_id"], whoami.user_id.as_str());
+    let first = client.access_token().unwrap();
+    oauth.refresh_access_token().await.expect("refresh");
+    let second = client.access_token().unwrap();
+    assert_ne!(first, second);
+    let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(&first), None).await;
+    assert_eq!(status, 401, "the refreshed token is gone");
+    let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(&second), None).await;
+    assert_eq!(status, 200);
+
+    // Signing out revokes the session at the server: the request matrix-sdk's `logout`
+    // sends (RFC 7009), made here since its OAuth library refuses a revocation endpoint on
+    // plain HTTP, as this test server's is.
+    let (_, metadata) = server.call("GET", "/_matrix/client/v1/auth_metadata", None, None).await;
+    let client_id = oauth.client_id().unwrap().as_str().to_owned();
+    let form = [("token", second.as_str()), ("token_type_hint", "access_token"), ("client_id", client_id.as_str())];
+    let revoked = reqwest::Client::new()
+        .post(metadata["revocation_endpoint"].as_str().unwrap())
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let (status, body) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(&second), None).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
+}
+
+#[tokio::test]
+async fn the_oauth_api_refuses_bad_verifiers_reused_codes_and_unregistered_redirects() {
+    use base64::Engine;
+    use sha2::Digest;
+    let (_provider, server) = setup().await;
+    let (_, metadata) = server.call("GET", "/_matrix/client/v1/auth_metadata", None, None).await;
+    let endpoint = |key: &str| metadata[key].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let registration = json!({
+        "client_uri": "https://app.example.org",
+        "application_type": "native",
+        "redirect_uris": [APP_REDIRECT],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    });
+    // Registration checks what it is given.
+    let mut foreign = registration.clone();
+    foreign["application_type"] = json!("web");
+    foreign["redirect_uris"] = json!(["https://evil.example/cb"]);
+    let refused = http.post(endpoint("registration_endpoint")).json(&foreign).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.json::<Value>().await.unwrap()["error"], "invalid_redirect_uri");
+    let registered: Value =
+        http.post(endpoint("registration_endpoint")).json(&registration).send().await.unwrap().json().await.unwrap();
+    let client_id = registered["client_id"].as_str().unwrap().to_owned();
+
+    let verifier = "a-verifier-of-the-test-long-enough-for-pkce-0123456789";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier));
+    let authorize = |redirect: &str| {
+        let mut url = reqwest::Url::parse(&endpoint("authorization_endpoint")).unwrap();
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &client_id)
+            .append_pair("redirect_uri", redirect)
+            .append_pair("scope", "urn:matrix:client:api:* urn:matrix:client:device:PHONE12345")
+            .append_pair("state", "xyz")
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        url.to_string()
+    };
+    let code = async || match Browser::default().sign_in(&authorize(APP_REDIRECT), "anne", APP_REDIRECT).await {
+        Outcome::Redirected(url) => {
+            let url = reqwest::Url::parse(&url).unwrap();
+            assert_eq!(url.query_pairs().find(|(k, _)| k == "state").unwrap().1, "xyz");
+            url.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned()
+        }
+        Outcome::Page(status, page) => panic!("stopped on a page ({status}): {page}"),
+    };
+    let exchange = async |code: &str, verifier: &str| {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", APP_REDIRECT),
+            ("client_id", client_id.as_str()),
+            ("code_verifier", verifier),
+        ];
+        let response = http.post(endpoint("token_endpoint")).form(&form).send().await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+
+    // A redirect URI the client did not register: a page, never a redirect there.
+    let page = get_unfollowed(&authorize("http://127.0.0.1/elsewhere")).await;
+    assert_eq!(page.status(), 400);
+
+    // A wrong verifier: refused, and the code is spent.
+    let first = code().await;
+    let (status, body) = exchange(&first, "not-the-verifier-not-the-verifier-not-the-verifier").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    let (status, _) = exchange(&first, verifier).await;
+    assert_eq!(status, 400);
+
+    // The right verifier: tokens, once.
+    let second = code().await;
+    let (status, tokens) = exchange(&second, verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let (_, me) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(&access), None).await;
+    assert_eq!(me["device_id"], "PHONE12345");
+    let (status, body) = exchange(&second, verifier).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+
+    // Revoked: the token and its refresh token are dead.
+    let revoked = http.post(endpoint("revocation_endpoint")).form(&[("token", access.as_str())]).send().await.unwrap();
+    assert_eq!(revoked.status(), 200);
+    let (status, _) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(&access), None).await;
+    assert_eq!(status, 401);
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", tokens["refresh_token"].as_str().unwrap())];
+    let response = http.post(endpoint("token_endpoint")).form(&refresh).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+}

@@ -776,6 +776,12 @@ impl Accounts {
         })
     }
 
+    /// The user and device an access token or refresh token belongs to.
+    pub async fn session_of_token(&self, token: &str) -> Result<Option<(OwnedUserId, String)>> {
+        let Some((user, device)) = self.store.token_owner(&hash_token(token)).await? else { return Ok(None) };
+        Ok(Some((UserId::parse(user).map_err(|e| Error::Internal(e.to_string()))?, device)))
+    }
+
     /// Deletes devices, and with them their tokens, keys and pending to-device messages;
     /// the user's contacts see the device list change.
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> Result<()> {

@@ -67,8 +67,13 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let sso = Arc::new(
         crate::identity::Sso::new(config.clone(), store.clone()).await.context("cannot set up single sign-on")?,
     );
+    let oauth = match config.public_baseurl() {
+        Some(base) if sso.enabled() => Some(Arc::new(crate::identity::oauth::OAuth::new(store.clone(), base))),
+        _ => None,
+    };
     Ok(Arc::new(Services {
         sso,
+        oauth,
         accounts,
         sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing, presence, e2ee.clone()),
         user_data: UserData::new(store.clone(), streams.clone(), push_rules, rooms.ignored.clone()),

@@ -27,6 +27,8 @@ pub struct Services {
     pub reports: crate::reports::Reports,
     pub federation: Arc<crate::federation::Federation>,
     pub sso: Arc<crate::identity::Sso>,
+    /// The OAuth 2.0 API, offered when single sign-on is set up.
+    pub oauth: Option<Arc<crate::identity::oauth::OAuth>>,
 }
 
 /// The axum state: a handle on the services.

@@ -4,6 +4,7 @@
 //! single-use `m.login.token` that completes the client's login.
 
 pub mod lifecycle;
+pub mod oauth;
 pub mod oidc;
 pub mod scim;
 pub mod status;
@@ -59,6 +60,9 @@ enum Purpose {
     /// Confirming a signed-in user's identity for a sensitive action: the `m.login.sso`
     /// stage of a user-interactive authentication session.
     Confirm { uia_session: String, user_id: OwnedUserId },
+    /// The login step of an OAuth 2.0 authorization: the browser goes back to the client
+    /// with an authorization code.
+    OAuth(Box<oauth::AuthorizationRequest>),
 }
 
 /// A sign-in between the redirect to the provider and the browser's return.
@@ -93,6 +97,8 @@ pub enum SignedIn {
     Login { user_id: OwnedUserId, redirect_url: String, trusted: bool },
     /// A confirmation of identity: the authentication session's stage is complete.
     Confirmed,
+    /// An OAuth 2.0 authorization's login: the user it is for.
+    OAuth { user_id: OwnedUserId, request: Box<oauth::AuthorizationRequest> },
 }
 
 /// The single sign-on service.
@@ -173,6 +179,22 @@ impl Sso {
         self.begin(index, Purpose::Login { redirect_url: redirect_url.to_owned() }, login_hint).await
     }
 
+    /// Starts the login step of an OAuth 2.0 authorization with the first provider (or the
+    /// one named by `idp`); `prompt_login` makes the provider ask who the user is again.
+    pub async fn start_oauth(
+        &self,
+        idp: Option<&str>,
+        request: oauth::AuthorizationRequest,
+        login_hint: Option<&str>,
+    ) -> Result<(String, String), SsoError> {
+        let index = match idp {
+            Some(_) => self.provider_index(idp)?,
+            None if self.providers.is_empty() => return Err(SsoError::UnknownProvider),
+            None => 0,
+        };
+        self.begin(index, Purpose::OAuth(Box::new(request)), login_hint).await
+    }
+
     /// Starts the confirmation of a signed-in user's identity for the user-interactive
     /// authentication session `uia_session`, with the provider of their identity, which is
     /// asked to check who they are again.
@@ -244,6 +266,11 @@ impl Sso {
         let claims = provider.exchange(code, &pending.pkce_verifier, &pending.nonce).await?;
         let redirect_url = match pending.purpose {
             Purpose::Login { redirect_url } => redirect_url,
+            Purpose::OAuth(request) => {
+                let user_id = self.enrol(accounts, rooms, provider, &claims).await?;
+                tracing::info!(%user_id, provider = %provider.config.id, "signed in for an OAuth authorization");
+                return Ok(SignedIn::OAuth { user_id, request });
+            }
             Purpose::Confirm { uia_session, user_id } => {
                 let linked = self.store.external_user(&provider.config.issuer, &claims.subject).await?;
                 if linked.as_deref() != Some(user_id.as_str()) {

@@ -234,6 +234,18 @@ impl Store {
         Ok(row.map(|r| TokenRow { user_id: r.get(0), device_id: r.get(1), expires_ts: r.get(2) }))
     }
 
+    /// The user and device an access or refresh token digest belongs to.
+    pub async fn token_owner(&self, token_hash: &str) -> StoreResult<Option<(String, String)>> {
+        let row = sqlx::query(
+            "SELECT user_id, device_id FROM access_tokens WHERE token_hash = $1 \
+             UNION ALL SELECT user_id, device_id FROM access_tokens WHERE refresh_token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
     /// Swaps a refresh token for a new token pair; `None` if the refresh token is unknown.
     pub async fn refresh_session(
         &self,

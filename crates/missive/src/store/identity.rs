@@ -180,6 +180,25 @@ impl Store {
         .await?)
     }
 
+    /// Stores a registered OAuth client's metadata.
+    pub async fn insert_oauth_client(&self, client_id: &str, metadata: &str) -> StoreResult<()> {
+        sqlx::query("INSERT INTO oauth_clients (client_id, metadata, created_ts) VALUES ($1, $2, $3)")
+            .bind(client_id)
+            .bind(metadata)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// A registered OAuth client's metadata.
+    pub async fn oauth_client(&self, client_id: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT metadata FROM oauth_clients WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(&self.read)
+            .await?)
+    }
+
     /// The secret kept under `name`, stored first as `fresh` if there is none (the first of
     /// two concurrent starts wins).
     pub async fn server_secret(&self, name: &str, fresh: &str) -> StoreResult<String> {

@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0015_bump_events.sql"),
         include_str!("../../migrations/postgres/0015_bump_events.sql"),
     ),
+    (
+        16,
+        include_str!("../../migrations/sqlite/0016_oauth_clients.sql"),
+        include_str!("../../migrations/postgres/0016_oauth_clients.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

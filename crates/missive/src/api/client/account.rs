@@ -121,7 +121,12 @@ async fn login_types(state: AppState, _: Ruma<get_login_types::v3::Request>) -> 
     }
     if state.sso.enabled() {
         let providers: Vec<Value> = state.sso.providers().map(|(id, name)| json!({ "id": id, "name": name })).collect();
-        flows.push(json!({ "type": "m.login.sso", "identity_providers": providers }));
+        flows.push(json!({
+            "type": "m.login.sso",
+            "identity_providers": providers,
+            // MSC3824: clients able to use the OAuth 2.0 API should (Element X does).
+            "oauth_aware_preferred": state.oauth.is_some(),
+        }));
         flows.push(json!({ "type": "m.login.token" }));
     }
     Ok(json(json!({ "flows": flows })))

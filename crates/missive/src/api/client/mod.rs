@@ -6,12 +6,13 @@ pub mod directory;
 pub mod discovery;
 pub mod keys;
 pub mod legacy;
+mod oauth;
 pub mod presence;
 pub mod profile;
 pub mod reporting;
 pub mod rooms;
 pub mod spaces;
-pub mod sso;
+mod sso;
 pub mod sync;
 pub mod user_data;
 
@@ -34,5 +35,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = presence::routes(router);
     let router = legacy::routes(router);
     let router = sso::routes(router);
+    let router = oauth::routes(router);
     sync::routes(router)
 }

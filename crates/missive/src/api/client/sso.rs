@@ -83,8 +83,18 @@ async fn start(state: &AppState, idp: Option<&str>, query: &HashMap<String, Stri
     to_provider(state, state.sso.start(idp, redirect_url, login_hint).await)
 }
 
+/// A redirect of the browser.
+pub(super) fn found(location: &str) -> Response {
+    let mut response = StatusCode::FOUND.into_response();
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
 /// Sends the browser to the provider, with the cookie that binds the sign-in to it.
-fn to_provider(state: &AppState, started: Result<(String, String), SsoError>) -> Response {
+pub(super) fn to_provider(state: &AppState, started: Result<(String, String), SsoError>) -> Response {
     match started {
         Ok((url, browser)) => {
             let secure =
@@ -136,13 +146,11 @@ async fn callback(
             );
             response
         }
-        Ok(SignedIn::Login { redirect_url, trusted: true, .. }) => {
-            let mut response = StatusCode::FOUND.into_response();
-            if let Ok(location) = HeaderValue::from_str(&redirect_url) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            response
-        }
+        Ok(SignedIn::Login { redirect_url, trusted: true, .. }) => found(&redirect_url),
+        Ok(SignedIn::OAuth { user_id, request }) => match &state.oauth {
+            Some(oauth) => found(&oauth.issue_code(*request, user_id)),
+            None => failure(StatusCode::NOT_FOUND, &SsoError::UnknownProvider),
+        },
         Ok(SignedIn::Login { user_id, redirect_url, .. }) => {
             let host =
                 url::Url::parse(&redirect_url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
@@ -211,7 +219,7 @@ fn failure(status: StatusCode, error: &SsoError) -> Response {
     page(status, "Sign-in failed", &format!("<p>{}</p>", escape(&shown)))
 }
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
+pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{0}</title></head>\
          <body><h1>{0}</h1>{body}</body></html>",
@@ -239,6 +247,6 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
