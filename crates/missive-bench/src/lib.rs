@@ -30,8 +30,8 @@ pub struct Options {
     #[arg(long)]
     pub pid: Option<u32>,
     /// Scenarios to run (comma-separated): send (= send_1,send_16), wakeup, initial_sync,
-    /// members, e2ee, many_users.
-    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users")]
+    /// members, e2ee, many_users, sliding_sync.
+    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users,sliding_sync")]
     pub scenarios: String,
     /// Messages per sender configuration in the send scenario (enough for the server's CPU
     /// time, read in 10 ms ticks, to be measured to a few percent).
@@ -52,6 +52,12 @@ pub struct Options {
     /// Devices in the to-device fan-out.
     #[arg(long, default_value_t = 50)]
     pub devices: usize,
+    /// Rooms of the user in the sliding sync scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub sliding_rooms: usize,
+    /// Updates measured in the sliding sync scenario.
+    #[arg(long, default_value_t = 50)]
+    pub sliding_updates: usize,
     /// Users registered (and connected once each) in the many-users memory scenario.
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
@@ -373,6 +379,107 @@ impl Bench {
             self.figure("wakeup", "p50", percentile(&samples, 0.5), "ms"),
             self.figure("wakeup", "p99", percentile(&samples, 0.99), "ms"),
         ])
+    }
+
+    /// Simplified sliding sync (MSC4186, Element X's) of a user in `sliding_rooms` rooms,
+    /// with Element X's room list request (a window of 20, one timeline event, the state
+    /// it shows, every extension): the first response of a new connection (median of 5,
+    /// each a new device), and updates after a message in a room of the window: latency
+    /// from the send's acknowledgement to the update's arrival, and the server's CPU per
+    /// message and update together.
+    pub async fn sliding_sync(&self) -> Result<Vec<Figure>> {
+        const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+        let users = self.users(2).await?;
+        let (owner, reader) = (&users[0], &users[1]);
+        let mut rooms = Vec::new();
+        for chunk in (0..self.opts.sliding_rooms).collect::<Vec<_>>().chunks(8) {
+            rooms.extend(
+                try_join_all(chunk.iter().map(|_| async {
+                    let room = self.room(owner, true).await?;
+                    self.join(reader, &room).await?;
+                    self.send(owner, &room, "hello").await?;
+                    anyhow::Ok(room)
+                }))
+                .await?,
+            );
+        }
+        let request = |conn: &str| {
+            json!({
+                "conn_id": conn,
+                "lists": { "all": {
+                    "ranges": [[0, 19]],
+                    "timeline_limit": 1,
+                    "required_state": [
+                        ["m.room.name", ""], ["m.room.avatar", ""], ["m.room.encryption", ""],
+                        ["m.room.member", "$LAZY"], ["m.room.member", "$ME"],
+                    ],
+                } },
+                "extensions": {
+                    "to_device": { "enabled": true }, "e2ee": { "enabled": true },
+                    "account_data": { "enabled": true }, "receipts": { "enabled": true },
+                    "typing": { "enabled": true },
+                },
+            })
+        };
+        let mut firsts = Vec::new();
+        for i in 0..5 {
+            let device = self.login(reader).await?;
+            let t = Instant::now();
+            let res = self.post(&format!("{PATH}?timeout=0"), &device.token, request(&format!("first{i}"))).await?;
+            firsts.push(ms(t.elapsed()));
+            let count = res["lists"]["all"]["count"].as_u64().unwrap_or_default() as usize;
+            if count < self.opts.sliding_rooms {
+                bail!("sliding sync listed {count} rooms, expected {}", self.opts.sliding_rooms);
+            }
+        }
+        firsts.sort_by(f64::total_cmp);
+
+        let device = self.login(reader).await?;
+        let first = self.post(&format!("{PATH}?timeout=0"), &device.token, request("updates")).await?;
+        let mut pos = first["pos"].as_str().context("pos")?.to_owned();
+        let room = rooms.last().context("no room")?.clone();
+        let mut samples = Vec::new();
+        let cpu_before = self.cpu_ms();
+        for i in 0..self.opts.sliding_updates {
+            let this = self.clone();
+            let token = device.token.clone();
+            let room2 = room.clone();
+            let body = request("updates");
+            let pos2 = pos.clone();
+            let waiter = tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut pos = pos2;
+                loop {
+                    let path = format!("{PATH}?timeout=30000&pos={}", urlencoding::encode(&pos));
+                    let res = this.post(&path, &token, body.clone()).await?;
+                    let got = Instant::now();
+                    pos = res["pos"].as_str().unwrap_or_default().to_owned();
+                    let has = res["rooms"][&room2]["timeline"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().any(|e| e["content"]["body"] == format!("update {i}")));
+                    if has || Instant::now() > deadline {
+                        return anyhow::Ok((got, pos));
+                    }
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.send(owner, &room, &format!("update {i}")).await?;
+            let acked = Instant::now();
+            let (got, next) = waiter.await??;
+            pos = next;
+            samples.push(ms(got.saturating_duration_since(acked)));
+        }
+        samples.sort_by(f64::total_cmp);
+        let mut out = vec![
+            self.figure("sliding_sync", "first_response", percentile(&firsts, 0.5), "ms"),
+            self.figure("sliding_sync", "update_p50", percentile(&samples, 0.5), "ms"),
+            self.figure("sliding_sync", "update_p99", percentile(&samples, 0.99), "ms"),
+        ];
+        if let (Some(before), Some(after)) = (cpu_before, self.cpu_ms()) {
+            let per = (after - before) / self.opts.sliding_updates as f64;
+            out.push(self.figure("sliding_sync", "cpu_per_message_and_update", per, "ms"));
+        }
+        Ok(out)
     }
 
     /// Scenario 3: initial sync of a user in R rooms with T messages each.
@@ -705,6 +812,7 @@ impl Bench {
                 "members" => self.members().await?,
                 "e2ee" => self.e2ee().await?,
                 "many_users" => self.many_users().await?,
+                "sliding_sync" => self.sliding_sync().await?,
                 "federation" => self.federation().await?,
                 "" => Vec::new(),
                 other => bail!("unknown scenario {other}"),

@@ -30,9 +30,13 @@ async fn bench_tool_tiny_run_completes() {
         "3",
         "--users",
         "4",
+        "--sliding-rooms",
+        "3",
+        "--sliding-updates",
+        "2",
     ]);
     let figures = missive_bench::Bench::new(opts).unwrap().run().await.expect("bench run");
-    for scenario in ["send_1", "send_16", "wakeup", "initial_sync", "members", "e2ee", "many_users"] {
+    for scenario in ["send_1", "send_16", "wakeup", "initial_sync", "members", "e2ee", "many_users", "sliding_sync"] {
         assert!(figures.iter().any(|f| f.scenario == scenario), "scenario {scenario} measured");
     }
 }
