@@ -895,3 +895,50 @@ async fn the_oauth_api_refuses_bad_verifiers_reused_codes_and_unregistered_redir
     let response = http.post(endpoint("token_endpoint")).form(&refresh).send().await.unwrap();
     assert_eq!(response.status(), 400);
 }
+
+#[tokio::test]
+async fn agents_see_and_end_their_sessions_on_the_account_page() {
+    let (_provider, server) = setup().await;
+    let (_, phone) = redeem(&server, &login_token(&server, "anne").await).await;
+    let (_, laptop) = redeem(&server, &login_token(&server, "anne").await).await;
+    let (_, bruno) = redeem(&server, &login_token(&server, "bruno").await).await;
+    let (phone_device, laptop_device) = (phone["device_id"].as_str().unwrap(), laptop["device_id"].as_str().unwrap());
+    let (_, metadata) = server.call("GET", "/_matrix/client/v1/auth_metadata", None, None).await;
+    let account = metadata["account_management_uri"].as_str().unwrap().to_owned();
+    assert!(metadata["account_management_actions_supported"].to_string().contains("org.matrix.session_end"));
+
+    // Not signed in: the page sends the browser to the IAM first.
+    let browser = Browser::default();
+    let (status, _) = browser.get(&account).await;
+    assert_eq!(status, 302);
+
+    // Signed in as anne, the confirmation of her phone's sign-out is submitted; she lands
+    // on her sessions, the phone signed out, the laptop not, bruno's session untouched.
+    let end = format!("{account}?action=org.matrix.session_end&device_id={phone_device}");
+    let done = format!("{account}?signed_out=");
+    match browser.sign_in(&end, "anne", &done).await {
+        Outcome::Redirected(url) => assert!(url.ends_with(phone_device), "{url}"),
+        Outcome::Page(status, page) => panic!("stopped on a page ({status}): {page}"),
+    }
+    let whoami = async |session: &Value| {
+        server.call("GET", "/_matrix/client/v3/account/whoami", session["access_token"].as_str(), None).await.0
+    };
+    assert_eq!(whoami(&phone).await, 401);
+    assert_eq!(whoami(&laptop).await, 200);
+    assert_eq!(whoami(&bruno).await, 200);
+    let (status, page) = browser.get(&account).await;
+    assert_eq!(status, 200);
+    assert!(page.contains(laptop_device) && !page.contains(phone_device), "{page}");
+
+    // A form that did not come from the page (no token, as another site would post) and
+    // another user's device change nothing.
+    let sign_out = format!("{account}/sign_out");
+    let (status, _) = browser.post_form(&sign_out, &[("device_id", laptop_device)]).await;
+    assert_eq!(status, 403);
+    let (status, _) = Browser::default().post_form(&sign_out, &[("device_id", laptop_device), ("token", "x")]).await;
+    assert_eq!(status, 403);
+    let token = page.split("name=\"token\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap();
+    browser.post_form(&sign_out, &[("device_id", bruno["device_id"].as_str().unwrap()), ("token", token)]).await;
+    assert_eq!(whoami(&laptop).await, 200);
+    assert_eq!(whoami(&bruno).await, 200, "anne's page cannot end bruno's session");
+}

@@ -90,6 +90,20 @@ impl Default for Browser {
 }
 
 impl Browser {
+    /// A page, with the browser's cookies, redirects not followed: status and body.
+    #[allow(dead_code)]
+    pub async fn get(&self, url: &str) -> (u16, String) {
+        let response = self.http.get(url).send().await.expect("browser request");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    }
+
+    /// A form posted with the browser's cookies: status and body.
+    #[allow(dead_code)]
+    pub async fn post_form(&self, url: &str, fields: &[(&str, &str)]) -> (u16, String) {
+        let response = self.http.post(url).form(fields).send().await.expect("browser request");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    }
+
     /// Opens `url` and goes on, signing in as `login` at the provider's forms, until sent
     /// to a URL starting with `until` or stopped on a page.
     pub async fn sign_in(&self, url: &str, login: &str, until: &str) -> Outcome {

@@ -63,6 +63,8 @@ enum Purpose {
     /// The login step of an OAuth 2.0 authorization: the browser goes back to the client
     /// with an authorization code.
     OAuth(Box<oauth::AuthorizationRequest>),
+    /// Opening the account management pages: the browser goes back to `return_to`.
+    Account { return_to: String },
 }
 
 /// A sign-in between the redirect to the provider and the browser's return.
@@ -99,6 +101,8 @@ pub enum SignedIn {
     Confirmed,
     /// An OAuth 2.0 authorization's login: the user it is for.
     OAuth { user_id: OwnedUserId, request: Box<oauth::AuthorizationRequest> },
+    /// A sign-in to the account management pages.
+    Account { user_id: OwnedUserId, return_to: String },
 }
 
 /// The single sign-on service.
@@ -195,6 +199,15 @@ impl Sso {
         self.begin(index, Purpose::OAuth(Box::new(request)), login_hint).await
     }
 
+    /// Starts the sign-in of a browser to the account management pages, which it returns
+    /// to (`return_to`, a path of this server) once signed in.
+    pub async fn start_account(&self, return_to: &str) -> Result<(String, String), SsoError> {
+        if self.providers.is_empty() {
+            return Err(SsoError::UnknownProvider);
+        }
+        self.begin(0, Purpose::Account { return_to: return_to.to_owned() }, None).await
+    }
+
     /// Starts the confirmation of a signed-in user's identity for the user-interactive
     /// authentication session `uia_session`, with the provider of their identity, which is
     /// asked to check who they are again.
@@ -266,6 +279,14 @@ impl Sso {
         let claims = provider.exchange(code, &pending.pkce_verifier, &pending.nonce).await?;
         let redirect_url = match pending.purpose {
             Purpose::Login { redirect_url } => redirect_url,
+            Purpose::Account { return_to } => {
+                // Only an existing account's owner manages it: no account is made here.
+                let linked = self.store.external_user(&provider.config.issuer, &claims.subject).await?;
+                let user_id = linked.and_then(|u| UserId::parse(u).ok()).ok_or_else(|| {
+                    SsoError::Refused("there is no account for this identity yet: sign in from an application".into())
+                })?;
+                return Ok(SignedIn::Account { user_id, return_to });
+            }
             Purpose::OAuth(request) => {
                 let user_id = self.enrol(accounts, rooms, provider, &claims).await?;
                 tracing::info!(%user_id, provider = %provider.config.id, "signed in for an OAuth authorization");

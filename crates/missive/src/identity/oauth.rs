@@ -126,18 +126,30 @@ pub struct OAuth {
     /// The issuer: the server's public base URL, without a trailing slash.
     issuer: String,
     codes: Mutex<HashMap<String, Grant>>,
+    /// Browsers signed in to the account management pages, by cookie digest.
+    browsers: Mutex<HashMap<String, (OwnedUserId, Instant)>>,
 }
+
+/// How long a browser stays signed in to the account management pages.
+const BROWSER_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Where the endpoints are, under the issuer.
 pub const AUTHORIZE_PATH: &str = "/_missive/oauth2/authorize";
 pub const TOKEN_PATH: &str = "/_missive/oauth2/token";
 pub const REGISTRATION_PATH: &str = "/_missive/oauth2/registration";
 pub const REVOCATION_PATH: &str = "/_missive/oauth2/revoke";
+/// The account management pages: the user's sessions, each of which they may end.
+pub const ACCOUNT_PATH: &str = "/_missive/account";
 
 impl OAuth {
     /// The service for an issuer (the server's public base URL).
     pub fn new(store: Store, issuer: &str) -> Self {
-        Self { store, issuer: issuer.trim_end_matches('/').to_owned(), codes: Default::default() }
+        Self {
+            store,
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            codes: Default::default(),
+            browsers: Default::default(),
+        }
     }
 
     /// The authorization server metadata (`GET /_matrix/client/v1/auth_metadata`).
@@ -156,6 +168,9 @@ impl OAuth {
             "token_endpoint_auth_methods_supported": ["none"],
             "revocation_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": ["openid", API_SCOPES[0], format!("{}*", DEVICE_SCOPES[0])],
+            "account_management_uri": at(ACCOUNT_PATH),
+            "account_management_actions_supported":
+                ["org.matrix.sessions_list", "org.matrix.session_view", "org.matrix.session_end"],
             "prompt_values_supported": ["login"],
         })
     }
@@ -380,6 +395,33 @@ impl OAuth {
             tracing::info!(%user_id, device_id, "session revoked through OAuth");
         }
         Ok(())
+    }
+
+    /// Signs a browser in to the account management pages (after an IAM sign-in):
+    /// answers the cookie's value.
+    pub fn open_browser_session(&self, user_id: OwnedUserId) -> String {
+        let secret = random_id(32);
+        let mut browsers = self.browsers.lock().expect("account sessions poisoned");
+        browsers.retain(|_, (_, since)| since.elapsed() < BROWSER_TTL);
+        if browsers.len() >= CODES_MAX
+            && let Some(oldest) = browsers.iter().min_by_key(|(_, (_, since))| *since).map(|(k, _)| k.clone())
+        {
+            browsers.remove(&oldest);
+        }
+        browsers.insert(digest(&secret), (user_id, Instant::now()));
+        secret
+    }
+
+    /// The user a browser's account cookie signs in, if still valid.
+    pub fn browser_user(&self, cookie: &str) -> Option<OwnedUserId> {
+        let browsers = self.browsers.lock().expect("account sessions poisoned");
+        browsers.get(&digest(cookie)).filter(|(_, since)| since.elapsed() < BROWSER_TTL).map(|(u, _)| u.clone())
+    }
+
+    /// The token a browser's forms carry, bound to its cookie (a page of another site
+    /// cannot know it, so it cannot end a session in the user's name).
+    pub fn form_token(cookie: &str) -> String {
+        digest(&format!("form:{cookie}"))
     }
 
     async fn client(&self, client_id: &str) -> Result<Option<Value>, OAuthError> {

@@ -21,8 +21,13 @@ use crate::{
         ruma::{Ruma, json, route},
     },
     error::{Error, Result},
-    identity::oauth::{AUTHORIZE_PATH, OAuth, OAuthError, REGISTRATION_PATH, REVOCATION_PATH, TOKEN_PATH},
+    identity::oauth::{
+        ACCOUNT_PATH, AUTHORIZE_PATH, OAuth, OAuthError, REGISTRATION_PATH, REVOCATION_PATH, TOKEN_PATH,
+    },
 };
+
+/// The cookie of a browser signed in to the account management pages.
+pub(super) const ACCOUNT_COOKIE: &str = "missive_account";
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, auth_metadata);
@@ -31,6 +36,8 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(AUTHORIZE_PATH, get(authorize))
         .route(TOKEN_PATH, post(token))
         .route(REVOCATION_PATH, post(revoke))
+        .route(ACCOUNT_PATH, get(account))
+        .route(&format!("{ACCOUNT_PATH}/sign_out"), post(sign_out))
 }
 
 /// # GET /_matrix/client/v1/auth_metadata
@@ -134,4 +141,97 @@ async fn revoke(State(state): State<AppState>, Form(form): Form<HashMap<String, 
         Ok(()) => answer(StatusCode::OK, json!({})),
         Err(e) => oauth_error(&e),
     }
+}
+
+/// # GET /_missive/account
+///
+/// The account management pages (the spec's `account_management_uri`): the user's
+/// sessions (`org.matrix.sessions_list`, `org.matrix.session_view`) and the end of one
+/// (`org.matrix.session_end`, a confirmation). A browser not signed in signs in at the IAM
+/// first and comes back here.
+async fn account(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let oauth = match service(&state) {
+        Ok(oauth) => oauth,
+        Err(response) => return *response,
+    };
+    let cookie = super::sso::cookie(&headers, ACCOUNT_COOKIE);
+    let Some((cookie, user_id)) = cookie.and_then(|c| oauth.browser_user(&c).map(|u| (c, u))) else {
+        let return_to = uri.path_and_query().map_or(ACCOUNT_PATH.to_owned(), |p| p.to_string());
+        return to_provider(&state, state.sso.start_account(&return_to).await);
+    };
+    let devices = match state.store.devices(user_id.as_str()).await {
+        Ok(devices) => devices,
+        Err(e) => return Error::from(e).into_response(),
+    };
+    let token = OAuth::form_token(&cookie);
+    let escape = super::sso::escape;
+    let form = |device: &str, label: &str| {
+        format!(
+            "<form method=\"post\" action=\"{ACCOUNT_PATH}/sign_out\">\
+             <input type=\"hidden\" name=\"device_id\" value=\"{}\"/>\
+             <input type=\"hidden\" name=\"token\" value=\"{token}\"/>\
+             <button type=\"submit\">{label}</button></form>",
+            escape(device)
+        )
+    };
+    let wanted = query.get("device_id");
+    let signed_out = query.get("signed_out").map(|d| format!("<p>The session {} is signed out.</p>", escape(d)));
+    if query.get("action").map(String::as_str) == Some("org.matrix.session_end") {
+        let Some(device) = wanted.filter(|d| devices.iter().any(|r| &r.device_id == *d)) else {
+            return page(StatusCode::NOT_FOUND, "Unknown session", "<p>This session does not exist.</p>");
+        };
+        let body = format!("<p>Sign out the session {}?</p>{}", escape(device), form(device, "Sign out"));
+        return page(StatusCode::OK, "Sign out a session", &body);
+    }
+    let rows: String = devices
+        .iter()
+        .filter(|d| wanted.is_none_or(|w| *w == d.device_id))
+        .map(|d| {
+            let seen = d.last_seen_ts.map(|ts| format!("last seen {ts} ms after 1970")).unwrap_or_default();
+            format!(
+                "<li>{} {} {} {}</li>",
+                escape(&d.device_id),
+                escape(d.display_name.as_deref().unwrap_or_default()),
+                seen,
+                form(&d.device_id, "Sign out")
+            )
+        })
+        .collect();
+    let body =
+        format!("{}<p>Sessions of {}:</p><ul>{rows}</ul>", signed_out.unwrap_or_default(), escape(user_id.as_str()));
+    page(StatusCode::OK, "Your sessions", &body)
+}
+
+/// # POST /_missive/account/sign_out
+///
+/// Ends one of the signed-in user's sessions, from the account management pages.
+async fn sign_out(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let oauth = match service(&state) {
+        Ok(oauth) => oauth,
+        Err(response) => return *response,
+    };
+    let cookie = super::sso::cookie(&headers, ACCOUNT_COOKIE);
+    let Some((cookie, user_id)) = cookie.and_then(|c| oauth.browser_user(&c).map(|u| (c, u))) else {
+        return page(StatusCode::FORBIDDEN, "Signed out", "<p>Sign in again to manage your sessions.</p>");
+    };
+    if form.get("token") != Some(&OAuth::form_token(&cookie)) {
+        return page(StatusCode::FORBIDDEN, "Refused", "<p>This form did not come from this server.</p>");
+    }
+    let Some(device) = form.get("device_id") else {
+        return page(StatusCode::BAD_REQUEST, "Refused", "<p>No session named.</p>");
+    };
+    if let Err(e) = state.accounts.delete_devices(&user_id, std::slice::from_ref(device)).await {
+        return e.into_response();
+    }
+    tracing::info!(%user_id, device_id = %device, "session ended from the account pages");
+    found(&format!("{ACCOUNT_PATH}?signed_out={}", crate::api::ruma::percent_encode(device)))
 }

@@ -147,6 +147,27 @@ async fn callback(
             response
         }
         Ok(SignedIn::Login { redirect_url, trusted: true, .. }) => found(&redirect_url),
+        Ok(SignedIn::Account { user_id, return_to }) => match &state.oauth {
+            Some(oauth) => {
+                let secret = oauth.open_browser_session(user_id);
+                let secure = if state.config.public_baseurl().is_some_and(|b| b.starts_with("https://")) {
+                    "; Secure"
+                } else {
+                    ""
+                };
+                let mut response = found(&return_to);
+                let cookie = format!(
+                    "{}={secret}; Path={}; Max-Age=900; HttpOnly; SameSite=Lax{secure}",
+                    super::oauth::ACCOUNT_COOKIE,
+                    crate::identity::oauth::ACCOUNT_PATH
+                );
+                if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+                    response.headers_mut().insert(header::SET_COOKIE, cookie);
+                }
+                response
+            }
+            None => failure(StatusCode::NOT_FOUND, &SsoError::UnknownProvider),
+        },
         Ok(SignedIn::OAuth { user_id, request }) => match &state.oauth {
             Some(oauth) => found(&oauth.issue_code(*request, user_id)),
             None => failure(StatusCode::NOT_FOUND, &SsoError::UnknownProvider),
@@ -236,7 +257,7 @@ pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
 }
 
 /// A cookie of the request.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(super) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
