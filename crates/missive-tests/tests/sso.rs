@@ -942,3 +942,69 @@ async fn agents_see_and_end_their_sessions_on_the_account_page() {
     assert_eq!(whoami(&laptop).await, 200);
     assert_eq!(whoami(&bruno).await, 200, "anne's page cannot end bruno's session");
 }
+
+#[tokio::test]
+async fn a_trial_server_without_single_sign_on_signs_oauth_clients_in_with_a_password_page() {
+    use matrix_sdk::{
+        Client,
+        authentication::oauth::{
+            ClientRegistrationData,
+            registration::{ApplicationType, ClientMetadata, Localized, OAuthGrantType},
+        },
+        config::RequestConfig,
+        ruma::serde::Raw,
+        utils::UrlOrQuery,
+    };
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let server =
+        TestServer::start_with(&[("MISSIVE_LISTEN", listen.as_str()), ("MISSIVE_PUBLIC_BASEURL", base.as_str())]).await;
+    // The test browser types "any password" at every password field.
+    let body = json!({ "username": "carol", "password": "any password", "auth": { "type": "m.login.dummy" } });
+    let (status, _) = server.call("POST", "/_matrix/client/v3/register", None, Some(body)).await;
+    assert_eq!(status, 200);
+
+    let client = Client::builder()
+        .homeserver_url(&server.base_url)
+        .request_config(RequestConfig::new().disable_retry())
+        .build()
+        .await
+        .unwrap();
+    let redirect = reqwest::Url::parse(APP_REDIRECT).unwrap();
+    let metadata = ClientMetadata::new(
+        ApplicationType::Native,
+        vec![OAuthGrantType::AuthorizationCode { redirect_uris: vec![redirect.clone()] }],
+        Localized::new(reqwest::Url::parse("https://element.example.org").unwrap(), []),
+    );
+    let registration = ClientRegistrationData::new(Raw::new(&metadata).unwrap());
+    let authorization = client.oauth().login(redirect, None, Some(registration), None).build().await.unwrap();
+
+    // A wrong password shows the page again; the right one sends the browser back.
+    let browser = Browser::default();
+    let (status, page) = browser.get(authorization.url.as_str()).await;
+    assert_eq!(status, 200, "{page}");
+    let request = page.split("name=\"request\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+    let authorize = format!("{base}/_missive/oauth2/authorize");
+    let (status, again) =
+        browser.post_form(&authorize, &[("request", request), ("login", "carol"), ("password", "wrong")]).await;
+    assert_eq!(status, 403, "{again}");
+    let request = again.split("name=\"request\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+    let (status, _) = browser
+        .post_form(&authorize, &[("request", "made-up"), ("login", "carol"), ("password", "any password")])
+        .await;
+    assert_eq!(status, 400);
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(&authorize)
+        .form(&[("request", request), ("login", "carol"), ("password", "any password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    let back = response.headers()["location"].to_str().unwrap().to_owned();
+    client.oauth().finish_login(UrlOrQuery::Url(reqwest::Url::parse(&back).unwrap())).await.expect("token exchange");
+    assert_eq!(client.whoami().await.unwrap().user_id.as_str(), "@carol:localhost");
+}

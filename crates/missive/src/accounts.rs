@@ -627,6 +627,13 @@ impl Accounts {
         device_name: Option<&str>,
         refresh: bool,
     ) -> Result<IssuedSession> {
+        let user_id = self.check_password(user, password).await?;
+        // A suspension is told only to who knows the password.
+        self.login_as(&user_id, device_id, device_name, refresh).await
+    }
+
+    /// The account a user name (localpart or user ID) and password prove, if active.
+    pub async fn check_password(&self, user: &str, password: &str) -> Result<OwnedUserId> {
         let user_id = self.local_user_id(user).map_err(|_| Error::forbidden("invalid username or password"))?;
         let account = self.store.user(user_id.as_str()).await?;
         let Some(account) = account else {
@@ -642,8 +649,7 @@ impl Accounts {
         if !ok {
             return Err(Error::forbidden("invalid username or password"));
         }
-        // A suspension is told only to who knows the password.
-        self.login_as(&user_id, device_id, device_name, refresh).await
+        Ok(user_id)
     }
 
     /// Opens a session for a user whose identity was proven (a password, a login token of

@@ -68,7 +68,10 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         crate::identity::Sso::new(config.clone(), store.clone()).await.context("cannot set up single sign-on")?,
     );
     let oauth = match config.public_baseurl() {
-        Some(base) if sso.enabled() => Some(Arc::new(crate::identity::oauth::OAuth::new(store.clone(), base))),
+        // Its login step is the IAM sign-in, or a password page on a trial server.
+        Some(base) if sso.enabled() || config.password_login => {
+            Some(Arc::new(crate::identity::oauth::OAuth::new(store.clone(), base)))
+        }
         _ => None,
     };
     Ok(Arc::new(Services {

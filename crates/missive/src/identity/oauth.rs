@@ -128,6 +128,9 @@ pub struct OAuth {
     codes: Mutex<HashMap<String, Grant>>,
     /// Browsers signed in to the account management pages, by cookie digest.
     browsers: Mutex<HashMap<String, (OwnedUserId, Instant)>>,
+    /// Authorizations waiting at the password page (a server without single sign-on),
+    /// by digest of the page's request ID.
+    password_pages: Mutex<HashMap<String, (AuthorizationRequest, Instant)>>,
 }
 
 /// How long a browser stays signed in to the account management pages.
@@ -149,6 +152,7 @@ impl OAuth {
             issuer: issuer.trim_end_matches('/').to_owned(),
             codes: Default::default(),
             browsers: Default::default(),
+            password_pages: Default::default(),
         }
     }
 
@@ -395,6 +399,27 @@ impl OAuth {
             tracing::info!(%user_id, device_id, "session revoked through OAuth");
         }
         Ok(())
+    }
+
+    /// Keeps an authorization for the password page: answers the ID the page's form
+    /// sends back.
+    pub fn await_password(&self, request: AuthorizationRequest) -> String {
+        let id = random_id(24);
+        let mut pages = self.password_pages.lock().expect("password pages poisoned");
+        pages.retain(|_, (_, since)| since.elapsed() < CODE_TTL);
+        if pages.len() >= CODES_MAX
+            && let Some(oldest) = pages.iter().min_by_key(|(_, (_, since))| *since).map(|(k, _)| k.clone())
+        {
+            pages.remove(&oldest);
+        }
+        pages.insert(digest(&id), (request, Instant::now()));
+        id
+    }
+
+    /// The authorization a password page's form names, once.
+    pub fn take_password_page(&self, id: &str) -> Option<AuthorizationRequest> {
+        let mut pages = self.password_pages.lock().expect("password pages poisoned");
+        pages.remove(&digest(id)).filter(|(_, since)| since.elapsed() < CODE_TTL).map(|(r, _)| r)
     }
 
     /// Signs a browser in to the account management pages (after an IAM sign-in):

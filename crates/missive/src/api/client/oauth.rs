@@ -33,7 +33,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = route(router, auth_metadata);
     router
         .route(REGISTRATION_PATH, post(register))
-        .route(AUTHORIZE_PATH, get(authorize))
+        .route(AUTHORIZE_PATH, get(authorize).post(authorize_password))
         .route(TOKEN_PATH, post(token))
         .route(REVOCATION_PATH, post(revoke))
         .route(ACCOUNT_PATH, get(account))
@@ -92,10 +92,11 @@ async fn authorize(State(state): State<AppState>, Query(query): Query<HashMap<St
         Err(response) => return *response,
     };
     match oauth.authorization_request(&query).await {
-        Ok(request) => {
+        Ok(request) if state.sso.enabled() => {
             let hint = query.get("login_hint").map(String::as_str);
             to_provider(&state, state.sso.start_oauth(None, request, hint).await)
         }
+        Ok(request) => password_page(oauth.await_password(request), None),
         Err((e, Some(request))) => {
             found(&request.redirect_with(&[("error", e.code), ("error_description", &e.description)]))
         }
@@ -234,4 +235,50 @@ async fn sign_out(
     }
     tracing::info!(%user_id, device_id = %device, "session ended from the account pages");
     found(&format!("{ACCOUNT_PATH}?signed_out={}", crate::api::ruma::percent_encode(device)))
+}
+
+/// The sign-in page of a server without single sign-on (a trial server): user name and
+/// password.
+fn password_page(request_id: String, error: Option<&str>) -> Response {
+    let escape = super::sso::escape;
+    let error = error.map(|e| format!("<p>{}</p>", escape(e))).unwrap_or_default();
+    let body = format!(
+        "{error}<form method=\"post\" action=\"{AUTHORIZE_PATH}\">\
+         <input type=\"hidden\" name=\"request\" value=\"{}\"/>\
+         <label>User name <input name=\"login\" value=\"\" autocomplete=\"username\"/></label>\
+         <label>Password <input type=\"password\" name=\"password\" value=\"\" autocomplete=\"current-password\"/></label>\
+         <button type=\"submit\">Sign in</button></form>",
+        escape(&request_id)
+    );
+    page(if error.is_empty() { StatusCode::OK } else { StatusCode::FORBIDDEN }, "Sign in", &body)
+}
+
+/// # POST /_missive/oauth2/authorize
+///
+/// The password page's form: a proven password sends the browser back to the client with
+/// a code; a wrong one shows the page again (for the same authorization).
+async fn authorize_password(State(state): State<AppState>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let oauth = match service(&state) {
+        Ok(oauth) => oauth,
+        Err(response) => return *response,
+    };
+    if state.sso.enabled() || !state.config.password_login {
+        return Error::Unrecognized { method_not_allowed: true }.into_response();
+    }
+    let Some(request) = form.get("request").and_then(|id| oauth.take_password_page(id)) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "<p>This sign-in expired: start again from your application.</p>",
+        );
+    };
+    let user = form.get("login").map(String::as_str).unwrap_or_default();
+    if let Err(e) = state.limits.check(crate::ratelimit::Action::Login, user) {
+        return e.into_response();
+    }
+    match state.accounts.check_password(user, form.get("password").map(String::as_str).unwrap_or_default()).await {
+        Ok(user_id) => found(&oauth.issue_code(request, user_id)),
+        Err(Error::Forbidden(_)) => password_page(oauth.await_password(request), Some("Wrong user name or password.")),
+        Err(e) => e.into_response(),
+    }
 }
