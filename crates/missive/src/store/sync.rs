@@ -407,33 +407,34 @@ impl Store {
         Ok(out)
     }
 
-    /// Every room a user has a membership in, with what sliding sync sorts and filters
-    /// them by: the latest bump event's position, whether the room is encrypted, and its
-    /// create event (for the room type).
-    pub async fn sliding_rooms(&self, user_id: &str) -> StoreResult<Vec<SlidingRoom>> {
-        let rows = sqlx::query(sql(format!(
-            "SELECT m.room_id, m.membership, m.stream_pos, \
-             (SELECT MAX(e.stream_pos) FROM events e WHERE e.room_id = m.room_id AND e.event_type IN ({BUMP_TYPES})), \
-             (SELECT COUNT(*) FROM room_current_state s WHERE s.room_id = m.room_id \
-                AND s.event_type = 'm.room.encryption' AND s.state_key = ''), \
-             (SELECT e.json FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
-                WHERE s.room_id = m.room_id AND s.event_type = 'm.room.create' AND s.state_key = '') \
-             FROM memberships m WHERE m.user_id = $1 AND m.forgotten = 0"
-        )))
-        .bind(user_id)
-        .fetch_all(&self.read)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| SlidingRoom {
+    /// What sliding sync sorts and filters rooms by: the latest bump event's position,
+    /// whether the room is encrypted, and its create event (for the room type).
+    pub async fn sliding_room_facts(&self, rooms: &[String]) -> StoreResult<Vec<SlidingRoom>> {
+        let mut out = Vec::with_capacity(rooms.len());
+        for chunk in rooms.chunks(CHUNK) {
+            let mut p = Params::new(self.backend);
+            let text = format!(
+                "SELECT r.room_id, \
+                 (SELECT MAX(e.stream_pos) FROM events e WHERE e.room_id = r.room_id AND e.event_type IN ({BUMP_TYPES})), \
+                 (SELECT COUNT(*) FROM room_current_state s WHERE s.room_id = r.room_id \
+                    AND s.event_type = 'm.room.encryption' AND s.state_key = ''), \
+                 (SELECT e.json FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
+                    WHERE s.room_id = r.room_id AND s.event_type = 'm.room.create' AND s.state_key = '') \
+                 FROM rooms r WHERE r.room_id IN ({})",
+                p.list(chunk.len())
+            );
+            let mut query = sqlx::query(sql(text));
+            for room in chunk {
+                query = query.bind(room);
+            }
+            out.extend(query.fetch_all(&self.read).await?.into_iter().map(|r| SlidingRoom {
                 room_id: r.get(0),
-                membership: r.get(1),
-                membership_pos: r.get(2),
-                bump_pos: r.get(3),
-                encrypted: r.get::<i64, _>(4) > 0,
-                create_json: r.get(5),
-            })
-            .collect())
+                bump_pos: r.get(1),
+                encrypted: r.get::<i64, _>(2) > 0,
+                create_json: r.get(3),
+            }));
+        }
+        Ok(out)
     }
 
     /// The current state events of the given types in many rooms.
@@ -468,12 +469,10 @@ impl Store {
 const BUMP_TYPES: &str = "'m.room.create', 'm.room.message', 'm.room.encrypted', 'm.sticker', 'm.call.invite', \
                           'm.poll.start', 'm.beacon_info'";
 
-/// A room of a user as sliding sync sees it (see [`Store::sliding_rooms`]).
+/// What sliding sync sorts and filters a room by (see [`Store::sliding_room_facts`]).
 #[derive(Debug, Clone)]
 pub struct SlidingRoom {
     pub room_id: String,
-    pub membership: String,
-    pub membership_pos: i64,
     pub bump_pos: Option<i64>,
     pub encrypted: bool,
     pub create_json: Option<String>,

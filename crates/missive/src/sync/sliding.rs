@@ -60,6 +60,8 @@ struct Snapshot {
     rooms: HashMap<String, RoomConfig>,
     /// Each list's count.
     counts: BTreeMap<String, usize>,
+    /// What the lists sort and filter the user's rooms by.
+    facts: Arc<HashMap<String, Facts>>,
 }
 
 /// What a client asks of a room: the state to send and the timeline's length.
@@ -144,10 +146,30 @@ type TimelineRange = (String, i64, i64);
 
 /// One room of the user, as the lists see it.
 struct Candidate {
-    row: SlidingRoom,
+    row: MembershipRow,
     bump: i64,
     is_dm: bool,
+    facts: Facts,
+}
+
+/// What lists sort and filter a room by, kept per connection position so that an update
+/// reads them again only for the rooms that changed.
+#[derive(Debug, Clone, Default)]
+struct Facts {
+    bump_pos: Option<i64>,
+    encrypted: bool,
     room_type: Option<String>,
+}
+
+impl From<SlidingRoom> for Facts {
+    fn from(row: SlidingRoom) -> Self {
+        let room_type = row
+            .create_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
+            .and_then(|e| e["content"]["type"].as_str().map(str::to_owned));
+        Self { bump_pos: row.bump_pos, encrypted: row.encrypted, room_type }
+    }
 }
 
 impl Sync {
@@ -192,11 +214,10 @@ impl Sync {
         let user_id: &UserId = &identity.user_id;
         let viewer = Viewer { user_id, device_id: identity.device_id.as_str() };
         let since = previous.map(|p| p.stream);
-        let (state, rooms, direct, changes) = tokio::try_join!(
+        let (state, direct, changes) = tokio::try_join!(
             async {
                 Ok::<_, Error>(self.store.user_sync_state(user_id.as_str(), identity.device_id.as_str(), since).await?)
             },
-            async { Ok(self.store.sliding_rooms(user_id.as_str()).await?) },
             async { Ok(self.store.account_data(user_id.as_str(), "", "m.direct").await?) },
             async {
                 Ok(match since {
@@ -206,20 +227,38 @@ impl Sync {
             },
         )?;
         let direct_rooms = direct_rooms(direct.as_deref());
-        let candidates: Vec<Candidate> = rooms
-            .into_iter()
-            .filter(|r| r.membership_pos <= now)
-            .map(|row| {
-                let bump = match row.membership.as_str() {
-                    "join" => row.bump_pos.unwrap_or(row.membership_pos).max(0),
-                    _ => row.membership_pos,
+        // The rooms' facts: those the connection had, read again only for rooms new to it
+        // or with new events or state.
+        let mut facts: HashMap<String, Facts> = previous.map(|p| (*p.facts).clone()).unwrap_or_default();
+        let stale: Vec<String> = state
+            .memberships
+            .iter()
+            .filter(|m| {
+                !facts.contains_key(&m.room_id)
+                    || changes.as_ref().is_some_and(|c| c.rooms.get(&m.room_id).is_some_and(|r| r.events || r.state))
+            })
+            .map(|m| m.room_id.clone())
+            .collect();
+        if !stale.is_empty() {
+            for room in &stale {
+                // A room this server does not hold (an invite from another server) has none.
+                facts.insert(room.clone(), Facts::default());
+            }
+            for row in self.store.sliding_room_facts(&stale).await? {
+                facts.insert(row.room_id.clone(), row.into());
+            }
+        }
+        let candidates: Vec<Candidate> = state
+            .memberships
+            .iter()
+            .filter(|m| m.stream_pos <= now)
+            .map(|m| {
+                let room_facts = facts.get(&m.room_id).cloned().unwrap_or_default();
+                let bump = match m.membership.as_str() {
+                    "join" => room_facts.bump_pos.unwrap_or(m.stream_pos).max(0),
+                    _ => m.stream_pos,
                 };
-                let room_type = row
-                    .create_json
-                    .as_deref()
-                    .and_then(|j| serde_json::from_str::<Value>(j).ok())
-                    .and_then(|e| e["content"]["type"].as_str().map(str::to_owned));
-                Candidate { is_dm: direct_rooms.contains(row.room_id.as_str()), bump, room_type, row }
+                Candidate { is_dm: direct_rooms.contains(m.room_id.as_str()), bump, facts: room_facts, row: m.clone() }
             })
             .collect();
 
@@ -260,7 +299,7 @@ impl Sync {
             let sent = previous.and_then(|p| p.rooms.get(&c.row.room_id));
             match sent {
                 Some(before) if !before.widened_by(config) => {
-                    let membership_changed = since.is_some_and(|s| c.row.membership_pos > s);
+                    let membership_changed = since.is_some_and(|s| c.row.stream_pos > s);
                     if membership_changed || changed_rooms.is_some_and(|rooms| rooms.contains_key(&c.row.room_id)) {
                         partial.push(c);
                     }
@@ -273,7 +312,7 @@ impl Sync {
         let mut sent_rooms: HashMap<String, RoomConfig> = previous.map(|p| p.rooms.clone()).unwrap_or_default();
         let known: HashMap<String, Option<i64>> = candidates
             .iter()
-            .map(|c| (c.row.room_id.clone(), (c.row.membership == "join").then_some(c.row.membership_pos)))
+            .map(|c| (c.row.room_id.clone(), (c.row.membership == "join").then_some(c.row.stream_pos)))
             .collect();
         // Invites and knocks: their stripped state, no timeline.
         let (joined_whole, others_whole): (Vec<&Candidate>, Vec<&Candidate>) =
@@ -282,8 +321,8 @@ impl Sync {
             .iter()
             .chain(partial.iter().filter(|c| !matches!(c.row.membership.as_str(), "join" | "leave" | "ban")))
         {
-            let m = membership_row(&c.row, user_id);
-            if c.row.membership == "invite" && self.invited_by_ignored(user_id, &m).await? {
+            let m = &c.row;
+            if c.row.membership == "invite" && self.invited_by_ignored(user_id, m).await? {
                 continue;
             }
             let mut room = Map::new();
@@ -292,7 +331,7 @@ impl Sync {
             if c.is_dm {
                 room.insert("is_dm".into(), json!(true));
             }
-            let stripped = self.stripped_state(&m).await?;
+            let stripped = self.stripped_state(m).await?;
             if let Some(name) =
                 stripped.iter().find(|e| e["type"] == "m.room.name").and_then(|e| e["content"]["name"].as_str())
             {
@@ -438,7 +477,8 @@ impl Sync {
         );
         response.insert("rooms".into(), Value::Object(out_rooms));
         response.insert("extensions".into(), Value::Object(extensions));
-        let snapshot = Snapshot { stream: now, typing: typing_serial, rooms: sent_rooms, counts };
+        let snapshot =
+            Snapshot { stream: now, typing: typing_serial, rooms: sent_rooms, counts, facts: Arc::new(facts) };
         Ok((response, snapshot, news))
     }
 
@@ -634,19 +674,8 @@ impl Sync {
 /// Where a room's timeline ends for the user: now, or when they left it.
 fn timeline_end(c: &Candidate, now: i64) -> i64 {
     match c.row.membership.as_str() {
-        "leave" | "ban" => c.row.membership_pos.min(now),
+        "leave" | "ban" => c.row.stream_pos.min(now),
         _ => now,
-    }
-}
-
-/// A membership row of the user's, for the helpers shared with `/sync`.
-fn membership_row(row: &SlidingRoom, user_id: &UserId) -> MembershipRow {
-    MembershipRow {
-        room_id: row.room_id.clone(),
-        user_id: user_id.to_string(),
-        membership: row.membership.clone(),
-        event_id: String::new(),
-        stream_pos: row.membership_pos,
     }
 }
 
@@ -669,7 +698,7 @@ fn direct_rooms(content: Option<&str>) -> HashSet<String> {
 fn list_holds(list: &v5::request::List, c: &Candidate, since: Option<i64>) -> bool {
     let membership = c.row.membership.as_str();
     let current = matches!(membership, "join" | "invite" | "knock");
-    let just_left = matches!(membership, "leave" | "ban") && since.is_some_and(|s| c.row.membership_pos > s);
+    let just_left = matches!(membership, "leave" | "ban") && since.is_some_and(|s| c.row.stream_pos > s);
     if !current && !just_left {
         return false;
     }
@@ -677,13 +706,13 @@ fn list_holds(list: &v5::request::List, c: &Candidate, since: Option<i64>) -> bo
     if filters.is_dm.is_some_and(|dm| dm != c.is_dm) {
         return false;
     }
-    if filters.is_encrypted.is_some_and(|e| e != c.row.encrypted) {
+    if filters.is_encrypted.is_some_and(|e| e != c.facts.encrypted) {
         return false;
     }
     if filters.is_invite.is_some_and(|i| i != (membership == "invite")) {
         return false;
     }
-    let kind = c.room_type.as_deref();
+    let kind = c.facts.room_type.as_deref();
     if !filters.room_types.is_empty() && !filters.room_types.iter().any(|t| t.as_str() == kind) {
         return false;
     }
