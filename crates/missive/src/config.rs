@@ -95,6 +95,25 @@ pub struct Config {
     pub lifecycle: Lifecycle,
     /// Provisioning of accounts by the IAM (SCIM 2.0).
     pub scim: Scim,
+    /// The media repository.
+    pub media: Media,
+}
+
+/// The `[media]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Media {
+    /// Largest upload accepted, in bytes (the spec's `m.upload.size`).
+    pub max_upload_size: u64,
+    /// Whether the deprecated unauthenticated `/_matrix/media/v3/download` and `thumbnail`
+    /// still answer (off: the spec froze them; clients use `/_matrix/client/v1/media`).
+    pub legacy_unauthenticated: bool,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Self { max_upload_size: 50 * 1024 * 1024, legacy_unauthenticated: false }
+    }
 }
 
 /// The `[scim]` table: the IAM creates, suspends and deletes accounts through
@@ -356,6 +375,7 @@ impl Default for Config {
             sso: Sso::default(),
             lifecycle: Lifecycle::default(),
             scim: Scim::default(),
+            media: Media::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod federation;
 pub mod filter;
 pub mod identity;
+pub mod media;
 pub mod ratelimit;
 pub mod reports;
 pub mod rooms;

@@ -74,9 +74,15 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         }
         _ => None,
     };
+    let media = Arc::new(
+        crate::media::Media::new(store.clone(), rooms.server_name.clone(), &config.data_dir, config.media.clone())
+            .await
+            .context("cannot set up the media repository")?,
+    );
     Ok(Arc::new(Services {
         sso,
         oauth,
+        media,
         accounts,
         sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing, presence, e2ee.clone()),
         user_data: UserData::new(store.clone(), streams.clone(), push_rules, rooms.ignored.clone()),

@@ -81,6 +81,12 @@ impl TestServer {
         self.data_dir.path().join("server.log")
     }
 
+    /// The server's data directory.
+    #[allow(dead_code)]
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
     /// Path of the SQLite database, when SQLite is in use.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         self.database_url.is_none().then(|| self.data_dir.path().join("missive.db"))

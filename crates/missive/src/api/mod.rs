@@ -27,6 +27,8 @@ pub struct Services {
     pub reports: crate::reports::Reports,
     pub federation: Arc<crate::federation::Federation>,
     pub sso: Arc<crate::identity::Sso>,
+    /// The media repository.
+    pub media: Arc<crate::media::Media>,
     /// The OAuth 2.0 API, offered when single sign-on is set up.
     pub oauth: Option<Arc<crate::identity::oauth::OAuth>>,
 }

@@ -76,6 +76,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0016_oauth_clients.sql"),
         include_str!("../../migrations/postgres/0016_oauth_clients.sql"),
     ),
+    (
+        17,
+        include_str!("../../migrations/sqlite/0017_media.sql"),
+        include_str!("../../migrations/postgres/0017_media.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

@@ -11,6 +11,7 @@ mod e2ee;
 mod expiry;
 mod federation;
 mod identity;
+mod media;
 mod migrate;
 mod notifications;
 mod remote_devices;
@@ -32,6 +33,7 @@ pub use self::{
     accounts::*,
     e2ee::*,
     identity::{AccountDetails, SsoSession, ThreepidRow},
+    media::MediaRow,
     notifications::{Level, Notifications, OffsetChange},
     remote_devices::RemoteDeviceList,
     reports::NewReport,

@@ -6,6 +6,7 @@ pub mod directory;
 pub mod discovery;
 pub mod keys;
 pub mod legacy;
+mod media;
 mod oauth;
 pub mod presence;
 pub mod profile;
@@ -36,5 +37,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = legacy::routes(router);
     let router = sso::routes(router);
     let router = oauth::routes(router);
+    let router = media::routes(router);
     sync::routes(router)
 }

@@ -1,0 +1,149 @@
+//! The media repository: uploads and authenticated downloads with real matrix-sdk clients
+//! and on the wire (headers, ranges, limits), files stored once per content.
+
+mod common;
+
+use common::TestServer;
+use matrix_sdk::{
+    media::{MediaFormat, MediaRequestParameters},
+    ruma::{OwnedMxcUri, events::room::MediaSource},
+};
+use serde_json::Value;
+
+/// Files under the server's media folder (the stored contents, not uploads in progress).
+fn stored_files(server: &TestServer) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&server.data_dir().join("media"), &mut out);
+    out
+}
+
+/// A raw request with a body and headers: status, headers and body bytes.
+async fn raw(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut request = reqwest::Client::new().request(method.parse().unwrap(), server.url(path)).body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn clients_upload_and_download_files_stored_once_per_content() {
+    let server = TestServer::start().await;
+    let (alice, _) = server.client("alice").await;
+    let (bob, _) = server.client("bob").await;
+    let report = b"compte rendu de la reunion du lundi".to_vec();
+    let first = alice.media().upload(&mime::TEXT_PLAIN, report.clone(), None).await.unwrap().content_uri;
+    let second = alice.media().upload(&mime::TEXT_PLAIN, report.clone(), None).await.unwrap().content_uri;
+    assert_ne!(first, second, "each upload has its own ID");
+    assert_eq!(stored_files(&server).len(), 1, "identical files are stored once");
+
+    // Bob downloads it through the authenticated endpoint matrix-sdk uses.
+    let request = MediaRequestParameters { source: MediaSource::Plain(first.clone()), format: MediaFormat::File };
+    let bytes = bob.media().get_media_content(&request, false).await.unwrap();
+    assert_eq!(bytes, report);
+    let unknown: OwnedMxcUri = "mxc://localhost/nosuchmedia0000000000000".into();
+    let request = MediaRequestParameters { source: MediaSource::Plain(unknown), format: MediaFormat::File };
+    assert!(bob.media().get_media_content(&request, false).await.is_err());
+}
+
+#[tokio::test]
+async fn downloads_carry_safe_headers_ranges_and_the_limits_hold() {
+    let server = TestServer::start_with(&[("MISSIVE_MEDIA__MAX_UPLOAD_SIZE", "1000")]).await;
+    let alice = server.register("alice").await;
+    let token = Some(alice.access_token.as_str());
+    let (_, _, config) = raw(&server, "GET", "/_matrix/client/v1/media/config", token, &[], Vec::new()).await;
+    let config: Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(config["m.upload.size"], 1000);
+
+    // An HTML page is served as an attachment, sandboxed; a PNG inline.
+    let page = b"<html><script>alert(1)</script></html>".to_vec();
+    let (status, _, body) = raw(
+        &server,
+        "POST",
+        "/_matrix/media/v3/upload?filename=page.html",
+        token,
+        &[("content-type", "text/html")],
+        page.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let uri: Value = serde_json::from_slice(&body).unwrap();
+    let id = uri["content_uri"].as_str().unwrap().strip_prefix("mxc://localhost/").unwrap().to_owned();
+    let download = format!("/_matrix/client/v1/media/download/localhost/{id}");
+    let (status, headers, body) = raw(&server, "GET", &download, token, &[], Vec::new()).await;
+    assert_eq!((status, body), (200, page.clone()));
+    assert_eq!(headers["content-type"], "text/html");
+    assert_eq!(headers["content-disposition"], "attachment; filename*=utf-8''page.html");
+    assert!(headers["content-security-policy"].to_str().unwrap().starts_with("sandbox"));
+    assert_eq!(headers["cross-origin-resource-policy"], "cross-origin");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let (_, headers, _) = raw(&server, "GET", &format!("{download}/renamed.txt"), token, &[], Vec::new()).await;
+    assert_eq!(headers["content-disposition"], "attachment; filename*=utf-8''renamed.txt");
+
+    // A range, as a player seeking in a video asks; one past the end is refused.
+    let (status, headers, body) = raw(&server, "GET", &download, token, &[("range", "bytes=6-13")], Vec::new()).await;
+    assert_eq!((status, body.as_slice()), (206, &page[6..14]));
+    assert_eq!(headers["content-range"], format!("bytes 6-13/{}", page.len()));
+    let (status, headers, _) = raw(&server, "GET", &download, token, &[("range", "bytes=500-")], Vec::new()).await;
+    assert_eq!(status, 416);
+    assert_eq!(headers["content-range"], format!("bytes */{}", page.len()));
+
+    // Without a token nothing is served; the frozen unauthenticated path is off.
+    let (status, _, _) = raw(&server, "GET", &download, None, &[], Vec::new()).await;
+    assert_eq!(status, 401);
+    let legacy = format!("/_matrix/media/v3/download/localhost/{id}");
+    let (status, _, body) = raw(&server, "GET", &legacy, None, &[], Vec::new()).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+
+    // Too large, declared or not: 413, and no file is left behind.
+    let before = stored_files(&server).len();
+    let big = vec![7u8; 1500];
+    let (status, _, body) = raw(
+        &server,
+        "POST",
+        "/_matrix/media/v3/upload",
+        token,
+        &[("content-type", "application/octet-stream")],
+        big.clone(),
+    )
+    .await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, body["errcode"].as_str()), (413, Some("M_TOO_LARGE")));
+    let chunks =
+        futures_util::stream::iter(big.chunks(100).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
+    let streamed = reqwest::Client::new()
+        .post(server.url("/_matrix/media/v3/upload"))
+        .bearer_auth(&alice.access_token)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 413, "an upload without a length is cut at the limit");
+    assert_eq!(stored_files(&server).len(), before);
+    let (status, _, _) = raw(&server, "POST", "/_matrix/media/v3/upload", None, &[], b"x".to_vec()).await;
+    assert_eq!(status, 401);
+}

@@ -1,0 +1,157 @@
+//! The media repository: uploads streamed to disk (never held whole in memory), stored
+//! once per content under their SHA-256 in the data directory, with per-media metadata in
+//! the database; reads of local media.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use ruma::{OwnedServerName, UserId};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::{
+    config::Media as MediaConfig,
+    error::{Error, Result},
+    store::{MediaRow, Store, now_ms},
+};
+
+/// Length of a media ID: 24 characters of `[A-Za-z0-9]`, about 143 bits.
+const MEDIA_ID_LEN: usize = 24;
+
+/// The media service.
+pub struct Media {
+    store: Store,
+    server_name: OwnedServerName,
+    /// `<data_dir>/media`: `sha256/<ab>/<cd>/<hash>` files and `tmp/` for uploads in progress.
+    root: PathBuf,
+    pub config: MediaConfig,
+}
+
+/// A local media item ready to be served.
+#[derive(Debug)]
+pub struct StoredMedia {
+    pub path: PathBuf,
+    pub size: u64,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+}
+
+/// Removes a file when dropped, unless kept: an upload that fails half-way leaves nothing.
+struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    fn keep(mut self) -> PathBuf {
+        self.0.take().expect("a temporary file is kept once")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Media {
+    /// The service, its folders created under `data_dir` (uploads interrupted by a crash
+    /// are swept from `tmp/`).
+    pub async fn new(store: Store, server_name: OwnedServerName, data_dir: &Path, config: MediaConfig) -> Result<Self> {
+        let root = data_dir.join("media");
+        let tmp = root.join("tmp");
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        tokio::fs::create_dir_all(&tmp).await.map_err(|e| io_error("create the media folder", &e))?;
+        Ok(Self { store, server_name, root, config })
+    }
+
+    /// Where the file of a content hash lives.
+    fn content_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("sha256").join(&sha256[..2]).join(&sha256[2..4]).join(sha256)
+    }
+
+    /// Stores an upload read from `body`, refusing it past `max_upload_size` (nothing is
+    /// kept then); answers its `mxc://` URI. The file is on disk, synced, before the
+    /// answer, so that an acknowledged upload survives a crash.
+    pub async fn upload<S, E>(
+        &self,
+        uploader: &UserId,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+        mut body: S,
+    ) -> Result<String>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let tmp = TempFile(Some(self.root.join("tmp").join(random_id())));
+        let path = tmp.0.clone().expect("just set");
+        let mut file = tokio::fs::File::create(&path).await.map_err(|e| io_error("create an upload file", &e))?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| Error::bad_json(format!("the upload was interrupted: {e}")))?;
+            size += chunk.len() as u64;
+            if size > self.config.max_upload_size {
+                return Err(Error::TooLarge);
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(|e| io_error("write an upload", &e))?;
+        }
+        file.sync_all().await.map_err(|e| io_error("sync an upload", &e))?;
+        drop(file);
+        let sha256 = hex::encode(hasher.finalize());
+        let dest = self.content_path(&sha256);
+        if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+            // The same bytes are stored already: the upload's copy goes.
+            drop(tmp);
+        } else {
+            if let Some(parent) = dest.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| io_error("create a media folder", &e))?;
+            }
+            tokio::fs::rename(tmp.keep(), &dest).await.map_err(|e| io_error("store an upload", &e))?;
+        }
+        let media_id = random_id();
+        let row = MediaRow {
+            origin: self.server_name.to_string(),
+            media_id: media_id.clone(),
+            sha256,
+            size: size as i64,
+            content_type: content_type.map(str::to_owned),
+            filename: filename.map(str::to_owned),
+            uploader: Some(uploader.to_string()),
+            created_ts: now_ms(),
+            quarantined: false,
+        };
+        self.store.insert_media(&row).await?;
+        tracing::info!(user_id = %uploader, media_id, size, "media uploaded");
+        Ok(format!("mxc://{}/{media_id}", self.server_name))
+    }
+
+    /// A media item to serve. Media of other servers are not fetched yet; a quarantined
+    /// item is never served.
+    pub async fn get(&self, server_name: &str, media_id: &str) -> Result<StoredMedia> {
+        if server_name != self.server_name.as_str() {
+            return Err(Error::not_found("media of other servers are not available here yet"));
+        }
+        let row = self.store.media(server_name, media_id).await?.ok_or_else(|| Error::not_found("unknown media"))?;
+        if row.quarantined {
+            return Err(Error::not_found("this media is quarantined"));
+        }
+        Ok(StoredMedia {
+            path: self.content_path(&row.sha256),
+            size: row.size as u64,
+            content_type: row.content_type,
+            filename: row.filename,
+        })
+    }
+}
+
+fn random_id() -> String {
+    use rand::{Rng, distributions::Alphanumeric};
+    rand::thread_rng().sample_iter(&Alphanumeric).take(MEDIA_ID_LEN).map(char::from).collect()
+}
+
+fn io_error(what: &str, e: &std::io::Error) -> Error {
+    Error::Internal(format!("cannot {what}: {e}"))
+}
