@@ -407,6 +407,60 @@ impl Store {
         Ok(out)
     }
 
+    /// The part of [`Store::user_sync_state`] a sliding sync update needs when the user's
+    /// memberships did not change: account data changed after `since` and the device's
+    /// state (no memberships, no counts).
+    pub async fn user_sync_state_without_rooms(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        since: i64,
+    ) -> StoreResult<UserSyncState> {
+        let text = format!(
+            "SELECT CAST(1 AS BIGINT), room_id, data_type, content, CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
+             FROM account_data WHERE user_id = $1 AND stream_pos > $3 \
+             UNION ALL {DEVICE_STATE_ARMS}"
+        );
+        let rows = sqlx::query(sql(text)).bind(user_id).bind(device_id).bind(since).fetch_all(&self.read).await?;
+        let mut out = UserSyncState::default();
+        for r in rows {
+            match r.get::<i64, _>(0) {
+                1 => {
+                    out.account_data.push(AccountDataRow { room_id: r.get(1), data_type: r.get(2), content: r.get(3) })
+                }
+                _ => out.device.add_row(&r),
+            }
+        }
+        out.device.unused_fallbacks.sort();
+        Ok(out)
+    }
+
+    /// A user's notification and highlight counts in the given rooms.
+    pub async fn notification_counts_of(
+        &self,
+        user_id: &str,
+        rooms: &[String],
+    ) -> StoreResult<HashMap<String, (i64, i64)>> {
+        let mut out = HashMap::new();
+        for chunk in rooms.chunks(CHUNK) {
+            let mut p = Params::new(self.backend);
+            let text = format!(
+                "SELECT o.room_id, CAST(r.notify_seq - o.notify_off AS BIGINT), CAST(r.highlight_seq - o.highlight_off AS BIGINT) \
+                 FROM notification_offsets o JOIN rooms r ON r.room_id = o.room_id WHERE o.user_id = {} AND o.room_id IN ({})",
+                p.next(),
+                p.list(chunk.len())
+            );
+            let mut query = sqlx::query(sql(text)).bind(user_id);
+            for room in chunk {
+                query = query.bind(room);
+            }
+            for r in query.fetch_all(&self.read).await? {
+                out.insert(r.get(0), (r.get::<i64, _>(1).max(0), r.get::<i64, _>(2).max(0)));
+            }
+        }
+        Ok(out)
+    }
+
     /// What sliding sync sorts and filters rooms by: the latest bump event's position,
     /// whether the room is encrypted, and its create event (for the room type).
     pub async fn sliding_room_facts(&self, rooms: &[String]) -> StoreResult<Vec<SlidingRoom>> {

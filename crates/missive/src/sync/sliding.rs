@@ -62,6 +62,8 @@ struct Snapshot {
     counts: BTreeMap<String, usize>,
     /// What the lists sort and filter the user's rooms by.
     facts: Arc<HashMap<String, Facts>>,
+    /// The user's memberships.
+    memberships: Arc<Vec<MembershipRow>>,
 }
 
 /// What a client asks of a room: the state to send and the timeline's length.
@@ -214,11 +216,8 @@ impl Sync {
         let user_id: &UserId = &identity.user_id;
         let viewer = Viewer { user_id, device_id: identity.device_id.as_str() };
         let since = previous.map(|p| p.stream);
-        let (state, direct, changes) = tokio::try_join!(
-            async {
-                Ok::<_, Error>(self.store.user_sync_state(user_id.as_str(), identity.device_id.as_str(), since).await?)
-            },
-            async { Ok(self.store.account_data(user_id.as_str(), "", "m.direct").await?) },
+        let (direct, changes) = tokio::try_join!(
+            async { Ok::<_, Error>(self.store.account_data(user_id.as_str(), "", "m.direct").await?) },
             async {
                 Ok(match since {
                     Some(s) => Some(self.store.changes_between(s, now).await?),
@@ -226,6 +225,19 @@ impl Sync {
                 })
             },
         )?;
+        // The user's memberships and counts in all rooms are read when the connection
+        // starts or a membership changed; an update reuses the memberships and reads the
+        // counts of the rooms it sends.
+        let device_id = identity.device_id.as_str();
+        let kept = previous.filter(|_| changes.as_ref().is_some_and(|c| !c.memberships));
+        let mut state = match (kept, since) {
+            (Some(_), Some(s)) => self.store.user_sync_state_without_rooms(user_id.as_str(), device_id, s).await?,
+            _ => self.store.user_sync_state(user_id.as_str(), device_id, since).await?,
+        };
+        if let Some(kept) = kept {
+            state.memberships = kept.memberships.as_ref().clone();
+        }
+        let counts_read = kept.is_none();
         let direct_rooms = direct_rooms(direct.as_deref());
         // The rooms' facts: those the connection had, read again only for rooms new to it
         // or with new events or state.
@@ -346,6 +358,10 @@ impl Sync {
         }
         let joined_partial: Vec<&Candidate> =
             partial.iter().copied().filter(|c| matches!(c.row.membership.as_str(), "join" | "leave" | "ban")).collect();
+        if !counts_read {
+            let sent: Vec<String> = joined_whole.iter().chain(&joined_partial).map(|c| c.row.room_id.clone()).collect();
+            state.notification_counts = self.store.notification_counts_of(user_id.as_str(), &sent).await?;
+        }
         let built = self
             .sliding_rooms_json(
                 viewer,
@@ -467,8 +483,13 @@ impl Sync {
         }
 
         let lists_changed = previous.is_none_or(|p| p.counts != counts);
-        let extension_news =
-            extensions.iter().any(|(name, value)| name != "e2ee" || value.get("device_lists").is_some());
+        // Key counts and an empty to-device batch are no news: a client that never sends a
+        // to-device `since` must still wait for something to happen.
+        let extension_news = extensions.iter().any(|(name, value)| match name.as_str() {
+            "e2ee" => value.get("device_lists").is_some(),
+            "to_device" => value["events"].as_array().is_some_and(|e| !e.is_empty()),
+            _ => true,
+        });
         let news = !out_rooms.is_empty() || lists_changed || extension_news;
         let mut response = Map::new();
         response.insert(
@@ -477,8 +498,14 @@ impl Sync {
         );
         response.insert("rooms".into(), Value::Object(out_rooms));
         response.insert("extensions".into(), Value::Object(extensions));
-        let snapshot =
-            Snapshot { stream: now, typing: typing_serial, rooms: sent_rooms, counts, facts: Arc::new(facts) };
+        let snapshot = Snapshot {
+            stream: now,
+            typing: typing_serial,
+            rooms: sent_rooms,
+            counts,
+            facts: Arc::new(facts),
+            memberships: Arc::new(state.memberships),
+        };
         Ok((response, snapshot, news))
     }
 
