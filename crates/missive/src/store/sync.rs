@@ -159,15 +159,37 @@ impl Store {
         device_id: &str,
         since: Option<i64>,
     ) -> StoreResult<UserSyncState> {
-        let text = format!(
+        self.user_sync_state_of(user_id, device_id, since, true, true).await
+    }
+
+    /// [`Store::user_sync_state`], with or without the memberships and the counts (sliding
+    /// sync reads counts only for the rooms it sends, and memberships only when they may
+    /// have changed).
+    pub async fn user_sync_state_of(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        since: Option<i64>,
+        memberships: bool,
+        counts: bool,
+    ) -> StoreResult<UserSyncState> {
+        let memberships_arm = if memberships {
             "SELECT CAST(0 AS BIGINT), room_id, membership, event_id, stream_pos, CAST(0 AS BIGINT) \
-             FROM memberships WHERE user_id = $1 AND forgotten = 0 \
-             UNION ALL SELECT CAST(1 AS BIGINT), room_id, data_type, content, CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
-             FROM account_data WHERE user_id = $1 AND stream_pos > $3 \
-             UNION ALL SELECT CAST(2 AS BIGINT), o.room_id, NULL, NULL, \
+             FROM memberships WHERE user_id = $1 AND forgotten = 0 UNION ALL "
+        } else {
+            ""
+        };
+        let counts_arm = if counts {
+            "SELECT CAST(2 AS BIGINT), o.room_id, NULL, NULL, \
              CAST(r.notify_seq - o.notify_off AS BIGINT), CAST(r.highlight_seq - o.highlight_off AS BIGINT) \
-             FROM notification_offsets o JOIN rooms r ON r.room_id = o.room_id WHERE o.user_id = $1 \
-             UNION ALL {DEVICE_STATE_ARMS}"
+             FROM notification_offsets o JOIN rooms r ON r.room_id = o.room_id WHERE o.user_id = $1 UNION ALL "
+        } else {
+            ""
+        };
+        let text = format!(
+            "{memberships_arm}SELECT CAST(1 AS BIGINT), room_id, data_type, content, CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
+             FROM account_data WHERE user_id = $1 AND stream_pos > $3 \
+             UNION ALL {counts_arm}{DEVICE_STATE_ARMS}"
         );
         let rows = sqlx::query(sql(text))
             .bind(user_id)
@@ -407,34 +429,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The part of [`Store::user_sync_state`] a sliding sync update needs when the user's
-    /// memberships did not change: account data changed after `since` and the device's
-    /// state (no memberships, no counts).
-    pub async fn user_sync_state_without_rooms(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        since: i64,
-    ) -> StoreResult<UserSyncState> {
-        let text = format!(
-            "SELECT CAST(1 AS BIGINT), room_id, data_type, content, CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
-             FROM account_data WHERE user_id = $1 AND stream_pos > $3 \
-             UNION ALL {DEVICE_STATE_ARMS}"
-        );
-        let rows = sqlx::query(sql(text)).bind(user_id).bind(device_id).bind(since).fetch_all(&self.read).await?;
-        let mut out = UserSyncState::default();
-        for r in rows {
-            match r.get::<i64, _>(0) {
-                1 => {
-                    out.account_data.push(AccountDataRow { room_id: r.get(1), data_type: r.get(2), content: r.get(3) })
-                }
-                _ => out.device.add_row(&r),
-            }
-        }
-        out.device.unused_fallbacks.sort();
-        Ok(out)
-    }
-
     /// A user's notification and highlight counts in the given rooms.
     pub async fn notification_counts_of(
         &self,
@@ -463,8 +457,16 @@ impl Store {
 
     /// What sliding sync sorts and filters rooms by: the latest bump event's position,
     /// whether the room is encrypted, and its create event (for the room type).
-    pub async fn sliding_room_facts(&self, rooms: &[String]) -> StoreResult<Vec<SlidingRoom>> {
+    /// The create event is read only `with_types`: it is most of the cost, and a room
+    /// list that does not filter by type does not need it.
+    pub async fn sliding_room_facts(&self, rooms: &[String], with_types: bool) -> StoreResult<Vec<SlidingRoom>> {
         let mut out = Vec::with_capacity(rooms.len());
+        let create = if with_types {
+            "(SELECT e.json FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
+                WHERE s.room_id = r.room_id AND s.event_type = 'm.room.create' AND s.state_key = '')"
+        } else {
+            "CAST(NULL AS TEXT)"
+        };
         for chunk in rooms.chunks(CHUNK) {
             let mut p = Params::new(self.backend);
             let text = format!(
@@ -472,8 +474,7 @@ impl Store {
                  (SELECT MAX(e.stream_pos) FROM events e WHERE e.room_id = r.room_id AND e.event_type IN ({BUMP_TYPES})), \
                  (SELECT COUNT(*) FROM room_current_state s WHERE s.room_id = r.room_id \
                     AND s.event_type = 'm.room.encryption' AND s.state_key = ''), \
-                 (SELECT e.json FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
-                    WHERE s.room_id = r.room_id AND s.event_type = 'm.room.create' AND s.state_key = '') \
+                 {create} \
                  FROM rooms r WHERE r.room_id IN ({})",
                 p.list(chunk.len())
             );

@@ -161,16 +161,19 @@ struct Facts {
     bump_pos: Option<i64>,
     encrypted: bool,
     room_type: Option<String>,
+    /// Whether `room_type` was read (only for lists that filter by type: it is the
+    /// costly part).
+    types_read: bool,
 }
 
-impl From<SlidingRoom> for Facts {
-    fn from(row: SlidingRoom) -> Self {
+impl Facts {
+    fn new(row: SlidingRoom, types_read: bool) -> Self {
         let room_type = row
             .create_json
             .as_deref()
             .and_then(|j| serde_json::from_str::<Value>(j).ok())
             .and_then(|e| e["content"]["type"].as_str().map(str::to_owned));
-        Self { bump_pos: row.bump_pos, encrypted: row.encrypted, room_type }
+        Self { bump_pos: row.bump_pos, encrypted: row.encrypted, room_type, types_read }
     }
 }
 
@@ -225,19 +228,19 @@ impl Sync {
                 })
             },
         )?;
-        // The user's memberships and counts in all rooms are read when the connection
-        // starts or a membership changed; an update reuses the memberships and reads the
-        // counts of the rooms it sends.
+        // The user's memberships are read when the connection starts or a membership
+        // changed (an update reuses them); counts are read for the rooms sent only.
         let device_id = identity.device_id.as_str();
         let kept = previous.filter(|_| changes.as_ref().is_some_and(|c| !c.memberships));
-        let mut state = match (kept, since) {
-            (Some(_), Some(s)) => self.store.user_sync_state_without_rooms(user_id.as_str(), device_id, s).await?,
-            _ => self.store.user_sync_state(user_id.as_str(), device_id, since).await?,
-        };
+        let mut state =
+            self.store.user_sync_state_of(user_id.as_str(), device_id, since, kept.is_none(), false).await?;
         if let Some(kept) = kept {
             state.memberships = kept.memberships.as_ref().clone();
         }
-        let counts_read = kept.is_none();
+        let with_types = req
+            .lists
+            .values()
+            .any(|l| l.filters.as_ref().is_some_and(|f| !f.room_types.is_empty() || !f.not_room_types.is_empty()));
         let direct_rooms = direct_rooms(direct.as_deref());
         // The rooms' facts: those the connection had, read again only for rooms new to it
         // or with new events or state.
@@ -246,7 +249,7 @@ impl Sync {
             .memberships
             .iter()
             .filter(|m| {
-                !facts.contains_key(&m.room_id)
+                facts.get(&m.room_id).is_none_or(|f| with_types && !f.types_read)
                     || changes.as_ref().is_some_and(|c| c.rooms.get(&m.room_id).is_some_and(|r| r.events || r.state))
             })
             .map(|m| m.room_id.clone())
@@ -256,8 +259,8 @@ impl Sync {
                 // A room this server does not hold (an invite from another server) has none.
                 facts.insert(room.clone(), Facts::default());
             }
-            for row in self.store.sliding_room_facts(&stale).await? {
-                facts.insert(row.room_id.clone(), row.into());
+            for row in self.store.sliding_room_facts(&stale, with_types).await? {
+                facts.insert(row.room_id.clone(), Facts::new(row, with_types));
             }
         }
         let candidates: Vec<Candidate> = state
@@ -358,7 +361,7 @@ impl Sync {
         }
         let joined_partial: Vec<&Candidate> =
             partial.iter().copied().filter(|c| matches!(c.row.membership.as_str(), "join" | "leave" | "ban")).collect();
-        if !counts_read {
+        {
             let sent: Vec<String> = joined_whole.iter().chain(&joined_partial).map(|c| c.row.room_id.clone()).collect();
             state.notification_counts = self.store.notification_counts_of(user_id.as_str(), &sent).await?;
         }
