@@ -732,8 +732,11 @@ async fn spoilt_id_tokens_are_refused_and_create_nothing() {
 /// Where the test's native application is sent back to after an OAuth sign-in.
 const APP_REDIRECT: &str = "http://127.0.0.1/callback";
 
-#[tokio::test]
-async fn element_x_signs_in_through_the_oauth_api_refreshes_and_signs_out() {
+/// A matrix-sdk client of `server` and the registration data of a native application
+/// sent back to [`APP_REDIRECT`] (as Element X registers itself).
+async fn oauth_client(
+    server: &TestServer,
+) -> (matrix_sdk::Client, matrix_sdk::authentication::oauth::ClientRegistrationData) {
     use matrix_sdk::{
         Client,
         authentication::oauth::{
@@ -742,13 +745,7 @@ async fn element_x_signs_in_through_the_oauth_api_refreshes_and_signs_out() {
         },
         config::RequestConfig,
         ruma::serde::Raw,
-        utils::UrlOrQuery,
     };
-    let (_provider, server) = setup().await;
-    let (_, login) = server.call("GET", "/_matrix/client/v3/login", None, None).await;
-    let sso = login["flows"].as_array().unwrap().iter().find(|f| f["type"] == "m.login.sso").unwrap();
-    assert_eq!(sso["oauth_aware_preferred"], true, "{login}");
-
     let client = Client::builder()
         .homeserver_url(&server.base_url)
         .handle_refresh_tokens()
@@ -756,14 +753,26 @@ async fn element_x_signs_in_through_the_oauth_api_refreshes_and_signs_out() {
         .build()
         .await
         .unwrap();
-    let oauth = client.oauth();
     let redirect = reqwest::Url::parse(APP_REDIRECT).unwrap();
     let metadata = ClientMetadata::new(
         ApplicationType::Native,
-        vec![OAuthGrantType::AuthorizationCode { redirect_uris: vec![redirect.clone()] }],
+        vec![OAuthGrantType::AuthorizationCode { redirect_uris: vec![redirect] }],
         Localized::new(reqwest::Url::parse("https://element.example.org").unwrap(), []),
     );
-    let registration = ClientRegistrationData::new(Raw::new(&metadata).unwrap());
+    (client, ClientRegistrationData::new(Raw::new(&metadata).unwrap()))
+}
+
+#[tokio::test]
+async fn element_x_signs_in_through_the_oauth_api_refreshes_and_signs_out() {
+    use matrix_sdk::utils::UrlOrQuery;
+    let (_provider, server) = setup().await;
+    let (_, login) = server.call("GET", "/_matrix/client/v3/login", None, None).await;
+    let sso = login["flows"].as_array().unwrap().iter().find(|f| f["type"] == "m.login.sso").unwrap();
+    assert_eq!(sso["oauth_aware_preferred"], true, "{login}");
+
+    let (client, registration) = oauth_client(&server).await;
+    let oauth = client.oauth();
+    let redirect = reqwest::Url::parse(APP_REDIRECT).unwrap();
     let authorization = oauth.login(redirect, None, Some(registration), None).build().await.expect("authorization URL");
     // The agent signs in at the IAM in the browser; the application gets the code back.
     let back = match Browser::default().sign_in(authorization.url.as_str(), "anne", APP_REDIRECT).await {
@@ -945,16 +954,7 @@ async fn agents_see_and_end_their_sessions_on_the_account_page() {
 
 #[tokio::test]
 async fn a_trial_server_without_single_sign_on_signs_oauth_clients_in_with_a_password_page() {
-    use matrix_sdk::{
-        Client,
-        authentication::oauth::{
-            ClientRegistrationData,
-            registration::{ApplicationType, ClientMetadata, Localized, OAuthGrantType},
-        },
-        config::RequestConfig,
-        ruma::serde::Raw,
-        utils::UrlOrQuery,
-    };
+    use matrix_sdk::utils::UrlOrQuery;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let listen = format!("127.0.0.1:{port}");
@@ -965,19 +965,8 @@ async fn a_trial_server_without_single_sign_on_signs_oauth_clients_in_with_a_pas
     let (status, _) = server.call("POST", "/_matrix/client/v3/register", None, Some(body)).await;
     assert_eq!(status, 200);
 
-    let client = Client::builder()
-        .homeserver_url(&server.base_url)
-        .request_config(RequestConfig::new().disable_retry())
-        .build()
-        .await
-        .unwrap();
+    let (client, registration) = oauth_client(&server).await;
     let redirect = reqwest::Url::parse(APP_REDIRECT).unwrap();
-    let metadata = ClientMetadata::new(
-        ApplicationType::Native,
-        vec![OAuthGrantType::AuthorizationCode { redirect_uris: vec![redirect.clone()] }],
-        Localized::new(reqwest::Url::parse("https://element.example.org").unwrap(), []),
-    );
-    let registration = ClientRegistrationData::new(Raw::new(&metadata).unwrap());
     let authorization = client.oauth().login(redirect, None, Some(registration), None).build().await.unwrap();
 
     // A wrong password shows the page again; the right one sends the browser back.

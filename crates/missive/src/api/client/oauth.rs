@@ -144,6 +144,13 @@ async fn revoke(State(state): State<AppState>, Form(form): Form<HashMap<String, 
     }
 }
 
+/// The browser's account cookie and the user it signs in, if still valid.
+fn browser_session(oauth: &OAuth, headers: &axum::http::HeaderMap) -> Option<(String, ruma::OwnedUserId)> {
+    let cookie = super::sso::cookie(headers, ACCOUNT_COOKIE)?;
+    let user_id = oauth.browser_user(&cookie)?;
+    Some((cookie, user_id))
+}
+
 /// # GET /_missive/account
 ///
 /// The account management pages (the spec's `account_management_uri`): the user's
@@ -160,8 +167,7 @@ async fn account(
         Ok(oauth) => oauth,
         Err(response) => return *response,
     };
-    let cookie = super::sso::cookie(&headers, ACCOUNT_COOKIE);
-    let Some((cookie, user_id)) = cookie.and_then(|c| oauth.browser_user(&c).map(|u| (c, u))) else {
+    let Some((cookie, user_id)) = browser_session(oauth, &headers) else {
         let return_to = uri.path_and_query().map_or(ACCOUNT_PATH.to_owned(), |p| p.to_string());
         return to_provider(&state, state.sso.start_account(&return_to).await);
     };
@@ -220,8 +226,7 @@ async fn sign_out(
         Ok(oauth) => oauth,
         Err(response) => return *response,
     };
-    let cookie = super::sso::cookie(&headers, ACCOUNT_COOKIE);
-    let Some((cookie, user_id)) = cookie.and_then(|c| oauth.browser_user(&c).map(|u| (c, u))) else {
+    let Some((cookie, user_id)) = browser_session(oauth, &headers) else {
         return page(StatusCode::FORBIDDEN, "Signed out", "<p>Sign in again to manage your sessions.</p>");
     };
     if form.get("token") != Some(&OAuth::form_token(&cookie)) {
