@@ -147,3 +147,63 @@ async fn downloads_carry_safe_headers_ranges_and_the_limits_hold() {
     let (status, _, _) = raw(&server, "POST", "/_matrix/media/v3/upload", None, &[], b"x".to_vec()).await;
     assert_eq!(status, 401);
 }
+
+/// A PNG of the given size, a gradient (so that scaling has something to average).
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[tokio::test]
+async fn images_get_thumbnails_of_the_sizes_asked_and_other_files_none() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let token = Some(alice.access_token.as_str());
+    let upload = async |bytes: Vec<u8>, content_type: &str| {
+        let (status, _, body) =
+            raw(&server, "POST", "/_matrix/media/v3/upload", token, &[("content-type", content_type)], bytes).await;
+        assert_eq!(status, 200);
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        body["content_uri"].as_str().unwrap().strip_prefix("mxc://localhost/").unwrap().to_owned()
+    };
+    let photo = upload(png(1200, 800), "image/png").await;
+    let thumbnail = |id: &str, query: &str| format!("/_matrix/client/v1/media/thumbnail/localhost/{id}?{query}");
+    let decode = |bytes: &[u8]| image::load_from_memory(bytes).unwrap();
+
+    // Crop: the smallest standard size covering the request, filled.
+    let (status, headers, body) =
+        raw(&server, "GET", &thumbnail(&photo, "width=30&height=30&method=crop"), token, &[], Vec::new()).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "image/jpeg");
+    let small = decode(&body);
+    assert_eq!((small.width(), small.height()), (32, 32));
+    // Scale: fits inside 320x240, the aspect kept; asked again, the kept file answers.
+    let (_, _, body) =
+        raw(&server, "GET", &thumbnail(&photo, "width=300&height=200&method=scale"), token, &[], Vec::new()).await;
+    let scaled = decode(&body);
+    assert_eq!((scaled.width(), scaled.height()), (320, 213));
+    let files = stored_files(&server).len();
+    let (_, _, again) =
+        raw(&server, "GET", &thumbnail(&photo, "width=300&height=200&method=scale"), token, &[], Vec::new()).await;
+    assert_eq!(again, body);
+    assert_eq!(stored_files(&server).len(), files, "the thumbnail is made once");
+    // Never larger than the original.
+    let icon = upload(png(20, 10), "image/png").await;
+    let (_, _, body) = raw(&server, "GET", &thumbnail(&icon, "width=640&height=480"), token, &[], Vec::new()).await;
+    let kept = decode(&body);
+    assert_eq!((kept.width(), kept.height()), (20, 10));
+
+    // A file that is no image, bad sizes, no token.
+    let text = upload(b"pas une image".to_vec(), "text/plain").await;
+    let (status, _, body) = raw(&server, "GET", &thumbnail(&text, "width=32&height=32"), token, &[], Vec::new()).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNKNOWN")), "{body}");
+    for query in ["height=32", "width=0&height=32", "width=a&height=32", "width=32&height=32&method=stretch"] {
+        let (status, _, _) = raw(&server, "GET", &thumbnail(&photo, query), token, &[], Vec::new()).await;
+        assert_eq!(status, 400, "{query}");
+    }
+    let (status, _, _) = raw(&server, "GET", &thumbnail(&photo, "width=32&height=32"), None, &[], Vec::new()).await;
+    assert_eq!(status, 401);
+}

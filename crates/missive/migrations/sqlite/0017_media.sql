@@ -15,3 +15,17 @@ CREATE TABLE media (
 );
 CREATE INDEX media_uploader ON media (uploader, created_ts);
 CREATE INDEX media_sha256 ON media (sha256);
+
+-- Thumbnails made on demand, kept: per media item and size asked, the thumbnail's file
+-- (content-addressed like the media).
+CREATE TABLE media_thumbnails (
+    origin TEXT NOT NULL,
+    media_id TEXT NOT NULL,
+    width BIGINT NOT NULL,
+    height BIGINT NOT NULL,
+    method TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    PRIMARY KEY (origin, media_id, width, height, method)
+);

@@ -61,4 +61,55 @@ impl Store {
             quarantined: r.get::<i64, _>(8) != 0,
         }))
     }
+
+    /// A kept thumbnail of a media item: its hash, type and size.
+    pub async fn thumbnail(
+        &self,
+        origin: &str,
+        media_id: &str,
+        size: (u32, u32),
+        method: &str,
+    ) -> StoreResult<Option<(String, String, i64)>> {
+        let row = sqlx::query(
+            "SELECT sha256, content_type, size FROM media_thumbnails \
+             WHERE origin = $1 AND media_id = $2 AND width = $3 AND height = $4 AND method = $5",
+        )
+        .bind(origin)
+        .bind(media_id)
+        .bind(i64::from(size.0))
+        .bind(i64::from(size.1))
+        .bind(method)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
+    /// Keeps a thumbnail of a media item (a concurrent twin keeps the first).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_thumbnail(
+        &self,
+        origin: &str,
+        media_id: &str,
+        size: (u32, u32),
+        method: &str,
+        sha256: &str,
+        content_type: &str,
+        bytes: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO media_thumbnails (origin, media_id, width, height, method, sha256, content_type, size) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(origin)
+        .bind(media_id)
+        .bind(i64::from(size.0))
+        .bind(i64::from(size.1))
+        .bind(method)
+        .bind(sha256)
+        .bind(content_type)
+        .bind(bytes)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
 }

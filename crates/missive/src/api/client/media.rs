@@ -21,14 +21,15 @@ use crate::{
         ruma::{Authenticated, json},
     },
     error::{Error, Result},
-    media::StoredMedia,
+    media::{StoredMedia, ThumbnailMethod},
 };
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let mut router = router
         .route("/_matrix/client/v1/media/config", get(config))
         .route("/_matrix/client/v1/media/download/{server_name}/{media_id}", get(download))
-        .route("/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}", get(download_named));
+        .route("/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}", get(download_named))
+        .route("/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}", get(thumbnail));
     for version in ["r0", "v3"] {
         router = router
             .route(&format!("/_matrix/media/{version}/upload"), post(upload))
@@ -37,7 +38,8 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
             .route(
                 &format!("/_matrix/media/{version}/download/{{server_name}}/{{media_id}}/{{file_name}}"),
                 get(legacy_download_named),
-            );
+            )
+            .route(&format!("/_matrix/media/{version}/thumbnail/{{server_name}}/{{media_id}}"), get(legacy_thumbnail));
     }
     router
 }
@@ -144,6 +146,55 @@ async fn legacy_download_named(
 ) -> Result<Response> {
     require_legacy(&state)?;
     serve(state.media.get(&server_name, &media_id).await?, Some(file_name), &headers).await
+}
+
+/// # GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}
+async fn thumbnail(
+    State(state): State<AppState>,
+    Authenticated(_): Authenticated,
+    Path((server_name, media_id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    thumbnail_of(&state, &server_name, &media_id, &query, &headers).await
+}
+
+/// # GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}
+///
+/// Deprecated and unauthenticated: answered only when `[media] legacy_unauthenticated`.
+async fn legacy_thumbnail(
+    State(state): State<AppState>,
+    Path((server_name, media_id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    require_legacy(&state)?;
+    thumbnail_of(&state, &server_name, &media_id, &query, &headers).await
+}
+
+async fn thumbnail_of(
+    state: &AppState,
+    server_name: &str,
+    media_id: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let dimension = |name: &str| -> Result<u32> {
+        let value = query.get(name).ok_or_else(|| Error::MissingParam(format!("{name} is required")))?;
+        value
+            .parse::<u32>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| Error::invalid_param(format!("{name} must be a positive integer")))
+    };
+    let (width, height) = (dimension("width")?, dimension("height")?);
+    let method = match query.get("method").map(String::as_str) {
+        None | Some("scale") => ThumbnailMethod::Scale,
+        Some("crop") => ThumbnailMethod::Crop,
+        Some(_) => return Err(Error::invalid_param("method must be crop or scale")),
+    };
+    let thumbnail = state.media.thumbnail(server_name, media_id, width, height, method).await?;
+    serve(thumbnail, None, headers).await
 }
 
 fn require_legacy(state: &AppState) -> Result<()> {
