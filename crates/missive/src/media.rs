@@ -191,11 +191,12 @@ impl Media {
         method: ThumbnailMethod,
     ) -> Result<StoredMedia> {
         let original = self.get(server_name, media_id).await?;
-        let sizes = THUMBNAIL_SIZES.iter().filter(|(_, _, m)| *m == method);
+        let sizes: Vec<(u32, u32, ThumbnailMethod)> =
+            THUMBNAIL_SIZES.iter().filter(|(_, _, m)| *m == method).copied().collect();
         let (w, h, _) = sizes
-            .clone()
+            .iter()
             .find(|(w, h, _)| *w >= width && *h >= height)
-            .or_else(|| sizes.last())
+            .or(sizes.last())
             .copied()
             .expect("both methods have sizes");
         if let Some((sha256, content_type, size)) =
