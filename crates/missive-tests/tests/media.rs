@@ -207,3 +207,69 @@ async fn images_get_thumbnails_of_the_sizes_asked_and_other_files_none() {
     let (status, _, _) = raw(&server, "GET", &thumbnail(&photo, "width=32&height=32"), None, &[], Vec::new()).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn a_reserved_media_id_is_uploaded_once_by_its_creator_and_waited_for() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (status, _, body) =
+        raw(&server, "POST", "/_matrix/media/v1/create", Some(&alice.access_token), &[], Vec::new()).await;
+    assert_eq!(status, 200);
+    let created: Value = serde_json::from_slice(&body).unwrap();
+    assert!(created["unused_expires_at"].as_i64().is_some());
+    let id = created["content_uri"].as_str().unwrap().strip_prefix("mxc://localhost/").unwrap().to_owned();
+    let put = format!("/_matrix/media/v3/upload/localhost/{id}");
+    let download = format!("/_matrix/client/v1/media/download/localhost/{id}");
+
+    // Not uploaded yet: a download waits, then says so.
+    let (status, _, body) =
+        raw(&server, "GET", &format!("{download}?timeout_ms=300"), Some(&bob.access_token), &[], Vec::new()).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, body["errcode"].as_str()), (504, Some("M_NOT_YET_UPLOADED")));
+    // A waiting download gets the content as soon as it arrives.
+    let waiting = {
+        let url = server.url(&format!("{download}?timeout_ms=20000"));
+        let token = bob.access_token.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().bytes().await.unwrap()
+        })
+    };
+    // Only its creator uploads it, once.
+    let (status, _, _) =
+        raw(&server, "PUT", &put, Some(&bob.access_token), &[("content-type", "text/plain")], b"x".to_vec()).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = raw(
+        &server,
+        "PUT",
+        &put,
+        Some(&alice.access_token),
+        &[("content-type", "text/plain")],
+        b"ordre du jour".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(waiting.await.unwrap().as_ref(), b"ordre du jour");
+    let (status, _, body) = raw(&server, "PUT", &put, Some(&alice.access_token), &[], b"autre".to_vec()).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, body["errcode"].as_str()), (409, Some("M_CANNOT_OVERWRITE_MEDIA")));
+    let (status, _, _) = raw(
+        &server,
+        "PUT",
+        "/_matrix/media/v3/upload/localhost/unknown000000000000000",
+        Some(&alice.access_token),
+        &[],
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // A user holds a bounded number of reservations.
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        statuses
+            .push(raw(&server, "POST", "/_matrix/media/v1/create", Some(&bob.access_token), &[], Vec::new()).await.0);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10);
+    assert_eq!(statuses.last(), Some(&429));
+}

@@ -31,6 +31,10 @@ pub enum Error {
     MissingParam(String),
     #[error("unknown sliding sync position: start the connection again")]
     UnknownPos,
+    #[error("this media was uploaded already")]
+    CannotOverwriteMedia,
+    #[error("this media has not been uploaded yet")]
+    NotYetUploaded,
     #[error("unrecognized request")]
     Unrecognized { method_not_allowed: bool },
     #[error("user ID already taken")]
@@ -90,6 +94,8 @@ impl Error {
             Error::InvalidParam(_) => (S::BAD_REQUEST, "M_INVALID_PARAM"),
             Error::MissingParam(_) => (S::BAD_REQUEST, "M_MISSING_PARAM"),
             Error::UnknownPos => (S::BAD_REQUEST, "M_UNKNOWN_POS"),
+            Error::CannotOverwriteMedia => (S::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
+            Error::NotYetUploaded => (S::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             Error::Unrecognized { method_not_allowed: true } => (S::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
             Error::Unrecognized { .. } => (S::NOT_FOUND, "M_UNRECOGNIZED"),
             Error::UserInUse => (S::BAD_REQUEST, "M_USER_IN_USE"),

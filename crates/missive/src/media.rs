@@ -2,7 +2,10 @@
 //! once per content under their SHA-256 in the data directory, with per-media metadata in
 //! the database; reads of local media.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -18,6 +21,10 @@ use crate::{
 
 /// Length of a media ID: 24 characters of `[A-Za-z0-9]`, about 143 bits.
 const MEDIA_ID_LEN: usize = 24;
+/// How long a reserved media ID waits for its upload (a day, as Synapse gives).
+const PENDING_LIFETIME_MS: i64 = 24 * 3600 * 1000;
+/// Reserved media IDs a user may hold at once.
+pub const PENDING_PER_USER: i64 = 10;
 
 /// The media service.
 pub struct Media {
@@ -78,8 +85,76 @@ impl Media {
         uploader: &UserId,
         content_type: Option<&str>,
         filename: Option<&str>,
-        mut body: S,
+        body: S,
     ) -> Result<String>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let media_id = random_id();
+        let row = self.store_content(uploader, &media_id, content_type, filename, body).await?;
+        self.store.insert_media(&row).await?;
+        tracing::info!(user_id = %uploader, media_id, size = row.size, "media uploaded");
+        Ok(format!("mxc://{}/{media_id}", self.server_name))
+    }
+
+    /// Reserves a media ID for an upload to come (`POST /_matrix/media/v1/create`): its
+    /// URI and until when it may be uploaded. A user holds at most
+    /// [`PENDING_PER_USER`] reservations at once.
+    pub async fn create(&self, uploader: &UserId) -> Result<(String, i64)> {
+        let media_id = random_id();
+        let expires = now_ms() + PENDING_LIFETIME_MS;
+        if !self.store.reserve_media(&media_id, uploader.as_str(), expires, PENDING_PER_USER).await? {
+            return Err(Error::LimitExceeded { retry_after_ms: 60_000 });
+        }
+        Ok((format!("mxc://{}/{media_id}", self.server_name), expires))
+    }
+
+    /// Uploads the content of a reserved media ID, by the user who reserved it, once.
+    pub async fn upload_reserved<S, E>(
+        &self,
+        uploader: &UserId,
+        server_name: &str,
+        media_id: &str,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+        body: S,
+    ) -> Result<()>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if server_name != self.server_name.as_str() {
+            return Err(Error::forbidden("media of other servers are uploaded there"));
+        }
+        match self.store.pending_media(media_id).await? {
+            Some((owner, _)) if owner != uploader.as_str() => {
+                return Err(Error::forbidden("this media ID was created by someone else"));
+            }
+            Some((_, expires)) if expires <= now_ms() => return Err(Error::not_found("this media ID expired")),
+            Some(_) => {}
+            None if self.store.media(server_name, media_id).await?.is_some() => {
+                return Err(Error::CannotOverwriteMedia);
+            }
+            None => return Err(Error::not_found("unknown media ID")),
+        }
+        let row = self.store_content(uploader, media_id, content_type, filename, body).await?;
+        if !self.store.fulfil_media(&row).await? {
+            return Err(Error::CannotOverwriteMedia);
+        }
+        tracing::info!(user_id = %uploader, media_id, size = row.size, "reserved media uploaded");
+        Ok(())
+    }
+
+    /// Streams an upload to its content-addressed file and answers the row to record.
+    async fn store_content<S, E>(
+        &self,
+        uploader: &UserId,
+        media_id: &str,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+        mut body: S,
+    ) -> Result<MediaRow>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -111,10 +186,9 @@ impl Media {
             }
             tokio::fs::rename(tmp.keep(), &dest).await.map_err(|e| io_error("store an upload", &e))?;
         }
-        let media_id = random_id();
-        let row = MediaRow {
+        Ok(MediaRow {
             origin: self.server_name.to_string(),
-            media_id: media_id.clone(),
+            media_id: media_id.to_owned(),
             sha256,
             size: size as i64,
             content_type: content_type.map(str::to_owned),
@@ -122,10 +196,24 @@ impl Media {
             uploader: Some(uploader.to_string()),
             created_ts: now_ms(),
             quarantined: false,
-        };
-        self.store.insert_media(&row).await?;
-        tracing::info!(user_id = %uploader, media_id, size, "media uploaded");
-        Ok(format!("mxc://{}/{media_id}", self.server_name))
+        })
+    }
+
+    /// [`Media::get`], waiting up to `wait` for a reserved media ID's content to arrive
+    /// (`M_NOT_YET_UPLOADED` when it does not).
+    pub async fn get_waiting(&self, server_name: &str, media_id: &str, wait: Duration) -> Result<StoredMedia> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.get(server_name, media_id).await {
+                Err(Error::NotFound(_)) if self.store.pending_media(media_id).await?.is_some() => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::NotYetUploaded);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A media item to serve. Media of other servers are not fetched yet; a quarantined

@@ -21,22 +21,7 @@ pub struct MediaRow {
 impl Store {
     /// Records a media item.
     pub async fn insert_media(&self, row: &MediaRow) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO media (origin, media_id, sha256, size, content_type, filename, uploader, created_ts, quarantined) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&row.origin)
-        .bind(&row.media_id)
-        .bind(&row.sha256)
-        .bind(row.size)
-        .bind(&row.content_type)
-        .bind(&row.filename)
-        .bind(&row.uploader)
-        .bind(row.created_ts)
-        .bind(row.quarantined as i64)
-        .execute(&self.write)
-        .await?;
-        Ok(())
+        insert_media(&self.write, row).await
     }
 
     /// A media item by its mxc URI's parts.
@@ -112,4 +97,71 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// Reserves a media ID for a later upload by `uploader`, unless they hold `max`
+    /// unexpired reservations already; answers whether it was reserved.
+    pub async fn reserve_media(&self, media_id: &str, uploader: &str, expires_ts: i64, max: i64) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("DELETE FROM media_pending WHERE expires_ts <= $1").bind(super::now_ms()).execute(&mut *tx).await?;
+        let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM media_pending WHERE uploader = $1")
+            .bind(uploader)
+            .fetch_one(&mut *tx)
+            .await?;
+        if held >= max {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO media_pending (media_id, uploader, expires_ts) VALUES ($1, $2, $3)")
+            .bind(media_id)
+            .bind(uploader)
+            .bind(expires_ts)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// A reserved media ID's uploader and expiry.
+    pub async fn pending_media(&self, media_id: &str) -> StoreResult<Option<(String, i64)>> {
+        let row = sqlx::query("SELECT uploader, expires_ts FROM media_pending WHERE media_id = $1")
+            .bind(media_id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Records an uploaded media item whose ID was reserved, ending the reservation; answers
+    /// false when the reservation was gone (taken by a concurrent upload).
+    pub async fn fulfil_media(&self, row: &MediaRow) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await?;
+        let taken = sqlx::query("DELETE FROM media_pending WHERE media_id = $1")
+            .bind(&row.media_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if taken == 0 {
+            return Ok(false);
+        }
+        insert_media(&mut *tx, row).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+async fn insert_media<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(executor: E, row: &MediaRow) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO media (origin, media_id, sha256, size, content_type, filename, uploader, created_ts, quarantined) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&row.origin)
+    .bind(&row.media_id)
+    .bind(&row.sha256)
+    .bind(row.size)
+    .bind(&row.content_type)
+    .bind(&row.filename)
+    .bind(&row.uploader)
+    .bind(row.created_ts)
+    .bind(row.quarantined as i64)
+    .execute(executor)
+    .await?;
+    Ok(())
 }

@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0017_media.sql"),
         include_str!("../../migrations/postgres/0017_media.sql"),
     ),
+    (
+        18,
+        include_str!("../../migrations/sqlite/0018_media_pending.sql"),
+        include_str!("../../migrations/postgres/0018_media_pending.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

@@ -26,6 +26,8 @@ use crate::{
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let mut router = router
+        .route("/_matrix/media/v1/create", post(create))
+        .route("/_matrix/media/v3/upload/{server_name}/{media_id}", axum::routing::put(upload_reserved))
         .route("/_matrix/client/v1/media/config", get(config))
         .route("/_matrix/client/v1/media/download/{server_name}/{media_id}", get(download))
         .route("/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}", get(download_named))
@@ -101,6 +103,42 @@ async fn upload(
     Ok(json(json!({ "content_uri": uri })))
 }
 
+/// # POST /_matrix/media/v1/create
+async fn create(State(state): State<AppState>, Authenticated(id): Authenticated) -> Result<Response> {
+    if id.is_guest {
+        return Err(Error::GuestAccessForbidden);
+    }
+    let (uri, expires) = state.media.create(&id.user_id).await?;
+    Ok(json(json!({ "content_uri": uri, "unused_expires_at": expires })))
+}
+
+/// # PUT /_matrix/media/v3/upload/{serverName}/{mediaId}
+async fn upload_reserved(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    Path((server_name, media_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    body: Body,
+) -> Result<Response> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > state.media.config.max_upload_size) {
+        return Err(Error::TooLarge);
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty());
+    let filename = query.get("filename").map(String::as_str).filter(|f| !f.is_empty());
+    let stream = body.into_data_stream();
+    state.media.upload_reserved(&id.user_id, &server_name, &media_id, content_type, filename, stream).await?;
+    Ok(json(json!({})))
+}
+
+/// How long a download waits for a reserved media's upload (`timeout_ms`, 20 s by default,
+/// at most a minute).
+fn wait_of(query: &HashMap<String, String>) -> std::time::Duration {
+    let ms = query.get("timeout_ms").and_then(|t| t.parse::<u64>().ok()).unwrap_or(20_000).min(60_000);
+    std::time::Duration::from_millis(ms)
+}
+
 /// # GET /_matrix/client/v1/media/config
 async fn config(State(state): State<AppState>, Authenticated(_): Authenticated) -> Result<Response> {
     Ok(json(json!({ "m.upload.size": state.media.config.max_upload_size })))
@@ -111,9 +149,10 @@ async fn download(
     State(state): State<AppState>,
     Authenticated(_): Authenticated,
     Path((server_name, media_id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    serve(state.media.get(&server_name, &media_id).await?, None, &headers).await
+    serve(state.media.get_waiting(&server_name, &media_id, wait_of(&query)).await?, None, &headers).await
 }
 
 /// # GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}
@@ -121,9 +160,11 @@ async fn download_named(
     State(state): State<AppState>,
     Authenticated(_): Authenticated,
     Path((server_name, media_id, file_name)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    serve(state.media.get(&server_name, &media_id).await?, Some(file_name), &headers).await
+    let media = state.media.get_waiting(&server_name, &media_id, wait_of(&query)).await?;
+    serve(media, Some(file_name), &headers).await
 }
 
 /// # GET /_matrix/media/v3/download/{serverName}/{mediaId}
