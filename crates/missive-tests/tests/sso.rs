@@ -874,6 +874,16 @@ async fn the_oauth_api_refuses_bad_verifiers_reused_codes_and_unregistered_redir
         (response.status().as_u16(), response.json::<Value>().await.unwrap())
     };
 
+    // A body that is no form gets OAuth's JSON error.
+    let response = http
+        .post(endpoint("token_endpoint"))
+        .json(&json!({ "grant_type": "authorization_code" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"], "invalid_request");
+
     // A redirect URI the client did not register: a page, never a redirect there.
     let page = get_unfollowed(&authorize("http://127.0.0.1/elsewhere")).await;
     assert_eq!(page.status(), 400);

@@ -106,8 +106,16 @@ async fn authorize(State(state): State<AppState>, Query(query): Query<HashMap<St
     }
 }
 
+/// The fields of a form-encoded body. Read by hand rather than by axum's `Form`, whose
+/// refusal of another body is plain text: an OAuth client gets OAuth's JSON error (a body
+/// that is no form has no `grant_type`, no `token`).
+fn form_fields(body: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
 /// # POST /_missive/oauth2/token
-async fn token(State(state): State<AppState>, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn token(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let form = form_fields(&body);
     let oauth = match service(&state) {
         Ok(oauth) => oauth,
         Err(response) => return *response,
@@ -133,7 +141,8 @@ async fn token(State(state): State<AppState>, Form(form): Form<HashMap<String, S
 }
 
 /// # POST /_missive/oauth2/revoke
-async fn revoke(State(state): State<AppState>, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn revoke(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let form = form_fields(&body);
     let oauth = match service(&state) {
         Ok(oauth) => oauth,
         Err(response) => return *response,
