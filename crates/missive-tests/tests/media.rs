@@ -273,3 +273,23 @@ async fn a_reserved_media_id_is_uploaded_once_by_its_creator_and_waited_for() {
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10);
     assert_eq!(statuses.last(), Some(&429));
 }
+
+#[tokio::test]
+async fn a_user_quota_stops_uploads_past_it_and_keeps_nothing() {
+    let server = TestServer::start_with(&[("MISSIVE_MEDIA__USER_QUOTA_BYTES", "100")]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let upload = async |token: &str, bytes: Vec<u8>| {
+        let (status, _, body) = raw(&server, "POST", "/_matrix/media/v3/upload", Some(token), &[], bytes).await;
+        (status, serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null))
+    };
+    assert_eq!(upload(&alice.access_token, vec![1; 60]).await.0, 200);
+    let files = stored_files(&server).len();
+    let (status, body) = upload(&alice.access_token, vec![2; 60]).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    assert_eq!(stored_files(&server).len(), files, "nothing kept of the refused upload");
+    assert_eq!(upload(&alice.access_token, vec![3; 40]).await.0, 200, "what is left of the quota");
+    let (status, _) = upload(&alice.access_token, vec![4; 1]).await;
+    assert_eq!(status, 403);
+    assert_eq!(upload(&bob.access_token, vec![5; 60]).await.0, 200, "each user has their own quota");
+}

@@ -108,11 +108,13 @@ pub struct Media {
     /// Whether the deprecated unauthenticated `/_matrix/media/v3/download` and `thumbnail`
     /// still answer (off: the spec froze them; clients use `/_matrix/client/v1/media`).
     pub legacy_unauthenticated: bool,
+    /// Bytes a user may have uploaded in all; unset: no quota.
+    pub user_quota_bytes: Option<u64>,
 }
 
 impl Default for Media {
     fn default() -> Self {
-        Self { max_upload_size: 50 * 1024 * 1024, legacy_unauthenticated: false }
+        Self { max_upload_size: 50 * 1024 * 1024, legacy_unauthenticated: false, user_quota_bytes: None }
     }
 }
 

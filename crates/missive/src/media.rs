@@ -159,6 +159,17 @@ impl Media {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        // What the user's quota leaves them (the spec's 403 when it runs out).
+        let remaining = match self.config.user_quota_bytes {
+            Some(quota) => {
+                let used = self.store.media_usage(uploader.as_str()).await?.max(0) as u64;
+                if used >= quota {
+                    return Err(Error::forbidden("your upload quota is used up"));
+                }
+                quota - used
+            }
+            None => u64::MAX,
+        };
         let tmp = TempFile(Some(self.root.join("tmp").join(random_id())));
         let path = tmp.0.clone().expect("just set");
         let mut file = tokio::fs::File::create(&path).await.map_err(|e| io_error("create an upload file", &e))?;
@@ -169,6 +180,9 @@ impl Media {
             size += chunk.len() as u64;
             if size > self.config.max_upload_size {
                 return Err(Error::TooLarge);
+            }
+            if size > remaining {
+                return Err(Error::forbidden("this upload would exceed your upload quota"));
             }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(|e| io_error("write an upload", &e))?;

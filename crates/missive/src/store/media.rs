@@ -24,6 +24,15 @@ impl Store {
         insert_media(&self.write, row).await
     }
 
+    /// Bytes a user has uploaded (every media item counts, even when its content is
+    /// stored once for several).
+    pub async fn media_usage(&self, uploader: &str) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM media WHERE uploader = $1")
+            .bind(uploader)
+            .fetch_one(&self.read)
+            .await?)
+    }
+
     /// A media item by its mxc URI's parts.
     pub async fn media(&self, origin: &str, media_id: &str) -> StoreResult<Option<MediaRow>> {
         let row = sqlx::query(
