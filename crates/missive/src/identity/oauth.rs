@@ -24,7 +24,7 @@ use crate::{
 
 /// How long an authorization code may wait for its exchange (RFC 6749 suggests 10 min).
 const CODE_TTL: Duration = Duration::from_secs(10 * 60);
-/// Codes waiting at most: beyond, the oldest are dropped.
+/// Codes, pages and browser sessions waiting at most, each: beyond, the oldest are dropped.
 const CODES_MAX: usize = 10_000;
 
 /// The scope granting the whole client-server API, stable and as MSC2967 wrote it.
@@ -111,7 +111,46 @@ impl AuthorizationRequest {
 struct Grant {
     request: AuthorizationRequest,
     user_id: OwnedUserId,
-    issued: Instant,
+}
+
+/// Values handed out under random secrets (codes, page IDs, cookies), kept in memory under
+/// the secret's digest for `ttl`, at most [`CODES_MAX`] (the oldest dropped first, so that
+/// a flood cannot grow memory).
+struct Secrets<V> {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (V, Instant)>>,
+}
+
+impl<V> Secrets<V> {
+    fn new(ttl: Duration) -> Self {
+        Self { ttl, entries: Default::default() }
+    }
+
+    fn insert(&self, secret: &str, value: V) {
+        let mut entries = self.entries.lock().expect("oauth secrets poisoned");
+        entries.retain(|_, (_, since)| since.elapsed() < self.ttl);
+        if entries.len() >= CODES_MAX
+            && let Some(oldest) = entries.iter().min_by_key(|(_, (_, since))| *since).map(|(k, _)| k.clone())
+        {
+            entries.remove(&oldest);
+        }
+        entries.insert(digest(secret), (value, Instant::now()));
+    }
+
+    /// The value of a secret, once: taken whether or not it is still valid.
+    fn take(&self, secret: &str) -> Option<V> {
+        let mut entries = self.entries.lock().expect("oauth secrets poisoned");
+        entries.remove(&digest(secret)).filter(|(_, since)| since.elapsed() < self.ttl).map(|(v, _)| v)
+    }
+
+    /// The value of a secret, if still valid.
+    fn get(&self, secret: &str) -> Option<V>
+    where
+        V: Clone,
+    {
+        let entries = self.entries.lock().expect("oauth secrets poisoned");
+        entries.get(&digest(secret)).filter(|(_, since)| since.elapsed() < self.ttl).map(|(v, _)| v.clone())
+    }
 }
 
 /// Tokens as the token endpoint answers them.
@@ -125,12 +164,12 @@ pub struct OAuth {
     store: Store,
     /// The issuer: the server's public base URL, without a trailing slash.
     issuer: String,
-    codes: Mutex<HashMap<String, Grant>>,
-    /// Browsers signed in to the account management pages, by cookie digest.
-    browsers: Mutex<HashMap<String, (OwnedUserId, Instant)>>,
+    codes: Secrets<Grant>,
+    /// Browsers signed in to the account management pages, by cookie.
+    browsers: Secrets<OwnedUserId>,
     /// Authorizations waiting at the password page (a server without single sign-on),
-    /// by digest of the page's request ID.
-    password_pages: Mutex<HashMap<String, (AuthorizationRequest, Instant)>>,
+    /// by the page's request ID.
+    password_pages: Secrets<AuthorizationRequest>,
 }
 
 /// How long a browser stays signed in to the account management pages.
@@ -150,9 +189,9 @@ impl OAuth {
         Self {
             store,
             issuer: issuer.trim_end_matches('/').to_owned(),
-            codes: Default::default(),
-            browsers: Default::default(),
-            password_pages: Default::default(),
+            codes: Secrets::new(CODE_TTL),
+            browsers: Secrets::new(BROWSER_TTL),
+            password_pages: Secrets::new(CODE_TTL),
         }
     }
 
@@ -322,14 +361,7 @@ impl OAuth {
         let code = random_id(32);
         let redirect = request.redirect_with(&[("code", &code)]);
         tracing::info!(%user_id, client_id = %request.client_id, "OAuth authorization code issued");
-        let mut codes = self.codes.lock().expect("oauth codes poisoned");
-        codes.retain(|_, g| g.issued.elapsed() < CODE_TTL);
-        if codes.len() >= CODES_MAX
-            && let Some(oldest) = codes.iter().min_by_key(|(_, g)| g.issued).map(|(k, _)| k.clone())
-        {
-            codes.remove(&oldest);
-        }
-        codes.insert(digest(&code), Grant { request, user_id, issued: Instant::now() });
+        self.codes.insert(&code, Grant { request, user_id });
         redirect
     }
 
@@ -342,9 +374,9 @@ impl OAuth {
             Some("authorization_code") => {
                 let code = get("code").ok_or_else(|| invalid("no code"))?;
                 // Taken whatever happens next: a code is tried once.
-                let grant = self.codes.lock().expect("oauth codes poisoned").remove(&digest(code));
-                let grant = grant
-                    .filter(|g| g.issued.elapsed() < CODE_TTL)
+                let grant = self
+                    .codes
+                    .take(code)
                     .ok_or_else(|| OAuthError::new(400, "invalid_grant", "unknown, used or expired code"))?;
                 if get("client_id") != Some(grant.request.client_id.as_str()) {
                     return Err(OAuthError::new(400, "invalid_grant", "the code was issued to another client"));
@@ -405,42 +437,26 @@ impl OAuth {
     /// sends back.
     pub fn await_password(&self, request: AuthorizationRequest) -> String {
         let id = random_id(24);
-        let mut pages = self.password_pages.lock().expect("password pages poisoned");
-        pages.retain(|_, (_, since)| since.elapsed() < CODE_TTL);
-        if pages.len() >= CODES_MAX
-            && let Some(oldest) = pages.iter().min_by_key(|(_, (_, since))| *since).map(|(k, _)| k.clone())
-        {
-            pages.remove(&oldest);
-        }
-        pages.insert(digest(&id), (request, Instant::now()));
+        self.password_pages.insert(&id, request);
         id
     }
 
     /// The authorization a password page's form names, once.
     pub fn take_password_page(&self, id: &str) -> Option<AuthorizationRequest> {
-        let mut pages = self.password_pages.lock().expect("password pages poisoned");
-        pages.remove(&digest(id)).filter(|(_, since)| since.elapsed() < CODE_TTL).map(|(r, _)| r)
+        self.password_pages.take(id)
     }
 
     /// Signs a browser in to the account management pages (after an IAM sign-in):
     /// answers the cookie's value.
     pub fn open_browser_session(&self, user_id: OwnedUserId) -> String {
         let secret = random_id(32);
-        let mut browsers = self.browsers.lock().expect("account sessions poisoned");
-        browsers.retain(|_, (_, since)| since.elapsed() < BROWSER_TTL);
-        if browsers.len() >= CODES_MAX
-            && let Some(oldest) = browsers.iter().min_by_key(|(_, (_, since))| *since).map(|(k, _)| k.clone())
-        {
-            browsers.remove(&oldest);
-        }
-        browsers.insert(digest(&secret), (user_id, Instant::now()));
+        self.browsers.insert(&secret, user_id);
         secret
     }
 
     /// The user a browser's account cookie signs in, if still valid.
     pub fn browser_user(&self, cookie: &str) -> Option<OwnedUserId> {
-        let browsers = self.browsers.lock().expect("account sessions poisoned");
-        browsers.get(&digest(cookie)).filter(|(_, since)| since.elapsed() < BROWSER_TTL).map(|(u, _)| u.clone())
+        self.browsers.get(cookie)
     }
 
     /// The token a browser's forms carry, bound to its cookie (a page of another site
