@@ -77,6 +77,24 @@ impl Media {
         self.root.join("sha256").join(&sha256[..2]).join(&sha256[2..4]).join(sha256)
     }
 
+    /// A new file under `tmp/`, removed unless placed.
+    fn temp_file(&self) -> TempFile {
+        TempFile(Some(self.root.join("tmp").join(random_id())))
+    }
+
+    /// Moves a written temporary file to the place of its content, unless those bytes
+    /// are stored already (then the copy goes).
+    async fn place(&self, tmp: TempFile, sha256: &str) -> Result<()> {
+        let dest = self.content_path(sha256);
+        if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+            return Ok(());
+        }
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| io_error("create a media folder", &e))?;
+        }
+        tokio::fs::rename(tmp.keep(), &dest).await.map_err(|e| io_error("store a media file", &e))
+    }
+
     /// Stores an upload read from `body`, refusing it past `max_upload_size` (nothing is
     /// kept then); answers its `mxc://` URI. The file is on disk, synced, before the
     /// answer, so that an acknowledged upload survives a crash.
@@ -170,7 +188,7 @@ impl Media {
             }
             None => u64::MAX,
         };
-        let tmp = TempFile(Some(self.root.join("tmp").join(random_id())));
+        let tmp = self.temp_file();
         let path = tmp.0.clone().expect("just set");
         let mut file = tokio::fs::File::create(&path).await.map_err(|e| io_error("create an upload file", &e))?;
         let mut hasher = Sha256::new();
@@ -190,16 +208,7 @@ impl Media {
         file.sync_all().await.map_err(|e| io_error("sync an upload", &e))?;
         drop(file);
         let sha256 = hex::encode(hasher.finalize());
-        let dest = self.content_path(&sha256);
-        if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
-            // The same bytes are stored already: the upload's copy goes.
-            drop(tmp);
-        } else {
-            if let Some(parent) = dest.parent() {
-                tokio::fs::create_dir_all(parent).await.map_err(|e| io_error("create a media folder", &e))?;
-            }
-            tokio::fs::rename(tmp.keep(), &dest).await.map_err(|e| io_error("store an upload", &e))?;
-        }
+        self.place(tmp, &sha256).await?;
         Ok(MediaRow {
             origin: self.server_name.to_string(),
             media_id: media_id.to_owned(),
@@ -314,13 +323,10 @@ impl Media {
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let dest = self.content_path(&sha256);
         if !tokio::fs::try_exists(&dest).await.unwrap_or(false) {
-            let tmp = TempFile(Some(self.root.join("tmp").join(random_id())));
+            let tmp = self.temp_file();
             let path = tmp.0.clone().expect("just set");
             tokio::fs::write(&path, &bytes).await.map_err(|e| io_error("write a thumbnail", &e))?;
-            if let Some(parent) = dest.parent() {
-                tokio::fs::create_dir_all(parent).await.map_err(|e| io_error("create a media folder", &e))?;
-            }
-            tokio::fs::rename(tmp.keep(), &dest).await.map_err(|e| io_error("store a thumbnail", &e))?;
+            self.place(tmp, &sha256).await?;
         }
         let size = bytes.len() as i64;
         self.store

@@ -92,15 +92,25 @@ async fn upload(
     if id.is_guest {
         return Err(Error::GuestAccessForbidden);
     }
-    let max = state.media.config.max_upload_size;
+    let (content_type, filename) = upload_metadata(&state, &headers, &query)?;
+    let uri = state.media.upload(&id.user_id, content_type, filename, body.into_data_stream()).await?;
+    Ok(json(json!({ "content_uri": uri })))
+}
+
+/// An upload's type and name; one declared larger than the limit is refused before its
+/// body is read.
+fn upload_metadata<'a>(
+    state: &AppState,
+    headers: &'a HeaderMap,
+    query: &'a HashMap<String, String>,
+) -> Result<(Option<&'a str>, Option<&'a str>)> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max) {
+    if declared.is_some_and(|len| len > state.media.config.max_upload_size) {
         return Err(Error::TooLarge);
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty());
     let filename = query.get("filename").map(String::as_str).filter(|f| !f.is_empty());
-    let uri = state.media.upload(&id.user_id, content_type, filename, body.into_data_stream()).await?;
-    Ok(json(json!({ "content_uri": uri })))
+    Ok((content_type, filename))
 }
 
 /// # POST /_matrix/media/v1/create
@@ -121,12 +131,7 @@ async fn upload_reserved(
     Query(query): Query<HashMap<String, String>>,
     body: Body,
 ) -> Result<Response> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > state.media.config.max_upload_size) {
-        return Err(Error::TooLarge);
-    }
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty());
-    let filename = query.get("filename").map(String::as_str).filter(|f| !f.is_empty());
+    let (content_type, filename) = upload_metadata(&state, &headers, &query)?;
     let stream = body.into_data_stream();
     state.media.upload_reserved(&id.user_id, &server_name, &media_id, content_type, filename, stream).await?;
     Ok(json(json!({})))
