@@ -50,6 +50,36 @@ enum AdminCommand {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// The media repository and its antivirus.
+    Media {
+        #[command(subcommand)]
+        action: MediaAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum MediaAction {
+    /// A user's uploads, newest first, with the antivirus's verdicts.
+    List { user_id: String },
+    /// One media item (`mxc://server/id`): type, size, uploader, verdict.
+    Show { uri: String },
+    /// Keep a media item from being served to anyone.
+    Quarantine { uri: String },
+    /// Serve a quarantined item again (a file found infected is then taken as clean).
+    Release { uri: String },
+    /// Delete a media item, its thumbnails and its file.
+    Delete { uri: String },
+    /// The antivirus's counts: clean, infected, waiting for a scan, quarantined.
+    Scans,
+}
+
+/// The server name and media ID of an `mxc://` URI, as path segments.
+fn mxc_path(uri: &str) -> anyhow::Result<String> {
+    let (server, id) = uri
+        .strip_prefix("mxc://")
+        .and_then(|rest| rest.split_once('/'))
+        .ok_or_else(|| anyhow::anyhow!("{uri} is not an mxc:// URI"))?;
+    Ok(format!("{}/{}", percent_encode(server), percent_encode(id)))
 }
 
 #[derive(Subcommand)]
@@ -102,6 +132,19 @@ async fn admin(config: &Config, url: Option<String>, token: &str, command: Admin
                     .put(user_path(&user_id))
                     .header("content-type", "application/json")
                     .body(serde_json::json!({ "deactivated": false }).to_string()),
+            }
+        }
+        AdminCommand::Media { action } => {
+            let media = format!("{base}/_synapse/admin/v1/media");
+            match action {
+                MediaAction::List { user_id } => {
+                    client.get(format!("{base}/_synapse/admin/v1/users/{}/media", percent_encode(&user_id)))
+                }
+                MediaAction::Show { uri } => client.get(format!("{media}/{}", mxc_path(&uri)?)),
+                MediaAction::Quarantine { uri } => client.post(format!("{media}/quarantine/{}", mxc_path(&uri)?)),
+                MediaAction::Release { uri } => client.post(format!("{media}/unquarantine/{}", mxc_path(&uri)?)),
+                MediaAction::Delete { uri } => client.delete(format!("{media}/{}", mxc_path(&uri)?)),
+                MediaAction::Scans => client.get(format!("{base}/_missive/admin/v1/media/scans")),
             }
         }
     };

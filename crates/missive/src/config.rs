@@ -97,6 +97,8 @@ pub struct Config {
     pub scim: Scim,
     /// The media repository.
     pub media: Media,
+    /// Virus scanning of media by ClamAV's daemon.
+    pub antivirus: Antivirus,
 }
 
 /// The `[media]` table.
@@ -110,11 +112,44 @@ pub struct Media {
     pub legacy_unauthenticated: bool,
     /// Bytes a user may have uploaded in all; unset: no quota.
     pub user_quota_bytes: Option<u64>,
+    /// Types (sniffed from the content, `image/*` patterns allowed) that files may have;
+    /// empty: any. Encrypted attachments sniff as `application/octet-stream`.
+    pub allowed_types: Vec<String>,
+    /// Types (sniffed from the content) refused even when allowed.
+    pub denied_types: Vec<String>,
 }
 
 impl Default for Media {
     fn default() -> Self {
-        Self { max_upload_size: 50 * 1024 * 1024, legacy_unauthenticated: false, user_quota_bytes: None }
+        Self {
+            max_upload_size: 50 * 1024 * 1024,
+            legacy_unauthenticated: false,
+            user_quota_bytes: None,
+            allowed_types: Vec::new(),
+            denied_types: Vec::new(),
+        }
+    }
+}
+
+/// The `[antivirus]` table: every file is scanned by `clamd` before it is served, and
+/// the content scanner API checks encrypted attachments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Antivirus {
+    /// `clamd`'s socket: a path (`/run/clamav/clamd.ctl`) or `host:port`; unset: no scanning.
+    pub clamd: Option<String>,
+    /// Seconds a scan may take before it counts as failed (the file then waits, unserved).
+    pub timeout_secs: u64,
+    /// Seconds between two sweeps of files that could not be scanned (clamd was down).
+    pub rescan_interval_secs: u64,
+    /// The content scanner's curve25519 secret (32 bytes); unset:
+    /// `<data_dir>/content_scanner.key`, made on first start.
+    pub scanner_key_file: Option<PathBuf>,
+}
+
+impl Default for Antivirus {
+    fn default() -> Self {
+        Self { clamd: None, timeout_secs: 60, rescan_interval_secs: 30, scanner_key_file: None }
     }
 }
 
@@ -378,6 +413,7 @@ impl Default for Config {
             lifecycle: Lifecycle::default(),
             scim: Scim::default(),
             media: Media::default(),
+            antivirus: Antivirus::default(),
         }
     }
 }

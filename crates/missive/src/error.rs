@@ -35,6 +35,12 @@ pub enum Error {
     CannotOverwriteMedia,
     #[error("this media has not been uploaded yet")]
     NotYetUploaded,
+    /// A file not served before the antivirus has seen it (the scanner is down or slow).
+    #[error("this file has not been checked for viruses yet ({0}); try again later")]
+    NotScanned(String),
+    /// A refusal of the content scanner API, in its own shape (`reason`, `info`).
+    #[error("{info}")]
+    ContentScanner { reason: ScannerReason, info: String },
     #[error("unrecognized request")]
     Unrecognized { method_not_allowed: bool },
     #[error("user ID already taken")]
@@ -96,6 +102,8 @@ impl Error {
             Error::UnknownPos => (S::BAD_REQUEST, "M_UNKNOWN_POS"),
             Error::CannotOverwriteMedia => (S::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
             Error::NotYetUploaded => (S::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
+            Error::NotScanned(_) => (S::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
+            Error::ContentScanner { reason, .. } => reason.status_and_code(),
             Error::Unrecognized { method_not_allowed: true } => (S::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
             Error::Unrecognized { .. } => (S::NOT_FOUND, "M_UNRECOGNIZED"),
             Error::UserInUse => (S::BAD_REQUEST, "M_USER_IN_USE"),
@@ -139,6 +147,38 @@ impl Error {
     /// Shorthand for a 400 `M_BAD_JSON`.
     pub fn bad_json(msg: impl Into<String>) -> Self {
         Error::BadJson(msg.into())
+    }
+}
+
+/// The content scanner API's reasons of refusal (Element's Matrix Content Scanner API,
+/// which Tchap's clients speak).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScannerReason {
+    /// The body is no JSON or lacks the file.
+    MalformedJson,
+    /// The file cannot be decrypted with what was given (bad key, IV, or hash).
+    FailedToDecrypt,
+    /// The sealed body cannot be opened: the client should fetch the public key again.
+    BadDecryption,
+    /// The antivirus found the file infected.
+    NotClean,
+    /// The file's type is refused.
+    MimeTypeForbidden,
+    /// The file could not be fetched or scanned now.
+    RequestFailed,
+}
+
+impl ScannerReason {
+    fn status_and_code(self) -> (StatusCode, &'static str) {
+        use StatusCode as S;
+        match self {
+            Self::MalformedJson => (S::BAD_REQUEST, "MCS_MALFORMED_JSON"),
+            Self::FailedToDecrypt => (S::BAD_REQUEST, "MCS_MEDIA_FAILED_TO_DECRYPT"),
+            Self::BadDecryption => (S::FORBIDDEN, "MCS_BAD_DECRYPTION"),
+            Self::NotClean => (S::FORBIDDEN, "MCS_MEDIA_NOT_CLEAN"),
+            Self::MimeTypeForbidden => (S::FORBIDDEN, "MCS_MIME_TYPE_FORBIDDEN"),
+            Self::RequestFailed => (S::BAD_GATEWAY, "MCS_MEDIA_REQUEST_FAILED"),
+        }
     }
 }
 
@@ -223,9 +263,16 @@ impl IntoResponse for Error {
             }),
             // The spec's locked account: the client logs out for good.
             Error::UserLocked => json!({ "errcode": errcode, "error": self.to_string(), "soft_logout": false }),
+            // The content scanner's clients read `reason` and `info`; Matrix clients the rest.
+            Error::ContentScanner { info, .. } => {
+                json!({ "reason": errcode, "info": info, "errcode": errcode, "error": info })
+            }
             _ => json!({ "errcode": errcode, "error": self.to_string() }),
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if let Error::NotScanned(_) = self {
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("30"));
+        }
         if let Error::LimitExceeded { retry_after_ms } = self {
             let secs = retry_after_ms.div_ceil(1000).max(1);
             if let Ok(value) = http::HeaderValue::from_str(&secs.to_string()) {

@@ -75,10 +75,18 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         _ => None,
     };
     let media = Arc::new(
-        crate::media::Media::new(store.clone(), rooms.server_name.clone(), &config.data_dir, config.media.clone())
-            .await
-            .context("cannot set up the media repository")?,
+        crate::media::Media::new(
+            store.clone(),
+            rooms.server_name.clone(),
+            &config.data_dir,
+            config.media.clone(),
+            config.antivirus.clone(),
+            Some(federation.clone()),
+        )
+        .await
+        .context("cannot set up the media repository")?,
     );
+    media.spawn_rescans();
     Ok(Arc::new(Services {
         sso,
         oauth,

@@ -18,6 +18,7 @@ use matrix_sdk::{
 };
 use serde_json::{Value, json};
 
+pub mod clamd;
 pub mod oidc;
 pub mod peers;
 pub mod synapse;

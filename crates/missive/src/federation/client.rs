@@ -162,6 +162,48 @@ impl Federation {
             .map_err(|e| FederationError::UnreadableAnswer(destination.to_string(), e.to_string()))
     }
 
+    /// Sends a signed GET whose answer may be large (a media file): a successful answer is
+    /// returned unread, for its body to be streamed.
+    pub async fn get_streaming(
+        &self,
+        destination: &ServerName,
+        path: &str,
+    ) -> Result<reqwest::Response, FederationError> {
+        self.check_allowed(destination)?;
+        let target = self.client.destination(destination).await?;
+        let transport = |e: String| FederationError::Transport(destination.to_string(), e);
+        let mut request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(format!("{}{path}", target.base_url()))
+            .body(Vec::new())
+            .map_err(|e| transport(e.to_string()))?;
+        let input = ServerSignaturesInput::new(self.server_name.clone(), destination.to_owned(), &self.keys.key_pair);
+        let x_matrix = ruma::api::federation::authentication::XMatrix::try_from_http_request(&request, input)
+            .map_err(|e| transport(e.to_string()))?;
+        request.headers_mut().insert(http::header::AUTHORIZATION, http::HeaderValue::from(&x_matrix));
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(&target.host_header)
+                .map_err(|e| FederationError::Resolve(destination.to_string(), e.to_string()))?,
+        );
+        let request = reqwest::Request::try_from(request).map_err(|e| transport(e.to_string()))?;
+        let response = self.client.http.execute(request).await.map_err(|e| transport(error_chain(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            // An error's JSON is small: what comes past the first 64 KiB is not read.
+            let mut response = response;
+            let mut body = Vec::new();
+            while let Ok(Some(chunk)) = response.chunk().await {
+                body.extend_from_slice(&chunk);
+                if body.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            return Err(remote_error(destination, status, &body));
+        }
+        Ok(response)
+    }
+
     /// Sends a built request to its destination (`Host` and content type set) and returns
     /// a successful answer's status and body.
     async fn dispatch(

@@ -86,6 +86,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0018_media_pending.sql"),
         include_str!("../../migrations/postgres/0018_media_pending.sql"),
     ),
+    (
+        19,
+        include_str!("../../migrations/sqlite/0019_media_scans.sql"),
+        include_str!("../../migrations/postgres/0019_media_scans.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

@@ -33,7 +33,7 @@ pub use self::{
     accounts::*,
     e2ee::*,
     identity::{AccountDetails, SsoSession, ThreepidRow},
-    media::MediaRow,
+    media::{MediaRow, ScanStats},
     notifications::{Level, Notifications, OffsetChange},
     remote_devices::RemoteDeviceList,
     reports::NewReport,

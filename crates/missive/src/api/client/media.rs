@@ -218,7 +218,7 @@ async fn legacy_thumbnail(
     thumbnail_of(&state, &server_name, &media_id, &query, &headers).await
 }
 
-async fn thumbnail_of(
+pub(super) async fn thumbnail_of(
     state: &AppState,
     server_name: &str,
     media_id: &str,
@@ -284,7 +284,7 @@ fn range(headers: &HeaderMap, size: u64) -> std::result::Result<Option<(u64, u64
 
 /// Streams a stored file with the headers that keep a browser from running it in the
 /// server's origin, whole or the range asked.
-async fn serve(media: StoredMedia, file_name: Option<String>, headers: &HeaderMap) -> Result<Response> {
+pub(super) async fn serve(media: StoredMedia, file_name: Option<String>, headers: &HeaderMap) -> Result<Response> {
     let content_type = media.content_type.clone().unwrap_or_else(|| "application/octet-stream".to_owned());
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let inline = INLINE_TYPES.contains(&essence.as_str());

@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod keys;
 pub mod legacy;
 mod media;
+mod media_proxy;
 mod oauth;
 pub mod presence;
 pub mod profile;
@@ -38,5 +39,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = sso::routes(router);
     let router = oauth::routes(router);
     let router = media::routes(router);
+    let router = media_proxy::routes(router);
     sync::routes(router)
 }

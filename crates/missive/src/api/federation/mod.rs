@@ -3,6 +3,7 @@
 mod events;
 mod keys;
 mod keys_e2ee;
+mod media;
 mod membership;
 mod openid;
 mod query;
@@ -17,6 +18,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = events::routes(router);
     let router = query::routes(router);
     let router = keys_e2ee::routes(router);
+    let router = media::routes(router);
     let router = membership::routes(router);
     let router = transactions::routes(router);
     openid::routes(router)

@@ -1,7 +1,9 @@
 //! Administration endpoints, on Synapse's paths and shapes so existing tools work:
 //! shared-secret registration (`/_synapse/admin/v1/register`), accounts (show, suspend,
 //! deactivate, restore) and the federation destinations (state, backoff, queue; resetting
-//! a backoff).
+//! a backoff), and the media repository (`media`).
+
+mod media;
 
 use axum::{
     Router,
@@ -24,6 +26,7 @@ use crate::{
 };
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = media::routes(router);
     router
         .route("/_synapse/admin/v1/register", get(nonce).post(register))
         .route("/_synapse/admin/v1/federation/destinations", get(destinations))
@@ -184,7 +187,7 @@ async fn suspend(
     Ok(json(json!({ format!("user_{}_suspended", user_id): request.suspend })))
 }
 
-fn require_admin(identity: &crate::accounts::Identity) -> Result<()> {
+pub(super) fn require_admin(identity: &crate::accounts::Identity) -> Result<()> {
     if !identity.is_admin {
         return Err(Error::forbidden("you are not a server admin"));
     }
