@@ -293,3 +293,86 @@ async fn a_user_quota_stops_uploads_past_it_and_keeps_nothing() {
     assert_eq!(status, 403);
     assert_eq!(upload(&bob.access_token, vec![5; 60]).await.0, 200, "each user has their own quota");
 }
+
+/// A small web site on loopback: a page with OpenGraph tags, and a redirect to the same
+/// page by address. Answers how many requests it served.
+async fn web_site() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut request = vec![0u8; 4096];
+            let n = socket.read(&mut request).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&request[..n]).to_string();
+            let answer = if request.starts_with("GET /redirect ") {
+                format!(
+                    "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/page\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            } else {
+                let page = "<html><head><title>Intranet du ministere</title>\
+                    <meta property=\"og:description\" content=\"Annuaire et notes de service\">\
+                    <meta property=\"og:image\" content=\"http://127.0.0.1/tracker.png\"></head><body>x</body></html>";
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                )
+            };
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    (port, served)
+}
+
+#[tokio::test]
+async fn url_previews_are_off_by_default_and_reach_only_listed_sites_and_ranges() {
+    let (port, served) = web_site().await;
+    let page = format!("http://localhost:{port}/page");
+    let preview = |server: &TestServer, token: String, url: String| {
+        let path = format!("/_matrix/client/v1/media/preview_url?url={}", url.replace(':', "%3A").replace('/', "%2F"));
+        let server_url = server.url(&path);
+        async move {
+            let response = reqwest::Client::new().get(server_url).bearer_auth(token).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // Off by default: as if the endpoint did not exist, and nothing is fetched.
+    let plain = TestServer::start().await;
+    let alice = plain.register("alice").await;
+    let (status, body) = preview(&plain, alice.access_token.clone(), page.clone()).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")), "{body}");
+
+    // A listed site on a private address: refused unless the operator allows the range.
+    let listed = TestServer::start_with(&[("MISSIVE_MEDIA__URL_PREVIEW_DOMAINS", "[\"localhost\"]")]).await;
+    let bob = listed.register("bob").await;
+    let (status, body) = preview(&listed, bob.access_token.clone(), page.clone()).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing fetched");
+
+    let intranet = TestServer::start_with(&[
+        ("MISSIVE_MEDIA__URL_PREVIEW_DOMAINS", "[\"localhost\"]"),
+        ("MISSIVE_MEDIA__URL_PREVIEW_ALLOWED_RANGES", "[\"127.0.0.0/8\"]"),
+    ])
+    .await;
+    let carol = intranet.register("carol").await;
+    let (status, body) = preview(&intranet, carol.access_token.clone(), page.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["og:title"], "Intranet du ministere");
+    assert_eq!(body["og:description"], "Annuaire et notes de service");
+    assert!(body.get("og:image").is_none(), "images are not fetched: {body}");
+    // A site not listed, named by address or reached by a redirect, is not fetched.
+    let before = served.load(std::sync::atomic::Ordering::SeqCst);
+    let (status, _) = preview(&intranet, carol.access_token.clone(), format!("http://127.0.0.1:{port}/page")).await;
+    assert_eq!(status, 403);
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), before);
+    let (status, _) = preview(&intranet, carol.access_token.clone(), format!("http://localhost:{port}/redirect")).await;
+    assert_eq!(status, 403, "the redirect leads to a site not listed");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), before + 1, "only the redirect was fetched");
+    let (status, body) = preview(&intranet, carol.access_token.clone(), "file:///etc/passwd".into()).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+}

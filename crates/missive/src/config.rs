@@ -117,6 +117,12 @@ pub struct Media {
     pub allowed_types: Vec<String>,
     /// Types (sniffed from the content) refused even when allowed.
     pub denied_types: Vec<String>,
+    /// Sites whose links get previews (`gouvernement.lu`, `*.gouv.fr`); empty: previews
+    /// are off, as each one is a request from this server to the site.
+    pub url_preview_domains: Vec<String>,
+    /// Private address ranges previews may reach all the same (an intranet, in CIDR
+    /// notation); other private, loopback and link-local addresses are never fetched.
+    pub url_preview_allowed_ranges: Vec<ipnet::IpNet>,
 }
 
 impl Default for Media {
@@ -127,6 +133,8 @@ impl Default for Media {
             user_quota_bytes: None,
             allowed_types: Vec::new(),
             denied_types: Vec::new(),
+            url_preview_domains: Vec::new(),
+            url_preview_allowed_ranges: Vec::new(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! be served (verdicts kept per content hash; unscanned files are never served).
 
 pub mod antivirus;
+mod preview;
 mod remote;
 pub mod scanner;
 mod thumbnail;
@@ -53,6 +54,8 @@ pub struct Media {
     scanner: Option<ContentScanner>,
     /// Where media of other servers come from; unset in tools that run without it.
     federation: Option<Arc<crate::federation::Federation>>,
+    /// URL previews, when the operator lists sites.
+    previews: Option<preview::Previews>,
 }
 
 /// A stored media item and whether it may be served.
@@ -138,7 +141,8 @@ impl Media {
             }
             None => None,
         };
-        Ok(Self { store, server_name, root, config, clamd, antivirus, scanner, federation })
+        let previews = preview::Previews::new(&config);
+        Ok(Self { store, server_name, root, config, clamd, antivirus, scanner, federation, previews })
     }
 
     /// Whether files are scanned by an antivirus.
@@ -501,6 +505,13 @@ impl Media {
         }
         tracing::warn!(origin, media_id, files = unused.len(), by = %by, "media deleted by an operator");
         Ok(())
+    }
+
+    /// The preview of a URL (`M_UNRECOGNIZED` when previews are off, as where the
+    /// endpoint does not exist).
+    pub async fn preview_url(&self, url: &str) -> Result<serde_json::Value> {
+        let previews = self.previews.as_ref().ok_or(Error::Unrecognized { method_not_allowed: false })?;
+        previews.preview(url).await
     }
 
     /// The content scanner, when scanning is on.

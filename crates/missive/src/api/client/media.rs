@@ -31,7 +31,8 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/_matrix/client/v1/media/config", get(config))
         .route("/_matrix/client/v1/media/download/{server_name}/{media_id}", get(download))
         .route("/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}", get(download_named))
-        .route("/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}", get(thumbnail));
+        .route("/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}", get(thumbnail))
+        .route("/_matrix/client/v1/media/preview_url", get(preview_url));
     for version in ["r0", "v3"] {
         router = router
             .route(&format!("/_matrix/media/{version}/upload"), post(upload))
@@ -41,7 +42,8 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
                 &format!("/_matrix/media/{version}/download/{{server_name}}/{{media_id}}/{{file_name}}"),
                 get(legacy_download_named),
             )
-            .route(&format!("/_matrix/media/{version}/thumbnail/{{server_name}}/{{media_id}}"), get(legacy_thumbnail));
+            .route(&format!("/_matrix/media/{version}/thumbnail/{{server_name}}/{{media_id}}"), get(legacy_thumbnail))
+            .route(&format!("/_matrix/media/{version}/preview_url"), get(preview_url));
     }
     router
 }
@@ -147,6 +149,21 @@ fn wait_of(query: &HashMap<String, String>) -> std::time::Duration {
 /// # GET /_matrix/client/v1/media/config
 async fn config(State(state): State<AppState>, Authenticated(_): Authenticated) -> Result<Response> {
     Ok(json(json!({ "m.upload.size": state.media.config.max_upload_size })))
+}
+
+/// # GET /_matrix/client/v1/media/preview_url
+///
+/// Also at the deprecated `/_matrix/media/v3/preview_url`, which always took a token.
+async fn preview_url(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    if id.is_guest {
+        return Err(Error::GuestAccessForbidden);
+    }
+    let url = query.get("url").ok_or_else(|| Error::MissingParam("url is required".into()))?;
+    Ok(json(state.media.preview_url(url).await?))
 }
 
 /// # GET /_matrix/client/v1/media/download/{serverName}/{mediaId}
