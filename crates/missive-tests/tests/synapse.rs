@@ -341,3 +341,45 @@ async fn synapse_users_see_which_missive_accounts_are_deactivated() {
     let (_, body) = pair.synapse.call("POST", path, Some(&bob.access_token), Some(ask)).await;
     assert_eq!(body["account_statuses"][&alice.user_id]["deactivated"], true, "{body}");
 }
+
+/// Uploads `bytes` to `server` and answers the `mxc://` URI.
+async fn upload(server: &Endpoint, user: &TestUser, bytes: &[u8]) -> String {
+    let response = reqwest::Client::new()
+        .post(server.url("/_matrix/media/v3/upload?filename=note.txt"))
+        .bearer_auth(&user.access_token)
+        .header("content-type", "text/plain")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    response.json::<Value>().await.unwrap()["content_uri"].as_str().unwrap().to_owned()
+}
+
+/// Downloads an `mxc://` URI through `server`'s authenticated media endpoint.
+async fn download(server: &Endpoint, user: &TestUser, uri: &str) -> (u16, Vec<u8>) {
+    let path = format!("/_matrix/client/v1/media/download/{}", uri.strip_prefix("mxc://").unwrap());
+    let response = reqwest::Client::new().get(server.url(&path)).bearer_auth(&user.access_token).send().await.unwrap();
+    (response.status().as_u16(), response.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn files_uploaded_on_either_server_are_downloaded_from_the_other() {
+    let pair = Pair::start().await;
+    let alice = pair.missive.register("alice").await;
+    let bob = pair.synapse.register("bob").await;
+
+    // Synapse fetches Missive's file over federation (multipart, X-Matrix signed).
+    let note = b"compte rendu, de Missive vers Synapse".to_vec();
+    let uri = upload(&pair.missive, &alice, &note).await;
+    assert_eq!(download(&pair.synapse, &bob, &uri).await, (200, note));
+
+    // Missive fetches Synapse's, stores it, and serves it to its own users.
+    let reply = b"accuse de reception, de Synapse vers Missive".to_vec();
+    let uri = upload(&pair.synapse, &bob, &reply).await;
+    assert_eq!(download(&pair.missive, &alice, &uri).await, (200, reply));
+
+    // An unknown media ID of the other server is Synapse's 404, passed on.
+    let missing = format!("mxc://{}/doesnotexist", pair.synapse.server_name);
+    assert_eq!(download(&pair.missive, &alice, &missing).await.0, 404);
+}
