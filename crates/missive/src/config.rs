@@ -99,6 +99,8 @@ pub struct Config {
     pub media: Media,
     /// Virus scanning of media by ClamAV's daemon.
     pub antivirus: Antivirus,
+    /// Push notifications to phones, through the pushers' gateways.
+    pub push: Push,
 }
 
 /// The `[media]` table.
@@ -158,6 +160,27 @@ pub struct Antivirus {
 impl Default for Antivirus {
     fn default() -> Self {
         Self { clamd: None, timeout_secs: 60, rescan_interval_secs: 30, scanner_key_file: None }
+    }
+}
+
+/// The `[push]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Push {
+    /// Whether a pusher may ask for the full format, which hands the message's type,
+    /// sender and content to the gateway (and so to Apple or Google). Off: every pusher
+    /// gets `event_id_only`, whatever it asks.
+    pub allow_full_format: bool,
+    /// Private address ranges gateways may be in (CIDR); others in private ranges are
+    /// refused.
+    pub gateway_allowed_ranges: Vec<ipnet::IpNet>,
+    /// Seconds a notification waits for a failing gateway before it is dropped.
+    pub max_retry_secs: u64,
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        Self { allow_full_format: false, gateway_allowed_ranges: Vec::new(), max_retry_secs: 3600 }
     }
 }
 
@@ -422,6 +445,7 @@ impl Default for Config {
             scim: Scim::default(),
             media: Media::default(),
             antivirus: Antivirus::default(),
+            push: Push::default(),
         }
     }
 }

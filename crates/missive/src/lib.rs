@@ -15,6 +15,8 @@ pub mod federation;
 pub mod filter;
 pub mod identity;
 pub mod media;
+pub mod outbound;
+pub mod push;
 pub mod ratelimit;
 pub mod reports;
 pub mod rooms;

@@ -87,10 +87,13 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         .context("cannot set up the media repository")?,
     );
     media.spawn_rescans();
+    let push = crate::push::Push::new(store.clone(), config.push.clone()).await.context("cannot load the pushers")?;
+    rooms.on_push(push.clone());
     Ok(Arc::new(Services {
         sso,
         oauth,
         media,
+        push,
         accounts,
         sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing, presence, e2ee.clone()),
         user_data: UserData::new(store.clone(), streams.clone(), push_rules, rooms.ignored.clone()),

@@ -19,6 +19,7 @@ use matrix_sdk::{
 use serde_json::{Value, json};
 
 pub mod clamd;
+pub mod gateway;
 pub mod oidc;
 pub mod peers;
 pub mod synapse;

@@ -29,6 +29,8 @@ pub struct Services {
     pub sso: Arc<crate::identity::Sso>,
     /// The media repository.
     pub media: Arc<crate::media::Media>,
+    /// Pushers and push delivery.
+    pub push: Arc<crate::push::Push>,
     /// The OAuth 2.0 API, offered when single sign-on is set up.
     pub oauth: Option<Arc<crate::identity::oauth::OAuth>>,
 }

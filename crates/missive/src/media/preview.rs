@@ -7,8 +7,7 @@
 
 use std::{
     cell::RefCell,
-    net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -19,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::{
     config::Media as MediaConfig,
     error::{Error, Result},
-    federation::resolve::is_private,
+    outbound,
 };
 
 /// Bytes of a page read for its metadata.
@@ -35,34 +34,8 @@ const MAX_TEXT: usize = 500;
 pub struct Previews {
     http: reqwest::Client,
     domains: Vec<String>,
-    allowed_ranges: Arc<Vec<ipnet::IpNet>>,
+    allowed_ranges: Vec<ipnet::IpNet>,
     cache: Mutex<LruCache<String, (Instant, Value)>>,
-}
-
-/// Resolves names only to addresses previews may reach.
-struct PreviewDns {
-    allowed_ranges: Arc<Vec<ipnet::IpNet>>,
-}
-
-fn reachable(ip: IpAddr, allowed_ranges: &[ipnet::IpNet]) -> bool {
-    !is_private(ip) || allowed_ranges.iter().any(|range| range.contains(&ip))
-}
-
-impl reqwest::dns::Resolve for PreviewDns {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_owned();
-        let allowed_ranges = self.allowed_ranges.clone();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| reachable(a.ip(), &allowed_ranges))
-                .collect();
-            if addrs.is_empty() {
-                return Err(format!("{host} resolves to no address previews may reach").into());
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
 }
 
 fn blocked(why: &str) -> Error {
@@ -75,16 +48,8 @@ impl Previews {
         if config.url_preview_domains.is_empty() {
             return None;
         }
-        let allowed_ranges = Arc::new(config.url_preview_allowed_ranges.clone());
-        let http = reqwest::Client::builder()
-            .dns_resolver(Arc::new(PreviewDns { allowed_ranges: allowed_ranges.clone() }))
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("Missive/", env!("CARGO_PKG_VERSION"), " (URL preview)"))
-            .build()
-            .ok()?;
+        let allowed_ranges = config.url_preview_allowed_ranges.clone();
+        let http = outbound::client(&allowed_ranges, Duration::from_secs(10), "URL preview").ok()?;
         let domains = config.url_preview_domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect();
         Some(Self { http, domains, allowed_ranges, cache: Mutex::new(LruCache::new(1000)) })
     }
@@ -112,10 +77,7 @@ impl Previews {
         if !self.site_listed(&host) {
             return Err(blocked("this site is not one this server previews"));
         }
-        // A literal address never goes through the resolver's guard.
-        if let Ok(ip) = host.parse::<IpAddr>()
-            && !reachable(ip, &self.allowed_ranges)
-        {
+        if !outbound::literal_reachable(url, &self.allowed_ranges) {
             return Err(blocked("private address"));
         }
         Ok(())

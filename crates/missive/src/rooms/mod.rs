@@ -169,6 +169,8 @@ pub struct Rooms {
     last_create_ts: AtomicI64,
     /// Told the destinations of every committed write that queued events for other servers.
     outbox_wake: OnceLock<OutboxWake>,
+    /// Push delivery, told what committed writes notify.
+    push: OnceLock<Arc<crate::push::Push>>,
     /// Countersigns invites of other servers' users (set when federation is on).
     invite_signer: OnceLock<InviteSigner>,
     /// The next position of an outlier (an event stored without a place in the timeline),
@@ -323,6 +325,7 @@ impl Rooms {
             next_group: AtomicI64::new(max_group + 1),
             last_create_ts: AtomicI64::new(0),
             outbox_wake: OnceLock::new(),
+            push: OnceLock::new(),
             invite_signer: OnceLock::new(),
             next_outlier: AtomicI64::new(-1),
             states_completed: tokio::sync::watch::Sender::new(0),
@@ -505,7 +508,8 @@ impl Rooms {
         };
         if start {
             let wake = self.outbox_wake.get().cloned();
-            writer_runtime().spawn(run_commits(self.store.clone(), room_id.to_string(), slot.clone(), wake));
+            let push = self.push.get().cloned();
+            writer_runtime().spawn(run_commits(self.store.clone(), room_id.to_string(), slot.clone(), wake, push));
         }
         outcome
     }
@@ -537,8 +541,14 @@ impl Rooms {
     /// Computes the notifications a batch owes and the other servers its events go to.
     async fn prepare(&self, batch: &mut Batch) -> Result<()> {
         if !batch.write.events.is_empty() {
-            batch.write.notifications =
-                self.compute_notifications(&mut batch.head, &batch.joined_before, &mut batch.write.events).await?;
+            batch.write.notifications = self
+                .compute_notifications(
+                    &mut batch.head,
+                    &batch.joined_before,
+                    &mut batch.write.events,
+                    &mut batch.write.pushes,
+                )
+                .await?;
             batch.write.outbox = self.outbox(batch);
         }
         Ok(())
@@ -1020,6 +1030,16 @@ impl Rooms {
         let _ = self.invite_signer.set(signer);
     }
 
+    /// Sets push delivery, told what each committed write notifies.
+    pub fn on_push(&self, push: Arc<crate::push::Push>) {
+        let _ = self.push.set(push);
+    }
+
+    /// Whether a user has a pusher (the notification pass names only those).
+    pub(crate) fn has_pusher(&self, user_id: &str) -> bool {
+        self.push.get().is_some_and(|push| push.has_pusher(user_id))
+    }
+
     /// Sets who is told when committed writes queue events for other servers.
     pub fn on_outbox(&self, wake: OutboxWake) {
         let _ = self.outbox_wake.set(wake);
@@ -1123,7 +1143,13 @@ fn txn_keys(write: &RoomWrite) -> impl Iterator<Item = ((String, String, String)
 
 /// A room's committer: commits the queued writes in build order, everything that
 /// accumulated during the previous commit in one transaction, until the queue is empty.
-async fn run_commits(store: Store, room_id: String, slot: Arc<RoomSlot>, wake: Option<OutboxWake>) {
+async fn run_commits(
+    store: Store,
+    room_id: String,
+    slot: Arc<RoomSlot>,
+    wake: Option<OutboxWake>,
+    push: Option<Arc<crate::push::Push>>,
+) {
     loop {
         let jobs = {
             let mut commits = slot.commits.lock().expect("commits lock poisoned");
@@ -1149,9 +1175,14 @@ async fn run_commits(store: Store, room_id: String, slot: Arc<RoomSlot>, wake: O
         if let Err(e) = &result {
             tracing::error!(room_id, error = %e, "room commit failed");
             slot.epoch.fetch_add(1, Ordering::SeqCst);
-        } else if let Some(wake) = wake.as_ref().filter(|_| !merged.outbox.is_empty()) {
-            let destinations: BTreeSet<String> = merged.outbox.iter().map(|(d, _)| d.clone()).collect();
-            wake(destinations.into_iter().collect());
+        } else {
+            if let Some(wake) = wake.as_ref().filter(|_| !merged.outbox.is_empty()) {
+                let destinations: BTreeSet<String> = merged.outbox.iter().map(|(d, _)| d.clone()).collect();
+                wake(destinations.into_iter().collect());
+            }
+            if let Some(push) = push.as_ref().filter(|_| !merged.pushes.is_empty()) {
+                push.notify(std::mem::take(&mut merged.pushes));
+            }
         }
         {
             // The rows are visible now, or never will be: retries look in the store.

@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::{RoomHead, Rooms, pdu::Pdu};
 use crate::{
     error::Result,
-    store::{Level, NewEvent, Notifications, Store},
+    store::{Level, NewEvent, Notifications, PushCandidate, Store},
 };
 
 /// The account data type under which a user's push rules are kept.
@@ -259,6 +259,7 @@ impl Rooms {
         head: &mut RoomHead,
         joined_before: &HashSet<String>,
         events: &mut [NewEvent],
+        pushes: &mut Vec<PushCandidate>,
     ) -> Result<Notifications> {
         let audience = self.audience(head, joined_before, events).await?;
         head.audience = Some(audience.clone());
@@ -288,7 +289,11 @@ impl Rooms {
                 let ctx = EventCtx { room_id: &head.room_id, member_count, power_levels: &power_levels, event: &flat };
                 let lowered = event.json.to_lowercase();
                 let mut shared: Option<Level> = None;
+                let mut pushed: Vec<&String> = Vec::new();
                 for (user, listener) in current {
+                    if self.has_pusher(user) {
+                        pushed.push(user);
+                    }
                     if listener.default && !listener.may_be_named(&lowered) {
                         if shared.is_none() {
                             shared = Some(self.evaluate(listener, &ctx).await?);
@@ -299,6 +304,17 @@ impl Rooms {
                 }
                 // Any member's answer would do as the event's; the shared one spares rows.
                 event.notify = shared.or_else(|| answers.first().map(|(_, l)| *l)).unwrap_or(0);
+                for user in pushed {
+                    let level = answers.iter().find(|(u, _)| *u == user).map(|(_, l)| *l).or(shared).unwrap_or(0);
+                    if level >= 1 {
+                        pushes.push(PushCandidate {
+                            user_id: user.clone(),
+                            room_id: head.room_id.to_string(),
+                            event_id: event.event_id.clone(),
+                            highlight: level >= 2,
+                        });
+                    }
+                }
             }
             let generic = event.notify;
             out.add_event(generic);

@@ -171,6 +171,11 @@ impl Store {
                 .bind(keep_device.unwrap_or(""))
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND device_id <> $2")
+                .bind(user_id)
+                .bind(keep_device.unwrap_or(""))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -449,8 +454,8 @@ impl Store {
 }
 
 /// Tables whose rows belong to one device of a user.
-const DEVICE_TABLES: [&str; 6] =
-    ["devices", "device_keys", "one_time_keys", "fallback_keys", "to_device", "sso_sessions"];
+const DEVICE_TABLES: [&str; 7] =
+    ["devices", "device_keys", "one_time_keys", "fallback_keys", "to_device", "sso_sessions", "pushers"];
 
 /// Which profile field to set.
 #[derive(Debug, Clone, Copy)]

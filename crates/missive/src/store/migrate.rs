@@ -91,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0019_media_scans.sql"),
         include_str!("../../migrations/postgres/0019_media_scans.sql"),
     ),
+    (
+        20,
+        include_str!("../../migrations/sqlite/0020_pushers.sql"),
+        include_str!("../../migrations/postgres/0020_pushers.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

@@ -14,6 +14,7 @@ mod identity;
 mod media;
 mod migrate;
 mod notifications;
+mod pushers;
 mod remote_devices;
 mod reports;
 mod rooms;
@@ -35,6 +36,7 @@ pub use self::{
     identity::{AccountDetails, SsoSession, ThreepidRow},
     media::{MediaRow, ScanStats},
     notifications::{Level, Notifications, OffsetChange},
+    pushers::{NotificationRow, PushCandidate, PusherRow},
     remote_devices::RemoteDeviceList,
     reports::NewReport,
     rooms::*,

@@ -155,6 +155,9 @@ pub struct RoomWrite {
     /// Remote users who, after this write, no longer share this room with a local user:
     /// their cached device lists go unless another room is shared.
     pub unshared: Vec<String>,
+    /// Who the events notify, among users with a pusher: handed to push delivery once
+    /// committed, not written.
+    pub pushes: Vec<super::PushCandidate>,
 }
 
 /// The start or the end of a room's partial state (see `partial_state_rooms`).
@@ -221,6 +224,7 @@ impl RoomWrite {
         self.publish = next.publish.or(self.publish);
         self.outbox.extend(next.outbox);
         self.unshared.extend(next.unshared);
+        self.pushes.extend(next.pushes);
         let offset = self.events.len() - next_events;
         self.reset_extremities |= next.reset_extremities;
         self.partial_state = next.partial_state.or(self.partial_state.take());

@@ -11,6 +11,7 @@ mod media_proxy;
 mod oauth;
 pub mod presence;
 pub mod profile;
+mod push;
 pub mod reporting;
 pub mod rooms;
 pub mod spaces;
@@ -40,5 +41,6 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = oauth::routes(router);
     let router = media::routes(router);
     let router = media_proxy::routes(router);
+    let router = push::routes(router);
     sync::routes(router)
 }
