@@ -317,3 +317,148 @@ async fn bad_pushers_are_refused_and_nothing_is_stored() {
     let (_, listed) = open.call("GET", "/_matrix/client/v3/pushers", Some(&user.access_token), None).await;
     assert_eq!(listed["pushers"], json!([]));
 }
+
+/// The messages the SMTP server received for `address`, quoted-printable bodies decoded
+/// (as a mail client shows them).
+fn mails_to(smtp: &common::smtp::Smtp, address: &str) -> Vec<String> {
+    smtp.messages()
+        .into_iter()
+        .filter(|m| m.contains(&format!("To: {address}")))
+        .map(|m| quoted_printable(&m))
+        .collect()
+}
+
+fn quoted_printable(text: &str) -> String {
+    let joined = text.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], hex) {
+            (b'=', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn missed_messages_are_mailed_after_the_delay_without_content_and_stop_after_opt_out() {
+    let smtp = common::smtp::Smtp::start();
+    let listen = format!("127.0.0.1:{}", common::peers::free_port());
+    let base = format!("http://{listen}");
+    let (port, ca) = (smtp.port.to_string(), smtp.ca.display().to_string());
+    let server = TestServer::start_with(&[
+        ("MISSIVE_LISTEN", listen.as_str()),
+        ("MISSIVE_PUBLIC_BASEURL", base.as_str()),
+        ("MISSIVE_EMAIL__SMTP_HOST", "localhost"),
+        ("MISSIVE_EMAIL__SMTP_PORT", port.as_str()),
+        ("MISSIVE_EMAIL__CA_FILE", ca.as_str()),
+        ("MISSIVE_EMAIL__FROM", "Tchap <notifications@agent.example>"),
+        ("MISSIVE_EMAIL__APP_NAME", "Tchap"),
+        ("MISSIVE_EMAIL__NOTIF_DELAY_SECS", "2"),
+        ("MISSIVE_EMAIL__NOTIF_PERIOD_SECS", "6"),
+    ])
+    .await;
+    let admin = common::register_admin(&server, "operator").await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    set_display_name(&server, &alice, "Alice Durand").await;
+    let address = "bob@interieur.example";
+    let path = format!("/_synapse/admin/v2/users/{}", bob.user_id);
+    let (status, body) = server
+        .call("PUT", &path, Some(&admin), Some(json!({ "threepids": [{ "medium": "email", "address": address }] })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let email_pusher = |pushkey: &str| {
+        json!({
+            "kind": "email", "app_id": "m.email", "pushkey": pushkey, "app_display_name": "E-mail",
+            "device_display_name": pushkey, "lang": "fr", "data": {},
+        })
+    };
+    // Only an address of the account.
+    let (status, body) = server
+        .call("POST", "/_matrix/client/v3/pushers/set", Some(&bob.access_token), Some(email_pusher("eve@evil.example")))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = server
+        .call("POST", "/_matrix/client/v3/pushers/set", Some(&bob.access_token), Some(email_pusher(address)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let room = |name: &'static str, encrypted: bool| {
+        let server = &server;
+        let (alice, bob) = (&alice, &bob);
+        async move {
+            let mut body = json!({ "name": name, "preset": "private_chat", "invite": [bob.user_id] });
+            if encrypted {
+                body["initial_state"] = json!([{ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } }]);
+            }
+            let room = server.create_room(&alice.access_token, body).await;
+            let (status, _) = server
+                .call("POST", &format!("/_matrix/client/v3/join/{room}"), Some(&bob.access_token), Some(json!({})))
+                .await;
+            assert_eq!(status, 200);
+            room
+        }
+    };
+    // Read before the delay: no mail.
+    let read_room = room("Salle deja lue", false).await;
+    let read = server
+        .send_message(&alice.access_token, &read_room, json!({ "msgtype": "m.text", "body": "lu tout de suite" }))
+        .await;
+    let receipt = format!("/_matrix/client/v3/rooms/{read_room}/receipt/m.read/{read}");
+    assert_eq!(server.call("POST", &receipt, Some(&bob.access_token), Some(json!({}))).await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert!(mails_to(&smtp, address).is_empty(), "read in time: no mail");
+
+    // Unread after the delay: one mail, rooms and senders, no content.
+    let plain = room("Preparation du sommet", false).await;
+    let secret = "Texte secret du message 9081";
+    server.send_message(&alice.access_token, &plain, json!({ "msgtype": "m.text", "body": secret })).await;
+    let encrypted = room("Cellule chiffree", true).await;
+    let ciphertext = json!({
+        "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnACgAkLmt6qF84IK++J7UDH2Za1YVchHyprqTqsg",
+        "sender_key": "peI4hGz2kD7Yyc3y", "device_id": "ALICEDEV", "session_id": "sess1",
+    });
+    let path = format!("/_matrix/client/v3/rooms/{encrypted}/send/m.room.encrypted/t1");
+    assert_eq!(server.call("PUT", &path, Some(&alice.access_token), Some(ciphertext)).await.0, 200);
+    let mail = until("the mail arrives", async || mails_to(&smtp, address).into_iter().next()).await;
+    assert!(mail.contains("Preparation du sommet") && mail.contains("Alice Durand"), "{mail}");
+    assert!(mail.contains("Cellule chiffree") && mail.contains("1 new encrypted message"), "{mail}");
+    assert!(!mail.contains("Salle deja lue"), "{mail}");
+    for leaked in [secret, "9081", "AwgAEnACgAk"] {
+        assert!(!mail.contains(leaked), "the mail holds {leaked:?}: {mail}");
+    }
+    assert!(mail.contains("From: Tchap <notifications@agent.example>"), "{mail}");
+    assert!(mail.contains("List-Unsubscribe: <"), "{mail}");
+    let link = mail
+        .split_whitespace()
+        .find(|w| w.starts_with(&format!("{base}/_missive/email/unsubscribe?")))
+        .unwrap_or_else(|| panic!("no link in {mail}"))
+        .to_owned();
+
+    // Within the period, more messages wait; after it, one more mail.
+    server.send_message(&alice.access_token, &plain, json!({ "msgtype": "m.text", "body": "encore" })).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(mails_to(&smtp, address).len(), 1, "one mail per period");
+    until("the next period's mail", async || (mails_to(&smtp, address).len() == 2).then_some(())).await;
+
+    // A forged link is refused; the real one turns mails off.
+    let forged = link.replace("sig=", "sig=0");
+    assert_eq!(reqwest::get(&forged).await.unwrap().status().as_u16(), 403);
+    let answer = reqwest::get(&link).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let (_, listed) = server.call("GET", "/_matrix/client/v3/pushers", Some(&bob.access_token), None).await;
+    assert_eq!(listed["pushers"], json!([]));
+    server.send_message(&alice.access_token, &plain, json!({ "msgtype": "m.text", "body": "apres" })).await;
+    tokio::time::sleep(std::time::Duration::from_secs(9)).await;
+    assert_eq!(mails_to(&smtp, address).len(), 2, "no mail after opting out");
+}

@@ -101,6 +101,8 @@ pub struct Config {
     pub antivirus: Antivirus,
     /// Push notifications to phones, through the pushers' gateways.
     pub push: Push,
+    /// E-mail notifications of missed messages, through an SMTP relay.
+    pub email: Email,
 }
 
 /// The `[media]` table.
@@ -181,6 +183,59 @@ pub struct Push {
 impl Default for Push {
     fn default() -> Self {
         Self { allow_full_format: false, gateway_allowed_ranges: Vec::new(), max_retry_secs: 3600 }
+    }
+}
+
+/// How the SMTP relay is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailTls {
+    /// Plain connection upgraded with STARTTLS (refused if the relay cannot), port 587.
+    Starttls,
+    /// TLS from the start, port 465.
+    Tls,
+    /// No encryption: a relay on the same host only.
+    None,
+}
+
+/// The `[email]` table: notifications of missed messages by e-mail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Email {
+    /// The SMTP relay's host; unset: no e-mail is sent.
+    pub smtp_host: Option<String>,
+    /// Its port (default: 587 with STARTTLS, 465 with TLS, 25 without).
+    pub smtp_port: Option<u16>,
+    pub tls: EmailTls,
+    pub smtp_user: Option<String>,
+    pub smtp_password: Option<Secret>,
+    /// A PEM CA certificate the relay's certificate chains to (a state PKI), besides the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The sender of the notifications.
+    pub from: String,
+    /// The service's name in the mails.
+    pub app_name: String,
+    /// Seconds a notification waits unread before it is mailed.
+    pub notif_delay_secs: u64,
+    /// Seconds between two mails to the same member, at least.
+    pub notif_period_secs: u64,
+}
+
+impl Default for Email {
+    fn default() -> Self {
+        Self {
+            smtp_host: None,
+            smtp_port: None,
+            tls: EmailTls::Starttls,
+            smtp_user: None,
+            smtp_password: None,
+            ca_file: None,
+            from: "Missive <noreply@localhost>".into(),
+            app_name: "Missive".into(),
+            notif_delay_secs: 600,
+            notif_period_secs: 86_400,
+        }
     }
 }
 
@@ -446,6 +501,7 @@ impl Default for Config {
             media: Media::default(),
             antivirus: Antivirus::default(),
             push: Push::default(),
+            email: Email::default(),
         }
     }
 }

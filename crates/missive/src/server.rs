@@ -87,7 +87,15 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         .context("cannot set up the media repository")?,
     );
     media.spawn_rescans();
-    let push = crate::push::Push::new(store.clone(), config.push.clone()).await.context("cannot load the pushers")?;
+    let mailer = crate::push::mail::Mailer::new(
+        store.clone(),
+        &config.email,
+        &config.data_dir,
+        config.public_baseurl().map(str::to_owned),
+    )
+    .context("cannot set up e-mail notifications")?;
+    let push =
+        crate::push::Push::new(store.clone(), config.push.clone(), mailer).await.context("cannot load the pushers")?;
     rooms.on_push(push.clone());
     Ok(Arc::new(Services {
         sso,

@@ -22,6 +22,7 @@ pub mod clamd;
 pub mod gateway;
 pub mod oidc;
 pub mod peers;
+pub mod smtp;
 pub mod synapse;
 
 /// Where the PostgreSQL test databases are created, e.g. `postgres://postgres@127.0.0.1:5432`.

@@ -6,6 +6,7 @@
 //! never stored, and what waits is gone once delivered.
 
 mod gateway;
+pub mod mail;
 
 use std::{
     collections::HashMap,
@@ -45,6 +46,8 @@ pub struct Push {
     pushers: RwLock<HashMap<String, Vec<PusherRow>>>,
     /// The queue of each pusher (user, app, pushkey) with a delivery task behind it.
     queues: Mutex<HashMap<(String, String, String), tokio::sync::mpsc::Sender<Job>>>,
+    /// E-mail notifications, when a relay is set.
+    pub mailer: Option<Arc<mail::Mailer>>,
 }
 
 fn invalid(why: &str) -> Error {
@@ -53,7 +56,7 @@ fn invalid(why: &str) -> Error {
 
 impl Push {
     /// The service, with the pushers stored.
-    pub async fn new(store: Store, config: PushConfig) -> Result<Arc<Self>> {
+    pub async fn new(store: Store, config: PushConfig, mailer: Option<Arc<mail::Mailer>>) -> Result<Arc<Self>> {
         let http = outbound::client(&config.gateway_allowed_ranges, Duration::from_secs(10), "push")
             .map_err(|e| Error::Internal(format!("cannot build the push client: {e}")))?;
         let mut pushers: HashMap<String, Vec<PusherRow>> = HashMap::new();
@@ -61,7 +64,17 @@ impl Push {
             let rows = store.pushers_of(&user).await?;
             pushers.insert(user, rows);
         }
-        Ok(Arc::new(Self { store, config, http, pushers: RwLock::new(pushers), queues: Mutex::new(HashMap::new()) }))
+        if let Some(mailer) = &mailer {
+            mailer.spawn();
+        }
+        Ok(Arc::new(Self {
+            store,
+            config,
+            http,
+            pushers: RwLock::new(pushers),
+            queues: Mutex::new(HashMap::new()),
+            mailer,
+        }))
     }
 
     /// Whether a user has a pusher (as far as this server last heard).
@@ -73,8 +86,16 @@ impl Push {
     pub fn notify(self: &Arc<Self>, candidates: Vec<PushCandidate>) {
         for candidate in candidates {
             let pushers = self.pushers.read().expect("pushers lock").get(&candidate.user_id).cloned();
-            for pusher in pushers.into_iter().flatten().filter(|p| p.kind == "http") {
-                self.enqueue(&pusher, Job::new(&candidate));
+            for pusher in pushers.into_iter().flatten() {
+                match pusher.kind.as_str() {
+                    "http" => self.enqueue(&pusher, Job::new(&candidate)),
+                    "email" => {
+                        if let Some(mailer) = &self.mailer {
+                            mailer.note(&candidate);
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -180,6 +201,8 @@ impl Push {
         }
         if kind == "http" {
             self.check_gateway(&data).await?;
+        } else {
+            self.check_email(user_id, &app_id, &pushkey).await?;
         }
         let name = |field: &str| -> Result<String> {
             let value = text(field)?;
@@ -222,6 +245,34 @@ impl Push {
         }
         self.reload(user_id.as_str()).await?;
         tracing::info!(user_id = %user_id, app_id = pusher.app_id, kind = pusher.kind, "pusher set");
+        Ok(())
+    }
+
+    /// An e-mail pusher: mails are on, and the address is one of the account's (as the
+    /// IAM or an operator gave it): nobody has mails sent to someone else.
+    async fn check_email(&self, user_id: &UserId, app_id: &str, address: &str) -> Result<()> {
+        if self.mailer.is_none() {
+            return Err(invalid("e-mail notifications are off on this server"));
+        }
+        if app_id != mail::EMAIL_APP_ID {
+            return Err(invalid("e-mail pushers have the app_id m.email"));
+        }
+        let known = self.store.threepids(user_id.as_str()).await?;
+        if !known.iter().any(|t| t.medium == "email" && t.address.eq_ignore_ascii_case(address)) {
+            return Err(Error::forbidden("this e-mail address is not one of your account's"));
+        }
+        Ok(())
+    }
+
+    /// Removes an e-mail pusher through a signed unsubscribe link.
+    pub async fn unsubscribe(&self, user_id: &str, address: &str, sig: &str) -> Result<()> {
+        let mailer = self.mailer.as_ref().ok_or(Error::Unrecognized { method_not_allowed: false })?;
+        if !mailer.link_valid(user_id, address, sig) {
+            return Err(Error::forbidden("this unsubscribe link is not valid"));
+        }
+        self.store.delete_pusher(user_id, mail::EMAIL_APP_ID, address).await?;
+        self.reload(user_id).await?;
+        tracing::info!(user_id, "e-mail notifications turned off by unsubscribe link");
         Ok(())
     }
 

@@ -312,6 +312,8 @@ impl Rooms {
                             room_id: head.room_id.to_string(),
                             event_id: event.event_id.clone(),
                             highlight: level >= 2,
+                            sender: event.sender.clone(),
+                            event_type: event.event_type.clone(),
                         });
                     }
                 }

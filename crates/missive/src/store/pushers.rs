@@ -53,6 +53,8 @@ pub struct PushCandidate {
     pub room_id: String,
     pub event_id: String,
     pub highlight: bool,
+    pub sender: String,
+    pub event_type: String,
 }
 
 /// A notification of `GET /notifications`.

@@ -118,6 +118,15 @@ struct UserChanges {
     deactivated: Option<bool>,
     /// Missive's own: marks a partner outside the administration, restricted as such.
     external: Option<bool>,
+    /// The account's verified addresses (Synapse's shape: `medium`, `address`); one per
+    /// medium is kept, as the IAM gives one.
+    threepids: Option<Vec<ThreepidChange>>,
+}
+
+#[derive(Deserialize)]
+struct ThreepidChange {
+    medium: String,
+    address: String,
 }
 
 /// # PUT /_synapse/admin/v2/users/{userId}
@@ -133,11 +142,21 @@ async fn modify_user(
 ) -> Result<Response> {
     let (user_id, changes): (_, UserChanges) = user_request(&state, &id, &user_id, &body)?;
     let account = state.accounts.account(&user_id).await?.ok_or_else(|| Error::not_found("no such account"))?;
+    // Checked before anything changes.
+    for threepid in changes.threepids.iter().flatten() {
+        let address = threepid.address.trim();
+        if threepid.medium != "email" || !address.contains('@') || address.len() > 320 {
+            return Err(Error::invalid_param("threepids: only e-mail addresses are kept"));
+        }
+    }
     if let Some(locked) = changes.locked {
         lifecycle::suspend(&state.accounts, &user_id, locked).await?;
     }
     if let Some(external) = changes.external {
         state.accounts.set_external(&user_id, external).await?;
+    }
+    for threepid in changes.threepids.iter().flatten() {
+        state.store.set_threepid(user_id.as_str(), "email", &threepid.address.trim().to_lowercase()).await?;
     }
     match changes.deactivated {
         Some(true) if !account.deactivated => {

@@ -7,7 +7,7 @@ use axum::{
     Router,
     body::Bytes,
     extract::{Query, State},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde_json::{Value, json};
@@ -30,7 +30,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
             .route(&format!("/_matrix/client/{version}/pushers/set"), post(set_pusher))
             .route(&format!("/_matrix/client/{version}/notifications"), get(notifications));
     }
-    router
+    router.route("/_missive/email/unsubscribe", get(unsubscribe).post(unsubscribe))
 }
 
 /// # GET /_matrix/client/v3/pushers
@@ -46,6 +46,23 @@ async fn set_pusher(State(state): State<AppState>, Authenticated(id): Authentica
     }
     state.push.set_pusher(&id.user_id, id.device_id.as_str(), &body).await?;
     Ok(json(json!({})))
+}
+
+/// # GET|POST /_missive/email/unsubscribe
+///
+/// The signed link of a notification mail (the mail client's one-click `POST` or a
+/// browser's `GET`): the address's e-mail pusher goes.
+async fn unsubscribe(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<axum::response::Response> {
+    let field = |name: &str| query.get(name).ok_or_else(|| Error::MissingParam(format!("{name} is required")));
+    state.push.unsubscribe(field("user")?, field("address")?, field("sig")?).await?;
+    Ok(axum::response::Html(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Unsubscribed</title></head>\
+         <body><p>You will no longer receive e-mail notifications at this address.</p></body></html>",
+    )
+    .into_response())
 }
 
 /// # GET /_matrix/client/v3/notifications
