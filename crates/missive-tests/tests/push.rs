@@ -213,6 +213,18 @@ async fn mentions_highlight_and_muted_rooms_stay_silent() {
     assert_eq!(ids, vec![&json!(mention)]);
     // Dave's muted room: after carol's two, still nothing for dave.
     assert!(gateway.for_pushkey("dave-phone").is_empty());
+
+    // An invitation rings the invitee's phone, though they are no member yet.
+    let other = server.create_room(&alice.access_token, json!({ "preset": "private_chat" })).await;
+    let path = format!("/_matrix/client/v3/rooms/{other}/invite");
+    let (status, _) =
+        server.call("POST", &path, Some(&alice.access_token), Some(json!({ "user_id": dave.user_id }))).await;
+    assert_eq!(status, 200);
+    let invite = until("dave's phone rings for the invite", async || {
+        gateway.for_pushkey("dave-phone").into_iter().find(|n| n["room_id"] == other.as_str())
+    })
+    .await;
+    assert!(invite["event_id"].as_str().is_some_and(|id| id.starts_with('$')));
 }
 
 #[tokio::test]
@@ -277,7 +289,7 @@ async fn bad_pushers_are_refused_and_nothing_is_stored() {
         (with_data(json!({ "url": format!("http://127.0.0.1:{}/elsewhere", gateway.port) })), 400, "M_INVALID_PARAM"),
         (with_data(json!({})), 400, "M_INVALID_PARAM"),
         (with_data(json!({ "url": gateway.url(), "padding": "x".repeat(5000) })), 400, "M_INVALID_PARAM"),
-        (with_data(json!({ "url": gateway.url(), "format": "full" })), 400, "M_INVALID_PARAM"),
+        (with_data(json!({ "url": gateway.url(), "format": 7 })), 400, "M_INVALID_PARAM"),
         (
             {
                 let mut b = pusher(&gateway, "key");
@@ -461,4 +473,47 @@ async fn missed_messages_are_mailed_after_the_delay_without_content_and_stop_aft
     server.send_message(&alice.access_token, &plain, json!({ "msgtype": "m.text", "body": "apres" })).await;
     tokio::time::sleep(std::time::Duration::from_secs(9)).await;
     assert_eq!(mails_to(&smtp, address).len(), 2, "no mail after opting out");
+}
+
+#[tokio::test]
+async fn the_full_format_reaches_a_gateway_only_where_the_operator_allows_it() {
+    let gateway = Gateway::start().await;
+    for allowed in [false, true] {
+        let full = if allowed { "true" } else { "false" };
+        let server = TestServer::start_with(&[
+            ("MISSIVE_PUSH__GATEWAY_ALLOWED_RANGES", "[\"127.0.0.0/8\"]"),
+            ("MISSIVE_PUSH__ALLOW_FULL_FORMAT", full),
+        ])
+        .await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        set_display_name(&server, &alice, "Alice Durand").await;
+        // A pusher that asks for the full format (no `format`).
+        let pushkey = format!("bob-{full}");
+        let mut body = pusher(&gateway, &pushkey);
+        body["data"] = json!({ "url": gateway.url() });
+        let (status, _) =
+            server.call("POST", "/_matrix/client/v3/pushers/set", Some(&bob.access_token), Some(body)).await;
+        assert_eq!(status, 200);
+        let room = server
+            .create_room(
+                &alice.access_token,
+                json!({ "name": "Point presse", "preset": "private_chat", "invite": [bob.user_id] }),
+            )
+            .await;
+        server.call("POST", &format!("/_matrix/client/v3/join/{room}"), Some(&bob.access_token), Some(json!({}))).await;
+        let sent =
+            server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.text", "body": "A 15h" })).await;
+        let pushed = until("the notification", async || {
+            gateway.for_pushkey(&pushkey).into_iter().find(|n| n["event_id"] == sent.as_str())
+        })
+        .await;
+        if allowed {
+            assert_eq!(pushed["content"]["body"], "A 15h", "{pushed}");
+            assert_eq!(pushed["room_name"], "Point presse");
+            assert_eq!(pushed["sender_display_name"], "Alice Durand");
+        } else {
+            assert!(pushed.get("content").is_none() && pushed.get("room_name").is_none(), "{pushed}");
+        }
+    }
 }

@@ -137,7 +137,9 @@ async fn attempt(push: &Push, pusher: &PusherRow, job: &Job) -> Attempt {
 }
 
 /// The body of `POST /_matrix/push/v1/notify`. Counts are read now, so that they match
-/// what the member's next sync shows.
+/// what the member's next sync shows. The full format (only where the operator allows
+/// it) adds the event's type, sender and content, the room's name and alias, and the
+/// sender's display name.
 async fn notification(
     push: &Push,
     pusher: &PusherRow,
@@ -173,6 +175,28 @@ async fn notification(
             if let Some(value) = event.get(field) {
                 notification[field] = value.clone();
             }
+        }
+        let state = |kind: &'static str, key: String, field: &'static str| {
+            let store = push.store.clone();
+            let room_id = job.room_id.clone();
+            async move {
+                let row = store.current_state_event(&room_id, kind, &key).await?;
+                Ok::<_, crate::store::StoreError>(row.and_then(|row| {
+                    let json: Value = serde_json::from_str(&row.json).ok()?;
+                    json["content"][field].as_str().map(str::to_owned)
+                }))
+            }
+        };
+        if let Some(name) = state("m.room.name", String::new(), "name").await? {
+            notification["room_name"] = json!(name);
+        }
+        if let Some(alias) = state("m.room.canonical_alias", String::new(), "alias").await? {
+            notification["room_alias"] = json!(alias);
+        }
+        if let Some(sender) = event["sender"].as_str()
+            && let Some(name) = state("m.room.member", sender.to_owned(), "displayname").await?
+        {
+            notification["sender_display_name"] = json!(name);
         }
     }
     Ok(json!({ "notification": notification }))

@@ -290,10 +290,8 @@ impl Push {
         if url.path() != GATEWAY_PATH {
             return Err(invalid("data.url must end in /_matrix/push/v1/notify"));
         }
-        if let Some(format) = data.get("format")
-            && format != "event_id_only"
-        {
-            return Err(invalid("data.format must be event_id_only"));
+        if data.get("format").is_some_and(|f| !f.is_string()) {
+            return Err(invalid("data.format must be a string"));
         }
         let ranges = &self.config.gateway_allowed_ranges;
         let host = url.host_str().ok_or_else(|| invalid("data.url has no host"))?;

@@ -318,6 +318,25 @@ impl Rooms {
                     }
                 }
             }
+            // An invitee is no member yet: their rules (`.m.rule.invite_for_me`) decide
+            // whether their phone rings; counts are not theirs to keep.
+            if let (Some("invite"), Some(invitee)) = (event.membership.as_deref(), event.state_key.as_ref())
+                && is_local(invitee)
+                && invitee != &event.sender
+                && self.has_pusher(invitee)
+            {
+                let level = self.invite_level(head, invitee, member_count, &power_levels, event).await?;
+                if level >= 1 {
+                    pushes.push(PushCandidate {
+                        user_id: invitee.clone(),
+                        room_id: head.room_id.to_string(),
+                        event_id: event.event_id.clone(),
+                        highlight: level >= 2,
+                        sender: event.sender.clone(),
+                        event_type: event.event_type.clone(),
+                    });
+                }
+            }
             let generic = event.notify;
             out.add_event(generic);
             for (user, answer) in answers {
@@ -345,6 +364,31 @@ impl Rooms {
             }
         }
         Ok(out)
+    }
+
+    /// What an invite's push rules give its (local) invitee.
+    async fn invite_level(
+        &self,
+        head: &RoomHead,
+        invitee: &str,
+        member_count: UInt,
+        power_levels: &PushConditionPowerLevelsCtx,
+        event: &NewEvent,
+    ) -> Result<Level> {
+        let Ok(user_id) = UserId::parse(invitee) else { return Ok(0) };
+        let raw = serde_json::from_str::<Raw<Value>>(&event.json)
+            .map_err(|e| crate::error::Error::Internal(format!("stored event JSON: {e}")))?;
+        let flat = FlattenedJson::from_raw(&raw);
+        let ctx = EventCtx { room_id: &head.room_id, member_count, power_levels, event: &flat };
+        let rules = load_rules(&self.store, &self.push_rules, &user_id, true).await?;
+        let listener = Listener {
+            display_name: user_id.localpart().to_owned(),
+            member_event: None,
+            names: None,
+            default: rules.default,
+            user_id,
+        };
+        self.evaluate(&listener, &ctx).await
     }
 
     /// The first matching rule of the member's set decides, as in `Ruleset::get_actions`.

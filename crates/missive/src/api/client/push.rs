@@ -98,6 +98,7 @@ async fn notifications(
             json!({
                 "actions": actions,
                 "event": client_event(&row.event, Some((id.user_id.as_str(), id.device_id.as_str())), now),
+                "profile_tag": null,
                 "read": row.read,
                 "room_id": row.event.room_id,
                 "ts": row.ts,
