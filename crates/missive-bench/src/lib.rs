@@ -30,8 +30,8 @@ pub struct Options {
     #[arg(long)]
     pub pid: Option<u32>,
     /// Scenarios to run (comma-separated): send (= send_1,send_16), wakeup, initial_sync,
-    /// members, e2ee, many_users, sliding_sync.
-    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users,sliding_sync")]
+    /// members, e2ee, many_users, sliding_sync, push.
+    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users,sliding_sync,push")]
     pub scenarios: String,
     /// Messages per sender configuration in the send scenario (enough for the server's CPU
     /// time, read in 10 ms ticks, to be measured to a few percent).
@@ -792,6 +792,49 @@ impl Bench {
         Ok(out)
     }
 
+    /// Scenario: does push delivery slow the sender? The same paced sends (20 ms apart) to
+    /// a room of 20 recipients, first without pushers, then with every recipient's pusher
+    /// at a gateway that accepts connections and never answers.
+    pub async fn push(&self) -> Result<Vec<Figure>> {
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let dead_url = format!("http://{}/_matrix/push/v1/notify", dead.local_addr()?);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = dead.accept().await {
+                held.push(socket);
+            }
+        });
+        let mut out = Vec::new();
+        for (case, gateway) in [("no_pushers", None), ("dead_gateway", Some(dead_url))] {
+            let users = self.users(21).await?;
+            let room = self.room(&users[0], false).await?;
+            for (i, user) in users[1..].iter().enumerate() {
+                self.join(user, &room).await?;
+                if let Some(url) = &gateway {
+                    let pusher = json!({
+                        "kind": "http", "app_id": "bench.push", "pushkey": format!("key-{}-{i}", self.next()),
+                        "app_display_name": "bench", "device_display_name": "bench", "lang": "en",
+                        "data": { "url": url, "format": "event_id_only" },
+                    });
+                    self.post("/_matrix/client/v3/pushers/set", &user.token, pusher).await?;
+                }
+            }
+            let mut latencies = Vec::with_capacity(self.opts.paced);
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for i in 0..self.opts.paced {
+                tick.tick().await;
+                let t = Instant::now();
+                self.send(&users[0], &room, &format!("push {i}")).await?;
+                latencies.push(ms(t.elapsed()));
+            }
+            latencies.sort_by(f64::total_cmp);
+            let scenario = format!("push_{case}");
+            out.push(self.figure(&scenario, "send_p50", percentile(&latencies, 0.5), "ms"));
+            out.push(self.figure(&scenario, "send_p99", percentile(&latencies, 0.99), "ms"));
+        }
+        Ok(out)
+    }
+
     /// Runs the selected scenarios and returns every figure.
     pub async fn run(&self) -> Result<Vec<Figure>> {
         let mut out = Vec::new();
@@ -814,6 +857,7 @@ impl Bench {
                 "many_users" => self.many_users().await?,
                 "sliding_sync" => self.sliding_sync().await?,
                 "federation" => self.federation().await?,
+                "push" => self.push().await?,
                 "" => Vec::new(),
                 other => bail!("unknown scenario {other}"),
             };

@@ -214,6 +214,32 @@ async fn mentions_highlight_and_muted_rooms_stay_silent() {
     // Dave's muted room: after carol's two, still nothing for dave.
     assert!(gateway.for_pushkey("dave-phone").is_empty());
 
+    // A room mention by someone allowed to make one (`event_property_is` and
+    // `sender_notification_permission`) highlights; a notice of a rule of carol's own
+    // (`event_property_is` on the msgtype) stays silent.
+    let rule = json!({
+        "conditions": [{ "kind": "event_property_is", "key": "content.msgtype", "value": "m.notice" }],
+        "actions": [],
+    });
+    let path = "/_matrix/client/v3/pushrules/global/override/quiet-notices";
+    let (status, body) = server.call("PUT", path, Some(&carol.access_token), Some(rule)).await;
+    assert_eq!(status, 200, "{body}");
+    let notice =
+        server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.notice", "body": "bot" })).await;
+    let everyone = server
+        .send_message(
+            &alice.access_token,
+            &room,
+            json!({ "msgtype": "m.text", "body": "Tout le monde", "m.mentions": { "room": true } }),
+        )
+        .await;
+    let room_mention = until("the room mention", async || {
+        gateway.for_pushkey("carol-phone").into_iter().find(|n| n["event_id"] == everyone.as_str())
+    })
+    .await;
+    assert_eq!(room_mention["devices"][0]["tweaks"]["highlight"], true);
+    assert!(gateway.for_pushkey("carol-phone").iter().all(|n| n["event_id"] != notice.as_str()));
+
     // An invitation rings the invitee's phone, though they are no member yet.
     let other = server.create_room(&alice.access_token, json!({ "preset": "private_chat" })).await;
     let path = format!("/_matrix/client/v3/rooms/{other}/invite");
