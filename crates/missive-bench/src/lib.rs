@@ -807,7 +807,7 @@ impl Bench {
         let mut out = Vec::new();
         for (case, gateway) in [("no_pushers", None), ("dead_gateway", Some(dead_url))] {
             let users = self.users(21).await?;
-            let room = self.room(&users[0], false).await?;
+            let room = self.room(&users[0], true).await?;
             for (i, user) in users[1..].iter().enumerate() {
                 self.join(user, &room).await?;
                 if let Some(url) = &gateway {

@@ -7,7 +7,8 @@ use common::TestServer;
 
 #[tokio::test]
 async fn bench_tool_tiny_run_completes() {
-    let server = TestServer::start().await;
+    // The push scenario's gateway is on loopback.
+    let server = TestServer::start_with(&[("MISSIVE_PUSH__GATEWAY_ALLOWED_RANGES", "[\"127.0.0.0/8\"]")]).await;
     let opts = missive_bench::Options::parse_from([
         "missive-bench",
         "--url",
@@ -34,9 +35,22 @@ async fn bench_tool_tiny_run_completes() {
         "3",
         "--sliding-updates",
         "2",
+        "--paced",
+        "5",
     ]);
     let figures = missive_bench::Bench::new(opts).unwrap().run().await.expect("bench run");
-    for scenario in ["send_1", "send_16", "wakeup", "initial_sync", "members", "e2ee", "many_users", "sliding_sync"] {
+    for scenario in [
+        "send_1",
+        "send_16",
+        "wakeup",
+        "initial_sync",
+        "members",
+        "e2ee",
+        "many_users",
+        "sliding_sync",
+        "push_no_pushers",
+        "push_dead_gateway",
+    ] {
         assert!(figures.iter().any(|f| f.scenario == scenario), "scenario {scenario} measured");
     }
 }

@@ -224,8 +224,7 @@ async fn mentions_highlight_and_muted_rooms_stay_silent() {
     let path = "/_matrix/client/v3/pushrules/global/override/quiet-notices";
     let (status, body) = server.call("PUT", path, Some(&carol.access_token), Some(rule)).await;
     assert_eq!(status, 200, "{body}");
-    let notice =
-        server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.notice", "body": "bot" })).await;
+    let notice = server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.notice", "body": "bot" })).await;
     let everyone = server
         .send_message(
             &alice.access_token,
@@ -542,4 +541,47 @@ async fn the_full_format_reaches_a_gateway_only_where_the_operator_allows_it() {
             assert!(pushed.get("content").is_none() && pushed.get("room_name").is_none(), "{pushed}");
         }
     }
+}
+
+#[tokio::test]
+async fn counts_are_kept_apart_per_thread_for_clients_that_ask() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room =
+        server.create_room(&alice.access_token, json!({ "preset": "private_chat", "invite": [bob.user_id] })).await;
+    server.call("POST", &format!("/_matrix/client/v3/join/{room}"), Some(&bob.access_token), Some(json!({}))).await;
+    let root = server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.text", "body": "Sujet" })).await;
+    let reply = server
+        .send_message(
+            &alice.access_token,
+            &room,
+            json!({ "msgtype": "m.text", "body": "Reponse", "m.relates_to": { "rel_type": "m.thread", "event_id": root } }),
+        )
+        .await;
+    let sync = async |threaded: bool| {
+        let filter = if threaded {
+            "&filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22unread_thread_notifications%22%3Atrue%7D%7D%7D"
+        } else {
+            ""
+        };
+        let path = format!("/_matrix/client/v3/sync?timeout=0{filter}");
+        let (status, body) = server.call("GET", &path, Some(&bob.access_token), None).await;
+        assert_eq!(status, 200, "{body}");
+        body["rooms"]["join"][&room].clone()
+    };
+    let plain = sync(false).await;
+    assert_eq!(plain["unread_notifications"]["notification_count"], 2);
+    assert!(plain.get("unread_thread_notifications").is_none());
+    let threaded = sync(true).await;
+    assert_eq!(threaded["unread_notifications"]["notification_count"], 1, "{threaded}");
+    assert_eq!(threaded["unread_thread_notifications"][&root]["notification_count"], 1, "{threaded}");
+
+    // Reading the thread clears its count only.
+    let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{reply}");
+    let (status, body) = server.call("POST", &path, Some(&bob.access_token), Some(json!({ "thread_id": root }))).await;
+    assert_eq!(status, 200, "{body}");
+    let threaded = sync(true).await;
+    assert_eq!(threaded["unread_notifications"]["notification_count"], 1, "{threaded}");
+    assert!(threaded["unread_thread_notifications"].get(&root).is_none(), "{threaded}");
 }

@@ -299,6 +299,36 @@ pub(super) async fn lock_member(
     Ok(Some((since, old)))
 }
 
+impl super::Store {
+    /// A member's unread notifications and highlights per thread of a room (events whose
+    /// level for them notifies, after their unthreaded receipt and the thread's own), for
+    /// clients that ask for `unread_thread_notifications`.
+    pub async fn thread_notification_counts(
+        &self,
+        user_id: &str,
+        room_id: &str,
+    ) -> StoreResult<HashMap<String, (i64, i64)>> {
+        let rows = sqlx::query(sql(format!(
+            "SELECT e.thread_root, CAST(COUNT(*) AS BIGINT), \
+             CAST(SUM(CASE WHEN COALESCE(x.level, e.notify) >= 2 THEN 1 ELSE 0 END) AS BIGINT) \
+             FROM events e \
+             JOIN notification_offsets o ON o.user_id = $1 AND o.room_id = e.room_id \
+             LEFT JOIN push_exceptions x ON x.user_id = $1 AND x.room_id = e.room_id AND x.event_pos = e.stream_pos \
+             WHERE e.room_id = $2 AND e.thread_root IS NOT NULL AND e.sender <> $1 AND e.stream_pos > o.since_pos \
+             AND COALESCE(x.level, e.notify) >= 1 \
+             AND e.stream_pos > COALESCE((SELECT MAX(r.event_pos) FROM receipts r WHERE r.room_id = e.room_id \
+                 AND r.user_id = $1 AND r.receipt_type IN {READ_TYPES} \
+                 AND (r.thread_id = '' OR r.thread_id = e.thread_root)), -1) \
+             GROUP BY e.thread_root"
+        )))
+        .bind(user_id)
+        .bind(room_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get::<String, _>(0), (r.get::<i64, _>(1), r.get::<i64, _>(2)))).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

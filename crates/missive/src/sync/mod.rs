@@ -290,6 +290,17 @@ impl Sync {
         )?;
         let mut prefetch = prefetch;
         prefetch.counts = counts;
+        // Clients that ask get the threads' counts apart (rooms with something unread).
+        if req.filter.room.timeline.unread_thread_notifications {
+            for m in &joined_rows {
+                if prefetch.counts.get(&m.room_id).is_some_and(|(n, _)| *n > 0) {
+                    let threads = self.store.thread_notification_counts(user_id.as_str(), &m.room_id).await?;
+                    if !threads.is_empty() {
+                        prefetch.thread_counts.insert(m.room_id.clone(), threads);
+                    }
+                }
+            }
+        }
         for m in &joined_rows {
             if let Some(room) = self.joined_room(viewer, req, since, m, &account_data, &mut prefetch) {
                 join.insert(m.room_id.clone(), room);
@@ -524,7 +535,16 @@ impl Sync {
                 }
             }
         }
-        Ok(Prefetch { receipts, counts: HashMap::new(), summaries, timelines, state, state_changed, lazy_members })
+        Ok(Prefetch {
+            receipts,
+            counts: HashMap::new(),
+            thread_counts: HashMap::new(),
+            summaries,
+            timelines,
+            state,
+            state_changed,
+            lazy_members,
+        })
     }
 
     /// The state sent with rooms sent in full: the state at the start of the timeline (or the
@@ -719,10 +739,20 @@ impl Sync {
         }
         room.insert("ephemeral".into(), events(ephemeral));
         room.insert("account_data".into(), events(room_data));
-        let (notifications, highlights) = prefetch.counts.get(room_id).copied().unwrap_or_default();
+        let (mut notifications, mut highlights) = prefetch.counts.get(room_id).copied().unwrap_or_default();
+        // The threads' counts apart, the main timeline's alone (when the client asked).
+        if let Some(threads) = prefetch.thread_counts.remove(room_id) {
+            let mut per_thread = serde_json::Map::new();
+            for (root, (n, h)) in threads {
+                notifications -= n;
+                highlights -= h;
+                per_thread.insert(root, json!({ "notification_count": n, "highlight_count": h }));
+            }
+            room.insert("unread_thread_notifications".into(), Value::Object(per_thread));
+        }
         room.insert(
             "unread_notifications".into(),
-            json!({ "notification_count": notifications, "highlight_count": highlights }),
+            json!({ "notification_count": notifications.max(0), "highlight_count": highlights.max(0) }),
         );
         let members_changed = full || state_changed.iter().any(|r| r.json.contains("\"m.room.member\""));
         if members_changed {
@@ -992,6 +1022,8 @@ fn sent_in_full(req: &SyncRequest, since: &Since, m: &MembershipRow) -> bool {
 struct Prefetch {
     receipts: HashMap<String, Vec<crate::store::ReceiptRow>>,
     counts: HashMap<String, (i64, i64)>,
+    /// Per room, per thread root, for clients that ask for `unread_thread_notifications`.
+    thread_counts: HashMap<String, HashMap<String, (i64, i64)>>,
     summaries: HashMap<String, ((i64, i64), Vec<String>)>,
     timelines: HashMap<String, Timeline>,
     /// Served state per room: the full state of rooms sent in full, the changed state of
