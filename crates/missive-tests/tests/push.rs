@@ -161,6 +161,15 @@ async fn the_right_members_are_notified_with_ids_and_counts_only() {
     let holding_unpushed = tables_holding(&server, &unpushed).await;
     assert_eq!(holding_pushed, holding_unpushed, "a delivered notification left a trace");
     assert!(!holding_pushed.iter().any(|t| t.contains("push")), "{holding_pushed:?}");
+
+    // Reading updates the phone's badge: a notification of counts alone.
+    let receipt = format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{sent}");
+    assert_eq!(server.call("POST", &receipt, Some(&bob_user.access_token), Some(json!({}))).await.0, 200);
+    let badge = until("the badge update after reading", async || {
+        gateway.for_pushkey("bob-phone").into_iter().find(|n| n.get("event_id").is_none())
+    })
+    .await;
+    assert_eq!(badge["counts"]["unread"], 0, "{badge}");
 }
 
 #[tokio::test]

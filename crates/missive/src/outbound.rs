@@ -39,9 +39,17 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-/// A client that follows no redirect (callers check each hop) and gives up after `timeout`.
-pub fn client(allowed_ranges: &[ipnet::IpNet], timeout: Duration, purpose: &str) -> reqwest::Result<reqwest::Client> {
+/// A client that follows no redirect (callers check each hop) and gives up after `timeout`;
+/// HTTPS trusts the system's roots and the state PKI's CA files.
+pub fn client(
+    allowed_ranges: &[ipnet::IpNet],
+    trusted_ca_files: &[std::path::PathBuf],
+    timeout: Duration,
+    purpose: &str,
+) -> Result<reqwest::Client, crate::tls::TlsError> {
+    let tls = crate::tls::client_config(trusted_ca_files)?;
     reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
         .dns_resolver(Arc::new(GuardedResolver { allowed_ranges: Arc::new(allowed_ranges.to_vec()) }))
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -49,6 +57,7 @@ pub fn client(allowed_ranges: &[ipnet::IpNet], timeout: Duration, purpose: &str)
         .timeout(timeout)
         .user_agent(format!("Missive/{} ({purpose})", env!("CARGO_PKG_VERSION")))
         .build()
+        .map_err(|e| crate::tls::TlsError::Client(e.to_string()))
 }
 
 /// Whether a URL's host may be reached, when it is a literal address (names are checked

@@ -82,6 +82,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
             config.media.clone(),
             config.antivirus.clone(),
             Some(federation.clone()),
+            &config.federation.trusted_ca_files,
         )
         .await
         .context("cannot set up the media repository")?,
@@ -94,8 +95,9 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         config.public_baseurl().map(str::to_owned),
     )
     .context("cannot set up e-mail notifications")?;
-    let push =
-        crate::push::Push::new(store.clone(), config.push.clone(), mailer).await.context("cannot load the pushers")?;
+    let push = crate::push::Push::new(store.clone(), config.push.clone(), mailer, &config.federation.trusted_ca_files)
+        .await
+        .context("cannot load the pushers")?;
     rooms.on_push(push.clone());
     Ok(Arc::new(Services {
         sso,

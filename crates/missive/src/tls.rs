@@ -43,6 +43,26 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certs)
 }
 
+/// The TLS configuration of outbound HTTPS: the system's roots and the operator's CA
+/// files (a state PKI), HTTP/1.1.
+pub fn client_config(trusted_ca_files: &[std::path::PathBuf]) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    for file in trusted_ca_files {
+        for cert in load_certificates(file)? {
+            roots.add(cert)?;
+        }
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 /// The rustls server configuration of the TLS listener.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = load_certificates(cert)?;

@@ -34,20 +34,7 @@ impl Client {
     /// Builds the client: TLS roots, DNS guard, timeouts.
     pub fn new(config: &Config) -> Result<Self, crate::tls::TlsError> {
         let settings = &config.federation;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        for file in &settings.trusted_ca_files {
-            for cert in crate::tls::load_certificates(file)? {
-                roots.add(cert)?;
-            }
-        }
-        let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = crate::tls::client_config(&settings.trusted_ca_files)?;
         let dns = Arc::new(GuardedDns::new(settings.allow_private_destinations));
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)

@@ -127,6 +127,7 @@ impl Media {
         config: MediaConfig,
         antivirus: AntivirusConfig,
         federation: Option<Arc<crate::federation::Federation>>,
+        trusted_ca_files: &[PathBuf],
     ) -> Result<Self> {
         let root = data_dir.join("media");
         let tmp = root.join("tmp");
@@ -141,7 +142,7 @@ impl Media {
             }
             None => None,
         };
-        let previews = preview::Previews::new(&config);
+        let previews = preview::Previews::new(&config, trusted_ca_files);
         Ok(Self { store, server_name, root, config, clamd, antivirus, scanner, federation, previews })
     }
 

@@ -44,12 +44,12 @@ fn blocked(why: &str) -> Error {
 
 impl Previews {
     /// The service, when the operator lists sites to preview.
-    pub fn new(config: &MediaConfig) -> Option<Self> {
+    pub fn new(config: &MediaConfig, trusted_ca_files: &[std::path::PathBuf]) -> Option<Self> {
         if config.url_preview_domains.is_empty() {
             return None;
         }
         let allowed_ranges = config.url_preview_allowed_ranges.clone();
-        let http = outbound::client(&allowed_ranges, Duration::from_secs(10), "URL preview").ok()?;
+        let http = outbound::client(&allowed_ranges, trusted_ca_files, Duration::from_secs(10), "URL preview").ok()?;
         let domains = config.url_preview_domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect();
         Some(Self { http, domains, allowed_ranges, cache: Mutex::new(LruCache::new(1000)) })
     }
@@ -226,7 +226,7 @@ mod tests {
             url_preview_domains: vec!["*.gouv.fr".into(), "gouvernement.lu".into()],
             ..MediaConfig::default()
         };
-        let previews = Previews::new(&config).unwrap();
+        let previews = Previews::new(&config, &[]).unwrap();
         let check = |url: &str| previews.check(&url::Url::parse(url).unwrap());
         assert!(check("https://www.interieur.gouv.fr/page").is_ok());
         assert!(check("https://gouv.fr/").is_ok());
@@ -234,8 +234,8 @@ mod tests {
         assert!(check("https://evilgouv.fr/").is_err());
         assert!(check("https://sub.gouvernement.lu/").is_err());
         assert!(check("ftp://www.interieur.gouv.fr/").is_err());
-        assert!(Previews::new(&MediaConfig::default()).is_none(), "off by default");
+        assert!(Previews::new(&MediaConfig::default(), &[]).is_none(), "off by default");
         let config = MediaConfig { url_preview_domains: vec!["10.1.2.3".into()], ..MediaConfig::default() };
-        assert!(Previews::new(&config).unwrap().check(&url::Url::parse("http://10.1.2.3/").unwrap()).is_err());
+        assert!(Previews::new(&config, &[]).unwrap().check(&url::Url::parse("http://10.1.2.3/").unwrap()).is_err());
     }
 }

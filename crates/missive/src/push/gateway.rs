@@ -21,8 +21,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A notification waiting for a gateway.
 #[derive(Debug)]
 pub struct Job {
-    room_id: String,
-    event_id: String,
+    /// The event and its room; none for a badge update (counts alone).
+    event: Option<(String, String)>,
     highlight: bool,
     queued: Instant,
 }
@@ -30,11 +30,15 @@ pub struct Job {
 impl Job {
     pub(super) fn new(candidate: &PushCandidate) -> Self {
         Self {
-            room_id: candidate.room_id.clone(),
-            event_id: candidate.event_id.clone(),
+            event: Some((candidate.room_id.clone(), candidate.event_id.clone())),
             highlight: candidate.highlight,
             queued: Instant::now(),
         }
+    }
+
+    /// A badge update: the unread count changed without a new event.
+    pub(super) fn badge() -> Self {
+        Self { event: None, highlight: false, queued: Instant::now() }
     }
 }
 
@@ -156,10 +160,7 @@ async fn notification(
         tweaks["highlight"] = json!(true);
     }
     let mut notification = json!({
-        "event_id": job.event_id,
-        "room_id": job.room_id,
         "counts": { "unread": unread },
-        "prio": "high",
         "devices": [{
             "app_id": pusher.app_id,
             "pushkey": pusher.pushkey,
@@ -168,17 +169,28 @@ async fn notification(
             "tweaks": tweaks,
         }],
     });
+    let Some((room_id, event_id)) = &job.event else {
+        // A badge update: counts alone, no hurry.
+        notification["prio"] = json!("low");
+        return Ok(json!({ "notification": notification }));
+    };
+    notification["event_id"] = json!(event_id);
+    notification["room_id"] = json!(room_id);
+    notification["prio"] = json!("high");
     let full = push.config.allow_full_format && data.get("format").and_then(Value::as_str) != Some("event_id_only");
-    if full && let Some(row) = push.store.events(std::slice::from_ref(&job.event_id)).await?.into_iter().next() {
+    if full && let Some(row) = push.store.events(std::slice::from_ref(event_id)).await?.into_iter().next() {
         let event: Value = serde_json::from_str(&row.json).unwrap_or_default();
         for field in ["type", "sender", "content"] {
             if let Some(value) = event.get(field) {
                 notification[field] = value.clone();
             }
         }
+        // Synapse has always named the event `id` in the full format, and gateways
+        // (Sygnal) read either.
+        notification["id"] = json!(event_id);
         let state = |kind: &'static str, key: String, field: &'static str| {
             let store = push.store.clone();
-            let room_id = job.room_id.clone();
+            let room_id = room_id.clone();
             async move {
                 let row = store.current_state_event(&room_id, kind, &key).await?;
                 Ok::<_, crate::store::StoreError>(row.and_then(|row| {

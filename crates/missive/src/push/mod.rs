@@ -56,8 +56,13 @@ fn invalid(why: &str) -> Error {
 
 impl Push {
     /// The service, with the pushers stored.
-    pub async fn new(store: Store, config: PushConfig, mailer: Option<Arc<mail::Mailer>>) -> Result<Arc<Self>> {
-        let http = outbound::client(&config.gateway_allowed_ranges, Duration::from_secs(10), "push")
+    pub async fn new(
+        store: Store,
+        config: PushConfig,
+        mailer: Option<Arc<mail::Mailer>>,
+        trusted_ca_files: &[std::path::PathBuf],
+    ) -> Result<Arc<Self>> {
+        let http = outbound::client(&config.gateway_allowed_ranges, trusted_ca_files, Duration::from_secs(10), "push")
             .map_err(|e| Error::Internal(format!("cannot build the push client: {e}")))?;
         let mut pushers: HashMap<String, Vec<PusherRow>> = HashMap::new();
         for user in store.users_with_pushers().await? {
@@ -97,6 +102,14 @@ impl Push {
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// Tells the user's phones their unread count changed (they read something): a
+    /// notification of counts alone, which clears or lowers the app's badge.
+    pub fn badge(self: &Arc<Self>, user_id: &UserId) {
+        for pusher in self.pushers_of_cached(user_id.as_str()).iter().filter(|p| p.kind == "http") {
+            self.enqueue(pusher, Job::badge());
         }
     }
 

@@ -321,6 +321,7 @@ async fn receipt(state: AppState, req: Ruma<create_receipt::v3::Request>) -> Res
     match kind.as_str() {
         "m.read" | "m.read.private" => {
             state.user_data.set_receipt(&id.user_id, &req.body.room_id, &kind, &req.body.event_id, &thread).await?;
+            state.push.badge(&id.user_id);
             // A private receipt stays on this server.
             if kind == "m.read" {
                 let servers = state.rooms.resident_servers(req.body.room_id.as_str()).await?;
@@ -357,6 +358,9 @@ async fn read_markers(state: AppState, req: Ruma<set_read_marker::v3::Request>) 
     }
     if let Some(event_id) = &req.body.private_read_receipt {
         state.user_data.set_receipt(&id.user_id, room_id, "m.read.private", event_id, "").await?;
+    }
+    if req.body.read_receipt.is_some() || req.body.private_read_receipt.is_some() {
+        state.push.badge(&id.user_id);
     }
     Ok(json(json!({})))
 }
