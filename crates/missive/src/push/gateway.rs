@@ -199,11 +199,17 @@ async fn notification(
                 }))
             }
         };
-        if let Some(name) = state("m.room.name", String::new(), "name").await? {
+        let alias = state("m.room.canonical_alias", String::new(), "alias").await?;
+        // A room without a name goes by its alias, as Synapse's gateways expect.
+        if let Some(name) = state("m.room.name", String::new(), "name").await?.or_else(|| alias.clone()) {
             notification["room_name"] = json!(name);
         }
-        if let Some(alias) = state("m.room.canonical_alias", String::new(), "alias").await? {
+        if let Some(alias) = alias {
             notification["room_alias"] = json!(alias);
+        }
+        if event["type"] == "m.room.member" {
+            notification["membership"] = event["content"]["membership"].clone();
+            notification["user_is_target"] = json!(event["state_key"] == pusher.user_id.as_str());
         }
         if let Some(sender) = event["sender"].as_str()
             && let Some(name) = state("m.room.member", sender.to_owned(), "displayname").await?
