@@ -55,6 +55,18 @@ enum AdminCommand {
         #[command(subcommand)]
         action: MediaAction,
     },
+    /// The audit trail of operator actions, newest first.
+    Audit {
+        /// Only the actions of this account.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only the actions on this target (a user ID, a server, `server/media`).
+        #[arg(long)]
+        target: Option<String>,
+        /// How many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -146,6 +158,17 @@ async fn admin(config: &Config, url: Option<String>, token: &str, command: Admin
                 MediaAction::Delete { uri } => client.delete(format!("{media}/{}", mxc_path(&uri)?)),
                 MediaAction::Scans => client.get(format!("{base}/_missive/admin/v1/media/scans")),
             }
+        }
+        AdminCommand::Audit { actor, target, limit } => {
+            let mut url = url::Url::parse(&format!("{base}/_missive/admin/v1/audit"))?;
+            url.query_pairs_mut().append_pair("limit", &limit.to_string());
+            if let Some(actor) = actor {
+                url.query_pairs_mut().append_pair("actor", &actor);
+            }
+            if let Some(target) = target {
+                url.query_pairs_mut().append_pair("target", &target);
+            }
+            client.get(url)
         }
     };
     let response = request.bearer_auth(token).send().await?;

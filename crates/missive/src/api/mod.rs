@@ -1,6 +1,7 @@
 //! The HTTP layer: thin axum handlers grouped as the spec groups them, and the route table.
 
 pub mod admin;
+mod audit;
 pub mod client;
 pub mod federation;
 pub mod ruma;
@@ -42,10 +43,12 @@ pub type AppState = Arc<Services>;
 pub fn router(state: AppState) -> Router {
     let router = Router::new();
     let router = client::routes(router);
-    let router = admin::routes(router);
     let router = federation::routes(router);
-    let router = scim::routes(router);
+    // Every operator and IAM request goes through the audit trail.
+    let audited = scim::routes(admin::routes(Router::new()))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::record));
     router
+        .merge(audited)
         .route("/.well-known/matrix/client", get(client::discovery::well_known))
         .fallback(self::ruma::unrecognized)
         .method_not_allowed_fallback(self::ruma::method_not_allowed)

@@ -94,7 +94,7 @@ impl<T> Ruma<T> {
 }
 
 /// Finds the access token in the `Authorization` header or the `access_token` query.
-fn access_token(parts: &http::request::Parts) -> Option<String> {
+pub(crate) fn access_token(parts: &http::request::Parts) -> Option<String> {
     if let Some(header) = parts.headers.get(http::header::AUTHORIZATION)
         && let Ok(value) = header.to_str()
         && let Some(token) = value.strip_prefix("Bearer ")

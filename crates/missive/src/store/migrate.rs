@@ -96,6 +96,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0020_pushers.sql"),
         include_str!("../../migrations/postgres/0020_pushers.sql"),
     ),
+    (
+        21,
+        include_str!("../../migrations/sqlite/0021_audit_log.sql"),
+        include_str!("../../migrations/postgres/0021_audit_log.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

@@ -7,6 +7,7 @@
 //! one writer anyway; this avoids `SQLITE_BUSY` on lock upgrades), reads use a pool.
 
 mod accounts;
+mod audit;
 mod e2ee;
 mod expiry;
 mod federation;
@@ -32,6 +33,7 @@ use sqlx::{
 use self::rooms::{EVENT_COLUMNS, EVENT_COLUMNS_E, event_row};
 pub use self::{
     accounts::*,
+    audit::AuditEntry,
     e2ee::*,
     identity::{AccountDetails, SsoSession, ThreepidRow},
     media::{MediaRow, ScanStats},

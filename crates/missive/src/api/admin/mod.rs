@@ -29,6 +29,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     let router = media::routes(router);
     router
         .route("/_synapse/admin/v1/register", get(nonce).post(register))
+        .route("/_missive/admin/v1/audit", get(audit_trail))
         .route("/_synapse/admin/v1/federation/destinations", get(destinations))
         .route("/_synapse/admin/v1/federation/destinations/{destination}", get(destination))
         .route(
@@ -204,6 +205,33 @@ async fn suspend(
     let (user_id, request): (_, Suspension) = user_request(&state, &id, &user_id, &body)?;
     lifecycle::suspend(&state.accounts, &user_id, request.suspend).await?;
     Ok(json(json!({ format!("user_{}_suspended", user_id): request.suspend })))
+}
+
+/// # GET /_missive/admin/v1/audit
+///
+/// The audit trail, newest first: `from` (the previous page's `next_token`), `limit`,
+/// `actor`, `target`. Reading it is itself recorded.
+async fn audit_trail(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response> {
+    require_admin(&id)?;
+    let number =
+        |name: &str| query.get(name).map(|v| v.parse::<i64>().map_err(|_| Error::invalid_param(format!("bad {name}"))));
+    let before = number("from").transpose()?.unwrap_or(i64::MAX);
+    let limit = number("limit").transpose()?.unwrap_or(100).clamp(1, 1000);
+    let entries = state
+        .store
+        .audit_entries(before, limit, query.get("actor").map(String::as_str), query.get("target").map(String::as_str))
+        .await?;
+    let mut body = json!({ "entries": &entries });
+    if entries.len() as i64 == limit
+        && let Some(last) = entries.last()
+    {
+        body["next_token"] = json!(last.id.to_string());
+    }
+    Ok(json(body))
 }
 
 pub(super) fn require_admin(identity: &crate::accounts::Identity) -> Result<()> {
