@@ -68,3 +68,46 @@ async fn every_operator_action_is_audited_with_its_actor() {
     let actions: Vec<&Value> = printed["entries"].as_array().unwrap().iter().map(|e| &e["action"]).collect();
     assert!(actions.contains(&&json!("PUT /_synapse/admin/v1/suspend/{user_id}")), "{printed}");
 }
+
+/// Runs `missive admin records` with the given environment, no server.
+fn records(env: &[(&str, &str)], format: &str) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
+    command.args(["admin", "records", "--format", format]);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MISSIVE_")) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied());
+    let output = command.output().expect("run missive admin records");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn the_record_of_processing_follows_the_configured_retention() {
+    let tchap: Value = serde_json::from_str(&records(&[("MISSIVE_RETENTION__PRESET", "tchap")], "json")).unwrap();
+    let class = |record: &Value, id: &str| {
+        record["classes"].as_array().unwrap().iter().find(|c| c["id"] == id).cloned().unwrap()
+    };
+    assert_eq!(class(&tchap, "content")["retention_days"], 1095);
+    assert_eq!(class(&tchap, "connection_logs")["retention_days"], 365);
+    assert_eq!(class(&tchap, "profile")["retention_days"], 1095);
+    assert_eq!(tchap["retention"]["inactive_deactivation_days"], 183);
+    assert!(class(&tchap, "content")["stored_in"]["tables"].as_array().unwrap().contains(&json!("events")));
+    assert!(class(&tchap, "media")["stored_in"]["files"].as_array().unwrap().contains(&json!("media/sha256/")));
+
+    let lux =
+        records(&[("MISSIVE_RETENTION__PRESET", "luxchat4gov"), ("MISSIVE_RETENTION__CONTENT_DAYS", "365")], "json");
+    let lux: Value = serde_json::from_str(&lux).unwrap();
+    assert_eq!(class(&lux, "content")["retention_days"], 365, "the operator's value wins");
+    assert_eq!(class(&lux, "connection_logs")["retention_days"], 183);
+    assert_eq!(class(&lux, "backups")["retention_days"], 30);
+    assert!(class(&lux, "push")["deletion"].as_str().unwrap().contains("never stored"));
+
+    let markdown = records(&[("MISSIVE_RETENTION__PRESET", "tchap")], "markdown");
+    assert!(markdown.starts_with("# Record of processing activities"), "{markdown}");
+    assert!(markdown.contains("| Connection logs |") && markdown.contains("1 year (365 days)"), "{markdown}");
+    // A preset that does not exist stops the command with a clear error.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
+    command.args(["admin", "records"]).env("MISSIVE_RETENTION__PRESET", "forever");
+    assert!(!command.output().unwrap().status.success());
+}

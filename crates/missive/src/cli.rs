@@ -29,9 +29,9 @@ enum Command {
         /// Base URL of the server's client API (default: the configured listener).
         #[arg(long, env = "MISSIVE_ADMIN_URL")]
         url: Option<String>,
-        /// Access token of a server admin.
+        /// Access token of a server admin (every command but `records`).
         #[arg(long, env = "MISSIVE_ADMIN_TOKEN")]
-        token: String,
+        token: Option<String>,
         #[command(subcommand)]
         command: AdminCommand,
     },
@@ -54,6 +54,13 @@ enum AdminCommand {
     Media {
         #[command(subcommand)]
         action: MediaAction,
+    },
+    /// The record of processing activities (GDPR art. 30) for this configuration: every
+    /// class of data, where it is stored, its legal basis and retention. Needs no server.
+    Records {
+        /// `markdown` or `json`.
+        #[arg(long, default_value = "markdown")]
+        format: String,
     },
     /// The audit trail of operator actions, newest first.
     Audit {
@@ -114,7 +121,16 @@ enum UserAction {
 }
 
 /// Calls the admin API of a running server and prints the answer.
-async fn admin(config: &Config, url: Option<String>, token: &str, command: AdminCommand) -> anyhow::Result<()> {
+async fn admin(config: &Config, url: Option<String>, token: Option<&str>, command: AdminCommand) -> anyhow::Result<()> {
+    if let AdminCommand::Records { format } = &command {
+        match format.as_str() {
+            "json" => println!("{}", serde_json::to_string_pretty(&crate::privacy::records(config))?),
+            "markdown" => print!("{}", crate::privacy::records_markdown(config)),
+            other => anyhow::bail!("unknown format {other}: markdown or json"),
+        }
+        return Ok(());
+    }
+    let token = token.ok_or_else(|| anyhow::anyhow!("--token (or MISSIVE_ADMIN_TOKEN) is required"))?;
     let base = url.unwrap_or_else(|| format!("http://{}", config.listen));
     let client = reqwest::Client::new();
     let request = match command {
@@ -159,6 +175,8 @@ async fn admin(config: &Config, url: Option<String>, token: &str, command: Admin
                 MediaAction::Scans => client.get(format!("{base}/_missive/admin/v1/media/scans")),
             }
         }
+        // Printed above, from the configuration alone.
+        AdminCommand::Records { .. } => return Ok(()),
         AdminCommand::Audit { actor, target, limit } => {
             let mut url = url::Url::parse(&format!("{base}/_missive/admin/v1/audit"))?;
             url.query_pairs_mut().append_pair("limit", &limit.to_string());
@@ -256,7 +274,7 @@ pub fn main() {
                 println!("{config:#?}");
                 Ok(())
             }
-            Command::Admin { url, token, command } => admin(&config, url, &token, command).await,
+            Command::Admin { url, token, command } => admin(&config, url, token.as_deref(), command).await,
         }
     });
     if let Err(e) = result {

@@ -103,6 +103,8 @@ pub struct Config {
     pub push: Push,
     /// E-mail notifications of missed messages, through an SMTP relay.
     pub email: Email,
+    /// How long each class of data is kept (presets of the services' privacy notices).
+    pub retention: crate::privacy::Retention,
 }
 
 /// The `[media]` table.
@@ -502,6 +504,7 @@ impl Default for Config {
             antivirus: Antivirus::default(),
             push: Push::default(),
             email: Email::default(),
+            retention: crate::privacy::Retention::default(),
         }
     }
 }

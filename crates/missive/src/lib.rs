@@ -16,6 +16,7 @@ pub mod filter;
 pub mod identity;
 pub mod media;
 pub mod outbound;
+pub mod privacy;
 pub mod push;
 pub mod ratelimit;
 pub mod reports;

@@ -63,7 +63,13 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let presence = Presence::new(config.presence, streams.clone());
     let e2ee = Arc::new(E2ee::new(store.clone(), streams.clone(), federation.clone()));
     let accounts = Arc::new(Accounts::new(store.clone(), streams.clone(), config.clone()));
-    crate::identity::lifecycle::spawn_job(config.lifecycle.clone(), store.clone(), accounts.clone(), rooms.clone());
+    let mut lifecycle = config.lifecycle.clone();
+    // A retention preset's inactivity rule (Tchap: 6 months) unless the operator set one.
+    if lifecycle.deactivate_inactive_after_secs.is_none() {
+        lifecycle.deactivate_inactive_after_secs =
+            config.retention.effective().inactive_deactivation_days.map(|days| days * 86_400);
+    }
+    crate::identity::lifecycle::spawn_job(lifecycle, store.clone(), accounts.clone(), rooms.clone());
     let sso = Arc::new(
         crate::identity::Sso::new(config.clone(), store.clone()).await.context("cannot set up single sign-on")?,
     );
