@@ -111,3 +111,68 @@ fn the_record_of_processing_follows_the_configured_retention() {
     command.args(["admin", "records"]).env("MISSIVE_RETENTION__PRESET", "forever");
     assert!(!command.output().unwrap().status.success());
 }
+
+/// A device's connections as `/admin/whois` serves them.
+async fn connections(server: &TestServer, admin: &str, user: &str) -> Vec<Value> {
+    let (_, whois) = server.call("GET", &format!("/_matrix/client/v3/admin/whois/{user}"), Some(admin), None).await;
+    whois["devices"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|d| d["sessions"][0]["connections"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn connection_data_and_audit_entries_past_their_retention_are_purged_and_newer_kept() {
+    let server = TestServer::start_with(&[("MISSIVE_RETENTION__PRESET", "luxchat4gov")]).await;
+    assert_eq!(server.server_name, "localhost", "the SQL below names the users");
+    let admin = register_admin(&server, "operator").await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    for user in [&alice, &bob] {
+        let response = reqwest::Client::new()
+            .get(server.url("/_matrix/client/v3/account/whoami"))
+            .bearer_auth(&user.access_token)
+            .header("user-agent", "Tchap-Android/2.14")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    for user in ["@alice:localhost", "@bob:localhost"] {
+        common::until("the connection is recorded", async || {
+            connections(&server, &admin, user).await.iter().any(|c| c["ip"] == "127.0.0.1").then_some(())
+        })
+        .await;
+    }
+    let path = format!("/_synapse/admin/v2/users/{}", bob.user_id);
+    assert_eq!(server.call("PUT", &path, Some(&admin), Some(json!({ "external": true }))).await.0, 200);
+    assert_eq!(server.call("GET", &path, Some(&admin), None).await.0, 200);
+
+    // Time moves: alice was last seen 200 days ago (past the 6 months), the PUT was 400
+    // days ago (past the audit's 12 months); bob and the GET stay recent.
+    server
+        .execute("UPDATE devices SET last_seen_ts = last_seen_ts - 17280000000 WHERE user_id = '@alice:localhost'")
+        .await;
+    server.execute("UPDATE audit_log SET ts = ts - 34560000000 WHERE action LIKE 'PUT %'").await;
+    let (status, report) =
+        server.call("POST", "/_missive/admin/v1/retention/purge", Some(&admin), Some(json!({}))).await;
+    assert_eq!(status, 200, "{report}");
+    assert!(report["connection_logs_erased"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["audit_entries_deleted"].as_u64().unwrap() >= 1, "{report}");
+
+    let alice_seen = connections(&server, &admin, "@alice:localhost").await;
+    assert!(alice_seen.iter().all(|c| c["ip"].is_null() && c["user_agent"].is_null()), "{alice_seen:?}");
+    let bob_seen = connections(&server, &admin, "@bob:localhost").await;
+    assert!(bob_seen.iter().any(|c| c["ip"] == "127.0.0.1" && c["user_agent"] == "Tchap-Android/2.14"), "{bob_seen:?}");
+    let (_, trail) = server.call("GET", "/_missive/admin/v1/audit", Some(&admin), None).await;
+    let actions: Vec<&str> =
+        trail["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(!actions.contains(&"PUT /_synapse/admin/v2/users/{user_id}"), "{actions:?}");
+    assert!(actions.contains(&"GET /_synapse/admin/v2/users/{user_id}"), "{actions:?}");
+    assert!(actions.contains(&"POST /_missive/admin/v1/retention/purge"), "the purge itself is audited");
+    // A second run finds nothing more.
+    let (_, again) = server.call("POST", "/_missive/admin/v1/retention/purge", Some(&admin), Some(json!({}))).await;
+    assert_eq!((again["connection_logs_erased"].clone(), again["audit_entries_deleted"].clone()), (json!(0), json!(0)));
+}

@@ -105,11 +105,14 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         .await
         .context("cannot load the pushers")?;
     rooms.on_push(push.clone());
+    let purge = crate::privacy::Purge::new(store.clone(), &config.retention);
+    purge.spawn();
     Ok(Arc::new(Services {
         sso,
         oauth,
         media,
         push,
+        purge,
         accounts,
         sync: Sync::new(store.clone(), rooms.clone(), streams.clone(), typing, presence, e2ee.clone()),
         user_data: UserData::new(store.clone(), streams.clone(), push_rules, rooms.ignored.clone()),

@@ -32,6 +32,8 @@ pub struct Services {
     pub media: Arc<crate::media::Media>,
     /// Pushers and push delivery.
     pub push: Arc<crate::push::Push>,
+    /// The retention purge.
+    pub purge: Arc<crate::privacy::Purge>,
     /// The OAuth 2.0 API, offered when single sign-on is set up.
     pub oauth: Option<Arc<crate::identity::oauth::OAuth>>,
 }

@@ -18,6 +18,7 @@ mod notifications;
 mod pushers;
 mod remote_devices;
 mod reports;
+mod retention;
 mod rooms;
 mod script;
 mod sync;

@@ -30,6 +30,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     router
         .route("/_synapse/admin/v1/register", get(nonce).post(register))
         .route("/_missive/admin/v1/audit", get(audit_trail))
+        .route("/_missive/admin/v1/retention/purge", axum::routing::post(purge_now))
         .route("/_synapse/admin/v1/federation/destinations", get(destinations))
         .route("/_synapse/admin/v1/federation/destinations/{destination}", get(destination))
         .route(
@@ -205,6 +206,15 @@ async fn suspend(
     let (user_id, request): (_, Suspension) = user_request(&state, &id, &user_id, &body)?;
     lifecycle::suspend(&state.accounts, &user_id, request.suspend).await?;
     Ok(json(json!({ format!("user_{}_suspended", user_id): request.suspend })))
+}
+
+/// # POST /_missive/admin/v1/retention/purge
+///
+/// Runs the retention purge now (it also runs hourly) and answers what it deleted.
+async fn purge_now(State(state): State<AppState>, Authenticated(id): Authenticated) -> Result<Response> {
+    require_admin(&id)?;
+    let report = state.purge.run(crate::store::now_ms()).await?;
+    Ok(json(serde_json::to_value(&report).map_err(|e| Error::Internal(e.to_string()))?))
 }
 
 /// # GET /_missive/admin/v1/audit
