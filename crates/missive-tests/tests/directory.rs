@@ -102,3 +102,59 @@ async fn user_directory_finds_room_mates_only() {
         .await;
     assert_eq!(found["results"], json!([]), "a private room does not list its own member to them: {found}");
 }
+
+/// The user IDs a directory search by `token` finds for `term`.
+async fn search(server: &TestServer, token: &str, term: &str) -> Vec<String> {
+    let (status, body) = server
+        .call("POST", "/_matrix/client/v3/user_directory/search", Some(token), Some(json!({ "search_term": term })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["results"].as_array().unwrap().iter().map(|r| r["user_id"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn set_hide_profile(server: &TestServer, user: &common::TestUser, hide: bool) {
+    let path = format!("/_matrix/client/v3/user/{}/account_data/im.vector.hide_profile", user.user_id);
+    let (status, _) = server.call("PUT", &path, Some(&user.access_token), Some(json!({ "hide_profile": hide }))).await;
+    assert_eq!(status, 200);
+}
+
+async fn profile_status(server: &TestServer, token: &str, user: &str) -> u16 {
+    server.call("GET", &format!("/_matrix/client/v3/profile/{user}"), Some(token), None).await.0
+}
+
+#[tokio::test]
+async fn opt_in_and_liste_rouge_directories_hide_who_did_not_ask_and_their_profiles_from_strangers() {
+    // Luxchat4Gov: only those who asked appear; room mates see each other.
+    let server = TestServer::start_with(&[("MISSIVE_DIRECTORY__MODE", "opt_in")]).await;
+    let listed = server.register("agent-listed").await;
+    let quiet = server.register("agent-quiet").await;
+    let mate = server.register("agent-mate").await;
+    let stranger = server.register("stranger").await;
+    set_hide_profile(&server, &listed, false).await;
+    let room = server.create_room(&mate.access_token, json!({ "invite": [quiet.user_id] })).await;
+    server.call("POST", &format!("/_matrix/client/v3/join/{room}"), Some(&quiet.access_token), Some(json!({}))).await;
+    assert_eq!(search(&server, &stranger.access_token, "agent").await, vec![listed.user_id.clone()]);
+    let mut seen_by_mate = search(&server, &mate.access_token, "agent").await;
+    seen_by_mate.sort();
+    assert_eq!(seen_by_mate, vec![listed.user_id.clone(), quiet.user_id.clone()]);
+    assert_eq!(profile_status(&server, &stranger.access_token, &quiet.user_id).await, 403);
+    assert_eq!(profile_status(&server, &mate.access_token, &quiet.user_id).await, 200);
+    assert_eq!(profile_status(&server, &stranger.access_token, &listed.user_id).await, 200);
+    assert_eq!(profile_status(&server, &quiet.access_token, &quiet.user_id).await, 200, "one's own");
+
+    // Tchap: everyone appears but those on the "liste rouge".
+    let server = TestServer::start_with(&[("MISSIVE_DIRECTORY__MODE", "opt_out")]).await;
+    let open = server.register("agent-open").await;
+    let red = server.register("agent-red").await;
+    let mate = server.register("agent-mate").await;
+    let stranger = server.register("stranger").await;
+    set_hide_profile(&server, &red, true).await;
+    let room = server.create_room(&mate.access_token, json!({ "invite": [red.user_id] })).await;
+    server.call("POST", &format!("/_matrix/client/v3/join/{room}"), Some(&red.access_token), Some(json!({}))).await;
+    let found = search(&server, &stranger.access_token, "agent").await;
+    assert!(found.contains(&open.user_id) && found.contains(&mate.user_id), "{found:?}");
+    assert!(!found.contains(&red.user_id), "on the liste rouge: {found:?}");
+    assert_eq!(profile_status(&server, &stranger.access_token, &red.user_id).await, 403);
+    assert_eq!(profile_status(&server, &mate.access_token, &red.user_id).await, 200);
+    assert_eq!(profile_status(&server, &stranger.access_token, &open.user_id).await, 200);
+}

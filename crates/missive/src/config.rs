@@ -105,6 +105,8 @@ pub struct Config {
     pub email: Email,
     /// How long each class of data is kept (presets of the services' privacy notices).
     pub retention: crate::privacy::Retention,
+    /// Who appears in the user directory, and whose profile strangers may read.
+    pub directory: Directory,
 }
 
 /// The `[media]` table.
@@ -239,6 +241,28 @@ impl Default for Email {
             notif_period_secs: 86_400,
         }
     }
+}
+
+/// Who the user directory shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectoryMode {
+    /// Room mates and members of public rooms (Synapse's default); profiles open to all.
+    #[default]
+    SharedRooms,
+    /// Room mates and those who asked to appear (Luxchat4Gov: `im.vector.hide_profile`
+    /// set to `false`); profiles of others only to room mates.
+    OptIn,
+    /// Everyone but those on the "liste rouge" (Tchap: `im.vector.hide_profile` set to
+    /// `true`); their profiles only to room mates.
+    OptOut,
+}
+
+/// The `[directory]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Directory {
+    pub mode: DirectoryMode,
 }
 
 /// The `[scim]` table: the IAM creates, suspends and deletes accounts through
@@ -505,6 +529,7 @@ impl Default for Config {
             push: Push::default(),
             email: Email::default(),
             retention: crate::privacy::Retention::default(),
+            directory: Directory::default(),
         }
     }
 }

@@ -151,7 +151,10 @@ where
         let limit = state.config.max_request_size;
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| Error::TooLarge)?;
         let identity = match (T::Authentication::TOKEN, access_token(&parts)) {
-            (None, _) => None,
+            (None, None) => None,
+            // An endpoint open to all may still answer its caller differently (a profile
+            // shown to room mates only): a valid token names them, an invalid one is ignored.
+            (None, Some(token)) => state.accounts.authenticate(&token).await.ok().filter(|id| !id.is_guest),
             (Some(true), None) => return Err(Error::MissingToken),
             (Some(_), Some(token)) => Some(state.accounts.authenticate(&token).await?),
             (Some(false), None) => None,

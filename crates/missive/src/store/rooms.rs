@@ -976,29 +976,67 @@ impl Store {
         user_id: &str,
         term: &str,
         limit: i64,
+        mode: crate::config::DirectoryMode,
     ) -> StoreResult<Vec<(String, Option<String>, Option<String>)>> {
+        use crate::config::DirectoryMode;
         let pattern = format!("%{}%", term.to_lowercase().replace(['%', '_'], ""));
-        let rows = sqlx::query(
-            "SELECT p.user_id, p.displayname, p.avatar_url FROM profiles p JOIN users u ON u.user_id = p.user_id \
-             WHERE u.deactivated = 0 AND (LOWER(p.user_id) LIKE $2 OR LOWER(COALESCE(p.displayname, '')) LIKE $2) \
-             AND ((p.user_id <> $1 AND EXISTS ( \
+        let room_mate = "(p.user_id <> $1 AND EXISTS ( \
                  SELECT 1 FROM memberships a JOIN memberships b ON a.room_id = b.room_id \
-                 WHERE a.user_id = $1 AND a.membership = 'join' AND b.user_id = p.user_id AND b.membership = 'join')) \
-               OR EXISTS ( \
+                 WHERE a.user_id = $1 AND a.membership = 'join' AND b.user_id = p.user_id AND b.membership = 'join'))";
+        let visible = match mode {
+            DirectoryMode::SharedRooms => format!(
+                "({room_mate} OR EXISTS ( \
                  SELECT 1 FROM memberships c JOIN room_current_state s ON s.room_id = c.room_id \
                  JOIN events e ON e.event_id = s.event_id \
                  WHERE c.user_id = p.user_id AND c.membership = 'join' AND s.state_key = '' \
                  AND ((s.event_type = 'm.room.join_rules' AND e.json LIKE '%\"join_rule\":\"public\"%') \
                    OR (s.event_type = 'm.room.history_visibility' \
-                       AND e.json LIKE '%\"history_visibility\":\"world_readable\"%')))) \
-             ORDER BY p.user_id LIMIT $3",
-        )
+                       AND e.json LIKE '%\"history_visibility\":\"world_readable\"%'))))"
+            ),
+            DirectoryMode::OptIn => format!("({room_mate} OR {})", hide_profile_is("false")),
+            DirectoryMode::OptOut => format!("NOT {}", hide_profile_is("true")),
+        };
+        let rows = sqlx::query(super::sql(format!(
+            "SELECT p.user_id, p.displayname, p.avatar_url FROM profiles p JOIN users u ON u.user_id = p.user_id \
+             WHERE u.deactivated = 0 AND (LOWER(p.user_id) LIKE $2 OR LOWER(COALESCE(p.displayname, '')) LIKE $2) \
+             AND {visible} ORDER BY p.user_id LIMIT $3"
+        )))
         .bind(user_id)
         .bind(pattern)
         .bind(limit)
         .fetch_all(&self.read)
         .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Whether `viewer` may read `target`'s profile in this directory mode: themselves, a
+    /// room mate, or someone the directory shows.
+    pub async fn profile_visible(
+        &self,
+        viewer: &str,
+        target: &str,
+        mode: crate::config::DirectoryMode,
+    ) -> StoreResult<bool> {
+        use crate::config::DirectoryMode;
+        let listed = match mode {
+            DirectoryMode::SharedRooms => return Ok(true),
+            DirectoryMode::OptIn => hide_profile_is("false"),
+            DirectoryMode::OptOut => format!("NOT {}", hide_profile_is("true")),
+        };
+        if viewer == target {
+            return Ok(true);
+        }
+        let visible: i64 = sqlx::query_scalar(super::sql(format!(
+            "SELECT CASE WHEN EXISTS ( \
+                 SELECT 1 FROM memberships a JOIN memberships b ON a.room_id = b.room_id \
+                 WHERE a.user_id = $1 AND a.membership = 'join' AND b.user_id = $2 AND b.membership = 'join') \
+               OR EXISTS (SELECT 1 FROM profiles p WHERE p.user_id = $2 AND {listed}) THEN 1 ELSE 0 END"
+        )))
+        .bind(viewer)
+        .bind(target)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(visible == 1)
     }
 
     /// Candidate events for a full-text search: messages, names and topics of the given
@@ -1185,4 +1223,13 @@ fn insert_events(script: &mut Script, room_id: &str, events: &[NewEvent], now: i
             .bind(e.replaces_state.as_deref())
             .bind(i64::from(e.outlier));
     }
+}
+
+/// Whether `p.user_id`'s global `im.vector.hide_profile` account data says `hide_profile`
+/// is `value` (the "liste rouge" of Tchap; `false` is Luxchat4Gov's opt-in).
+fn hide_profile_is(value: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM account_data d WHERE d.user_id = p.user_id AND d.room_id = '' \
+         AND d.data_type = 'im.vector.hide_profile' AND REPLACE(d.content, ' ', '') LIKE '%\"hide_profile\":{value}%')"
+    )
 }

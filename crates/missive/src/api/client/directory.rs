@@ -151,7 +151,9 @@ async fn set_visibility(state: AppState, req: Ruma<set_room_visibility::v3::Requ
 /// # POST /_matrix/client/v3/user_directory/search
 async fn search_users(state: AppState, req: Ruma<search_users::v3::Request>) -> Result<Response> {
     let limit = u64::from(req.body.limit).clamp(1, 100) as i64;
-    let found = state.store.search_users(req.identity().user_id.as_str(), &req.body.search_term, limit + 1).await?;
+    let mode = state.config.directory.mode;
+    let found =
+        state.store.search_users(req.identity().user_id.as_str(), &req.body.search_term, limit + 1, mode).await?;
     let limited = found.len() as i64 > limit;
     let results: Vec<Value> = found
         .into_iter()

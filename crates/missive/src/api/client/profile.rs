@@ -38,7 +38,9 @@ async fn account_status(state: &AppState, user_ids: &[String]) -> Result<Respons
     Ok(json(json!({ "account_statuses": statuses.found, "failures": statuses.failures })))
 }
 
-async fn profile_of(state: &AppState, user_id: &str) -> Result<Map<String, Value>> {
+/// A profile, when the viewer may read it (see `[directory] mode`); `viewer` is `None` for
+/// requests of other servers and of clients without a token.
+async fn profile_of(state: &AppState, viewer: Option<&str>, user_id: &str) -> Result<Map<String, Value>> {
     let parsed = ruma::UserId::parse(user_id).map_err(|e| Error::invalid_param(e.to_string()))?;
     if parsed.server_name() != state.federation.server_name {
         // Another server's user: that server answers.
@@ -51,6 +53,14 @@ async fn profile_of(state: &AppState, user_id: &str) -> Result<Map<String, Value
             .collect());
     }
     let (name, avatar) = state.store.profile(user_id).await?.ok_or_else(|| Error::not_found("profile not found"))?;
+    let mode = state.config.directory.mode;
+    let visible = match viewer {
+        Some(viewer) => state.store.profile_visible(viewer, user_id, mode).await?,
+        None => mode == crate::config::DirectoryMode::SharedRooms,
+    };
+    if !visible {
+        return Err(Error::forbidden("this profile is visible to the people who share a room with its owner"));
+    }
     let mut out = Map::new();
     if let Some(name) = name {
         out.insert("displayname".into(), json!(name));
@@ -63,13 +73,15 @@ async fn profile_of(state: &AppState, user_id: &str) -> Result<Map<String, Value
 
 /// # GET /_matrix/client/v3/profile/{userId}
 async fn get_profile(state: AppState, req: Ruma<get_profile::v3::Request>) -> Result<Response> {
-    Ok(json(Value::Object(profile_of(&state, req.body.user_id.as_str()).await?)))
+    let viewer = req.identity.as_ref().map(|id| id.user_id.to_string());
+    Ok(json(Value::Object(profile_of(&state, viewer.as_deref(), req.body.user_id.as_str()).await?)))
 }
 
 /// # GET /_matrix/client/v3/profile/{userId}/{keyName}
 async fn get_field(state: AppState, req: Ruma<get_profile_field::v3::Request>) -> Result<Response> {
     let field = req.body.field.as_str().to_owned();
-    let profile = profile_of(&state, req.body.user_id.as_str()).await?;
+    let viewer = req.identity.as_ref().map(|id| id.user_id.to_string());
+    let profile = profile_of(&state, viewer.as_deref(), req.body.user_id.as_str()).await?;
     // A known user without the field answers `{}`, as Synapse does: clients read a profile
     // field before setting it and treat an error as a failure.
     Ok(json(match profile.get(&field) {
