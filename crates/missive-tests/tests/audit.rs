@@ -176,3 +176,81 @@ async fn connection_data_and_audit_entries_past_their_retention_are_purged_and_n
     let (_, again) = server.call("POST", "/_missive/admin/v1/retention/purge", Some(&admin), Some(json!({}))).await;
     assert_eq!((again["connection_logs_erased"].clone(), again["audit_entries_deleted"].clone()), (json!(0), json!(0)));
 }
+
+#[tokio::test]
+async fn a_users_export_holds_all_of_their_data_and_nothing_of_others() {
+    let server = TestServer::start().await;
+    let admin = register_admin(&server, "operator").await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id);
+    server.call("PUT", &path, Some(&alice.access_token), Some(json!({ "displayname": "Alice Export" }))).await;
+    let path = format!("/_synapse/admin/v2/users/{}", alice.user_id);
+    let change = json!({ "threepids": [{ "medium": "email", "address": "alice@etat.example" }] });
+    assert_eq!(server.call("PUT", &path, Some(&admin), Some(change)).await.0, 200);
+    let path = format!("/_matrix/client/v3/user/{}/account_data/org.example.settings", alice.user_id);
+    server.call("PUT", &path, Some(&alice.access_token), Some(json!({ "theme": "sombre" }))).await;
+
+    // A room in clear shared with bob, an encrypted one, a file.
+    let clear =
+        server.create_room(&alice.access_token, json!({ "preset": "public_chat", "name": "Salle claire" })).await;
+    server.call("POST", &format!("/_matrix/client/v3/join/{clear}"), Some(&bob.access_token), Some(json!({}))).await;
+    server
+        .send_message(&alice.access_token, &clear, json!({ "msgtype": "m.text", "body": "message en clair 1234" }))
+        .await;
+    server.send_message(&bob.access_token, &clear, json!({ "msgtype": "m.text", "body": "message de bob 5678" })).await;
+    let secret_room = server
+        .create_room(
+            &alice.access_token,
+            json!({ "name": "Salle chiffree", "initial_state": [{ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } }] }),
+        )
+        .await;
+    let path = format!("/_matrix/client/v3/rooms/{secret_room}/send/m.room.encrypted/t1");
+    let ciphertext = json!({ "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "QkxPQkNJUEhFUg", "sender_key": "k", "device_id": "D", "session_id": "s" });
+    assert_eq!(server.call("PUT", &path, Some(&alice.access_token), Some(ciphertext)).await.0, 200);
+    let upload = reqwest::Client::new()
+        .post(server.url("/_matrix/media/v3/upload?filename=note.txt"))
+        .bearer_auth(&alice.access_token)
+        .header("content-type", "text/plain")
+        .body("piece jointe")
+        .send()
+        .await
+        .unwrap();
+    let uri = upload.json::<Value>().await.unwrap()["content_uri"].as_str().unwrap().to_owned();
+
+    let path = format!("/_missive/admin/v1/users/{}/export", alice.user_id);
+    let (status, export) = server.call("GET", &path, Some(&admin), None).await;
+    assert_eq!(status, 200, "{export}");
+    assert_eq!(export["profile"]["displayname"], "Alice Export");
+    assert_eq!(export["identifiers"]["threepids"][0]["address"], "alice@etat.example");
+    assert!(!export["devices_and_connections"].as_array().unwrap().is_empty());
+    let rooms: Vec<&Value> = export["rooms"].as_array().unwrap().iter().collect();
+    assert!(rooms.iter().any(|r| r["name"] == "Salle claire" && r["end_to_end_encrypted"] == false), "{rooms:?}");
+    assert!(rooms.iter().any(|r| r["name"] == "Salle chiffree" && r["end_to_end_encrypted"] == true), "{rooms:?}");
+    let text = export.to_string();
+    assert!(text.contains("message en clair 1234"));
+    assert_eq!(export["encrypted_messages"], 1);
+    assert!(!text.contains("QkxPQkNJUEhFUg"), "ciphertext is named, not copied");
+    assert!(export["account_data"].as_array().unwrap().iter().any(|d| d["type"] == "org.example.settings"));
+    assert_eq!(export["media"][0]["uri"], uri.as_str());
+    assert!(
+        export["audit"].as_array().unwrap().iter().any(|e| e["action"] == "PUT /_synapse/admin/v2/users/{user_id}")
+    );
+    assert!(!text.contains("5678") && !text.contains(&bob.user_id), "nothing of another user: {text}");
+    let (status, _) = server.call("GET", &path, Some(&bob.access_token), None).await;
+    assert_eq!(status, 403, "operators only");
+
+    // Human-readable, through the command line.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
+    command.args(["admin", "--url", &server.base_url, "--token", &admin, "user", "export", &alice.user_id]);
+    command.args(["--format", "html", "--output", file.path().to_str().unwrap()]);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MISSIVE_")) {
+        command.env_remove(key);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let html = std::fs::read_to_string(file.path()).unwrap();
+    assert!(html.contains(&format!("Everything this server holds about {}", alice.user_id)), "{html}");
+    assert!(html.contains("message en clair 1234") && html.contains("Salle chiffree"));
+}

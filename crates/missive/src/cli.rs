@@ -118,6 +118,16 @@ enum UserAction {
     },
     /// Bring a deactivated account back before its deletion.
     Restore { user_id: String },
+    /// Everything the server holds about the user (GDPR art. 15 and 20), written to a file.
+    Export {
+        user_id: String,
+        /// `json` or `html`.
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Where to write it (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Calls the admin API of a running server and prints the answer.
@@ -160,6 +170,26 @@ async fn admin(config: &Config, url: Option<String>, token: Option<&str>, comman
                     .put(user_path(&user_id))
                     .header("content-type", "application/json")
                     .body(serde_json::json!({ "deactivated": false }).to_string()),
+                UserAction::Export { user_id, format, output } => {
+                    let url = format!(
+                        "{base}/_missive/admin/v1/users/{}/export?format={}",
+                        percent_encode(&user_id),
+                        percent_encode(&format)
+                    );
+                    let response = client.get(url).bearer_auth(token).send().await?;
+                    let status = response.status();
+                    let bytes = response.bytes().await?;
+                    anyhow::ensure!(
+                        status.is_success(),
+                        "the server answered {status}: {}",
+                        String::from_utf8_lossy(&bytes)
+                    );
+                    match output {
+                        Some(path) => std::fs::write(&path, &bytes)?,
+                        None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
+                    }
+                    return Ok(());
+                }
             }
         }
         AdminCommand::Media { action } => {

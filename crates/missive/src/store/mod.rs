@@ -21,6 +21,7 @@ mod reports;
 mod retention;
 mod rooms;
 mod script;
+mod subject;
 mod sync;
 mod user_data;
 
@@ -43,6 +44,7 @@ pub use self::{
     remote_devices::RemoteDeviceList,
     reports::NewReport,
     rooms::*,
+    subject::SentEvent,
     sync::*,
     user_data::*,
 };

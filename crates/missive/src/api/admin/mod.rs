@@ -31,6 +31,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/_synapse/admin/v1/register", get(nonce).post(register))
         .route("/_missive/admin/v1/audit", get(audit_trail))
         .route("/_missive/admin/v1/retention/purge", axum::routing::post(purge_now))
+        .route("/_missive/admin/v1/users/{user_id}/export", get(export_user))
         .route("/_synapse/admin/v1/federation/destinations", get(destinations))
         .route("/_synapse/admin/v1/federation/destinations/{destination}", get(destination))
         .route(
@@ -206,6 +207,28 @@ async fn suspend(
     let (user_id, request): (_, Suspension) = user_request(&state, &id, &user_id, &body)?;
     lifecycle::suspend(&state.accounts, &user_id, request.suspend).await?;
     Ok(json(json!({ format!("user_{}_suspended", user_id): request.suspend })))
+}
+
+/// # GET /_missive/admin/v1/users/{userId}/export
+///
+/// Everything the server holds about a local user (GDPR art. 15 and 20): JSON, or HTML with
+/// `?format=html`. The request is audited like every admin request.
+async fn export_user(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    Path(user_id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response> {
+    require_admin(&id)?;
+    let user_id = local_user(&state, &user_id)?;
+    let export = crate::privacy::export::export_user(&state.store, &state.config.server_name, user_id.as_str()).await?;
+    match query.get("format").map(String::as_str) {
+        None | Some("json") => Ok(json(export)),
+        Some("html") => Ok(axum::response::IntoResponse::into_response(axum::response::Html(
+            crate::privacy::export::to_html(&export),
+        ))),
+        Some(_) => Err(Error::invalid_param("format is json or html")),
+    }
 }
 
 /// # POST /_missive/admin/v1/retention/purge

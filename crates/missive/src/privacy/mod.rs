@@ -3,6 +3,8 @@
 //! about it today), the retention settings with the presets of the services Missive
 //! serves, and the record of processing activities (GDPR art. 30) printed from them.
 
+pub mod export;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
