@@ -254,3 +254,41 @@ async fn a_users_export_holds_all_of_their_data_and_nothing_of_others() {
     assert!(html.contains(&format!("Everything this server holds about {}", alice.user_id)), "{html}");
     assert!(html.contains("message en clair 1234") && html.contains("Salle chiffree"));
 }
+
+#[tokio::test]
+async fn transparency_statistics_count_accounts_activity_messages_and_storage_per_organisation() {
+    let server = TestServer::start().await;
+    assert_eq!(server.server_name, "localhost", "the SQL below names the users");
+    let admin = register_admin(&server, "operator").await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    server.register("carol").await;
+    server
+        .execute("UPDATE users SET organisation = 'police' WHERE user_id IN ('@alice:localhost', '@bob:localhost')")
+        .await;
+    let room = server.create_room(&alice.access_token, json!({ "preset": "public_chat" })).await;
+    server.call("POST", &format!("/_matrix/client/v3/join/{room}"), Some(&bob.access_token), Some(json!({}))).await;
+    for i in 0..3 {
+        server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.text", "body": format!("{i}") })).await;
+    }
+    server.send_message(&bob.access_token, &room, json!({ "msgtype": "m.text", "body": "ok" })).await;
+    // Carol has not used her account for two months.
+    server.execute("UPDATE devices SET last_seen_ts = 1 WHERE user_id = '@carol:localhost'").await;
+
+    let stats = common::until("activity is recorded", async || {
+        let (status, stats) = server.call("GET", "/_missive/admin/v1/statistics", Some(&admin), None).await;
+        assert_eq!(status, 200, "{stats}");
+        (stats["daily_active_users"].as_i64() >= Some(3)).then_some(stats)
+    })
+    .await;
+    assert_eq!(stats["accounts"], 4, "{stats}");
+    assert_eq!(stats["daily_active_users"], 3, "carol is not active: {stats}");
+    let today: i64 =
+        stats["messages_per_day"].as_array().unwrap().iter().map(|d| d["messages"].as_i64().unwrap()).sum();
+    assert_eq!(today, 4, "{stats}");
+    assert!(stats["storage"]["database_bytes"].as_i64().unwrap() > 0);
+    let police = stats["per_organisation"].as_array().unwrap().iter().find(|o| o["organisation"] == "police").unwrap();
+    assert_eq!((police["accounts"].clone(), police["daily_active"].clone()), (json!(2), json!(2)), "{stats}");
+    let (status, _) = server.call("GET", "/_missive/admin/v1/statistics", Some(&bob.access_token), None).await;
+    assert_eq!(status, 403);
+}

@@ -62,6 +62,9 @@ enum AdminCommand {
         #[arg(long, default_value = "markdown")]
         format: String,
     },
+    /// The transparency statistics: accounts, daily and monthly active users, messages per
+    /// day, storage, per organisation.
+    Stats,
     /// The audit trail of operator actions, newest first.
     Audit {
         /// Only the actions of this account.
@@ -205,6 +208,7 @@ async fn admin(config: &Config, url: Option<String>, token: Option<&str>, comman
                 MediaAction::Scans => client.get(format!("{base}/_missive/admin/v1/media/scans")),
             }
         }
+        AdminCommand::Stats => client.get(format!("{base}/_missive/admin/v1/statistics")),
         // Printed above, from the configuration alone.
         AdminCommand::Records { .. } => return Ok(()),
         AdminCommand::Audit { actor, target, limit } => {

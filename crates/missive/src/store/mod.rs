@@ -21,6 +21,7 @@ mod reports;
 mod retention;
 mod rooms;
 mod script;
+mod stats;
 mod subject;
 mod sync;
 mod user_data;
@@ -44,6 +45,7 @@ pub use self::{
     remote_devices::RemoteDeviceList,
     reports::NewReport,
     rooms::*,
+    stats::OrganisationStats,
     subject::SentEvent,
     sync::*,
     user_data::*,

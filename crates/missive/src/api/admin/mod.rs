@@ -32,6 +32,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/_missive/admin/v1/audit", get(audit_trail))
         .route("/_missive/admin/v1/retention/purge", axum::routing::post(purge_now))
         .route("/_missive/admin/v1/users/{user_id}/export", get(export_user))
+        .route("/_missive/admin/v1/statistics", get(statistics))
         .route("/_synapse/admin/v1/federation/destinations", get(destinations))
         .route("/_synapse/admin/v1/federation/destinations/{destination}", get(destination))
         .route(
@@ -229,6 +230,37 @@ async fn export_user(
         ))),
         Some(_) => Err(Error::invalid_param("format is json or html")),
     }
+}
+
+/// # GET /_missive/admin/v1/statistics
+///
+/// The figures an administration reports: accounts, daily and monthly active users (a
+/// device used in the last day, the last 30 days), messages per day over 30 days, storage;
+/// per organisation. Active users come from the devices' last use, nothing kept for it.
+async fn statistics(State(state): State<AppState>, Authenticated(id): Authenticated) -> Result<Response> {
+    require_admin(&id)?;
+    const DAY: i64 = 86_400_000;
+    let now = crate::store::now_ms();
+    let organisations = state.store.organisation_stats(now - DAY, now - 30 * DAY).await?;
+    let sum = |f: fn(&crate::store::OrganisationStats) -> i64| organisations.iter().map(f).sum::<i64>();
+    let messages: Vec<serde_json::Value> = state
+        .store
+        .messages_per_day(&state.config.server_name, now - 30 * DAY)
+        .await?
+        .into_iter()
+        .map(|(day, count)| json!({ "day": day, "messages": count }))
+        .collect();
+    let (database_bytes, media_bytes) = state.store.storage_bytes().await?;
+    Ok(json(json!({
+        "server": state.config.server_name,
+        "generated_at": now,
+        "accounts": sum(|o| o.accounts),
+        "daily_active_users": sum(|o| o.daily_active),
+        "monthly_active_users": sum(|o| o.monthly_active),
+        "messages_per_day": messages,
+        "storage": { "database_bytes": database_bytes, "media_bytes": media_bytes },
+        "per_organisation": organisations,
+    })))
 }
 
 /// # POST /_missive/admin/v1/retention/purge
