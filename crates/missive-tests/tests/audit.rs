@@ -292,3 +292,94 @@ async fn transparency_statistics_count_accounts_activity_messages_and_storage_pe
     let (status, _) = server.call("GET", "/_missive/admin/v1/statistics", Some(&bob.access_token), None).await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn held_data_survives_the_purge_until_the_hold_is_lifted() {
+    let server = TestServer::start_with(&[("MISSIVE_RETENTION__PRESET", "luxchat4gov")]).await;
+    let admin = register_admin(&server, "operator").await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let mut uris = Vec::new();
+    for (user, body) in [(&alice, "piece d'alice"), (&bob, "piece de bob")] {
+        let response = reqwest::Client::new()
+            .post(server.url("/_matrix/media/v3/upload"))
+            .bearer_auth(&user.access_token)
+            .header("content-type", "text/plain")
+            .header("user-agent", "Element/1.11")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        uris.push(response.json::<Value>().await.unwrap()["content_uri"].as_str().unwrap().to_owned());
+    }
+    for user in ["@alice:localhost", "@bob:localhost"] {
+        common::until("the connection is recorded", async || {
+            connections(&server, &admin, user).await.iter().any(|c| c["ip"] == "127.0.0.1").then_some(())
+        })
+        .await;
+    }
+    let download = async |uri: &str| {
+        let path = format!("/_matrix/client/v1/media/download/{}", uri.trim_start_matches("mxc://"));
+        reqwest::Client::new().get(server.url(&path)).bearer_auth(&admin).send().await.unwrap().status().as_u16()
+    };
+
+    // Bad holds are refused; a hold on alice is placed.
+    for bad in [
+        json!({ "user_id": alice.user_id, "room_id": "!r:localhost", "reason": "x", "reference": "y" }),
+        json!({ "user_id": alice.user_id, "reason": "", "reference": "y" }),
+        json!({ "user_id": "not a user", "reason": "x", "reference": "y" }),
+    ] {
+        let (status, _) = server.call("POST", "/_missive/admin/v1/legal_holds", Some(&admin), Some(bad.clone())).await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    let hold = json!({ "user_id": alice.user_id, "reason": "requisition judiciaire", "reference": "PJ-2026-118" });
+    let (status, placed) = server.call("POST", "/_missive/admin/v1/legal_holds", Some(&admin), Some(hold)).await;
+    assert_eq!(status, 200, "{placed}");
+    let hold_id = placed["id"].as_i64().unwrap();
+
+    // Everything is now past its retention.
+    server.execute("UPDATE media SET created_ts = 1").await;
+    server.execute("UPDATE devices SET last_seen_ts = 1").await;
+    let (_, report) = server.call("POST", "/_missive/admin/v1/retention/purge", Some(&admin), Some(json!({}))).await;
+    assert_eq!(report["media_deleted"], 1, "{report}");
+    assert_eq!(download(&uris[0]).await, 200, "alice's file is held");
+    assert_eq!(download(&uris[1]).await, 404, "bob's file went");
+    assert!(connections(&server, &admin, "@alice:localhost").await.iter().any(|c| c["ip"] == "127.0.0.1"));
+    assert!(connections(&server, &admin, "@bob:localhost").await.iter().all(|c| c["ip"].is_null()));
+    let files = |dir: &std::path::Path| walk(dir).len();
+    assert_eq!(files(&server.data_dir().join("media/sha256")), 1, "bob's file is gone from the disk");
+
+    // Lifted, the hold lets the purge take alice's data too; its record stays.
+    let (status, _) =
+        server.call("DELETE", &format!("/_missive/admin/v1/legal_holds/{hold_id}"), Some(&admin), None).await;
+    assert_eq!(status, 200);
+    let (status, _) =
+        server.call("DELETE", &format!("/_missive/admin/v1/legal_holds/{hold_id}"), Some(&admin), None).await;
+    assert_eq!(status, 404, "already lifted");
+    let (_, report) = server.call("POST", "/_missive/admin/v1/retention/purge", Some(&admin), Some(json!({}))).await;
+    assert_eq!(report["media_deleted"], 1, "{report}");
+    assert_eq!(download(&uris[0]).await, 404);
+    assert_eq!(files(&server.data_dir().join("media/sha256")), 0);
+    let (_, holds) = server.call("GET", "/_missive/admin/v1/legal_holds", Some(&admin), None).await;
+    assert_eq!(holds["holds"][0]["reference"], "PJ-2026-118");
+    assert!(holds["holds"][0]["lifted_ts"].as_i64().is_some());
+    // Holds are audited.
+    let (_, trail) = server.call("GET", "/_missive/admin/v1/audit", Some(&admin), None).await;
+    let actions: Vec<&str> =
+        trail["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"POST /_missive/admin/v1/legal_holds"));
+    assert!(actions.contains(&"DELETE /_missive/admin/v1/legal_holds/{id}"));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -62,6 +62,11 @@ enum AdminCommand {
         #[arg(long, default_value = "markdown")]
         format: String,
     },
+    /// Legal holds: data the retention purge keeps until they are lifted.
+    Hold {
+        #[command(subcommand)]
+        action: HoldAction,
+    },
     /// The transparency statistics: accounts, daily and monthly active users, messages per
     /// day, storage, per organisation.
     Stats,
@@ -93,6 +98,27 @@ enum MediaAction {
     Delete { uri: String },
     /// The antivirus's counts: clean, infected, waiting for a scan, quarantined.
     Scans,
+}
+
+#[derive(Subcommand)]
+enum HoldAction {
+    /// Every hold, active and lifted.
+    List,
+    /// Place a hold on a user's or a room's data.
+    Place {
+        #[arg(long, conflicts_with = "room", required_unless_present = "room")]
+        user: Option<String>,
+        #[arg(long)]
+        room: Option<String>,
+        /// Why (e.g. the request of an investigating judge).
+        #[arg(long)]
+        reason: String,
+        /// The reference of the request.
+        #[arg(long)]
+        reference: String,
+    },
+    /// Lift a hold: the purge may take the data again.
+    Lift { id: i64 },
 }
 
 /// The server name and media ID of an `mxc://` URI, as path segments.
@@ -209,6 +235,20 @@ async fn admin(config: &Config, url: Option<String>, token: Option<&str>, comman
             }
         }
         AdminCommand::Stats => client.get(format!("{base}/_missive/admin/v1/statistics")),
+        AdminCommand::Hold { action } => {
+            let holds = format!("{base}/_missive/admin/v1/legal_holds");
+            match action {
+                HoldAction::List => client.get(holds),
+                HoldAction::Place { user, room, reason, reference } => client
+                    .post(holds)
+                    .header("content-type", "application/json")
+                    .body(
+                        serde_json::json!({ "user_id": user, "room_id": room, "reason": reason, "reference": reference })
+                            .to_string(),
+                    ),
+                HoldAction::Lift { id } => client.delete(format!("{holds}/{id}")),
+            }
+        }
         // Printed above, from the configuration alone.
         AdminCommand::Records { .. } => return Ok(()),
         AdminCommand::Audit { actor, target, limit } => {

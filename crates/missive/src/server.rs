@@ -105,7 +105,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         .await
         .context("cannot load the pushers")?;
     rooms.on_push(push.clone());
-    let purge = crate::privacy::Purge::new(store.clone(), &config.retention);
+    let purge = crate::privacy::Purge::new(store.clone(), media.clone(), &config.retention);
     purge.spawn();
     Ok(Arc::new(Services {
         sso,

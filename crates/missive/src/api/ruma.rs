@@ -355,7 +355,15 @@ impl FromRequestParts<AppState> for Authenticated {
 
     async fn from_request_parts(parts: &mut http::request::Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = access_token(parts).ok_or(Error::MissingToken)?;
-        Ok(Authenticated(state.accounts.authenticate(&token).await?))
+        let identity = state.accounts.authenticate(&token).await?;
+        // Every authenticated request counts as the device's use (connection logs).
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<crate::tls::ClientAddr>>()
+            .map(|c| c.0.0.ip().to_string());
+        let user_agent = parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
+        state.accounts.device_seen(&identity, ip.as_deref(), user_agent);
+        Ok(Authenticated(identity))
     }
 }
 

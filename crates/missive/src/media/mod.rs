@@ -515,6 +515,20 @@ impl Media {
         previews.preview(url).await
     }
 
+    /// Deletes media uploaded before `cutoff` (but those of users under a legal hold), with
+    /// their thumbnails and the files nothing else uses; answers how many items went.
+    pub async fn purge_before(&self, cutoff: i64) -> Result<u64> {
+        let (unused, items) = self.store.purge_old_media(cutoff, 500).await?;
+        for sha256 in &unused {
+            match tokio::fs::remove_file(self.content_path(sha256)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("delete a media file", &e)),
+            }
+        }
+        Ok(items)
+    }
+
     /// The content scanner, when scanning is on.
     pub fn content_scanner(&self) -> Result<&ContentScanner> {
         self.scanner.as_ref().ok_or(Error::Unrecognized { method_not_allowed: false })

@@ -185,7 +185,7 @@ pub const DATA_CLASSES: &[DataClass] = &[
         legal_basis: LEGAL_OBLIGATION,
         retention: |r| Some(r.connection_logs_days),
         deletion: "IP addresses and user agents older than the retention are erased; sessions end with logout or deactivation",
-        enforcement: "the hourly purge erases devices' addresses and user agents last seen before the retention; sessions end on logout, IAM logout and deactivation",
+        enforcement: "the hourly purge erases devices' addresses and user agents last seen before the retention (but those of users under a legal hold); sessions end on logout, IAM logout and deactivation",
     },
     DataClass {
         id: "media",
@@ -196,7 +196,7 @@ pub const DATA_CLASSES: &[DataClass] = &[
         legal_basis: PUBLIC_TASK,
         retention: |r| Some(r.media_days),
         deletion: "the media item, its thumbnails, and the file when no other item shares it",
-        enforcement: "operators delete media with their files; the age-based purge is not implemented yet",
+        enforcement: "the hourly purge deletes media older than the retention with their files (but those of users under a legal hold); operators delete media with their files",
     },
     DataClass {
         id: "push",
@@ -235,8 +235,8 @@ pub const DATA_CLASSES: &[DataClass] = &[
     DataClass {
         id: "audit",
         name: "Audit trail",
-        data: "operator and IAM actions: who, what, on what, from which address, outcome",
-        tables: &["audit_log"],
+        data: "operator and IAM actions: who, what, on what, from which address, outcome; legal holds",
+        tables: &["audit_log", "legal_holds"],
         files: &[],
         legal_basis: LEGAL_OBLIGATION,
         retention: |r| Some(r.audit_days),
@@ -278,19 +278,26 @@ pub struct PurgeReport {
     pub connection_logs_erased: u64,
     /// Audit entries deleted.
     pub audit_entries_deleted: u64,
+    /// Media items deleted (with their files when nothing else used them).
+    pub media_deleted: u64,
 }
 
 /// The retention purge: deletes what is older than its class's retention, for the
 /// classes it covers so far (connection data, the audit trail).
 pub struct Purge {
     store: crate::store::Store,
+    media: std::sync::Arc<crate::media::Media>,
     retention: Effective,
 }
 
 impl Purge {
     /// The purge of this configuration.
-    pub fn new(store: crate::store::Store, retention: &Retention) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self { store, retention: retention.effective() })
+    pub fn new(
+        store: crate::store::Store,
+        media: std::sync::Arc<crate::media::Media>,
+        retention: &Retention,
+    ) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { store, media, retention: retention.effective() })
     }
 
     /// One run, as of `now` (ms).
@@ -303,9 +310,13 @@ impl Purge {
         if let Some(days) = self.retention.audit_days {
             report.audit_entries_deleted = self.store.delete_old_audit(cutoff(days), PURGE_BATCH).await?;
         }
+        if let Some(days) = self.retention.media_days {
+            report.media_deleted = self.media.purge_before(cutoff(days)).await?;
+        }
         tracing::info!(
             connection_logs_erased = report.connection_logs_erased,
             audit_entries_deleted = report.audit_entries_deleted,
+            media_deleted = report.media_deleted,
             "retention purge done"
         );
         Ok(report)

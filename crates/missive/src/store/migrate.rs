@@ -101,6 +101,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0021_audit_log.sql"),
         include_str!("../../migrations/postgres/0021_audit_log.sql"),
     ),
+    (
+        22,
+        include_str!("../../migrations/sqlite/0022_legal_holds.sql"),
+        include_str!("../../migrations/postgres/0022_legal_holds.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

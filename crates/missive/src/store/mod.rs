@@ -44,6 +44,7 @@ pub use self::{
     pushers::{NotificationRow, PushCandidate, PusherRow},
     remote_devices::RemoteDeviceList,
     reports::NewReport,
+    retention::LegalHold,
     rooms::*,
     stats::OrganisationStats,
     subject::SentEvent,

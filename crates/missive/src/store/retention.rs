@@ -14,6 +14,7 @@ impl super::Store {
                 "UPDATE devices SET last_seen_ip = NULL, last_seen_user_agent = NULL \
                  WHERE (user_id, device_id) IN (SELECT user_id, device_id FROM devices \
                      WHERE last_seen_ts < $1 AND (last_seen_ip IS NOT NULL OR last_seen_user_agent IS NOT NULL) \
+                     AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.lifted_ts IS NULL AND h.user_id = devices.user_id) \
                      LIMIT $2)",
             )
             .bind(cutoff)
@@ -43,6 +44,110 @@ impl super::Store {
             total += done;
             if done < batch as u64 {
                 return Ok(total);
+            }
+        }
+    }
+}
+
+/// A legal hold.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LegalHold {
+    pub id: i64,
+    pub user_id: Option<String>,
+    pub room_id: Option<String>,
+    pub reason: String,
+    pub reference: String,
+    pub placed_by: String,
+    pub placed_ts: i64,
+    pub lifted_by: Option<String>,
+    pub lifted_ts: Option<i64>,
+}
+
+impl super::Store {
+    /// Places a hold on a user's or a room's data; answers its ID.
+    pub async fn place_hold(
+        &self,
+        user_id: Option<&str>,
+        room_id: Option<&str>,
+        reason: &str,
+        reference: &str,
+        by: &str,
+    ) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO legal_holds (user_id, room_id, reason, reference, placed_by, placed_ts) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .bind(reason)
+        .bind(reference)
+        .bind(by)
+        .bind(super::now_ms())
+        .fetch_one(&self.write)
+        .await?)
+    }
+
+    /// Lifts a hold (its record stays); answers whether an active hold was lifted.
+    pub async fn lift_hold(&self, id: i64, by: &str) -> StoreResult<bool> {
+        Ok(sqlx::query("UPDATE legal_holds SET lifted_by = $2, lifted_ts = $3 WHERE id = $1 AND lifted_ts IS NULL")
+            .bind(id)
+            .bind(by)
+            .bind(super::now_ms())
+            .execute(&self.write)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
+    /// Every hold, active and lifted, newest first.
+    pub async fn legal_holds(&self) -> StoreResult<Vec<LegalHold>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, room_id, reason, reference, placed_by, placed_ts, lifted_by, lifted_ts \
+             FROM legal_holds ORDER BY id DESC",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        use sqlx::Row;
+        Ok(rows
+            .into_iter()
+            .map(|r| LegalHold {
+                id: r.get(0),
+                user_id: r.get(1),
+                room_id: r.get(2),
+                reason: r.get(3),
+                reference: r.get(4),
+                placed_by: r.get(5),
+                placed_ts: r.get(6),
+                lifted_by: r.get(7),
+                lifted_ts: r.get(8),
+            })
+            .collect())
+    }
+
+    /// Media uploaded before `cutoff` by users under no active hold: deleted with their
+    /// thumbnails, in batches; answers the content hashes no row uses any more (their
+    /// files may go) and how many items went.
+    pub async fn purge_old_media(&self, cutoff: i64, batch: i64) -> StoreResult<(Vec<String>, u64)> {
+        let mut unused = Vec::new();
+        let mut items = 0;
+        loop {
+            let ids: Vec<(String, String)> = sqlx::query_as(
+                "SELECT origin, media_id FROM media m WHERE created_ts < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.lifted_ts IS NULL AND h.user_id = m.uploader) \
+                 LIMIT $2",
+            )
+            .bind(cutoff)
+            .bind(batch)
+            .fetch_all(&self.read)
+            .await?;
+            for (origin, media_id) in &ids {
+                if let Some(hashes) = self.delete_media(origin, media_id).await? {
+                    unused.extend(hashes);
+                    items += 1;
+                }
+            }
+            if (ids.len() as i64) < batch {
+                return Ok((unused, items));
             }
         }
     }

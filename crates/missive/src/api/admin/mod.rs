@@ -33,6 +33,8 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/_missive/admin/v1/retention/purge", axum::routing::post(purge_now))
         .route("/_missive/admin/v1/users/{user_id}/export", get(export_user))
         .route("/_missive/admin/v1/statistics", get(statistics))
+        .route("/_missive/admin/v1/legal_holds", get(legal_holds).post(place_hold))
+        .route("/_missive/admin/v1/legal_holds/{id}", axum::routing::delete(lift_hold))
         .route("/_synapse/admin/v1/federation/destinations", get(destinations))
         .route("/_synapse/admin/v1/federation/destinations/{destination}", get(destination))
         .route(
@@ -230,6 +232,72 @@ async fn export_user(
         ))),
         Some(_) => Err(Error::invalid_param("format is json or html")),
     }
+}
+
+#[derive(Deserialize)]
+struct HoldRequest {
+    user_id: Option<String>,
+    room_id: Option<String>,
+    reason: String,
+    reference: String,
+}
+
+/// # GET /_missive/admin/v1/legal_holds
+async fn legal_holds(State(state): State<AppState>, Authenticated(id): Authenticated) -> Result<Response> {
+    require_admin(&id)?;
+    Ok(json(json!({ "holds": state.store.legal_holds().await? })))
+}
+
+/// # POST /_missive/admin/v1/legal_holds
+///
+/// Keeps a user's or a room's data from the retention purge until lifted (who, when, why
+/// and the reference are recorded; the request is audited).
+async fn place_hold(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    require_admin(&id)?;
+    let request: HoldRequest = serde_json::from_slice(&body).map_err(|e| Error::bad_json(e.to_string()))?;
+    if request.user_id.is_some() == request.room_id.is_some() {
+        return Err(Error::invalid_param("a hold names a user_id or a room_id"));
+    }
+    if request.reason.trim().is_empty() || request.reference.trim().is_empty() {
+        return Err(Error::MissingParam("a hold needs a reason and a reference".into()));
+    }
+    if let Some(user) = &request.user_id {
+        ruma::UserId::parse(user).map_err(|e| Error::invalid_param(e.to_string()))?;
+    }
+    if let Some(room) = &request.room_id {
+        ruma::RoomId::parse(room).map_err(|e| Error::invalid_param(e.to_string()))?;
+    }
+    let hold = state
+        .store
+        .place_hold(
+            request.user_id.as_deref(),
+            request.room_id.as_deref(),
+            &request.reason,
+            &request.reference,
+            id.user_id.as_str(),
+        )
+        .await?;
+    tracing::warn!(hold, by = %id.user_id, "legal hold placed");
+    Ok(json(json!({ "id": hold })))
+}
+
+/// # DELETE /_missive/admin/v1/legal_holds/{id}
+async fn lift_hold(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    Path(hold): Path<String>,
+) -> Result<Response> {
+    require_admin(&id)?;
+    let hold: i64 = hold.parse().map_err(|_| Error::not_found("no such hold"))?;
+    if !state.store.lift_hold(hold, id.user_id.as_str()).await? {
+        return Err(Error::not_found("no active hold with this ID"));
+    }
+    tracing::warn!(hold, by = %id.user_id, "legal hold lifted");
+    Ok(json(json!({})))
 }
 
 /// # GET /_missive/admin/v1/statistics
