@@ -383,3 +383,45 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn logins_and_logouts_are_logged_exported_and_purged_with_connection_logs() {
+    let server = TestServer::start_with(&[("MISSIVE_RETENTION__PRESET", "tchap")]).await;
+    let admin = register_admin(&server, "operator").await;
+    let alice = server.register("alice").await;
+    let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": alice.password });
+    let response = reqwest::Client::new()
+        .post(server.url("/_matrix/client/v3/login"))
+        .header("user-agent", "Tchap-iOS/3.2")
+        .json(&login)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let session: Value = response.json().await.unwrap();
+    let token = session["access_token"].as_str().unwrap();
+    let response = reqwest::Client::new()
+        .post(server.url("/_matrix/client/v3/logout"))
+        .bearer_auth(token)
+        .header("user-agent", "Tchap-iOS/3.2")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    let path = format!("/_missive/admin/v1/users/{}/export", alice.user_id);
+    let (_, export) = server.call("GET", &path, Some(&admin), None).await;
+    let log = export["logins_and_logouts"].as_array().unwrap();
+    let events: Vec<&str> = log.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, vec!["login", "logout"], "{export}");
+    assert!(log.iter().all(|e| e["ip"] == "127.0.0.1" && e["user_agent"] == "Tchap-iOS/3.2"), "{log:?}");
+    assert_eq!(log[0]["device_id"], session["device_id"]);
+
+    // A year and a day later (Tchap keeps connection data one year), they are gone.
+    server.execute("UPDATE session_log SET ts = ts - 31622400000").await;
+    let (_, report) = server.call("POST", "/_missive/admin/v1/retention/purge", Some(&admin), Some(json!({}))).await;
+    assert!(report["connection_logs_erased"].as_u64().unwrap() >= 2, "{report}");
+    let (_, export) = server.call("GET", &path, Some(&admin), None).await;
+    assert_eq!(export["logins_and_logouts"], json!([]));
+}

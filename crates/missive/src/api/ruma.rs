@@ -66,6 +66,8 @@ pub struct Ruma<T> {
     /// The raw JSON body, for endpoints whose ruma type drops fields we need.
     pub json: Bytes,
     pub client_ip: Option<String>,
+    /// The client's `User-Agent` (at most 512 characters), for connection logs.
+    pub user_agent: Option<String>,
     method: http::Method,
     path: String,
 }
@@ -144,6 +146,11 @@ where
         {
             path_args.push(String::new());
         }
+        let user_agent = parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(512).collect::<String>());
         let client_ip = parts
             .extensions
             .get::<axum::extract::ConnectInfo<crate::tls::ClientAddr>>()
@@ -160,8 +167,7 @@ where
             (Some(false), None) => None,
         };
         if let Some(identity) = &identity {
-            let user_agent = parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
-            state.accounts.device_seen(identity, client_ip.as_deref(), user_agent);
+            state.accounts.device_seen(identity, client_ip.as_deref(), user_agent.as_deref());
         }
         if identity.as_ref().is_some_and(|id| id.is_guest)
             && let Some(matched) = &matched
@@ -196,7 +202,7 @@ where
             let msg = e.to_string();
             if msg.contains("query") { Error::InvalidParam(msg) } else { Error::BadJson(msg) }
         })?;
-        Ok(Ruma { body, identity, origin, json: bytes, client_ip, method, path })
+        Ok(Ruma { body, identity, origin, json: bytes, client_ip, user_agent, method, path })
     }
 }
 

@@ -40,6 +40,7 @@ pub async fn export_user(store: &Store, server_name: &str, user_id: &str) -> Res
             })
         })
         .collect();
+    let sessions = store.session_log_of(user_id).await?;
     let mut rooms = Vec::new();
     for membership in store.memberships_of_user(user_id, None).await? {
         let name = match store.current_state_event(&membership.room_id, "m.room.name", "").await? {
@@ -137,6 +138,7 @@ pub async fn export_user(store: &Store, server_name: &str, user_id: &str) -> Res
         "identifiers": { "matrix_id": user_id, "iam": iam, "threepids": threepids },
         "profile": { "displayname": displayname, "avatar_url": avatar_url },
         "devices_and_connections": devices,
+        "logins_and_logouts": sessions,
         "rooms": rooms,
         "messages": messages,
         "encrypted_messages": encrypted_messages,

@@ -179,8 +179,8 @@ pub const DATA_CLASSES: &[DataClass] = &[
     DataClass {
         id: "connection_logs",
         name: "Connection logs",
-        data: "per device: IP address, user agent, last seen; sessions and their tokens",
-        tables: &["devices", "access_tokens", "login_tokens", "sso_sessions", "openid_tokens"],
+        data: "per device: IP address, user agent, last seen; each login and session end with its address and user agent; sessions and their tokens",
+        tables: &["devices", "session_log", "access_tokens", "login_tokens", "sso_sessions", "openid_tokens"],
         files: &[],
         legal_basis: LEGAL_OBLIGATION,
         retention: |r| Some(r.connection_logs_days),
@@ -305,7 +305,8 @@ impl Purge {
         let cutoff = |days: u64| now - (days as i64).saturating_mul(DAY_MS);
         let mut report = PurgeReport::default();
         if let Some(days) = self.retention.connection_logs_days {
-            report.connection_logs_erased = self.store.erase_connection_data(cutoff(days), PURGE_BATCH).await?;
+            report.connection_logs_erased = self.store.erase_connection_data(cutoff(days), PURGE_BATCH).await?
+                + self.store.delete_old_session_log(cutoff(days), PURGE_BATCH).await?;
         }
         if let Some(days) = self.retention.audit_days {
             report.audit_entries_deleted = self.store.delete_old_audit(cutoff(days), PURGE_BATCH).await?;

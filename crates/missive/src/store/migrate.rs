@@ -106,6 +106,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0022_legal_holds.sql"),
         include_str!("../../migrations/postgres/0022_legal_holds.sql"),
     ),
+    (
+        23,
+        include_str!("../../migrations/sqlite/0023_session_log.sql"),
+        include_str!("../../migrations/postgres/0023_session_log.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

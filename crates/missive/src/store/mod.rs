@@ -44,7 +44,7 @@ pub use self::{
     pushers::{NotificationRow, PushCandidate, PusherRow},
     remote_devices::RemoteDeviceList,
     reports::NewReport,
-    retention::LegalHold,
+    retention::{LegalHold, SessionLogRow},
     rooms::*,
     stats::OrganisationStats,
     subject::SentEvent,

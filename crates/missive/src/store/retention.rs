@@ -152,3 +152,80 @@ impl super::Store {
         }
     }
 }
+
+/// A login or a session's end.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionLogRow {
+    pub device_id: String,
+    /// `login` or `logout`.
+    pub event: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub ts: i64,
+}
+
+impl super::Store {
+    /// Records a login or a session's end.
+    pub async fn log_session(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        event: &str,
+        ip: Option<&str>,
+        user_agent: Option<&str>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO session_log (user_id, device_id, event, ip, user_agent, ts) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(event)
+        .bind(ip)
+        .bind(user_agent)
+        .bind(super::now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// A user's logins and session ends, oldest first.
+    pub async fn session_log_of(&self, user_id: &str) -> StoreResult<Vec<SessionLogRow>> {
+        use sqlx::Row;
+        let rows =
+            sqlx::query("SELECT device_id, event, ip, user_agent, ts FROM session_log WHERE user_id = $1 ORDER BY id")
+                .bind(user_id)
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SessionLogRow {
+                device_id: r.get(0),
+                event: r.get(1),
+                ip: r.get(2),
+                user_agent: r.get(3),
+                ts: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Deletes session log rows older than `cutoff` (but those of users under a hold).
+    pub async fn delete_old_session_log(&self, cutoff: i64, batch: i64) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM session_log WHERE id IN (SELECT id FROM session_log s WHERE ts < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.lifted_ts IS NULL AND h.user_id = s.user_id) \
+                 ORDER BY id LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(batch)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+            total += done;
+            if done < batch as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}

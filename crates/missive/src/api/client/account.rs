@@ -149,6 +149,8 @@ async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<Respons
             if let Some(provider_session) = provider_session {
                 state.sso.note_session(&provider_session, &user_id, session.device_id.as_str()).await?;
             }
+            log_session(&state, &session.user_id, session.device_id.as_str(), "login", &req.client_ip, &req.user_agent)
+                .await;
             return Ok(json(session_json(&state, &session)));
         }
         _ => return Err(Error::Unknown("unsupported login type".into())),
@@ -169,7 +171,25 @@ async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<Respons
             body.refresh_token,
         )
         .await?;
+    log_session(&state, &session.user_id, session.device_id.as_str(), "login", &req.client_ip, &req.user_agent).await;
     Ok(json(session_json(&state, &session)))
+}
+
+/// Records a login or a session's end in the connection logs; a failure to record is
+/// logged, not the user's problem.
+async fn log_session(
+    state: &AppState,
+    user_id: &ruma::UserId,
+    device_id: &str,
+    event: &str,
+    ip: &Option<String>,
+    user_agent: &Option<String>,
+) {
+    if let Err(e) =
+        state.store.log_session(user_id.as_str(), device_id, event, ip.as_deref(), user_agent.as_deref()).await
+    {
+        tracing::warn!(error = %e, "connection log not recorded");
+    }
 }
 
 /// # POST /_matrix/client/v3/refresh
@@ -186,12 +206,15 @@ async fn refresh(state: AppState, req: Ruma<refresh_token::v3::Request>) -> Resu
 async fn logout(state: AppState, req: Ruma<logout::v3::Request>) -> Result<Response> {
     let id = req.identity();
     state.accounts.delete_devices(&id.user_id, &[id.device_id.to_string()]).await?;
+    log_session(&state, &id.user_id, id.device_id.as_str(), "logout", &req.client_ip, &req.user_agent).await;
     Ok(json(json!({})))
 }
 
 /// # POST /_matrix/client/v3/logout/all
 async fn logout_all(state: AppState, req: Ruma<logout_all::v3::Request>) -> Result<Response> {
-    state.accounts.logout_all(&req.identity().user_id).await?;
+    let id = req.identity();
+    state.accounts.logout_all(&id.user_id).await?;
+    log_session(&state, &id.user_id, "*", "logout", &req.client_ip, &req.user_agent).await;
     Ok(json(json!({})))
 }
 
@@ -243,6 +266,7 @@ async fn delete_device(state: AppState, req: Ruma<delete_device::v3::Request>) -
     }
     state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref(), &req.uia_request()).await?;
     state.accounts.delete_devices(&id.user_id, &[req.body.device_id.to_string()]).await?;
+    log_session(&state, &id.user_id, req.body.device_id.as_str(), "logout", &req.client_ip, &req.user_agent).await;
     Ok(json(json!({})))
 }
 
@@ -252,6 +276,9 @@ async fn delete_devices(state: AppState, req: Ruma<delete_devices::v3::Request>)
     state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref(), &req.uia_request()).await?;
     let devices: Vec<String> = req.body.devices.iter().map(ToString::to_string).collect();
     state.accounts.delete_devices(&id.user_id, &devices).await?;
+    for device in &devices {
+        log_session(&state, &id.user_id, device, "logout", &req.client_ip, &req.user_agent).await;
+    }
     Ok(json(json!({})))
 }
 
