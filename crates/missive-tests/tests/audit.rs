@@ -425,3 +425,32 @@ async fn logins_and_logouts_are_logged_exported_and_purged_with_connection_logs(
     let (_, export) = server.call("GET", &path, Some(&admin), None).await;
     assert_eq!(export["logins_and_logouts"], json!([]));
 }
+
+#[tokio::test]
+async fn a_held_account_is_not_deleted_until_the_hold_is_lifted() {
+    let server = TestServer::start_with(&[
+        ("MISSIVE_LIFECYCLE__DELETION_AFTER_SECS", "1"),
+        ("MISSIVE_LIFECYCLE__CHECK_INTERVAL_SECS", "1"),
+    ])
+    .await;
+    let admin = register_admin(&server, "operator").await;
+    let alice = server.register("alice").await;
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id);
+    server.call("PUT", &path, Some(&alice.access_token), Some(json!({ "displayname": "Alice Tenue" }))).await;
+    let hold = json!({ "user_id": alice.user_id, "reason": "enquete", "reference": "REF-7" });
+    let (_, placed) = server.call("POST", "/_missive/admin/v1/legal_holds", Some(&admin), Some(hold)).await;
+    let deactivate = format!("/_synapse/admin/v1/deactivate/{}", alice.user_id);
+    assert_eq!(server.call("POST", &deactivate, Some(&admin), Some(json!({}))).await.0, 200);
+    let export = format!("/_missive/admin/v1/users/{}/export", alice.user_id);
+    // Several runs of the job pass: the held account keeps its data.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let (_, held) = server.call("GET", &export, Some(&admin), None).await;
+    assert_eq!(held["profile"]["displayname"], "Alice Tenue", "{held}");
+    let lift = format!("/_missive/admin/v1/legal_holds/{}", placed["id"]);
+    assert_eq!(server.call("DELETE", &lift, Some(&admin), None).await.0, 200);
+    common::until("the account is deleted once the hold is lifted", async || {
+        let (_, export) = server.call("GET", &export, Some(&admin), None).await;
+        export["profile"]["displayname"].is_null().then_some(())
+    })
+    .await;
+}

@@ -299,10 +299,12 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
-    /// Deactivated accounts not yet deleted whose deactivation is older than `cutoff`.
+    /// Deactivated accounts not yet deleted whose deactivation is older than `cutoff`, but
+    /// those under a legal hold (their data waits for the hold to be lifted).
     pub async fn accounts_to_delete(&self, cutoff: i64) -> StoreResult<Vec<String>> {
         let rows = sqlx::query(
-            "SELECT user_id FROM users WHERE deactivated = 1 AND deleted_ts IS NULL AND deactivated_ts < $1",
+            "SELECT user_id FROM users u WHERE deactivated = 1 AND deleted_ts IS NULL AND deactivated_ts < $1 \
+             AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.lifted_ts IS NULL AND h.user_id = u.user_id)",
         )
         .bind(cutoff)
         .fetch_all(&self.read)
