@@ -454,3 +454,19 @@ async fn a_held_account_is_not_deleted_until_the_hold_is_lifted() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn logs_are_json_lines_for_collectors_or_plain_text_without_colour_codes() {
+    let json_server = TestServer::start_with(&[("MISSIVE_LOG_FORMAT", "json")]).await;
+    json_server.register("alice").await;
+    let logs = json_server.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(parsed["level"].is_string() && parsed["timestamp"].is_string(), "{line}");
+    }
+    let text_server = TestServer::start().await;
+    text_server.register("alice").await;
+    assert!(!text_server.logs().contains('\u{1b}'), "no colour codes in a log file");
+}

@@ -311,18 +311,7 @@ fn spawn_allocator_trim() {}
 pub fn main() {
     tune_allocator();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // ruma's state resolution logs every authorised event at INFO: a line per
-            // message is noise at the default level, and costs CPU on every send.
-            tracing_subscriber::EnvFilter::try_from_env("MISSIVE_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn,ruma_state_res=warn")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: a log file or journal gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The configuration first: it says how to log (its errors go to stderr as they are).
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
@@ -330,6 +319,17 @@ pub fn main() {
             std::process::exit(2);
         }
     };
+    // ruma's state resolution logs every authorised event at INFO: a line per message is
+    // noise at the default level, and costs CPU on every send.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MISSIVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn,ruma_state_res=warn"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        // One JSON object per line, for log collectors.
+        crate::config::LogFormat::Json => logs.json().with_current_span(true).init(),
+        // Colour codes only for a terminal: a log file or journal gets plain text.
+        crate::config::LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

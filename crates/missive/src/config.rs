@@ -107,6 +107,19 @@ pub struct Config {
     pub retention: crate::privacy::Retention,
     /// Who appears in the user directory, and whose profile strangers may read.
     pub directory: Directory,
+    /// How log lines are written to stderr.
+    pub log_format: LogFormat,
+}
+
+/// The format of the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// The `[media]` table.
@@ -530,6 +543,7 @@ impl Default for Config {
             email: Email::default(),
             retention: crate::privacy::Retention::default(),
             directory: Directory::default(),
+            log_format: LogFormat::default(),
         }
     }
 }

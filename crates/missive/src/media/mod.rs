@@ -296,7 +296,7 @@ impl Media {
         let media_id = random_id();
         let row = self.store_content(uploader, &media_id, content_type, filename, body).await?;
         self.store.insert_media(&row).await?;
-        tracing::info!(user_id = %uploader, media_id, size = row.size, "media uploaded");
+        tracing::debug!(user_id = %uploader, media_id, size = row.size, "media uploaded");
         self.check_new(&row.sha256).await?;
         Ok(format!("mxc://{}/{media_id}", self.server_name))
     }
@@ -345,7 +345,7 @@ impl Media {
         if !self.store.fulfil_media(&row).await? {
             return Err(Error::CannotOverwriteMedia);
         }
-        tracing::info!(user_id = %uploader, media_id, size = row.size, "reserved media uploaded");
+        tracing::debug!(user_id = %uploader, media_id, size = row.size, "reserved media uploaded");
         self.check_new(&row.sha256).await
     }
 

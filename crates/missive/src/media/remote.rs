@@ -78,7 +78,7 @@ impl Media {
             quarantined: false,
         };
         self.store.insert_remote_media(&row).await?;
-        tracing::info!(origin = server_name, media_id, size, "remote media fetched");
+        tracing::debug!(origin = server_name, media_id, size, "remote media fetched");
         // An infected remote file is quarantined here like an upload; the reader gets 404.
         match self.check_new(&sha256).await {
             Err(Error::Forbidden(_)) => Err(Error::not_found("this media is quarantined")),

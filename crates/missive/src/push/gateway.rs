@@ -89,7 +89,7 @@ async fn run(push: Arc<Push>, key: (String, String, String), mut jobs: mpsc::Rec
                         tracing::warn!(user_id, app_id, error = why, "push gateway failing: notification dropped");
                         break;
                     }
-                    tracing::info!(
+                    tracing::debug!(
                         user_id,
                         app_id,
                         error = why,
