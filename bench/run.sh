@@ -60,10 +60,11 @@ kill "$synapse_pid"; wait "$synapse_pid" 2>/dev/null || true
 start_missive() {
     local label=$1 port=$2
     shift 2
-    # The push scenario's gateway is on loopback, a private range a deployment allows
-    # for its own gateway.
+    # As an operator runs it: default configuration and log level, rate limits off. The
+    # push scenario's gateway is on loopback, a private range a deployment allows for its
+    # own gateway.
     env MISSIVE_LISTEN=127.0.0.1:$port MISSIVE_DATA_DIR="$work/$label" MISSIVE_RATE_LIMITS__ENABLED=false \
-        MISSIVE_REGISTRATION_SHARED_SECRET=$secret MISSIVE_LOG=warn \
+        MISSIVE_REGISTRATION_SHARED_SECRET=$secret \
         MISSIVE_PUSH__GATEWAY_ALLOWED_RANGES='["127.0.0.0/8"]' "$@" "$missive" >"$work/$label.out" 2>&1 &
     pids+=($!)
     missive_pid=$!

@@ -30,7 +30,7 @@ pub struct Options {
     #[arg(long)]
     pub pid: Option<u32>,
     /// Scenarios to run (comma-separated): send (= send_1,send_16), wakeup, initial_sync,
-    /// members, e2ee, many_users, sliding_sync, push.
+    /// members, e2ee, many_users, sliding_sync, push, paced.
     #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users,sliding_sync,push")]
     pub scenarios: String,
     /// Messages per sender configuration in the send scenario (enough for the server's CPU
@@ -292,6 +292,65 @@ impl Bench {
         let fields: Vec<&str> = after.split_whitespace().collect();
         let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
         Some(ticks * 10.0)
+    }
+
+    /// Context switches of every thread of the server so far (voluntary and not), read
+    /// from `/proc/<pid>/task/*/status`; threads that ended are not counted.
+    pub fn context_switches(&self) -> Option<u64> {
+        let pid = self.opts.pid?;
+        let mut total = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+            for line in status.lines() {
+                if line.starts_with("voluntary_ctxt_switches:") || line.starts_with("nonvoluntary_ctxt_switches:") {
+                    total += line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                }
+            }
+        }
+        Some(total)
+    }
+
+    /// Scenario `paced`: one sender, messages 0, 2, 5 and 20 ms apart, as people send: the
+    /// server's CPU and context switches per message, send p50/p99 beside the p50 of
+    /// `GET /versions` (the floor of any request).
+    pub async fn paced(&self) -> Result<Vec<Figure>> {
+        let users = self.users(2).await?;
+        let room = self.room(&users[0], true).await?;
+        self.join(&users[1], &room).await?;
+        let mut out = Vec::new();
+        let mut floor = Vec::with_capacity(200);
+        for _ in 0..200 {
+            let t = Instant::now();
+            self.http.get(format!("{}/_matrix/client/versions", self.opts.url)).send().await?.bytes().await?;
+            floor.push(ms(t.elapsed()));
+        }
+        floor.sort_by(f64::total_cmp);
+        out.push(self.figure("paced", "versions_p50", percentile(&floor, 0.5), "ms"));
+        for spacing in [0u64, 2, 5, 20] {
+            let scenario = format!("paced_{spacing}ms");
+            let n = self.opts.paced.max(1);
+            let (cpu_before, switches_before) = (self.cpu_ms(), self.context_switches());
+            let mut latencies = Vec::with_capacity(n);
+            for i in 0..n {
+                if spacing > 0 {
+                    tokio::time::sleep(Duration::from_millis(spacing)).await;
+                }
+                let t = Instant::now();
+                self.send(&users[0], &room, &format!("paced {i}")).await?;
+                latencies.push(ms(t.elapsed()));
+            }
+            let (cpu_after, switches_after) = (self.cpu_ms(), self.context_switches());
+            latencies.sort_by(f64::total_cmp);
+            out.push(self.figure(&scenario, "send_p50", percentile(&latencies, 0.5), "ms"));
+            out.push(self.figure(&scenario, "send_p99", percentile(&latencies, 0.99), "ms"));
+            if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+                out.push(self.figure(&scenario, "server_cpu_per_message", (b - a) / n as f64, "ms"));
+            }
+            if let (Some(a), Some(b)) = (switches_before, switches_after) {
+                out.push(self.figure(&scenario, "context_switches_per_message", (b - a) as f64 / n as f64, "n"));
+            }
+        }
+        Ok(out)
     }
 
     /// Scenario 1: N senders in one room, each sending its share of M messages.
@@ -858,6 +917,7 @@ impl Bench {
                 "sliding_sync" => self.sliding_sync().await?,
                 "federation" => self.federation().await?,
                 "push" => self.push().await?,
+                "paced" => self.paced().await?,
                 "" => Vec::new(),
                 other => bail!("unknown scenario {other}"),
             };
