@@ -31,7 +31,7 @@ pub struct Options {
     pub pid: Option<u32>,
     /// Scenarios to run (comma-separated): send (= send_1,send_16), wakeup, initial_sync,
     /// members, e2ee, many_users, sliding_sync, push, paced.
-    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users,sliding_sync,push")]
+    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users,sliding_sync,push,paced")]
     pub scenarios: String,
     /// Messages per sender configuration in the send scenario (enough for the server's CPU
     /// time, read in 10 ms ticks, to be measured to a few percent).
