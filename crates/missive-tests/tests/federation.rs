@@ -1620,3 +1620,26 @@ async fn an_external_user_joins_only_the_rooms_of_other_servers_that_admit_exter
         gov.call("POST", "/_matrix/client/v3/createRoom", Some(&gabriel.access_token), Some(raise)).await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
 }
+
+#[tokio::test]
+async fn an_opt_in_directory_keeps_unlisted_profiles_from_other_servers() {
+    let opt_in = |i: usize| match i {
+        0 => vec![("MISSIVE_DIRECTORY__MODE".to_owned(), "opt_in".to_owned())],
+        _ => Vec::new(),
+    };
+    let peers = Peers::start(&["police.test", "gov.test"], opt_in).await;
+    let (police, gov) = (&peers.servers[0], &peers.servers[1]);
+    let alice = police.register("alice").await;
+    set_name(police, &alice, "Alice of the police").await;
+    let bob = gov.register("bob").await;
+    let path = format!("/_matrix/client/v3/profile/{}", alice.user_id);
+
+    // Not listed, sharing no room with anyone of gov: gov is refused, and says so.
+    let (status, body) = gov.call("GET", &path, Some(&bob.access_token), None).await;
+    assert_eq!(status, 403, "{body}");
+    // Alice asks to be listed: gov reads her profile.
+    let optin = format!("/_matrix/client/v3/user/{}/account_data/im.vector.hide_profile", alice.user_id);
+    police.call("PUT", &optin, Some(&alice.access_token), Some(json!({ "hide_profile": false }))).await;
+    let (status, body) = gov.call("GET", &path, Some(&bob.access_token), None).await;
+    assert_eq!((status, body["displayname"].as_str()), (200, Some("Alice of the police")), "{body}");
+}

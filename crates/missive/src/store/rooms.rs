@@ -1039,6 +1039,34 @@ impl Store {
         Ok(visible == 1)
     }
 
+    /// Whether another server may read `target`'s profile in this directory mode: the
+    /// directory shows them, or one of that server's users shares a room with them.
+    pub async fn profile_visible_to_server(
+        &self,
+        server: &str,
+        target: &str,
+        mode: crate::config::DirectoryMode,
+    ) -> StoreResult<bool> {
+        use crate::config::DirectoryMode;
+        let listed = match mode {
+            DirectoryMode::SharedRooms => return Ok(true),
+            DirectoryMode::OptIn => hide_profile_is("false"),
+            DirectoryMode::OptOut => format!("NOT {}", hide_profile_is("true")),
+        };
+        // Server names have no `%` or `_`: the pattern matches that server's users only.
+        let visible: i64 = sqlx::query_scalar(super::sql(format!(
+            "SELECT CASE WHEN EXISTS ( \
+                 SELECT 1 FROM memberships a JOIN memberships b ON a.room_id = b.room_id \
+                 WHERE a.user_id = $2 AND a.membership = 'join' AND b.membership = 'join' AND b.user_id LIKE $1) \
+               OR EXISTS (SELECT 1 FROM profiles p WHERE p.user_id = $2 AND {listed}) THEN 1 ELSE 0 END"
+        )))
+        .bind(format!("%:{server}"))
+        .bind(target)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(visible == 1)
+    }
+
     /// Candidate events for a full-text search: messages, names and topics of the given
     /// rooms whose stored JSON contains every (lower-case) word, newest first, below
     /// `before`. The caller checks the words against the searched fields themselves.

@@ -93,6 +93,10 @@ async fn profile(state: AppState, req: Ruma<get_profile_information::v1::Request
     }
     let (name, avatar) =
         state.store.profile(user_id.as_str()).await?.ok_or_else(|| Error::not_found("profile not found"))?;
+    let mode = state.config.directory.mode;
+    if !state.store.profile_visible_to_server(req.origin().as_str(), user_id.as_str(), mode).await? {
+        return Err(Error::forbidden("this profile is visible to the people who share a room with its owner"));
+    }
     let mut out = serde_json::Map::new();
     let field = req.body.field.as_ref().map(|f| f.as_str().to_owned());
     for (key, value) in [("displayname", name), ("avatar_url", avatar)] {
