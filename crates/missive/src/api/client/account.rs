@@ -91,6 +91,9 @@ async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Result<R
     let params =
         serde_json::from_value(Value::Object(request.params.clone())).map_err(|e| Error::bad_json(e.to_string()))?;
     let (user_id, session) = state.accounts.register(params, req.body.auth.as_ref(), guest, &request).await?;
+    if let Some(s) = &session {
+        log_session(&state, &s.user_id, s.device_id.as_str(), "login", &req.client_ip, &req.user_agent).await;
+    }
     Ok(json(match session {
         Some(s) => session_json(&state, &s),
         None => json!({ "user_id": user_id, "home_server": state.config.server_name }),
