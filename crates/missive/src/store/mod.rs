@@ -45,6 +45,7 @@ pub use self::{
     remote_devices::RemoteDeviceList,
     reports::NewReport,
     retention::{LegalHold, SessionLogRow},
+    rooms::ProfileViewer,
     rooms::*,
     stats::OrganisationStats,
     subject::SentEvent,

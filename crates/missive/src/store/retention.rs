@@ -5,23 +5,12 @@
 use super::StoreResult;
 
 impl super::Store {
-    /// Erases the IP address and user agent of devices last seen before `cutoff`; answers
-    /// how many devices.
-    pub async fn erase_connection_data(&self, cutoff: i64, batch: i64) -> StoreResult<u64> {
+    /// Runs a statement taking `$1` (the cutoff) and `$2` (the batch size) until a run
+    /// changes fewer rows than a batch; answers how many rows changed in all.
+    async fn in_batches(&self, statement: &'static str, cutoff: i64, batch: i64) -> StoreResult<u64> {
         let mut total = 0;
         loop {
-            let done = sqlx::query(
-                "UPDATE devices SET last_seen_ip = NULL, last_seen_user_agent = NULL \
-                 WHERE (user_id, device_id) IN (SELECT user_id, device_id FROM devices \
-                     WHERE last_seen_ts < $1 AND (last_seen_ip IS NOT NULL OR last_seen_user_agent IS NOT NULL) \
-                     AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.lifted_ts IS NULL AND h.user_id = devices.user_id) \
-                     LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(batch)
-            .execute(&self.write)
-            .await?
-            .rows_affected();
+            let done = sqlx::query(statement).bind(cutoff).bind(batch).execute(&self.write).await?.rows_affected();
             total += done;
             if done < batch as u64 {
                 return Ok(total);
@@ -29,23 +18,29 @@ impl super::Store {
         }
     }
 
+    /// Erases the IP address and user agent of devices last seen before `cutoff` (but
+    /// those of users under a legal hold); answers how many devices.
+    pub async fn erase_connection_data(&self, cutoff: i64, batch: i64) -> StoreResult<u64> {
+        self.in_batches(
+            "UPDATE devices SET last_seen_ip = NULL, last_seen_user_agent = NULL \
+             WHERE (user_id, device_id) IN (SELECT user_id, device_id FROM devices \
+                 WHERE last_seen_ts < $1 AND (last_seen_ip IS NOT NULL OR last_seen_user_agent IS NOT NULL) \
+                 AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.lifted_ts IS NULL AND h.user_id = devices.user_id) \
+                 LIMIT $2)",
+            cutoff,
+            batch,
+        )
+        .await
+    }
+
     /// Deletes audit entries older than `cutoff`; answers how many.
     pub async fn delete_old_audit(&self, cutoff: i64, batch: i64) -> StoreResult<u64> {
-        let mut total = 0;
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE ts < $1 ORDER BY id LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(batch)
-            .execute(&self.write)
-            .await?
-            .rows_affected();
-            total += done;
-            if done < batch as u64 {
-                return Ok(total);
-            }
-        }
+        self.in_batches(
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE ts < $1 ORDER BY id LIMIT $2)",
+            cutoff,
+            batch,
+        )
+        .await
     }
 }
 
@@ -210,22 +205,13 @@ impl super::Store {
 
     /// Deletes session log rows older than `cutoff` (but those of users under a hold).
     pub async fn delete_old_session_log(&self, cutoff: i64, batch: i64) -> StoreResult<u64> {
-        let mut total = 0;
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM session_log WHERE id IN (SELECT id FROM session_log s WHERE ts < $1 \
-                 AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.lifted_ts IS NULL AND h.user_id = s.user_id) \
-                 ORDER BY id LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(batch)
-            .execute(&self.write)
-            .await?
-            .rows_affected();
-            total += done;
-            if done < batch as u64 {
-                return Ok(total);
-            }
-        }
+        self.in_batches(
+            "DELETE FROM session_log WHERE id IN (SELECT id FROM session_log s WHERE ts < $1 \
+             AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.lifted_ts IS NULL AND h.user_id = s.user_id) \
+             ORDER BY id LIMIT $2)",
+            cutoff,
+            batch,
+        )
+        .await
     }
 }

@@ -1010,10 +1010,11 @@ impl Store {
     }
 
     /// Whether `viewer` may read `target`'s profile in this directory mode: themselves, a
-    /// room mate, or someone the directory shows.
+    /// room mate (for a server: a room mate of one of its users), or someone the directory
+    /// shows.
     pub async fn profile_visible(
         &self,
-        viewer: &str,
+        viewer: ProfileViewer<'_>,
         target: &str,
         mode: crate::config::DirectoryMode,
     ) -> StoreResult<bool> {
@@ -1023,44 +1024,19 @@ impl Store {
             DirectoryMode::OptIn => hide_profile_is("false"),
             DirectoryMode::OptOut => format!("NOT {}", hide_profile_is("true")),
         };
-        if viewer == target {
-            return Ok(true);
-        }
-        let visible: i64 = sqlx::query_scalar(super::sql(format!(
-            "SELECT CASE WHEN EXISTS ( \
-                 SELECT 1 FROM memberships a JOIN memberships b ON a.room_id = b.room_id \
-                 WHERE a.user_id = $1 AND a.membership = 'join' AND b.user_id = $2 AND b.membership = 'join') \
-               OR EXISTS (SELECT 1 FROM profiles p WHERE p.user_id = $2 AND {listed}) THEN 1 ELSE 0 END"
-        )))
-        .bind(viewer)
-        .bind(target)
-        .fetch_one(&self.read)
-        .await?;
-        Ok(visible == 1)
-    }
-
-    /// Whether another server may read `target`'s profile in this directory mode: the
-    /// directory shows them, or one of that server's users shares a room with them.
-    pub async fn profile_visible_to_server(
-        &self,
-        server: &str,
-        target: &str,
-        mode: crate::config::DirectoryMode,
-    ) -> StoreResult<bool> {
-        use crate::config::DirectoryMode;
-        let listed = match mode {
-            DirectoryMode::SharedRooms => return Ok(true),
-            DirectoryMode::OptIn => hide_profile_is("false"),
-            DirectoryMode::OptOut => format!("NOT {}", hide_profile_is("true")),
+        let (mate, bound) = match viewer {
+            ProfileViewer::User(user) if user == target => return Ok(true),
+            ProfileViewer::User(user) => ("b.user_id = $1", user.to_owned()),
+            // Server names have no `%` or `_`: the pattern matches that server's users only.
+            ProfileViewer::Server(server) => ("b.user_id LIKE $1", format!("%:{server}")),
         };
-        // Server names have no `%` or `_`: the pattern matches that server's users only.
         let visible: i64 = sqlx::query_scalar(super::sql(format!(
             "SELECT CASE WHEN EXISTS ( \
                  SELECT 1 FROM memberships a JOIN memberships b ON a.room_id = b.room_id \
-                 WHERE a.user_id = $2 AND a.membership = 'join' AND b.membership = 'join' AND b.user_id LIKE $1) \
+                 WHERE a.user_id = $2 AND a.membership = 'join' AND b.membership = 'join' AND {mate}) \
                OR EXISTS (SELECT 1 FROM profiles p WHERE p.user_id = $2 AND {listed}) THEN 1 ELSE 0 END"
         )))
-        .bind(format!("%:{server}"))
+        .bind(bound)
         .bind(target)
         .fetch_one(&self.read)
         .await?;
@@ -1251,6 +1227,13 @@ fn insert_events(script: &mut Script, room_id: &str, events: &[NewEvent], now: i
             .bind(e.replaces_state.as_deref())
             .bind(i64::from(e.outlier));
     }
+}
+
+/// Who asks for a profile: a local user, or another server (for its users).
+#[derive(Debug, Clone, Copy)]
+pub enum ProfileViewer<'a> {
+    User(&'a str),
+    Server(&'a str),
 }
 
 /// Whether `p.user_id`'s global `im.vector.hide_profile` account data says `hide_profile`

@@ -55,7 +55,7 @@ async fn profile_of(state: &AppState, viewer: Option<&str>, user_id: &str) -> Re
     let (name, avatar) = state.store.profile(user_id).await?.ok_or_else(|| Error::not_found("profile not found"))?;
     let mode = state.config.directory.mode;
     let visible = match viewer {
-        Some(viewer) => state.store.profile_visible(viewer, user_id, mode).await?,
+        Some(viewer) => state.store.profile_visible(crate::store::ProfileViewer::User(viewer), user_id, mode).await?,
         None => mode == crate::config::DirectoryMode::SharedRooms,
     };
     if !visible {

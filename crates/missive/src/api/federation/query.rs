@@ -94,7 +94,8 @@ async fn profile(state: AppState, req: Ruma<get_profile_information::v1::Request
     let (name, avatar) =
         state.store.profile(user_id.as_str()).await?.ok_or_else(|| Error::not_found("profile not found"))?;
     let mode = state.config.directory.mode;
-    if !state.store.profile_visible_to_server(req.origin().as_str(), user_id.as_str(), mode).await? {
+    let viewer = crate::store::ProfileViewer::Server(req.origin().as_str());
+    if !state.store.profile_visible(viewer, user_id.as_str(), mode).await? {
         return Err(Error::forbidden("this profile is visible to the people who share a room with its owner"));
     }
     let mut out = serde_json::Map::new();
