@@ -8,7 +8,7 @@ mod common;
 use common::{
     TestServer,
     clamd::{Clamd, EICAR, INVENTED},
-    register_admin,
+    files_under, register_admin,
 };
 use serde_json::{Value, json};
 
@@ -60,20 +60,6 @@ fn mxc_path(uri: &str) -> String {
 
 async fn download(server: &TestServer, token: &str, uri: &str) -> (u16, Vec<u8>) {
     raw(server, "GET", &format!("/_matrix/client/v1/media/download/{}", mxc_path(uri)), token, None, vec![]).await
-}
-
-/// Every file under a directory, recursively.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -346,7 +346,7 @@ async fn held_data_survives_the_purge_until_the_hold_is_lifted() {
     assert_eq!(download(&uris[1]).await, 404, "bob's file went");
     assert!(connections(&server, &admin, "@alice:localhost").await.iter().any(|c| c["ip"] == "127.0.0.1"));
     assert!(connections(&server, &admin, "@bob:localhost").await.iter().all(|c| c["ip"].is_null()));
-    let files = |dir: &std::path::Path| walk(dir).len();
+    let files = |dir: &std::path::Path| common::files_under(dir).len();
     assert_eq!(files(&server.data_dir().join("media/sha256")), 1, "bob's file is gone from the disk");
 
     // Lifted, the hold lets the purge take alice's data too; its record stays.
@@ -369,19 +369,6 @@ async fn held_data_survives_the_purge_until_the_hold_is_lifted() {
         trail["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert!(actions.contains(&"POST /_missive/admin/v1/legal_holds"));
     assert!(actions.contains(&"DELETE /_missive/admin/v1/legal_holds/{id}"));
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -12,19 +12,7 @@ use serde_json::Value;
 
 /// Files under the server's media folder (the stored contents, not uploads in progress).
 fn stored_files(server: &TestServer) -> Vec<std::path::PathBuf> {
-    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&server.data_dir().join("media"), &mut out);
-    out
+    common::files_under(&server.data_dir().join("media"))
 }
 
 /// A raw request with a body and headers: status, headers and body bytes.

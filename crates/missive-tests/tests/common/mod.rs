@@ -452,3 +452,17 @@ pub async fn register_admin(server: &TestServer, localpart: &str) -> String {
     assert_eq!(status, 200, "{res}");
     res["access_token"].as_str().unwrap().to_owned()
 }
+
+/// Every file under a directory, recursively (none if it does not exist).
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

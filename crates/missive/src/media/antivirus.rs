@@ -113,12 +113,6 @@ impl Clamd {
         }
         session.finish().await
     }
-
-    /// Whether clamd answers.
-    pub async fn ping(&self) -> bool {
-        let Ok(mut session) = self.session().await else { return false };
-        session.send(b"").await.is_ok() && session.finish().await.is_ok()
-    }
 }
 
 impl Session {

@@ -497,13 +497,7 @@ impl Media {
     pub async fn delete(&self, origin: &str, media_id: &str, by: &UserId) -> Result<()> {
         let unused =
             self.store.delete_media(origin, media_id).await?.ok_or_else(|| Error::not_found("unknown media"))?;
-        for sha256 in &unused {
-            match tokio::fs::remove_file(self.content_path(sha256)).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error("delete a media file", &e)),
-            }
-        }
+        self.remove_contents(&unused).await?;
         tracing::warn!(origin, media_id, files = unused.len(), by = %by, "media deleted by an operator");
         Ok(())
     }
@@ -519,14 +513,34 @@ impl Media {
     /// their thumbnails and the files nothing else uses; answers how many items went.
     pub async fn purge_before(&self, cutoff: i64) -> Result<u64> {
         let (unused, items) = self.store.purge_old_media(cutoff, 500).await?;
-        for sha256 in &unused {
+        self.remove_contents(&unused).await?;
+        Ok(items)
+    }
+
+    /// Removes the files of contents no media row uses any more (one already gone is fine).
+    async fn remove_contents(&self, hashes: &[String]) -> Result<()> {
+        for sha256 in hashes {
             match tokio::fs::remove_file(self.content_path(sha256)).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_error("delete a media file", &e)),
             }
         }
-        Ok(items)
+        Ok(())
+    }
+
+    /// A media item as the content scanner API hands it out: quarantined is "not clean",
+    /// a file the antivirus could not see yet a failed request.
+    pub async fn get_for_scanner(&self, server_name: &str, media_id: &str) -> Result<StoredMedia> {
+        self.content_scanner()?;
+        match self.get_checked(server_name, media_id).await {
+            Ok(Checked::Clean(media)) => Ok(media),
+            Ok(Checked::Quarantined(finding)) => Err(not_clean(finding)),
+            Err(Error::NotScanned(info)) => {
+                Err(Error::ContentScanner { reason: crate::error::ScannerReason::RequestFailed, info })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The content scanner, when scanning is on.
@@ -541,10 +555,6 @@ impl Media {
         let scanner = self.content_scanner()?;
         let clamd = self.clamd.as_ref().ok_or(Error::Unrecognized { method_not_allowed: false })?;
         let key = file.key()?;
-        let not_clean = |finding: Option<String>| Error::ContentScanner {
-            reason: crate::error::ScannerReason::NotClean,
-            info: format!("the antivirus found {}", finding.as_deref().unwrap_or("this file unsafe")),
-        };
         let (server_name, media_id) = file
             .url
             .strip_prefix("mxc://")
@@ -554,14 +564,7 @@ impl Media {
                 reason: crate::error::ScannerReason::MalformedJson,
                 info: "`file.url` must be an mxc:// URI".into(),
             })?;
-        let media = match self.get_checked(server_name, media_id).await {
-            Ok(Checked::Clean(media)) => media,
-            Ok(Checked::Quarantined(finding)) => return Err(not_clean(finding)),
-            Err(Error::NotScanned(info)) => {
-                return Err(Error::ContentScanner { reason: crate::error::ScannerReason::RequestFailed, info });
-            }
-            Err(e) => return Err(e),
-        };
+        let media = self.get_for_scanner(server_name, media_id).await?;
         if !key.matches(&media.sha256) {
             return Err(Error::ContentScanner {
                 reason: crate::error::ScannerReason::FailedToDecrypt,
@@ -592,6 +595,14 @@ impl Media {
             true => Ok(()),
             false => Err(Error::forbidden(format!("files of type {sniffed} are not accepted on this server"))),
         }
+    }
+}
+
+/// The content scanner's answer for a file found unsafe.
+fn not_clean(finding: Option<String>) -> Error {
+    Error::ContentScanner {
+        reason: crate::error::ScannerReason::NotClean,
+        info: format!("the antivirus found {}", finding.as_deref().unwrap_or("this file unsafe")),
     }
 }
 

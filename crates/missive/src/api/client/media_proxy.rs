@@ -22,7 +22,7 @@ use crate::{
         ruma::{Authenticated, json},
     },
     error::{Error, Result, ScannerReason},
-    media::{Checked, StoredMedia},
+    media::StoredMedia,
 };
 
 const PREFIX: &str = "/_matrix/media_proxy/unstable";
@@ -42,21 +42,6 @@ async fn public_key(State(state): State<AppState>) -> Result<Response> {
     Ok(json(json!({ "public_key": state.media.content_scanner()?.public_key() })))
 }
 
-/// A plain media item the scanner may hand out: quarantined is "not clean", a file the
-/// antivirus could not see yet is a failed request.
-async fn clean_media(state: &AppState, server_name: &str, media_id: &str) -> Result<StoredMedia> {
-    state.media.content_scanner()?;
-    match state.media.get_checked(server_name, media_id).await {
-        Ok(Checked::Clean(media)) => Ok(media),
-        Ok(Checked::Quarantined(finding)) => Err(Error::ContentScanner {
-            reason: ScannerReason::NotClean,
-            info: format!("the antivirus found {}", finding.as_deref().unwrap_or("this file unsafe")),
-        }),
-        Err(Error::NotScanned(info)) => Err(Error::ContentScanner { reason: ScannerReason::RequestFailed, info }),
-        Err(e) => Err(e),
-    }
-}
-
 /// A verdict as the scan endpoints give it: "not clean" is an answer, not an error.
 fn verdict(result: Result<StoredMedia>) -> Result<Response> {
     match result {
@@ -74,7 +59,7 @@ async fn scan(
     Authenticated(_): Authenticated,
     Path((server_name, media_id)): Path<(String, String)>,
 ) -> Result<Response> {
-    verdict(clean_media(&state, &server_name, &media_id).await)
+    verdict(state.media.get_for_scanner(&server_name, &media_id).await)
 }
 
 /// # GET /_matrix/media_proxy/unstable/download/{serverName}/{mediaId}
@@ -84,7 +69,7 @@ async fn download(
     Path((server_name, media_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    serve(clean_media(&state, &server_name, &media_id).await?, None, &headers).await
+    serve(state.media.get_for_scanner(&server_name, &media_id).await?, None, &headers).await
 }
 
 /// # GET /_matrix/media_proxy/unstable/thumbnail/{serverName}/{mediaId}
@@ -95,7 +80,7 @@ async fn thumbnail(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    clean_media(&state, &server_name, &media_id).await?;
+    state.media.get_for_scanner(&server_name, &media_id).await?;
     thumbnail_of(&state, &server_name, &media_id, &query, &headers).await
 }
 
