@@ -38,6 +38,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         default_version: config.default_room_version.clone(),
         encryption_mandatory: config.encryption_mandatory,
         ephemeral_messages: config.ephemeral_messages,
+        history: config.retention.history_policy(),
     };
     let federation = Arc::new(
         crate::federation::Federation::new(settings.server_name.clone(), keys.clone(), config.clone(), store.clone())
@@ -105,7 +106,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         .await
         .context("cannot load the pushers")?;
     rooms.on_push(push.clone());
-    let purge = crate::privacy::Purge::new(store.clone(), media.clone(), &config.retention);
+    let purge = crate::privacy::Purge::new(store.clone(), media.clone(), rooms.clone(), &config.retention);
     purge.spawn();
     Ok(Arc::new(Services {
         sso,

@@ -36,6 +36,10 @@ pub struct Retention {
     pub inactive_deactivation_days: Option<u64>,
     pub backups_days: Option<u64>,
     pub audit_days: Option<u64>,
+    /// The shortest message lifetime a room's `m.room.retention` may set, in days.
+    pub room_lifetime_min_days: Option<u64>,
+    /// The longest message lifetime a room's `m.room.retention` may set, in days.
+    pub room_lifetime_max_days: Option<u64>,
 }
 
 /// The retention in force: the operator's values over the preset's.
@@ -52,6 +56,17 @@ pub struct Effective {
 }
 
 impl Retention {
+    /// How long room history is kept, for the rooms service.
+    pub fn history_policy(&self) -> crate::rooms::retention::HistoryPolicy {
+        let effective = self.effective();
+        crate::rooms::retention::HistoryPolicy {
+            content_days: effective.content_days,
+            metadata_days: effective.metadata_days,
+            min_days: self.room_lifetime_min_days,
+            max_days: self.room_lifetime_max_days,
+        }
+    }
+
     /// The values in force.
     pub fn effective(&self) -> Effective {
         let preset = match self.preset {
@@ -149,7 +164,7 @@ pub const DATA_CLASSES: &[DataClass] = &[
         legal_basis: PUBLIC_TASK,
         retention: |r| Some(r.content_days),
         deletion: "the event's content is erased (as by a redaction); what the room's history needs to stay valid is kept without content",
-        enforcement: "redactions and disappearing messages erase content at once; the age-based purge is not implemented yet",
+        enforcement: "redactions and disappearing messages erase content at once; the hourly purge deletes messages older than their room's lifetime (the retention, or the room's `m.room.retention` within the operator's bounds), with their notifications and relations, and empties the room's last event, which the next one builds on (rooms and users under a legal hold excepted)",
     },
     DataClass {
         id: "metadata",
@@ -174,7 +189,7 @@ pub const DATA_CLASSES: &[DataClass] = &[
         legal_basis: PUBLIC_TASK,
         retention: |r| Some(r.metadata_days),
         deletion: "rows older than the retention go, but for the state the room needs to accept new events",
-        enforcement: "the age-based purge is not implemented yet",
+        enforcement: "the hourly purge empties replaced state events older than the retention (pruned as by a redaction: only what the auth rules read stays, never served to clients); the state in force stays while the room exists",
     },
     DataClass {
         id: "connection_logs",
@@ -274,6 +289,8 @@ const DAY_MS: i64 = 86_400_000;
 /// What one run of the purge deleted.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PurgeReport {
+    /// Room history: messages deleted, events emptied for the graph.
+    pub history: crate::rooms::retention::HistoryPurged,
     /// Devices whose IP address and user agent were erased.
     pub connection_logs_erased: u64,
     /// Audit entries deleted.
@@ -287,7 +304,12 @@ pub struct PurgeReport {
 pub struct Purge {
     store: crate::store::Store,
     media: std::sync::Arc<crate::media::Media>,
+    rooms: std::sync::Arc<crate::rooms::Rooms>,
     retention: Effective,
+    /// One run at a time: the hourly run and an operator's never overlap.
+    running: tokio::sync::Mutex<()>,
+    /// Operators' purges of one room's history, by ID: `active`, `complete` or `failed`.
+    room_purges: std::sync::Mutex<std::collections::HashMap<String, &'static str>>,
 }
 
 impl Purge {
@@ -295,15 +317,24 @@ impl Purge {
     pub fn new(
         store: crate::store::Store,
         media: std::sync::Arc<crate::media::Media>,
+        rooms: std::sync::Arc<crate::rooms::Rooms>,
         retention: &Retention,
     ) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Self { store, media, retention: retention.effective() })
+        std::sync::Arc::new(Self {
+            store,
+            media,
+            rooms,
+            retention: retention.effective(),
+            running: tokio::sync::Mutex::new(()),
+            room_purges: Default::default(),
+        })
     }
 
     /// One run, as of `now` (ms).
     pub async fn run(&self, now: i64) -> crate::error::Result<PurgeReport> {
+        let _one_at_a_time = self.running.lock().await;
         let cutoff = |days: u64| now - (days as i64).saturating_mul(DAY_MS);
-        let mut report = PurgeReport::default();
+        let mut report = PurgeReport { history: self.rooms.purge_history(now).await?, ..Default::default() };
         if let Some(days) = self.retention.connection_logs_days {
             report.connection_logs_erased = self.store.erase_connection_data(cutoff(days), PURGE_BATCH).await?
                 + self.store.delete_old_session_log(cutoff(days), PURGE_BATCH).await?;
@@ -315,12 +346,52 @@ impl Purge {
             report.media_deleted = self.media.purge_before(cutoff(days)).await?;
         }
         tracing::info!(
+            events_deleted = report.history.events_deleted,
+            events_emptied = report.history.events_emptied,
             connection_logs_erased = report.connection_logs_erased,
             audit_entries_deleted = report.audit_entries_deleted,
             media_deleted = report.media_deleted,
             "retention purge done"
         );
         Ok(report)
+    }
+
+    /// Starts an operator's purge of a room's messages older than `before` (ms) in the
+    /// background (Synapse's `purge_history`); answers its ID. A room under a legal hold
+    /// is refused at once.
+    pub async fn start_room_purge(
+        self: &std::sync::Arc<Self>,
+        room_id: ruma::OwnedRoomId,
+        before: i64,
+        delete_local: bool,
+    ) -> crate::error::Result<String> {
+        if self.store.rooms_for_purge(Some(room_id.as_str())).await?.is_empty() {
+            return Err(crate::error::Error::forbidden("the room is unknown or under a legal hold"));
+        }
+        let id = crate::accounts::random_string(16);
+        self.room_purges.lock().expect("purge status lock").insert(id.clone(), "active");
+        let purge = self.clone();
+        let purge_id = id.clone();
+        tokio::spawn(async move {
+            let outcome = {
+                let _one_at_a_time = purge.running.lock().await;
+                purge.rooms.purge_room_before(&room_id, before, delete_local).await
+            };
+            let status = match outcome {
+                Ok(_) => "complete",
+                Err(e) => {
+                    tracing::warn!(%room_id, error = %e, "room history purge failed");
+                    "failed"
+                }
+            };
+            purge.room_purges.lock().expect("purge status lock").insert(purge_id, status);
+        });
+        Ok(id)
+    }
+
+    /// The status of an operator's room purge started since the server started.
+    pub fn room_purge_status(&self, id: &str) -> Option<&'static str> {
+        self.room_purges.lock().expect("purge status lock").get(id).copied()
     }
 
     /// Runs the purge at start and then hourly, in the background.

@@ -943,7 +943,10 @@ impl Rooms {
                     continue;
                 }
                 frontier.extend(pdu.prev_events.iter().map(ToString::to_string));
-                out.push(row);
+                // Emptied by the retention purge: kept for the graph, not given as history.
+                if !row.purged {
+                    out.push(row);
+                }
             }
         }
         out.sort_by_key(|r| r.stream_pos);
@@ -964,7 +967,9 @@ impl Rooms {
                     break;
                 }
                 frontier.extend(Pdu::from_row(&row)?.prev_events.iter().map(ToString::to_string));
-                out.push(row);
+                if !row.purged {
+                    out.push(row);
+                }
             }
         }
         // Newest first, by depth: positions say nothing of history backfilled here.
@@ -992,7 +997,9 @@ impl Rooms {
         events: Vec<CheckedPdu>,
         auth: Vec<CheckedPdu>,
     ) -> Result<usize> {
-        let (_, rules) = self.version_of(room_id).await?;
+        let (version, rules) = self.version_of(room_id).await?;
+        // History past the room's lifetime was purged here: it is not taken back.
+        let cutoff = self.history_cutoff(room_id.as_str(), version.as_str(), crate::store::now_ms()).await?;
         let mut parsed: HashMap<OwnedEventId, (Arc<Pdu>, String, bool)> = HashMap::new();
         for (checked, in_timeline) in events.into_iter().map(|e| (e, true)).chain(auth.into_iter().map(|e| (e, false)))
         {
@@ -1055,14 +1062,19 @@ impl Rooms {
         for id in order.into_iter().filter(|id| !refused.contains(*id)) {
             let (pdu, json, in_timeline) = &parsed[id];
             match held.get(id.as_str()) {
-                Some(_) => {
-                    if *in_timeline && self.store.is_outlier(id.as_str()).await? {
+                Some(row) => {
+                    if *in_timeline && !row.purged && self.store.is_outlier(id.as_str()).await? {
                         let pos = self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                         promoted.push((id.to_string(), pos));
                         entered += 1;
                     }
                 }
                 None => {
+                    let expired = pdu.state_key.is_none()
+                        && cutoff.is_some_and(|cutoff| i64::from(pdu.origin_server_ts.get()) < cutoff);
+                    if *in_timeline && expired {
+                        continue;
+                    }
                     let pos = self.next_outlier.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     let group = earliest.map_or(0, |e| e.state_group_before);
                     let mut row = row_of_received(pdu, json.clone(), pos, Vec::new(), group);

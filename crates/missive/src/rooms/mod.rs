@@ -20,6 +20,7 @@ pub mod membership;
 pub mod notify;
 pub mod pdu;
 mod resolve;
+pub mod retention;
 pub use resolve::StateIds;
 pub mod search;
 pub mod timeline;
@@ -180,6 +181,8 @@ pub struct Rooms {
     states_completed: tokio::sync::watch::Sender<u64>,
     /// Disappearing messages: whether they are honoured, and the job's wake-up.
     expiry: expiry::Expiry,
+    /// How long room history is kept.
+    history: retention::HistoryPolicy,
 }
 
 /// Wakes the federation sender's workers of the given destinations.
@@ -297,6 +300,8 @@ pub struct RoomSettings {
     pub encryption_mandatory: bool,
     /// See `Config::ephemeral_messages`.
     pub ephemeral_messages: bool,
+    /// How long room history is kept (see `retention.rs`).
+    pub history: retention::HistoryPolicy,
 }
 
 impl Rooms {
@@ -317,6 +322,7 @@ impl Rooms {
             default_version: settings.default_version,
             encryption_mandatory: settings.encryption_mandatory,
             expiry: expiry::Expiry::new(settings.ephemeral_messages),
+            history: settings.history,
             push_rules,
             ignored: Default::default(),
             erased: Default::default(),

@@ -340,7 +340,10 @@ impl Rooms {
             }
             if let Some(replaced) = &row.replaces_state {
                 unsigned.insert("replaces_state".into(), Value::String(replaced.clone()));
-                if let Some(previous) = linked.get(replaced).map(|r| pdu::client_event(r, None, now)) {
+                // A replaced event the purge emptied has no content left to show.
+                if let Some(previous) =
+                    linked.get(replaced).filter(|r| !r.purged).map(|r| pdu::client_event(r, None, now))
+                {
                     unsigned.insert("prev_content".into(), previous["content"].clone());
                     unsigned.insert("prev_sender".into(), previous["sender"].clone());
                 }
@@ -360,7 +363,7 @@ impl Rooms {
             .store
             .event(event_id.as_str())
             .await?
-            .filter(|r| r.room_id == room_id.as_str())
+            .filter(|r| r.room_id == room_id.as_str() && !r.purged)
             .ok_or_else(|| Error::not_found("event not found"))?;
         let visible = self.filter_visible(viewer.user_id, vec![row]).await?;
         let row = visible.into_iter().next().ok_or_else(|| Error::not_found("event not found"))?;
@@ -511,7 +514,8 @@ impl Rooms {
                 None => Vec::new(),
             }
         };
-        let rows = self.store.events(&ids).await?;
+        let mut rows = self.store.events(&ids).await?;
+        rows.retain(|r| !r.purged);
         self.serve(viewer, &rows).await
     }
 
@@ -597,6 +601,7 @@ impl Rooms {
         let next = if more { roots.last().map(|(_, pos)| make_token(pos - 1)) } else { None };
         let ids: Vec<String> = roots.iter().map(|(id, _)| id.clone()).collect();
         let mut rows = self.store.events(&ids).await?;
+        rows.retain(|r| !r.purged);
         rows.sort_by_key(|r| ids.iter().position(|id| id == &r.event_id));
         let rows = self.filter_visible(viewer.user_id, rows).await?;
         Ok((self.serve(viewer, &rows).await?, next))
@@ -673,9 +678,14 @@ pub(super) fn pruned_unless_redacted(
     if target.redacted_by.is_some() {
         return Ok(None);
     }
-    let object: ruma::CanonicalJsonObject =
-        serde_json::from_str(&target.json).map_err(|e| Error::Internal(e.to_string()))?;
+    pruned(&target.json, rules).map(Some)
+}
+
+/// An event's JSON pruned by the room version's redaction algorithm: what the graph and
+/// the auth rules need, no content.
+pub(super) fn pruned(json: &str, rules: &ruma::room_version_rules::RoomVersionRules) -> Result<String> {
+    let object: ruma::CanonicalJsonObject = serde_json::from_str(json).map_err(|e| Error::Internal(e.to_string()))?;
     let redacted =
         ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(Some(serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))?))
+    serde_json::to_string(&redacted).map_err(|e| Error::Internal(e.to_string()))
 }

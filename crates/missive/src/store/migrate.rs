@@ -111,6 +111,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0023_session_log.sql"),
         include_str!("../../migrations/postgres/0023_session_log.sql"),
     ),
+    (
+        24,
+        include_str!("../../migrations/sqlite/0024_event_purge.sql"),
+        include_str!("../../migrations/postgres/0024_event_purge.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

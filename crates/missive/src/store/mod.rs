@@ -44,7 +44,7 @@ pub use self::{
     pushers::{NotificationRow, PushCandidate, PusherRow},
     remote_devices::RemoteDeviceList,
     reports::NewReport,
-    retention::{LegalHold, SessionLogRow},
+    retention::{LegalHold, PurgeCandidate, PurgeRoom, PurgeStub, SessionLogRow},
     rooms::ProfileViewer,
     rooms::*,
     stats::OrganisationStats,

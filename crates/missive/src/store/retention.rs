@@ -215,3 +215,192 @@ impl super::Store {
         .await
     }
 }
+
+/// A room the history purge looks at: its version and its own `m.room.retention` event.
+#[derive(Debug, Clone)]
+pub struct PurgeRoom {
+    pub room_id: String,
+    pub room_version: String,
+    /// The JSON of the room's current `m.room.retention` event, if it has one.
+    pub retention_event: Option<String>,
+}
+
+/// An event the history purge considers, in stream order.
+#[derive(Debug, Clone)]
+pub struct PurgeCandidate {
+    pub stream_pos: i64,
+    pub event_id: String,
+    pub sender: String,
+    pub is_state: bool,
+    /// The earlier of its origin's timestamp and its arrival here: a server that claims a
+    /// future time cannot keep its events past the retention.
+    pub ts: i64,
+    /// Part of the room's current state: in force, never purged.
+    pub current_state: bool,
+    /// A leaf of the room's graph: the next event builds on it, so it is emptied, not deleted.
+    pub extremity: bool,
+    pub json: String,
+    pub redacted: bool,
+}
+
+/// An event the purge empties but keeps for the room's graph.
+#[derive(Debug, Clone)]
+pub struct PurgeStub {
+    pub stream_pos: i64,
+    /// Its place outside the timeline (an outlier's, below zero).
+    pub new_pos: i64,
+    /// Its JSON pruned as a redaction would.
+    pub json: String,
+}
+
+impl super::Store {
+    /// Rooms whose history the purge may reach (all, or `only` that one): all but those
+    /// under an active legal hold.
+    pub async fn rooms_for_purge(&self, only: Option<&str>) -> StoreResult<Vec<PurgeRoom>> {
+        use sqlx::Row;
+        let text = format!(
+            "SELECT r.room_id, r.room_version, e.json FROM rooms r \
+             LEFT JOIN room_current_state s ON s.room_id = r.room_id AND s.event_type = 'm.room.retention' \
+                 AND s.state_key = '' \
+             LEFT JOIN events e ON e.event_id = s.event_id \
+             WHERE NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.lifted_ts IS NULL AND h.room_id = r.room_id) {} \
+             ORDER BY r.room_id",
+            if only.is_some() { "AND r.room_id = $1" } else { "" }
+        );
+        let mut query = sqlx::query(super::sql(text));
+        if let Some(room_id) = only {
+            query = query.bind(room_id);
+        }
+        let rows = query.fetch_all(&self.read).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PurgeRoom { room_id: r.get(0), room_version: r.get(1), retention_event: r.get(2) })
+            .collect())
+    }
+
+    /// Users under an active legal hold.
+    pub async fn held_users(&self) -> StoreResult<std::collections::HashSet<String>> {
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT user_id FROM legal_holds WHERE lifted_ts IS NULL AND user_id IS NOT NULL",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(users.into_iter().collect())
+    }
+
+    /// The next `limit` events of a room after `after`, in stream order, that the purge has
+    /// not emptied yet.
+    pub async fn purge_candidates(&self, room_id: &str, after: i64, limit: i64) -> StoreResult<Vec<PurgeCandidate>> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT e.stream_pos, e.event_id, e.sender, \
+                 CAST(CASE WHEN e.state_key IS NULL THEN 0 ELSE 1 END AS BIGINT), \
+                 CASE WHEN e.origin_server_ts < e.received_ts THEN e.origin_server_ts ELSE e.received_ts END, \
+                 CAST(CASE WHEN EXISTS (SELECT 1 FROM room_current_state s WHERE s.event_id = e.event_id) \
+                     THEN 1 ELSE 0 END AS BIGINT), \
+                 CAST(CASE WHEN EXISTS (SELECT 1 FROM room_extremities x WHERE x.room_id = e.room_id \
+                     AND x.event_id = e.event_id) THEN 1 ELSE 0 END AS BIGINT), \
+                 e.json, CAST(CASE WHEN e.redacted_by IS NULL THEN 0 ELSE 1 END AS BIGINT) \
+             FROM events e WHERE e.room_id = $1 AND e.stream_pos > $2 AND e.purged = 0 \
+             ORDER BY e.stream_pos LIMIT $3",
+        )
+        .bind(room_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PurgeCandidate {
+                stream_pos: r.get(0),
+                event_id: r.get(1),
+                sender: r.get(2),
+                is_state: r.get::<i64, _>(3) != 0,
+                ts: r.get(4),
+                current_state: r.get::<i64, _>(5) != 0,
+                extremity: r.get::<i64, _>(6) != 0,
+                json: r.get(7),
+                redacted: r.get::<i64, _>(8) != 0,
+            })
+            .collect())
+    }
+
+    /// Purges events of a room in one transaction: `deleted` go, `stubs` are emptied and
+    /// leave the timeline. Whatever a member had not read of them stops counting as unread
+    /// (as if read: what cannot be shown cannot be pending), their notifications, relations,
+    /// queued sends and expiries go with them.
+    pub async fn purge_room_events(&self, room_id: &str, deleted: &[i64], stubs: &[PurgeStub]) -> StoreResult<()> {
+        if deleted.is_empty() && stubs.is_empty() {
+            return Ok(());
+        }
+        // Positions are integers formatted here, never user input.
+        let positions: Vec<String> =
+            deleted.iter().chain(stubs.iter().map(|s| &s.stream_pos)).map(i64::to_string).collect();
+        let positions = positions.join(",");
+        let mut tx = self.write.begin().await?;
+        // The members' rows are locked first, so that a read receipt committing meanwhile
+        // is either wholly before (and seen below) or waits for this purge (and finds the
+        // events gone): the events are never both covered by it and counted here.
+        sqlx::query("UPDATE notification_offsets SET notify_off = notify_off WHERE room_id = $1")
+            .bind(room_id)
+            .execute(&mut *tx)
+            .await?;
+        let unread = |at_least: i64| {
+            format!(
+                "(SELECT COUNT(*) FROM events e \
+                  LEFT JOIN push_exceptions x ON x.user_id = notification_offsets.user_id AND x.room_id = e.room_id \
+                      AND x.event_pos = e.stream_pos \
+                  WHERE e.room_id = $1 AND e.stream_pos IN ({positions}) \
+                  AND e.stream_pos > notification_offsets.since_pos \
+                  AND COALESCE(x.level, CASE WHEN e.sender = notification_offsets.user_id THEN 0 ELSE e.notify END) >= {at_least} \
+                  AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.room_id = e.room_id \
+                      AND r.user_id = notification_offsets.user_id AND r.receipt_type IN ('m.read', 'm.read.private') \
+                      AND r.event_pos >= e.stream_pos \
+                      AND (r.thread_id = '' OR r.thread_id = COALESCE(e.thread_root, 'main'))))"
+            )
+        };
+        sqlx::query(super::sql(format!(
+            "UPDATE notification_offsets SET notify_off = notify_off + {}, highlight_off = highlight_off + {} \
+             WHERE room_id = $1",
+            unread(1),
+            unread(2)
+        )))
+        .bind(room_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(super::sql(format!(
+            "DELETE FROM push_exceptions WHERE room_id = $1 \
+             AND user_id IN (SELECT user_id FROM memberships WHERE room_id = $1) AND event_pos IN ({positions})"
+        )))
+        .bind(room_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(super::sql(format!(
+            "DELETE FROM event_expiry WHERE event_id IN (SELECT event_id FROM events WHERE stream_pos IN ({positions}))"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(super::sql(format!("DELETE FROM federation_outbox WHERE stream_pos IN ({positions})")))
+            .execute(&mut *tx)
+            .await?;
+        if !deleted.is_empty() {
+            let deleted: Vec<String> = deleted.iter().map(i64::to_string).collect();
+            sqlx::query(super::sql(format!("DELETE FROM events WHERE stream_pos IN ({})", deleted.join(","))))
+                .execute(&mut *tx)
+                .await?;
+        }
+        for stub in stubs {
+            sqlx::query(
+                "UPDATE events SET stream_pos = $1, json = $2, outlier = 1, purged = 1, notify = 0, rel_type = NULL, \
+                 relates_to = NULL, thread_root = NULL, txn_device_id = NULL, txn_id = NULL WHERE stream_pos = $3",
+            )
+            .bind(stub.new_pos)
+            .bind(&stub.json)
+            .bind(stub.stream_pos)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

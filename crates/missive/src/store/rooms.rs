@@ -23,14 +23,16 @@ pub struct EventRow {
     pub txn_id: Option<String>,
     /// For a state event: the state event it replaced.
     pub replaces_state: Option<String>,
+    /// Emptied by the retention purge and kept only for the room's graph: never served to
+    /// clients.
+    pub purged: bool,
 }
 
-pub(super) const EVENT_COLUMNS: &str =
-    "stream_pos, event_id, room_id, json, state_group_before, redacted_by, txn_device_id, txn_id, replaces_state";
+pub(super) const EVENT_COLUMNS: &str = "stream_pos, event_id, room_id, json, state_group_before, redacted_by, txn_device_id, txn_id, replaces_state, purged";
 
 /// The event columns prefixed with `e.`, for joins.
 pub(super) const EVENT_COLUMNS_E: &str = "e.stream_pos, e.event_id, e.room_id, e.json, e.state_group_before, e.redacted_by, e.txn_device_id, e.txn_id, \
-     e.replaces_state";
+     e.replaces_state, e.purged";
 
 pub(super) fn event_row(r: AnyRow) -> EventRow {
     EventRow {
@@ -43,6 +45,7 @@ pub(super) fn event_row(r: AnyRow) -> EventRow {
         txn_device_id: r.get(6),
         txn_id: r.get(7),
         replaces_state: r.get(8),
+        purged: r.get::<i64, _>(9) != 0,
     }
 }
 

@@ -492,8 +492,13 @@ impl Sync {
             state_changed.entry(row.room_id.clone()).or_default().push(row);
         }
         let mut state_rows = self.full_state_rows(req, &full, &timelines).await?;
-        let flat: Vec<EventRow> =
-            state_rows.values_mut().flat_map(std::mem::take).chain(state_changed.values().flatten().cloned()).collect();
+        // A left room's state as it was may name replaced state the purge emptied.
+        let flat: Vec<EventRow> = state_rows
+            .values_mut()
+            .flat_map(std::mem::take)
+            .chain(state_changed.values().flatten().cloned())
+            .filter(|r| !r.purged)
+            .collect();
         let served = self.rooms.serve_unbundled(viewer, &flat).await?;
         let mut state: HashMap<String, Vec<Value>> = HashMap::new();
         for (row, event) in flat.iter().zip(served) {
@@ -806,7 +811,8 @@ impl Sync {
                 .map(|(_, _, id)| id)
                 .filter(|id| !timeline_ids.contains(id))
                 .collect();
-            let rows = self.store.events(&ids).await?;
+            let mut rows = self.store.events(&ids).await?;
+            rows.retain(|r| !r.purged);
             state = self
                 .rooms
                 .serve_unbundled(viewer, &rows)

@@ -31,6 +31,9 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/_synapse/admin/v1/register", get(nonce).post(register))
         .route("/_missive/admin/v1/audit", get(audit_trail))
         .route("/_missive/admin/v1/retention/purge", axum::routing::post(purge_now))
+        .route("/_synapse/admin/v1/purge_history/{room_id}", axum::routing::post(purge_history))
+        .route("/_synapse/admin/v1/purge_history/{room_id}/{event_id}", axum::routing::post(purge_history))
+        .route("/_synapse/admin/v1/purge_history_status/{purge_id}", get(purge_history_status))
         .route("/_missive/admin/v1/users/{user_id}/export", get(export_user))
         .route("/_missive/admin/v1/statistics", get(statistics))
         .route("/_missive/admin/v1/legal_holds", get(legal_holds).post(place_hold))
@@ -338,6 +341,59 @@ async fn purge_now(State(state): State<AppState>, Authenticated(id): Authenticat
     require_admin(&id)?;
     let report = state.purge.run(crate::store::now_ms()).await?;
     Ok(json(serde_json::to_value(&report).map_err(|e| Error::Internal(e.to_string()))?))
+}
+
+/// The body of Synapse's `purge_history`.
+#[derive(Deserialize)]
+struct PurgeHistoryBody {
+    #[serde(default)]
+    delete_local_events: bool,
+    purge_up_to_event_id: Option<String>,
+    purge_up_to_ts: Option<i64>,
+}
+
+/// # POST /_synapse/admin/v1/purge_history/{room_id}[/{event_id}]
+///
+/// Purges a room's messages older than an event or a time, in the background; answers
+/// the `purge_id` whose status `purge_history_status` gives.
+async fn purge_history(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    Path(params): Path<Vec<(String, String)>>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    require_admin(&id)?;
+    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let room_id =
+        ruma::RoomId::parse(param("room_id").unwrap_or_default()).map_err(|_| Error::invalid_param("not a room ID"))?;
+    let body: PurgeHistoryBody = serde_json::from_slice(if body.is_empty() { b"{}" } else { &body })
+        .map_err(|e| Error::bad_json(e.to_string()))?;
+    let before = match (param("event_id").or(body.purge_up_to_event_id), body.purge_up_to_ts) {
+        (Some(event_id), _) => {
+            let row = state
+                .store
+                .event(&event_id)
+                .await?
+                .filter(|r| r.room_id == room_id.as_str())
+                .ok_or_else(|| Error::not_found("event not found"))?;
+            crate::rooms::pdu::Pdu::from_row(&row)?.origin_server_ts.get().into()
+        }
+        (None, Some(ts)) => ts,
+        (None, None) => return Err(Error::invalid_param("purge_up_to_event_id or purge_up_to_ts is required")),
+    };
+    let purge_id = state.purge.start_room_purge(room_id, before, body.delete_local_events).await?;
+    Ok(json(json!({ "purge_id": purge_id })))
+}
+
+/// # GET /_synapse/admin/v1/purge_history_status/{purge_id}
+async fn purge_history_status(
+    State(state): State<AppState>,
+    Authenticated(id): Authenticated,
+    Path(purge_id): Path<String>,
+) -> Result<Response> {
+    require_admin(&id)?;
+    let status = state.purge.room_purge_status(&purge_id).ok_or_else(|| Error::not_found("no such purge"))?;
+    Ok(json(json!({ "status": status })))
 }
 
 /// # GET /_missive/admin/v1/audit
