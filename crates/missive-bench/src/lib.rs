@@ -30,8 +30,8 @@ pub struct Options {
     #[arg(long)]
     pub pid: Option<u32>,
     /// Scenarios to run (comma-separated): send (= send_1,send_16), wakeup, initial_sync,
-    /// members, e2ee, many_users, sliding_sync, push, paced.
-    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users,sliding_sync,push,paced")]
+    /// members, e2ee, many_users, sliding_sync, push, paced, purge.
+    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users,sliding_sync,push,paced,purge")]
     pub scenarios: String,
     /// Messages per sender configuration in the send scenario (enough for the server's CPU
     /// time, read in 10 ms ticks, to be measured to a few percent).
@@ -70,6 +70,9 @@ pub struct Options {
     /// PID of the second server's process.
     #[arg(long)]
     pub peer_pid: Option<u32>,
+    /// Messages of the room whose history the purge scenario purges.
+    #[arg(long, default_value_t = 5000)]
+    pub purge_messages: usize,
     /// Messages sent 20 ms apart to measure remote delivery latency (federation scenario).
     #[arg(long, default_value_t = 200)]
     pub paced: usize,
@@ -200,14 +203,20 @@ impl Bench {
 
     /// Registers a fresh user with the shared secret.
     pub async fn user(&self) -> Result<User> {
+        self.register(false).await
+    }
+
+    /// Registers a fresh user, a server admin if `admin`.
+    async fn register(&self, admin: bool) -> Result<User> {
         let name = format!("bench{}x{}", self.run_id, self.next());
         let nonce = self.call(reqwest::Method::GET, "/_synapse/admin/v1/register", None, None).await?;
         let nonce = nonce["nonce"].as_str().context("nonce")?.to_owned();
         let password = "bench-password";
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(self.opts.secret.as_bytes())?;
-        mac.update(format!("{nonce}\0{name}\0{password}\0notadmin").as_bytes());
+        let role = if admin { "admin" } else { "notadmin" };
+        mac.update(format!("{nonce}\0{name}\0{password}\0{role}").as_bytes());
         let body = json!({
-            "nonce": nonce, "username": name, "password": password, "admin": false,
+            "nonce": nonce, "username": name, "password": password, "admin": admin,
             "mac": hex::encode(mac.finalize().into_bytes()),
         });
         let res = self.call(reqwest::Method::POST, "/_synapse/admin/v1/register", None, Some(&body)).await?;
@@ -894,6 +903,85 @@ impl Bench {
         Ok(out)
     }
 
+    /// Scenario `purge`: a room's history of `purge_messages` messages is purged with the
+    /// admin API both servers share (`purge_history`) while a sender in another room sends
+    /// every 20 ms: how long the purge takes, and the sends' p50/p99 before and during it.
+    pub async fn purge(&self) -> Result<Vec<Figure>> {
+        let admin = self.register(true).await?;
+        let senders = self.users(16).await?;
+        let big = self.room(&senders[0], true).await?;
+        for user in &senders[1..] {
+            self.join(user, &big).await?;
+        }
+        let per_sender = self.opts.purge_messages.div_ceil(senders.len());
+        try_join_all(senders.iter().map(|user| {
+            let big = big.clone();
+            async move {
+                for i in 0..per_sender {
+                    self.send(user, &big, &format!("history {i}")).await?;
+                }
+                anyhow::Ok(())
+            }
+        }))
+        .await?;
+        let other = self.room(&senders[0], true).await?;
+        let paced = async |n: Option<usize>, done: &std::sync::atomic::AtomicBool| -> Result<Vec<f64>> {
+            let mut latencies = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            while n.is_none_or(|n| latencies.len() < n) && !done.load(std::sync::atomic::Ordering::Acquire) {
+                tick.tick().await;
+                let t = Instant::now();
+                self.send(&senders[0], &other, "paced").await?;
+                latencies.push(ms(t.elapsed()));
+            }
+            latencies.sort_by(f64::total_cmp);
+            Ok(latencies)
+        };
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let before = paced(Some(200), &never).await?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+        let started = Instant::now();
+        let answer = self
+            .post(
+                &format!("/_synapse/admin/v1/purge_history/{big}"),
+                &admin.token,
+                json!({ "purge_up_to_ts": now, "delete_local_events": true }),
+            )
+            .await?;
+        let purge_id = answer["purge_id"].as_str().context("purge_id")?.to_owned();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let watch = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let status =
+                    self.get(&format!("/_synapse/admin/v1/purge_history_status/{purge_id}"), &admin.token).await?;
+                match status["status"].as_str() {
+                    Some("complete") => break,
+                    Some("active") => {}
+                    other => bail!("purge ended as {other:?}"),
+                }
+            }
+            let took = started.elapsed();
+            done.store(true, std::sync::atomic::Ordering::Release);
+            anyhow::Ok(took)
+        };
+        let (during, took) = tokio::try_join!(paced(None, &done), watch)?;
+        Ok(vec![
+            self.figure("purge", "purge_duration", ms(took), "ms"),
+            self.figure(
+                "purge",
+                "events_purged_per_s",
+                self.opts.purge_messages as f64 / took.as_secs_f64(),
+                "events/s",
+            ),
+            self.figure("purge", "send_p50_before", percentile(&before, 0.5), "ms"),
+            self.figure("purge", "send_p99_before", percentile(&before, 0.99), "ms"),
+            self.figure("purge", "send_p50_during", percentile(&during, 0.5), "ms"),
+            self.figure("purge", "send_p99_during", percentile(&during, 0.99), "ms"),
+            self.figure("purge", "sends_during", during.len() as f64, "n"),
+        ])
+    }
+
     /// Runs the selected scenarios and returns every figure.
     pub async fn run(&self) -> Result<Vec<Figure>> {
         let mut out = Vec::new();
@@ -918,6 +1006,7 @@ impl Bench {
                 "federation" => self.federation().await?,
                 "push" => self.push().await?,
                 "paced" => self.paced().await?,
+                "purge" => self.purge().await?,
                 "" => Vec::new(),
                 other => bail!("unknown scenario {other}"),
             };

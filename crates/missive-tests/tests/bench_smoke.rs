@@ -37,6 +37,8 @@ async fn bench_tool_tiny_run_completes() {
         "2",
         "--paced",
         "5",
+        "--purge-messages",
+        "32",
     ]);
     let figures = missive_bench::Bench::new(opts).unwrap().run().await.expect("bench run");
     for scenario in [
@@ -50,6 +52,7 @@ async fn bench_tool_tiny_run_completes() {
         "sliding_sync",
         "push_no_pushers",
         "push_dead_gateway",
+        "purge",
     ] {
         assert!(figures.iter().any(|f| f.scenario == scenario), "scenario {scenario} measured");
     }

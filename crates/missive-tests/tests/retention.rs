@@ -438,3 +438,39 @@ async fn operators_purge_a_rooms_history_with_synapses_admin_api() {
     let (status, _) = server.call("POST", &path, Some(&admin), Some(json!({ "purge_up_to_ts": now }))).await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn the_purges_progress_is_reported_through_the_api_and_the_command_line() {
+    let server = TestServer::start_with(&[("MISSIVE_RETENTION__CONTENT_DAYS", "30")]).await;
+    let admin = register_admin(&server, "operator").await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice.access_token, json!({ "preset": "public_chat" })).await;
+    for body in ["a", "b", "c"] {
+        server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.text", "body": body })).await;
+    }
+    age_everything(&server).await;
+
+    let admin_command = |args: &[&str]| -> Value {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
+        command.args(["admin", "--url", &server.base_url, "--token", &admin]).args(args);
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MISSIVE_")) {
+            command.env_remove(key);
+        }
+        let output = command.output().expect("run missive admin");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let report = admin_command(&["retention", "run"]);
+    assert_eq!(report["history"]["events_deleted"], 2, "{report}");
+    let status = admin_command(&["retention", "status"]);
+    assert_eq!(status["running"], false, "{status}");
+    assert!(status["runs"].as_u64().unwrap() >= 1, "{status}");
+    assert!(status["events_deleted"].as_u64().unwrap() >= 2, "{status}");
+    assert_eq!(status["last_report"]["history"]["events_emptied"], 1, "{status}");
+    assert!(status["last_finished_ts"].as_i64() >= status["last_started_ts"].as_i64(), "{status}");
+    let (status, _) = server.call("GET", "/_missive/admin/v1/retention", Some(&alice.access_token), None).await;
+    assert_eq!(status, 403, "operators only");
+
+    let started = admin_command(&["retention", "purge-room", &room, "--before-ts", "9999999999999", "--delete-local"]);
+    assert!(started["purge_id"].is_string(), "{started}");
+}

@@ -67,6 +67,11 @@ enum AdminCommand {
         #[command(subcommand)]
         action: HoldAction,
     },
+    /// The retention purge: its progress, a run now, a room's history purged.
+    Retention {
+        #[command(subcommand)]
+        action: RetentionAction,
+    },
     /// The transparency statistics: accounts, daily and monthly active users, messages per
     /// day, storage, per organisation.
     Stats,
@@ -119,6 +124,24 @@ enum HoldAction {
     },
     /// Lift a hold: the purge may take the data again.
     Lift { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum RetentionAction {
+    /// What the purge has done since the server started, and whether it runs now.
+    Status,
+    /// Run the purge now (it also runs hourly) and print what it deleted.
+    Run,
+    /// Purge one room's messages older than a time (ms since the epoch); local users'
+    /// messages only with `--delete-local`. Prints the purge's ID
+    /// (`_synapse/admin/v1/purge_history_status/<id>` tells when it is done).
+    PurgeRoom {
+        room_id: String,
+        #[arg(long)]
+        before_ts: i64,
+        #[arg(long)]
+        delete_local: bool,
+    },
 }
 
 /// The server name and media ID of an `mxc://` URI, as path segments.
@@ -235,6 +258,19 @@ async fn admin(config: &Config, url: Option<String>, token: Option<&str>, comman
             }
         }
         AdminCommand::Stats => client.get(format!("{base}/_missive/admin/v1/statistics")),
+        AdminCommand::Retention { action } => match action {
+            RetentionAction::Status => client.get(format!("{base}/_missive/admin/v1/retention")),
+            RetentionAction::Run => client
+                .post(format!("{base}/_missive/admin/v1/retention/purge"))
+                .header("content-type", "application/json")
+                .body("{}"),
+            RetentionAction::PurgeRoom { room_id, before_ts, delete_local } => client
+                .post(format!("{base}/_synapse/admin/v1/purge_history/{}", percent_encode(&room_id)))
+                .header("content-type", "application/json")
+                .body(
+                    serde_json::json!({ "purge_up_to_ts": before_ts, "delete_local_events": delete_local }).to_string(),
+                ),
+        },
         AdminCommand::Hold { action } => {
             let holds = format!("{base}/_missive/admin/v1/legal_holds");
             match action {

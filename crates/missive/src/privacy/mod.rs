@@ -310,6 +310,29 @@ pub struct Purge {
     running: tokio::sync::Mutex<()>,
     /// Operators' purges of one room's history, by ID: `active`, `complete` or `failed`.
     room_purges: std::sync::Mutex<std::collections::HashMap<String, &'static str>>,
+    /// What the purge has done since the server started.
+    status: std::sync::Mutex<PurgeStatus>,
+}
+
+/// The purge's progress since the server started (`GET /_missive/admin/v1/retention`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PurgeStatus {
+    /// Whether a run is under way.
+    pub running: bool,
+    /// When the last run started and finished (ms), and what it did.
+    pub last_started_ts: Option<i64>,
+    pub last_finished_ts: Option<i64>,
+    pub last_report: Option<PurgeReport>,
+    /// Why the last run failed, if it did (the next one resumes it).
+    pub last_error: Option<String>,
+    /// Totals of every run since the server started.
+    pub runs: u64,
+    pub failed_runs: u64,
+    pub events_deleted: u64,
+    pub events_emptied: u64,
+    pub connection_logs_erased: u64,
+    pub audit_entries_deleted: u64,
+    pub media_deleted: u64,
 }
 
 impl Purge {
@@ -327,12 +350,47 @@ impl Purge {
             retention: retention.effective(),
             running: tokio::sync::Mutex::new(()),
             room_purges: Default::default(),
+            status: Default::default(),
         })
+    }
+
+    /// The purge's progress since the server started.
+    pub fn status(&self) -> PurgeStatus {
+        self.status.lock().expect("purge status lock").clone()
     }
 
     /// One run, as of `now` (ms).
     pub async fn run(&self, now: i64) -> crate::error::Result<PurgeReport> {
         let _one_at_a_time = self.running.lock().await;
+        {
+            let mut status = self.status.lock().expect("purge status lock");
+            status.running = true;
+            status.last_started_ts = Some(crate::store::now_ms());
+        }
+        let outcome = self.run_once(now).await;
+        let mut status = self.status.lock().expect("purge status lock");
+        status.running = false;
+        status.last_finished_ts = Some(crate::store::now_ms());
+        status.runs += 1;
+        match &outcome {
+            Ok(report) => {
+                status.events_deleted += report.history.events_deleted;
+                status.events_emptied += report.history.events_emptied;
+                status.connection_logs_erased += report.connection_logs_erased;
+                status.audit_entries_deleted += report.audit_entries_deleted;
+                status.media_deleted += report.media_deleted;
+                status.last_report = Some(report.clone());
+                status.last_error = None;
+            }
+            Err(e) => {
+                status.failed_runs += 1;
+                status.last_error = Some(e.to_string());
+            }
+        }
+        outcome
+    }
+
+    async fn run_once(&self, now: i64) -> crate::error::Result<PurgeReport> {
         let cutoff = |days: u64| now - (days as i64).saturating_mul(DAY_MS);
         let mut report = PurgeReport { history: self.rooms.purge_history(now).await?, ..Default::default() };
         if let Some(days) = self.retention.connection_logs_days {

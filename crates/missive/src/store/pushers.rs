@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::{
     EventRow, StoreResult,
-    rooms::{EVENT_COLUMNS_E, event_row},
+    rooms::{EVENT_COLUMN_COUNT, EVENT_COLUMNS_E, event_row},
     sql,
 };
 
@@ -174,9 +174,9 @@ impl super::Store {
         Ok(rows
             .into_iter()
             .map(|r| {
-                let level: i64 = r.get(9);
-                let read: i64 = r.get(10);
-                let ts: i64 = r.get(11);
+                let level: i64 = r.get(EVENT_COLUMN_COUNT);
+                let read: i64 = r.get(EVENT_COLUMN_COUNT + 1);
+                let ts: i64 = r.get(EVENT_COLUMN_COUNT + 2);
                 NotificationRow { event: event_row(r), level, read: read != 0, ts }
             })
             .collect())

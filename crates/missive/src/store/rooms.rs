@@ -30,6 +30,9 @@ pub struct EventRow {
 
 pub(super) const EVENT_COLUMNS: &str = "stream_pos, event_id, room_id, json, state_group_before, redacted_by, txn_device_id, txn_id, replaces_state, purged";
 
+/// How many columns `EVENT_COLUMNS` names: a query selecting more reads them after these.
+pub(super) const EVENT_COLUMN_COUNT: usize = 10;
+
 /// The event columns prefixed with `e.`, for joins.
 pub(super) const EVENT_COLUMNS_E: &str = "e.stream_pos, e.event_id, e.room_id, e.json, e.state_group_before, e.redacted_by, e.txn_device_id, e.txn_id, \
      e.replaces_state, e.purged";
@@ -45,7 +48,7 @@ pub(super) fn event_row(r: AnyRow) -> EventRow {
         txn_device_id: r.get(6),
         txn_id: r.get(7),
         replaces_state: r.get(8),
-        purged: r.get::<i64, _>(9) != 0,
+        purged: r.get::<i64, _>(EVENT_COLUMN_COUNT - 1) != 0,
     }
 }
 
@@ -1246,4 +1249,15 @@ fn hide_profile_is(value: &str) -> String {
         "EXISTS (SELECT 1 FROM account_data d WHERE d.user_id = p.user_id AND d.room_id = '' \
          AND d.data_type = 'im.vector.hide_profile' AND REPLACE(d.content, ' ', '') LIKE '%\"hide_profile\":{value}%')"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EVENT_COLUMN_COUNT, EVENT_COLUMNS, EVENT_COLUMNS_E};
+
+    #[test]
+    fn the_column_count_matches_the_column_lists() {
+        assert_eq!(EVENT_COLUMNS.split(',').count(), EVENT_COLUMN_COUNT);
+        assert_eq!(EVENT_COLUMNS_E.split(',').count(), EVENT_COLUMN_COUNT);
+    }
 }

@@ -30,6 +30,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     router
         .route("/_synapse/admin/v1/register", get(nonce).post(register))
         .route("/_missive/admin/v1/audit", get(audit_trail))
+        .route("/_missive/admin/v1/retention", get(purge_status))
         .route("/_missive/admin/v1/retention/purge", axum::routing::post(purge_now))
         .route("/_synapse/admin/v1/purge_history/{room_id}", axum::routing::post(purge_history))
         .route("/_synapse/admin/v1/purge_history/{room_id}/{event_id}", axum::routing::post(purge_history))
@@ -341,6 +342,15 @@ async fn purge_now(State(state): State<AppState>, Authenticated(id): Authenticat
     require_admin(&id)?;
     let report = state.purge.run(crate::store::now_ms()).await?;
     Ok(json(serde_json::to_value(&report).map_err(|e| Error::Internal(e.to_string()))?))
+}
+
+/// # GET /_missive/admin/v1/retention
+///
+/// The retention purge's progress since the server started: whether it runs, the last
+/// run's times and report, totals.
+async fn purge_status(State(state): State<AppState>, Authenticated(id): Authenticated) -> Result<Response> {
+    require_admin(&id)?;
+    Ok(json(serde_json::to_value(state.purge.status()).map_err(|e| Error::Internal(e.to_string()))?))
 }
 
 /// The body of Synapse's `purge_history`.
