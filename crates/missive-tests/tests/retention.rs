@@ -474,3 +474,127 @@ async fn the_purges_progress_is_reported_through_the_api_and_the_command_line() 
     let started = admin_command(&["retention", "purge-room", &room, "--before-ts", "9999999999999", "--delete-local"]);
     assert!(started["purge_id"].is_string(), "{started}");
 }
+
+/// Every `table.column` of the schema that names a user, as the test database lists them.
+async fn user_columns(server: &TestServer) -> Vec<String> {
+    let names = "('user_id', 'sender', 'uploader', 'actor', 'target', 'reporter', 'target_user_id', 'placed_by', \
+                 'creator', 'state_key', 'lifted_by')";
+    let sql = if server.is_postgres() {
+        format!(
+            "SELECT table_name || '.' || column_name FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND column_name IN {names}"
+        )
+    } else {
+        format!(
+            "SELECT m.name || '.' || p.name FROM sqlite_master m, pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND p.name IN {names}"
+        )
+    };
+    server.query_strings(Box::leak(sql.into_boxed_str())).await
+}
+
+#[tokio::test]
+async fn an_erased_account_leaves_only_its_reserved_id_and_the_records_the_law_requires() {
+    let server = TestServer::start_with(&[
+        ("MISSIVE_LIFECYCLE__DELETION_AFTER_SECS", "1"),
+        ("MISSIVE_LIFECYCLE__CHECK_INTERVAL_SECS", "1"),
+        ("MISSIVE_PUSH__GATEWAY_ALLOWED_RANGES", "[\"127.0.0.0/8\"]"),
+    ])
+    .await;
+    let admin = register_admin(&server, "operator").await;
+    // Alice uses a real client: its device keys and one-time keys are uploaded.
+    let (alice_client, alice) = server.client("alice").await;
+    alice_client.sync_once(Default::default()).await.expect("sync");
+    let bob = server.register("bob").await;
+    let token = Some(alice.access_token.as_str());
+    let me = &alice.user_id;
+    let server_ref = &server;
+    let put = async |path: String, body: Value| {
+        let (status, answer) = server_ref.call("PUT", &path, token, Some(body)).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+    };
+    put(format!("/_matrix/client/v3/profile/{me}/displayname"), json!({ "displayname": "Alice Secrète" })).await;
+    put(format!("/_matrix/client/v3/user/{me}/account_data/org.example.notes"), json!({ "note": "privée" })).await;
+    let (status, _) =
+        server.call("POST", &format!("/_matrix/client/v3/user/{me}/filter"), token, Some(json!({}))).await;
+    assert_eq!(status, 200);
+    let pusher = json!({ "kind": "http", "app_id": "fr.gouv.tchap", "pushkey": "alice-phone",
+        "app_display_name": "Tchap", "device_display_name": "phone", "lang": "fr",
+        "data": { "url": "http://127.0.0.1:9/_matrix/push/v1/notify" } });
+    assert_eq!(server.call("POST", "/_matrix/client/v3/pushers/set", token, Some(pusher)).await.0, 200);
+    let upload = reqwest::Client::new()
+        .post(server.url("/_matrix/media/v3/upload"))
+        .bearer_auth(&alice.access_token)
+        .header("content-type", "text/plain")
+        .body("fichier d'alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status().as_u16(), 200);
+    let room = server.create_room(&bob.access_token, json!({ "preset": "public_chat" })).await;
+    let (status, _) = server.call("POST", &format!("/_matrix/client/v3/join/{room}"), token, Some(json!({}))).await;
+    assert_eq!(status, 200);
+    let said =
+        server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.text", "body": "secret d'alice" })).await;
+    server
+        .send_message(
+            &alice.access_token,
+            &room,
+            json!({ "msgtype": "m.text", "body": "suite d'alice", "m.relates_to": { "rel_type": "m.thread", "event_id": said } }),
+        )
+        .await;
+    let answer =
+        server.send_message(&bob.access_token, &room, json!({ "msgtype": "m.text", "body": "réponse de bob" })).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{answer}");
+    assert_eq!(server.call("POST", &path, token, Some(json!({}))).await.0, 200);
+
+    // Alice leaves and asks for erasure; after the grace period her account is deleted.
+    let path = format!("/_synapse/admin/v1/deactivate/{me}");
+    let (status, body) = server.call("POST", &path, Some(&admin), Some(json!({ "erase": true }))).await;
+    assert_eq!(status, 200, "{body}");
+    common::until("the account is deleted", async || {
+        let deleted = server.query_strings("SELECT user_id FROM users WHERE deleted_ts IS NOT NULL").await;
+        deleted.contains(me).then_some(())
+    })
+    .await;
+    common::until("her messages are erased", async || (!stored_json(&server).await.contains("d'alice")).then_some(()))
+        .await;
+
+    // Bob still sees the room's history, without her words.
+    let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50");
+    let (_, page) = server.call("GET", &path, Some(&bob.access_token), None).await;
+    let hers: Vec<&Value> = page["chunk"].as_array().unwrap().iter().filter(|e| e["sender"] == me.as_str()).collect();
+    assert!(hers.iter().any(|e| e["event_id"] == said.as_str()), "{page}");
+    assert!(hers.iter().all(|e| e["type"] == "m.room.member" || e["content"] == json!({})), "{page}");
+    assert_eq!(bodies(&page["chunk"]), vec!["réponse de bob".to_owned()]);
+
+    // Her file is gone from disk.
+    for file in common::files_under(server.data_dir()) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(!bytes.windows(15).any(|w| w == b"fichier d'alice"), "{} still holds her file", file.display());
+    }
+
+    // What the database still holds about her is only what is listed here, with the reason.
+    let kept: &[(&str, &str)] = &[
+        ("users.user_id", "the reserved pseudonym: never given to another person"),
+        ("audit_log.target", "the operator's actions on the account: legal obligation, kept 12 months"),
+        ("session_log.user_id", "connection logs: legal obligation, purged at their retention"),
+        ("memberships.user_id", "the room's state: she left"),
+        ("room_current_state.state_key", "the room's state: her leave"),
+        ("events.sender", "her events, content erased, kept for the rooms' graph until their retention"),
+        ("events.state_key", "her membership events: the room's state"),
+        ("device_list_changes.user_id", "tells other members' devices that hers are gone"),
+    ];
+    let mut holding = Vec::new();
+    for column in user_columns(&server).await {
+        let (table, name) = column.split_once('.').unwrap();
+        let sql = format!("SELECT CAST(COUNT(*) AS TEXT) FROM {table} WHERE {name} = '{me}'");
+        let count = server.query_strings(Box::leak(sql.into_boxed_str())).await;
+        if count.first().is_some_and(|c| c != "0") {
+            holding.push(column);
+        }
+    }
+    let unexpected: Vec<&String> = holding.iter().filter(|c| !kept.iter().any(|(k, _)| k == c)).collect();
+    assert!(unexpected.is_empty(), "still about her: {unexpected:?} (all: {holding:?})");
+    assert!(holding.contains(&"users.user_id".to_owned()), "{holding:?}");
+}

@@ -70,7 +70,6 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
         lifecycle.deactivate_inactive_after_secs =
             config.retention.effective().inactive_deactivation_days.map(|days| days * 86_400);
     }
-    crate::identity::lifecycle::spawn_job(lifecycle, store.clone(), accounts.clone(), rooms.clone());
     let sso = Arc::new(
         crate::identity::Sso::new(config.clone(), store.clone()).await.context("cannot set up single sign-on")?,
     );
@@ -108,6 +107,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     rooms.on_push(push.clone());
     let purge = crate::privacy::Purge::new(store.clone(), media.clone(), rooms.clone(), &config.retention);
     purge.spawn();
+    crate::identity::lifecycle::spawn_job(lifecycle, store.clone(), accounts.clone(), rooms.clone(), purge.clone());
     Ok(Arc::new(Services {
         sso,
         oauth,

@@ -48,13 +48,19 @@ async fn require_account(accounts: &Accounts, user_id: &UserId) -> Result<()> {
 }
 
 /// Runs the lifecycle job every `check_interval_secs`, for as long as the server runs.
-pub fn spawn_job(config: Lifecycle, store: Store, accounts: Arc<Accounts>, rooms: Arc<Rooms>) {
+pub fn spawn_job(
+    config: Lifecycle,
+    store: Store,
+    accounts: Arc<Accounts>,
+    rooms: Arc<Rooms>,
+    purge: Arc<crate::privacy::Purge>,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(config.check_interval_secs));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = run_job(&config, &store, &accounts, &rooms).await {
+            if let Err(e) = run_job(&config, &store, &accounts, &rooms, &purge).await {
                 tracing::warn!(error = %e, "the account lifecycle job failed; it runs again later");
             }
         }
@@ -62,9 +68,15 @@ pub fn spawn_job(config: Lifecycle, store: Store, accounts: Arc<Accounts>, rooms
 }
 
 /// One run: idle accounts deactivated, then deactivated accounts past their grace period
-/// deleted. Each account is handled whole or not at all: a crash leaves the rest for the
-/// next run.
-pub async fn run_job(config: &Lifecycle, store: &Store, accounts: &Accounts, rooms: &Rooms) -> Result<()> {
+/// deleted, and what those that asked for erasure said and uploaded erased. Each account
+/// is handled whole or not at all: a crash leaves the rest for the next run.
+pub async fn run_job(
+    config: &Lifecycle,
+    store: &Store,
+    accounts: &Accounts,
+    rooms: &Rooms,
+    purge: &crate::privacy::Purge,
+) -> Result<()> {
     let now = now_ms();
     if let Some(after) = config.deactivate_inactive_after_secs {
         let cutoff = now - (after as i64).saturating_mul(1000);
@@ -75,9 +87,13 @@ pub async fn run_job(config: &Lifecycle, store: &Store, accounts: &Accounts, roo
         }
     }
     let cutoff = now - (config.deletion_after_secs as i64).saturating_mul(1000);
-    for user in store.accounts_to_delete(cutoff).await? {
-        store.delete_account(&user).await?;
+    let deleted = store.accounts_to_delete(cutoff).await?;
+    for user in &deleted {
+        store.delete_account(user).await?;
         tracing::info!(user_id = %user, "deactivated account deleted after its grace period");
+    }
+    if !deleted.is_empty() {
+        purge.erase_deleted().await?;
     }
     Ok(())
 }

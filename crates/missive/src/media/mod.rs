@@ -517,6 +517,24 @@ impl Media {
         Ok(items)
     }
 
+    /// Deletes every upload of a user with its thumbnails and the files nothing else uses
+    /// (an erased account's); answers how many.
+    pub async fn delete_uploads_of(&self, uploader: &str) -> Result<u64> {
+        let mut deleted = 0;
+        loop {
+            let (items, _) = self.store.user_media(uploader, 0, 500).await?;
+            if items.is_empty() {
+                return Ok(deleted);
+            }
+            for item in &items {
+                if let Some(unused) = self.store.delete_media(&item.origin, &item.media_id).await? {
+                    self.remove_contents(&unused).await?;
+                    deleted += 1;
+                }
+            }
+        }
+    }
+
     /// Removes the files of contents no media row uses any more (one already gone is fine).
     async fn remove_contents(&self, hashes: &[String]) -> Result<()> {
         for sha256 in hashes {

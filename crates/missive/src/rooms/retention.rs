@@ -170,6 +170,30 @@ impl Rooms {
         Ok(HistoryPurged { rooms: 1, events_deleted, events_emptied })
     }
 
+    /// Erases the content of every message `user_id` sent, in every room (the events stay,
+    /// pruned as a redaction would: the rooms' graph needs them); answers how many.
+    /// Idempotent, so a run cut short is simply run again.
+    pub async fn erase_content(&self, user_id: &str) -> Result<u64> {
+        let mut after = i64::MIN;
+        let mut erased = 0;
+        loop {
+            let batch = self.store.messages_to_erase(user_id, after, BATCH).await?;
+            let Some((last, _, _)) = batch.last() else { break };
+            after = *last;
+            let mut pruned_rows = Vec::with_capacity(batch.len());
+            for (pos, room_version, json) in &batch {
+                let (_, rules) = version::rules_for(room_version)?;
+                pruned_rows.push((*pos, pruned(json, &rules)?));
+            }
+            self.store.erase_events_content(&pruned_rows).await?;
+            erased += pruned_rows.len() as u64;
+            if (batch.len() as i64) < BATCH {
+                break;
+            }
+        }
+        Ok(erased)
+    }
+
     /// Before when a room's messages are past their lifetime as of `now`, if they have one:
     /// history older than that is not taken again from other servers.
     pub async fn history_cutoff(&self, room_id: &str, room_version: &str, now: i64) -> Result<Option<i64>> {

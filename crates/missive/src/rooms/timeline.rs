@@ -291,11 +291,7 @@ impl Rooms {
         }
         let (version, _) = self.store.room(&row.room_id).await?.ok_or_else(|| Error::not_found("room not found"))?;
         let (_, rules) = super::version::rules_for(&version)?;
-        let object: ruma::CanonicalJsonObject =
-            serde_json::from_str(&row.json).map_err(|e| Error::Internal(e.to_string()))?;
-        let pruned =
-            ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|e| Error::Internal(e.to_string()))?;
-        row.json = serde_json::to_string(&pruned).map_err(|e| Error::Internal(e.to_string()))?;
+        row.json = pruned(&row.json, &rules)?;
         Ok(())
     }
 

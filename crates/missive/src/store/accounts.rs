@@ -225,9 +225,31 @@ impl Store {
         Ok(())
     }
 
-    /// Every user whose messages are marked for erasure.
+    /// Every user whose messages are marked for erasure (`erased` 1: their content is
+    /// still to erase, 2: erased).
     pub async fn erased_users(&self) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT user_id FROM users WHERE erased = 1").fetch_all(&self.read).await?)
+        Ok(sqlx::query_scalar("SELECT user_id FROM users WHERE erased <> 0").fetch_all(&self.read).await?)
+    }
+
+    /// Deleted accounts whose messages and uploads are still to erase, but those under a
+    /// legal hold.
+    pub async fn erasures_pending(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT user_id FROM users u WHERE erased = 1 AND deleted_ts IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.lifted_ts IS NULL AND h.user_id = u.user_id)",
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Records that a user's messages and uploads are erased.
+    pub async fn erasure_done(&self, user_id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET erased = 2, updated_ts = $2 WHERE user_id = $1 AND erased = 1")
+            .bind(user_id)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 
     /// Resolves an access token digest.

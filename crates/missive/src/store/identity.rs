@@ -312,9 +312,11 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
-    /// Deletes what a deactivated account still holds: profile, e-mail, account data,
-    /// filters, keys and backups, pending tokens. The row stays, empty, so that the ID is
-    /// never reissued; what it said in rooms follows the rooms' retention.
+    /// Deletes what a deactivated account still holds: profile, e-mail, the link to its
+    /// identity at the IAM, account data, filters, keys and backups, pending tokens and
+    /// uploads, read receipts, invites. The row stays, empty, so that the ID is never
+    /// reissued; what it said in rooms follows the rooms' retention (or is erased at once
+    /// when the user asked, see `privacy::Purge::erase_pending`).
     pub async fn delete_account(&self, user_id: &str) -> StoreResult<()> {
         let mut tx = self.write.begin().await?;
         for table in [
@@ -329,12 +331,16 @@ impl Store {
             "user_threepids",
             "login_tokens",
             "openid_tokens",
+            "user_external_ids",
+            "receipts",
+            "invite_states",
         ] {
             sqlx::query(super::sql(format!("DELETE FROM {table} WHERE user_id = $1")))
                 .bind(user_id)
                 .execute(&mut *tx)
                 .await?;
         }
+        sqlx::query("DELETE FROM media_pending WHERE uploader = $1").bind(user_id).execute(&mut *tx).await?;
         sqlx::query(
             "UPDATE users SET deleted_ts = $2, password_hash = NULL, organisation = NULL, locked = 0, updated_ts = $2 \
              WHERE user_id = $1",
