@@ -811,6 +811,15 @@ async fn element_x_signs_in_through_the_oauth_api_refreshes_and_signs_out() {
     assert_eq!(revoked.status(), 200);
     let (status, body) = server.call("GET", "/_matrix/client/v3/account/whoami", Some(&second), None).await;
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
+
+    // The connection logs hold the OAuth session's start and end, like a /login's (the
+    // refresh continued it), with the address it came from.
+    let device = whoami.device_id.unwrap().to_string();
+    let logged =
+        server.query_strings("SELECT event || ' ' || device_id || ' ' || COALESCE(ip, '') FROM session_log").await;
+    assert!(logged.contains(&format!("login {device} 127.0.0.1")), "{logged:?}");
+    assert!(logged.contains(&format!("logout {device} 127.0.0.1")), "{logged:?}");
+    assert_eq!(logged.iter().filter(|l| l.contains(&device)).count(), 2, "{logged:?}");
 }
 
 #[tokio::test]

@@ -65,9 +65,8 @@ pub struct Ruma<T> {
     pub origin: Option<ruma::OwnedServerName>,
     /// The raw JSON body, for endpoints whose ruma type drops fields we need.
     pub json: Bytes,
-    pub client_ip: Option<String>,
-    /// The client's `User-Agent` (at most 512 characters), for connection logs.
-    pub user_agent: Option<String>,
+    /// Where the request comes from, for connection logs and rate limits.
+    pub client: ClientInfo,
     method: http::Method,
     path: String,
 }
@@ -146,15 +145,7 @@ where
         {
             path_args.push(String::new());
         }
-        let user_agent = parts
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|ua| ua.chars().take(512).collect::<String>());
-        let client_ip = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<crate::tls::ClientAddr>>()
-            .map(|c| c.0.0.ip().to_string());
+        let client = ClientInfo::of(&parts);
         let limit = state.config.max_request_size;
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| Error::TooLarge)?;
         let identity = match (T::Authentication::TOKEN, access_token(&parts)) {
@@ -167,7 +158,7 @@ where
             (Some(false), None) => None,
         };
         if let Some(identity) = &identity {
-            state.accounts.device_seen(identity, client_ip.as_deref(), user_agent.as_deref());
+            state.accounts.device_seen(identity, client.ip.as_deref(), client.user_agent.as_deref());
         }
         if identity.as_ref().is_some_and(|id| id.is_guest)
             && let Some(matched) = &matched
@@ -202,7 +193,7 @@ where
             let msg = e.to_string();
             if msg.contains("query") { Error::InvalidParam(msg) } else { Error::BadJson(msg) }
         })?;
-        Ok(Ruma { body, identity, origin, json: bytes, client_ip, user_agent, method, path })
+        Ok(Ruma { body, identity, origin, json: bytes, client, method, path })
     }
 }
 
@@ -363,13 +354,39 @@ impl FromRequestParts<AppState> for Authenticated {
         let token = access_token(parts).ok_or(Error::MissingToken)?;
         let identity = state.accounts.authenticate(&token).await?;
         // Every authenticated request counts as the device's use (connection logs).
+        let client = ClientInfo::of(parts);
+        state.accounts.device_seen(&identity, client.ip.as_deref(), client.user_agent.as_deref());
+        Ok(Authenticated(identity))
+    }
+}
+
+/// Where a request comes from, for the connection logs: the peer's address and its user
+/// agent (at most 512 characters).
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientInfo {
+    fn of(parts: &http::request::Parts) -> Self {
+        let user_agent = parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(512).collect::<String>());
         let ip = parts
             .extensions
             .get::<axum::extract::ConnectInfo<crate::tls::ClientAddr>>()
             .map(|c| c.0.0.ip().to_string());
-        let user_agent = parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
-        state.accounts.device_seen(&identity, ip.as_deref(), user_agent);
-        Ok(Authenticated(identity))
+        ClientInfo { ip, user_agent }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientInfo::of(parts))
     }
 }
 

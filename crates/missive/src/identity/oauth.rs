@@ -13,7 +13,7 @@ use std::{
 };
 
 use base64::Engine;
-use ruma::{OwnedUserId, UserId};
+use ruma::OwnedUserId;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -422,15 +422,17 @@ impl OAuth {
     }
 
     /// Revokes a token (RFC 7009): the device it belongs to is signed out, its other
-    /// token with it. An unknown token is no error.
-    pub async fn revoke(&self, accounts: &Accounts, form: &HashMap<String, String>) -> Result<(), OAuthError> {
+    /// token with it; answers the session that ended. An unknown token is no error.
+    pub async fn revoke(
+        &self,
+        accounts: &Accounts,
+        form: &HashMap<String, String>,
+    ) -> Result<Option<(OwnedUserId, String)>, OAuthError> {
         let token = form.get("token").ok_or_else(|| OAuthError::new(400, "invalid_request", "no token"))?;
-        if let Some((user_id, device_id)) = accounts.session_of_token(token).await? {
-            let user_id: &UserId = &user_id;
-            accounts.delete_devices(user_id, std::slice::from_ref(&device_id)).await?;
-            tracing::info!(%user_id, device_id, "session revoked through OAuth");
-        }
-        Ok(())
+        let Some((user_id, device_id)) = accounts.session_of_token(token).await? else { return Ok(None) };
+        accounts.delete_devices(&user_id, std::slice::from_ref(&device_id)).await?;
+        tracing::info!(%user_id, device_id, "session revoked through OAuth");
+        Ok(Some((user_id, device_id)))
     }
 
     /// Keeps an authorization for the password page: answers the ID the page's form

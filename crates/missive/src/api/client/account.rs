@@ -15,7 +15,7 @@ use crate::{
     accounts::IssuedSession,
     api::{
         AppState,
-        ruma::{Ruma, json, route},
+        ruma::{ClientInfo, Ruma, json, route},
     },
     error::{Error, Result},
     ratelimit::Action,
@@ -84,7 +84,7 @@ fn session_json(state: &AppState, s: &IssuedSession) -> Value {
 
 /// # POST /_matrix/client/v3/register
 async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Result<Response> {
-    let ip = req.client_ip.clone().unwrap_or_default();
+    let ip = req.client.ip.clone().unwrap_or_default();
     state.limits.check(Action::Registration, &ip)?;
     let guest = req.body.kind == register::RegistrationKind::Guest;
     let request = req.uia_request();
@@ -92,7 +92,7 @@ async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Result<R
         serde_json::from_value(Value::Object(request.params.clone())).map_err(|e| Error::bad_json(e.to_string()))?;
     let (user_id, session) = state.accounts.register(params, req.body.auth.as_ref(), guest, &request).await?;
     if let Some(s) = &session {
-        log_session(&state, &s.user_id, s.device_id.as_str(), "login", &req.client_ip, &req.user_agent).await;
+        log_session(&state, &s.user_id, s.device_id.as_str(), "login", &req.client).await;
     }
     Ok(json(match session {
         Some(s) => session_json(&state, &s),
@@ -137,7 +137,7 @@ async fn login_types(state: AppState, _: Ruma<get_login_types::v3::Request>) -> 
 
 /// # POST /_matrix/client/v3/login
 async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<Response> {
-    let ip = req.client_ip.clone().unwrap_or_default();
+    let ip = req.client.ip.clone().unwrap_or_default();
     state.limits.check(Action::Login, &ip)?;
     let body = req.body;
     let device_id = body.device_id.as_ref().map(|d| d.as_str());
@@ -152,8 +152,7 @@ async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<Respons
             if let Some(provider_session) = provider_session {
                 state.sso.note_session(&provider_session, &user_id, session.device_id.as_str()).await?;
             }
-            log_session(&state, &session.user_id, session.device_id.as_str(), "login", &req.client_ip, &req.user_agent)
-                .await;
+            log_session(&state, &session.user_id, session.device_id.as_str(), "login", &req.client).await;
             return Ok(json(session_json(&state, &session)));
         }
         _ => return Err(Error::Unknown("unsupported login type".into())),
@@ -174,22 +173,23 @@ async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<Respons
             body.refresh_token,
         )
         .await?;
-    log_session(&state, &session.user_id, session.device_id.as_str(), "login", &req.client_ip, &req.user_agent).await;
+    log_session(&state, &session.user_id, session.device_id.as_str(), "login", &req.client).await;
     Ok(json(session_json(&state, &session)))
 }
 
 /// Records a login or a session's end in the connection logs; a failure to record is
 /// logged, not the user's problem.
-async fn log_session(
+pub(super) async fn log_session(
     state: &AppState,
     user_id: &ruma::UserId,
     device_id: &str,
     event: &str,
-    ip: &Option<String>,
-    user_agent: &Option<String>,
+    client: &ClientInfo,
 ) {
-    if let Err(e) =
-        state.store.log_session(user_id.as_str(), device_id, event, ip.as_deref(), user_agent.as_deref()).await
+    if let Err(e) = state
+        .store
+        .log_session(user_id.as_str(), device_id, event, client.ip.as_deref(), client.user_agent.as_deref())
+        .await
     {
         tracing::warn!(error = %e, "connection log not recorded");
     }
@@ -209,7 +209,7 @@ async fn refresh(state: AppState, req: Ruma<refresh_token::v3::Request>) -> Resu
 async fn logout(state: AppState, req: Ruma<logout::v3::Request>) -> Result<Response> {
     let id = req.identity();
     state.accounts.delete_devices(&id.user_id, &[id.device_id.to_string()]).await?;
-    log_session(&state, &id.user_id, id.device_id.as_str(), "logout", &req.client_ip, &req.user_agent).await;
+    log_session(&state, &id.user_id, id.device_id.as_str(), "logout", &req.client).await;
     Ok(json(json!({})))
 }
 
@@ -217,7 +217,7 @@ async fn logout(state: AppState, req: Ruma<logout::v3::Request>) -> Result<Respo
 async fn logout_all(state: AppState, req: Ruma<logout_all::v3::Request>) -> Result<Response> {
     let id = req.identity();
     state.accounts.logout_all(&id.user_id).await?;
-    log_session(&state, &id.user_id, "*", "logout", &req.client_ip, &req.user_agent).await;
+    log_session(&state, &id.user_id, "*", "logout", &req.client).await;
     Ok(json(json!({})))
 }
 
@@ -269,7 +269,7 @@ async fn delete_device(state: AppState, req: Ruma<delete_device::v3::Request>) -
     }
     state.accounts.confirm_identity(&id.user_id, req.body.auth.as_ref(), &req.uia_request()).await?;
     state.accounts.delete_devices(&id.user_id, &[req.body.device_id.to_string()]).await?;
-    log_session(&state, &id.user_id, req.body.device_id.as_str(), "logout", &req.client_ip, &req.user_agent).await;
+    log_session(&state, &id.user_id, req.body.device_id.as_str(), "logout", &req.client).await;
     Ok(json(json!({})))
 }
 
@@ -280,7 +280,7 @@ async fn delete_devices(state: AppState, req: Ruma<delete_devices::v3::Request>)
     let devices: Vec<String> = req.body.devices.iter().map(ToString::to_string).collect();
     state.accounts.delete_devices(&id.user_id, &devices).await?;
     for device in &devices {
-        log_session(&state, &id.user_id, device, "logout", &req.client_ip, &req.user_agent).await;
+        log_session(&state, &id.user_id, device, "logout", &req.client).await;
     }
     Ok(json(json!({})))
 }

@@ -18,7 +18,7 @@ use super::sso::{found, page, to_provider};
 use crate::{
     api::{
         AppState,
-        ruma::{Ruma, json, route},
+        ruma::{ClientInfo, Ruma, json, route},
     },
     error::{Error, Result},
     identity::oauth::{
@@ -114,7 +114,7 @@ fn form_fields(body: &[u8]) -> HashMap<String, String> {
 }
 
 /// # POST /_missive/oauth2/token
-async fn token(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+async fn token(State(state): State<AppState>, client: ClientInfo, body: axum::body::Bytes) -> Response {
     let form = form_fields(&body);
     let oauth = match service(&state) {
         Ok(oauth) => oauth,
@@ -123,6 +123,11 @@ async fn token(State(state): State<AppState>, body: axum::body::Bytes) -> Respon
     match oauth.token(&state.accounts, &form).await {
         Ok(tokens) => {
             let session = tokens.session;
+            // An exchanged code opens a session (a refresh only continues one).
+            if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
+                super::account::log_session(&state, &session.user_id, session.device_id.as_str(), "login", &client)
+                    .await;
+            }
             let mut body = json!({
                 "access_token": session.access_token,
                 "token_type": "Bearer",
@@ -141,14 +146,19 @@ async fn token(State(state): State<AppState>, body: axum::body::Bytes) -> Respon
 }
 
 /// # POST /_missive/oauth2/revoke
-async fn revoke(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+async fn revoke(State(state): State<AppState>, client: ClientInfo, body: axum::body::Bytes) -> Response {
     let form = form_fields(&body);
     let oauth = match service(&state) {
         Ok(oauth) => oauth,
         Err(response) => return *response,
     };
     match oauth.revoke(&state.accounts, &form).await {
-        Ok(()) => answer(StatusCode::OK, json!({})),
+        Ok(ended) => {
+            if let Some((user_id, device_id)) = ended {
+                super::account::log_session(&state, &user_id, &device_id, "logout", &client).await;
+            }
+            answer(StatusCode::OK, json!({}))
+        }
         Err(e) => oauth_error(&e),
     }
 }
