@@ -598,3 +598,25 @@ async fn an_erased_account_leaves_only_its_reserved_id_and_the_records_the_law_r
     assert!(unexpected.is_empty(), "still about her: {unexpected:?} (all: {holding:?})");
     assert!(holding.contains(&"users.user_id".to_owned()), "{holding:?}");
 }
+
+#[tokio::test]
+async fn the_presets_profile_retention_sets_when_a_deactivated_account_is_deleted() {
+    // Luxchat4Gov: the profile goes once the account is closed; Tchap keeps it 36 months.
+    let mut deleted = Vec::new();
+    for preset in ["luxchat4gov", "tchap"] {
+        let server = TestServer::start_with(&[
+            ("MISSIVE_RETENTION__PRESET", preset),
+            ("MISSIVE_LIFECYCLE__CHECK_INTERVAL_SECS", "1"),
+        ])
+        .await;
+        let admin = register_admin(&server, "operator").await;
+        let agent = server.register("agent").await;
+        let path = format!("/_synapse/admin/v1/deactivate/{}", agent.user_id);
+        assert_eq!(server.call("POST", &path, Some(&admin), Some(json!({}))).await.0, 200);
+        // Three runs of the job.
+        tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+        let gone = server.query_strings("SELECT user_id FROM users WHERE deleted_ts IS NOT NULL").await;
+        deleted.push(gone.contains(&agent.user_id));
+    }
+    assert_eq!(deleted, vec![true, false]);
+}

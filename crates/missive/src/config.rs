@@ -294,8 +294,10 @@ pub struct Scim {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Lifecycle {
-    /// Seconds a deactivated account waits, restorable, before it is deleted (6 weeks).
-    pub deletion_after_secs: u64,
+    /// Seconds a deactivated account waits, restorable, before it is deleted; unset: the
+    /// retention's `profile_after_deactivation_days` (Tchap: 36 months, Luxchat4Gov: at
+    /// once), else 6 weeks.
+    pub deletion_after_secs: Option<u64>,
     /// Seconds without activity after which an account is deactivated; unset: never
     /// (Tchap: 6 months).
     pub deactivate_inactive_after_secs: Option<u64>,
@@ -305,7 +307,7 @@ pub struct Lifecycle {
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Self { deletion_after_secs: 42 * 86_400, deactivate_inactive_after_secs: None, check_interval_secs: 3600 }
+        Self { deletion_after_secs: None, deactivate_inactive_after_secs: None, check_interval_secs: 3600 }
     }
 }
 

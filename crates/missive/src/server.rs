@@ -65,10 +65,14 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let e2ee = Arc::new(E2ee::new(store.clone(), streams.clone(), federation.clone()));
     let accounts = Arc::new(Accounts::new(store.clone(), streams.clone(), config.clone()));
     let mut lifecycle = config.lifecycle.clone();
-    // A retention preset's inactivity rule (Tchap: 6 months) unless the operator set one.
+    // A retention preset's inactivity rule (Tchap: 6 months) and profile retention after
+    // deactivation (Tchap: 36 months, Luxchat4Gov: none) unless the operator set them.
+    let retention = config.retention.effective();
     if lifecycle.deactivate_inactive_after_secs.is_none() {
-        lifecycle.deactivate_inactive_after_secs =
-            config.retention.effective().inactive_deactivation_days.map(|days| days * 86_400);
+        lifecycle.deactivate_inactive_after_secs = retention.inactive_deactivation_days.map(|days| days * 86_400);
+    }
+    if lifecycle.deletion_after_secs.is_none() {
+        lifecycle.deletion_after_secs = retention.profile_after_deactivation_days.map(|days| days * 86_400);
     }
     let sso = Arc::new(
         crate::identity::Sso::new(config.clone(), store.clone()).await.context("cannot set up single sign-on")?,

@@ -67,6 +67,9 @@ pub fn spawn_job(
     });
 }
 
+/// How long a deactivated account stays restorable when nothing else says: 6 weeks.
+const DEFAULT_GRACE_SECS: u64 = 42 * 86_400;
+
 /// One run: idle accounts deactivated, then deactivated accounts past their grace period
 /// deleted, and what those that asked for erasure said and uploaded erased. Each account
 /// is handled whole or not at all: a crash leaves the rest for the next run.
@@ -86,7 +89,7 @@ pub async fn run_job(
             tracing::info!(%user_id, "idle account deactivated");
         }
     }
-    let cutoff = now - (config.deletion_after_secs as i64).saturating_mul(1000);
+    let cutoff = now - (config.deletion_after_secs.unwrap_or(DEFAULT_GRACE_SECS) as i64).saturating_mul(1000);
     let deleted = store.accounts_to_delete(cutoff).await?;
     for user in &deleted {
         store.delete_account(user).await?;

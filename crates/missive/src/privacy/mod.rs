@@ -142,7 +142,7 @@ pub const DATA_CLASSES: &[DataClass] = &[
         legal_basis: PUBLIC_TASK,
         retention: |r| Some(r.profile_after_deactivation_days),
         deletion: "after deactivation and the retention, the account is deleted: profile, settings and sessions go; the Matrix ID stays reserved",
-        enforcement: "deactivated accounts are deleted after [lifecycle] deletion_after_secs (profile, settings, filters, keys, backups, receipts, invites, pending uploads, the IAM link; what stays is the reserved ID, the audit entries and connection logs the law requires, and the rooms' state); an account deleted after asking for erasure also loses the content of every message it sent and its uploads with their files; inactive accounts deactivated after [lifecycle] deactivate_inactive_after_secs or the preset's inactive_deactivation_days",
+        enforcement: "deactivated accounts are deleted after [lifecycle] deletion_after_secs or, unset, this retention (profile, settings, filters, keys, backups, receipts, invites, pending uploads, the IAM link; what stays is the reserved ID, the audit entries and connection logs the law requires, and the rooms' state); an account deleted after asking for erasure also loses the content of every message it sent and its uploads with their files; inactive accounts deactivated after [lifecycle] deactivate_inactive_after_secs or the preset's inactive_deactivation_days",
     },
     DataClass {
         id: "identifiers",
