@@ -179,6 +179,17 @@ async fn fill_gap(
             missing.push(event);
         }
     }
+    // History past the room's lifetime was purged here: it is not taken back (what builds
+    // on it is judged by the state before it, below, like any gap too wide).
+    if let Ok(Some(cutoff)) =
+        state.rooms.history_cutoff(room_id.as_str(), version.as_str(), crate::store::now_ms()).await
+    {
+        missing.retain(|e| {
+            let expired = matches!(e.object.get("origin_server_ts"),
+                Some(ruma::CanonicalJsonValue::Integer(ts)) if i64::from(*ts) < cutoff);
+            e.object.contains_key("state_key") || !expired
+        });
+    }
     missing.sort_by_key(|e| match e.object.get("depth") {
         Some(ruma::CanonicalJsonValue::Integer(depth)) => i64::from(*depth),
         _ => 0,
