@@ -30,8 +30,11 @@ pub struct Options {
     #[arg(long)]
     pub pid: Option<u32>,
     /// Scenarios to run (comma-separated): send (= send_1,send_16), wakeup, initial_sync,
-    /// members, e2ee, many_users, sliding_sync, push, paced, purge.
-    #[arg(long, default_value = "send,wakeup,initial_sync,members,e2ee,many_users,sliding_sync,push,paced,purge")]
+    /// members, e2ee, many_users, sliding_sync, push, paced, purge, sector_day.
+    #[arg(
+        long,
+        default_value = "send,wakeup,initial_sync,members,e2ee,many_users,sliding_sync,push,paced,purge,sector_day"
+    )]
     pub scenarios: String,
     /// Messages per sender configuration in the send scenario (enough for the server's CPU
     /// time, read in 10 ms ticks, to be measured to a few percent).
@@ -70,6 +73,18 @@ pub struct Options {
     /// PID of the second server's process.
     #[arg(long)]
     pub peer_pid: Option<u32>,
+    /// Registered users of the sector_day scenario, each holding a long-polling /sync.
+    #[arg(long, default_value_t = 1000)]
+    pub sector_users: usize,
+    /// Rooms of the sector_day scenario (2 to 500 members, a few large ones).
+    #[arg(long, default_value_t = 200)]
+    pub sector_rooms: usize,
+    /// Messages per second in the sector_day scenario, spread over random rooms and members.
+    #[arg(long, default_value_t = 50)]
+    pub sector_rate: u64,
+    /// Seconds the sector_day scenario sends for.
+    #[arg(long, default_value_t = 120)]
+    pub sector_secs: u64,
     /// Messages of the room whose history the purge scenario purges.
     #[arg(long, default_value_t = 5000)]
     pub purge_messages: usize,
@@ -982,6 +997,157 @@ impl Bench {
         ])
     }
 
+    /// Room sizes of the sector_day scenario: two rooms of up to 500 members, eight of 100,
+    /// forty of 20, the rest of 2 to 10 (direct chats and small teams), each capped at the
+    /// number of users.
+    fn sector_sizes(&self, rng: &mut Rng) -> Vec<usize> {
+        let n = self.opts.sector_rooms;
+        (0..n)
+            .map(|i| match i {
+                0..2 => 500,
+                2..10 => 100,
+                10..50 => 20,
+                _ => 2 + rng.below(9),
+            })
+            .map(|size| size.min(self.opts.sector_users).max(2))
+            .collect()
+    }
+
+    /// Scenario `sector_day`: a sector server's busy hour compressed. `sector_users` users
+    /// in `sector_rooms` rooms, every user holding a long-polling `/sync`, messages sent at
+    /// a steady `sector_rate` per second by random members of random rooms for
+    /// `sector_secs`: the server's CPU per message (with every sync it wakes), the time from
+    /// a send's acknowledgement to each recipient's sync returning it, sends, RSS.
+    pub async fn sector_day(&self) -> Result<Vec<Figure>> {
+        let mut rng = Rng(0x5eed_1234_abcd_ef01);
+        let users = self.users(self.opts.sector_users).await?;
+        let sizes = self.sector_sizes(&mut rng);
+        // Members of each room: a random sample of the users, the first the creator.
+        let mut members: Vec<Vec<usize>> = Vec::with_capacity(sizes.len());
+        for &size in &sizes {
+            let mut picked: Vec<usize> = Vec::with_capacity(size);
+            while picked.len() < size {
+                let u = rng.below(users.len());
+                if !picked.contains(&u) {
+                    picked.push(u);
+                }
+            }
+            members.push(picked);
+        }
+        let mut rooms = Vec::with_capacity(sizes.len());
+        for room_members in &members {
+            rooms.push(self.room(&users[room_members[0]], true).await?);
+        }
+        let joins: Vec<(usize, usize)> =
+            members.iter().enumerate().flat_map(|(r, m)| m[1..].iter().map(move |&u| (r, u))).collect();
+        for chunk in joins.chunks(8) {
+            try_join_all(chunk.iter().map(|&(r, u)| self.join(&users[u], &rooms[r]))).await?;
+        }
+
+        // Every user syncs once, then holds a long poll, as a connected client does.
+        let filter = json!({ "room": { "timeline": { "limit": 1 }, "state": { "lazy_load_members": true } },
+                             "presence": { "not_types": ["*"] } });
+        let mut tokens = Vec::with_capacity(users.len());
+        for chunk in users.chunks(16) {
+            let answers = try_join_all(chunk.iter().map(|u| self.sync(u, None, 0, Some(&filter), false))).await?;
+            tokens.extend(answers.into_iter().map(|a| a["next_batch"].as_str().unwrap_or_default().to_owned()));
+        }
+        let acked: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+        // What each sync returned, and when: matched with the acknowledgements at the end
+        // (a recipient's sync may return before the sender's answer arrives).
+        let deliveries: Arc<std::sync::Mutex<Vec<(String, Instant)>>> = Default::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut syncers = Vec::with_capacity(users.len());
+        for (user, since) in users.iter().cloned().zip(tokens) {
+            let (this, filter, deliveries, stop) = (self.clone(), filter.clone(), deliveries.clone(), stop.clone());
+            syncers.push(tokio::spawn(async move {
+                let mut since = since;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let Ok(answer) = this.sync(&user, Some(&since), 10_000, Some(&filter), false).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    let got = Instant::now();
+                    since = answer["next_batch"].as_str().unwrap_or(&since).to_owned();
+                    let Some(joined) = answer["rooms"]["join"].as_object() else { continue };
+                    let mut out = deliveries.lock().expect("deliveries lock");
+                    for event in joined.values().filter_map(|r| r["timeline"]["events"].as_array()).flatten() {
+                        if event["sender"] != user.user_id.as_str()
+                            && event["content"]["body"].as_str().is_some_and(|b| b.starts_with("sector "))
+                            && let Some(id) = event["event_id"].as_str()
+                        {
+                            out.push((id.to_owned(), got));
+                        }
+                    }
+                }
+            }));
+        }
+        // Let every long poll reach the server and park.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let (cpu_before, switches_before) = (self.cpu_ms(), self.context_switches());
+        let total = (self.opts.sector_rate * self.opts.sector_secs) as usize;
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / self.opts.sector_rate.max(1)));
+        let mut sends = Vec::with_capacity(total);
+        let mut expected = 0usize;
+        for i in 0..total {
+            tick.tick().await;
+            let r = rng.below(rooms.len());
+            let sender = members[r][rng.below(members[r].len())];
+            expected += members[r].len() - 1;
+            let (this, user, room, acked) = (self.clone(), users[sender].clone(), rooms[r].clone(), acked.clone());
+            sends.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let event_id = this.send(&user, &room, &format!("sector {i}")).await?;
+                let now = Instant::now();
+                acked.lock().expect("acked lock").insert(event_id, now);
+                anyhow::Ok(ms(now - started))
+            }));
+        }
+        let mut send_times = Vec::with_capacity(total);
+        for send in sends {
+            send_times.push(send.await??);
+        }
+        // The last messages' deliveries, then the syncs end.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while deliveries.lock().expect("deliveries lock").len() < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (cpu_after, switches_after) = (self.cpu_ms(), self.context_switches());
+        let rss = self.rss_mib();
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        for syncer in syncers {
+            syncer.abort();
+        }
+        let seen = std::mem::take(&mut *deliveries.lock().expect("deliveries lock"));
+        let acked = acked.lock().expect("acked lock");
+        let mut delivered: Vec<f64> = seen
+            .iter()
+            .filter_map(|(id, got)| acked.get(id).map(|at| ms(got.saturating_duration_since(*at))))
+            .collect();
+        delivered.sort_by(f64::total_cmp);
+        send_times.sort_by(f64::total_cmp);
+        let mut out = vec![
+            self.figure("sector_day", "messages", total as f64, "n"),
+            self.figure("sector_day", "deliveries_expected", expected as f64, "n"),
+            self.figure("sector_day", "deliveries_seen", delivered.len() as f64, "n"),
+            self.figure("sector_day", "delivery_p50", percentile(&delivered, 0.5), "ms"),
+            self.figure("sector_day", "delivery_p99", percentile(&delivered, 0.99), "ms"),
+            self.figure("sector_day", "send_p50", percentile(&send_times, 0.5), "ms"),
+            self.figure("sector_day", "send_p99", percentile(&send_times, 0.99), "ms"),
+        ];
+        if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+            out.push(self.figure("sector_day", "server_cpu_per_message", (b - a) / total as f64, "ms"));
+        }
+        if let (Some(a), Some(b)) = (switches_before, switches_after) {
+            out.push(self.figure("sector_day", "context_switches_per_message", (b - a) as f64 / total as f64, "n"));
+        }
+        if let Some(rss) = rss {
+            out.push(self.figure("sector_day", "rss", rss, "MiB"));
+        }
+        Ok(out)
+    }
+
     /// Runs the selected scenarios and returns every figure.
     pub async fn run(&self) -> Result<Vec<Figure>> {
         let mut out = Vec::new();
@@ -1007,6 +1173,7 @@ impl Bench {
                 "push" => self.push().await?,
                 "paced" => self.paced().await?,
                 "purge" => self.purge().await?,
+                "sector_day" => self.sector_day().await?,
                 "" => Vec::new(),
                 other => bail!("unknown scenario {other}"),
             };
@@ -1016,5 +1183,18 @@ impl Bench {
             out.push(self.figure("memory", "rss_after", rss, "MiB"));
         }
         Ok(out)
+    }
+}
+
+/// A small deterministic generator (xorshift64*): the same rooms and senders every run.
+struct Rng(u64);
+
+impl Rng {
+    /// A number below `n` (`n` > 0).
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
     }
 }

@@ -39,6 +39,14 @@ async fn bench_tool_tiny_run_completes() {
         "5",
         "--purge-messages",
         "32",
+        "--sector-users",
+        "8",
+        "--sector-rooms",
+        "4",
+        "--sector-rate",
+        "10",
+        "--sector-secs",
+        "1",
     ]);
     let figures = missive_bench::Bench::new(opts).unwrap().run().await.expect("bench run");
     for scenario in [
@@ -53,6 +61,7 @@ async fn bench_tool_tiny_run_completes() {
         "push_no_pushers",
         "push_dead_gateway",
         "purge",
+        "sector_day",
     ] {
         assert!(figures.iter().any(|f| f.scenario == scenario), "scenario {scenario} measured");
     }

@@ -305,7 +305,7 @@ async fn a_purge_cut_short_by_kill_9_is_finished_after_the_restart() {
         server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.text", "body": "récent" })).await;
 
     // The purge starts, and the server is killed as soon as its first batch is committed
-    // (the purge goes 500 events a batch: most of the 3,000 are still there).
+    // (the purge goes 200 events a batch: most of the 3,000 are still there).
     let url = server.url("/_missive/admin/v1/retention/purge");
     let token = admin.clone();
     let running = tokio::spawn(async move {

@@ -21,8 +21,9 @@ use crate::{
     store::{PurgeRoom, PurgeStub},
 };
 
-/// Events examined per batch (one transaction each).
-const BATCH: i64 = 500;
+/// Events examined per batch (one transaction each): small enough that a send waiting
+/// behind a batch's transaction waits a few milliseconds at most.
+const BATCH: i64 = 200;
 const DAY_MS: i64 = 86_400_000;
 
 /// How long room history is kept: the server's default, the bounds within which a room's
@@ -140,7 +141,11 @@ impl Rooms {
                     deleted.push(event.stream_pos);
                 }
             }
+            let started = std::time::Instant::now();
             self.store.purge_room_events(&room.room_id, &deleted, &stubs).await?;
+            // As long again for everyone else: the purge is background work, and on SQLite
+            // its transactions and the rooms' commits take turns at the one writer.
+            tokio::time::sleep(started.elapsed()).await;
             deleted_total += deleted.len() as u64;
             emptied_total += stubs.len() as u64;
             if reached_horizon || (batch.len() as i64) < BATCH {

@@ -345,29 +345,41 @@ impl super::Store {
             .bind(room_id)
             .execute(&mut *tx)
             .await?;
-        let unread = |at_least: i64| {
-            format!(
-                "(SELECT COUNT(*) FROM events e \
-                  LEFT JOIN push_exceptions x ON x.user_id = notification_offsets.user_id AND x.room_id = e.room_id \
-                      AND x.event_pos = e.stream_pos \
-                  WHERE e.room_id = $1 AND e.stream_pos IN ({positions}) \
-                  AND e.stream_pos > notification_offsets.since_pos \
-                  AND COALESCE(x.level, CASE WHEN e.sender = notification_offsets.user_id THEN 0 ELSE e.notify END) >= {at_least} \
-                  AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.room_id = e.room_id \
-                      AND r.user_id = notification_offsets.user_id AND r.receipt_type IN ('m.read', 'm.read.private') \
-                      AND r.event_pos >= e.stream_pos \
-                      AND (r.thread_id = '' OR r.thread_id = COALESCE(e.thread_root, 'main'))))"
-            )
-        };
-        sqlx::query(super::sql(format!(
-            "UPDATE notification_offsets SET notify_off = notify_off + {}, highlight_off = highlight_off + {} \
-             WHERE room_id = $1",
-            unread(1),
-            unread(2)
+        // Each member's notifications among these events that no read receipt of theirs
+        // covers: taken off their count, as a receipt would.
+        let unread: Vec<(String, i64, i64)> = sqlx::query_as(super::sql(format!(
+            "SELECT user_id, CAST(SUM(CASE WHEN lvl >= 1 THEN 1 ELSE 0 END) AS BIGINT), \
+                 CAST(SUM(CASE WHEN lvl >= 2 THEN 1 ELSE 0 END) AS BIGINT) FROM ( \
+             SELECT o.user_id, COALESCE(x.level, CASE WHEN e.sender = o.user_id THEN 0 ELSE e.notify END) AS lvl \
+             FROM notification_offsets o \
+             JOIN events e ON e.room_id = o.room_id AND e.stream_pos IN ({positions}) AND e.stream_pos > o.since_pos \
+             LEFT JOIN push_exceptions x ON x.user_id = o.user_id AND x.room_id = e.room_id AND x.event_pos = e.stream_pos \
+             WHERE o.room_id = $1 AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.room_id = e.room_id \
+                 AND r.user_id = o.user_id AND r.receipt_type IN ('m.read', 'm.read.private') \
+                 AND r.event_pos >= e.stream_pos \
+                 AND (r.thread_id = '' OR r.thread_id = COALESCE(e.thread_root, 'main')))) t \
+             WHERE lvl >= 1 GROUP BY user_id"
         )))
         .bind(room_id)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        // One statement for every member whose count moves: `VALUES` columns are named
+        // `column1`… on both backends.
+        for chunk in unread.chunks(500) {
+            let mut p = super::Params::new(self.backend);
+            let values = p.rows(chunk.len(), 3);
+            let room = p.next();
+            let text = format!(
+                "UPDATE notification_offsets SET notify_off = notify_off + v.column2, \
+                 highlight_off = highlight_off + v.column3 FROM (VALUES {values}) AS v \
+                 WHERE notification_offsets.room_id = {room} AND notification_offsets.user_id = v.column1"
+            );
+            let mut query = sqlx::query(super::sql(text));
+            for (user, notify, highlight) in chunk {
+                query = query.bind(user).bind(notify).bind(highlight);
+            }
+            query.bind(room_id).execute(&mut *tx).await?;
+        }
         sqlx::query(super::sql(format!(
             "DELETE FROM push_exceptions WHERE room_id = $1 \
              AND user_id IN (SELECT user_id FROM memberships WHERE room_id = $1) AND event_pos IN ({positions})"
