@@ -67,7 +67,7 @@ impl UserData {
         data_type: &str,
         content: &Value,
     ) -> Result<()> {
-        let guard = self.streams.allocate();
+        let guard = self.streams.allocate_for(crate::sync::stream::Scope::user(user_id.as_str()));
         self.store
             .set_account_data(
                 user_id.as_str(),
@@ -168,7 +168,7 @@ impl UserData {
             .await?
             .filter(|e| e.room_id == room_id.as_str())
             .ok_or_else(|| Error::not_found("event not found"))?;
-        let guard = self.streams.allocate();
+        let guard = self.streams.allocate_for(crate::sync::stream::Scope::room(room_id.as_str(), None));
         self.store
             .set_receipt(
                 room_id.as_str(),

@@ -926,7 +926,9 @@ impl Rooms {
         let Recorded { pdu, json, depth, ts, prev_events, txn } = recorded;
         let event_id = pdu.event_id.clone();
         let kind = pdu.kind.to_string();
-        let guard = self.streams.allocate();
+        // The room's members, and whoever this event changes the membership of.
+        let target = pdu.state_key.as_deref().filter(|_| kind == "m.room.member");
+        let guard = self.streams.allocate_for(crate::sync::stream::Scope::room(batch.head.room_id.as_str(), target));
         let pos = guard.pos();
         batch.guards.push(guard);
         let group_before = batch.head.group;

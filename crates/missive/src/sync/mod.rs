@@ -178,14 +178,27 @@ impl Sync {
         let since = parse_since(req.since.as_deref())?;
         self.presence.touch(&identity.user_id, req.set_presence.unwrap_or(presence::State::Online));
         let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(300));
-        let mut changes = self.streams.subscribe();
+        let mut waiter = self.streams.waiter();
+        // The rooms whose changes concern the user (a change of their own membership
+        // elsewhere names them): read once per long poll, when it has to wait.
+        let mut rooms: Option<std::collections::HashSet<String>> = None;
         loop {
-            changes.borrow_and_update();
             let (response, has_changes) = self.compute(identity, &req, &since).await?;
             if has_changes || since.pos.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
                 return Ok(response);
             }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            let rooms = match &mut rooms {
+                Some(rooms) => rooms,
+                None => rooms.insert(
+                    self.store
+                        .memberships_of_user(identity.user_id.as_str(), None)
+                        .await?
+                        .into_iter()
+                        .map(|m| m.room_id)
+                        .collect(),
+                ),
+            };
+            if !waiter.wait(&self.streams, identity.user_id.as_str(), rooms, deadline).await {
                 // Timed out: answer with what we have (nothing new, a fresh token).
                 return Ok(response);
             }
