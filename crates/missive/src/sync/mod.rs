@@ -178,27 +178,29 @@ impl Sync {
         let since = parse_since(req.since.as_deref())?;
         self.presence.touch(&identity.user_id, req.set_presence.unwrap_or(presence::State::Online));
         let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(300));
-        let mut waiter = self.streams.waiter();
-        // The rooms whose changes concern the user (a change of their own membership
-        // elsewhere names them): read once per long poll, when it has to wait.
-        let mut rooms: Option<std::collections::HashSet<String>> = None;
+        // Registered when the first computation finds nothing, under the rooms whose
+        // changes concern the user (a change of their membership elsewhere names them).
+        let mut waiter: Option<stream::Waiter> = None;
         loop {
+            let serial = self.streams.serial();
             let (response, has_changes) = self.compute(identity, &req, &since).await?;
             if has_changes || since.pos.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
                 return Ok(response);
             }
-            let rooms = match &mut rooms {
-                Some(rooms) => rooms,
-                None => rooms.insert(
-                    self.store
-                        .memberships_of_user(identity.user_id.as_str(), None)
-                        .await?
-                        .into_iter()
-                        .map(|m| m.room_id)
-                        .collect(),
-                ),
+            let waiter = match &waiter {
+                Some(waiter) => waiter,
+                None => {
+                    let rooms = self.store.memberships_of_user(identity.user_id.as_str(), None).await?;
+                    let registered =
+                        waiter.insert(self.streams.waiter(identity.user_id.as_str(), rooms.iter().map(|m| &m.room_id)));
+                    // A change announced before the registration is seen by computing again.
+                    if self.streams.serial() != serial {
+                        continue;
+                    }
+                    registered
+                }
             };
-            if !waiter.wait(&self.streams, identity.user_id.as_str(), rooms, deadline).await {
+            if !waiter.wait(deadline).await {
                 // Timed out: answer with what we have (nothing new, a fresh token).
                 return Ok(response);
             }

@@ -3,23 +3,19 @@
 //! Every persistent change a sync can return (events, account data, receipts) takes a
 //! position from one counter. Writers may commit out of order, so the position a sync may
 //! read up to is the highest one below which every allocated position has been committed or
-//! abandoned; it is published through a `watch` channel that long-polling syncs wait on.
+//! abandoned; it is published through a `watch` channel.
 //!
-//! A change says whom it concerns (its [`Scope`]: rooms and users, or everyone), and the
-//! scopes of the changes that became visible are kept in a short log: a waiting sync wakes
-//! on every change but computes again only when one concerns it. With a thousand users
-//! long-polling, a message then costs the syncs of its room's members, not a thousand.
+//! A change says whom it concerns (its [`Scope`]: rooms and users, or everyone). A
+//! long-polling `/sync` registers a [`Waiter`] under its user and rooms, and a change that
+//! becomes visible wakes only the waiters it concerns: with a thousand users long-polling,
+//! a message wakes the syncs of its room's members, not a thousand.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
 };
 
-use tokio::sync::watch;
-
-/// Changes whose scope is remembered for waiting syncs; a sync that fell further behind
-/// computes again.
-const LOG_LEN: usize = 4096;
+use tokio::sync::{Notify, watch};
 
 /// Whom a change concerns.
 #[derive(Debug, Clone, Default)]
@@ -41,15 +37,6 @@ impl Scope {
     pub fn user(user_id: &str) -> Self {
         Scope::Of { rooms: Vec::new(), users: vec![user_id.to_owned()] }
     }
-
-    fn concerns(&self, user_id: &str, rooms: &HashSet<String>) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Of { rooms: changed, users } => {
-                users.iter().any(|u| u == user_id) || changed.iter().any(|r| rooms.contains(r))
-            }
-        }
-    }
 }
 
 /// Allocates stream positions and tracks which are complete.
@@ -57,9 +44,9 @@ impl Scope {
 pub struct Streams {
     inner: Mutex<Inner>,
     current: watch::Sender<i64>,
-    /// The serial of the latest change a sync might return, including in-memory ones
-    /// (typing); the scopes of recent ones are in `Inner::log`.
+    /// Bumped on any change a sync might return, including in-memory ones (typing).
     changes: watch::Sender<u64>,
+    waiters: Mutex<Waiters>,
 }
 
 #[derive(Debug)]
@@ -68,9 +55,22 @@ struct Inner {
     in_flight: BTreeSet<i64>,
     /// Scopes of committed positions not yet visible (an earlier one is still in flight).
     waiting: BTreeMap<i64, Scope>,
-    /// `(serial, scope)` of the latest visible changes, oldest first.
-    log: VecDeque<(u64, Scope)>,
-    serial: u64,
+}
+
+/// The registered waiters: each in `all`, and under its user's key and its rooms' keys.
+#[derive(Debug, Default)]
+struct Waiters {
+    next_id: u64,
+    all: HashMap<u64, Arc<Notify>>,
+    by_key: HashMap<String, HashMap<u64, Arc<Notify>>>,
+}
+
+fn room_key(room_id: &str) -> String {
+    format!("r{room_id}")
+}
+
+fn user_key(user_id: &str) -> String {
+    format!("u{user_id}")
 }
 
 /// A position being written; completes (commits or abandons) when dropped.
@@ -94,39 +94,33 @@ impl Drop for PositionGuard {
     }
 }
 
-/// A long-polling sync's view of the changes: wakes on those that concern its user.
+/// A long-polling sync registered for the changes that concern it; unregistered when
+/// dropped.
 pub struct Waiter {
-    changes: watch::Receiver<u64>,
-    seen: u64,
+    streams: Arc<Streams>,
+    id: u64,
+    keys: Vec<String>,
+    notify: Arc<Notify>,
 }
 
 impl Waiter {
-    /// Waits until a change concerning `user_id` or one of `rooms` is visible; false at
-    /// the deadline.
-    pub async fn wait(
-        &mut self,
-        streams: &Streams,
-        user_id: &str,
-        rooms: &HashSet<String>,
-        deadline: tokio::time::Instant,
-    ) -> bool {
-        loop {
-            if tokio::time::timeout_at(deadline, self.changes.changed()).await.is_err() {
-                return false;
-            }
-            let latest = *self.changes.borrow_and_update();
-            let inner = streams.inner.lock().expect("stream lock poisoned");
-            let fell_behind = inner.log.front().is_none_or(|(first, _)| *first > self.seen + 1);
-            let concerned = fell_behind
-                || inner
-                    .log
-                    .iter()
-                    .rev()
-                    .take_while(|(serial, _)| *serial > self.seen)
-                    .any(|(_, scope)| scope.concerns(user_id, rooms));
-            self.seen = latest;
-            if concerned {
-                return true;
+    /// Waits until a change concerning the waiter is visible (one that came since it was
+    /// registered counts); false at the deadline.
+    pub async fn wait(&self, deadline: tokio::time::Instant) -> bool {
+        tokio::time::timeout_at(deadline, self.notify.notified()).await.is_ok()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut waiters = self.streams.waiters.lock().expect("waiters lock poisoned");
+        waiters.all.remove(&self.id);
+        for key in &self.keys {
+            if let Some(set) = waiters.by_key.get_mut(key) {
+                set.remove(&self.id);
+                if set.is_empty() {
+                    waiters.by_key.remove(key);
+                }
             }
         }
     }
@@ -136,15 +130,10 @@ impl Streams {
     /// Starts after the highest persisted position.
     pub fn new(max_persisted: i64) -> Arc<Self> {
         Arc::new(Self {
-            inner: Mutex::new(Inner {
-                next: max_persisted + 1,
-                in_flight: BTreeSet::new(),
-                waiting: BTreeMap::new(),
-                log: VecDeque::with_capacity(LOG_LEN),
-                serial: 0,
-            }),
+            inner: Mutex::new(Inner { next: max_persisted + 1, in_flight: BTreeSet::new(), waiting: BTreeMap::new() }),
             current: watch::channel(max_persisted).0,
             changes: watch::channel(0).0,
+            waiters: Mutex::default(),
         })
     }
 
@@ -164,7 +153,7 @@ impl Streams {
     }
 
     fn complete(&self, pos: i64, scope: Scope) {
-        let current = {
+        let (current, visible) = {
             let mut inner = self.inner.lock().expect("stream lock poisoned");
             inner.in_flight.remove(&pos);
             inner.waiting.insert(pos, scope);
@@ -175,11 +164,7 @@ impl Streams {
             // The changes that became visible are announced now, whatever order their
             // writes committed in.
             let rest = inner.waiting.split_off(&(current + 1));
-            let visible = std::mem::replace(&mut inner.waiting, rest);
-            for scope in visible.into_values() {
-                inner.push(scope);
-            }
-            current
+            (current, std::mem::replace(&mut inner.waiting, rest))
         };
         self.current.send_if_modified(|c| {
             if current > *c {
@@ -189,7 +174,9 @@ impl Streams {
                 false
             }
         });
-        self.publish();
+        for scope in visible.into_values() {
+            self.notify_for(scope);
+        }
     }
 
     /// The highest position below which everything is committed.
@@ -202,22 +189,28 @@ impl Streams {
         self.notify_for(Scope::All);
     }
 
-    /// Wakes waiting syncs for an in-memory change (typing) that concerns `scope`.
+    /// Wakes the waiting syncs a change concerns.
     pub fn notify_for(&self, scope: Scope) {
-        self.inner.lock().expect("stream lock poisoned").push(scope);
-        self.publish();
+        {
+            let waiters = self.waiters.lock().expect("waiters lock poisoned");
+            match &scope {
+                Scope::All => waiters.all.values().for_each(|n| n.notify_one()),
+                Scope::Of { rooms, users } => {
+                    for key in rooms.iter().map(|r| room_key(r)).chain(users.iter().map(|u| user_key(u))) {
+                        if let Some(set) = waiters.by_key.get(&key) {
+                            set.values().for_each(|n| n.notify_one());
+                        }
+                    }
+                }
+            }
+        }
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    fn publish(&self) {
-        let serial = self.inner.lock().expect("stream lock poisoned").serial;
-        self.changes.send_if_modified(|n| {
-            if *n != serial {
-                *n = serial;
-                true
-            } else {
-                false
-            }
-        });
+    /// The serial of the latest change: a sync that sees it move while registering its
+    /// waiter computes again.
+    pub fn serial(&self) -> u64 {
+        *self.changes.borrow()
     }
 
     /// Subscribes to every change notification.
@@ -225,21 +218,18 @@ impl Streams {
         self.changes.subscribe()
     }
 
-    /// A waiter that wakes on the changes that concern its sync, from now on.
-    pub fn waiter(&self) -> Waiter {
-        let changes = self.changes.subscribe();
-        let seen = *changes.borrow();
-        Waiter { changes, seen }
-    }
-}
-
-impl Inner {
-    fn push(&mut self, scope: Scope) {
-        self.serial += 1;
-        if self.log.len() == LOG_LEN {
-            self.log.pop_front();
+    /// Registers a waiter for the changes that concern `user_id` or one of `rooms`.
+    pub fn waiter<'a>(self: &Arc<Self>, user_id: &str, rooms: impl Iterator<Item = &'a String>) -> Waiter {
+        let notify = Arc::new(Notify::new());
+        let keys: Vec<String> = std::iter::once(user_key(user_id)).chain(rooms.map(|r| room_key(r))).collect();
+        let mut waiters = self.waiters.lock().expect("waiters lock poisoned");
+        let id = waiters.next_id;
+        waiters.next_id += 1;
+        waiters.all.insert(id, notify.clone());
+        for key in &keys {
+            waiters.by_key.entry(key.clone()).or_default().insert(id, notify.clone());
         }
-        self.log.push_back((self.serial, scope));
+        Waiter { streams: self.clone(), id, keys, notify }
     }
 }
 
@@ -257,5 +247,25 @@ mod tests {
         assert_eq!(streams.current(), 10, "12 is committed but 11 is not");
         drop(a);
         assert_eq!(streams.current(), 12);
+    }
+
+    #[tokio::test]
+    async fn a_change_wakes_only_the_waiters_it_concerns_once_visible() {
+        let streams = Streams::new(0);
+        let soon = || tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        let rooms = ["!a:x".to_owned()];
+        let member = streams.waiter("@m:x", rooms.iter());
+        let stranger = streams.waiter("@s:x", std::iter::empty());
+        let first = streams.allocate_for(Scope::room("!b:x", None));
+        let second = streams.allocate_for(Scope::room("!a:x", None));
+        drop(second);
+        assert!(!member.wait(soon()).await, "!a's change is not visible while !b's is in flight");
+        drop(first);
+        assert!(member.wait(soon()).await, "both became visible");
+        assert!(!stranger.wait(soon()).await, "neither room is the stranger's");
+        drop(streams.allocate_for(Scope::room("!b:x", Some("@s:x"))));
+        assert!(stranger.wait(soon()).await, "an invite names its target");
+        streams.notify();
+        assert!(member.wait(soon()).await && stranger.wait(soon()).await, "a change for anyone wakes all");
     }
 }
