@@ -454,7 +454,8 @@ impl E2ee {
     ) -> Result<()> {
         let targets = if device == "*" { self.store.device_ids(user).await? } else { vec![device.to_owned()] };
         for target in targets {
-            let guard = self.streams.allocate();
+            // Only the addressee's syncs need to wake.
+            let guard = self.streams.allocate_for(crate::sync::stream::Scope::user(user));
             queued.push(NewToDevice {
                 stream_pos: guard.pos(),
                 user_id: user.to_owned(),
