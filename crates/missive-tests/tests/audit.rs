@@ -56,12 +56,8 @@ async fn every_operator_action_is_audited_with_its_actor() {
     assert_eq!(status, 405);
 
     // The command line reads it through the running server.
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
+    let mut command = common::missive_command();
     command.args(["admin", "--url", &server.base_url, "--token", &admin, "audit", "--target", &alice.user_id]);
-    // The test's own settings (MISSIVE_TEST_POSTGRES) are no config keys.
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MISSIVE_")) {
-        command.env_remove(key);
-    }
     let output = command.output().expect("run missive admin audit");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -71,11 +67,8 @@ async fn every_operator_action_is_audited_with_its_actor() {
 
 /// Runs `missive admin records` with the given environment, no server.
 fn records(env: &[(&str, &str)], format: &str) -> String {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
+    let mut command = common::missive_command();
     command.args(["admin", "records", "--format", format]);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MISSIVE_")) {
-        command.env_remove(key);
-    }
     command.envs(env.iter().copied());
     let output = command.output().expect("run missive admin records");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -242,12 +235,9 @@ async fn a_users_export_holds_all_of_their_data_and_nothing_of_others() {
 
     // Human-readable, through the command line.
     let file = tempfile::NamedTempFile::new().unwrap();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
+    let mut command = common::missive_command();
     command.args(["admin", "--url", &server.base_url, "--token", &admin, "user", "export", &alice.user_id]);
     command.args(["--format", "html", "--output", file.path().to_str().unwrap()]);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MISSIVE_")) {
-        command.env_remove(key);
-    }
     let output = command.output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let html = std::fs::read_to_string(file.path()).unwrap();

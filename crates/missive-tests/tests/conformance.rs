@@ -97,10 +97,7 @@ async fn an_explicit_sqlite_path_is_created_like_the_default() {
 
 #[test]
 fn check_config_redacts_secrets() {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
-    for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("MISSIVE_")) {
-        command.env_remove(key);
-    }
+    let mut command = common::missive_command();
     let output = command
         .arg("check-config")
         .env("MISSIVE_REGISTRATION_SHARED_SECRET", "very-secret-shared")

@@ -600,10 +600,7 @@ async fn nothing_queued_for_a_stopped_server_is_lost_even_when_the_sender_is_kil
     let (status, _) = peers.servers[0].call("GET", path, Some(&alice.access_token), None).await;
     assert_eq!(status, 403, "only admins see destinations");
     // The same through `missive admin federation`.
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MISSIVE_")) {
-        command.env_remove(key);
-    }
+    let mut command = common::missive_command();
     let output = command
         .args(["admin", "--url", &peers.servers[0].base_url, "--token", &admin, "federation"])
         .output()

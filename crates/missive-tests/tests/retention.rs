@@ -463,11 +463,8 @@ async fn the_purges_progress_is_reported_through_the_api_and_the_command_line() 
     age_everything(&server).await;
 
     let admin_command = |args: &[&str]| -> Value {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
+        let mut command = common::missive_command();
         command.args(["admin", "--url", &server.base_url, "--token", &admin]).args(args);
-        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MISSIVE_")) {
-            command.env_remove(key);
-        }
         let output = command.output().expect("run missive admin");
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         serde_json::from_slice(&output.stdout).unwrap()

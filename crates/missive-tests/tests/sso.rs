@@ -314,11 +314,7 @@ async fn operators_suspend_deactivate_and_restore_accounts_through_the_admin_api
     assert_eq!(status, 403);
     // The CLI calls the running server's admin API.
     let cli = |args: &[&str]| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
-        // The test's own settings (MISSIVE_TEST_*) are no config keys of the CLI's.
-        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MISSIVE_")) {
-            command.env_remove(key);
-        }
+        let mut command = common::missive_command();
         let output = command
             .args(["admin", "--url", &server.base_url, "--token", &admin, "user"])
             .args(args)

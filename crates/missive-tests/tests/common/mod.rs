@@ -466,3 +466,13 @@ pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The server's binary as a command (`missive admin …`, `check-config`), without the
+/// test's own `MISSIVE_*` settings (`MISSIVE_TEST_POSTGRES`), which are no config keys.
+pub fn missive_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_missive-under-test"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MISSIVE_")) {
+        command.env_remove(key);
+    }
+    command
+}

@@ -4,13 +4,16 @@
 //! kept (a registration's password, an IAM's attributes).
 
 use axum::{
-    extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request, State},
+    extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State},
     middleware::Next,
     response::Response,
 };
 
-use super::{AppState, ruma::access_token};
-use crate::{store::AuditEntry, tls::ClientAddr};
+use super::{
+    AppState,
+    ruma::{ClientInfo, access_token},
+};
+use crate::store::AuditEntry;
 
 /// Records the request in the audit trail once answered.
 pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -25,7 +28,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
             .join("/"),
         Err(_) => String::new(),
     };
-    let ip = parts.extensions.get::<ConnectInfo<ClientAddr>>().map(|c| c.0.0.ip().to_string());
+    let ip = ClientInfo::of(&parts).ip;
     let actor = match access_token(&parts) {
         Some(token) => match state.accounts.authenticate(&token).await {
             Ok(identity) => identity.user_id.to_string(),

@@ -368,7 +368,8 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
-    fn of(parts: &http::request::Parts) -> Self {
+    /// Where the request of these parts comes from.
+    pub fn of(parts: &http::request::Parts) -> Self {
         let user_agent = parts
             .headers
             .get(http::header::USER_AGENT)

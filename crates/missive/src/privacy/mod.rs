@@ -284,7 +284,8 @@ pub const DATA_CLASSES: &[DataClass] = &[
 
 /// Rows deleted per statement by the purge.
 const PURGE_BATCH: i64 = 1000;
-const DAY_MS: i64 = 86_400_000;
+/// A day in ms: retention is set in days, the store keeps times in ms.
+pub(crate) const DAY_MS: i64 = 86_400_000;
 
 /// What one run of the purge deleted.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -998,9 +998,9 @@ impl Rooms {
         events: Vec<CheckedPdu>,
         auth: Vec<CheckedPdu>,
     ) -> Result<usize> {
-        let (version, rules) = self.version_of(room_id).await?;
+        let (_, rules) = self.version_of(room_id).await?;
         // History past the room's lifetime was purged here: it is not taken back.
-        let cutoff = self.history_cutoff(room_id.as_str(), version.as_str(), crate::store::now_ms()).await?;
+        let cutoff = self.history_cutoff(room_id.as_str(), crate::store::now_ms()).await?;
         let mut parsed: HashMap<OwnedEventId, (Arc<Pdu>, String, bool)> = HashMap::new();
         for (checked, in_timeline) in events.into_iter().map(|e| (e, true)).chain(auth.into_iter().map(|e| (e, false)))
         {

@@ -18,13 +18,13 @@ use ruma::RoomId;
 
 use crate::{
     error::{Error, Result},
+    privacy::DAY_MS,
     store::{PurgeRoom, PurgeStub},
 };
 
 /// Events examined per batch (one transaction each): small enough that a send waiting
 /// behind a batch's transaction waits a few milliseconds at most.
 const BATCH: i64 = 200;
-const DAY_MS: i64 = 86_400_000;
 
 /// How long room history is kept: the server's default, the bounds within which a room's
 /// own `m.room.retention` is honoured, and the metadata retention for replaced state.
@@ -41,12 +41,10 @@ pub struct HistoryPolicy {
 }
 
 impl HistoryPolicy {
-    /// The lifetime of a room's messages in ms: its own `max_lifetime` within the bounds,
-    /// else the server's default.
-    pub fn lifetime_ms(&self, room: &PurgeRoom) -> Option<i64> {
-        let own = room
-            .retention_event
-            .as_deref()
+    /// The lifetime of a room's messages in ms: its own `max_lifetime` (the JSON of its
+    /// `m.room.retention` event) within the bounds, else the server's default.
+    pub fn lifetime_ms(&self, retention_event: Option<&str>) -> Option<i64> {
+        let own = retention_event
             .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
             .and_then(|event| event["content"]["max_lifetime"].as_i64())
             .filter(|ms| *ms > 0);
@@ -81,7 +79,7 @@ impl Rooms {
         let metadata_cutoff = policy.metadata_days.map(|d| now - (d as i64).saturating_mul(DAY_MS));
         let held = self.store.held_users().await?;
         for room in self.store.rooms_for_purge(None).await? {
-            let content_cutoff = policy.lifetime_ms(&room).map(|ms| now - ms);
+            let content_cutoff = policy.lifetime_ms(room.retention_event.as_deref()).map(|ms| now - ms);
             if content_cutoff.is_none() && metadata_cutoff.is_none() {
                 continue;
             }
@@ -183,12 +181,12 @@ impl Rooms {
         let mut erased = 0;
         loop {
             let batch = self.store.messages_to_erase(user_id, after, BATCH).await?;
-            let Some((last, _, _)) = batch.last() else { break };
+            let Some((last, ..)) = batch.last() else { break };
             after = *last;
             let mut pruned_rows = Vec::with_capacity(batch.len());
-            for (pos, room_version, json) in &batch {
+            for (_, event_id, room_version, json) in &batch {
                 let (_, rules) = version::rules_for(room_version)?;
-                pruned_rows.push((*pos, pruned(json, &rules)?));
+                pruned_rows.push((event_id.clone(), pruned(json, &rules)?));
             }
             self.store.erase_events_content(&pruned_rows).await?;
             erased += pruned_rows.len() as u64;
@@ -201,10 +199,8 @@ impl Rooms {
 
     /// Before when a room's messages are past their lifetime as of `now`, if they have one:
     /// history older than that is not taken again from other servers.
-    pub async fn history_cutoff(&self, room_id: &str, room_version: &str, now: i64) -> Result<Option<i64>> {
-        let retention_event =
-            self.store.current_state_event(room_id, "m.room.retention", "").await?.map(|row| row.json);
-        let room = PurgeRoom { room_id: room_id.to_owned(), room_version: room_version.to_owned(), retention_event };
-        Ok(self.history.lifetime_ms(&room).map(|ms| now - ms))
+    pub async fn history_cutoff(&self, room_id: &str, now: i64) -> Result<Option<i64>> {
+        let retention_event = self.store.current_state_event(room_id, "m.room.retention", "").await?;
+        Ok(self.history.lifetime_ms(retention_event.as_ref().map(|row| row.json.as_str())).map(|ms| now - ms))
     }
 }

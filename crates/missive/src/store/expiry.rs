@@ -23,18 +23,28 @@ impl Store {
     /// already redacted), its relations go, and so does its expiry, in one transaction.
     pub async fn expire_event(&self, event_id: &str, pruned: Option<&str>) -> StoreResult<()> {
         let mut tx = self.write.begin().await?;
-        if let Some(json) = pruned {
-            sqlx::query(
-                "UPDATE events SET json = $1, rel_type = NULL, relates_to = NULL, thread_root = NULL \
-                 WHERE event_id = $2",
-            )
-            .bind(json)
-            .bind(event_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("DELETE FROM event_expiry WHERE event_id = $1").bind(event_id).execute(&mut *tx).await?;
+        prune_in_place(&mut tx, event_id, pruned).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Replaces a stored event's JSON by its pruned form (none: it already is), drops its
+/// relations and its expiry: its content is gone, its place in the room stays.
+pub(super) async fn prune_in_place(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    event_id: &str,
+    pruned: Option<&str>,
+) -> StoreResult<()> {
+    if let Some(json) = pruned {
+        sqlx::query(
+            "UPDATE events SET json = $1, rel_type = NULL, relates_to = NULL, thread_root = NULL WHERE event_id = $2",
+        )
+        .bind(json)
+        .bind(event_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query("DELETE FROM event_expiry WHERE event_id = $1").bind(event_id).execute(&mut **tx).await?;
+    Ok(())
 }

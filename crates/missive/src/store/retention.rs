@@ -419,15 +419,15 @@ impl super::Store {
 
 impl super::Store {
     /// The next `limit` messages of `sender` after `after` whose content is still there,
-    /// with their room's version: `(stream position, room version, JSON)`.
+    /// with their room's version: `(stream position, event ID, room version, JSON)`.
     pub async fn messages_to_erase(
         &self,
         sender: &str,
         after: i64,
         limit: i64,
-    ) -> StoreResult<Vec<(i64, String, String)>> {
+    ) -> StoreResult<Vec<(i64, String, String, String)>> {
         Ok(sqlx::query_as(
-            "SELECT e.stream_pos, r.room_version, e.json FROM events e JOIN rooms r ON r.room_id = e.room_id \
+            "SELECT e.stream_pos, e.event_id, r.room_version, e.json FROM events e JOIN rooms r ON r.room_id = e.room_id \
              WHERE e.sender = $1 AND e.state_key IS NULL AND e.redacted_by IS NULL AND e.purged = 0 \
              AND e.stream_pos > $2 ORDER BY e.stream_pos LIMIT $3",
         )
@@ -438,25 +438,12 @@ impl super::Store {
         .await?)
     }
 
-    /// Replaces the JSON of events by their pruned form (`(stream position, JSON)`), in one
+    /// Replaces the JSON of events by their pruned form (`(event ID, JSON)`), in one
     /// transaction: their content, relations and expiries go.
-    pub async fn erase_events_content(&self, pruned: &[(i64, String)]) -> StoreResult<()> {
+    pub async fn erase_events_content(&self, pruned: &[(String, String)]) -> StoreResult<()> {
         let mut tx = self.write.begin().await?;
-        for (pos, json) in pruned {
-            sqlx::query(
-                "DELETE FROM event_expiry WHERE event_id IN (SELECT event_id FROM events WHERE stream_pos = $1)",
-            )
-            .bind(pos)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE events SET json = $1, rel_type = NULL, relates_to = NULL, thread_root = NULL \
-                 WHERE stream_pos = $2",
-            )
-            .bind(json)
-            .bind(pos)
-            .execute(&mut *tx)
-            .await?;
+        for (event_id, json) in pruned {
+            super::expiry::prune_in_place(&mut tx, event_id, Some(json)).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -181,9 +181,7 @@ async fn fill_gap(
     }
     // History past the room's lifetime was purged here: it is not taken back (what builds
     // on it is judged by the state before it, below, like any gap too wide).
-    if let Ok(Some(cutoff)) =
-        state.rooms.history_cutoff(room_id.as_str(), version.as_str(), crate::store::now_ms()).await
-    {
+    if let Ok(Some(cutoff)) = state.rooms.history_cutoff(room_id.as_str(), crate::store::now_ms()).await {
         missing.retain(|e| {
             let expired = matches!(e.object.get("origin_server_ts"),
                 Some(ruma::CanonicalJsonValue::Integer(ts)) if i64::from(*ts) < cutoff);
