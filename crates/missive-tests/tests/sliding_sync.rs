@@ -335,3 +335,72 @@ async fn element_x_sync_service_lists_rooms_and_its_timeline_decrypts() {
     .await;
     service.stop().await;
 }
+
+#[tokio::test]
+async fn lists_filter_by_encryption_type_and_invite_as_kept_at_write_time() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let space = server
+        .create_room(
+            &bob.access_token,
+            json!({ "preset": "public_chat", "creation_content": { "type": "m.space" }, "name": "Préfecture" }),
+        )
+        .await;
+    let encrypted = server
+        .create_room(
+            &bob.access_token,
+            json!({ "preset": "public_chat", "initial_state": [{ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } }] }),
+        )
+        .await;
+    let plain = server.create_room(&bob.access_token, json!({ "preset": "public_chat" })).await;
+    let invite = server.create_room(&bob.access_token, json!({ "invite": [alice.user_id] })).await;
+    for room in [&space, &encrypted, &plain] {
+        let path = format!("/_matrix/client/v3/rooms/{room}/join");
+        assert_eq!(server.call("POST", &path, Some(&alice.access_token), Some(json!({}))).await.0, 200);
+    }
+    let lists = json!({
+        "lists": {
+            "encrypted": { "ranges": [[0, 9]], "timeline_limit": 0, "filters": { "is_encrypted": true } },
+            "spaces": { "ranges": [[0, 9]], "timeline_limit": 0, "filters": { "room_types": ["m.space"] } },
+            "rooms": { "ranges": [[0, 9]], "timeline_limit": 0, "filters": { "not_room_types": ["m.space"] } },
+            "invites": { "ranges": [[0, 9]], "timeline_limit": 0, "filters": { "is_invite": true } },
+        },
+    });
+    let counts = |body: &Value| {
+        ["encrypted", "spaces", "rooms", "invites"].map(|l| body["lists"][l]["count"].as_u64().unwrap_or(99))
+    };
+    let (status, first) = raw(&server, &alice, None, lists.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    // The invite is to a private room, encrypted by default.
+    assert_eq!(counts(&first), [2, 1, 3, 1], "{first}");
+    assert!(first["rooms"][&invite]["invite_state"].is_array(), "{first}");
+
+    // Encryption turned on later counts from the write that turns it on; a message moves
+    // its room to the top.
+    let path = format!("/_matrix/client/v3/rooms/{plain}/state/m.room.encryption/");
+    let body = json!({ "algorithm": "m.megolm.v1.aes-sha2" });
+    assert_eq!(server.call("PUT", &path, Some(&bob.access_token), Some(body)).await.0, 200);
+    server.send_message(&bob.access_token, &plain, json!({ "msgtype": "m.text", "body": "chiffré" })).await;
+    let (_, later) = raw(&server, &alice, None, lists).await;
+    assert_eq!(counts(&later), [3, 1, 3, 1], "{later}");
+    let stamps = |room: &str| later["rooms"][room]["bump_stamp"].as_i64().unwrap_or(-1);
+    assert!(stamps(&plain) > stamps(&encrypted) && stamps(&encrypted) > stamps(&space), "{later}");
+
+    // The migration that introduced the kept facts derives from the events what the
+    // writes kept.
+    let facts = "SELECT room_id || ' ' || COALESCE(CAST(bump_pos AS TEXT), '-') || ' ' || CAST(encrypted AS TEXT) \
+                 || ' ' || COALESCE(room_type, '-') FROM rooms ORDER BY room_id";
+    let kept = server.query_strings(facts).await;
+    assert_eq!(kept.len(), 4);
+    assert!(kept.iter().any(|r| r.starts_with(&space) && r.ends_with(" 0 m.space")), "{kept:?}");
+    let migration = if server.is_postgres() {
+        include_str!("../../missive/migrations/postgres/0025_room_facts.sql")
+    } else {
+        include_str!("../../missive/migrations/sqlite/0025_room_facts.sql")
+    };
+    let backfill = &migration[migration.find("UPDATE rooms").unwrap()..migration.find("DROP INDEX").unwrap()];
+    server.execute("UPDATE rooms SET bump_pos = NULL, encrypted = 0, room_type = NULL").await;
+    server.execute(Box::leak(backfill.to_owned().into_boxed_str())).await;
+    assert_eq!(server.query_strings(facts).await, kept);
+}

@@ -116,6 +116,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0024_event_purge.sql"),
         include_str!("../../migrations/postgres/0024_event_purge.sql"),
     ),
+    (
+        25,
+        include_str!("../../migrations/sqlite/0025_room_facts.sql"),
+        include_str!("../../migrations/postgres/0025_room_facts.sql"),
+    ),
 ];
 
 pub(super) async fn run(store: &Store) -> StoreResult<()> {

@@ -265,11 +265,13 @@ impl Store {
         let (notify, highlight) = write.notifications.generic;
         let current = CurrentState::of(write);
         let state_group = current.group;
+        let facts = FactsChange::of(write, &current);
         if let Some(room) = &write.new_room {
             script
                 .push(
                     "INSERT INTO rooms (room_id, room_version, creator, state_group, published, created_ts, \
-                     notify_seq, highlight_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     notify_seq, highlight_seq, bump_pos, encrypted, room_type) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&room.room_id)
                 .bind(&room.room_version)
@@ -278,17 +280,27 @@ impl Store {
                 .bind(write.publish.unwrap_or(false) as i64)
                 .bind(now)
                 .bind(notify)
-                .bind(highlight);
-        } else if state_group.is_some() || write.publish.is_some() || (notify, highlight) != (0, 0) {
+                .bind(highlight)
+                .bind(facts.bump)
+                .bind(facts.encrypted.unwrap_or(false) as i64)
+                .bind(facts.room_type);
+        } else if state_group.is_some() || write.publish.is_some() || (notify, highlight) != (0, 0) || facts.any() {
+            // A room's events are written in stream order, but a bump is only ever raised.
             script
                 .push(
                     "UPDATE rooms SET state_group = COALESCE(?, state_group), published = COALESCE(?, published), \
-                     notify_seq = notify_seq + ?, highlight_seq = highlight_seq + ? WHERE room_id = ?",
+                     notify_seq = notify_seq + ?, highlight_seq = highlight_seq + ?, \
+                     bump_pos = CASE WHEN COALESCE(bump_pos, 0) < COALESCE(?, 0) THEN ? ELSE bump_pos END, \
+                     encrypted = COALESCE(?, encrypted), room_type = COALESCE(?, room_type) WHERE room_id = ?",
                 )
                 .bind(state_group)
                 .bind(write.publish.map(i64::from))
                 .bind(notify)
                 .bind(highlight)
+                .bind(facts.bump)
+                .bind(facts.bump)
+                .bind(facts.encrypted.map(i64::from))
+                .bind(facts.room_type)
                 .bind(room_id);
         }
         for chunk in write.state_groups.chunks(100) {
@@ -1195,6 +1207,58 @@ impl<'w> CurrentState<'w> {
         if let Some(membership) = membership {
             self.members.insert(key, (event_id, membership, pos));
         }
+    }
+}
+
+/// The event types that move a room up a sliding sync list: messages, not receipts or
+/// profile changes (Synapse's `SLIDING_SYNC_DEFAULT_BUMP_EVENT_TYPES`).
+const BUMP_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "m.beacon_info",
+];
+
+/// What a write changes of the facts sliding sync lists a room by (`rooms.bump_pos`,
+/// `encrypted`, `room_type`).
+struct FactsChange {
+    /// The position of the write's latest bump event in the timeline.
+    bump: Option<i64>,
+    encrypted: Option<bool>,
+    /// The type its create event gives the room (a space).
+    room_type: Option<String>,
+}
+
+impl FactsChange {
+    fn of(write: &RoomWrite, current: &CurrentState<'_>) -> Self {
+        let bump = write
+            .events
+            .iter()
+            .filter(|e| !e.outlier && e.stream_pos > 0 && BUMP_TYPES.contains(&e.event_type.as_str()))
+            .map(|e| e.stream_pos)
+            .max();
+        let key = ("m.room.encryption", "");
+        let encrypted = if current.state.contains_key(&key) {
+            Some(true)
+        } else if current.removed.contains(&key) {
+            Some(false)
+        } else {
+            None
+        };
+        let room_type = write
+            .events
+            .iter()
+            .find(|e| e.event_type == "m.room.create" && e.state_key.as_deref() == Some(""))
+            .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.json).ok())
+            .and_then(|e| e["content"]["type"].as_str().map(str::to_owned));
+        Self { bump, encrypted, room_type }
+    }
+
+    fn any(&self) -> bool {
+        self.bump.is_some() || self.encrypted.is_some() || self.room_type.is_some()
     }
 }
 

@@ -455,27 +455,14 @@ impl Store {
         Ok(out)
     }
 
-    /// What sliding sync sorts and filters rooms by: the latest bump event's position,
-    /// whether the room is encrypted, and its create event (for the room type).
-    /// The create event is read only `with_types`: it is most of the cost, and a room
-    /// list that does not filter by type does not need it.
-    pub async fn sliding_room_facts(&self, rooms: &[String], with_types: bool) -> StoreResult<Vec<SlidingRoom>> {
+    /// What sliding sync sorts and filters rooms by, as kept at write time (migration
+    /// 0025): the latest bump event's position, whether the room is encrypted, its type.
+    pub async fn sliding_room_facts(&self, rooms: &[String]) -> StoreResult<Vec<SlidingRoom>> {
         let mut out = Vec::with_capacity(rooms.len());
-        let create = if with_types {
-            "(SELECT e.json FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
-                WHERE s.room_id = r.room_id AND s.event_type = 'm.room.create' AND s.state_key = '')"
-        } else {
-            "CAST(NULL AS TEXT)"
-        };
         for chunk in rooms.chunks(CHUNK) {
             let mut p = Params::new(self.backend);
             let text = format!(
-                "SELECT r.room_id, \
-                 (SELECT MAX(e.stream_pos) FROM events e WHERE e.room_id = r.room_id AND e.event_type IN ({BUMP_TYPES})), \
-                 (SELECT COUNT(*) FROM room_current_state s WHERE s.room_id = r.room_id \
-                    AND s.event_type = 'm.room.encryption' AND s.state_key = ''), \
-                 {create} \
-                 FROM rooms r WHERE r.room_id IN ({})",
+                "SELECT room_id, bump_pos, encrypted, room_type FROM rooms WHERE room_id IN ({})",
                 p.list(chunk.len())
             );
             let mut query = sqlx::query(sql(text));
@@ -486,7 +473,7 @@ impl Store {
                 room_id: r.get(0),
                 bump_pos: r.get(1),
                 encrypted: r.get::<i64, _>(2) > 0,
-                create_json: r.get(3),
+                room_type: r.get(3),
             }));
         }
         Ok(out)
@@ -519,16 +506,11 @@ impl Store {
     }
 }
 
-/// The event types that move a room up a sliding sync list, as in the partial index
-/// `events_bump` (migration 0015), which must list the same.
-const BUMP_TYPES: &str = "'m.room.create', 'm.room.message', 'm.room.encrypted', 'm.sticker', 'm.call.invite', \
-                          'm.poll.start', 'm.beacon_info'";
-
 /// What sliding sync sorts and filters a room by (see [`Store::sliding_room_facts`]).
 #[derive(Debug, Clone)]
 pub struct SlidingRoom {
     pub room_id: String,
     pub bump_pos: Option<i64>,
     pub encrypted: bool,
-    pub create_json: Option<String>,
+    pub room_type: Option<String>,
 }

@@ -161,19 +161,11 @@ struct Facts {
     bump_pos: Option<i64>,
     encrypted: bool,
     room_type: Option<String>,
-    /// Whether `room_type` was read (only for lists that filter by type: it is the
-    /// costly part).
-    types_read: bool,
 }
 
-impl Facts {
-    fn new(row: SlidingRoom, types_read: bool) -> Self {
-        let room_type = row
-            .create_json
-            .as_deref()
-            .and_then(|j| serde_json::from_str::<Value>(j).ok())
-            .and_then(|e| e["content"]["type"].as_str().map(str::to_owned));
-        Self { bump_pos: row.bump_pos, encrypted: row.encrypted, room_type, types_read }
+impl From<SlidingRoom> for Facts {
+    fn from(row: SlidingRoom) -> Self {
+        Self { bump_pos: row.bump_pos, encrypted: row.encrypted, room_type: row.room_type }
     }
 }
 
@@ -237,10 +229,6 @@ impl Sync {
         if let Some(kept) = kept {
             state.memberships = kept.memberships.as_ref().clone();
         }
-        let with_types = req
-            .lists
-            .values()
-            .any(|l| l.filters.as_ref().is_some_and(|f| !f.room_types.is_empty() || !f.not_room_types.is_empty()));
         let direct_rooms = direct_rooms(direct.as_deref());
         // The rooms' facts: those the connection had, read again only for rooms new to it
         // or with new events or state.
@@ -249,7 +237,7 @@ impl Sync {
             .memberships
             .iter()
             .filter(|m| {
-                facts.get(&m.room_id).is_none_or(|f| with_types && !f.types_read)
+                !facts.contains_key(&m.room_id)
                     || changes.as_ref().is_some_and(|c| c.rooms.get(&m.room_id).is_some_and(|r| r.events || r.state))
             })
             .map(|m| m.room_id.clone())
@@ -259,8 +247,8 @@ impl Sync {
                 // A room this server does not hold (an invite from another server) has none.
                 facts.insert(room.clone(), Facts::default());
             }
-            for row in self.store.sliding_room_facts(&stale, with_types).await? {
-                facts.insert(row.room_id.clone(), Facts::new(row, with_types));
+            for row in self.store.sliding_room_facts(&stale).await? {
+                facts.insert(row.room_id.clone(), row.into());
             }
         }
         let candidates: Vec<Candidate> = state
