@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 
 use super::{
-    AccountDataRow, DeviceSyncState, EVENT_COLUMNS, EVENT_COLUMNS_E, EventRow, MembershipRow, Params, ReceiptRow,
-    Store, StoreResult, e2ee::DEVICE_STATE_ARMS, event_row, sql,
+    AccountDataRow, Backend, DeviceSyncState, EVENT_COLUMNS, EVENT_COLUMNS_E, EventRow, MembershipRow, Params,
+    ReceiptRow, Store, StoreError, StoreResult, e2ee::DEVICE_STATE_ARMS, event_row, sql,
 };
 
 /// What changed in a range of stream positions.
@@ -453,6 +453,36 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// A user's memberships (but forgotten rooms) with what sliding sync sorts and filters
+    /// their rooms by, in one read; a room this server does not hold (an invite from
+    /// another server) has no facts.
+    pub async fn sliding_memberships(&self, user_id: &str) -> StoreResult<Vec<(MembershipRow, SlidingRoom)>> {
+        // A user in a thousand rooms: the rows come as one JSON array, since each row
+        // handed over by the database driver's thread costs a wake-up of the reader.
+        let array = match self.backend {
+            Backend::Sqlite => "json_group_array(json_array(",
+            Backend::Postgres => "json_agg(json_build_array(",
+        };
+        let text = format!(
+            "SELECT CAST(COALESCE({array}m.room_id, m.membership, m.event_id, m.stream_pos, r.bump_pos, \
+             COALESCE(r.encrypted, 0), r.room_type)), '[]') AS TEXT) \
+             FROM memberships m LEFT JOIN rooms r ON r.room_id = m.room_id \
+             WHERE m.user_id = $1 AND m.forgotten = 0"
+        );
+        let json: String = sqlx::query_scalar(sql(text)).bind(user_id).fetch_one(&self.read).await?;
+        type Row = (String, String, String, i64, Option<i64>, i64, Option<String>);
+        let rows: Vec<Row> = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(rows
+            .into_iter()
+            .map(|(room_id, membership, event_id, stream_pos, bump_pos, encrypted, room_type)| {
+                let facts = SlidingRoom { room_id: room_id.clone(), bump_pos, encrypted: encrypted > 0, room_type };
+                let membership =
+                    MembershipRow { room_id, user_id: user_id.to_owned(), membership, event_id, stream_pos };
+                (membership, facts)
+            })
+            .collect())
     }
 
     /// What sliding sync sorts and filters rooms by, as kept at write time (migration

@@ -25,7 +25,7 @@ use crate::{
     accounts::Identity,
     error::{Error, Result},
     rooms::{pdu, timeline::Viewer},
-    store::{EventRow, MembershipRow, SlidingRoom},
+    store::{Changes, EventRow, MembershipRow, SlidingRoom},
 };
 
 /// Connections remembered, across all devices; the least recently used is forgotten (its
@@ -220,37 +220,18 @@ impl Sync {
                 })
             },
         )?;
-        // The user's memberships are read when the connection starts or a membership
-        // changed (an update reuses them); counts are read for the rooms sent only.
+        // The user's memberships, with the facts the lists sort and filter their rooms by,
+        // are read when the connection starts or a membership changed; an update reuses
+        // them, and reads facts again only for the rooms with new events or state. Counts
+        // are read for the rooms sent only.
         let device_id = identity.device_id.as_str();
         let kept = previous.filter(|_| changes.as_ref().is_some_and(|c| !c.memberships));
-        let mut state =
-            self.store.user_sync_state_of(user_id.as_str(), device_id, since, kept.is_none(), false).await?;
-        if let Some(kept) = kept {
-            state.memberships = kept.memberships.as_ref().clone();
-        }
+        let (mut state, (memberships, facts)) = tokio::try_join!(
+            async { Ok(self.store.user_sync_state_of(user_id.as_str(), device_id, since, false, false).await?) },
+            self.listed_rooms(user_id, kept, changes.as_ref()),
+        )?;
+        state.memberships = memberships;
         let direct_rooms = direct_rooms(direct.as_deref());
-        // The rooms' facts: those the connection had, read again only for rooms new to it
-        // or with new events or state.
-        let mut facts: HashMap<String, Facts> = previous.map(|p| (*p.facts).clone()).unwrap_or_default();
-        let stale: Vec<String> = state
-            .memberships
-            .iter()
-            .filter(|m| {
-                !facts.contains_key(&m.room_id)
-                    || changes.as_ref().is_some_and(|c| c.rooms.get(&m.room_id).is_some_and(|r| r.events || r.state))
-            })
-            .map(|m| m.room_id.clone())
-            .collect();
-        if !stale.is_empty() {
-            for room in &stale {
-                // A room this server does not hold (an invite from another server) has none.
-                facts.insert(room.clone(), Facts::default());
-            }
-            for row in self.store.sliding_room_facts(&stale).await? {
-                facts.insert(row.room_id.clone(), row.into());
-            }
-        }
         let candidates: Vec<Candidate> = state
             .memberships
             .iter()
@@ -349,22 +330,8 @@ impl Sync {
         }
         let joined_partial: Vec<&Candidate> =
             partial.iter().copied().filter(|c| matches!(c.row.membership.as_str(), "join" | "leave" | "ban")).collect();
-        {
-            let sent: Vec<String> = joined_whole.iter().chain(&joined_partial).map(|c| c.row.room_id.clone()).collect();
-            state.notification_counts = self.store.notification_counts_of(user_id.as_str(), &sent).await?;
-        }
-        let built = self
-            .sliding_rooms_json(
-                viewer,
-                &joined_whole,
-                &joined_partial,
-                &wanted,
-                since,
-                now,
-                &known,
-                &state.notification_counts,
-            )
-            .await?;
+        let built =
+            self.sliding_rooms_json(viewer, &joined_whole, &joined_partial, &wanted, since, now, &known).await?;
         for (room_id, room) in built {
             out_rooms.insert(room_id.clone(), room);
             sent_rooms.insert(room_id.clone(), wanted[&room_id].clone());
@@ -500,6 +467,39 @@ impl Sync {
         Ok((response, snapshot, news))
     }
 
+    /// The user's memberships and their rooms' facts: read afresh, or those `kept` by the
+    /// connection with the facts of rooms that changed since read again.
+    async fn listed_rooms(
+        &self,
+        user_id: &UserId,
+        kept: Option<&Snapshot>,
+        changes: Option<&Changes>,
+    ) -> Result<(Vec<MembershipRow>, HashMap<String, Facts>)> {
+        let Some(kept) = kept else {
+            let rows = self.store.sliding_memberships(user_id.as_str()).await?;
+            let mut memberships = Vec::with_capacity(rows.len());
+            let mut facts = HashMap::with_capacity(rows.len());
+            for (membership, room) in rows {
+                facts.insert(membership.room_id.clone(), room.into());
+                memberships.push(membership);
+            }
+            return Ok((memberships, facts));
+        };
+        let mut facts = (*kept.facts).clone();
+        let stale: Vec<String> = changes
+            .iter()
+            .flat_map(|c| c.rooms.iter())
+            .filter(|(room, r)| (r.events || r.state) && facts.contains_key(*room))
+            .map(|(room, _)| room.clone())
+            .collect();
+        if !stale.is_empty() {
+            for row in self.store.sliding_room_facts(&stale).await? {
+                facts.insert(row.room_id.clone(), row.into());
+            }
+        }
+        Ok((kept.memberships.as_ref().clone(), facts))
+    }
+
     /// The joined (or just left) rooms to send: `whole` ones as if new to the client,
     /// `partial` ones with what changed since `since`.
     #[allow(clippy::too_many_arguments)]
@@ -512,11 +512,9 @@ impl Sync {
         since: Option<i64>,
         now: i64,
         known: &HashMap<String, Option<i64>>,
-        counts: &HashMap<String, (i64, i64)>,
     ) -> Result<Vec<(String, Value)>> {
         let me = viewer.user_id.as_str();
         // Timelines, grouped by length (one read per length asked).
-        let mut timelines: HashMap<String, super::Timeline> = HashMap::new();
         let mut by_limit: BTreeMap<(usize, bool), Vec<TimelineRange>> = BTreeMap::new();
         for c in whole {
             let limit = wanted[&c.row.room_id].timeline_limit;
@@ -527,15 +525,20 @@ impl Sync {
             let from = since.unwrap_or(0);
             by_limit.entry((limit, true)).or_default().push((c.row.room_id.clone(), from, timeline_end(c, now)));
         }
-        for ((limit, incremental), ranges) in by_limit {
-            if limit == 0 {
-                continue;
+        let timelines = async {
+            let mut timelines: HashMap<String, super::Timeline> = HashMap::new();
+            for ((limit, incremental), ranges) in by_limit {
+                if limit == 0 {
+                    continue;
+                }
+                let mut filter = FilterDefinition::default();
+                filter.room.timeline.limit = Some(ruma::UInt::from(limit as u32));
+                let req =
+                    SyncRequest { since: incremental.then(|| "sliding".to_owned()), filter, ..Default::default() };
+                timelines.extend(self.timelines(viewer, &req, &ranges, known, true, None).await?);
             }
-            let mut filter = FilterDefinition::default();
-            filter.room.timeline.limit = Some(ruma::UInt::from(limit as u32));
-            let req = SyncRequest { since: incremental.then(|| "sliding".to_owned()), filter, ..Default::default() };
-            timelines.extend(self.timelines(viewer, &req, &ranges, known, true, None).await?);
-        }
+            Ok::<_, Error>(timelines)
+        };
 
         // State: what each room's client asks for, of the current state (all of it for a
         // room sent whole, what changed since for the others).
@@ -564,18 +567,25 @@ impl Sync {
             types.remove("m.room.member");
         }
         let types: Vec<String> = types.into_iter().filter(|t| t != "*").collect();
-        let mut rows: Vec<EventRow> = if everything {
-            self.store.current_state_of_rooms(&whole_ids, None).await?
-        } else {
-            self.store.current_state_of_types(&whole_ids, &types).await?
+        let state_rows = async {
+            let mut rows: Vec<EventRow> = if everything {
+                self.store.current_state_of_rooms(&whole_ids, None).await?
+            } else {
+                self.store.current_state_of_types(&whole_ids, &types).await?
+            };
+            if let Some(s) = since.filter(|_| !partial_ids.is_empty()) {
+                rows.extend(self.store.current_state_of_rooms(&partial_ids, Some(s)).await?);
+            }
+            Ok::<_, Error>(rows)
         };
-        if let Some(s) = since.filter(|_| !partial_ids.is_empty()) {
-            rows.extend(self.store.current_state_of_rooms(&partial_ids, Some(s)).await?);
-        }
+        // The reads that do not depend on one another run side by side.
+        let all_ids: Vec<String> = all.iter().map(|c| c.row.room_id.clone()).collect();
+        let (mut timelines, mut rows, summaries, counts) =
+            tokio::try_join!(timelines, state_rows, async { Ok(self.store.summaries(&all_ids, me).await?) }, async {
+                Ok(self.store.notification_counts_of(me, &all_ids).await?)
+            },)?;
         // Members asked by key: `$ME`, the timeline's senders (`$LAZY`), named users, and
         // the heroes of rooms without a name.
-        let summaries =
-            self.store.summaries(&all.iter().map(|c| c.row.room_id.clone()).collect::<Vec<_>>(), me).await?;
         let mut pairs: Vec<(String, String)> = Vec::new();
         for c in &all {
             let room = &c.row.room_id;
