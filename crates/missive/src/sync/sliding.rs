@@ -147,11 +147,11 @@ impl Connections {
 type TimelineRange = (String, i64, i64);
 
 /// One room of the user, as the lists see it.
-struct Candidate {
-    row: MembershipRow,
+struct Candidate<'a> {
+    row: &'a MembershipRow,
     bump: i64,
     is_dm: bool,
-    facts: Facts,
+    facts: &'a Facts,
 }
 
 /// What lists sort and filter a room by, kept per connection position so that an update
@@ -162,6 +162,9 @@ struct Facts {
     encrypted: bool,
     room_type: Option<String>,
 }
+
+/// The facts of a room this server does not hold (an invite from another server).
+static NO_FACTS: Facts = Facts { bump_pos: None, encrypted: false, room_type: None };
 
 impl From<SlidingRoom> for Facts {
     fn from(row: SlidingRoom) -> Self {
@@ -181,14 +184,28 @@ impl Sync {
         };
         let timeout = req.timeout.unwrap_or(Duration::ZERO).min(Duration::from_secs(300));
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut changes = self.streams.subscribe();
+        // Registered, as `/sync`'s, when a computation finds nothing: under the user and
+        // their rooms, so that only a change concerning them computes again.
+        let mut waiter: Option<super::stream::Waiter> = None;
         loop {
-            changes.borrow_and_update();
+            let serial = self.streams.serial();
             let (mut response, snapshot, news) = self.sliding_once(identity, &req, previous.as_deref()).await?;
-            let answer = news
-                || previous.is_none()
-                || tokio::time::Instant::now() >= deadline
-                || tokio::time::timeout_at(deadline, changes.changed()).await.is_err();
+            let mut answer = news || previous.is_none() || tokio::time::Instant::now() >= deadline;
+            if !answer {
+                let registered = match &waiter {
+                    Some(waiter) => waiter,
+                    None => {
+                        let rooms = snapshot.memberships.iter().map(|m| &m.room_id);
+                        let registered = waiter.insert(self.streams.waiter(identity.user_id.as_str(), rooms));
+                        // A change announced before the registration is seen by computing again.
+                        if self.streams.serial() != serial {
+                            continue;
+                        }
+                        registered
+                    }
+                };
+                answer = !registered.wait(deadline).await;
+            }
             if answer {
                 let pos = self.connections.push(key, previous.is_none(), snapshot);
                 response.insert("pos".into(), Value::String(pos.to_string()));
@@ -226,23 +243,21 @@ impl Sync {
         // are read for the rooms sent only.
         let device_id = identity.device_id.as_str();
         let kept = previous.filter(|_| changes.as_ref().is_some_and(|c| !c.memberships));
-        let (mut state, (memberships, facts)) = tokio::try_join!(
+        let (state, (memberships, facts)) = tokio::try_join!(
             async { Ok(self.store.user_sync_state_of(user_id.as_str(), device_id, since, false, false).await?) },
             self.listed_rooms(user_id, kept, changes.as_ref()),
         )?;
-        state.memberships = memberships;
         let direct_rooms = direct_rooms(direct.as_deref());
-        let candidates: Vec<Candidate> = state
-            .memberships
+        let candidates: Vec<Candidate> = memberships
             .iter()
             .filter(|m| m.stream_pos <= now)
             .map(|m| {
-                let room_facts = facts.get(&m.room_id).cloned().unwrap_or_default();
+                let room_facts = facts.get(&m.room_id).unwrap_or(&NO_FACTS);
                 let bump = match m.membership.as_str() {
                     "join" => room_facts.bump_pos.unwrap_or(m.stream_pos).max(0),
                     _ => m.stream_pos,
                 };
-                Candidate { is_dm: direct_rooms.contains(m.room_id.as_str()), bump, facts: room_facts, row: m.clone() }
+                Candidate { is_dm: direct_rooms.contains(m.room_id.as_str()), bump, facts: room_facts, row: m }
             })
             .collect();
 
@@ -294,8 +309,9 @@ impl Sync {
 
         let mut out_rooms = Map::new();
         let mut sent_rooms: HashMap<String, RoomConfig> = previous.map(|p| p.rooms.clone()).unwrap_or_default();
-        let known: HashMap<String, Option<i64>> = candidates
+        let known: HashMap<String, Option<i64>> = whole
             .iter()
+            .chain(&partial)
             .map(|c| (c.row.room_id.clone(), (c.row.membership == "join").then_some(c.row.stream_pos)))
             .collect();
         // Invites and knocks: their stripped state, no timeline.
@@ -456,14 +472,7 @@ impl Sync {
         );
         response.insert("rooms".into(), Value::Object(out_rooms));
         response.insert("extensions".into(), Value::Object(extensions));
-        let snapshot = Snapshot {
-            stream: now,
-            typing: typing_serial,
-            rooms: sent_rooms,
-            counts,
-            facts: Arc::new(facts),
-            memberships: Arc::new(state.memberships),
-        };
+        let snapshot = Snapshot { stream: now, typing: typing_serial, rooms: sent_rooms, counts, facts, memberships };
         Ok((response, snapshot, news))
     }
 
@@ -474,7 +483,7 @@ impl Sync {
         user_id: &UserId,
         kept: Option<&Snapshot>,
         changes: Option<&Changes>,
-    ) -> Result<(Vec<MembershipRow>, HashMap<String, Facts>)> {
+    ) -> Result<(Arc<Vec<MembershipRow>>, Arc<HashMap<String, Facts>>)> {
         let Some(kept) = kept else {
             let rows = self.store.sliding_memberships(user_id.as_str()).await?;
             let mut memberships = Vec::with_capacity(rows.len());
@@ -483,21 +492,23 @@ impl Sync {
                 facts.insert(membership.room_id.clone(), room.into());
                 memberships.push(membership);
             }
-            return Ok((memberships, facts));
+            return Ok((Arc::new(memberships), Arc::new(facts)));
         };
-        let mut facts = (*kept.facts).clone();
         let stale: Vec<String> = changes
             .iter()
             .flat_map(|c| c.rooms.iter())
-            .filter(|(room, r)| (r.events || r.state) && facts.contains_key(*room))
+            .filter(|(room, r)| (r.events || r.state) && kept.facts.contains_key(*room))
             .map(|(room, _)| room.clone())
             .collect();
-        if !stale.is_empty() {
-            for row in self.store.sliding_room_facts(&stale).await? {
-                facts.insert(row.room_id.clone(), row.into());
-            }
+        if stale.is_empty() {
+            return Ok((kept.memberships.clone(), kept.facts.clone()));
         }
-        Ok((kept.memberships.as_ref().clone(), facts))
+        // Copied only when some room changed: most updates share the connection's facts.
+        let mut facts = (*kept.facts).clone();
+        for row in self.store.sliding_room_facts(&stale).await? {
+            facts.insert(row.room_id.clone(), row.into());
+        }
+        Ok((kept.memberships.clone(), Arc::new(facts)))
     }
 
     /// The joined (or just left) rooms to send: `whole` ones as if new to the client,
@@ -506,8 +517,8 @@ impl Sync {
     async fn sliding_rooms_json(
         &self,
         viewer: Viewer<'_>,
-        whole: &[&Candidate],
-        partial: &[&Candidate],
+        whole: &[&Candidate<'_>],
+        partial: &[&Candidate<'_>],
         wanted: &HashMap<String, RoomConfig>,
         since: Option<i64>,
         now: i64,
