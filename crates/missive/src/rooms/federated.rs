@@ -1091,13 +1091,25 @@ impl Rooms {
 
     /// Every event the given events' authorisation rests on, transitively.
     async fn auth_chain(&self, events: &[EventRow]) -> Result<Vec<EventRow>> {
-        let mut start: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        let mut frontier: Vec<String> = Vec::new();
         for row in events {
-            start.extend(Pdu::from_row(row)?.auth_events.iter().map(ToString::to_string));
+            frontier.extend(Pdu::from_row(row)?.auth_events.iter().map(ToString::to_string));
         }
-        start.sort_unstable();
-        start.dedup();
-        Ok(self.store.auth_chain_from(&start).await?)
+        while !frontier.is_empty() {
+            frontier.retain(|id| seen.insert(id.clone()));
+            if frontier.is_empty() {
+                break;
+            }
+            let rows = self.store.events(&frontier).await?;
+            frontier = Vec::new();
+            for row in rows {
+                frontier.extend(Pdu::from_row(&row)?.auth_events.iter().map(ToString::to_string));
+                out.push(row);
+            }
+        }
+        Ok(out)
     }
 
     /// The room version of a room this server knows.

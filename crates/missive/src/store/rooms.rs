@@ -577,34 +577,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The events an auth chain walk reaches from `start` (event IDs), following each
-    /// stored event's `auth_events`, in one recursive statement rather than one read per
-    /// level of the graph; events not stored here end the walk where they are named.
-    pub async fn auth_chain_from(&self, start: &[String]) -> StoreResult<Vec<EventRow>> {
-        if start.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Room versions 1 and 2 name auth events as `[id, hashes]` pairs.
-        let walk = match self.backend {
-            super::Backend::Sqlite => {
-                "WITH RECURSIVE chain(id) AS (SELECT value FROM json_each($1) UNION \
-                 SELECT CASE WHEN a.type = 'array' THEN json_extract(a.value, '$[0]') ELSE a.value END \
-                 FROM chain JOIN events e ON e.event_id = chain.id, json_each(e.json, '$.auth_events') a)"
-            }
-            super::Backend::Postgres => {
-                "WITH RECURSIVE chain(id) AS (SELECT json_array_elements_text($1::json) UNION \
-                 SELECT CASE WHEN json_typeof(a.x) = 'array' THEN a.x ->> 0 ELSE a.x #>> '{}' END \
-                 FROM chain JOIN events e ON e.event_id = chain.id \
-                 CROSS JOIN LATERAL json_array_elements(e.json::json -> 'auth_events') AS a(x))"
-            }
-        };
-        // A list of strings always serialises.
-        let start = serde_json::to_string(start).unwrap_or_default();
-        let text = format!("{walk} SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN (SELECT id FROM chain)");
-        let rows = sqlx::query(sql(text)).bind(start).fetch_all(&self.read).await?;
-        Ok(rows.into_iter().map(event_row).collect())
-    }
-
     /// One event by ID.
     pub async fn event(&self, event_id: &str) -> StoreResult<Option<EventRow>> {
         let row = sqlx::query(sql(format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1")))
