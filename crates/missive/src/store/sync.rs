@@ -159,27 +159,26 @@ impl Store {
         device_id: &str,
         since: Option<i64>,
     ) -> StoreResult<UserSyncState> {
-        self.user_sync_state_of(user_id, device_id, since, true, true).await
+        self.user_sync_state_of(user_id, device_id, since, true).await
     }
 
-    /// [`Store::user_sync_state`], with or without the memberships and the counts (sliding
-    /// sync reads counts only for the rooms it sends, and memberships only when they may
-    /// have changed).
+    /// [`Store::user_sync_state`], with or without the memberships and the counts (`rooms`;
+    /// sliding sync reads its memberships with their rooms' facts, and counts only for the
+    /// rooms it sends).
     pub async fn user_sync_state_of(
         &self,
         user_id: &str,
         device_id: &str,
         since: Option<i64>,
-        memberships: bool,
-        counts: bool,
+        rooms: bool,
     ) -> StoreResult<UserSyncState> {
-        let memberships_arm = if memberships {
+        let memberships_arm = if rooms {
             "SELECT CAST(0 AS BIGINT), room_id, membership, event_id, stream_pos, CAST(0 AS BIGINT) \
              FROM memberships WHERE user_id = $1 AND forgotten = 0 UNION ALL "
         } else {
             ""
         };
-        let counts_arm = if counts {
+        let counts_arm = if rooms {
             "SELECT CAST(2 AS BIGINT), o.room_id, NULL, NULL, \
              CAST(r.notify_seq - o.notify_off AS BIGINT), CAST(r.highlight_seq - o.highlight_off AS BIGINT) \
              FROM notification_offsets o JOIN rooms r ON r.room_id = o.room_id WHERE o.user_id = $1 UNION ALL "

@@ -244,7 +244,7 @@ impl Sync {
         let device_id = identity.device_id.as_str();
         let kept = previous.filter(|_| changes.as_ref().is_some_and(|c| !c.memberships));
         let (state, (memberships, facts)) = tokio::try_join!(
-            async { Ok(self.store.user_sync_state_of(user_id.as_str(), device_id, since, false, false).await?) },
+            async { Ok(self.store.user_sync_state_of(user_id.as_str(), device_id, since, false).await?) },
             self.listed_rooms(user_id, kept, changes.as_ref()),
         )?;
         let direct_rooms = direct_rooms(direct.as_deref());
