@@ -457,7 +457,7 @@ impl Store {
     /// A user's memberships (but forgotten rooms) with what sliding sync sorts and filters
     /// their rooms by, in one read; a room this server does not hold (an invite from
     /// another server) has no facts.
-    pub async fn sliding_memberships(&self, user_id: &str) -> StoreResult<Vec<(MembershipRow, SlidingRoom)>> {
+    pub async fn sliding_memberships(&self, user_id: &str) -> StoreResult<Vec<(MembershipRow, RoomFacts)>> {
         // A user in a thousand rooms: the rows come as one JSON array, since each row
         // handed over by the database driver's thread costs a wake-up of the reader.
         let array = match self.backend {
@@ -476,7 +476,7 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|(room_id, membership, event_id, stream_pos, bump_pos, encrypted, room_type)| {
-                let facts = SlidingRoom { room_id: room_id.clone(), bump_pos, encrypted: encrypted > 0, room_type };
+                let facts = RoomFacts { bump_pos, encrypted: encrypted > 0, room_type };
                 let membership =
                     MembershipRow { room_id, user_id: user_id.to_owned(), membership, event_id, stream_pos };
                 (membership, facts)
@@ -485,8 +485,9 @@ impl Store {
     }
 
     /// What sliding sync sorts and filters rooms by, as kept at write time (migration
-    /// 0025): the latest bump event's position, whether the room is encrypted, its type.
-    pub async fn sliding_room_facts(&self, rooms: &[String]) -> StoreResult<Vec<SlidingRoom>> {
+    /// 0025): the latest bump event's position, whether the room is encrypted, its type;
+    /// by room ID.
+    pub async fn sliding_room_facts(&self, rooms: &[String]) -> StoreResult<Vec<(String, RoomFacts)>> {
         let mut out = Vec::with_capacity(rooms.len());
         for chunk in rooms.chunks(CHUNK) {
             let mut p = Params::new(self.backend);
@@ -498,11 +499,8 @@ impl Store {
             for room in chunk {
                 query = query.bind(room);
             }
-            out.extend(query.fetch_all(&self.read).await?.into_iter().map(|r| SlidingRoom {
-                room_id: r.get(0),
-                bump_pos: r.get(1),
-                encrypted: r.get::<i64, _>(2) > 0,
-                room_type: r.get(3),
+            out.extend(query.fetch_all(&self.read).await?.into_iter().map(|r| {
+                (r.get(0), RoomFacts { bump_pos: r.get(1), encrypted: r.get::<i64, _>(2) > 0, room_type: r.get(3) })
             }));
         }
         Ok(out)
@@ -535,11 +533,12 @@ impl Store {
     }
 }
 
-/// What sliding sync sorts and filters a room by (see [`Store::sliding_room_facts`]).
-#[derive(Debug, Clone)]
-pub struct SlidingRoom {
-    pub room_id: String,
+/// What sliding sync sorts and filters a room by, kept at write time (see
+/// [`Store::sliding_room_facts`]).
+#[derive(Debug, Clone, Default)]
+pub struct RoomFacts {
     pub bump_pos: Option<i64>,
     pub encrypted: bool,
+    /// The type its create event gives the room (a space).
     pub room_type: Option<String>,
 }

@@ -25,7 +25,7 @@ use crate::{
     accounts::Identity,
     error::{Error, Result},
     rooms::{pdu, timeline::Viewer},
-    store::{Changes, EventRow, MembershipRow, SlidingRoom},
+    store::{Changes, EventRow, MembershipRow, RoomFacts},
 };
 
 /// Connections remembered, across all devices; the least recently used is forgotten (its
@@ -61,7 +61,7 @@ struct Snapshot {
     /// Each list's count.
     counts: BTreeMap<String, usize>,
     /// What the lists sort and filter the user's rooms by.
-    facts: Arc<HashMap<String, Facts>>,
+    facts: Arc<HashMap<String, RoomFacts>>,
     /// The user's memberships.
     memberships: Arc<Vec<MembershipRow>>,
 }
@@ -151,26 +151,11 @@ struct Candidate<'a> {
     row: &'a MembershipRow,
     bump: i64,
     is_dm: bool,
-    facts: &'a Facts,
-}
-
-/// What lists sort and filter a room by, kept per connection position so that an update
-/// reads them again only for the rooms that changed.
-#[derive(Debug, Clone, Default)]
-struct Facts {
-    bump_pos: Option<i64>,
-    encrypted: bool,
-    room_type: Option<String>,
+    facts: &'a RoomFacts,
 }
 
 /// The facts of a room this server does not hold (an invite from another server).
-static NO_FACTS: Facts = Facts { bump_pos: None, encrypted: false, room_type: None };
-
-impl From<SlidingRoom> for Facts {
-    fn from(row: SlidingRoom) -> Self {
-        Self { bump_pos: row.bump_pos, encrypted: row.encrypted, room_type: row.room_type }
-    }
-}
+static NO_FACTS: RoomFacts = RoomFacts { bump_pos: None, encrypted: false, room_type: None };
 
 impl Sync {
     /// Answers a sliding sync request, long-polling up to its timeout when a resumed
@@ -483,13 +468,13 @@ impl Sync {
         user_id: &UserId,
         kept: Option<&Snapshot>,
         changes: Option<&Changes>,
-    ) -> Result<(Arc<Vec<MembershipRow>>, Arc<HashMap<String, Facts>>)> {
+    ) -> Result<(Arc<Vec<MembershipRow>>, Arc<HashMap<String, RoomFacts>>)> {
         let Some(kept) = kept else {
             let rows = self.store.sliding_memberships(user_id.as_str()).await?;
             let mut memberships = Vec::with_capacity(rows.len());
             let mut facts = HashMap::with_capacity(rows.len());
             for (membership, room) in rows {
-                facts.insert(membership.room_id.clone(), room.into());
+                facts.insert(membership.room_id.clone(), room);
                 memberships.push(membership);
             }
             return Ok((Arc::new(memberships), Arc::new(facts)));
@@ -505,9 +490,7 @@ impl Sync {
         }
         // Copied only when some room changed: most updates share the connection's facts.
         let mut facts = (*kept.facts).clone();
-        for row in self.store.sliding_room_facts(&stale).await? {
-            facts.insert(row.room_id.clone(), row.into());
-        }
+        facts.extend(self.store.sliding_room_facts(&stale).await?);
         Ok((kept.memberships.clone(), Arc::new(facts)))
     }
 
