@@ -178,29 +178,22 @@ impl Sync {
         let since = parse_since(req.since.as_deref())?;
         self.presence.touch(&identity.user_id, req.set_presence.unwrap_or(presence::State::Online));
         let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(300));
-        // Registered when the first computation finds nothing, under the rooms whose
-        // changes concern the user (a change of their membership elsewhere names them).
-        let mut waiter: Option<stream::Waiter> = None;
+        // Registered under the rooms whose changes concern the user (a change of their
+        // membership elsewhere names them).
+        let mut poll = stream::LongPoll::default();
         loop {
             let serial = self.streams.serial();
             let (response, has_changes) = self.compute(identity, &req, &since).await?;
             if has_changes || since.pos.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
                 return Ok(response);
             }
-            let waiter = match &waiter {
-                Some(waiter) => waiter,
-                None => {
-                    let rooms = self.store.memberships_of_user(identity.user_id.as_str(), None).await?;
-                    let registered =
-                        waiter.insert(self.streams.waiter(identity.user_id.as_str(), rooms.iter().map(|m| &m.room_id)));
-                    // A change announced before the registration is seen by computing again.
-                    if self.streams.serial() != serial {
-                        continue;
-                    }
-                    registered
-                }
+            let rooms = if poll.is_registered() {
+                Vec::new()
+            } else {
+                self.store.memberships_of_user(identity.user_id.as_str(), None).await?
             };
-            if !waiter.wait(deadline).await {
+            let user_id = identity.user_id.as_str();
+            if !poll.wait(&self.streams, serial, user_id, rooms.iter().map(|m| &m.room_id), deadline).await {
                 // Timed out: answer with what we have (nothing new, a fresh token).
                 return Ok(response);
             }

@@ -169,27 +169,16 @@ impl Sync {
         };
         let timeout = req.timeout.unwrap_or(Duration::ZERO).min(Duration::from_secs(300));
         let deadline = tokio::time::Instant::now() + timeout;
-        // Registered, as `/sync`'s, when a computation finds nothing: under the user and
-        // their rooms, so that only a change concerning them computes again.
-        let mut waiter: Option<super::stream::Waiter> = None;
+        // Registered, as `/sync`'s, under the user and their rooms, so that only a change
+        // concerning them computes again.
+        let mut poll = super::stream::LongPoll::default();
         loop {
             let serial = self.streams.serial();
             let (mut response, snapshot, news) = self.sliding_once(identity, &req, previous.as_deref()).await?;
             let mut answer = news || previous.is_none() || tokio::time::Instant::now() >= deadline;
             if !answer {
-                let registered = match &waiter {
-                    Some(waiter) => waiter,
-                    None => {
-                        let rooms = snapshot.memberships.iter().map(|m| &m.room_id);
-                        let registered = waiter.insert(self.streams.waiter(identity.user_id.as_str(), rooms));
-                        // A change announced before the registration is seen by computing again.
-                        if self.streams.serial() != serial {
-                            continue;
-                        }
-                        registered
-                    }
-                };
-                answer = !registered.wait(deadline).await;
+                let rooms = snapshot.memberships.iter().map(|m| &m.room_id);
+                answer = !poll.wait(&self.streams, serial, identity.user_id.as_str(), rooms, deadline).await;
             }
             if answer {
                 let pos = self.connections.push(key, previous.is_none(), snapshot);

@@ -111,6 +111,43 @@ impl Waiter {
     }
 }
 
+/// A long poll's registration for the changes that concern it, made the first time its
+/// computation finds nothing new (a poll answered at once registers nothing).
+#[derive(Default)]
+pub struct LongPoll(Option<Waiter>);
+
+impl LongPoll {
+    /// Whether the poll has registered (a poll that has not needs the user's rooms).
+    pub fn is_registered(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// After a computation that found nothing new since `serial`: registers under the
+    /// user and `rooms` unless already registered, then waits for a change that concerns
+    /// them. True when the poll must compute again (a change came, or one was announced
+    /// while it registered), false at the deadline.
+    pub async fn wait<'a>(
+        &mut self,
+        streams: &Arc<Streams>,
+        serial: u64,
+        user_id: &str,
+        rooms: impl Iterator<Item = &'a String>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let waiter = match &mut self.0 {
+            Some(waiter) => waiter,
+            unregistered => {
+                let waiter = unregistered.insert(streams.waiter(user_id, rooms));
+                if streams.serial() != serial {
+                    return true;
+                }
+                waiter
+            }
+        };
+        waiter.wait(deadline).await
+    }
+}
+
 impl Drop for Waiter {
     fn drop(&mut self) {
         let mut waiters = self.streams.waiters.lock().expect("waiters lock poisoned");
