@@ -235,3 +235,78 @@ async fn left_rooms_end_at_the_leave() {
     assert_eq!(bodies(left), vec!["bye"], "the timeline stops at the leave");
     assert_eq!(left.as_array().unwrap().last().unwrap()["content"]["membership"], "leave");
 }
+
+/// A long poll of `user` from `since` that the server would hold for 30 s: it must answer
+/// well before, since something concerns it.
+async fn poll_answered(server: &TestServer, user: &TestUser, since: &str) -> Value {
+    let path = format!("/_matrix/client/v3/sync?timeout=30000&since={since}");
+    let call = server.call("GET", &path, Some(&user.access_token), None);
+    let (status, res) = tokio::time::timeout(std::time::Duration::from_secs(15), call)
+        .await
+        .expect("the long poll waited although something concerned it");
+    assert_eq!(status, 200, "{res}");
+    res
+}
+
+fn next_batch(res: &Value) -> String {
+    res["next_batch"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn long_polls_asked_again_at_once_still_answer_what_concerns_them() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    // A first long poll that times out: the server now knows bob's (empty) list of rooms.
+    let since = next_batch(&sync(&server, &bob, None, json!({})).await);
+    let (_, idle) = server
+        .call("GET", &format!("/_matrix/client/v3/sync?timeout=200&since={since}"), Some(&bob.access_token), None)
+        .await;
+    assert!(idle["rooms"]["join"].as_object().is_none_or(|r| r.is_empty()), "{idle}");
+
+    // An invite to a room bob's list does not hold yet, then his join, then a message there.
+    let room = create_public_room(&server, &alice, "shared").await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/invite");
+    let invite = json!({ "user_id": bob.user_id });
+    assert_eq!(server.call("POST", &path, Some(&alice.access_token), Some(invite)).await.0, 200);
+    let res = poll_answered(&server, &bob, &next_batch(&idle)).await;
+    assert!(res["rooms"]["invite"][&room].is_object(), "{res}");
+    join(&server, &bob, &room).await;
+    let res = poll_answered(&server, &bob, &next_batch(&res)).await;
+    assert!(res["rooms"]["join"][&room].is_object(), "{res}");
+    let since = next_batch(&res);
+    let waiting = {
+        let server = &server;
+        let bob = &bob;
+        async move { poll_answered(server, bob, &since).await }
+    };
+    let sending = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        send(&server, &alice, &room, "m.room.message", None, json!({ "msgtype": "m.text", "body": "here" })).await;
+    };
+    let (res, ()) = tokio::join!(waiting, sending);
+    assert_eq!(bodies(&res["rooms"]["join"][&room]["timeline"]["events"]), vec!["here"]);
+
+    // More to-device messages than one answer carries: the rest come at once in the next
+    // answer, and again to a client that retries with the same token.
+    for n in 0..101 {
+        let path = format!("/_matrix/client/v3/sendToDevice/m.test.ping/q{n}");
+        let body = json!({ "messages": { bob.user_id.clone(): { bob.device_id.clone(): { "n": n } } } });
+        assert_eq!(server.call("PUT", &path, Some(&alice.access_token), Some(body)).await.0, 200);
+    }
+    let first = poll_answered(&server, &bob, &next_batch(&res)).await;
+    assert_eq!(first["to_device"]["events"].as_array().unwrap().len(), 100);
+    let rest = poll_answered(&server, &bob, &next_batch(&first)).await;
+    assert_eq!(rest["to_device"]["events"][0]["content"]["n"], 100, "{rest}");
+    let retry = poll_answered(&server, &bob, &next_batch(&first)).await;
+    assert_eq!(retry["to_device"]["events"][0]["content"]["n"], 100, "sent again until acknowledged: {retry}");
+    let (_, acknowledged) = server
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/sync?timeout=200&since={}", next_batch(&retry)),
+            Some(&bob.access_token),
+            None,
+        )
+        .await;
+    assert!(acknowledged["to_device"]["events"].as_array().unwrap().is_empty(), "{acknowledged}");
+}

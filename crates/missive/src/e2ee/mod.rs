@@ -497,22 +497,26 @@ impl E2ee {
         Ok(())
     }
 
-    /// To-device messages for a sync: acknowledges those delivered at or before `since`.
+    /// To-device messages for a sync: acknowledges those delivered at or before `since`,
+    /// and returns the next ones with the point the answer's token must name to
+    /// acknowledge them (below `to` when more are left).
     pub async fn to_device_for_sync(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
         since: Option<i64>,
         to: i64,
-    ) -> Result<Vec<Value>> {
-        let rows = self.store.take_to_device(user_id.as_str(), device_id.as_str(), since, to, TO_DEVICE_LIMIT).await?;
-        Ok(rows
+    ) -> Result<(Vec<Value>, i64)> {
+        let (rows, reached) =
+            self.store.take_to_device(user_id.as_str(), device_id.as_str(), since, to, TO_DEVICE_LIMIT).await?;
+        let events = rows
             .into_iter()
             .map(|r| {
                 let content: Value = serde_json::from_str(&r.content).unwrap_or_else(|_| json!({}));
                 json!({ "sender": r.sender, "type": r.event_type, "content": content })
             })
-            .collect())
+            .collect();
+        Ok((events, reached))
     }
 
     /// Records that a user's device list changed (a device was created or deleted).

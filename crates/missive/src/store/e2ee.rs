@@ -297,7 +297,9 @@ impl Store {
     }
 
     /// Deletes the messages a device acknowledged by syncing from `since`, then takes up to
-    /// `limit` pending ones (up to `to`), marking them as carried by the response at `to`.
+    /// `limit` pending ones (up to `to`). Returns them and the point the answer carrying
+    /// them reaches, which a later sync acknowledges them with: `to`, or the last one taken
+    /// when more are left (a token that did not move would otherwise acknowledge a retry).
     pub async fn take_to_device(
         &self,
         user_id: &str,
@@ -305,7 +307,7 @@ impl Store {
         since: Option<i64>,
         to: i64,
         limit: i64,
-    ) -> StoreResult<Vec<ToDeviceRow>> {
+    ) -> StoreResult<(Vec<ToDeviceRow>, i64)> {
         let mut tx = self.write.begin().await?;
         if let Some(since) = since {
             sqlx::query(
@@ -331,6 +333,10 @@ impl Store {
             .into_iter()
             .map(|r| ToDeviceRow { stream_pos: r.get(0), sender: r.get(1), event_type: r.get(2), content: r.get(3) })
             .collect();
+        let reached = match out.last() {
+            Some(last) if out.len() as i64 >= limit => last.stream_pos,
+            _ => to,
+        };
         if let Some(last) = out.last() {
             sqlx::query(
                 "UPDATE to_device SET delivered_in = $4 WHERE user_id = $1 AND device_id = $2 AND stream_pos <= $3",
@@ -338,12 +344,12 @@ impl Store {
             .bind(user_id)
             .bind(device_id)
             .bind(last.stream_pos)
-            .bind(to)
+            .bind(reached)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        Ok(out)
+        Ok((out, reached))
     }
 
     /// Creates a backup version; returns its number.

@@ -16,7 +16,7 @@ pub struct Changes {
     pub rooms: HashMap<String, RoomChanges>,
     /// Whether any new event relates to another (edits, reactions, threads).
     pub relations: bool,
-    /// Whether any membership changed.
+    /// Whether any membership changed in those rooms.
     pub memberships: bool,
     /// Users whose device list changed.
     pub device_lists: Vec<String>,
@@ -46,22 +46,25 @@ pub struct UserSyncState {
 }
 
 impl Store {
-    /// What changed at positions in `(since, to]`, per room, and whose device lists changed,
-    /// in one read.
-    pub async fn changes_between(&self, since: i64, to: i64) -> StoreResult<Changes> {
+    /// What changed at positions in `(since, to]` in the rooms `user_id` has a membership
+    /// of, per room, and whose device lists changed, in one read.
+    pub async fn changes_between(&self, since: i64, to: i64, user_id: &str) -> StoreResult<Changes> {
         let rows = sqlx::query(
             "SELECT room_id, CAST(0 AS BIGINT), \
              CAST(MAX(CASE WHEN state_key IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT), \
              CAST(MAX(CASE WHEN relates_to IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT), \
              CAST(MAX(CASE WHEN event_type = 'm.room.member' THEN 1 ELSE 0 END) AS BIGINT) \
-             FROM events WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY room_id \
+             FROM events WHERE stream_pos > $1 AND stream_pos <= $2 \
+             AND room_id IN (SELECT room_id FROM memberships WHERE user_id = $3) GROUP BY room_id \
              UNION ALL SELECT room_id, CAST(1 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
-             FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY room_id \
+             FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 \
+             AND room_id IN (SELECT room_id FROM memberships WHERE user_id = $3) GROUP BY room_id \
              UNION ALL SELECT user_id, CAST(2 AS BIGINT), CAST(MIN(self_only) AS BIGINT), CAST(0 AS BIGINT), \
              CAST(0 AS BIGINT) FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2 GROUP BY user_id",
         )
         .bind(since)
         .bind(to)
+        .bind(user_id)
         .fetch_all(&self.read)
         .await?;
         let mut out = Changes::default();

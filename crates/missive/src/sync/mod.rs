@@ -77,11 +77,14 @@ pub(super) struct Since {
     pos: Option<i64>,
     typing: Option<u64>,
     presence: Option<u64>,
+    /// The to-device messages acknowledged: those up to here (`pos` unless the answer
+    /// that gave the token left some for later).
+    to_device: Option<i64>,
 }
 
 pub(super) fn parse_since(token: Option<&str>) -> Result<Since> {
     let Some(token) = token else {
-        return Ok(Since { pos: None, typing: None, presence: None });
+        return Ok(Since { pos: None, typing: None, presence: None, to_device: None });
     };
     let invalid = || Error::invalid_param("invalid since token");
     let mut parts = token.strip_prefix('s').ok_or_else(invalid)?.split('_');
@@ -89,7 +92,11 @@ pub(super) fn parse_since(token: Option<&str>) -> Result<Since> {
     let mut serial = || parts.next().map_or(Ok(0), |p| p.parse::<u64>().map_err(|_| invalid()));
     let typing = serial()?;
     let presence = serial()?;
-    Ok(Since { pos: Some(pos), typing: Some(typing), presence: Some(presence) })
+    let to_device = match parts.next() {
+        Some(p) => p.parse::<i64>().ok().filter(|t| *t <= pos).ok_or_else(invalid)?,
+        None => pos,
+    };
+    Ok(Since { pos: Some(pos), typing: Some(typing), presence: Some(presence), to_device: Some(to_device) })
 }
 
 impl Sync {
@@ -128,7 +135,7 @@ impl Sync {
         let changes = match changes {
             Some(changes) => changes,
             None => {
-                read = self.store.changes_between(since, to).await?;
+                read = self.store.changes_between(since, to, user_id.as_str()).await?;
                 &read
             }
         };
@@ -178,24 +185,55 @@ impl Sync {
         let since = parse_since(req.since.as_deref())?;
         self.presence.touch(&identity.user_id, req.set_presence.unwrap_or(presence::State::Online));
         let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(300));
+        let user_id = identity.user_id.as_str();
         // Registered under the rooms whose changes concern the user (a change of their
         // membership elsewhere names them).
         let mut poll = stream::LongPoll::default();
+        let mut first = true;
         loop {
             let serial = self.streams.serial();
-            let (response, has_changes) = self.compute(identity, &req, &since).await?;
-            if has_changes || since.pos.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
-                return Ok(response);
+            let rooms = self.watched_rooms(user_id).await?;
+            // A client asking again right after an answer usually finds nothing new: when
+            // nothing remembered since its token concerns it, it waits without computing.
+            let skip = first && tokio::time::Instant::now() < deadline && self.quiet(identity, &req, &since, &rooms);
+            first = false;
+            if !skip {
+                let (response, has_changes) = self.compute(identity, &req, &since).await?;
+                if has_changes || since.pos.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
+                    return Ok(response);
+                }
             }
-            let rooms = if poll.is_registered() {
-                Vec::new()
-            } else {
-                self.store.memberships_of_user(identity.user_id.as_str(), None).await?
-            };
-            let user_id = identity.user_id.as_str();
-            if !poll.wait(&self.streams, serial, user_id, rooms.iter().map(|m| &m.room_id), deadline).await {
-                // Timed out: answer with what we have (nothing new, a fresh token).
-                return Ok(response);
+            if !poll.wait(&self.streams, serial, user_id, rooms.iter(), deadline).await {
+                // Timed out: answer with what there is (nothing new, a fresh token).
+                return Ok(self.compute(identity, &req, &since).await?.0);
+            }
+        }
+    }
+
+    /// Whether nothing since the token of an incremental sync can concern it: no change
+    /// remembered since names the user or one of `rooms`, typing and presence are as they
+    /// were, and the answer that gave the token left no to-device message for later.
+    fn quiet(&self, identity: &Identity, req: &SyncRequest, since: &Since, rooms: &HashSet<String>) -> bool {
+        let (Some(pos), Some(typing), Some(presence)) = (since.pos, since.typing, since.presence) else {
+            return false;
+        };
+        !req.full_state
+            && since.to_device == Some(pos)
+            && presence == self.presence.serial()
+            && !self.typing.changed_in_any(rooms, typing)
+            && self.streams.quiet_since(pos, identity.user_id.as_str(), rooms)
+    }
+
+    /// The rooms whose changes concern the user's long polls: their memberships, read once
+    /// and remembered until one changes.
+    async fn watched_rooms(&self, user_id: &str) -> Result<Arc<HashSet<String>>> {
+        match self.streams.watched(user_id) {
+            Ok(rooms) => Ok(rooms),
+            Err(epoch) => {
+                let rows = self.store.memberships_of_user(user_id, None).await?;
+                let rooms: Arc<HashSet<String>> = Arc::new(rows.into_iter().map(|m| m.room_id).collect());
+                self.streams.remember_watched(user_id, rooms.clone(), epoch);
+                Ok(rooms)
             }
         }
     }
@@ -225,7 +263,7 @@ impl Sync {
             // says which rooms have new events, state or receipts, and whose devices changed.
             async {
                 Ok(match since.pos {
-                    Some(s) => Some(self.store.changes_between(s, now).await?),
+                    Some(s) => Some(self.store.changes_between(s, now, user_id.as_str()).await?),
                     None => None,
                 })
             },
@@ -290,12 +328,13 @@ impl Sync {
             },
             async {
                 if to_device_waiting {
-                    self.e2ee.to_device_for_sync(user_id, device_id, since.pos, now).await
+                    self.e2ee.to_device_for_sync(user_id, device_id, since.to_device, now).await
                 } else {
-                    Ok(Vec::new())
+                    Ok((Vec::new(), now))
                 }
             },
         )?;
+        let (to_device, to_device_reached) = to_device;
         let mut prefetch = prefetch;
         prefetch.counts = counts;
         // Clients that ask get the threads' counts apart (rooms with something unread).
@@ -366,7 +405,12 @@ impl Sync {
         }
         // Built by moving the parts in: `json!` would deep-copy every interpolated value.
         let mut response = Map::new();
-        response.insert("next_batch".into(), Value::String(format!("s{now}_{typing_serial}_{presence_serial}")));
+        // A token names how far to-device messages went only when not all the way.
+        let mut next_batch = format!("s{now}_{typing_serial}_{presence_serial}");
+        if to_device_reached != now {
+            next_batch.push_str(&format!("_{to_device_reached}"));
+        }
+        response.insert("next_batch".into(), Value::String(next_batch));
         response.insert("rooms".into(), Value::Object(rooms));
         response.insert("account_data".into(), events(global));
         response.insert("presence".into(), events(presence));

@@ -206,7 +206,7 @@ impl Sync {
             async { Ok::<_, Error>(self.store.account_data(user_id.as_str(), "", "m.direct").await?) },
             async {
                 Ok(match since {
-                    Some(s) => Some(self.store.changes_between(s, now).await?),
+                    Some(s) => Some(self.store.changes_between(s, now, user_id.as_str()).await?),
                     None => None,
                 })
             },
@@ -333,9 +333,9 @@ impl Sync {
         let mut extensions = Map::new();
         if ext.to_device.enabled == Some(true) {
             let from = ext.to_device.since.as_deref().and_then(|s| s.parse::<i64>().ok());
-            let events = self.e2ee.to_device_for_sync(user_id, &identity.device_id, from, now).await?;
+            let (events, reached) = self.e2ee.to_device_for_sync(user_id, &identity.device_id, from, now).await?;
             if !events.is_empty() || from.is_none() || since.is_none() {
-                extensions.insert("to_device".into(), json!({ "next_batch": now.to_string(), "events": events }));
+                extensions.insert("to_device".into(), json!({ "next_batch": reached.to_string(), "events": events }));
             }
         }
         if ext.e2ee.enabled == Some(true) {

@@ -9,9 +9,14 @@
 //! long-polling `/sync` registers a [`Waiter`] under its user and rooms, and a change that
 //! becomes visible wakes only the waiters it concerns: with a thousand users long-polling,
 //! a message wakes the syncs of its room's members, not a thousand.
+//!
+//! The latest visible changes are remembered with their scopes, and the rooms each user's
+//! long polls watch, so that a sync whose token is recent can tell without reading the
+//! store that nothing since concerns it ([`Streams::quiet_since`]) and go straight to
+//! waiting: the usual case for a client that asks again right after an answer.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
 };
 
@@ -37,7 +42,20 @@ impl Scope {
     pub fn user(user_id: &str) -> Self {
         Scope::Of { rooms: Vec::new(), users: vec![user_id.to_owned()] }
     }
+
+    /// Whether the change concerns `user_id`, a member of `rooms`.
+    fn concerns(&self, user_id: &str, rooms: &HashSet<String>) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Of { rooms: changed, users } => {
+                users.iter().any(|u| u == user_id) || changed.iter().any(|r| rooms.contains(r))
+            }
+        }
+    }
 }
+
+/// How many visible changes are remembered for [`Streams::quiet_since`].
+const RECENT: usize = 8192;
 
 /// Allocates stream positions and tracks which are complete.
 #[derive(Debug)]
@@ -47,6 +65,17 @@ pub struct Streams {
     /// Bumped on any change a sync might return, including in-memory ones (typing).
     changes: watch::Sender<u64>,
     waiters: Mutex<Waiters>,
+    watched: Mutex<Watched>,
+}
+
+/// The rooms each user's long polls watch (their memberships), remembered until a change
+/// in a room names the user: every membership change names its target.
+#[derive(Debug, Default)]
+struct Watched {
+    rooms: HashMap<String, Arc<HashSet<String>>>,
+    /// Bumped whenever an entry is dropped, so that a list read before the drop is not
+    /// remembered after it.
+    epoch: u64,
 }
 
 #[derive(Debug)]
@@ -55,6 +84,10 @@ struct Inner {
     in_flight: BTreeSet<i64>,
     /// Scopes of committed positions not yet visible (an earlier one is still in flight).
     waiting: BTreeMap<i64, Scope>,
+    /// The latest visible positions and their scopes, oldest first: every position above
+    /// `recent_floor` is here.
+    recent: VecDeque<(i64, Scope)>,
+    recent_floor: i64,
 }
 
 /// The registered waiters: each in `all`, and under its user's key and its rooms' keys.
@@ -167,10 +200,17 @@ impl Streams {
     /// Starts after the highest persisted position.
     pub fn new(max_persisted: i64) -> Arc<Self> {
         Arc::new(Self {
-            inner: Mutex::new(Inner { next: max_persisted + 1, in_flight: BTreeSet::new(), waiting: BTreeMap::new() }),
+            inner: Mutex::new(Inner {
+                next: max_persisted + 1,
+                in_flight: BTreeSet::new(),
+                waiting: BTreeMap::new(),
+                recent: VecDeque::new(),
+                recent_floor: max_persisted,
+            }),
             current: watch::channel(max_persisted).0,
             changes: watch::channel(0).0,
             waiters: Mutex::default(),
+            watched: Mutex::default(),
         })
     }
 
@@ -201,8 +241,32 @@ impl Streams {
             // The changes that became visible are announced now, whatever order their
             // writes committed in.
             let rest = inner.waiting.split_off(&(current + 1));
-            (current, std::mem::replace(&mut inner.waiting, rest))
+            let visible = std::mem::replace(&mut inner.waiting, rest);
+            for (pos, scope) in &visible {
+                inner.recent.push_back((*pos, scope.clone()));
+            }
+            while inner.recent.len() > RECENT {
+                if let Some((pos, _)) = inner.recent.pop_front() {
+                    inner.recent_floor = pos;
+                }
+            }
+            (current, visible)
         };
+        // A change in a room that names users changes their memberships.
+        let members: Vec<&String> = visible
+            .values()
+            .flat_map(|scope| match scope {
+                Scope::Of { rooms, users } if !rooms.is_empty() => users.as_slice(),
+                _ => &[],
+            })
+            .collect();
+        if !members.is_empty() {
+            let mut watched = self.watched.lock().expect("watched lock poisoned");
+            watched.epoch += 1;
+            for user in members {
+                watched.rooms.remove(user);
+            }
+        }
         self.current.send_if_modified(|c| {
             if current > *c {
                 *c = current;
@@ -253,6 +317,35 @@ impl Streams {
     /// Subscribes to every change notification.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Whether no visible change after `since` concerns `user_id`, a member of `rooms`;
+    /// false when `since` is older than the changes remembered.
+    pub fn quiet_since(&self, since: i64, user_id: &str, rooms: &HashSet<String>) -> bool {
+        let inner = self.inner.lock().expect("stream lock poisoned");
+        let current = match inner.in_flight.first() {
+            Some(first) => first - 1,
+            None => inner.next - 1,
+        };
+        since >= inner.recent_floor
+            && since <= current
+            && !inner.recent.iter().rev().take_while(|(pos, _)| *pos > since).any(|(_, s)| s.concerns(user_id, rooms))
+    }
+
+    /// The rooms remembered for `user_id`'s long polls, and otherwise the epoch to pass to
+    /// [`Streams::remember_watched`] with the rooms read now.
+    pub fn watched(&self, user_id: &str) -> Result<Arc<HashSet<String>>, u64> {
+        let watched = self.watched.lock().expect("watched lock poisoned");
+        watched.rooms.get(user_id).cloned().ok_or(watched.epoch)
+    }
+
+    /// Remembers the rooms read for `user_id`, unless a change named a user since `epoch`
+    /// (the read may predate it).
+    pub fn remember_watched(&self, user_id: &str, rooms: Arc<HashSet<String>>, epoch: u64) {
+        let mut watched = self.watched.lock().expect("watched lock poisoned");
+        if watched.epoch == epoch {
+            watched.rooms.insert(user_id.to_owned(), rooms);
+        }
     }
 
     /// Registers a waiter for the changes that concern `user_id` or one of `rooms`.

@@ -88,6 +88,13 @@ impl Typing {
         }
     }
 
+    /// Whether typing changed after `since` in any of `rooms` (or `since` is from before a
+    /// restart).
+    pub fn changed_in_any(&self, rooms: &std::collections::HashSet<String>, since: u64) -> bool {
+        let guard = self.rooms.lock().expect("typing lock poisoned");
+        since > guard.0 || guard.1.iter().any(|(room, r)| r.changed_at > since && rooms.contains(room.as_str()))
+    }
+
     /// Users typing in a room if that changed after `since` (always when `since` is `None`).
     pub fn changed_since(&self, room_id: &RoomId, since: Option<u64>) -> Option<Vec<OwnedUserId>> {
         let guard = self.rooms.lock().expect("typing lock poisoned");

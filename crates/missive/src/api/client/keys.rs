@@ -203,6 +203,6 @@ async fn dehydrated_events(state: AppState, req: Ruma<get_events::unstable::Requ
     let since = req.body.next_batch.as_deref().map(parse_token).transpose()?;
     let to = state.rooms.streams.current();
     let device: &ruma::DeviceId = device_id.as_str().into();
-    let events = state.e2ee.to_device_for_sync(&id.user_id, device, since, to).await?;
-    Ok(json(json!({ "events": events, "next_batch": crate::rooms::timeline::make_token(to) })))
+    let (events, reached) = state.e2ee.to_device_for_sync(&id.user_id, device, since, to).await?;
+    Ok(json(json!({ "events": events, "next_batch": crate::rooms::timeline::make_token(reached) })))
 }
