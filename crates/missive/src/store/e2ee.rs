@@ -40,9 +40,14 @@ pub(super) const DEVICE_STATE_ARMS: &str = "\
 impl DeviceSyncState {
     /// Takes in a row of [`DEVICE_STATE_ARMS`]; rows of other kinds are ignored.
     pub(super) fn add_row(&mut self, r: &sqlx::any::AnyRow) {
-        match r.get::<i64, _>(0) {
-            3 => self.one_time_keys.push((r.get(1), r.get(4))),
-            4 => self.unused_fallbacks.push(r.get(1)),
+        self.add(r.get(0), r.get(1), r.get(4));
+    }
+
+    /// Takes in a row of [`DEVICE_STATE_ARMS`] by its kind, name and count columns.
+    pub(super) fn add(&mut self, kind: i64, name: String, count: i64) {
+        match kind {
+            3 => self.one_time_keys.push((name, count)),
+            4 => self.unused_fallbacks.push(name),
             5 => self.to_device_waiting = true,
             _ => {}
         }

@@ -176,48 +176,59 @@ impl Store {
         rooms: bool,
     ) -> StoreResult<UserSyncState> {
         let memberships_arm = if rooms {
-            "SELECT CAST(0 AS BIGINT), room_id, membership, event_id, stream_pos, CAST(0 AS BIGINT) \
-             FROM memberships WHERE user_id = $1 AND forgotten = 0 UNION ALL "
+            " UNION ALL SELECT CAST(0 AS BIGINT), room_id, membership, event_id, stream_pos, CAST(0 AS BIGINT) \
+             FROM memberships WHERE user_id = $1 AND forgotten = 0"
         } else {
             ""
         };
         let counts_arm = if rooms {
-            "SELECT CAST(2 AS BIGINT), o.room_id, NULL, NULL, \
+            " UNION ALL SELECT CAST(2 AS BIGINT), o.room_id, NULL, NULL, \
              CAST(r.notify_seq - o.notify_off AS BIGINT), CAST(r.highlight_seq - o.highlight_off AS BIGINT) \
-             FROM notification_offsets o JOIN rooms r ON r.room_id = o.room_id WHERE o.user_id = $1 UNION ALL "
+             FROM notification_offsets o JOIN rooms r ON r.room_id = o.room_id WHERE o.user_id = $1"
         } else {
             ""
         };
+        // Every sync reads this: the rows come as one JSON array, since each row handed
+        // over by the database driver's thread costs a wake-up of the reader.
+        let array = match self.backend {
+            Backend::Sqlite => "json_group_array(json_array(",
+            Backend::Postgres => "json_agg(json_build_array(",
+        };
         let text = format!(
-            "{memberships_arm}SELECT CAST(1 AS BIGINT), room_id, data_type, content, CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
-             FROM account_data WHERE user_id = $1 AND stream_pos > $3 \
-             UNION ALL {counts_arm}{DEVICE_STATE_ARMS}"
+            "SELECT CAST(COALESCE({array}k, a, b, c, d, e)), '[]') AS TEXT) FROM (\
+             SELECT CAST(1 AS BIGINT) AS k, room_id AS a, data_type AS b, content AS c, CAST(0 AS BIGINT) AS d, \
+             CAST(0 AS BIGINT) AS e FROM account_data WHERE user_id = $1 AND stream_pos > $3\
+             {memberships_arm}{counts_arm} UNION ALL {DEVICE_STATE_ARMS}) u"
         );
-        let rows = sqlx::query(sql(text))
+        let json: String = sqlx::query_scalar(sql(text))
             .bind(user_id)
             .bind(device_id)
             .bind(since.unwrap_or(-1))
-            .fetch_all(&self.read)
+            .fetch_one(&self.read)
             .await?;
+        type Row = (i64, String, Option<String>, Option<String>, Option<i64>, Option<i64>);
+        let rows: Vec<Row> = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut out = UserSyncState::default();
-        for r in rows {
-            match r.get::<i64, _>(0) {
+        for (kind, a, b, c, d, e) in rows {
+            match kind {
                 0 => out.memberships.push(MembershipRow {
-                    room_id: r.get(1),
+                    room_id: a,
                     user_id: user_id.to_owned(),
-                    membership: r.get(2),
-                    event_id: r.get(3),
-                    stream_pos: r.get(4),
+                    membership: b.unwrap_or_default(),
+                    event_id: c.unwrap_or_default(),
+                    stream_pos: d.unwrap_or_default(),
                 }),
-                1 => {
-                    out.account_data.push(AccountDataRow { room_id: r.get(1), data_type: r.get(2), content: r.get(3) })
-                }
+                1 => out.account_data.push(AccountDataRow {
+                    room_id: a,
+                    data_type: b.unwrap_or_default(),
+                    content: c.unwrap_or_default(),
+                }),
                 2 => {
                     // An offset ahead of the sums would be a bookkeeping slip: never show it as a
                     // negative count.
-                    out.notification_counts.insert(r.get(1), (r.get::<i64, _>(4).max(0), r.get::<i64, _>(5).max(0)));
+                    out.notification_counts.insert(a, (d.unwrap_or_default().max(0), e.unwrap_or_default().max(0)));
                 }
-                _ => out.device.add_row(&r),
+                _ => out.device.add(kind, a, d.unwrap_or_default()),
             }
         }
         out.device.unused_fallbacks.sort();

@@ -574,10 +574,16 @@ impl Sync {
         // (the client is then told only of those it has not been sent, see `LazyMembers`).
         let mut lazy_members: HashMap<String, Vec<Value>> = HashMap::new();
         if filter::lazy_members(&req.filter.room.state) && !incremental.is_empty() {
+            let device = (viewer.user_id.as_str(), viewer.device_id);
             let mut pairs: Vec<(String, String)> = Vec::new();
             for room in &incremental {
+                // Without a state change since the token, a member event the device was
+                // sent is still the member's current one: no need to read it again.
+                let state_unchanged = changed.is_some_and(|c| c.get(room).is_none_or(|r| !r.state));
                 for event in timelines.get(room).map(|t| t.events.as_slice()).unwrap_or_default() {
-                    if let Some(sender) = event.get("sender").and_then(Value::as_str) {
+                    if let Some(sender) = event.get("sender").and_then(Value::as_str)
+                        && !(state_unchanged && self.lazy.was_sent(device, room, sender))
+                    {
                         pairs.push((room.clone(), sender.to_owned()));
                     }
                 }
@@ -1143,6 +1149,17 @@ impl LazyMembers {
             }
         }
         out
+    }
+
+    /// Whether the device was sent a member event of `member` in the room.
+    fn was_sent(&self, device: (&str, &str), room_id: &str, member: &str) -> bool {
+        let guard = self.0.lock().expect("lazy members lock poisoned");
+        let key = (device.0.to_owned(), device.1.to_owned());
+        guard
+            .as_ref()
+            .and_then(|cache| cache.peek(&key))
+            .and_then(|rooms| rooms.get(room_id))
+            .is_some_and(|sent| sent.contains_key(member))
     }
 }
 
