@@ -155,6 +155,18 @@ async fn initial_sync_sends_state_at_timeline_start_and_respects_history_visibil
     assert_eq!(state_of(state, "m.room.topic", "").expect("gap state")["content"]["topic"], "t");
     assert!(room.get("summary").is_none_or(|s| s.as_object().unwrap().is_empty()), "members did not change");
 
+    // A sender the device was sent is not sent again, unless the filter asks for it.
+    let since = res["next_batch"].as_str().unwrap().to_owned();
+    send(&server, &alice, &renamed, "m.room.message", None, json!({ "msgtype": "m.text", "body": "again" })).await;
+    let res = sync(&server, &bob, Some(&since), lazy.clone()).await;
+    let state = &res["rooms"]["join"][&renamed]["state"]["events"];
+    assert!(state_of(state, "m.room.member", &alice.user_id).is_none(), "already sent: {res}");
+    let redundant = json!({ "room": { "timeline": { "limit": 1 },
+        "state": { "lazy_load_members": true, "include_redundant_members": true } } });
+    let res = sync(&server, &bob, Some(&since), redundant).await;
+    let state = &res["rooms"]["join"][&renamed]["state"]["events"];
+    assert!(state_of(state, "m.room.member", &alice.user_id).is_some(), "asked for again: {res}");
+
     // A room joined since the token comes in full.
     let since = res["next_batch"].as_str().unwrap().to_owned();
     let fresh = create_public_room(&server, &alice, "shared").await;

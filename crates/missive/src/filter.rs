@@ -78,6 +78,11 @@ pub fn lazy_members(filter: &RoomEventFilter) -> bool {
     matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { .. })
 }
 
+/// Whether lazy-loaded members are sent again even when the device has them.
+pub fn redundant_members(filter: &RoomEventFilter) -> bool {
+    matches!(filter.lazy_load_options, LazyLoadOptions::Enabled { include_redundant_members: true })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

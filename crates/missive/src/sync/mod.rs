@@ -575,11 +575,13 @@ impl Sync {
         let mut lazy_members: HashMap<String, Vec<Value>> = HashMap::new();
         if filter::lazy_members(&req.filter.room.state) && !incremental.is_empty() {
             let device = (viewer.user_id.as_str(), viewer.device_id);
+            let redundant = filter::redundant_members(&req.filter.room.state);
             let mut pairs: Vec<(String, String)> = Vec::new();
             for room in &incremental {
                 // Without a state change since the token, a member event the device was
-                // sent is still the member's current one: no need to read it again.
-                let state_unchanged = changed.is_some_and(|c| c.get(room).is_none_or(|r| !r.state));
+                // sent is still the member's current one: no need to read it again,
+                // unless the client asks for members it was sent.
+                let state_unchanged = !redundant && changed.is_some_and(|c| c.get(room).is_none_or(|r| !r.state));
                 for event in timelines.get(room).map(|t| t.events.as_slice()).unwrap_or_default() {
                     if let Some(sender) = event.get("sender").and_then(Value::as_str)
                         && !(state_unchanged && self.lazy.was_sent(device, room, sender))
@@ -759,10 +761,7 @@ impl Sync {
             .collect();
         if lazy {
             // Members the device already has are not sent again, unless the filter asks.
-            let redundant = matches!(
-                state_filter.lazy_load_options,
-                ruma::api::client::filter::LazyLoadOptions::Enabled { include_redundant_members: true }
-            );
+            let redundant = filter::redundant_members(state_filter);
             let (members, others): (Vec<Value>, Vec<Value>) =
                 state.into_iter().partition(|e| e["type"] == "m.room.member");
             let mut candidates = members;
