@@ -153,6 +153,17 @@ impl Store {
         Ok(out)
     }
 
+    /// The opening of an aggregate that returns a query's rows as one JSON array of arrays
+    /// (closed by `))` after the columns): reads that return many rows on every sync use
+    /// it, since each row handed over by the database driver's thread costs a wake-up of
+    /// the reader.
+    fn json_rows(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "json_group_array(json_array(",
+            Backend::Postgres => "json_agg(json_build_array(",
+        }
+    }
+
     /// What every sync of a device starts from, in one read: the user's memberships, their
     /// account data changed after `since`, their notification counts per room, and the
     /// device's key counts and to-device queue (see `DEVICE_STATE_ARMS`).
@@ -188,12 +199,8 @@ impl Store {
         } else {
             ""
         };
-        // Every sync reads this: the rows come as one JSON array, since each row handed
-        // over by the database driver's thread costs a wake-up of the reader.
-        let array = match self.backend {
-            Backend::Sqlite => "json_group_array(json_array(",
-            Backend::Postgres => "json_agg(json_build_array(",
-        };
+        // Every sync reads this: the rows come as one JSON array.
+        let array = self.json_rows();
         let text = format!(
             "SELECT CAST(COALESCE({array}k, a, b, c, d, e)), '[]') AS TEXT) FROM (\
              SELECT CAST(1 AS BIGINT) AS k, room_id AS a, data_type AS b, content AS c, CAST(0 AS BIGINT) AS d, \
@@ -472,12 +479,8 @@ impl Store {
     /// their rooms by, in one read; a room this server does not hold (an invite from
     /// another server) has no facts.
     pub async fn sliding_memberships(&self, user_id: &str) -> StoreResult<Vec<(MembershipRow, RoomFacts)>> {
-        // A user in a thousand rooms: the rows come as one JSON array, since each row
-        // handed over by the database driver's thread costs a wake-up of the reader.
-        let array = match self.backend {
-            Backend::Sqlite => "json_group_array(json_array(",
-            Backend::Postgres => "json_agg(json_build_array(",
-        };
+        // A user in a thousand rooms: the rows come as one JSON array.
+        let array = self.json_rows();
         let text = format!(
             "SELECT CAST(COALESCE({array}m.room_id, m.membership, m.event_id, m.stream_pos, r.bump_pos, \
              COALESCE(r.encrypted, 0), r.room_type)), '[]') AS TEXT) \

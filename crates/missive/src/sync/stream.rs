@@ -90,6 +90,16 @@ struct Inner {
     recent_floor: i64,
 }
 
+impl Inner {
+    /// The highest position below which every allocated one has completed.
+    fn visible(&self) -> i64 {
+        match self.in_flight.first() {
+            Some(first) => first - 1,
+            None => self.next - 1,
+        }
+    }
+}
+
 /// The registered waiters: each in `all`, and under its user's key and its rooms' keys.
 #[derive(Debug, Default)]
 struct Waiters {
@@ -150,11 +160,6 @@ impl Waiter {
 pub struct LongPoll(Option<Waiter>);
 
 impl LongPoll {
-    /// Whether the poll has registered (a poll that has not needs the user's rooms).
-    pub fn is_registered(&self) -> bool {
-        self.0.is_some()
-    }
-
     /// After a computation that found nothing new since `serial`: registers under the
     /// user and `rooms` unless already registered, then waits for a change that concerns
     /// them. True when the poll must compute again (a change came, or one was announced
@@ -234,10 +239,7 @@ impl Streams {
             let mut inner = self.inner.lock().expect("stream lock poisoned");
             inner.in_flight.remove(&pos);
             inner.waiting.insert(pos, scope);
-            let current = match inner.in_flight.first() {
-                Some(first) => first - 1,
-                None => inner.next - 1,
-            };
+            let current = inner.visible();
             // The changes that became visible are announced now, whatever order their
             // writes committed in.
             let rest = inner.waiting.split_off(&(current + 1));
@@ -323,12 +325,8 @@ impl Streams {
     /// false when `since` is older than the changes remembered.
     pub fn quiet_since(&self, since: i64, user_id: &str, rooms: &HashSet<String>) -> bool {
         let inner = self.inner.lock().expect("stream lock poisoned");
-        let current = match inner.in_flight.first() {
-            Some(first) => first - 1,
-            None => inner.next - 1,
-        };
         since >= inner.recent_floor
-            && since <= current
+            && since <= inner.visible()
             && !inner.recent.iter().rev().take_while(|(pos, _)| *pos > since).any(|(_, s)| s.concerns(user_id, rooms))
     }
 
