@@ -404,3 +404,124 @@ async fn lists_filter_by_encryption_type_and_invite_as_kept_at_write_time() {
     server.execute(Box::leak(backfill.to_owned().into_boxed_str())).await;
     assert_eq!(server.query_strings(facts).await, kept);
 }
+
+/// A long poll on a resumed connection (30 s), which must answer well before it times out.
+async fn long_poll(server: &TestServer, user: &TestUser, pos: &str, body: &Value) -> Value {
+    let path = format!("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos={pos}&timeout=30000");
+    let started = std::time::Instant::now();
+    let (status, answer) = server.call("POST", &path, Some(&user.access_token), Some(body.clone())).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(15), "answered after {:?}: {answer}", started.elapsed());
+    answer
+}
+
+/// A client asks again right after each answer: the server may then wait without
+/// computing, but only when nothing since its position concerns it and it asks what it
+/// asked before.
+#[tokio::test]
+async fn a_connection_asking_again_at_once_still_gets_what_concerns_it() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server.create_room(&bob.access_token, json!({ "invite": [alice.user_id] })).await;
+    let (status, _) = server
+        .call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&alice.access_token), Some(json!({})))
+        .await;
+    assert_eq!(status, 200);
+    let body = |limit: u32, since: Option<&str>| {
+        json!({
+            "lists": { "all": { "ranges": [[0, 9]], "timeline_limit": limit } },
+            "extensions": {
+                "to_device": { "enabled": true, "since": since },
+                "typing": { "enabled": true },
+                "account_data": { "enabled": true },
+            },
+        })
+    };
+    let (_, first) = raw(&server, &alice, None, body(5, None)).await;
+    let pos = |answer: &Value| answer["pos"].as_str().unwrap().to_owned();
+    let to_device = |answer: &Value| answer["extensions"]["to_device"]["next_batch"].as_str().map(str::to_owned);
+    let mut since = to_device(&first);
+
+    // A message sent between two requests.
+    server.send_message(&bob.access_token, &room, json!({ "msgtype": "m.text", "body": "entre deux" })).await;
+    let answer = long_poll(&server, &alice, &pos(&first), &body(5, since.as_deref())).await;
+    assert_eq!(answer["rooms"][&room]["timeline"][0]["content"]["body"], "entre deux", "{answer}");
+
+    // Typing started between two requests.
+    let (status, _) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/typing/{}", bob.user_id),
+            Some(&bob.access_token),
+            Some(json!({ "typing": true, "timeout": 30000 })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let answer = long_poll(&server, &alice, &pos(&answer), &body(5, since.as_deref())).await;
+    assert_eq!(answer["extensions"]["typing"]["rooms"][&room]["content"]["user_ids"][0], bob.user_id, "{answer}");
+
+    // A to-device message, then the same token again: it is still there until acknowledged.
+    let (status, _) = server
+        .call(
+            "PUT",
+            "/_matrix/client/v3/sendToDevice/m.test/t1",
+            Some(&bob.access_token),
+            Some(json!({ "messages": { &alice.user_id: { &alice.device_id: { "n": 1 } } } })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let answer = long_poll(&server, &alice, &pos(&answer), &body(5, since.as_deref())).await;
+    assert_eq!(answer["extensions"]["to_device"]["events"][0]["content"]["n"], 1, "{answer}");
+    let again = long_poll(&server, &alice, &pos(&answer), &body(5, since.as_deref())).await;
+    assert_eq!(again["extensions"]["to_device"]["events"][0]["content"]["n"], 1, "not acknowledged: {again}");
+    since = to_device(&again);
+
+    // Her own account data, set between two requests.
+    let (status, _) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/user/{}/account_data/org.example.note", alice.user_id),
+            Some(&alice.access_token),
+            Some(json!({ "n": 2 })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let answer = long_poll(&server, &alice, &pos(&again), &body(5, since.as_deref())).await;
+    let global = answer["extensions"]["account_data"]["global"].as_array().cloned().unwrap_or_default();
+    assert!(global.iter().any(|e| e["type"] == "org.example.note"), "{answer}");
+
+    // Nothing new: the request waits, and a message arriving meanwhile wakes it.
+    let waiting = {
+        let (server_url, token, next) = (
+            server.url(&format!(
+                "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos={}&timeout=30000",
+                pos(&answer)
+            )),
+            alice.access_token.clone(),
+            body(5, since.as_deref()),
+        );
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let answer: Value =
+                reqwest::Client::new().post(server_url).bearer_auth(token).json(&next).send().await?.json().await?;
+            anyhow::Ok((started.elapsed(), answer))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.send_message(&bob.access_token, &room, json!({ "msgtype": "m.text", "body": "réveil" })).await;
+    let (waited, woken) = waiting.await.unwrap().unwrap();
+    assert!(waited < Duration::from_secs(15), "woke after {waited:?}");
+    assert_eq!(woken["rooms"][&room]["timeline"][0]["content"]["body"], "réveil", "{woken}");
+
+    // The same position asked for more: the room is sent again, whole, at once.
+    let wider = long_poll(&server, &alice, &pos(&woken), &body(10, since.as_deref())).await;
+    assert_eq!(wider["rooms"][&room]["initial"], true, "{wider}");
+    let bodies: Vec<&str> = wider["rooms"][&room]["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["entre deux", "réveil"], "{wider}");
+}

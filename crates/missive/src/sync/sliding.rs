@@ -64,6 +64,13 @@ struct Snapshot {
     facts: Arc<HashMap<String, RoomFacts>>,
     /// The user's memberships.
     memberships: Arc<Vec<MembershipRow>>,
+    /// The rooms the user's `m.direct` names.
+    direct: Arc<HashSet<String>>,
+    /// The request answered, but for its position and to-device token ([`fingerprint`]).
+    request: String,
+    /// The to-device token after which nothing waited for the device, if any, and whether
+    /// the answer carried messages (a request acknowledging them deletes them).
+    to_device_settled: Option<(Option<i64>, bool)>,
 }
 
 /// What a client asks of a room: the state to send and the timeline's length.
@@ -172,15 +179,32 @@ impl Sync {
         // Registered, as `/sync`'s, under the user and their rooms, so that only a change
         // concerning them computes again.
         let mut poll = super::stream::LongPoll::default();
+        let fingerprint = fingerprint(&req);
+        let user_id = identity.user_id.as_str();
+        let mut first = true;
         loop {
             let serial = self.streams.serial();
-            let (mut response, snapshot, news) = self.sliding_once(identity, &req, previous.as_deref()).await?;
-            let mut answer = news || previous.is_none() || tokio::time::Instant::now() >= deadline;
-            if !answer {
-                let rooms = snapshot.memberships.iter().map(|m| &m.room_id);
-                answer = !poll.wait(&self.streams, serial, identity.user_id.as_str(), rooms, deadline).await;
+            let rooms = self.watched_rooms(user_id).await?;
+            // A client asking again right after an answer usually finds nothing new: when
+            // nothing since concerns it, it waits without computing (as `/sync` does).
+            let skip = first
+                && tokio::time::Instant::now() < deadline
+                && previous.as_deref().is_some_and(|p| self.sliding_quiet(identity, &req, p, &fingerprint, &rooms));
+            first = false;
+            let mut answer = None;
+            if !skip {
+                let (response, snapshot, news) = self.sliding_once(identity, &req, previous.as_deref()).await?;
+                if news || previous.is_none() || tokio::time::Instant::now() >= deadline {
+                    answer = Some((response, snapshot));
+                }
             }
-            if answer {
+            if answer.is_none() && !poll.wait(&self.streams, serial, user_id, rooms.iter(), deadline).await {
+                // Timed out: answer with what there is (nothing new, a fresh position).
+                let (response, snapshot, _) = self.sliding_once(identity, &req, previous.as_deref()).await?;
+                answer = Some((response, snapshot));
+            }
+            if let Some((mut response, mut snapshot)) = answer {
+                snapshot.request = fingerprint;
                 let pos = self.connections.push(key, previous.is_none(), snapshot);
                 response.insert("pos".into(), Value::String(pos.to_string()));
                 if let Some(txn_id) = &req.txn_id {
@@ -189,6 +213,25 @@ impl Sync {
                 return Ok(Value::Object(response));
             }
         }
+    }
+
+    /// Whether a resumed connection asking what it asked before can find nothing new: no
+    /// change since its position concerns the user or their `rooms`, typing is as it was
+    /// (when asked for), and no to-device message waits for the token it sends.
+    fn sliding_quiet(
+        &self,
+        identity: &Identity,
+        req: &v5::Request,
+        previous: &Snapshot,
+        fingerprint: &str,
+        rooms: &HashSet<String>,
+    ) -> bool {
+        let ext = &req.extensions;
+        previous.request == fingerprint
+            && (ext.to_device.enabled != Some(true)
+                || previous.to_device_settled.is_some_and(|(token, _)| token == to_device_since(req)))
+            && (ext.typing.enabled != Some(true) || !self.typing.changed_in_any(rooms, previous.typing))
+            && self.streams.quiet_since(previous.stream, identity.user_id.as_str(), rooms)
     }
 
     async fn sliding_once(
@@ -202,8 +245,18 @@ impl Sync {
         let user_id: &UserId = &identity.user_id;
         let viewer = Viewer { user_id, device_id: identity.device_id.as_str() };
         let since = previous.map(|p| p.stream);
-        let (direct, changes) = tokio::try_join!(
-            async { Ok::<_, Error>(self.store.account_data(user_id.as_str(), "", "m.direct").await?) },
+        // What only a change naming the user can change (their account data, their
+        // to-device messages) is not read again when none came since the position.
+        let untouched = previous.filter(|p| self.streams.quiet_since(p.stream, user_id.as_str(), &HashSet::new()));
+        let (direct_rooms, changes) = tokio::try_join!(
+            async {
+                Ok::<_, Error>(match untouched {
+                    Some(p) => p.direct.clone(),
+                    None => Arc::new(direct_rooms(
+                        self.store.account_data(user_id.as_str(), "", "m.direct").await?.as_deref(),
+                    )),
+                })
+            },
             async {
                 Ok(match since {
                     Some(s) => Some(self.store.changes_between(s, now, user_id.as_str()).await?),
@@ -221,7 +274,6 @@ impl Sync {
             async { Ok(self.store.user_sync_state_of(user_id.as_str(), device_id, since, false).await?) },
             self.listed_rooms(user_id, kept, changes.as_ref()),
         )?;
-        let direct_rooms = direct_rooms(direct.as_deref());
         let candidates: Vec<Candidate> = memberships
             .iter()
             .filter(|m| m.stream_pos <= now)
@@ -331,9 +383,18 @@ impl Sync {
         let window: Vec<String> = wanted.keys().cloned().collect();
         let ext = &req.extensions;
         let mut extensions = Map::new();
+        let mut to_device_settled = None;
         if ext.to_device.enabled == Some(true) {
-            let from = ext.to_device.since.as_deref().and_then(|s| s.parse::<i64>().ok());
-            let (events, reached) = self.e2ee.to_device_for_sync(user_id, &identity.device_id, from, now).await?;
+            let from = to_device_since(req);
+            let (events, reached) = match untouched {
+                Some(p) if p.to_device_settled == Some((from, false)) => (Vec::new(), now),
+                _ => self.e2ee.to_device_for_sync(user_id, &identity.device_id, from, now).await?,
+            };
+            // Once the client acknowledges what it was sent (or was sent nothing), nothing
+            // waits for it until a new message names the user.
+            if reached == now {
+                to_device_settled = Some(if events.is_empty() { (from, false) } else { (Some(now), true) });
+            }
             if !events.is_empty() || from.is_none() || since.is_none() {
                 extensions.insert("to_device".into(), json!({ "next_batch": reached.to_string(), "events": events }));
             }
@@ -446,7 +507,17 @@ impl Sync {
         );
         response.insert("rooms".into(), Value::Object(out_rooms));
         response.insert("extensions".into(), Value::Object(extensions));
-        let snapshot = Snapshot { stream: now, typing: typing_serial, rooms: sent_rooms, counts, facts, memberships };
+        let snapshot = Snapshot {
+            stream: now,
+            typing: typing_serial,
+            rooms: sent_rooms,
+            counts,
+            facts,
+            memberships,
+            direct: direct_rooms,
+            request: String::new(),
+            to_device_settled,
+        };
         Ok((response, snapshot, news))
     }
 
@@ -683,6 +754,19 @@ impl Sync {
 }
 
 /// Where a room's timeline ends for the user: now, or when they left it.
+/// The to-device token a request acknowledges.
+fn to_device_since(req: &v5::Request) -> Option<i64> {
+    req.extensions.to_device.since.as_deref().and_then(|s| s.parse::<i64>().ok())
+}
+
+/// What a request asks, but for its position, timeout and to-device token: two requests
+/// with the same fingerprint on the same position get the same answer.
+fn fingerprint(req: &v5::Request) -> String {
+    let mut extensions = req.extensions.clone();
+    extensions.to_device.since = None;
+    serde_json::to_string(&(&req.lists, &req.room_subscriptions, &extensions)).unwrap_or_default()
+}
+
 fn timeline_end(c: &Candidate, now: i64) -> i64 {
     match c.row.membership.as_str() {
         "leave" | "ban" => c.row.stream_pos.min(now),
