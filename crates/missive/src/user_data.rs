@@ -168,7 +168,7 @@ impl UserData {
             .await?
             .filter(|e| e.room_id == room_id.as_str())
             .ok_or_else(|| Error::not_found("event not found"))?;
-        let guard = self.streams.allocate_for(crate::sync::stream::Scope::room(room_id.as_str(), None));
+        let guard = self.streams.allocate_for(crate::sync::stream::Scope::receipt(room_id.as_str()));
         self.store
             .set_receipt(
                 room_id.as_str(),

@@ -683,8 +683,12 @@ impl Rooms {
             return Err(Error::bad_json("a membership event has a target"));
         }
         let prev_events = pdu.prev_events.iter().map(ToString::to_string).collect();
-        let guard =
-            self.streams.allocate_for(crate::sync::stream::Scope::room(room_id.as_str(), pdu.state_key.as_deref()));
+        let guard = self.streams.allocate_for(crate::sync::stream::Scope::event(
+            room_id.as_str(),
+            "m.room.member",
+            pdu.state_key.as_deref(),
+            false,
+        ));
         let write = crate::store::RoomWrite {
             events: vec![row_of_received(&pdu, json, guard.pos(), prev_events, 0)],
             ..Default::default()

@@ -926,9 +926,16 @@ impl Rooms {
         let Recorded { pdu, json, depth, ts, prev_events, txn } = recorded;
         let event_id = pdu.event_id.clone();
         let kind = pdu.kind.to_string();
+        let relates = content.get("m.relates_to");
+        let relates_to = relates.and_then(|r| r.get("event_id")).and_then(Value::as_str).map(str::to_owned);
         // The room's members, and whoever this event changes the membership of.
-        let target = pdu.state_key.as_deref().filter(|_| kind == "m.room.member");
-        let guard = self.streams.allocate_for(crate::sync::stream::Scope::room(batch.head.room_id.as_str(), target));
+        let scope = crate::sync::stream::Scope::event(
+            batch.head.room_id.as_str(),
+            &kind,
+            pdu.state_key.as_deref(),
+            relates_to.is_some(),
+        );
+        let guard = self.streams.allocate_for(scope);
         let pos = guard.pos();
         batch.guards.push(guard);
         let group_before = batch.head.group;
@@ -962,9 +969,7 @@ impl Rooms {
             batch.head.group = group_after;
             Arc::make_mut(&mut batch.head.pdus).insert(event_id.clone(), Arc::new(pdu.clone()));
         }
-        let relates = content.get("m.relates_to");
         let rel_type = relates.and_then(|r| r.get("rel_type")).and_then(Value::as_str).map(str::to_owned);
-        let relates_to = relates.and_then(|r| r.get("event_id")).and_then(Value::as_str).map(str::to_owned);
         let thread_root = if rel_type.as_deref() == Some("m.thread") { relates_to.clone() } else { None };
         let membership = (kind == "m.room.member")
             .then(|| content.get("membership").and_then(Value::as_str).map(str::to_owned))

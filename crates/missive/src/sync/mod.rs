@@ -198,14 +198,14 @@ impl Sync {
             let skip = first && tokio::time::Instant::now() < deadline && self.quiet(identity, &req, &since, &rooms);
             first = false;
             if !skip {
-                let (response, has_changes) = self.compute(identity, &req, &since).await?;
+                let (response, has_changes) = self.compute(identity, &req, &since, &rooms).await?;
                 if has_changes || since.pos.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
                     return Ok(response);
                 }
             }
             if !poll.wait(&self.streams, serial, user_id, rooms.iter(), deadline).await {
                 // Timed out: answer with what there is (nothing new, a fresh token).
-                return Ok(self.compute(identity, &req, &since).await?.0);
+                return Ok(self.compute(identity, &req, &since, &rooms).await?.0);
             }
         }
     }
@@ -224,6 +224,22 @@ impl Sync {
             && self.streams.quiet_since(pos, identity.user_id.as_str(), rooms)
     }
 
+    /// What changed for the user in `(since, now]`, `rooms` being theirs: told by the
+    /// stream's memory of recent changes when it can, read otherwise.
+    async fn changes(
+        &self,
+        user_id: &str,
+        since: Option<i64>,
+        now: i64,
+        rooms: &HashSet<String>,
+    ) -> Result<Option<Changes>> {
+        let Some(since) = since else { return Ok(None) };
+        Ok(Some(match self.streams.changes_since(since, now, user_id, rooms) {
+            Some(changes) => changes,
+            None => self.store.changes_between(since, now, user_id).await?,
+        }))
+    }
+
     /// The rooms whose changes concern the user's long polls: their memberships, read once
     /// and remembered until one changes.
     async fn watched_rooms(&self, user_id: &str) -> Result<Arc<HashSet<String>>> {
@@ -238,7 +254,13 @@ impl Sync {
         }
     }
 
-    async fn compute(&self, identity: &Identity, req: &SyncRequest, since: &Since) -> Result<(Value, bool)> {
+    async fn compute(
+        &self,
+        identity: &Identity,
+        req: &SyncRequest,
+        since: &Since,
+        rooms: &HashSet<String>,
+    ) -> Result<(Value, bool)> {
         let now = self.streams.current();
         let typing_serial = self.typing.serial();
         let presence_serial = self.presence.serial();
@@ -259,14 +281,9 @@ impl Sync {
             async {
                 Ok::<_, Error>(self.store.user_sync_state(user_id.as_str(), device_id.as_str(), since.pos).await?)
             },
-            // Only rooms with something new are computed: on an incremental sync, one query
-            // says which rooms have new events, state or receipts, and whose devices changed.
-            async {
-                Ok(match since.pos {
-                    Some(s) => Some(self.store.changes_between(s, now, user_id.as_str()).await?),
-                    None => None,
-                })
-            },
+            // Only rooms with something new are computed: on an incremental sync, which rooms
+            // have new events, state or receipts, and whose devices changed.
+            self.changes(user_id.as_str(), since.pos, now, rooms),
             async {
                 Ok(match incremental {
                     Some(s) => Some(self.store.new_events_of_member(user_id.as_str(), s, now, NEW_EVENTS_CAP).await?),

@@ -193,14 +193,14 @@ impl Sync {
             first = false;
             let mut answer = None;
             if !skip {
-                let (response, snapshot, news) = self.sliding_once(identity, &req, previous.as_deref()).await?;
+                let (response, snapshot, news) = self.sliding_once(identity, &req, previous.as_deref(), &rooms).await?;
                 if news || previous.is_none() || tokio::time::Instant::now() >= deadline {
                     answer = Some((response, snapshot));
                 }
             }
             if answer.is_none() && !poll.wait(&self.streams, serial, user_id, rooms.iter(), deadline).await {
                 // Timed out: answer with what there is (nothing new, a fresh position).
-                let (response, snapshot, _) = self.sliding_once(identity, &req, previous.as_deref()).await?;
+                let (response, snapshot, _) = self.sliding_once(identity, &req, previous.as_deref(), &rooms).await?;
                 answer = Some((response, snapshot));
             }
             if let Some((mut response, mut snapshot)) = answer {
@@ -239,6 +239,7 @@ impl Sync {
         identity: &Identity,
         req: &v5::Request,
         previous: Option<&Snapshot>,
+        rooms: &HashSet<String>,
     ) -> Result<(Map<String, Value>, Snapshot, bool)> {
         let now = self.streams.current();
         let typing_serial = self.typing.serial();
@@ -257,12 +258,7 @@ impl Sync {
                     )),
                 })
             },
-            async {
-                Ok(match since {
-                    Some(s) => Some(self.store.changes_between(s, now, user_id.as_str()).await?),
-                    None => None,
-                })
-            },
+            self.changes(user_id.as_str(), since, now, rooms),
         )?;
         // The user's memberships, with the facts the lists sort and filter their rooms by,
         // are read when the connection starts or a membership changed; an update reuses

@@ -22,32 +22,71 @@ use std::{
 
 use tokio::sync::{Notify, watch};
 
+use crate::store::Changes;
+
 /// Whom a change concerns.
 #[derive(Debug, Clone, Default)]
 pub enum Scope {
     /// Anyone (presence, device lists, keys: changes whose audience is not known here).
     #[default]
     All,
-    /// The members of these rooms and these users (whose membership changed, say).
-    Of { rooms: Vec<String>, users: Vec<String> },
+    /// The members of these rooms and these users (whose membership changed, say), and what
+    /// changed in the rooms.
+    Of { rooms: Vec<String>, users: Vec<String>, change: RoomChange },
+}
+
+/// What a change did in its rooms, so that a sync can tell what changed since its token
+/// without reading the store ([`Streams::changes_since`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomChange {
+    /// A new event.
+    pub event: bool,
+    /// A new state event.
+    pub state: bool,
+    /// A new membership event.
+    pub member: bool,
+    /// A new event relating to another (edit, reaction, thread).
+    pub relation: bool,
+    /// A new read receipt.
+    pub receipt: bool,
 }
 
 impl Scope {
-    /// The members of a room, and `user` (the target of a membership change) if any.
-    pub fn room(room_id: &str, user: Option<&str>) -> Self {
-        Scope::Of { rooms: vec![room_id.to_owned()], users: user.into_iter().map(str::to_owned).collect() }
+    /// The members of a room, for a change kept in memory only (typing).
+    pub fn room(room_id: &str) -> Self {
+        Scope::Of { rooms: vec![room_id.to_owned()], users: Vec::new(), change: RoomChange::default() }
+    }
+
+    /// A new event of a room: its members, and the target of a membership event.
+    pub fn event(room_id: &str, kind: &str, state_key: Option<&str>, relation: bool) -> Self {
+        let member = kind == "m.room.member";
+        let target = state_key.filter(|_| member);
+        Scope::Of {
+            rooms: vec![room_id.to_owned()],
+            users: target.into_iter().map(str::to_owned).collect(),
+            change: RoomChange { event: true, state: state_key.is_some(), member, relation, receipt: false },
+        }
+    }
+
+    /// A new read receipt in a room.
+    pub fn receipt(room_id: &str) -> Self {
+        Scope::Of {
+            rooms: vec![room_id.to_owned()],
+            users: Vec::new(),
+            change: RoomChange { receipt: true, ..RoomChange::default() },
+        }
     }
 
     /// One user (their account data, their to-device messages).
     pub fn user(user_id: &str) -> Self {
-        Scope::Of { rooms: Vec::new(), users: vec![user_id.to_owned()] }
+        Scope::Of { rooms: Vec::new(), users: vec![user_id.to_owned()], change: RoomChange::default() }
     }
 
     /// Whether the change concerns `user_id`, a member of `rooms`.
     fn concerns(&self, user_id: &str, rooms: &HashSet<String>) -> bool {
         match self {
             Scope::All => true,
-            Scope::Of { rooms: changed, users } => {
+            Scope::Of { rooms: changed, users, .. } => {
                 users.iter().any(|u| u == user_id) || changed.iter().any(|r| rooms.contains(r))
             }
         }
@@ -258,7 +297,7 @@ impl Streams {
         let members: Vec<&String> = visible
             .values()
             .flat_map(|scope| match scope {
-                Scope::Of { rooms, users } if !rooms.is_empty() => users.as_slice(),
+                Scope::Of { rooms, users, .. } if !rooms.is_empty() => users.as_slice(),
                 _ => &[],
             })
             .collect();
@@ -298,7 +337,7 @@ impl Streams {
             let waiters = self.waiters.lock().expect("waiters lock poisoned");
             match &scope {
                 Scope::All => waiters.all.values().for_each(|n| n.notify_one()),
-                Scope::Of { rooms, users } => {
+                Scope::Of { rooms, users, .. } => {
                     for key in rooms.iter().map(|r| room_key(r)).chain(users.iter().map(|u| user_key(u))) {
                         if let Some(set) = waiters.by_key.get(&key) {
                             set.values().for_each(|n| n.notify_one());
@@ -328,6 +367,34 @@ impl Streams {
         since >= inner.recent_floor
             && since <= inner.visible()
             && !inner.recent.iter().rev().take_while(|(pos, _)| *pos > since).any(|(_, s)| s.concerns(user_id, rooms))
+    }
+
+    /// What changed in `(since, to]` in `rooms` (the user's) or in a room whose change names
+    /// `user_id`, as [`Store::changes_between`](crate::store::Store::changes_between) would
+    /// read it; `None` when the changes remembered cannot tell: `since` is older than they
+    /// are, or a change whose audience is not known here (device lists, keys) came since.
+    pub fn changes_since(&self, since: i64, to: i64, user_id: &str, rooms: &HashSet<String>) -> Option<Changes> {
+        let inner = self.inner.lock().expect("stream lock poisoned");
+        if since < inner.recent_floor || to > inner.visible() {
+            return None;
+        }
+        let mut out = Changes::default();
+        for (_, scope) in inner.recent.iter().rev().take_while(|(pos, _)| *pos > since).filter(|(pos, _)| *pos <= to) {
+            let Scope::Of { rooms: changed, users, change } = scope else { return None };
+            if !(change.event || change.receipt) {
+                continue;
+            }
+            let named = users.iter().any(|u| u == user_id);
+            for room in changed.iter().filter(|r| named || rooms.contains(*r)) {
+                let entry = out.rooms.entry(room.clone()).or_default();
+                entry.events |= change.event;
+                entry.state |= change.state;
+                entry.receipts |= change.receipt;
+                out.relations |= change.relation;
+                out.memberships |= change.member;
+            }
+        }
+        Some(out)
     }
 
     /// The rooms remembered for `user_id`'s long polls, and otherwise the epoch to pass to
@@ -384,16 +451,39 @@ mod tests {
         let rooms = ["!a:x".to_owned()];
         let member = streams.waiter("@m:x", rooms.iter());
         let stranger = streams.waiter("@s:x", std::iter::empty());
-        let first = streams.allocate_for(Scope::room("!b:x", None));
-        let second = streams.allocate_for(Scope::room("!a:x", None));
+        let first = streams.allocate_for(Scope::event("!b:x", "m.room.message", None, false));
+        let second = streams.allocate_for(Scope::event("!a:x", "m.room.message", None, false));
         drop(second);
         assert!(!member.wait(soon()).await, "!a's change is not visible while !b's is in flight");
         drop(first);
         assert!(member.wait(soon()).await, "both became visible");
         assert!(!stranger.wait(soon()).await, "neither room is the stranger's");
-        drop(streams.allocate_for(Scope::room("!b:x", Some("@s:x"))));
+        drop(streams.allocate_for(Scope::event("!b:x", "m.room.member", Some("@s:x"), false)));
         assert!(stranger.wait(soon()).await, "an invite names its target");
         streams.notify();
         assert!(member.wait(soon()).await && stranger.wait(soon()).await, "a change for anyone wakes all");
+    }
+
+    #[test]
+    fn changes_are_told_from_memory_until_one_has_no_known_audience() {
+        let streams = Streams::new(0);
+        let mine: HashSet<String> = ["!a:x".to_owned()].into();
+        drop(streams.allocate_for(Scope::event("!a:x", "m.room.message", None, true)));
+        drop(streams.allocate_for(Scope::receipt("!b:x")));
+        drop(streams.allocate_for(Scope::event("!c:x", "m.room.member", Some("@me:x"), false)));
+        drop(streams.allocate_for(Scope::user("@me:x")));
+        let changes = streams.changes_since(0, 4, "@me:x", &mine).expect("all remembered");
+        let a = changes.rooms["!a:x"];
+        assert!(a.events && !a.state && !a.receipts);
+        assert!(!changes.rooms.contains_key("!b:x"), "not the user's room");
+        let c = changes.rooms["!c:x"];
+        assert!(c.events && c.state, "the user's new room, named by its membership");
+        assert!(changes.relations && changes.memberships);
+        let later = streams.changes_since(1, 4, "@other:x", &mine).expect("all remembered");
+        assert!(later.rooms.is_empty() && !later.relations && !later.memberships, "{later:?}");
+        assert!(streams.changes_since(0, 1, "@me:x", &mine).is_some_and(|c| !c.memberships), "bounded by `to`");
+        drop(streams.allocate());
+        assert!(streams.changes_since(0, 5, "@me:x", &mine).is_none(), "a change for anyone is not known here");
+        assert!(streams.changes_since(0, 4, "@me:x", &mine).is_some(), "unless it comes after `to`");
     }
 }

@@ -54,7 +54,7 @@ impl Typing {
             }
             room.changed_at = serial;
         }
-        self.streams.notify_for(super::stream::Scope::room(room_id.as_str(), None));
+        self.streams.notify_for(super::stream::Scope::room(room_id.as_str()));
         if let Some(t) = timeout {
             // Expiry is a change too: wake syncs so clients see the user stop typing.
             let this = self.clone();
@@ -84,7 +84,7 @@ impl Typing {
             changed
         };
         if changed {
-            self.streams.notify_for(super::stream::Scope::room(room_id.as_str(), None));
+            self.streams.notify_for(super::stream::Scope::room(room_id.as_str()));
         }
     }
 
