@@ -187,30 +187,10 @@ async fn a_waiting_request_wakes_when_a_message_arrives() {
         .await;
     let body = json!({ "lists": { "all": { "ranges": [[0, 9]], "timeline_limit": 1 } } });
     let (_, first) = raw(&server, &alice, None, body.clone()).await;
-    let next = body.clone();
-    let waiting = {
-        let pos = first["pos"].as_str().unwrap();
-        let url =
-            server.url(&format!("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos={pos}&timeout=20000"));
-        let token = alice.access_token.clone();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let answer: Value = reqwest::Client::new()
-                .post(url)
-                .bearer_auth(token)
-                .json(&next)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (started.elapsed(), answer)
-        })
-    };
+    let waiting = spawn_long_poll(&server, &alice, first["pos"].as_str().unwrap(), body);
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.send_message(&bob.access_token, &room, json!({ "msgtype": "m.text", "body": "réveil" })).await;
-    let (waited, answer) = waiting.await.unwrap();
+    let (waited, answer) = waiting.await.unwrap().unwrap();
     assert!(waited < Duration::from_secs(10), "woke after {waited:?}");
     assert_eq!(answer["rooms"][&room]["timeline"][0]["content"]["body"], "réveil", "{answer}");
 }
@@ -415,6 +395,25 @@ async fn long_poll(server: &TestServer, user: &TestUser, pos: &str, body: &Value
     answer
 }
 
+/// A long poll on a resumed connection (30 s) run in the background: how long it waited
+/// and its answer.
+fn spawn_long_poll(
+    server: &TestServer,
+    user: &TestUser,
+    pos: &str,
+    body: Value,
+) -> tokio::task::JoinHandle<anyhow::Result<(Duration, Value)>> {
+    let url =
+        server.url(&format!("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos={pos}&timeout=30000"));
+    let token = user.access_token.clone();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let answer: Value =
+            reqwest::Client::new().post(url).bearer_auth(token).json(&body).send().await?.json().await?;
+        Ok((started.elapsed(), answer))
+    })
+}
+
 /// A client asks again right after each answer: the server may then wait without
 /// computing, but only when nothing since its position concerns it and it asks what it
 /// asked before.
@@ -492,22 +491,7 @@ async fn a_connection_asking_again_at_once_still_gets_what_concerns_it() {
     assert!(global.iter().any(|e| e["type"] == "org.example.note"), "{answer}");
 
     // Nothing new: the request waits, and a message arriving meanwhile wakes it.
-    let waiting = {
-        let (server_url, token, next) = (
-            server.url(&format!(
-                "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos={}&timeout=30000",
-                pos(&answer)
-            )),
-            alice.access_token.clone(),
-            body(5, since.as_deref()),
-        );
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let answer: Value =
-                reqwest::Client::new().post(server_url).bearer_auth(token).json(&next).send().await?.json().await?;
-            anyhow::Ok((started.elapsed(), answer))
-        })
-    };
+    let waiting = spawn_long_poll(&server, &alice, &pos(&answer), body(5, since.as_deref()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.send_message(&bob.access_token, &room, json!({ "msgtype": "m.text", "body": "réveil" })).await;
     let (waited, woken) = waiting.await.unwrap().unwrap();

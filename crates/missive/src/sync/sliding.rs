@@ -749,7 +749,6 @@ impl Sync {
     }
 }
 
-/// Where a room's timeline ends for the user: now, or when they left it.
 /// The to-device token a request acknowledges.
 fn to_device_since(req: &v5::Request) -> Option<i64> {
     req.extensions.to_device.since.as_deref().and_then(|s| s.parse::<i64>().ok())
@@ -763,6 +762,7 @@ fn fingerprint(req: &v5::Request) -> String {
     serde_json::to_string(&(&req.lists, &req.room_subscriptions, &extensions)).unwrap_or_default()
 }
 
+/// Where a room's timeline ends for the user: now, or when they left it.
 fn timeline_end(c: &Candidate, now: i64) -> i64 {
     match c.row.membership.as_str() {
         "leave" | "ban" => c.row.stream_pos.min(now),
