@@ -322,3 +322,34 @@ async fn long_polls_asked_again_at_once_still_answer_what_concerns_them() {
         .await;
     assert!(acknowledged["to_device"]["events"].as_array().unwrap().is_empty(), "{acknowledged}");
 }
+
+/// An incremental sync takes its new events from those the server keeps in memory when it
+/// can: what it serves must be each event as it is now, not as it was written.
+#[tokio::test]
+async fn incremental_syncs_serve_new_events_as_they_are_now() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_public_room(&server, &alice, "shared").await;
+    join(&server, &bob, &room).await;
+    let filter = json!({ "room": { "timeline": { "limit": 10 } } });
+    let since = next_batch(&sync(&server, &bob, None, filter.clone()).await);
+    let withdrawn =
+        server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.text", "body": "à retirer" })).await;
+    send(&server, &alice, &room, "m.room.message", None, json!({ "msgtype": "m.text", "body": "reste" })).await;
+    // Bob's device sees both first: their rows are now the ones syncs were served.
+    let seen = sync(&server, &bob, Some(&since), filter.clone()).await;
+    assert_eq!(bodies(&seen["rooms"]["join"][&room]["timeline"]["events"]), vec!["à retirer", "reste"]);
+    let path = format!("/_matrix/client/v3/rooms/{room}/redact/{withdrawn}/{}", uuid_like());
+    let (status, res) = server.call("PUT", &path, Some(&alice.access_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{res}");
+
+    // Another device of bob's, or the same one asking again from the older token.
+    let res = sync(&server, &bob, Some(&since), filter.clone()).await;
+    let timeline = res["rooms"]["join"][&room]["timeline"]["events"].as_array().expect("the room is in the answer");
+    let event = timeline.iter().find(|e| e["event_id"] == withdrawn.as_str()).expect("the message keeps its place");
+    assert_eq!(event["content"], json!({}), "the redacted message is served redacted: {event}");
+    assert_eq!(event["unsigned"]["redacted_because"]["type"], "m.room.redaction", "{event}");
+    assert!(timeline.iter().any(|e| e["type"] == "m.room.redaction"), "{res}");
+    assert_eq!(bodies(&res["rooms"]["join"][&room]["timeline"]["events"]), vec!["reste"]);
+}

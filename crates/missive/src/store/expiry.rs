@@ -22,6 +22,7 @@ impl Store {
     /// Deletes an expired message's content: its JSON becomes `pruned` (none when it was
     /// already redacted), its relations go, and so does its expiry, in one transaction.
     pub async fn expire_event(&self, event_id: &str, pruned: Option<&str>) -> StoreResult<()> {
+        self.recent.forget_events(&[event_id].into());
         let mut tx = self.write.begin().await?;
         prune_in_place(&mut tx, event_id, pruned).await?;
         tx.commit().await?;

@@ -16,6 +16,7 @@ mod media;
 mod migrate;
 mod notifications;
 mod pushers;
+mod recent;
 mod remote_devices;
 mod reports;
 mod retention;
@@ -26,7 +27,7 @@ mod subject;
 mod sync;
 mod user_data;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::{
     AnyPool,
@@ -83,6 +84,8 @@ pub struct Store {
     read: AnyPool,
     write: AnyPool,
     backend: Backend,
+    /// The latest timeline events as written (see `recent.rs`).
+    recent: Arc<recent::RecentEvents>,
 }
 
 impl Store {
@@ -119,7 +122,7 @@ impl Store {
                 };
                 let write = pool(1).connect_with(options.clone()).await?;
                 let read = pool(8).connect_with(options).await?;
-                Store { read, write, backend }
+                Store { read, write, backend, recent: Default::default() }
             }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -129,7 +132,7 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
                     .await?;
-                Store { read: pool.clone(), write: pool, backend }
+                Store { read: pool.clone(), write: pool, backend, recent: Default::default() }
             }
         };
         migrate::run(&store).await?;

@@ -334,8 +334,9 @@ impl super::Store {
             return Ok(());
         }
         // Positions are integers formatted here, never user input.
-        let positions: Vec<String> =
-            deleted.iter().chain(stubs.iter().map(|s| &s.stream_pos)).map(i64::to_string).collect();
+        let positions: Vec<i64> = deleted.iter().chain(stubs.iter().map(|s| &s.stream_pos)).copied().collect();
+        self.recent.forget_positions(&positions);
+        let positions: Vec<String> = positions.iter().map(i64::to_string).collect();
         let positions = positions.join(",");
         let mut tx = self.write.begin().await?;
         // The members' rows are locked first, so that a read receipt committing meanwhile
@@ -441,6 +442,7 @@ impl super::Store {
     /// Replaces the JSON of events by their pruned form (`(event ID, JSON)`), in one
     /// transaction: their content, relations and expiries go.
     pub async fn erase_events_content(&self, pruned: &[(String, String)]) -> StoreResult<()> {
+        self.recent.forget_events(&pruned.iter().map(|(id, _)| id.as_str()).collect());
         let mut tx = self.write.begin().await?;
         for (event_id, json) in pruned {
             super::expiry::prune_in_place(&mut tx, event_id, Some(json)).await?;

@@ -253,7 +253,15 @@ impl Store {
     /// Commits a room write atomically: room, state groups, events, current state,
     /// memberships, extremities, transaction IDs, redactions, notifications.
     pub async fn write_room(&self, room_id: &str, write: &RoomWrite) -> StoreResult<()> {
-        self.room_script(room_id, write).run(self).await
+        self.room_script(room_id, write).run(self).await?;
+        self.recent.remember(room_id, write);
+        Ok(())
+    }
+
+    /// The timeline events at `positions` from the latest ones kept in memory, if every one
+    /// is kept (see `recent.rs`).
+    pub fn recent_events(&self, positions: &[i64]) -> Option<Vec<EventRow>> {
+        self.recent.get(positions)
     }
 
     /// The statements of a room write. One script touches each row once (see `script`):

@@ -22,6 +22,9 @@ pub struct Changes {
     pub device_lists: Vec<String>,
     /// Users among `device_lists` whose changes concern only themselves (user-signing key).
     pub self_only: HashSet<String>,
+    /// The positions of the new events in `rooms`, when told from memory (see
+    /// [`Store::recent_events`]); a read leaves it out.
+    pub event_positions: Option<Vec<i64>>,
 }
 
 /// What changed in one room.

@@ -276,22 +276,60 @@ impl Sync {
         // sync the new events of the user's rooms are read in this first round too, so a
         // wake-up needs no second one.
         let incremental = since.pos.filter(|_| !req.full_state);
+        // Only rooms with something new are computed: on an incremental sync, which rooms
+        // have new events, state or receipts, and whose devices changed. The stream's
+        // memory of recent changes tells it, and the new events themselves are usually
+        // still kept by the store: a message wakes every member's sync, and none reads it.
+        let remembered = since.pos.and_then(|s| self.streams.changes_since(s, now, user_id.as_str(), rooms));
+        let kept = incremental
+            .and(remembered.as_ref())
+            .and_then(|c| c.event_positions.as_deref())
+            .and_then(|positions| self.store.recent_events(positions));
+        let read_new_events = || async {
+            Ok::<_, Error>(
+                self.store
+                    .new_events_of_member(user_id.as_str(), incremental.unwrap_or(0), now, NEW_EVENTS_CAP)
+                    .await?,
+            )
+        };
         let (user_state, changes, new_events) = tokio::try_join!(
             // Memberships, account data, notification counts and the device's state: one read.
             async {
                 Ok::<_, Error>(self.store.user_sync_state(user_id.as_str(), device_id.as_str(), since.pos).await?)
             },
-            // Only rooms with something new are computed: on an incremental sync, which rooms
-            // have new events, state or receipts, and whose devices changed.
-            self.changes(user_id.as_str(), since.pos, now, rooms),
             async {
-                Ok(match incremental {
-                    Some(s) => Some(self.store.new_events_of_member(user_id.as_str(), s, now, NEW_EVENTS_CAP).await?),
-                    None => None,
+                Ok(match (remembered, since.pos) {
+                    (Some(changes), _) => Some(changes),
+                    (None, Some(s)) => Some(self.store.changes_between(s, now, user_id.as_str()).await?),
+                    (None, None) => None,
+                })
+            },
+            async {
+                Ok(match (incremental, &kept) {
+                    (Some(_), None) => Some(read_new_events().await?),
+                    _ => None,
                 })
             },
         )?;
         let UserSyncState { memberships, account_data, notification_counts: counts, device } = user_state;
+        let new_events = match kept {
+            Some(rows) => {
+                // What the read would return: the events of the rooms the user is joined to.
+                let joined: HashSet<&str> =
+                    memberships.iter().filter(|m| m.membership == "join").map(|m| m.room_id.as_str()).collect();
+                if joined.iter().all(|room| rooms.contains(*room)) {
+                    let mut rows: Vec<EventRow> =
+                        rows.into_iter().filter(|r| joined.contains(r.room_id.as_str())).collect();
+                    rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.stream_pos));
+                    rows.truncate(NEW_EVENTS_CAP as usize);
+                    Some(rows)
+                } else {
+                    // A room joined since `rooms` was read: its events were not looked for.
+                    Some(read_new_events().await?)
+                }
+            }
+            None => new_events,
+        };
         let device_state = E2ee::sync_view(device);
         // Past the cap, the rooms' timelines are read per room as on an initial sync.
         let new_events = new_events.filter(|rows| rows.len() < NEW_EVENTS_CAP as usize);

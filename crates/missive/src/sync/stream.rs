@@ -379,13 +379,18 @@ impl Streams {
             return None;
         }
         let mut out = Changes::default();
-        for (_, scope) in inner.recent.iter().rev().take_while(|(pos, _)| *pos > since).filter(|(pos, _)| *pos <= to) {
+        let mut positions = Vec::new();
+        for (pos, scope) in inner.recent.iter().rev().take_while(|(pos, _)| *pos > since).filter(|(pos, _)| *pos <= to)
+        {
             let Scope::Of { rooms: changed, users, change } = scope else { return None };
             if !(change.event || change.receipt) {
                 continue;
             }
             let named = users.iter().any(|u| u == user_id);
             for room in changed.iter().filter(|r| named || rooms.contains(*r)) {
+                if change.event {
+                    positions.push(*pos);
+                }
                 let entry = out.rooms.entry(room.clone()).or_default();
                 entry.events |= change.event;
                 entry.state |= change.state;
@@ -394,6 +399,9 @@ impl Streams {
                 out.memberships |= change.member;
             }
         }
+        // A change of several rooms named its position once per room.
+        positions.dedup();
+        out.event_positions = Some(positions);
         Some(out)
     }
 
