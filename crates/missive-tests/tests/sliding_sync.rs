@@ -167,7 +167,56 @@ async fn a_resumed_connection_gets_only_what_changed_and_a_stale_position_is_ref
         un["timeline"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert_eq!(bodies, ["second"], "{update}");
     assert_eq!(un["notification_count"], 2, "{update}");
+    // A message alone does not change who is in the room: its counts are not sent again.
+    assert!(un.get("joined_count").is_none(), "{update}");
     let pos = update["pos"].as_str().unwrap().to_owned();
+
+    // A member joining: their membership events, and the room's counts again.
+    let carol = server.register("carol").await;
+    let invite = json!({ "user_id": carol.user_id });
+    server
+        .call("POST", &format!("/_matrix/client/v3/rooms/{}/invite", rooms[0]), Some(&bob.access_token), Some(invite))
+        .await;
+    server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/join", rooms[0]),
+            Some(&carol.access_token),
+            Some(json!({})),
+        )
+        .await;
+    let (_, joined) = raw(&server, &alice, Some(&pos), request("phone")).await;
+    let un = &joined["rooms"][&rooms[0]];
+    assert_eq!(
+        (&un["joined_count"], &un["invited_count"], &un["num_live"]),
+        (&json!(3), &json!(0), &json!(2)),
+        "{joined}"
+    );
+    let memberships: Vec<&str> =
+        un["timeline"].as_array().unwrap().iter().filter_map(|e| e["content"]["membership"].as_str()).collect();
+    assert_eq!(memberships, ["invite", "join"], "{joined}");
+    let pos = joined["pos"].as_str().unwrap().to_owned();
+
+    // Alice leaves: her timeline ends at her leave, and what bob writes after is not hers.
+    server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/leave", rooms[0]),
+            Some(&alice.access_token),
+            Some(json!({})),
+        )
+        .await;
+    server.send_message(&bob.access_token, &rooms[0], json!({ "msgtype": "m.text", "body": "après" })).await;
+    let (_, left) = raw(&server, &alice, Some(&pos), request("phone")).await;
+    let un = &left["rooms"][&rooms[0]];
+    let timeline = un["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), 1, "{left}");
+    assert_eq!(
+        (&timeline[0]["sender"], &timeline[0]["content"]["membership"]),
+        (&json!(alice.user_id), &json!("leave")),
+        "{left}"
+    );
+    let pos = left["pos"].as_str().unwrap().to_owned();
 
     // A position another connection never had, or made up, is refused.
     for (pos, conn) in [(pos.as_str(), "laptop"), ("999999", "phone"), ("nonsense", "phone")] {

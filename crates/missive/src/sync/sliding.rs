@@ -161,6 +161,18 @@ struct Candidate<'a> {
     facts: &'a RoomFacts,
 }
 
+/// The span an answer covers and what the stream told of it.
+#[derive(Clone, Copy)]
+struct Update<'a> {
+    /// The connection's position; `None` when it starts.
+    since: Option<i64>,
+    now: i64,
+    /// What changed since `since` in the user's rooms.
+    changes: Option<&'a Changes>,
+    /// The rooms whose changes the stream follows for the user.
+    watched: &'a HashSet<String>,
+}
+
 /// The facts of a room this server does not hold (an invite from another server).
 static NO_FACTS: RoomFacts = RoomFacts { bump_pos: None, encrypted: false, room_type: None };
 
@@ -368,8 +380,8 @@ impl Sync {
         }
         let joined_partial: Vec<&Candidate> =
             partial.iter().copied().filter(|c| matches!(c.row.membership.as_str(), "join" | "leave" | "ban")).collect();
-        let built =
-            self.sliding_rooms_json(viewer, &joined_whole, &joined_partial, &wanted, since, now, &known).await?;
+        let update = Update { since, now, changes: changes.as_ref(), watched: rooms };
+        let built = self.sliding_rooms_json(viewer, &joined_whole, &joined_partial, &wanted, update, &known).await?;
         for (room_id, room) in built {
             out_rooms.insert(room_id.clone(), room);
             sent_rooms.insert(room_id.clone(), wanted[&room_id].clone());
@@ -551,19 +563,30 @@ impl Sync {
     }
 
     /// The joined (or just left) rooms to send: `whole` ones as if new to the client,
-    /// `partial` ones with what changed since `since`.
-    #[allow(clippy::too_many_arguments)]
+    /// `partial` ones with what changed since the update's `since`.
     async fn sliding_rooms_json(
         &self,
         viewer: Viewer<'_>,
         whole: &[&Candidate<'_>],
         partial: &[&Candidate<'_>],
         wanted: &HashMap<String, RoomConfig>,
-        since: Option<i64>,
-        now: i64,
+        update: Update<'_>,
         known: &HashMap<String, Option<i64>>,
     ) -> Result<Vec<(String, Value)>> {
+        let Update { since, now, changes, watched } = update;
         let me = viewer.user_id.as_str();
+        // The new events of the rooms sent in part are usually still kept by the store, as
+        // for a woken `/sync`: when the stream named their positions (all of them, as every
+        // such room is one whose changes it follows) and none was dropped since.
+        let kept = match changes.and_then(|c| c.event_positions.as_deref()) {
+            Some(positions) if !partial.is_empty() && partial.iter().all(|c| watched.contains(&c.row.room_id)) => {
+                self.store.recent_events(positions)
+            }
+            _ => None,
+        };
+        // New events relate only to older ones: unless a relation came since, the events of
+        // rooms sent in part have none to bundle (as for `/sync`).
+        let relations_since = changes.is_none_or(|c| c.relations);
         // Timelines, grouped by length (one read per length asked).
         let mut by_limit: BTreeMap<(usize, bool), Vec<TimelineRange>> = BTreeMap::new();
         for c in whole {
@@ -585,7 +608,25 @@ impl Sync {
                 filter.room.timeline.limit = Some(ruma::UInt::from(limit as u32));
                 let req =
                     SyncRequest { since: incremental.then(|| "sliding".to_owned()), filter, ..Default::default() };
-                timelines.extend(self.timelines(viewer, &req, &ranges, known, true, None).await?);
+                let read = match (&kept, since) {
+                    (Some(rows), Some(s)) if incremental => {
+                        let range: HashMap<&str, (i64, i64)> =
+                            ranges.iter().map(|(room, from, to)| (room.as_str(), (*from, *to))).collect();
+                        let rows = rows
+                            .iter()
+                            .filter(|r| {
+                                range
+                                    .get(r.room_id.as_str())
+                                    .is_some_and(|(from, to)| r.stream_pos > *from && r.stream_pos <= *to)
+                            })
+                            .cloned()
+                            .collect();
+                        Some((rows, s))
+                    }
+                    _ => None,
+                };
+                let bundled = !incremental || relations_since;
+                timelines.extend(self.timelines(viewer, &req, &ranges, known, bundled, read).await?);
             }
             Ok::<_, Error>(timelines)
         };
@@ -594,7 +635,16 @@ impl Sync {
         // room sent whole, what changed since for the others).
         let all: Vec<&Candidate> = whole.iter().chain(partial.iter()).copied().collect();
         let whole_ids: Vec<String> = whole.iter().map(|c| c.row.room_id.clone()).collect();
-        let partial_ids: Vec<String> = partial.iter().map(|c| c.row.room_id.clone()).collect();
+        // Of the rooms sent in part, only those whose state changed have changed state to
+        // read, and members to count again.
+        let partial_ids: Vec<String> = partial
+            .iter()
+            .filter(|c| {
+                since.is_some_and(|s| c.row.stream_pos > s)
+                    || changes.is_none_or(|ch| ch.rooms.get(&c.row.room_id).is_some_and(|r| r.state))
+            })
+            .map(|c| c.row.room_id.clone())
+            .collect();
         let mut types: HashSet<String> = HashSet::new();
         let mut everything = false;
         for c in &all {
@@ -630,10 +680,17 @@ impl Sync {
         };
         // The reads that do not depend on one another run side by side.
         let all_ids: Vec<String> = all.iter().map(|c| c.row.room_id.clone()).collect();
-        let (mut timelines, mut rows, summaries, counts) =
-            tokio::try_join!(timelines, state_rows, async { Ok(self.store.summaries(&all_ids, me).await?) }, async {
-                Ok(self.store.notification_counts_of(me, &all_ids).await?)
-            },)?;
+        let summary_ids: Vec<String> = whole_ids.iter().chain(&partial_ids).cloned().collect();
+        let (mut timelines, mut rows, summaries, counts) = tokio::try_join!(
+            timelines,
+            state_rows,
+            async {
+                Ok(if summary_ids.is_empty() { HashMap::new() } else { self.store.summaries(&summary_ids, me).await? })
+            },
+            async { Ok(self.store.notification_counts_of(me, &all_ids).await?) },
+        )?;
+        // Rooms sent in part whose members changed: a member event among their changed state.
+        let changed_state = rows.len();
         // Members asked by key: `$ME`, the timeline's senders (`$LAZY`), named users, and
         // the heroes of rooms without a name.
         let mut pairs: Vec<(String, String)> = Vec::new();
@@ -655,7 +712,8 @@ impl Sync {
                     user => pairs.push((room.clone(), user.to_owned())),
                 }
             }
-            if let Some((_, heroes)) = summaries.get(room) {
+            // Heroes are sent for rooms sent whole only (see below).
+            if let Some((_, heroes)) = summaries.get(room).filter(|_| whole_ids.contains(room)) {
                 pairs.extend(heroes.iter().map(|h| (room.clone(), h.clone())));
             }
         }
@@ -667,7 +725,11 @@ impl Sync {
         }
         let served = self.rooms.serve_unbundled(viewer, &rows).await?;
         let mut state: HashMap<String, Vec<Value>> = HashMap::new();
-        for (row, event) in rows.iter().zip(served) {
+        let mut members_moved: HashSet<String> = HashSet::new();
+        for (i, (row, event)) in rows.iter().zip(served).enumerate() {
+            if i < changed_state && event["type"] == "m.room.member" {
+                members_moved.insert(row.room_id.clone());
+            }
             state.entry(row.room_id.clone()).or_default().push(event);
         }
 
@@ -690,7 +752,7 @@ impl Sync {
                 room.insert("avatar".into(), avatar);
             }
             let ((joined, invited), heroes) = summaries.get(room_id).cloned().unwrap_or_default();
-            let members_changed = is_whole || events.iter().any(|e| e["type"] == "m.room.member");
+            let members_changed = is_whole || members_moved.contains(room_id);
             if members_changed {
                 room.insert("joined_count".into(), json!(joined));
                 room.insert("invited_count".into(), json!(invited));
