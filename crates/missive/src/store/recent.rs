@@ -3,8 +3,10 @@
 //!
 //! Rows enter only from a committed room write ([`Store::write_room`]) and leave when
 //! something rewrites them (a redaction updates the row; an expiry, an erasure or a purge
-//! drops it before its transaction, so a row is never served older than the store's). A
-//! position missing here is simply read from the store.
+//! drops it before its transaction, so a row is never served older than the store's; a
+//! write during which something was dropped keeps none of its own rows, which the rewrite
+//! may have reached between the write's commit and its keeping them). A position missing
+//! here is simply read from the store.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -20,18 +22,34 @@ const KEPT: usize = 2048;
 /// The latest events by stream position.
 #[derive(Debug, Default)]
 pub(super) struct RecentEvents {
-    rows: Mutex<BTreeMap<i64, Arc<EventRow>>>,
+    inner: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    rows: BTreeMap<i64, Arc<EventRow>>,
+    /// How many times rows were dropped for a rewrite: a write during which that happened
+    /// keeps none of its rows, as the rewrite may have touched them after they committed.
+    forgets: u64,
 }
 
 impl RecentEvents {
-    fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Arc<EventRow>>> {
-        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Keeps the timeline events of a committed write, and the redactions it made.
-    pub(super) fn remember(&self, room_id: &str, write: &RoomWrite) {
-        let mut rows = self.rows();
-        for e in write.events.iter().filter(|e| e.stream_pos > 0 && !e.outlier) {
+    /// The mark a write takes before it runs, for [`Self::remember`].
+    pub(super) fn mark(&self) -> u64 {
+        self.kept().forgets
+    }
+
+    /// Keeps the timeline events of a committed write that began at `mark`, and the
+    /// redactions it made.
+    pub(super) fn remember(&self, room_id: &str, write: &RoomWrite, mark: u64) {
+        let mut kept = self.kept();
+        let rewritten = kept.forgets != mark;
+        let rows = &mut kept.rows;
+        for e in write.events.iter().filter(|e| e.stream_pos > 0 && !e.outlier && !rewritten) {
             let (txn_device_id, txn_id) = e.txn.clone().unzip();
             rows.insert(
                 e.stream_pos,
@@ -65,20 +83,97 @@ impl RecentEvents {
 
     /// Drops the rows of these events (about to be rewritten).
     pub(super) fn forget_events(&self, event_ids: &HashSet<&str>) {
-        self.rows().retain(|_, row| !event_ids.contains(row.event_id.as_str()));
+        let mut kept = self.kept();
+        kept.forgets += 1;
+        kept.rows.retain(|_, row| !event_ids.contains(row.event_id.as_str()));
     }
 
     /// Drops the rows at these positions (about to be purged).
     pub(super) fn forget_positions(&self, positions: &[i64]) {
-        let mut rows = self.rows();
+        let mut kept = self.kept();
+        kept.forgets += 1;
         for pos in positions {
-            rows.remove(pos);
+            kept.rows.remove(pos);
         }
     }
 
     /// The rows at `positions`, if every one is kept.
     pub(super) fn get(&self, positions: &[i64]) -> Option<Vec<EventRow>> {
-        let rows = self.rows();
-        positions.iter().map(|pos| rows.get(pos).map(|row| EventRow::clone(row))).collect()
+        let kept = self.kept();
+        positions.iter().map(|pos| kept.rows.get(pos).map(|row| EventRow::clone(row))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewEvent;
+
+    fn event(pos: i64, body: &str) -> NewEvent {
+        NewEvent {
+            stream_pos: pos,
+            event_id: format!("$e{pos}"),
+            sender: "@a:x".into(),
+            event_type: "m.room.message".into(),
+            state_key: None,
+            membership: None,
+            depth: pos,
+            origin_server_ts: 0,
+            json: format!(r#"{{"body":"{body}"}}"#),
+            prev_events: Vec::new(),
+            state_group_before: 1,
+            state_group_after: 1,
+            rel_type: None,
+            relates_to: None,
+            thread_root: None,
+            txn: None,
+            replaces_state: None,
+            notify: 0,
+            outlier: false,
+            expires_ts: None,
+        }
+    }
+
+    fn write(events: Vec<NewEvent>) -> RoomWrite {
+        RoomWrite { events, ..Default::default() }
+    }
+
+    #[test]
+    fn serves_only_when_every_position_is_kept_and_as_redacted() {
+        let recent = RecentEvents::default();
+        let mut outlier = event(3, "hors");
+        outlier.outlier = true;
+        recent.remember("!r:x", &write(vec![event(1, "un"), event(2, "deux"), outlier]), recent.mark());
+        assert_eq!(recent.get(&[2, 1]).unwrap().iter().map(|r| r.stream_pos).collect::<Vec<_>>(), [2, 1]);
+        assert!(recent.get(&[1, 3]).is_none(), "an outlier is not in the timeline");
+
+        let mut redaction = write(vec![event(4, "")]);
+        redaction.redactions = vec![("$e1".into(), "{}".into(), "$e4".into())];
+        recent.remember("!r:x", &redaction, recent.mark());
+        let row = &recent.get(&[1]).unwrap()[0];
+        assert_eq!((row.json.as_str(), row.redacted_by.as_deref()), ("{}", Some("$e4")));
+    }
+
+    #[test]
+    fn a_write_overtaken_by_a_rewrite_keeps_nothing() {
+        let recent = RecentEvents::default();
+        recent.remember("!r:x", &write(vec![event(1, "un")]), recent.mark());
+        let mark = recent.mark();
+        // An expiry drops a row while a write is committing: the write's rows may have been
+        // rewritten after their commit, so they are read from the store instead.
+        recent.forget_events(&["$e1"].into());
+        recent.remember("!r:x", &write(vec![event(2, "deux")]), mark);
+        assert!(recent.get(&[1]).is_none() && recent.get(&[2]).is_none());
+        recent.remember("!r:x", &write(vec![event(3, "trois")]), recent.mark());
+        assert!(recent.get(&[3]).is_some());
+    }
+
+    #[test]
+    fn keeps_the_latest_only() {
+        let recent = RecentEvents::default();
+        let events = (1..=KEPT as i64 + 10).map(|pos| event(pos, "m")).collect();
+        recent.remember("!r:x", &write(events), recent.mark());
+        assert!(recent.get(&[10]).is_none());
+        assert!(recent.get(&[11, KEPT as i64 + 10]).is_some());
     }
 }

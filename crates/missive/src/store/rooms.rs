@@ -253,8 +253,9 @@ impl Store {
     /// Commits a room write atomically: room, state groups, events, current state,
     /// memberships, extremities, transaction IDs, redactions, notifications.
     pub async fn write_room(&self, room_id: &str, write: &RoomWrite) -> StoreResult<()> {
+        let mark = self.recent.mark();
         self.room_script(room_id, write).run(self).await?;
-        self.recent.remember(room_id, write);
+        self.recent.remember(room_id, write, mark);
         Ok(())
     }
 
