@@ -108,9 +108,7 @@ async fn a_resumed_connection_gets_only_what_changed_and_a_stale_position_is_ref
     let mut rooms = Vec::new();
     for name in ["un", "deux", "trois"] {
         let room = server.create_room(&bob.access_token, json!({ "name": name, "invite": [alice.user_id] })).await;
-        server
-            .call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&alice.access_token), Some(json!({})))
-            .await;
+        server.membership(&alice.access_token, &room, "join", json!({})).await;
         rooms.push(room);
     }
     server.send_message(&bob.access_token, &rooms[0], json!({ "msgtype": "m.text", "body": "premier" })).await;
@@ -173,18 +171,8 @@ async fn a_resumed_connection_gets_only_what_changed_and_a_stale_position_is_ref
 
     // A member joining: their membership events, and the room's counts again.
     let carol = server.register("carol").await;
-    let invite = json!({ "user_id": carol.user_id });
-    server
-        .call("POST", &format!("/_matrix/client/v3/rooms/{}/invite", rooms[0]), Some(&bob.access_token), Some(invite))
-        .await;
-    server
-        .call(
-            "POST",
-            &format!("/_matrix/client/v3/rooms/{}/join", rooms[0]),
-            Some(&carol.access_token),
-            Some(json!({})),
-        )
-        .await;
+    server.membership(&bob.access_token, &rooms[0], "invite", json!({ "user_id": carol.user_id })).await;
+    server.membership(&carol.access_token, &rooms[0], "join", json!({})).await;
     let (_, joined) = raw(&server, &alice, Some(&pos), request("phone")).await;
     let un = &joined["rooms"][&rooms[0]];
     assert_eq!(
@@ -198,14 +186,7 @@ async fn a_resumed_connection_gets_only_what_changed_and_a_stale_position_is_ref
     let pos = joined["pos"].as_str().unwrap().to_owned();
 
     // Alice leaves: her timeline ends at her leave, and what bob writes after is not hers.
-    server
-        .call(
-            "POST",
-            &format!("/_matrix/client/v3/rooms/{}/leave", rooms[0]),
-            Some(&alice.access_token),
-            Some(json!({})),
-        )
-        .await;
+    server.membership(&alice.access_token, &rooms[0], "leave", json!({})).await;
     server.send_message(&bob.access_token, &rooms[0], json!({ "msgtype": "m.text", "body": "après" })).await;
     let (_, left) = raw(&server, &alice, Some(&pos), request("phone")).await;
     let un = &left["rooms"][&rooms[0]];
@@ -231,9 +212,7 @@ async fn a_waiting_request_wakes_when_a_message_arrives() {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let room = server.create_room(&bob.access_token, json!({ "invite": [alice.user_id] })).await;
-    server
-        .call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&alice.access_token), Some(json!({})))
-        .await;
+    server.membership(&alice.access_token, &room, "join", json!({})).await;
     let body = json!({ "lists": { "all": { "ranges": [[0, 9]], "timeline_limit": 1 } } });
     let (_, first) = raw(&server, &alice, None, body.clone()).await;
     let waiting = spawn_long_poll(&server, &alice, first["pos"].as_str().unwrap(), body);
@@ -385,8 +364,7 @@ async fn lists_filter_by_encryption_type_and_invite_as_kept_at_write_time() {
     let plain = server.create_room(&bob.access_token, json!({ "preset": "public_chat" })).await;
     let invite = server.create_room(&bob.access_token, json!({ "invite": [alice.user_id] })).await;
     for room in [&space, &encrypted, &plain] {
-        let path = format!("/_matrix/client/v3/rooms/{room}/join");
-        assert_eq!(server.call("POST", &path, Some(&alice.access_token), Some(json!({}))).await.0, 200);
+        server.membership(&alice.access_token, room, "join", json!({})).await;
     }
     let lists = json!({
         "lists": {
@@ -472,10 +450,7 @@ async fn a_connection_asking_again_at_once_still_gets_what_concerns_it() {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let room = server.create_room(&bob.access_token, json!({ "invite": [alice.user_id] })).await;
-    let (status, _) = server
-        .call("POST", &format!("/_matrix/client/v3/rooms/{room}/join"), Some(&alice.access_token), Some(json!({})))
-        .await;
-    assert_eq!(status, 200);
+    server.membership(&alice.access_token, &room, "join", json!({})).await;
     let body = |limit: u32, since: Option<&str>| {
         json!({
             "lists": { "all": { "ranges": [[0, 9]], "timeline_limit": limit } },

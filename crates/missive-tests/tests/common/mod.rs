@@ -327,6 +327,14 @@ impl Endpoint {
         body["event_id"].as_str().unwrap().to_owned()
     }
 
+    /// Changes `token`'s user's membership of a room (`join`, `leave`, `invite` with a
+    /// `user_id` body, ...) and asserts it succeeded.
+    pub async fn membership(&self, token: &str, room_id: &str, action: &str, body: Value) {
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/{action}");
+        let (status, body) = self.call("POST", &path, Some(token), Some(body)).await;
+        assert_eq!(status, 200, "{action}: {body}");
+    }
+
     /// Sets a state event with an empty state key as `token`'s user; returns its event ID.
     pub async fn put_state(&self, token: &str, room_id: &str, kind: &str, content: Value) -> String {
         let path = format!("/_matrix/client/v3/rooms/{room_id}/state/{kind}/");
