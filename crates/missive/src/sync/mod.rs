@@ -224,17 +224,18 @@ impl Sync {
             && self.streams.quiet_since(pos, identity.user_id.as_str(), rooms)
     }
 
-    /// What changed for the user in `(since, now]`, `rooms` being theirs: told by the
-    /// stream's memory of recent changes when it can, read otherwise.
+    /// What changed for the user in `(since, now]`: what the stream's memory of recent
+    /// changes told (`remembered`, from [`Streams::changes_since`]) when it could, read
+    /// otherwise.
     async fn changes(
         &self,
         user_id: &str,
         since: Option<i64>,
         now: i64,
-        rooms: &HashSet<String>,
+        remembered: Option<Changes>,
     ) -> Result<Option<Changes>> {
         let Some(since) = since else { return Ok(None) };
-        Ok(Some(match self.streams.changes_since(since, now, user_id, rooms) {
+        Ok(Some(match remembered {
             Some(changes) => changes,
             None => self.store.changes_between(since, now, user_id).await?,
         }))
@@ -297,13 +298,7 @@ impl Sync {
             async {
                 Ok::<_, Error>(self.store.user_sync_state(user_id.as_str(), device_id.as_str(), since.pos).await?)
             },
-            async {
-                Ok(match (remembered, since.pos) {
-                    (Some(changes), _) => Some(changes),
-                    (None, Some(s)) => Some(self.store.changes_between(s, now, user_id.as_str()).await?),
-                    (None, None) => None,
-                })
-            },
+            self.changes(user_id.as_str(), since.pos, now, remembered),
             async {
                 Ok(match (incremental, &kept) {
                     (Some(_), None) => Some(read_new_events().await?),

@@ -270,7 +270,12 @@ impl Sync {
                     )),
                 })
             },
-            self.changes(user_id.as_str(), since, now, rooms),
+            self.changes(
+                user_id.as_str(),
+                since,
+                now,
+                since.and_then(|s| self.streams.changes_since(s, now, user_id.as_str(), rooms)),
+            ),
         )?;
         // The user's memberships, with the facts the lists sort and filter their rooms by,
         // are read when the connection starts or a membership changed; an update reuses
