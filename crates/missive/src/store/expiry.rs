@@ -26,6 +26,7 @@ impl Store {
         let mut tx = self.write.begin().await?;
         prune_in_place(&mut tx, event_id, pruned).await?;
         tx.commit().await?;
+        self.recent.forget_members(None);
         Ok(())
     }
 }

@@ -34,7 +34,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
-use self::rooms::{EVENT_COLUMNS, EVENT_COLUMNS_E, event_row};
+use self::rooms::{EVENT_COLUMN_COUNT, EVENT_COLUMNS, EVENT_COLUMNS_E, event_row};
 pub use self::{
     accounts::*,
     audit::AuditEntry,

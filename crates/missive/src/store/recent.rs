@@ -7,9 +7,16 @@
 //! write during which something was dropped keeps none of its own rows, which the rewrite
 //! may have reached between the write's commit and its keeping them). A position missing
 //! here is simply read from the store.
+//!
+//! Beside them, the current member events read for lazy-loaded members: the sender of a
+//! message in a room of 500 is looked up by each of the 500 syncs it wakes that was not
+//! sent them yet. Those enter from reads, so a read that began before something changed
+//! them is not kept (an epoch, bumped after every such change commits): a write that
+//! touches a room's state or redacts drops that room's, a rewrite (expiry, erasure,
+//! purge, backfill) drops them all.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -18,6 +25,10 @@ use super::{EventRow, RoomWrite};
 /// How many of the latest events are kept: at a busy server's 50 messages a second, the
 /// last ~40 s, more than any woken sync looks back.
 const KEPT: usize = 2048;
+
+/// How many current member events are kept, all rooms together: a sector server's active
+/// senders, ~1 KiB each. Past it they are all dropped and read again as needed.
+const MEMBERS_KEPT: usize = 8192;
 
 /// The latest events by stream position.
 #[derive(Debug, Default)]
@@ -31,6 +42,11 @@ struct Kept {
     /// How many times rows were dropped for a rewrite: a write during which that happened
     /// keeps none of its rows, as the rewrite may have touched them after they committed.
     forgets: u64,
+    /// Current member events by room, then by user.
+    members: HashMap<String, HashMap<String, Arc<EventRow>>>,
+    members_len: usize,
+    /// Bumped after every change that may make a kept member event stale.
+    member_epoch: u64,
 }
 
 impl RecentEvents {
@@ -101,6 +117,61 @@ impl RecentEvents {
     pub(super) fn get(&self, positions: &[i64]) -> Option<Vec<EventRow>> {
         let kept = self.kept();
         positions.iter().map(|pos| kept.rows.get(pos).map(|row| EventRow::clone(row))).collect()
+    }
+
+    /// The mark a read of current member events takes before it runs, for
+    /// [`Self::remember_members`].
+    pub(super) fn member_mark(&self) -> u64 {
+        self.kept().member_epoch
+    }
+
+    /// The kept current member events of `(room, user)` pairs, and the pairs not kept.
+    pub(super) fn members(&self, pairs: &[(String, String)]) -> (Vec<EventRow>, Vec<(String, String)>) {
+        let kept = self.kept();
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for (room, user) in pairs {
+            match kept.members.get(room).and_then(|users| users.get(user)) {
+                Some(row) => found.push(EventRow::clone(row)),
+                None => missing.push((room.clone(), user.clone())),
+            }
+        }
+        (found, missing)
+    }
+
+    /// Keeps current member events read as `(user, row)` by a read that began at `mark`,
+    /// unless something changed member events since.
+    pub(super) fn remember_members(&self, rows: &[(String, EventRow)], mark: u64) {
+        let mut kept = self.kept();
+        if kept.member_epoch != mark {
+            return;
+        }
+        if kept.members_len + rows.len() > MEMBERS_KEPT {
+            kept.members.clear();
+            kept.members_len = 0;
+        }
+        for (user, row) in rows.iter().take(MEMBERS_KEPT) {
+            let previous =
+                kept.members.entry(row.room_id.clone()).or_default().insert(user.clone(), Arc::new(row.clone()));
+            kept.members_len += usize::from(previous.is_none());
+        }
+    }
+
+    /// Drops the kept member events of `room_id` (all rooms' for `None`), after a change to
+    /// them committed.
+    pub(super) fn forget_members(&self, room_id: Option<&str>) {
+        let mut kept = self.kept();
+        kept.member_epoch += 1;
+        match room_id {
+            Some(room) => {
+                let dropped = kept.members.remove(room).map_or(0, |users| users.len());
+                kept.members_len -= dropped;
+            }
+            None => {
+                kept.members.clear();
+                kept.members_len = 0;
+            }
+        }
     }
 }
 
@@ -175,5 +246,42 @@ mod tests {
         recent.remember("!r:x", &write(events), recent.mark());
         assert!(recent.get(&[10]).is_none());
         assert!(recent.get(&[11, KEPT as i64 + 10]).is_some());
+    }
+
+    fn member_row(room: &str, pos: i64) -> EventRow {
+        EventRow {
+            stream_pos: pos,
+            event_id: format!("$m{pos}"),
+            room_id: room.into(),
+            json: "{}".into(),
+            state_group_before: 1,
+            redacted_by: None,
+            txn_device_id: None,
+            txn_id: None,
+            replaces_state: None,
+            purged: false,
+        }
+    }
+
+    #[test]
+    fn member_events_read_before_a_change_are_not_kept() {
+        let recent = RecentEvents::default();
+        let pairs = [("!a:x".to_owned(), "@u:x".to_owned()), ("!b:x".to_owned(), "@u:x".to_owned())];
+        let mark = recent.member_mark();
+        recent
+            .remember_members(&[("@u:x".into(), member_row("!a:x", 1)), ("@u:x".into(), member_row("!b:x", 2))], mark);
+        let (found, missing) = recent.members(&pairs);
+        assert_eq!((found.len(), missing.len()), (2, 0));
+
+        // A read that began before a change in !a committed keeps nothing.
+        let stale = recent.member_mark();
+        recent.forget_members(Some("!a:x"));
+        recent.remember_members(&[("@u:x".into(), member_row("!a:x", 1))], stale);
+        let (found, missing) = recent.members(&pairs);
+        assert_eq!(found.iter().map(|r| r.room_id.as_str()).collect::<Vec<_>>(), ["!b:x"], "!b's is still kept");
+        assert_eq!(missing, [pairs[0].clone()]);
+
+        recent.forget_members(None);
+        assert_eq!(recent.members(&pairs).1.len(), 2, "a rewrite drops them all");
     }
 }

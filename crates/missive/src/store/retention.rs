@@ -414,6 +414,7 @@ impl super::Store {
             .await?;
         }
         tx.commit().await?;
+        self.recent.forget_members(Some(room_id));
         Ok(())
     }
 }
@@ -448,6 +449,7 @@ impl super::Store {
             super::expiry::prune_in_place(&mut tx, event_id, Some(json)).await?;
         }
         tx.commit().await?;
+        self.recent.forget_members(None);
         Ok(())
     }
 }

@@ -166,6 +166,19 @@ pub struct RoomWrite {
     pub pushes: Vec<super::PushCandidate>,
 }
 
+impl RoomWrite {
+    /// Whether the write may change a current member event of its room or its row: new
+    /// state, state resolved or completed, a redaction (which prunes its target in place).
+    pub(super) fn changes_member_events(&self) -> bool {
+        self.new_room.is_some()
+            || self.events.iter().any(|e| e.state_key.is_some())
+            || !self.redactions.is_empty()
+            || !self.resolutions.is_empty()
+            || self.reset_extremities
+            || self.partial_state.is_some()
+    }
+}
+
 /// The start or the end of a room's partial state (see `partial_state_rooms`).
 #[derive(Debug, Clone)]
 pub enum PartialStateChange {
@@ -254,8 +267,31 @@ impl Store {
     /// memberships, extremities, transaction IDs, redactions, notifications.
     pub async fn write_room(&self, room_id: &str, write: &RoomWrite) -> StoreResult<()> {
         let mark = self.recent.mark();
-        self.room_script(room_id, write).run(self).await?;
+        // The syncs this write wakes that lazy-load members look up its senders' member
+        // events, all at once: those are read (unless kept) beside the write, so that they
+        // find them kept. The write changes none of them, or they would be dropped after it.
+        let mut senders: Vec<(String, String)> = Vec::new();
+        if !write.changes_member_events() {
+            senders = write
+                .events
+                .iter()
+                .filter(|e| e.stream_pos > 0 && !e.outlier)
+                .map(|e| (room_id.to_owned(), e.sender.clone()))
+                .collect();
+            senders.dedup();
+        }
+        let (written, warmed) = tokio::join!(self.room_script(room_id, write).run(self), async {
+            if senders.is_empty() { Ok(Vec::new()) } else { self.current_members(&senders).await }
+        });
+        written?;
+        if let Err(e) = warmed {
+            // Only a head start for the syncs: they read what is missing themselves.
+            tracing::debug!(error = %e, "member events not read ahead");
+        }
         self.recent.remember(room_id, write, mark);
+        if write.changes_member_events() {
+            self.recent.forget_members(Some(room_id));
+        }
         Ok(())
     }
 
@@ -865,7 +901,12 @@ impl Store {
                 .bind(*pos)
                 .bind(event_id);
         }
-        script.run(self).await
+        script.run(self).await?;
+        // A promoted outlier may be a current member event, now at another position.
+        if !promoted.is_empty() {
+            self.recent.forget_members(Some(room_id));
+        }
+        Ok(())
     }
 
     /// Events relating to `event_id`, optionally of one relation type, in stream order.

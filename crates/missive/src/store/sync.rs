@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 
 use super::{
-    AccountDataRow, Backend, DeviceSyncState, EVENT_COLUMNS, EVENT_COLUMNS_E, EventRow, MembershipRow, Params,
-    ReceiptRow, Store, StoreError, StoreResult, e2ee::DEVICE_STATE_ARMS, event_row, sql,
+    AccountDataRow, Backend, DeviceSyncState, EVENT_COLUMN_COUNT, EVENT_COLUMNS, EVENT_COLUMNS_E, EventRow,
+    MembershipRow, Params, ReceiptRow, Store, StoreError, StoreResult, e2ee::DEVICE_STATE_ARMS, event_row, sql,
 };
 
 /// What changed in a range of stream positions.
@@ -410,15 +410,18 @@ impl Store {
         Ok(out)
     }
 
-    /// The current member events of the given `(room, user)` pairs (lazy-loaded members).
+    /// The current member events of `(room, user)` pairs (none for a pair without one),
+    /// from those kept in memory where they are (see `recent.rs`), read otherwise.
     pub async fn current_members(&self, pairs: &[(String, String)]) -> StoreResult<Vec<EventRow>> {
-        let mut out = Vec::new();
-        for chunk in pairs.chunks(CHUNK / 2) {
+        let mark = self.recent.member_mark();
+        let (mut out, missing) = self.recent.members(pairs);
+        let mut read = Vec::new();
+        for chunk in missing.chunks(CHUNK / 2) {
             let mut p = Params::new(self.backend);
             let terms: Vec<String> =
                 chunk.iter().map(|_| format!("(s.room_id = {} AND s.state_key = {})", p.next(), p.next())).collect();
             let text = format!(
-                "SELECT {EVENT_COLUMNS_E} FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
+                "SELECT {EVENT_COLUMNS_E}, s.state_key FROM room_current_state s JOIN events e ON e.event_id = s.event_id \
                  WHERE s.event_type = 'm.room.member' AND ({})",
                 terms.join(" OR ")
             );
@@ -426,8 +429,13 @@ impl Store {
             for (room, user) in chunk {
                 query = query.bind(room).bind(user);
             }
-            out.extend(query.fetch_all(&self.read).await?.into_iter().map(event_row));
+            for r in query.fetch_all(&self.read).await? {
+                let user: String = r.get(EVENT_COLUMN_COUNT);
+                read.push((user, event_row(r)));
+            }
         }
+        self.recent.remember_members(&read, mark);
+        out.extend(read.into_iter().map(|(_, row)| row));
         Ok(out)
     }
 
