@@ -270,8 +270,9 @@ impl Store {
         // The syncs this write wakes that lazy-load members look up its senders' member
         // events, all at once: those are read (unless kept) beside the write, so that they
         // find them kept. The write changes none of them, or they would be dropped after it.
+        let changes_members = write.changes_member_events();
         let mut senders: Vec<(String, String)> = Vec::new();
-        if !write.changes_member_events() {
+        if !changes_members {
             senders = write
                 .events
                 .iter()
@@ -289,7 +290,7 @@ impl Store {
             tracing::debug!(error = %e, "member events not read ahead");
         }
         self.recent.remember(room_id, write, mark);
-        if write.changes_member_events() {
+        if changes_members {
             self.recent.forget_members(Some(room_id));
         }
         Ok(())
