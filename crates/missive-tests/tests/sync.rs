@@ -353,3 +353,73 @@ async fn incremental_syncs_serve_new_events_as_they_are_now() {
     assert!(timeline.iter().any(|e| e["type"] == "m.room.redaction"), "{res}");
     assert_eq!(bodies(&res["rooms"]["join"][&room]["timeline"]["events"]), vec!["reste"]);
 }
+
+/// A sync woken by a message starts from what the server keeps in memory of the user and
+/// their device (memberships, unread counts, account data, key counts, to-device
+/// messages): every change to one of them must show in the next sync, whichever way it
+/// came (a message moves the counts, a receipt clears them, another user claims a key,
+/// sends a to-device message or an invite).
+#[tokio::test]
+async fn woken_syncs_see_every_change_to_what_the_server_keeps_of_the_user() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_public_room(&server, &alice, "shared").await;
+    join(&server, &bob, &room).await;
+    let filter = json!({});
+    let mut since = next_batch(&sync(&server, &bob, None, filter.clone()).await);
+    // Each step syncs bob's device from the previous answer's token, twice: the first
+    // answer fills what is kept, the second is served from it.
+    let step = async |since: &mut String| {
+        let res = sync(&server, &bob, Some(since), filter.clone()).await;
+        *since = next_batch(&res);
+        let again = sync(&server, &bob, Some(since), filter.clone()).await;
+        assert!(again["rooms"]["join"].as_object().is_none_or(|r| r.is_empty()), "nothing new: {again}");
+        res
+    };
+    let unread = |res: &Value| res["rooms"]["join"][&room]["unread_notifications"]["notification_count"].as_i64();
+    step(&mut since).await;
+
+    let mut last = String::new();
+    for n in 1..=2 {
+        last = server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.text", "body": "hé" })).await;
+        assert_eq!(unread(&step(&mut since).await), Some(n), "alice's message {n} is unread");
+    }
+    let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{last}");
+    let (status, res) = server.call("POST", &path, Some(&bob.access_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(unread(&step(&mut since).await), Some(0), "bob read them");
+    server.send_message(&alice.access_token, &room, json!({ "msgtype": "m.text", "body": "encore" })).await;
+    assert_eq!(unread(&step(&mut since).await), Some(1), "counted from the receipt on");
+
+    let keys = json!({ "one_time_keys": { "signed_curve25519:AAAA": { "key": "k1" }, "signed_curve25519:AAAB": { "key": "k2" } } });
+    let (status, _) = server.call("POST", "/_matrix/client/v3/keys/upload", Some(&bob.access_token), Some(keys)).await;
+    assert_eq!(status, 200);
+    assert_eq!(step(&mut since).await["device_one_time_keys_count"]["signed_curve25519"], 2);
+    let claim = json!({ "one_time_keys": { &bob.user_id: { &bob.device_id: "signed_curve25519" } } });
+    let (status, res) =
+        server.call("POST", "/_matrix/client/v3/keys/claim", Some(&alice.access_token), Some(claim)).await;
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(step(&mut since).await["device_one_time_keys_count"]["signed_curve25519"], 1, "alice claimed one");
+
+    let message = json!({ "messages": { &bob.user_id: { &bob.device_id: { "secret": "s" } } } });
+    let path = format!("/_matrix/client/v3/sendToDevice/m.test/{}", uuid_like());
+    let (status, res) = server.call("PUT", &path, Some(&alice.access_token), Some(message)).await;
+    assert_eq!(status, 200, "{res}");
+    let res = step(&mut since).await;
+    assert_eq!(res["to_device"]["events"][0]["content"]["secret"], "s", "{res}");
+
+    let path = format!("/_matrix/client/v3/user/{}/account_data/m.test", bob.user_id);
+    let (status, res) = server.call("PUT", &path, Some(&bob.access_token), Some(json!({ "n": 1 }))).await;
+    assert_eq!(status, 200, "{res}");
+    let res = step(&mut since).await;
+    let data = res["account_data"]["events"].as_array().expect("account data");
+    assert!(data.iter().any(|e| e["type"] == "m.test" && e["content"]["n"] == 1), "{res}");
+
+    let other = server.create_room(&alice.access_token, json!({ "invite": [&bob.user_id] })).await;
+    let res = step(&mut since).await;
+    assert!(res["rooms"]["invite"][&other].is_object(), "alice's invite: {res}");
+    join(&server, &bob, &other).await;
+    let res = step(&mut since).await;
+    assert!(res["rooms"]["join"][&other].is_object(), "bob joined: {res}");
+}

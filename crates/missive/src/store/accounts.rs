@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, now_ms, sql};
+use super::{Store, StoreResult, now_ms, sql, sync_memory::Part};
 
 /// A user account row.
 #[derive(Debug, Clone)]
@@ -183,6 +183,7 @@ impl Store {
 
     /// Marks an account deactivated and removes its sessions; the ID stays reserved.
     pub async fn deactivate_user(&self, user_id: &str) -> StoreResult<()> {
+        let _forget = self.sync_memory.forget(Part::All, [user_id]);
         let mut tx = self.write.begin().await?;
         sqlx::query(
             "UPDATE users SET deactivated = 1, deactivated_ts = $2, password_hash = NULL, updated_ts = $2 \
@@ -306,6 +307,7 @@ impl Store {
 
     /// Deletes devices and their tokens; returns the token digests that were removed.
     pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> StoreResult<Vec<String>> {
+        let _forget = self.sync_memory.forget(Part::Devices, [user_id]);
         let mut tx = self.write.begin().await?;
         let mut removed = Vec::new();
         for device_id in device_ids {

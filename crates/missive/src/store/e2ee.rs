@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Params, Store, StoreResult, now_ms, sql};
+use super::{Params, Store, StoreResult, now_ms, sql, sync_memory::Part};
 
 /// A queued to-device message.
 #[derive(Debug, Clone)]
@@ -100,6 +100,7 @@ impl Store {
         device_id: &str,
         keys: &[(String, String, String)],
     ) -> StoreResult<()> {
+        let _forget = self.sync_memory.forget(Part::Devices, [user_id]);
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         // Clients upload keys by the dozen: one multi-row insert per chunk.
@@ -126,6 +127,7 @@ impl Store {
         device_id: &str,
         keys: &[(String, String, String)],
     ) -> StoreResult<()> {
+        let _forget = self.sync_memory.forget(Part::Devices, [user_id]);
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         for (algorithm, key_id, json) in keys {
@@ -167,6 +169,7 @@ impl Store {
         device_id: &str,
         algorithm: &str,
     ) -> StoreResult<Option<(String, String)>> {
+        let _forget = self.sync_memory.forget(Part::Devices, [user_id]);
         let mut tx = self.write.begin().await?;
         let claimed = sqlx::query(
             "DELETE FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND key_id = ( \
@@ -263,6 +266,7 @@ impl Store {
         (sender, sender_device, txn_id): (&str, &str, &str),
         messages: &[NewToDevice],
     ) -> StoreResult<bool> {
+        let _forget = self.sync_memory.forget(Part::Devices, messages.iter().map(|m| m.user_id.as_str()));
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         let recorded = sqlx::query(
@@ -313,6 +317,7 @@ impl Store {
         to: i64,
         limit: i64,
     ) -> StoreResult<(Vec<ToDeviceRow>, i64)> {
+        let _forget = self.sync_memory.forget(Part::Devices, [user_id]);
         let mut tx = self.write.begin().await?;
         if let Some(since) = since {
             sqlx::query(

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, now_ms};
+use super::{Store, StoreResult, now_ms, sync_memory::Part};
 
 /// A verify key of another server, with the key document it came in.
 #[derive(Debug, Clone)]
@@ -129,6 +129,7 @@ impl Store {
 
     /// Forgets an invite to a room this server is not in (joined, or rejected here).
     pub async fn drop_remote_invite(&self, room_id: &str, user_id: &str, membership_too: bool) -> StoreResult<()> {
+        let _forget = self.sync_memory.forget(Part::Memberships, membership_too.then_some(user_id));
         let mut tx = self.write.begin().await?;
         sqlx::query("DELETE FROM invite_states WHERE room_id = $1 AND user_id = $2")
             .bind(room_id)

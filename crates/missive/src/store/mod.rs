@@ -25,6 +25,7 @@ mod script;
 mod stats;
 mod subject;
 mod sync;
+mod sync_memory;
 mod user_data;
 
 use std::{sync::Arc, time::Duration};
@@ -86,6 +87,8 @@ pub struct Store {
     backend: Backend,
     /// The latest timeline events as written (see `recent.rs`).
     recent: Arc<recent::RecentEvents>,
+    /// What every sync of a device starts from (see `sync_memory.rs`).
+    sync_memory: Arc<sync_memory::SyncMemory>,
 }
 
 impl Store {
@@ -122,7 +125,7 @@ impl Store {
                 };
                 let write = pool(1).connect_with(options.clone()).await?;
                 let read = pool(8).connect_with(options).await?;
-                Store { read, write, backend, recent: Default::default() }
+                Store { read, write, backend, recent: Default::default(), sync_memory: Default::default() }
             }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -132,7 +135,13 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
                     .await?;
-                Store { read: pool.clone(), write: pool, backend, recent: Default::default() }
+                Store {
+                    read: pool.clone(),
+                    write: pool,
+                    backend,
+                    recent: Default::default(),
+                    sync_memory: Default::default(),
+                }
             }
         };
         migrate::run(&store).await?;

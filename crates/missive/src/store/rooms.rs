@@ -5,9 +5,10 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{Row, any::AnyRow};
 
 use super::{
-    Level, Notifications, Params, Store, StoreError, StoreResult, notifications, now_ms,
+    Level, Notifications, OffsetChange, Params, Store, StoreError, StoreResult, notifications, now_ms,
     script::{Script, list, rows},
     sql,
+    sync_memory::Part,
 };
 
 /// A stored event as read back.
@@ -281,9 +282,23 @@ impl Store {
                 .collect();
             senders.dedup();
         }
-        let (written, warmed) = tokio::join!(self.room_script(room_id, write).run(self), async {
+        let (script, members) = self.room_script(room_id, write);
+        // What the syncs keep of the users whose memberships and offsets this write changes
+        // goes once it is done, and the room's sums move with it (see `sync_memory.rs`).
+        let moved = write.notifications.offsets.iter().filter(|(_, c)| **c != OffsetChange::Delta(0, 0));
+        let _members = self.sync_memory.forget(Part::Memberships, members);
+        let _offsets = self.sync_memory.forget(Part::Offsets, moved.map(|(user, _)| user.as_str()));
+        let sums = write.notifications.generic;
+        let mut sums_move = (sums != (0, 0) || write.new_room.is_some()).then(|| self.sync_memory.move_sums(room_id));
+        let (written, warmed) = tokio::join!(script.run(self), async {
             if senders.is_empty() { Ok(Vec::new()) } else { self.current_members(&senders).await }
         });
+        if let Some(sums_move) = &mut sums_move
+            && written.is_ok()
+            && write.new_room.is_none()
+        {
+            sums_move.committed(Some(sums));
+        }
         written?;
         if let Err(e) = warmed {
             // Only a head start for the syncs: they read what is missing themselves.
@@ -304,7 +319,8 @@ impl Store {
 
     /// The statements of a room write. One script touches each row once (see `script`):
     /// state and memberships changed twice in a batch are written with their last value.
-    fn room_script(&self, room_id: &str, write: &RoomWrite) -> Script {
+    /// Returns it with the users whose membership row it writes.
+    fn room_script(&self, room_id: &str, write: &RoomWrite) -> (Script, Vec<String>) {
         let now = now_ms();
         let mut script = Script::default();
         notifications::push_statements(&mut script, room_id, &write.notifications);
@@ -502,7 +518,7 @@ impl Store {
                 statement.bind(alias).bind(room_id).bind(creator).bind(now);
             }
         }
-        script
+        (script, current.members.keys().map(|user| (*user).to_owned()).collect())
     }
 
     /// The partial state of a room, when it has one.
@@ -811,6 +827,7 @@ impl Store {
 
     /// Marks a left room as forgotten for a user.
     pub async fn forget_room(&self, room_id: &str, user_id: &str) -> StoreResult<()> {
+        let _forget = self.sync_memory.forget(Part::Memberships, [user_id]);
         sqlx::query("UPDATE memberships SET forgotten = 1 WHERE room_id = $1 AND user_id = $2")
             .bind(room_id)
             .bind(user_id)

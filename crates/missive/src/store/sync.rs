@@ -7,6 +7,7 @@ use sqlx::Row;
 use super::{
     AccountDataRow, Backend, DeviceSyncState, EVENT_COLUMN_COUNT, EVENT_COLUMNS, EVENT_COLUMNS_E, EventRow,
     MembershipRow, Params, ReceiptRow, Store, StoreError, StoreResult, e2ee::DEVICE_STATE_ARMS, event_row, sql,
+    sync_memory::ReadState,
 };
 
 /// What changed in a range of stream positions.
@@ -181,7 +182,8 @@ impl Store {
 
     /// [`Store::user_sync_state`], with or without the memberships and the counts (`rooms`;
     /// sliding sync reads its memberships with their rooms' facts, and counts only for the
-    /// rooms it sends).
+    /// rooms it sends). Served from memory when all of it is kept there (see
+    /// `sync_memory.rs`): the usual case for a sync woken by a message.
     pub async fn user_sync_state_of(
         &self,
         user_id: &str,
@@ -189,16 +191,31 @@ impl Store {
         since: Option<i64>,
         rooms: bool,
     ) -> StoreResult<UserSyncState> {
-        let memberships_arm = if rooms {
+        if let Some(state) = self.sync_memory.state(user_id, device_id, since, rooms) {
+            return Ok(state);
+        }
+        let mark = self.sync_memory.mark();
+        let (out, read) = self.read_user_sync_state(user_id, device_id, since, rooms).await?;
+        self.sync_memory.keep(mark, user_id, device_id, read);
+        Ok(out)
+    }
+
+    /// Reads what [`Self::user_sync_state_of`] returns, with what memory may keep of it.
+    async fn read_user_sync_state(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        since: Option<i64>,
+        rooms: bool,
+    ) -> StoreResult<(UserSyncState, ReadState)> {
+        let rooms_arms = if rooms {
+            // Sums and offsets apart, so that memory can keep each and move the sums.
             " UNION ALL SELECT CAST(0 AS BIGINT), room_id, membership, event_id, stream_pos, CAST(0 AS BIGINT) \
-             FROM memberships WHERE user_id = $1 AND forgotten = 0"
-        } else {
-            ""
-        };
-        let counts_arm = if rooms {
-            " UNION ALL SELECT CAST(2 AS BIGINT), o.room_id, NULL, NULL, \
-             CAST(r.notify_seq - o.notify_off AS BIGINT), CAST(r.highlight_seq - o.highlight_off AS BIGINT) \
-             FROM notification_offsets o JOIN rooms r ON r.room_id = o.room_id WHERE o.user_id = $1"
+             FROM memberships WHERE user_id = $1 AND forgotten = 0 \
+             UNION ALL SELECT CAST(2 AS BIGINT), r.room_id, NULL, NULL, r.notify_seq, r.highlight_seq \
+             FROM notification_offsets o JOIN rooms r ON r.room_id = o.room_id WHERE o.user_id = $1 \
+             UNION ALL SELECT CAST(7 AS BIGINT), room_id, NULL, NULL, notify_off, highlight_off \
+             FROM notification_offsets WHERE user_id = $1"
         } else {
             ""
         };
@@ -207,8 +224,10 @@ impl Store {
         let text = format!(
             "SELECT CAST(COALESCE({array}k, a, b, c, d, e)), '[]') AS TEXT) FROM (\
              SELECT CAST(1 AS BIGINT) AS k, room_id AS a, data_type AS b, content AS c, CAST(0 AS BIGINT) AS d, \
-             CAST(0 AS BIGINT) AS e FROM account_data WHERE user_id = $1 AND stream_pos > $3\
-             {memberships_arm}{counts_arm} UNION ALL {DEVICE_STATE_ARMS}) u"
+             CAST(0 AS BIGINT) AS e FROM account_data WHERE user_id = $1 AND stream_pos > $3 \
+             UNION ALL SELECT CAST(6 AS BIGINT), '', NULL, NULL, CAST(COALESCE(MAX(stream_pos), -1) AS BIGINT), \
+             CAST(0 AS BIGINT) FROM account_data WHERE user_id = $1\
+             {rooms_arms} UNION ALL {DEVICE_STATE_ARMS}) u"
         );
         let json: String = sqlx::query_scalar(sql(text))
             .bind(user_id)
@@ -219,30 +238,47 @@ impl Store {
         type Row = (i64, String, Option<String>, Option<String>, Option<i64>, Option<i64>);
         let rows: Vec<Row> = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut out = UserSyncState::default();
+        let mut read = ReadState::default();
+        let mut memberships = Vec::new();
+        let mut offsets = Vec::new();
         for (kind, a, b, c, d, e) in rows {
+            let (d, e) = (d.unwrap_or_default(), e.unwrap_or_default());
             match kind {
-                0 => out.memberships.push(MembershipRow {
+                0 => memberships.push(MembershipRow {
                     room_id: a,
                     user_id: user_id.to_owned(),
                     membership: b.unwrap_or_default(),
                     event_id: c.unwrap_or_default(),
-                    stream_pos: d.unwrap_or_default(),
+                    stream_pos: d,
                 }),
                 1 => out.account_data.push(AccountDataRow {
                     room_id: a,
                     data_type: b.unwrap_or_default(),
                     content: c.unwrap_or_default(),
                 }),
-                2 => {
-                    // An offset ahead of the sums would be a bookkeeping slip: never show it as a
-                    // negative count.
-                    out.notification_counts.insert(a, (d.unwrap_or_default().max(0), e.unwrap_or_default().max(0)));
-                }
-                _ => out.device.add(kind, a, d.unwrap_or_default()),
+                2 => read.sums.push((a, d, e)),
+                6 => read.account_data_pos = d,
+                7 => offsets.push((a, d, e)),
+                _ => out.device.add(kind, a, d),
             }
         }
         out.device.unused_fallbacks.sort();
-        Ok(out)
+        if rooms {
+            let sums: HashMap<&str, (i64, i64)> = read.sums.iter().map(|(r, n, h)| (r.as_str(), (*n, *h))).collect();
+            for (room, notify_off, highlight_off) in &offsets {
+                if let Some((notify, highlight)) = sums.get(room.as_str()) {
+                    // An offset ahead of the sums would be a bookkeeping slip: never show it as
+                    // a negative count.
+                    out.notification_counts
+                        .insert(room.clone(), ((notify - notify_off).max(0), (highlight - highlight_off).max(0)));
+                }
+            }
+            out.memberships = memberships.clone();
+            read.memberships = Some(memberships);
+            read.offsets = Some(offsets);
+        }
+        read.device = out.device.clone();
+        Ok((out, read))
     }
 
     /// The heroes of one room for `user_id` (see [`Self::summaries`]), whatever its name.

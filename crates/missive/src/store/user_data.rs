@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, notifications, now_ms};
+use super::{Store, StoreResult, notifications, now_ms, sync_memory::Part};
 
 /// An account data entry; `room_id` is empty for global data.
 #[derive(Debug, Clone)]
@@ -32,6 +32,7 @@ impl Store {
         content: &str,
         pos: i64,
     ) -> StoreResult<()> {
+        let _forget = self.sync_memory.forget(Part::AccountData, [user_id]);
         sqlx::query(
             "INSERT INTO account_data (user_id, room_id, data_type, content, stream_pos, updated_ts) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (user_id, room_id, data_type) DO UPDATE SET content = excluded.content, \
@@ -83,13 +84,11 @@ impl Store {
         event_pos: i64,
         pos: i64,
     ) -> StoreResult<bool> {
+        let read = matches!(receipt_type, "m.read" | "m.read.private");
+        let _forget = self.sync_memory.forget(Part::Offsets, read.then_some(user_id));
         let mut tx = self.write.begin().await?;
         // Read first, under the member's row lock: what their receipts covered before this one.
-        let member = if matches!(receipt_type, "m.read" | "m.read.private") {
-            notifications::lock_member(&mut tx, room_id, user_id).await?
-        } else {
-            None
-        };
+        let member = if read { notifications::lock_member(&mut tx, room_id, user_id).await? } else { None };
         let n = sqlx::query(
             "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, event_pos, ts, stream_pos) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
