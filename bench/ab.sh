@@ -61,22 +61,4 @@ for round in $(seq 1 "$rounds"); do
         run_one "B$round" "$b" "$backend" "$@"
     done
 done
-python3 - "$results" <<'PY'
-import json, sys
-rows = {}
-labels = []
-for line in open(sys.argv[1]):
-    if not line.startswith("{"):
-        continue
-    r = json.loads(line)
-    key = (r["scenario"], r["metric"], r["unit"])
-    rows.setdefault(key, {})[r["server"]] = r["value"]
-    if r["server"] not in labels:
-        labels.append(r["server"])
-labels.sort(key=lambda l: (l.split("-", 1)[1], l[0], l))
-print("| scenario | metric | unit | " + " | ".join(labels) + " |")
-print("|---" * (3 + len(labels)) + "|")
-for (scenario, metric, unit), values in rows.items():
-    cells = [f"{values[l]:.2f}" if l in values else "" for l in labels]
-    print(f"| {scenario} | {metric} | {unit} | " + " | ".join(cells) + " |")
-PY
+python3 bench/report.py --side-by-side "$results"

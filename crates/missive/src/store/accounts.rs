@@ -183,7 +183,7 @@ impl Store {
 
     /// Marks an account deactivated and removes its sessions; the ID stays reserved.
     pub async fn deactivate_user(&self, user_id: &str) -> StoreResult<()> {
-        let _forget = self.sync_memory.forget(Part::All, [user_id]);
+        let _forget = self.sync_memory.forget_all();
         let mut tx = self.write.begin().await?;
         sqlx::query(
             "UPDATE users SET deactivated = 1, deactivated_ts = $2, password_hash = NULL, updated_ts = $2 \

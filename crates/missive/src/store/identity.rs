@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, now_ms, sync_memory::Part};
+use super::{Store, StoreResult, now_ms};
 
 /// A session at an identity provider (its issuer and `sid`), which signed devices in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,7 +318,7 @@ impl Store {
     /// reissued; what it said in rooms follows the rooms' retention (or is erased at once
     /// when the user asked, see `privacy::Purge::erase_pending`).
     pub async fn delete_account(&self, user_id: &str) -> StoreResult<()> {
-        let _forget = self.sync_memory.forget(Part::All, [user_id]);
+        let _forget = self.sync_memory.forget_all();
         let mut tx = self.write.begin().await?;
         for table in [
             "profiles",

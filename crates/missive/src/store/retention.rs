@@ -2,7 +2,7 @@
 //! sends and syncs never wait long behind it, and a purge cut short resumes where it was
 //! (a deleted row stays deleted; the next run takes the rest).
 
-use super::{StoreResult, sync_memory::Part};
+use super::StoreResult;
 
 impl super::Store {
     /// Runs a statement taking `$1` (the cutoff) and `$2` (the batch size) until a run
@@ -331,7 +331,7 @@ impl super::Store {
     /// queued sends and expiries go with them.
     pub async fn purge_room_events(&self, room_id: &str, deleted: &[i64], stubs: &[PurgeStub]) -> StoreResult<()> {
         // It moves the offsets of the room's members.
-        let _forget = self.sync_memory.forget(Part::All, [room_id]);
+        let _forget = self.sync_memory.forget_all();
         if deleted.is_empty() && stubs.is_empty() {
             return Ok(());
         }

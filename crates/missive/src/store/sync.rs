@@ -6,8 +6,10 @@ use sqlx::Row;
 
 use super::{
     AccountDataRow, Backend, DeviceSyncState, EVENT_COLUMN_COUNT, EVENT_COLUMNS, EVENT_COLUMNS_E, EventRow,
-    MembershipRow, Params, ReceiptRow, Store, StoreError, StoreResult, e2ee::DEVICE_STATE_ARMS, event_row, sql,
-    sync_memory::ReadState,
+    MembershipRow, Params, ReceiptRow, Store, StoreError, StoreResult,
+    e2ee::DEVICE_STATE_ARMS,
+    event_row, sql,
+    sync_memory::{ReadState, unread},
 };
 
 /// What changed in a range of stream positions.
@@ -266,11 +268,8 @@ impl Store {
         if rooms {
             let sums: HashMap<&str, (i64, i64)> = read.sums.iter().map(|(r, n, h)| (r.as_str(), (*n, *h))).collect();
             for (room, notify_off, highlight_off) in &offsets {
-                if let Some((notify, highlight)) = sums.get(room.as_str()) {
-                    // An offset ahead of the sums would be a bookkeeping slip: never show it as
-                    // a negative count.
-                    out.notification_counts
-                        .insert(room.clone(), ((notify - notify_off).max(0), (highlight - highlight_off).max(0)));
+                if let Some(sums) = sums.get(room.as_str()) {
+                    out.notification_counts.insert(room.clone(), unread(*sums, (*notify_off, *highlight_off)));
                 }
             }
             out.memberships = memberships.clone();

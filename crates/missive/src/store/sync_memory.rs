@@ -10,7 +10,7 @@
 //! Everything enters from a read ([`Store::user_sync_state_of`]) and leaves when a write
 //! changes it: the writer drops what it touched once committed, before its stream
 //! position completes, so a sync woken by a write never finds kept what the write changed.
-//! Rare rewrites (deactivation, erasure, purges, device deletion) drop everything. A read
+//! Rare rewrites (deactivation, account deletion, purges) drop everything. A read
 //! that began before a drop of its user is not kept (each drop is stamped by a clock, and
 //! a read keeps nothing dropped after its mark), so a read is never kept older than the
 //! store.
@@ -44,6 +44,26 @@ struct Inner {
     floor: u64,
     users: HashMap<String, UserMemory>,
     rooms: HashMap<String, RoomSums>,
+}
+
+impl Inner {
+    /// Moves the clock on and returns it.
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Drops every user's state; reads marked before keep nothing.
+    fn clear_users(&mut self) {
+        self.users.clear();
+        self.floor = self.tick();
+    }
+}
+
+/// A user's unread `(notifications, highlights)` in a room: its sums less their offsets.
+/// An offset ahead of the sums would be a bookkeeping slip: never a negative count.
+pub(super) fn unread((notify, highlight): (i64, i64), (notify_off, highlight_off): (i64, i64)) -> (i64, i64) {
+    ((notify - notify_off).max(0), (highlight - highlight_off).max(0))
 }
 
 #[derive(Debug, Default)]
@@ -117,11 +137,8 @@ impl SyncMemory {
             out.memberships = user.memberships.as_deref()?.clone();
             let offsets = user.offsets.as_ref()?;
             out.notification_counts.reserve(offsets.len());
-            for (room, (notify_off, highlight_off)) in offsets {
-                let (notify, highlight) = inner.rooms.get(room)?.sums?;
-                // As the read does: an offset ahead of the sums is never a negative count.
-                out.notification_counts
-                    .insert(room.clone(), ((notify - notify_off).max(0), (highlight - highlight_off).max(0)));
+            for (room, offset) in offsets {
+                out.notification_counts.insert(room.clone(), unread(inner.rooms.get(room)?.sums?, *offset));
             }
         }
         Some(out)
@@ -141,9 +158,7 @@ impl SyncMemory {
             }
         }
         if inner.users.len() >= USERS_KEPT && !inner.users.contains_key(user_id) {
-            inner.users.clear();
-            inner.clock += 1;
-            inner.floor = inner.clock;
+            inner.clear_users();
             return;
         }
         let user = inner.users.entry(user_id.to_owned()).or_default();
@@ -160,22 +175,21 @@ impl SyncMemory {
         user.devices.insert(device_id.to_owned(), read.device);
     }
 
-    /// Drops `part` of each of `users`, stamping the drop.
-    fn drop_users(&self, part: Part, users: &[String]) {
-        if users.is_empty() && part != Part::All {
-            return;
-        }
+    /// Drops `part` of each of `users` (everything of everyone for `None`), stamping the
+    /// drop.
+    fn drop_users(&self, part: Option<Part>, users: &[String]) {
         let mut inner = self.inner();
-        inner.clock += 1;
-        let clock = inner.clock;
-        if part == Part::All {
-            inner.users.clear();
+        let Some(part) = part else {
+            inner.clear_users();
             for room in inner.rooms.values_mut() {
                 room.sums = None;
             }
-            inner.floor = clock;
+            return;
+        };
+        if users.is_empty() {
             return;
         }
+        let clock = inner.tick();
         for user_id in users {
             let user = inner.users.entry(user_id.clone()).or_default();
             user.dropped = clock;
@@ -184,7 +198,6 @@ impl SyncMemory {
                 Part::Offsets => user.offsets = None,
                 Part::AccountData => user.account_data_pos = None,
                 Part::Devices => user.devices.clear(),
-                Part::All => {}
             }
         }
     }
@@ -193,15 +206,20 @@ impl SyncMemory {
     /// before writing, so the drop follows its commit however its call ends (an error, or
     /// its future dropped on the way).
     pub(super) fn forget<'a, U: Into<String>>(&'a self, part: Part, users: impl IntoIterator<Item = U>) -> Forget<'a> {
-        Forget { memory: self, part, users: users.into_iter().map(Into::into).collect() }
+        Forget { memory: self, part: Some(part), users: users.into_iter().map(Into::into).collect() }
+    }
+
+    /// Drops everything, of everyone, when the returned guard goes: a rewrite
+    /// (deactivation, account deletion, purge) takes it as [`Self::forget`].
+    pub(super) fn forget_all(&self) -> Forget<'_> {
+        Forget { memory: self, part: None, users: Vec::new() }
     }
 
     /// Marks a room write that moves the room's sums, before it commits; the guard ends
     /// it (see [`SumsMove`]).
     pub(super) fn move_sums<'a>(&'a self, room_id: &'a str) -> SumsMove<'a> {
         let mut inner = self.inner();
-        inner.clock += 1;
-        let clock = inner.clock;
+        let clock = inner.tick();
         let room = inner.rooms.entry(room_id.to_owned()).or_default();
         room.writers += 1;
         room.changed = clock;
@@ -210,8 +228,7 @@ impl SyncMemory {
 
     fn end_room_write(&self, room_id: &str, added: Option<(i64, i64)>) {
         let mut inner = self.inner();
-        inner.clock += 1;
-        let clock = inner.clock;
+        let clock = inner.tick();
         let room = inner.rooms.entry(room_id.to_owned()).or_default();
         room.writers = room.writers.saturating_sub(1);
         room.changed = clock;
@@ -230,15 +247,14 @@ pub(super) enum Part {
     AccountData,
     /// Key counts and to-device messages of any of the users' devices.
     Devices,
-    /// Everything, of everyone (a rewrite: deactivation, erasure, purge).
-    All,
 }
 
 /// Drops a part of users' sync state when it goes (see [`SyncMemory::forget`]).
 #[must_use = "the drop happens when the guard goes"]
 pub(super) struct Forget<'a> {
     memory: &'a SyncMemory,
-    part: Part,
+    /// `None`: everything, of everyone.
+    part: Option<Part>,
     users: Vec<String>,
 }
 
@@ -332,7 +348,7 @@ mod tests {
         assert!(memory.state("@u:x", "D", Some(10), false).is_some(), "the rest is kept");
 
         let mark = memory.mark();
-        drop(memory.forget(Part::All, [""; 0]));
+        drop(memory.forget_all());
         memory.keep(mark, "@v:x", "D", read(7));
         assert!(memory.state("@v:x", "D", Some(10), false).is_none(), "a rewrite came during the read");
     }
